@@ -1,0 +1,25 @@
+/**
+ * Runs the project's psql scripts (sql/*.sql) without psql: the embedded default and the PGlite
+ * test path have no psql binary. Supports exactly what our scripts use: `:"var"` (identifier),
+ * `:'var'` (literal) and backslash meta-command lines, which are dropped.
+ */
+import { readFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+
+const quoteIdent = (s: string) => `"${s.replaceAll('"', '""')}"`
+const quoteLiteral = (s: string) => `'${s.replaceAll("'", "''")}'`
+
+export const sqlFile = (name: string): string =>
+  readFileSync(fileURLToPath(new URL(`../../sql/${name}`, import.meta.url)), "utf8")
+
+export const renderPsqlScript = (text: string, vars: Readonly<Record<string, string>> = {}): string =>
+  text
+    .split("\n")
+    .filter((line) => !line.trimStart().startsWith("\\"))
+    .join("\n")
+    .replace(/:"([A-Za-z_][A-Za-z0-9_]*)"|:'([A-Za-z_][A-Za-z0-9_]*)'/g, (match, ident?: string, lit?: string) => {
+      const name = (ident ?? lit) as string
+      const value = vars[name]
+      if (value === undefined) throw new Error(`psql variable ${name} is not set`)
+      return ident !== undefined ? quoteIdent(value) : quoteLiteral(value)
+    })
