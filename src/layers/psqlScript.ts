@@ -17,7 +17,7 @@ export const renderPsqlScript = (text: string, vars: Readonly<Record<string, str
     .split("\n")
     .filter((line) => !line.trimStart().startsWith("\\"))
     .join("\n")
-    .replace(/:"([A-Za-z_][A-Za-z0-9_]*)"|:'([A-Za-z_][A-Za-z0-9_]*)'/g, (match, ident?: string, lit?: string) => {
+    .replace(/:"([A-Za-z_][A-Za-z0-9_]*)"|:'([A-Za-z_][A-Za-z0-9_]*)'/g, (_match, ident?: string, lit?: string) => {
       const name = (ident ?? lit) as string
       const value = vars[name]
       if (value === undefined) throw new Error(`psql variable ${name} is not set`)

@@ -7,7 +7,7 @@
  * - unset (a fresh machine): embedded PGlite behind its socket server, acting as the runner role.
  */
 import { PgClient } from "@effect/sql-pg"
-import { Context, Effect, Layer, Redacted } from "effect"
+import { Context, Effect, Layer, Redacted, type Scope } from "effect"
 import pg from "pg"
 import { makeEmbeddedPostgres } from "../../src/layers/EmbeddedPostgres.js"
 import { renderPsqlScript, sqlFile } from "../../src/layers/psqlScript.js"
@@ -84,7 +84,7 @@ const pgliteDatabase = Effect.gen(function* () {
 
 export const TestDatabaseLive: Layer.Layer<TestDatabase> = Layer.scoped(
   TestDatabase,
-  Effect.suspend(() => {
+  Effect.suspend((): Effect.Effect<TestDatabaseShape, never, Scope.Scope> => {
     const url = process.env.TEST_DATABASE_URL
     return url ? serverDatabase(url) : pgliteDatabase
   }),

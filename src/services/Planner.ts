@@ -1,0 +1,51 @@
+/**
+ * Planner: prompt → LLM → strict parser, with PLANNER_REPAIR_ATTEMPTS repair turns (SPEC §4).
+ * CONTRACT — implementations: PlannerLive (LlmClient) and the deterministic offline planner.
+ */
+import { Context, Schema, type Effect } from "effect"
+import type { Mission } from "../domain/mission.js"
+import type { LlmError, TokenUsage } from "./LlmClient.js"
+import type { ResolvedInput } from "./InputResolvers.js"
+
+export interface PlannedStep {
+  readonly summary: string
+  readonly toolName: string
+  readonly params: Readonly<Record<string, unknown>>
+  readonly rationale: string
+}
+
+export interface PlanDraft {
+  readonly summary: string
+  readonly steps: ReadonlyArray<PlannedStep>
+}
+
+export interface PlannerResult {
+  readonly plan: PlanDraft
+  /** One entry per LLM answer that reported usage (the repair turn included). */
+  readonly usage: ReadonlyArray<TokenUsage>
+  /** "offline" for the deterministic planner, shown to the user in the iteration summary. */
+  readonly planner: "llm" | "offline"
+  /** How many answers the parser rejected before this one (0 or up to PLANNER_REPAIR_ATTEMPTS). */
+  readonly rejectedAnswers: number
+}
+
+/** The answer was still rejected after the repair turn(s). Permanent. `reason` is the parser's, never raw output. */
+export class PlanRejected extends Schema.TaggedError<PlanRejected>()("PlanRejected", {
+  reason: Schema.String,
+  attempts: Schema.Number,
+}) {
+  override get message() {
+    return `plan rejected: ${this.reason}`
+  }
+}
+
+export interface PlannerInput {
+  readonly mission: Mission
+  readonly resolvedInputs: ReadonlyArray<ResolvedInput>
+}
+
+export interface PlannerShape {
+  readonly plan: (input: PlannerInput) => Effect.Effect<PlannerResult, LlmError | PlanRejected>
+}
+
+export class Planner extends Context.Tag("mana-ai/Planner")<Planner, PlannerShape>() {}

@@ -1,0 +1,33 @@
+/**
+ * Write-back (SPEC §6): appends one iteration as one RLS-scoped `sync_changes` row.
+ * CONTRACT — implementation: WriteBackLive.
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import { Context, type Effect } from "effect"
+import type { Iteration } from "../domain/mission.js"
+
+export interface WriteRequest {
+  readonly userId: string
+  readonly missionId: string
+  /** The iteration to append; its id is the run's idempotency key (iterationIdFor). */
+  readonly iteration: Iteration
+}
+
+export type WriteResult =
+  | { readonly _tag: "Written"; readonly iterationId: string; readonly nextRunAt: string | null; readonly writtenAt: string }
+  | {
+      readonly _tag: "Skipped"
+      readonly reason: "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
+    }
+
+export interface WriteBackShape {
+  /**
+   * In one transaction scoped to `userId`: takes a per-mission advisory lock, replays the mission as
+   * it stands now, and unless it is gone, not active, or already holds this iteration id, inserts one
+   * `update` row with all iterations (existing ones as stored, plus this one) and the next `nextRunAt`
+   * computed from the cadence strictly after the write time.
+   */
+  readonly append: (request: WriteRequest) => Effect.Effect<WriteResult, SqlError>
+}
+
+export class WriteBack extends Context.Tag("mana-ai/WriteBack")<WriteBack, WriteBackShape>() {}

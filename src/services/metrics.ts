@@ -1,0 +1,31 @@
+/** Every number an operator watches (SPEC §9 /metrics), prefixed mana_ai_ when exported. */
+import { Metric, MetricBoundaries } from "effect"
+
+const seconds = MetricBoundaries.exponential({ start: 0.005, factor: 2, count: 16 })
+
+export const ticksTotal = Metric.counter("mana_ai_ticks_total", { description: "Discovery/run ticks started" })
+export const tickOverlapsTotal = Metric.counter("mana_ai_tick_overlaps_total", { description: "Ticks skipped because one was under way" })
+export const tickDuration = Metric.histogram("mana_ai_tick_duration_seconds", seconds, "Duration of one tick")
+
+export const discoveryRowsRead = Metric.counter("mana_ai_discovery_rows_read_total", { description: "Event-log rows read by discovery" })
+export const discoveryDuration = Metric.histogram("mana_ai_discovery_duration_seconds", seconds, "Duration of one incremental refresh")
+
+export const plansProducedTotal = Metric.counter("mana_ai_plans_produced_total", { description: "Valid plans returned by the planner" })
+export const plansWrittenBackTotal = Metric.counter("mana_ai_plans_written_back_total", { description: "Iterations appended to sync_changes" })
+export const parseFailuresTotal = Metric.counter("mana_ai_parse_failures_total", { description: "Planner answers rejected by the parser" })
+/** Tagged with kind = the error's tag (LlmTimeout, PlanRejected, MissionTimeout, SqlError, …). */
+export const missionErrorsTotal = Metric.counter("mana_ai_mission_errors_total", { description: "Failed mission runs by kind" })
+/** Tagged with reason. */
+export const missionsSkippedTotal = Metric.counter("mana_ai_missions_skipped_total", { description: "Missions skipped (malformed, not active, already written, …) by reason" })
+export const inputsSkippedTotal = Metric.counter("mana_ai_inputs_skipped_total", { description: "Mission inputs left out of the prompt, by reason" })
+export const malformedRowsTotal = Metric.counter("mana_ai_malformed_rows_total", { description: "Event-log rows that could not be applied, by reason" })
+
+export const llmRequestDuration = Metric.histogram("mana_ai_llm_request_duration_seconds", seconds, "Duration of one LLM HTTP request")
+export const llmRequestsTotal = Metric.counter("mana_ai_llm_requests_total", { description: "LLM HTTP requests by outcome" })
+export const llmTokensTotal = Metric.counter("mana_ai_llm_tokens_total", { description: "LLM tokens used, by kind (prompt, completion)" })
+export const missionRunDuration = Metric.histogram("mana_ai_mission_run_duration_seconds", seconds, "Duration of one mission run")
+
+export const actorsGauge = Metric.gauge("mana_ai_actors", { description: "User actors alive" })
+export const quarantinedGauge = Metric.gauge("mana_ai_actors_quarantined", { description: "Users quarantined" })
+export const runsInFlightGauge = Metric.gauge("mana_ai_runs_in_flight", { description: "Mission runs under way" })
+export const actorRestartsTotal = Metric.counter("mana_ai_actor_restarts_total", { description: "User actors restarted after a failure" })
