@@ -1,0 +1,123 @@
+/**
+ * Field-level last-writer-wins replay of one record from its `sync_changes` rows (SPEC §2).
+ * Pure: no I/O, no clock; the caller reads the rows and decides what a state means.
+ */
+
+export interface ReplayRow {
+  readonly id: string
+  readonly op: "insert" | "update" | "delete"
+  readonly data: unknown
+  readonly field_timestamps: unknown
+  readonly created_at: Date
+  readonly record_id: string
+}
+
+export interface RecordState {
+  /** null: never created, or removed by a delete op. */
+  readonly record: Readonly<Record<string, unknown>> | null
+  /** field -> epoch ms of the value held (kept JSON-serialisable on purpose). */
+  readonly times: Readonly<Record<string, number>>
+}
+
+export const initialState: RecordState = { record: null, times: {} }
+
+const isPlainObject = (u: unknown): u is Record<string, unknown> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+// Date.parse on anything but the strict ECMAScript form differs between engines (V8 vs JSC) and
+// reads a zone-less time in the process's zone, so ISO instants are parsed by hand.
+const ISO_INSTANT =
+  /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?))?$/
+
+const daysInMonth = (year: number, month: number): number => new Date(Date.UTC(year, month, 0)).getUTCDate()
+
+/**
+ * Epoch ms of an ISO-8601 instant (`2024-01-01T00:00:00Z`, `…00.000Z`, `…+02:00`, `2024-01-01`),
+ * or undefined when it is not one. A date-time without a zone is not an instant and is rejected.
+ */
+export const parseInstant = (u: unknown): number | undefined => {
+  if (typeof u !== "string") return undefined
+  const m = ISO_INSTANT.exec(u.trim())
+  if (m === null) return undefined
+  const [, y, mo, d, h, mi, s, frac, z, sign, oh, om] = m
+  const year = Number(y)
+  const month = Number(mo)
+  const day = Number(d)
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return undefined
+  if (h === undefined) return Date.UTC(year, month - 1, day)
+  if (z === undefined && sign === undefined) return undefined
+  const hour = Number(h)
+  const minute = Number(mi)
+  const second = s === undefined ? 0 : Number(s)
+  if (hour > 23 || minute > 59 || second > 59) return undefined
+  const ms = frac === undefined ? 0 : Number(frac.slice(0, 3).padEnd(3, "0"))
+  let offsetMinutes = 0
+  if (sign !== undefined) {
+    const offH = Number(oh)
+    const offM = om === undefined ? 0 : Number(om)
+    if (offH > 23 || offM > 59) return undefined
+    offsetMinutes = (sign === "-" ? -1 : 1) * (offH * 60 + offM)
+  }
+  const utc = new Date(0)
+  // setUTCFullYear keeps years 0–99 literal, which Date.UTC would map to 1900–1999.
+  utc.setUTCFullYear(year, month - 1, day)
+  utc.setUTCHours(hour, minute, second, ms)
+  return utc.getTime() - offsetMinutes * 60_000
+}
+
+// A data key may be "__proto__"; plain assignment would change the prototype instead of storing it.
+const put = <A>(target: Record<string, A>, key: string, value: A): void => {
+  Object.defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true })
+}
+
+const fieldTime = (fieldTimestamps: unknown, field: string, fallback: number): number => {
+  if (!isPlainObject(fieldTimestamps) || !Object.hasOwn(fieldTimestamps, field)) return fallback
+  return parseInstant(fieldTimestamps[field]) ?? fallback
+}
+
+/** Whether a row can change a record at all: a delete, or a row whose `data` is an object. */
+export const isApplicable = (row: ReplayRow): boolean => row.op === "delete" || isPlainObject(row.data)
+
+/**
+ * Applies one row; rows must come in `(created_at, id)` order. A row whose data is not an object
+ * (other than a delete) returns the state unchanged, so callers can detect and count it.
+ */
+export const applyChange = (state: RecordState, row: ReplayRow): RecordState => {
+  if (row.op === "delete") return initialState
+  const data = row.data
+  if (!isPlainObject(data)) return state
+  const rowTime = row.created_at.getTime()
+  const record: Record<string, unknown> = {}
+  const times: Record<string, number> = {}
+  if (state.record === null) put(record, "id", row.record_id)
+  else {
+    for (const [k, v] of Object.entries(state.record)) put(record, k, v)
+    for (const [k, v] of Object.entries(state.times)) put(times, k, v)
+  }
+  for (const [field, value] of Object.entries(data)) {
+    // record_id is authoritative for the id; a data field cannot rename the record.
+    if (field === "id") continue
+    const t = fieldTime(row.field_timestamps, field, rowTime)
+    const held = Object.hasOwn(times, field) ? times[field] : undefined
+    if (held === undefined || t >= held) {
+      put(record, field, value)
+      put(times, field, t)
+    }
+  }
+  return { record, times }
+}
+
+/** Total order of the event log: `created_at`, then `id` (byte order, as Postgres sorts a uuid). */
+export const compareRows = (a: ReplayRow, b: ReplayRow): number => {
+  const d = a.created_at.getTime() - b.created_at.getTime()
+  if (d !== 0) return d
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+}
+
+/** Replays rows of one record from scratch; sorts them by `(created_at, id)` itself. */
+export const replay = (rows: Iterable<ReplayRow>): RecordState =>
+  Array.from(rows).sort(compareRows).reduce(applyChange, initialState)
+
+/** A record that exists and carries no `deletedAt` (soft delete). */
+export const isLive = (state: RecordState): boolean =>
+  state.record !== null && (state.record.deletedAt === null || state.record.deletedAt === undefined)

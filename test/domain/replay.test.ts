@@ -1,0 +1,316 @@
+import { describe, expect, it } from "vitest"
+import {
+  applyChange,
+  initialState,
+  isApplicable,
+  isLive,
+  parseInstant,
+  type RecordState,
+  type ReplayRow,
+  replay,
+} from "../../src/domain/replay.js"
+
+const R = "rec-1"
+let seq = 0
+/** A row of record R; `at` is created_at, `ts` its field_timestamps. */
+const row = (
+  at: string,
+  op: ReplayRow["op"],
+  data: unknown,
+  ts: unknown = {},
+  id = `row-${String(++seq).padStart(4, "0")}`,
+): ReplayRow => ({ id, op, data, field_timestamps: ts, created_at: new Date(at), record_id: R })
+
+const T0 = "2025-03-01T10:00:00.000Z"
+const T1 = "2025-03-01T10:00:01.000Z"
+const T2 = "2025-03-01T10:00:02.000Z"
+const T3 = "2025-03-01T10:00:03.000Z"
+
+interface Case {
+  readonly name: string
+  readonly rows: ReadonlyArray<ReplayRow>
+  readonly record: Record<string, unknown> | null
+  readonly times?: Record<string, string>
+  readonly live: boolean
+}
+
+const cases: ReadonlyArray<Case> = [
+  {
+    name: "no rows: never created",
+    rows: [],
+    record: null,
+    live: false,
+  },
+  {
+    name: "insert creates {id: record_id, ...data}; field times fall back to created_at",
+    rows: [row(T0, "insert", { title: "a", state: "active" })],
+    record: { id: R, title: "a", state: "active" },
+    times: { title: T0, state: T0 },
+    live: true,
+  },
+  {
+    name: "record_id is authoritative for id (data.id ignored on insert and update)",
+    rows: [row(T0, "insert", { id: "other", title: "a" }), row(T1, "update", { id: "third" })],
+    record: { id: R, title: "a" },
+    live: true,
+  },
+  {
+    name: "an update alone creates the record",
+    rows: [row(T0, "update", { title: "a" })],
+    record: { id: R, title: "a" },
+    live: true,
+  },
+  {
+    name: "a newer field timestamp replaces the value",
+    rows: [row(T0, "insert", { title: "a" }, { title: T0 }), row(T1, "update", { title: "b" }, { title: T1 })],
+    record: { id: R, title: "b" },
+    times: { title: T1 },
+    live: true,
+  },
+  {
+    name: "an older field timestamp loses even though its row is later",
+    rows: [row(T0, "insert", { title: "a" }, { title: T2 }), row(T1, "update", { title: "b" }, { title: T1 })],
+    record: { id: R, title: "a" },
+    times: { title: T2 },
+    live: true,
+  },
+  {
+    name: "a tie goes to the later row",
+    rows: [row(T0, "insert", { title: "a" }, { title: T2 }), row(T1, "update", { title: "b" }, { title: T2 })],
+    record: { id: R, title: "b" },
+    times: { title: T2 },
+    live: true,
+  },
+  {
+    name: "a tie of created_at and timestamps is broken by row id",
+    rows: [
+      row(T0, "update", { title: "second" }, {}, "row-b"),
+      row(T0, "insert", { title: "first" }, {}, "row-a"),
+    ],
+    record: { id: R, title: "second" },
+    live: true,
+  },
+  {
+    name: "…00Z equals …00.000Z (compared as instants, so the later row wins the tie)",
+    rows: [
+      row(T0, "insert", { title: "a" }, { title: "2025-03-01T12:00:00.000Z" }),
+      row(T1, "update", { title: "b" }, { title: "2025-03-01T12:00:00Z" }),
+    ],
+    record: { id: R, title: "b" },
+    times: { title: "2025-03-01T12:00:00.000Z" },
+    live: true,
+  },
+  {
+    name: "instants, not strings: +02:00 offset is two hours earlier than Z",
+    rows: [
+      row(T0, "insert", { title: "a" }, { title: "2025-03-01T11:00:00Z" }),
+      // as a string "…12:00:00+02:00" > "…11:00:00Z", as an instant it is 10:00Z: older, loses
+      row(T1, "update", { title: "b" }, { title: "2025-03-01T12:00:00+02:00" }),
+    ],
+    record: { id: R, title: "a" },
+    times: { title: "2025-03-01T11:00:00.000Z" },
+    live: true,
+  },
+  {
+    name: "a missing field timestamp falls back to the row's created_at",
+    rows: [
+      row(T0, "insert", { title: "a", state: "active" }, { title: T3 }),
+      row(T2, "update", { title: "b", state: "paused" }, { title: T1 }),
+    ],
+    record: { id: R, title: "a", state: "paused" },
+    times: { title: T3, state: T2 },
+    live: true,
+  },
+  {
+    name: "an unparseable field timestamp falls back to created_at",
+    rows: [
+      row(T0, "insert", { title: "a" }, { title: T1 }),
+      row(T2, "update", { title: "b" }, { title: "yesterday" }),
+    ],
+    record: { id: R, title: "b" },
+    times: { title: T2 },
+    live: true,
+  },
+  {
+    name: "unparseable timestamps of other kinds (number, zone-less, impossible date) fall back to created_at",
+    rows: [
+      row(T0, "insert", { a: 1, b: 1, c: 1 }, { a: T3, b: T3, c: T3 }),
+      row(T1, "update", { a: 2, b: 2, c: 2 }, { a: 1e15, b: "2099-01-01T00:00:00", c: "2099-02-30T00:00:00Z" }),
+    ],
+    record: { id: R, a: 1, b: 1, c: 1 },
+    times: { a: T3, b: T3, c: T3 },
+    live: true,
+  },
+  {
+    name: "field_timestamps that is not an object counts as {}",
+    rows: [row(T0, "insert", { title: "a" }, { title: T3 }), row(T1, "update", { title: "b" }, "garbage")],
+    record: { id: R, title: "a" },
+    times: { title: T3 },
+    live: true,
+  },
+  {
+    name: "field_timestamps null counts as {}",
+    rows: [row(T0, "insert", { title: "a" }, null), row(T1, "update", { title: "b" }, null)],
+    record: { id: R, title: "b" },
+    times: { title: T1 },
+    live: true,
+  },
+  {
+    name: "out-of-order input is sorted by (created_at, id)",
+    rows: [row(T2, "update", { title: "c" }), row(T0, "insert", { title: "a", x: 1 }), row(T1, "update", { title: "b" })],
+    record: { id: R, title: "c", x: 1 },
+    live: true,
+  },
+  {
+    name: "delete removes the record",
+    rows: [row(T0, "insert", { title: "a" }), row(T1, "delete", null)],
+    record: null,
+    live: false,
+  },
+  {
+    name: "delete then recreate starts anew with only the new row's fields",
+    rows: [
+      row(T0, "insert", { title: "a", state: "active" }, { title: T3 }),
+      row(T1, "delete", null),
+      row(T2, "update", { title: "b" }, { title: T0 }),
+    ],
+    record: { id: R, title: "b" },
+    times: { title: T0 },
+    live: true,
+  },
+  {
+    name: "deletedAt set is a soft delete: the record stays but is not live",
+    rows: [row(T0, "insert", { title: "a" }), row(T1, "update", { deletedAt: "2025-03-01T10:00:01Z" })],
+    record: { id: R, title: "a", deletedAt: "2025-03-01T10:00:01Z" },
+    live: false,
+  },
+  {
+    name: "deletedAt null is not deleted",
+    rows: [row(T0, "insert", { title: "a", deletedAt: null })],
+    record: { id: R, title: "a", deletedAt: null },
+    live: true,
+  },
+  {
+    name: "a later deletedAt: null undeletes",
+    rows: [row(T0, "insert", { title: "a", deletedAt: "2025-03-01T10:00:00Z" }), row(T1, "update", { deletedAt: null })],
+    record: { id: R, title: "a", deletedAt: null },
+    live: true,
+  },
+  {
+    name: "unknown fields are kept, nested values untouched",
+    rows: [
+      row(T0, "insert", { title: "a", someFutureField: { deep: [1, 2] } }),
+      row(T1, "update", { title: "b", another: true }),
+    ],
+    record: { id: R, title: "b", someFutureField: { deep: [1, 2] }, another: true },
+    live: true,
+  },
+  {
+    name: "a __proto__ key is stored as a plain field, not as a prototype",
+    rows: [row(T0, "insert", JSON.parse('{"title":"a","__proto__":{"polluted":true}}'))],
+    record: JSON.parse(`{"id":"${R}","title":"a","__proto__":{"polluted":true}}`),
+    live: true,
+  },
+  ...(
+    [
+      ["null", null],
+      ["an array", [1, 2]],
+      ["a string", "x"],
+      ["a number", 7],
+    ] as const
+  ).flatMap(([label, bad]): ReadonlyArray<Case> => [
+    {
+      name: `update with data ${label} changes nothing`,
+      rows: [row(T0, "insert", { title: "a" }), row(T1, "update", bad)],
+      record: { id: R, title: "a" },
+      times: { title: T0 },
+      live: true,
+    },
+    {
+      name: `insert with data ${label} creates nothing; a later row with data creates the record`,
+      rows: [row(T0, "insert", bad), row(T1, "update", { title: "b" })],
+      record: { id: R, title: "b" },
+      times: { title: T1 },
+      live: true,
+    },
+  ]),
+]
+
+const isoTimes = (state: RecordState): Record<string, string> =>
+  Object.fromEntries(Object.entries(state.times).map(([k, v]) => [k, new Date(v).toISOString()]))
+
+describe("replay", () => {
+  it.each(cases)("$name", ({ rows, record, times, live }) => {
+    const state = replay(rows)
+    expect(state.record).toStrictEqual(record)
+    if (times !== undefined) expect(isoTimes(state)).toStrictEqual(times)
+    expect(isLive(state)).toBe(live)
+    // JSON round trip: the state can be persisted as a snapshot.
+    expect(JSON.parse(JSON.stringify(state))).toStrictEqual(state)
+    expect(Object.getPrototypeOf(state.record ?? {})).toBe(Object.prototype)
+  })
+
+  it("does not mutate the state it is given", () => {
+    const first = applyChange(initialState, row(T0, "insert", { title: "a" }))
+    const snapshot = JSON.stringify(first)
+    const second = applyChange(first, row(T1, "update", { title: "b" }))
+    expect(JSON.stringify(first)).toBe(snapshot)
+    expect(second.record).toStrictEqual({ id: R, title: "b" })
+    expect(initialState).toStrictEqual({ record: null, times: {} })
+  })
+
+  it("incremental application from a snapshot equals a full replay", () => {
+    const rows = [
+      row(T0, "insert", { title: "a", n: 1 }, { title: T1 }),
+      row(T1, "update", { title: "b" }, { title: T0 }),
+      row(T2, "update", { n: 2 }),
+      row(T3, "update", { title: "c" }, { title: T3 }),
+    ]
+    const snapshot = JSON.parse(JSON.stringify(replay(rows.slice(0, 2)))) as RecordState
+    expect(rows.slice(2).reduce(applyChange, snapshot)).toStrictEqual(replay(rows))
+  })
+
+  it.each([
+    [row(T0, "insert", { a: 1 }), true],
+    [row(T0, "update", {}), true],
+    [row(T0, "delete", null), true],
+    [row(T0, "insert", null), false],
+    [row(T0, "update", [1]), false],
+    [row(T0, "update", "s"), false],
+  ] as const)("isApplicable %# → %s", (r, expected) => {
+    expect(isApplicable(r)).toBe(expected)
+  })
+})
+
+describe("parseInstant", () => {
+  it.each([
+    ["2025-03-01T10:00:00Z", "2025-03-01T10:00:00.000Z"],
+    ["2025-03-01T10:00:00.000Z", "2025-03-01T10:00:00.000Z"],
+    ["2025-03-01T10:00:00.123456Z", "2025-03-01T10:00:00.123Z"],
+    ["2025-03-01T10:00Z", "2025-03-01T10:00:00.000Z"],
+    ["2025-03-01T12:00:00+02:00", "2025-03-01T10:00:00.000Z"],
+    ["2025-03-01T05:30:00-0430", "2025-03-01T10:00:00.000Z"],
+    ["2025-03-01 10:00:00+00", "2025-03-01T10:00:00.000Z"],
+    ["2025-03-01", "2025-03-01T00:00:00.000Z"],
+    ["2024-02-29T00:00:00Z", "2024-02-29T00:00:00.000Z"],
+  ])("%s → %s", (input, expected) => {
+    const ms = parseInstant(input)
+    expect(ms === undefined ? undefined : new Date(ms).toISOString()).toBe(expected)
+  })
+
+  it.each([
+    "",
+    "yesterday",
+    "2025-03-01T10:00:00",
+    "2025-02-29T00:00:00Z",
+    "2025-13-01T00:00:00Z",
+    "2025-03-01T24:00:00Z",
+    "2025-03-01T10:60:00Z",
+    "1741000000000",
+    12,
+    null,
+    {},
+  ])("rejects %j", (input) => {
+    expect(parseInstant(input)).toBeUndefined()
+  })
+})
