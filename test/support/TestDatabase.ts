@@ -74,6 +74,11 @@ const pgliteDatabase = Effect.gen(function* () {
       // One shared backend: act as the owner for this statement only.
       await embedded.db.exec("RESET ROLE")
       try {
+        if (params === undefined || params.length === 0) {
+          // exec runs multi-statement scripts (query would refuse them); the last result's rows are returned.
+          const results = await embedded.db.exec(text)
+          return (results.at(-1)?.rows ?? []) as ReadonlyArray<Record<string, unknown>>
+        }
         return (await embedded.db.query<Record<string, unknown>>(text, params as Array<unknown>)).rows
       } finally {
         await embedded.db.exec(`SET ROLE ${role}`)
