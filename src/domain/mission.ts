@@ -3,10 +3,11 @@
  * has exactly these keys, and an absent optional field is left out, never null.
  */
 import { Schema } from "effect"
+import { parseInstant } from "./replay.js"
 
-/** An ISO-8601 instant that Date can parse; kept as the string the app wrote. */
+/** An ISO-8601 instant with a zone (parsed the same way in Bun and Node); kept as the string the app wrote. */
 export const IsoInstant = Schema.String.pipe(
-  Schema.filter((s) => !Number.isNaN(Date.parse(s)), { message: () => "expected an ISO-8601 date-time" }),
+  Schema.filter((s) => parseInstant(s) !== undefined, { message: () => "expected an ISO-8601 date-time with a zone" }),
 )
 
 const Hour = Schema.Int.pipe(Schema.between(0, 23))
