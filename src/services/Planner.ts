@@ -6,18 +6,10 @@ import { Context, Schema, type Effect } from "effect"
 import type { Mission } from "../domain/mission.js"
 import type { LlmError, TokenUsage } from "./LlmClient.js"
 import type { ResolvedInput } from "./InputResolvers.js"
+import type { PlanDraft } from "../domain/planParser.js"
 
-export interface PlannedStep {
-  readonly summary: string
-  readonly toolName: string
-  readonly params: Readonly<Record<string, unknown>>
-  readonly rationale: string
-}
-
-export interface PlanDraft {
-  readonly summary: string
-  readonly steps: ReadonlyArray<PlannedStep>
-}
+// The plan types live in the domain (the parser builds them); re-exported here for the contract's users.
+export type { PlanDraft, PlannedStep } from "../domain/planParser.js"
 
 export interface PlannerResult {
   readonly plan: PlanDraft

@@ -1,0 +1,141 @@
+/**
+ * The tool catalogue (SPEC §4): the allow-list the planner may propose from. The server never runs a
+ * tool; the catalogue only tells the LLM what exists and lets the parser check each proposal.
+ *
+ * TOOLS_FILE holds the same shape as JSON:
+ *   { "tools": [ { "name": "create_task", "module": "todo", "description": "…",
+ *                  "params": [ { "name": "title", "type": "string", "required": true, "description": "…" },
+ *                              { "name": "priority", "type": "string", "enum": ["low", "medium", "high"], "description": "…" },
+ *                              { "name": "dueDate", "type": "string", "format": "date", "description": "…" } ] } ] }
+ */
+import { Schema } from "effect"
+
+export const ParamType = Schema.Literal("string", "number", "boolean", "object", "array")
+export type ParamType = typeof ParamType.Type
+
+/** `date` is a calendar date YYYY-MM-DD; `date-time` an ISO-8601 instant with a time and an offset or Z. */
+export const ParamFormat = Schema.Literal("date", "date-time")
+export type ParamFormat = typeof ParamFormat.Type
+
+const Name = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, {
+    message: () => "a name must be letters, digits and _ (not starting with a digit), at most 64 characters",
+  }),
+)
+
+const isValidRegExp = (source: string): boolean => {
+  try {
+    new RegExp(source, "u")
+    return true
+  } catch {
+    return false
+  }
+}
+
+const ToolParamFields = Schema.Struct({
+  name: Name,
+  type: ParamType,
+  required: Schema.optional(Schema.Boolean),
+  enum: Schema.optional(Schema.NonEmptyArray(Schema.Union(Schema.String, Schema.Number, Schema.Boolean))),
+  format: Schema.optional(ParamFormat),
+  /** A JavaScript (unicode) regular expression a string value must match, e.g. "^[0-9a-f-]{36}$". */
+  pattern: Schema.optional(
+    Schema.String.pipe(Schema.filter(isValidRegExp, { message: () => "pattern is not a valid regular expression" })),
+  ),
+  description: Schema.String,
+})
+
+export const ToolParam = ToolParamFields.pipe(
+  Schema.filter((p) => {
+    if ((p.format !== undefined || p.pattern !== undefined) && p.type !== "string") {
+      return `parameter "${p.name}": format and pattern apply to string parameters only`
+    }
+    if (p.enum !== undefined && !p.enum.every((v) => typeof v === p.type)) {
+      return `parameter "${p.name}": every enum value must be of type ${p.type}`
+    }
+    return undefined
+  }),
+)
+export type ToolParam = typeof ToolParam.Type
+
+export const Tool = Schema.Struct({
+  name: Name,
+  module: Schema.NonEmptyTrimmedString,
+  description: Schema.String,
+  params: Schema.Array(ToolParam),
+}).pipe(
+  Schema.filter((t) => {
+    const names = t.params.map((p) => p.name)
+    const dup = names.find((n, i) => names.indexOf(n) !== i)
+    return dup === undefined ? undefined : `tool "${t.name}" lists parameter "${dup}" twice`
+  }),
+)
+export type Tool = typeof Tool.Type
+
+/** The TOOLS_FILE document. */
+export const ToolCatalogFile = Schema.Struct({
+  tools: Schema.NonEmptyArray(Tool),
+}).pipe(
+  Schema.filter((c) => {
+    const names = c.tools.map((t) => t.name)
+    const dup = names.find((n, i) => names.indexOf(n) !== i)
+    return dup === undefined ? undefined : `tool "${dup}" is listed twice`
+  }),
+)
+export type ToolCatalogFile = typeof ToolCatalogFile.Type
+
+/** The built-in catalogue of SPEC §4, used when TOOLS_FILE is unset. */
+export const defaultTools: ReadonlyArray<Tool> = [
+  {
+    name: "create_task",
+    module: "todo",
+    description: "Create a task in the user's to-do list.",
+    params: [
+      { name: "title", type: "string", required: true, description: "Short title of the task." },
+      { name: "dueDate", type: "string", format: "date", description: "Due date as YYYY-MM-DD." },
+      {
+        name: "priority",
+        type: "string",
+        enum: ["low", "medium", "high"],
+        description: "How urgent the task is.",
+      },
+      { name: "description", type: "string", description: "Longer notes for the task." },
+    ],
+  },
+  {
+    name: "complete_task",
+    module: "todo",
+    description: "Mark an existing task as done.",
+    params: [{ name: "taskId", type: "string", required: true, description: "Id of the task to complete." }],
+  },
+  {
+    name: "create_event",
+    module: "calendar",
+    description: "Create an event in the user's calendar.",
+    params: [
+      { name: "title", type: "string", required: true, description: "Title of the event." },
+      {
+        name: "startIso",
+        type: "string",
+        required: true,
+        format: "date-time",
+        description: "Start as an ISO-8601 date-time with offset, e.g. 2025-03-01T09:00:00+01:00.",
+      },
+      {
+        name: "endIso",
+        type: "string",
+        format: "date-time",
+        description: "End as an ISO-8601 date-time with offset; after the start.",
+      },
+    ],
+  },
+  {
+    name: "create_place",
+    module: "places",
+    description: "Save a place to the user's places.",
+    params: [
+      { name: "name", type: "string", required: true, description: "Name of the place." },
+      { name: "category", type: "string", description: "Kind of place, e.g. cafe, gym, office." },
+    ],
+  },
+]
