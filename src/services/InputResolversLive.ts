@@ -1,0 +1,154 @@
+/**
+ * Input resolvers (SPEC §5). A registry maps a module to the record it reads (app + table) and how it
+ * renders that record for the prompt; operators and developers add modules by passing their own
+ * entries to `makeInputResolversLayer`. All inputs of one mission are read with one query in one
+ * transaction scoped to the user, so RLS decides what is visible.
+ */
+import { SqlClient } from "@effect/sql"
+import { Effect, Either, Layer, Metric } from "effect"
+import type { MissionInput } from "../domain/mission.js"
+import { isApplicable, isLive, replay } from "../domain/replay.js"
+import { InputResolvers, type ResolvedInput } from "./InputResolvers.js"
+import { inputsSkippedTotal } from "./metrics.js"
+import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
+import { withUserScope } from "./withUserScope.js"
+
+/** Why an input is left out of the prompt; the `reason` tag of inputsSkippedTotal. */
+export type InputSkipReason = "no-resolver" | "missing" | "deleted" | "unreadable"
+
+export interface InputResolver {
+  /** The app whose records this module reads (the input's `table` names the table). */
+  readonly appId: string
+  /**
+   * Renders a live record (replayed, not deleted). Left: why it cannot be shown (logged, counted as
+   * "unreadable"). Strings starting `enc:1:` must not be rendered; the service scrubs them anyway.
+   */
+  readonly render: (input: MissionInput, record: Readonly<Record<string, unknown>>) => Either.Either<ResolvedInput, string>
+}
+
+export type ResolverRegistry = Readonly<Record<string, InputResolver>>
+
+export const CIPHERTEXT_PREFIX = "enc:1:"
+export const ENCRYPTED_PLACEHOLDER = "[encrypted]"
+
+export const isCiphertext = (u: unknown): boolean => typeof u === "string" && u.startsWith(CIPHERTEXT_PREFIX)
+
+const readableString = (u: unknown): string | undefined =>
+  typeof u === "string" && !isCiphertext(u) && u.trim().length > 0 ? u.trim() : undefined
+
+const readableNumber = (u: unknown): number | undefined => {
+  if (typeof u === "number" && Number.isFinite(u)) return u
+  // Some clients store numbers as numeric strings; ciphertext is never a number.
+  if (typeof u === "string" && u.trim() !== "" && !isCiphertext(u) && Number.isFinite(Number(u))) return Number(u)
+  return undefined
+}
+
+const PERIODS: Readonly<Record<string, string>> = {
+  day: "day",
+  daily: "day",
+  week: "week",
+  weekly: "week",
+  month: "month",
+  monthly: "month",
+  year: "year",
+  yearly: "year",
+}
+
+/**
+ * A goal (companion app): the title, and a progress line from currentValue, target.value and period,
+ * e.g. "Progress: 3 / 10 per week". An encrypted title becomes "[encrypted]"; an encrypted (or
+ * otherwise unreadable) number or period is dropped from the line. A goal with neither a readable
+ * title nor a readable value has nothing to show and is "unreadable".
+ */
+export const renderGoal = (input: MissionInput, record: Readonly<Record<string, unknown>>): Either.Either<ResolvedInput, string> => {
+  const title = readableString(record.title) ?? (isCiphertext(record.title) ? ENCRYPTED_PLACEHOLDER : undefined)
+  const current = readableNumber(record.currentValue)
+  const target = typeof record.target === "object" && record.target !== null ? readableNumber((record.target as Record<string, unknown>).value) : undefined
+  const periodRaw = readableString(record.period)
+  const period = periodRaw === undefined ? undefined : (PERIODS[periodRaw.toLowerCase()] ?? periodRaw)
+  if (title === undefined && current === undefined && target === undefined) {
+    return Either.left("the goal has no readable title, currentValue or target")
+  }
+  const amount =
+    current !== undefined && target !== undefined
+      ? `${current} / ${target}`
+      : current !== undefined
+        ? `${current} (no target)`
+        : target !== undefined
+          ? `? / ${target}`
+          : "not recorded"
+  const progress = `Progress: ${amount}${period !== undefined && (current !== undefined || target !== undefined) ? ` per ${period}` : ""}`
+  return Either.right({ id: input.id, module: input.module, table: input.table, title: title ?? "(untitled goal)", content: progress })
+}
+
+export const goalsResolver: InputResolver = { appId: "companion", render: renderGoal }
+
+/** The resolvers shipped with mana-ai. */
+export const shippedResolvers: ResolverRegistry = { goals: goalsResolver }
+
+const CIPHERTEXT_TOKEN = /enc:1:\S*/g
+
+/** Last line of defence for resolvers added later: no ciphertext reaches the prompt, whatever they render. */
+export const scrubCiphertext = (r: ResolvedInput): ResolvedInput => ({
+  ...r,
+  title: r.title.replace(CIPHERTEXT_TOKEN, ENCRYPTED_PLACEHOLDER),
+  content: r.content.replace(CIPHERTEXT_TOKEN, ENCRYPTED_PLACEHOLDER),
+})
+
+const skip = (input: MissionInput, reason: InputSkipReason, detail: string) =>
+  Effect.logWarning(`mission input left out of the prompt: ${detail}`).pipe(
+    Effect.annotateLogs({ inputModule: input.module, inputTable: input.table, inputId: input.id, reason }),
+    Effect.zipRight(Metric.increment(Metric.tagged(inputsSkippedTotal, "reason", reason))),
+  )
+
+export const makeInputResolvers = (registry: ResolverRegistry) =>
+  Effect.map(SqlClient.SqlClient, (sqlClient) =>
+    InputResolvers.of({
+      resolve: (userId, inputs) =>
+        Effect.gen(function* () {
+          const routed: Array<{ input: MissionInput; resolver: InputResolver; ref: RecordRef }> = []
+          for (const input of inputs) {
+            const resolver = Object.hasOwn(registry, input.module) ? registry[input.module] : undefined
+            if (resolver === undefined) {
+              yield* skip(input, "no-resolver", `no resolver for module "${input.module}"`)
+              continue
+            }
+            routed.push({ input, resolver, ref: { appId: resolver.appId, table: input.table, recordId: input.id } })
+          }
+          if (routed.length === 0) return []
+          const byRef = yield* withUserScope(userId, (sql) =>
+            readRecordRows(sql, userId, routed.map((r) => r.ref)),
+          ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient))
+          const resolved: Array<ResolvedInput> = []
+          for (const { input, resolver, ref } of routed) {
+            const found = byRef.get(recordRefKey(ref))
+            if (found === undefined || (found.rows.length === 0 && found.undecodable === 0)) {
+              yield* skip(input, "missing", "no such record in the user's event log")
+              continue
+            }
+            if (found.rows.length === 0 || !found.rows.some(isApplicable)) {
+              yield* skip(input, "unreadable", "the record's rows carry no readable data")
+              continue
+            }
+            const state = replay(found.rows)
+            if (!isLive(state) || state.record === null) {
+              yield* skip(input, "deleted", "the record is deleted")
+              continue
+            }
+            const rendered = resolver.render(input, state.record)
+            if (Either.isLeft(rendered)) {
+              yield* skip(input, "unreadable", rendered.left)
+              continue
+            }
+            resolved.push(scrubCiphertext(rendered.right))
+          }
+          return resolved
+        }).pipe(Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } })),
+    }),
+  )
+
+export const makeInputResolversLayer = (registry: ResolverRegistry = shippedResolvers) =>
+  Layer.effect(InputResolvers, makeInputResolvers(registry))
+
+/** The shipped registry (goals). */
+export const InputResolversLive = makeInputResolversLayer()

@@ -1,0 +1,60 @@
+/**
+ * Reads the event-log rows of given records, to be replayed. Runs inside the caller's RLS scope
+ * (withUserScope): a record is identified by all four key columns, and rows come in replay order.
+ */
+import type { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Effect, Either, Schema } from "effect"
+import { SyncChange } from "../domain/eventLog.js"
+
+export interface RecordRef {
+  readonly appId: string
+  readonly table: string
+  readonly recordId: string
+}
+
+export const recordRefKey = (ref: RecordRef): string => JSON.stringify([ref.appId, ref.table, ref.recordId])
+
+export interface RecordRows {
+  /** Rows that decoded, in (created_at, id) order. */
+  readonly rows: ReadonlyArray<SyncChange>
+  /** Rows that did not decode as a sync_changes row (a column of an unexpected type). */
+  readonly undecodable: number
+}
+
+const decodeRow = Schema.decodeUnknownEither(SyncChange)
+
+/** One query for any number of records of one user; the map holds every requested ref, possibly with no rows. */
+export const readRecordRows = (
+  sql: SqlClient.SqlClient,
+  userId: string,
+  refs: ReadonlyArray<RecordRef>,
+): Effect.Effect<ReadonlyMap<string, RecordRows>, SqlError> => {
+  if (refs.length === 0) return Effect.succeed(new Map())
+  const wanted = sql.or(
+    refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`),
+  )
+  return sql<Record<string, unknown>>`
+    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at
+    FROM sync_changes
+    WHERE user_id = ${userId} AND ${wanted}
+    ORDER BY created_at, id`.pipe(
+    Effect.map((raw) => {
+      const byKey = new Map<string, { rows: Array<SyncChange>; undecodable: number }>()
+      for (const ref of refs) byKey.set(recordRefKey(ref), { rows: [], undecodable: 0 })
+      for (const row of raw) {
+        const key = recordRefKey({
+          appId: String(row.app_id),
+          table: String(row.table_name),
+          recordId: String(row.record_id),
+        })
+        const entry = byKey.get(key)
+        if (entry === undefined) continue
+        const decoded = decodeRow(row)
+        if (Either.isRight(decoded)) entry.rows.push(decoded.right)
+        else entry.undecodable++
+      }
+      return byKey
+    }),
+  )
+}
