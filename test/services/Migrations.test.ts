@@ -1,0 +1,57 @@
+import { SqlClient } from "@effect/sql"
+import { it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { expect } from "vitest"
+import { runMigrations } from "../../src/services/Migrations.js"
+import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+
+const tablesIn = (schema: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql<{ name: string }>`
+      SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = ${schema} AND c.relkind = 'r' ORDER BY 1`.pipe(Effect.map((rows) => rows.map((r) => r.name))),
+  )
+
+const EXPECTED_TABLES = ["applied_changes", "discovery_cursor", "migrations", "mission_snapshots", "run_claims"]
+
+it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starting at once", (it) => {
+  it.effect("both succeed, the migration is applied once and there is one set of tables", () =>
+    Effect.gen(function* () {
+      // Two separate pools, as two runner processes would have, started together on a fresh database.
+      const [a, b] = yield* Effect.all(
+        [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
+        { concurrency: "unbounded" },
+      )
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store"])
+      const db = yield* TestDatabase
+      const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations"))
+      expect(rows).toEqual([{ migration_id: 1 }])
+      expect(yield* Effect.provide(tablesIn("mana_ai"), RunnerSqlLive(1))).toEqual(EXPECTED_TABLES)
+    }),
+  )
+})
+
+it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_000 })("migrations", (it) => {
+  it.effect("a second run applies nothing and changes nothing", () =>
+    Effect.gen(function* () {
+      const first = yield* runMigrations
+      expect(first.length).toBe(1)
+      const again = yield* runMigrations
+      expect(again).toEqual([])
+      expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)
+    }),
+  )
+
+  it.effect("the runner role cannot create a schema, and the migrations need not", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const created = yield* Effect.either(sql`CREATE SCHEMA mana_ai_other`)
+      expect(created._tag).toBe("Left")
+      const role = yield* sql<{ su: boolean; br: boolean }>`
+        SELECT rolsuper AS su, rolbypassrls AS br FROM pg_roles WHERE rolname = current_user`
+      expect(role).toEqual([{ su: false, br: false }])
+      // Nothing of the runner's landed outside mana_ai.
+      expect(yield* tablesIn("public")).toEqual(["sync_changes"])
+    }),
+  )
+})
