@@ -3,18 +3,33 @@
  * fails with a ConfigError whose message names the variable and the form it expects. One tag per
  * concern so a test provides only what the code under test reads.
  */
-import { Config, Context, Duration, Effect, Layer, type Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Duration, Effect, Either, Layer, type Option, Redacted } from "effect"
 
-const positiveInt = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.withDefault(fallback),
-    Config.validate({ message: `${name} must be a whole number ≥ 1`, validation: (n) => n >= 1 }),
+/**
+ * A number read from text, so a value that does not parse gets the same message as one out of range:
+ * the variable's name and the form it expects (Config.integer alone says only "Expected an integer").
+ */
+const numberIn = (
+  name: string,
+  fallback: number,
+  options: { readonly min: number; readonly max?: number; readonly integer: boolean; readonly form: string },
+) =>
+  Config.string(name).pipe(
+    Config.withDefault(String(fallback)),
+    Config.mapOrFail((raw) => {
+      const text = raw.trim()
+      const n = options.integer ? (/^[+-]?\d+$/.test(text) ? Number(text) : Number.NaN) : text === "" ? Number.NaN : Number(text)
+      return Number.isFinite(n) && n >= options.min && (options.max === undefined || n <= options.max)
+        ? Either.right(n)
+        : Either.left(ConfigError.InvalidData([name], `${name} must be ${options.form}, got ${JSON.stringify(raw)}`))
+    }),
   )
 
+const positiveInt = (name: string, fallback: number) =>
+  numberIn(name, fallback, { min: 1, integer: true, form: "a whole number ≥ 1" })
+
 const millis = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.withDefault(fallback),
-    Config.validate({ message: `${name} must be a whole number of milliseconds ≥ 1`, validation: (n) => n >= 1 }),
+  numberIn(name, fallback, { min: 1, integer: true, form: "a whole number of milliseconds ≥ 1" }).pipe(
     Config.map(Duration.millis),
   )
 
@@ -122,15 +137,9 @@ export const llmConfig: Config.Config<LlmConfigShape> = Config.all({
     Config.withDefault("gpt-4o-mini"),
     Config.validate({ message: "LLM_MODEL must not be empty", validation: (s) => s.trim().length > 0 }),
   ),
-  temperature: Config.number("LLM_TEMPERATURE").pipe(
-    Config.withDefault(0.3),
-    Config.validate({ message: "LLM_TEMPERATURE must be a number from 0 to 2", validation: (n) => n >= 0 && n <= 2 }),
-  ),
+  temperature: numberIn("LLM_TEMPERATURE", 0.3, { min: 0, max: 2, integer: false, form: "a number from 0 to 2" }),
   requestTimeout: millis("LLM_TIMEOUT_MS", 60_000),
-  repairAttempts: Config.integer("PLANNER_REPAIR_ATTEMPTS").pipe(
-    Config.withDefault(1),
-    Config.validate({ message: "PLANNER_REPAIR_ATTEMPTS must be a whole number from 0 to 5", validation: (n) => n >= 0 && n <= 5 }),
-  ),
+  repairAttempts: numberIn("PLANNER_REPAIR_ATTEMPTS", 1, { min: 0, max: 5, integer: true, form: "a whole number from 0 to 5" }),
   toolsFile: Config.option(Config.string("TOOLS_FILE")),
 })
 
@@ -171,10 +180,7 @@ export interface HttpConfigShape {
 }
 
 export const httpConfig: Config.Config<HttpConfigShape> = Config.all({
-  port: Config.integer("PORT").pipe(
-    Config.withDefault(3066),
-    Config.validate({ message: "PORT must be a whole number from 0 to 65535", validation: (n) => n >= 0 && n <= 65535 }),
-  ),
+  port: numberIn("PORT", 3066, { min: 0, max: 65535, integer: true, form: "a whole number from 0 to 65535" }),
   serviceKey: Config.option(
     Config.redacted("MANA_SERVICE_KEY").pipe(
       Config.validate({

@@ -1,0 +1,121 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Either, Option, Redacted } from "effect"
+import { loadStartupConfig, type StartupConfig } from "../../src/layers/startupConfig.js"
+
+const load = (env: Record<string, string>) =>
+  Effect.runSync(
+    Effect.either(loadStartupConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))),
+  )
+
+const refused = (env: Record<string, string>): string => {
+  const result = load(env)
+  if (Either.isRight(result)) throw new Error(`accepted ${JSON.stringify(env)}`)
+  return result.left.message
+}
+
+const accepted = (env: Record<string, string>): StartupConfig => {
+  const result = load(env)
+  if (Either.isLeft(result)) throw new Error(result.left.message)
+  return result.right
+}
+
+const KEY = "a-service-key-of-some-length"
+
+/** Every variable of SPEC §10 that can be malformed (plus MANA_AI_DATA_DIR), with a bad value and the form expected. */
+const malformed: ReadonlyArray<readonly [variable: string, value: string, expected: RegExp]> = [
+  ["PORT", "http", /whole number from 0 to 65535/],
+  ["PORT", "70000", /whole number from 0 to 65535/],
+  ["SYNC_DATABASE_URL", "mysql://db/x", /postgres:\/\/ or postgresql:\/\/ URL/],
+  ["DB_POOL_MAX", "0", /whole number ≥ 1/],
+  ["DB_POOL_MAX", "ten", /whole number ≥ 1/],
+  ["MANA_LLM_URL", "llm.local:8080", /http\(s\) URL/],
+  ["LLM_MODEL", "  ", /must not be empty/],
+  ["LLM_TEMPERATURE", "warm", /number from 0 to 2/],
+  ["LLM_TEMPERATURE", "2.5", /number from 0 to 2/],
+  ["MANA_SERVICE_KEY", "short", /at least 16 characters/],
+  ["TICK_INTERVAL_MS", "5s", /milliseconds/],
+  ["TICK_ENABLED", "yes please", /true or false/],
+  ["USER_CONCURRENCY", "-1", /whole number ≥ 1/],
+  ["GLOBAL_CONCURRENCY", "1.5", /whole number ≥ 1/],
+  ["MISSION_TIMEOUT_MS", "two minutes", /milliseconds/],
+  ["LLM_TIMEOUT_MS", "0", /milliseconds/],
+  ["ACTOR_IDLE_TTL_MS", "10m", /milliseconds/],
+  ["RESTART_MAX", "many", /whole number ≥ 1/],
+  ["RESTART_WINDOW_MS", "", /milliseconds/],
+  ["SHUTDOWN_GRACE_MS", "30s", /milliseconds/],
+  ["DEFAULT_TIMEZONE", "Mars/Olympus_Mons", /IANA time zone/],
+  ["TOOLS_FILE", "/nonexistent/tools.json", /readable JSON file/],
+  ["PLANNER_REPAIR_ATTEMPTS", "9", /whole number from 0 to 5/],
+  ["LOG_LEVEL", "loud", /one of trace, debug, info/],
+  ["LOG_FORMAT", "xml", /json, logfmt or pretty/],
+  ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", /http\(s\) URL/],
+  ["MANA_AI_DATA_DIR", " ", /directory path/],
+]
+
+describe("start-up configuration", () => {
+  it.each(malformed)("refuses %s=%j naming the variable and the form it expects", (variable, value, expected) => {
+    const message = refused({ [variable]: value })
+    expect(message).toContain(variable)
+    expect(message).toMatch(expected)
+  })
+
+  it("never repeats a secret's value in the message", () => {
+    expect(refused({ MANA_SERVICE_KEY: "tooshort1" })).not.toContain("tooshort1")
+    expect(refused({ SYNC_DATABASE_URL: "mysql://u:hunter2@db/x" })).not.toContain("hunter2")
+  })
+
+  it("reports every malformed variable at once", () => {
+    const message = refused({ PORT: "x", USER_CONCURRENCY: "0", LOG_FORMAT: "xml" })
+    for (const name of ["PORT", "USER_CONCURRENCY", "LOG_FORMAT"]) expect(message).toContain(name)
+  })
+
+  it("with a real database requires MANA_LLM_URL and MANA_SERVICE_KEY", () => {
+    const message = refused({ SYNC_DATABASE_URL: "postgres://runner:pw@db:5432/sync" })
+    expect(message).toContain("MANA_LLM_URL is required when SYNC_DATABASE_URL is set")
+    expect(message).toContain("MANA_SERVICE_KEY is required when SYNC_DATABASE_URL is set")
+    expect(message).not.toContain("pw@")
+    expect(refused({ SYNC_DATABASE_URL: "postgres://db/sync", MANA_LLM_URL: "http://llm:1" })).toContain("MANA_SERVICE_KEY")
+    expect(refused({ SYNC_DATABASE_URL: "postgres://db/sync", MANA_SERVICE_KEY: KEY })).toContain("MANA_LLM_URL")
+  })
+
+  it("with a real database and both set, starts in live mode with the secrets redacted", () => {
+    const config = accepted({ SYNC_DATABASE_URL: "postgres://runner:pw@db:5432/sync", MANA_LLM_URL: "http://llm:1", MANA_SERVICE_KEY: KEY })
+    expect(config.mode._tag).toBe("Live")
+    if (config.mode._tag !== "Live") return
+    expect(Redacted.value(config.mode.serviceKey)).toBe(KEY)
+    expect(String(config.mode.serviceKey)).not.toContain(KEY)
+    expect(String(config.mode.databaseUrl)).not.toContain("pw")
+  })
+
+  it("with nothing set, starts embedded on the SPEC defaults", () => {
+    const config = accepted({})
+    expect(config.mode).toEqual({ _tag: "Embedded", dataDir: ".data" })
+    expect(config.http.port).toBe(3066)
+    expect(config.database.poolMax).toBe(10)
+    expect(Option.isNone(config.llm.url)).toBe(true)
+    expect(config.llm.model).toBe("gpt-4o-mini")
+    expect(config.llm.temperature).toBe(0.3)
+    expect(config.runner.tickEnabled).toBe(true)
+    expect(Duration.toMillis(config.runner.tickInterval)).toBe(5000)
+    expect(config.runner.userConcurrency).toBe(2)
+    expect(config.runner.globalConcurrency).toBe(16)
+    expect(Duration.toMillis(config.runner.missionTimeout)).toBe(120_000)
+    expect(Duration.toMillis(config.llm.requestTimeout)).toBe(60_000)
+    expect(Duration.toMillis(config.runner.actorIdleTtl)).toBe(600_000)
+    expect(config.runner.restartMax).toBe(5)
+    expect(Duration.toMillis(config.runner.restartWindow)).toBe(60_000)
+    expect(Duration.toMillis(config.runner.shutdownGrace)).toBe(30_000)
+    expect(config.runner.defaultTimezone).toBe("UTC")
+    expect(config.llm.repairAttempts).toBe(1)
+    expect(config.observability.logLevel).toBe("info")
+    expect(Option.isNone(config.observability.otlpEndpoint)).toBe(true)
+  })
+
+  it("accepts well-formed values", () => {
+    const config = accepted({ PORT: "0", TICK_ENABLED: "false", LLM_TEMPERATURE: "1.2", LOG_LEVEL: "WARN", DEFAULT_TIMEZONE: "Europe/Berlin" })
+    expect(config.http.port).toBe(0)
+    expect(config.runner.tickEnabled).toBe(false)
+    expect(config.llm.temperature).toBe(1.2)
+    expect(config.observability.logLevel).toBe("warning")
+  })
+})
