@@ -1,0 +1,273 @@
+/**
+ * The live LlmClient (SPEC §4 "LLM"): POST {MANA_LLM_URL}/v1/chat/completions over @effect/platform's
+ * HttpClient. Each HTTP attempt holds one GlobalLlmPermits permit and has its own LLM_TIMEOUT_MS;
+ * transient failures are retried with jittered exponential backoff (at least Retry-After) with no
+ * attempt limit, so the caller's deadline is what ends a run of bad luck.
+ * Needs an HttpClient: the composition provides FetchHttpClient.layer (Bun and Node alike).
+ */
+import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
+import {
+  Clock,
+  ConfigError,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Metric,
+  Option,
+  ParseResult,
+  Schedule,
+  Schema,
+  Stream,
+} from "effect"
+import { LlmConfig } from "./AppConfig.js"
+import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
+import {
+  type ChatMessage,
+  type Completion,
+  LlmClient,
+  type LlmError,
+  LlmHttpError,
+  LlmInvalidResponse,
+  LlmRateLimited,
+  LlmTimeout,
+  LlmTransportError,
+  type TokenUsage,
+  isTransientLlmError,
+} from "./LlmClient.js"
+import { llmRequestDuration, llmRequestsTotal, llmTokensTotal } from "./metrics.js"
+
+export interface LlmClientOptions {
+  /** First backoff delay; doubles per consecutive transient failure, jittered ±20 %. */
+  readonly baseDelay: Duration.DurationInput
+  /** Cap of the backoff before jitter (a longer Retry-After still wins). */
+  readonly maxDelay: Duration.DurationInput
+  /** Largest response body read; a larger one is an LlmInvalidResponse, not a memory spike. */
+  readonly maxBodyBytes: number
+}
+
+export const defaultLlmClientOptions: LlmClientOptions = {
+  baseDelay: Duration.millis(500),
+  maxDelay: Duration.seconds(30),
+  maxBodyBytes: 2 * 1024 * 1024,
+}
+
+// ---------------------------------------------------------------- response decoding
+
+const ChatCompletionBody = Schema.Struct({
+  choices: Schema.NonEmptyArray(Schema.Struct({ message: Schema.Struct({ content: Schema.String }) })),
+  usage: Schema.optional(Schema.Unknown),
+})
+
+const Count = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+const UsageBody = Schema.Struct({
+  prompt_tokens: Count,
+  completion_tokens: Count,
+  total_tokens: Schema.optional(Count),
+})
+
+const decodeBody = Schema.decodeUnknownEither(ChatCompletionBody)
+const decodeUsage = Schema.decodeUnknownOption(UsageBody)
+
+/** Names the fields that are wrong, never their values (they are LLM output). */
+const fieldsAt = (error: ParseResult.ParseError): string =>
+  [...new Set(ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => i.path.join(".") || "(body)"))].join(", ")
+
+const toCompletion = (bytes: Uint8Array): Effect.Effect<Completion, LlmInvalidResponse> => {
+  let json: unknown
+  try {
+    json = JSON.parse(new TextDecoder().decode(bytes))
+  } catch {
+    return Effect.fail(new LlmInvalidResponse({ reason: "the body is not JSON" }))
+  }
+  const body = decodeBody(json)
+  if (body._tag === "Left") {
+    return Effect.fail(
+      new LlmInvalidResponse({ reason: `expected choices[0].message.content as a string; wrong or missing: ${fieldsAt(body.left)}` }),
+    )
+  }
+  const usage = decodeUsage(body.right.usage).pipe(
+    Option.map(
+      (u): TokenUsage => ({
+        promptTokens: u.prompt_tokens,
+        completionTokens: u.completion_tokens,
+        totalTokens: u.total_tokens ?? u.prompt_tokens + u.completion_tokens,
+      }),
+    ),
+  )
+  return Effect.succeed({ content: body.right.choices[0].message.content, usage })
+}
+
+/** Reads at most `max` bytes; a longer body fails early and aborts the transfer. */
+const readBody = (
+  response: HttpClientResponse.HttpClientResponse,
+  max: number,
+): Effect.Effect<Uint8Array, LlmInvalidResponse | LlmTransportError> => {
+  const tooLarge = () => new LlmInvalidResponse({ reason: `the body exceeds ${max} bytes` })
+  const declared = Number(response.headers["content-length"])
+  if (Number.isFinite(declared) && declared > max) return Effect.fail(tooLarge())
+  return response.stream.pipe(
+    Stream.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
+    Stream.runFoldEffect({ size: 0, chunks: [] as Array<Uint8Array> }, (acc, chunk) => {
+      if (acc.size + chunk.byteLength > max) return Effect.fail(tooLarge())
+      acc.chunks.push(chunk) // local accumulator: avoids copying every chunk on each step
+      acc.size += chunk.byteLength
+      return Effect.succeed(acc)
+    }),
+    Effect.map(({ size, chunks }) => {
+      const out = new Uint8Array(size)
+      let offset = 0
+      for (const c of chunks) {
+        out.set(c, offset)
+        offset += c.byteLength
+      }
+      return out
+    }),
+  )
+}
+
+/** Retry-After as delta-seconds or an HTTP date, in milliseconds from `now`. */
+export const parseRetryAfter = (value: string | undefined, now: number): number | undefined => {
+  if (value === undefined) return undefined
+  const trimmed = value.trim()
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.round(Number(trimmed) * 1000)
+  const date = Date.parse(trimmed)
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now)
+}
+
+const outcomeOf = (exit: Exit.Exit<Completion, LlmError>): string => {
+  if (Exit.isSuccess(exit)) return "success"
+  const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
+  if (failure === undefined) return "interrupted"
+  switch (failure._tag) {
+    case "LlmTimeout":
+      return "timeout"
+    case "LlmRateLimited":
+      return "rate_limited"
+    case "LlmHttpError":
+      return failure.status >= 500 ? "http_5xx" : "http_4xx"
+    case "LlmTransportError":
+      return "transport_error"
+    case "LlmInvalidResponse":
+      return "invalid_response"
+  }
+}
+
+const retryAfterOf = (e: LlmError): number =>
+  (e._tag === "LlmRateLimited" || e._tag === "LlmHttpError" ? e.retryAfterMs : undefined) ?? 0
+
+// ---------------------------------------------------------------- the client
+
+export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
+  Effect.gen(function* () {
+    const config = yield* LlmConfig
+    const permits = yield* GlobalLlmPermits
+    if (Option.isNone(config.url)) {
+      return yield* Effect.fail(
+        ConfigError.MissingData(["MANA_LLM_URL"], "MANA_LLM_URL must be set to use the LLM planner, e.g. http://localhost:3025"),
+      )
+    }
+    // withScope: the request is aborted when each attempt's scope closes, whatever its outcome.
+    const http = HttpClient.withScope(yield* HttpClient.HttpClient)
+    const endpoint = `${config.url.value.replace(/\/+$/, "")}/v1/chat/completions`
+    const timeoutMs = Duration.toMillis(config.requestTimeout)
+    const withAuth = Option.match(config.apiKey, {
+      onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
+      onSome: (key) => HttpClientRequest.bearerToken(key),
+    })
+
+    const send = (messages: ReadonlyArray<ChatMessage>): Effect.Effect<Completion, LlmError> =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const request = HttpClientRequest.post(endpoint).pipe(
+            withAuth,
+            HttpClientRequest.acceptJson,
+            HttpClientRequest.bodyUnsafeJson({
+              model: config.model,
+              temperature: config.temperature,
+              messages: messages.map((m) => ({ role: m.role, content: m.content })),
+            }),
+          )
+          const response = yield* http.execute(request).pipe(
+            Effect.catchAll((e) =>
+              e._tag === "RequestError" && e.reason === "Transport"
+                ? Effect.fail(new LlmTransportError({ reason: transportReason(e.cause) }))
+                : Effect.dieMessage(`LLM request could not be built: ${e._tag} ${"reason" in e ? e.reason : ""}`),
+            ),
+          )
+          const status = response.status
+          if (status === 429 || status >= 500) {
+            const retryAfterMs = parseRetryAfter(response.headers["retry-after"], yield* Clock.currentTimeMillis)
+            const fields = retryAfterMs === undefined ? {} : { retryAfterMs }
+            return yield* status === 429 ? new LlmRateLimited(fields) : new LlmHttpError({ status, ...fields })
+          }
+          if (status < 200 || status >= 300) return yield* new LlmHttpError({ status })
+          return yield* Effect.flatMap(readBody(response, options.maxBodyBytes), toCompletion)
+        }),
+      ).pipe(Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }))
+
+    /** One HTTP attempt, holding a global permit only while it runs, measured and counted. */
+    const attempt = (messages: ReadonlyArray<ChatMessage>) =>
+      permits.withPermit(
+        Effect.flatMap(Clock.currentTimeMillis, (start) =>
+          send(messages).pipe(
+            Effect.onExit((exit) =>
+              Effect.flatMap(Clock.currentTimeMillis, (end) =>
+                Effect.all([
+                  Metric.update(llmRequestDuration, (end - start) / 1000),
+                  Metric.increment(Metric.tagged(llmRequestsTotal, "outcome", outcomeOf(exit))),
+                ]),
+              ),
+            ),
+          ),
+        ),
+      )
+
+    const schedule = Schedule.identity<LlmError>().pipe(
+      Schedule.intersect(
+        Schedule.exponential(options.baseDelay).pipe(Schedule.union(Schedule.spaced(options.maxDelay)), Schedule.jittered),
+      ),
+      Schedule.modifyDelayEffect(([error], delay) => {
+        const wait = Duration.max(delay, Duration.millis(retryAfterOf(error)))
+        // Effect.retry consults the schedule before its `while`, so a permanent error gets here too.
+        if (!isTransientLlmError(error)) return Effect.succeed(wait)
+        return Effect.logWarning("LLM request failed; retrying").pipe(
+          Effect.annotateLogs({ error: error._tag, detail: error.message, retryInMs: Math.round(Duration.toMillis(wait)) }),
+          Effect.as(wait),
+        )
+      }),
+    )
+
+    const complete = (messages: ReadonlyArray<ChatMessage>): Effect.Effect<Completion, LlmError> =>
+      attempt(messages).pipe(
+        Effect.retry({ schedule, while: isTransientLlmError }),
+        Effect.tap(({ usage }) =>
+          Option.match(usage, {
+            onNone: () => Effect.void,
+            onSome: (u) =>
+              Effect.all([
+                Metric.incrementBy(Metric.tagged(llmTokensTotal, "kind", "prompt"), u.promptTokens),
+                Metric.incrementBy(Metric.tagged(llmTokensTotal, "kind", "completion"), u.completionTokens),
+                Effect.annotateCurrentSpan({ "llm.prompt_tokens": u.promptTokens, "llm.completion_tokens": u.completionTokens }),
+              ]),
+          }),
+        ),
+        Effect.withSpan("LlmClient.complete", { attributes: { "llm.model": config.model, "llm.messages": messages.length } }),
+      )
+
+    return LlmClient.of({ complete })
+  })
+
+/** The cause of a fetch failure in a few words (e.g. ECONNREFUSED), without the request. */
+const transportReason = (cause: unknown): string => {
+  const inner = cause instanceof Error && cause.cause instanceof Error ? cause.cause : cause
+  const code = typeof inner === "object" && inner !== null && "code" in inner ? String(inner.code) : undefined
+  const message = inner instanceof Error ? inner.message : String(inner)
+  return (code ?? message).slice(0, 200)
+}
+
+/** Needs LlmConfig, GlobalLlmPermits and an HttpClient (FetchHttpClient.layer). */
+export const LlmClientLive = Layer.effect(LlmClient, makeLlmClient())
+
+export const llmClientLayer = (options: Partial<LlmClientOptions>) =>
+  Layer.effect(LlmClient, makeLlmClient({ ...defaultLlmClientOptions, ...options }))
