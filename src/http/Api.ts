@@ -1,0 +1,176 @@
+/**
+ * The HTTP API (SPEC §9): health, readiness, metrics, and the service-key-gated /internal routes.
+ */
+import { createHash, timingSafeEqual } from "node:crypto"
+import {
+  HttpMiddleware,
+  HttpRouter,
+  HttpServer,
+  HttpServerRequest,
+  HttpServerResponse,
+} from "@effect/platform"
+import { Effect, type Layer, Option, Redacted, Ref, Schema } from "effect"
+import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
+import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
+
+export const SERVICE_NAME = "mana-ai"
+
+const json = (status: number, body: unknown) => HttpServerResponse.unsafeJson(body, { status })
+
+/** Every error answer has this shape. */
+const problem = (status: number, error: string, reason: string) => json(status, { error, reason })
+
+/**
+ * Constant time in the key's content and length: both sides are hashed to equal-length digests
+ * before timingSafeEqual, so neither a prefix match nor the length leaks through timing.
+ */
+export const serviceKeyMatches = (expected: Redacted.Redacted<string>, given: string | undefined): boolean => {
+  const a = createHash("sha256").update(Redacted.value(expected)).digest()
+  const b = createHash("sha256").update(given ?? "").digest()
+  return timingSafeEqual(a, b) && given !== undefined
+}
+
+const requireServiceKey = HttpMiddleware.make((app) =>
+  Effect.gen(function* () {
+    const { settings } = yield* ServerState
+    const request = yield* HttpServerRequest.HttpServerRequest
+    return serviceKeyMatches(settings.serviceKey, request.headers["x-service-key"])
+      ? yield* app
+      : problem(401, "unauthorized", "missing or wrong X-Service-Key header")
+  }),
+)
+
+const notReady = problem(503, "not-ready", "the runner is still starting: the database is not ready yet")
+
+/** Runs `f` with the backend, or answers 503 while the process is starting. */
+const withBackend = <E, R>(f: (backend: ApiBackend) => Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
+  Effect.flatMap(ServerState, (state) =>
+    Effect.flatMap(state.backend, Option.match({ onNone: () => Effect.succeed(notReady), onSome: f })),
+  )
+
+const backendFailed = (error: BackendError) => Effect.succeed(problem(500, "backend-error", error.reason))
+
+const UserIdParams = Schema.Struct({
+  userId: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)),
+})
+
+const userIdParam = HttpRouter.schemaPathParams(UserIdParams)
+
+// ---------------------------------------------------------------- public
+
+const health = Effect.gen(function* () {
+  const state = yield* ServerState
+  const phase = yield* state.phase
+  const running = (yield* Ref.get(state.ticksRunning)) > 0
+  const backend = yield* state.backend
+  const actors = Option.isSome(backend) ? yield* Effect.either(backend.value.actors) : undefined
+  const summary: Record<string, number> = { total: 0 }
+  if (actors !== undefined && actors._tag === "Right") {
+    summary.total = actors.right.length
+    for (const actor of actors.right) summary[actor.state] = (summary[actor.state] ?? 0) + 1
+  }
+  return json(200, {
+    ok: actors === undefined || actors._tag === "Right",
+    service: SERVICE_NAME,
+    version: state.settings.version,
+    phase,
+    tick: { enabled: state.settings.tickEnabled, running },
+    actors: summary,
+  })
+}).pipe(HttpMiddleware.withLoggerDisabled)
+
+const ready = Effect.gen(function* () {
+  const phase = yield* (yield* ServerState).phase
+  return phase === "ready" ? json(200, { ready: true, phase }) : json(503, { ready: false, phase })
+}).pipe(HttpMiddleware.withLoggerDisabled)
+
+const metrics = Effect.map(prometheusSnapshot, (text) =>
+  HttpServerResponse.text(text, { contentType: PROMETHEUS_CONTENT_TYPE }),
+).pipe(HttpMiddleware.withLoggerDisabled)
+
+// ---------------------------------------------------------------- internal
+
+const tick = Effect.gen(function* () {
+  const state = yield* ServerState
+  if ((yield* state.phase) === "draining") {
+    return problem(503, "draining", "the runner is shutting down: no new runs")
+  }
+  return yield* withBackend((backend) =>
+    Effect.acquireUseRelease(
+      Ref.update(state.ticksRunning, (n) => n + 1),
+      () => backend.tick,
+      () => Ref.update(state.ticksRunning, (n) => n - 1),
+    ).pipe(
+      Effect.map((report) => json(200, report)),
+      Effect.catchTag("BackendError", backendFailed),
+    ),
+  )
+})
+
+const actors = withBackend((backend) =>
+  backend.actors.pipe(
+    Effect.map((list) => json(200, { actors: list })),
+    Effect.catchTag("BackendError", backendFailed),
+  ),
+)
+
+const restart = Effect.gen(function* () {
+  const { userId } = yield* userIdParam
+  return yield* withBackend((backend) =>
+    backend.restart(userId).pipe(
+      Effect.map((found) =>
+        found
+          ? json(200, { userId, restarted: true })
+          : problem(404, "unknown-user", "the runner has no actor and no quarantine for that user"),
+      ),
+      Effect.catchTag("BackendError", backendFailed),
+    ),
+  )
+})
+
+const missions = Effect.gen(function* () {
+  const { userId } = yield* userIdParam
+  return yield* withBackend((backend) =>
+    backend.missions(userId).pipe(
+      Effect.map((list) =>
+        json(200, {
+          userId,
+          missions: list.map((m) => m.record),
+          malformed: list.flatMap((m) => (m.malformed === null ? [] : [{ missionId: m.missionId, reason: m.malformed }])),
+        }),
+      ),
+      Effect.catchTag("BackendError", backendFailed),
+    ),
+  )
+})
+
+const internal = HttpRouter.empty.pipe(
+  HttpRouter.post("/tick", tick),
+  HttpRouter.get("/actors", actors),
+  HttpRouter.post("/actors/:userId/restart", restart),
+  HttpRouter.get("/missions/:userId", missions),
+  // Inside the gate, so an unknown /internal path says 401 to a caller without the key, not 404.
+  HttpRouter.all("*", Effect.succeed(problem(404, "not-found", "no such internal route"))),
+  HttpRouter.use(requireServiceKey),
+)
+
+export const apiRouter = HttpRouter.empty.pipe(
+  HttpRouter.get("/health", health),
+  HttpRouter.get("/ready", ready),
+  HttpRouter.get("/metrics", metrics),
+  HttpRouter.mount("/internal", internal),
+)
+
+/** The router with every failure answered as JSON `{error, reason}`. */
+export const apiApp = apiRouter.pipe(
+  Effect.catchTags({
+    RouteNotFound: () => Effect.succeed(problem(404, "not-found", "no such route")),
+    ParseError: (e) => Effect.succeed(problem(400, "bad-request", e.message)),
+  }),
+)
+
+/** Serves the API on whatever HttpServer is provided (Bun in the process, Node in tests). */
+export const ApiLive: Layer.Layer<never, never, HttpServer.HttpServer | ServerState> = HttpServer.serve(
+  apiApp,
+  HttpMiddleware.logger,
+).pipe(HttpServer.withLogAddress)

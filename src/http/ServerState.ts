@@ -1,0 +1,96 @@
+/**
+ * What the HTTP server knows about the process: its phase (for /ready) and, once the database is up
+ * and the supervisor runs, the backend the /internal routes talk to. The server starts before the
+ * database so /health answers at once and /ready says 503 until migrations ran; it stops after the
+ * supervisor drained so /ready says 503 while draining.
+ */
+import { readFileSync } from "node:fs"
+import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
+
+export type Phase = "starting" | "ready" | "draining"
+
+/** One tick's answer (SPEC §9 POST /internal/tick). */
+export interface TickReport {
+  readonly scannedAt: string
+  readonly dueMissionCount: number
+  readonly plansProduced: number
+  readonly plansWrittenBack: number
+  readonly parseFailures: number
+  readonly errors: ReadonlyArray<string>
+}
+
+/** One user actor as GET /internal/actors shows it. */
+export interface ActorView {
+  readonly userId: string
+  readonly state: string
+  readonly missions: number
+  readonly inFlight: number
+  readonly restarts: number
+  readonly lastError: string | null
+  readonly nextWakeAt: string | null
+}
+
+/** One mission as GET /internal/missions/:userId shows it: the replayed record, every field. */
+export interface MissionView {
+  readonly missionId: string
+  readonly record: Readonly<Record<string, unknown>>
+  /** Set when the record does not decode as a mission (the runner skips it). */
+  readonly malformed: string | null
+}
+
+/** The backend could not answer (a database error, say); `reason` is safe to show to the caller. */
+export class BackendError extends Data.TaggedError("BackendError")<{ readonly reason: string }> {}
+
+/** What /internal needs from the actors and the store; the process composition adapts the real ones. */
+export interface ApiBackend {
+  readonly tick: Effect.Effect<TickReport, BackendError>
+  readonly actors: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
+  /** False when the runner has no actor and no quarantine for that user. */
+  readonly restart: (userId: string) => Effect.Effect<boolean, BackendError>
+  readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>
+}
+
+export interface ServerSettings {
+  readonly serviceKey: Redacted.Redacted<string>
+  readonly tickEnabled: boolean
+  readonly version: string
+}
+
+export interface ServerStateShape {
+  readonly settings: ServerSettings
+  readonly phase: Effect.Effect<Phase>
+  readonly setPhase: (phase: Phase) => Effect.Effect<void>
+  /** The backend once the supervisor runs; None before. */
+  readonly backend: Effect.Effect<Option.Option<ApiBackend>>
+  readonly provideBackend: (backend: ApiBackend) => Effect.Effect<void>
+  /** Ticks requested over HTTP and still under way (GET /health tick.running). */
+  readonly ticksRunning: Ref.Ref<number>
+}
+
+export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState, ServerStateShape>() {
+  static readonly make = (settings: ServerSettings): Effect.Effect<ServerStateShape> =>
+    Effect.gen(function* () {
+      const phase = yield* Ref.make<Phase>("starting")
+      const backend = yield* Deferred.make<ApiBackend>()
+      const ticksRunning = yield* Ref.make(0)
+      return {
+        settings,
+        phase: Ref.get(phase),
+        setPhase: (next) => Ref.set(phase, next),
+        backend: Deferred.poll(backend).pipe(Effect.flatMap(Option.match({ onNone: () => Effect.succeedNone, onSome: Effect.asSome }))),
+        provideBackend: (b) => Deferred.succeed(backend, b).pipe(Effect.asVoid),
+        ticksRunning,
+      }
+    })
+  static readonly layer = (settings: ServerSettings) => Layer.effect(ServerState, ServerState.make(settings))
+}
+
+/** package.json's version: the one thing /health reports about the build. */
+export const packageVersion = (): string => {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown }
+    return typeof pkg.version === "string" ? pkg.version : "unknown"
+  } catch {
+    return "unknown"
+  }
+}
