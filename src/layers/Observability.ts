@@ -1,0 +1,59 @@
+/**
+ * Logs and traces (SPEC §10 LOG_LEVEL, LOG_FORMAT, OTEL_EXPORTER_OTLP_ENDPOINT). Every format prints
+ * the log annotations, so a run's userId and missionId reach each of its lines. Spans go out over
+ * OTLP/HTTP (JSON) through @effect/opentelemetry's Otlp tracer: no OpenTelemetry SDK is loaded.
+ */
+import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
+import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
+import { FetchHttpClient } from "@effect/platform"
+import { Layer, Logger, LogLevel, Option } from "effect"
+import type { LogFormat, ObservabilityConfigShape } from "../services/AppConfig.js"
+
+const loggerFor = (format: LogFormat): Layer.Layer<never> => {
+  switch (format) {
+    case "json":
+      return Logger.json
+    case "logfmt":
+      return Logger.logFmt
+    case "pretty":
+      return Logger.pretty
+  }
+}
+
+const levelFor = (level: ObservabilityConfigShape["logLevel"]): LogLevel.LogLevel => {
+  switch (level) {
+    case "trace":
+      return LogLevel.Trace
+    case "debug":
+      return LogLevel.Debug
+    case "info":
+      return LogLevel.Info
+    case "warning":
+      return LogLevel.Warning
+    case "error":
+      return LogLevel.Error
+    case "fatal":
+      return LogLevel.Fatal
+    case "none":
+      return LogLevel.None
+  }
+}
+
+/** OTLP/HTTP's traces path under the endpoint, as the OpenTelemetry exporter variables define it. */
+export const otlpTracesUrl = (endpoint: string): string => `${endpoint.replace(/\/+$/, "")}/v1/traces`
+
+export const TracingLive = (endpoint: string, serviceVersion: string): Layer.Layer<never> =>
+  OtlpTracer.layer({
+    url: otlpTracesUrl(endpoint),
+    resource: { serviceName: "mana-ai", serviceVersion },
+  }).pipe(Layer.provide(OtlpSerialization.layerJson), Layer.provide(FetchHttpClient.layer))
+
+export const ObservabilityLive = (config: ObservabilityConfigShape, serviceVersion: string): Layer.Layer<never> =>
+  Layer.mergeAll(
+    loggerFor(config.logFormat),
+    Logger.minimumLogLevel(levelFor(config.logLevel)),
+    Option.match(config.otlpEndpoint, {
+      onNone: () => Layer.empty,
+      onSome: (endpoint) => TracingLive(endpoint, serviceVersion),
+    }),
+  )
