@@ -1,7 +1,7 @@
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "@effect/vitest"
-import { Console, Effect, Layer, Option } from "effect"
+import { Console, Effect, Option } from "effect"
 import { ObservabilityLive, otlpTracesUrl } from "../../src/layers/Observability.js"
 
 /** Runs `self` under the process's logging layer and returns what it printed. */
