@@ -1,0 +1,458 @@
+/**
+ * The supervisor (SPEC §8): keeps one user actor per user with a schedulable mission, feeds them
+ * what discovery finds, restarts a failed actor with backoff, quarantines a user whose actor fails
+ * RESTART_MAX times within RESTART_WINDOW_MS, and drains runs when its scope closes.
+ *
+ * Locks, always taken in this order: `discoveryLock` (one pass delivering snapshots at a time, so a
+ * message never carries an older view than one already delivered) then `lock` (the actor books:
+ * spawning, delivering, retiring, quarantining).
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import {
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberMap,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Ref,
+  Schedule,
+  Stream,
+  SubscriptionRef,
+} from "effect"
+import { RunnerConfig } from "../services/AppConfig.js"
+import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
+import { MissionRunner } from "../services/MissionRunner.js"
+import {
+  actorRestartsTotal,
+  actorsGauge,
+  discoveryDuration,
+  discoveryRowsRead,
+  quarantinedGauge,
+  runsInFlightGauge,
+  tickDuration,
+  tickOverlapsTotal,
+  ticksTotal,
+} from "../services/metrics.js"
+import * as UserActor from "./UserActor.js"
+import type { ActorMessage, ActorStatus, RunGate, TickPart } from "./UserActor.js"
+
+export interface TickReport {
+  readonly scannedAt: string
+  readonly dueMissionCount: number
+  readonly plansProduced: number
+  readonly plansWrittenBack: number
+  readonly parseFailures: number
+  readonly errors: ReadonlyArray<string>
+}
+
+export interface DiscoveryReport {
+  readonly rowsRead: number
+  readonly changed: number
+  readonly actorsStarted: number
+}
+
+export interface SupervisorShape {
+  /** Discovery pass, then every mission due now through its user's actor; waits for those runs. */
+  readonly tick: Effect.Effect<TickReport>
+  /** One discovery pass on demand (the loop runs one every TICK_INTERVAL_MS when TICK_ENABLED). */
+  readonly discover: Effect.Effect<DiscoveryReport, SqlError>
+  /** Every actor, by userId. */
+  readonly status: Effect.Effect<ReadonlyArray<ActorStatus>>
+  /** Lifts a quarantine and restarts the user's actor; false when the user has no actor. */
+  readonly restart: (userId: string) => Effect.Effect<boolean>
+  readonly tickRunning: Effect.Effect<boolean>
+  readonly draining: Effect.Effect<boolean>
+}
+
+export class Supervisor extends Context.Tag("mana-ai/Supervisor")<Supervisor, SupervisorShape>() {}
+
+interface ActorHandle {
+  readonly userId: string
+  readonly mailbox: Queue.Queue<ActorMessage>
+  readonly status: Ref.Ref<ActorStatus>
+  /** Completed by restart(userId); a fresh one per incarnation or wait. */
+  readonly restartSignal: Ref.Ref<Deferred.Deferred<void>>
+}
+
+/** Failed actors come back after 1 s, doubling to 30 s, jittered so a shared outage does not restart them in step. */
+const restartSchedule = Schedule.exponential("1 second").pipe(
+  Schedule.union(Schedule.spaced("30 seconds")),
+  Schedule.jittered,
+)
+
+const iso = (ms: number) => new Date(ms).toISOString()
+
+const seconds = (fromMs: number, toMs: number) => (toMs - fromMs) / 1000
+
+export const make = Effect.gen(function* () {
+  const config = yield* RunnerConfig
+  const store = yield* MissionStore
+  const runner = yield* MissionRunner
+
+  const actors = yield* FiberMap.make<string>()
+  const forkActor = yield* FiberMap.runtime(actors)<never>()
+  const handles = new Map<string, ActorHandle>()
+  const lock = yield* Effect.makeSemaphore(1)
+  const discoveryLock = yield* Effect.makeSemaphore(1)
+  const tickLock = yield* Effect.makeSemaphore(1)
+  const tickInProgress = yield* Ref.make(false)
+  /** The first discovery pass also starts actors for every schedulable mission already stored. */
+  const primed = yield* Ref.make(false)
+
+  const gateState = yield* SubscriptionRef.make({ draining: false, inFlight: 0 })
+  const gate: RunGate = {
+    enter: SubscriptionRef.modify(gateState, (s) =>
+      s.draining ? [-1, s] : [s.inFlight + 1, { ...s, inFlight: s.inFlight + 1 }],
+    ).pipe(
+      Effect.flatMap((inFlight) =>
+        inFlight < 0 ? Effect.succeed(false) : Metric.set(runsInFlightGauge, inFlight).pipe(Effect.as(true)),
+      ),
+    ),
+    leave: SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, inFlight: s.inFlight - 1 })).pipe(
+      Effect.flatMap((s) => Metric.set(runsInFlightGauge, s.inFlight)),
+    ),
+    draining: SubscriptionRef.get(gateState).pipe(Effect.map((s) => s.draining)),
+  }
+
+  const publishGauges = Effect.gen(function* () {
+    const states = yield* Effect.forEach(handles.values(), (h) => Ref.get(h.status))
+    yield* Metric.set(actorsGauge, handles.size)
+    yield* Metric.set(quarantinedGauge, states.filter((s) => s.state === "quarantined").length)
+  })
+
+  /** Answers tick requests still queued for an actor that will not take them. */
+  const answerQueued = (handle: ActorHandle, why: string) =>
+    Queue.takeAll(handle.mailbox).pipe(
+      Effect.flatMap((messages) =>
+        Effect.forEach(
+          messages,
+          (m) =>
+            m._tag === "RunNow"
+              ? Deferred.succeed(m.request.reply, { ...UserActor.emptyTickPart, errors: [`user ${handle.userId}: ${why}`] })
+              : Effect.void,
+          { discard: true },
+        ),
+      ),
+    )
+
+  const tryRetire = (handle: ActorHandle) =>
+    lock.withPermits(1)(
+      Effect.gen(function* () {
+        if ((yield* Queue.size(handle.mailbox)) > 0) return false
+        if (handles.get(handle.userId) === handle) handles.delete(handle.userId)
+        yield* publishGauges
+        return true
+      }),
+    )
+
+  const supervise = (handle: ActorHandle) =>
+    Effect.gen(function* () {
+      let failures: Array<number> = []
+      while (true) {
+        const signal = yield* Deferred.make<void>()
+        yield* Ref.set(handle.restartSignal, signal)
+        const result = yield* Effect.raceFirst(
+          Effect.exit(
+            Effect.scoped(
+              UserActor.run({
+                userId: handle.userId,
+                mailbox: handle.mailbox,
+                status: handle.status,
+                config,
+                store,
+                runner,
+                gate,
+                exclusiveOfDiscovery: (self) => discoveryLock.withPermits(1)(self),
+                tryRetire: tryRetire(handle),
+              }),
+            ),
+          ),
+          Deferred.await(signal).pipe(Effect.as("restart-requested" as const)),
+        )
+        if (result === "restart-requested") {
+          failures = []
+          yield* Effect.logInfo("actor restarted on request")
+        } else if (Exit.isSuccess(result)) {
+          return
+        } else {
+          const now = yield* Clock.currentTimeMillis
+          const windowMs = Duration.toMillis(config.restartWindow)
+          failures = [...failures.filter((t) => t > now - windowMs), now]
+          const reason = UserActor.describeCause(result.cause)
+          const quarantine = failures.length >= config.restartMax
+          const wait = quarantine ? config.restartWindow : yield* UserActor.nthDelay(restartSchedule, failures.length)
+          const wakeAt = now + Duration.toMillis(wait)
+          yield* lock.withPermits(1)(
+            Effect.gen(function* () {
+              yield* Ref.update(
+                handle.status,
+                (s): ActorStatus => ({
+                  ...s,
+                  state: quarantine ? "quarantined" : "backing-off",
+                  inFlight: 0,
+                  lastError: reason,
+                  nextWakeAt: iso(wakeAt),
+                }),
+              )
+              // A tick must not wait out a quarantine.
+              if (quarantine) yield* answerQueued(handle, "quarantined")
+              yield* publishGauges
+            }),
+          )
+          if (quarantine) {
+            yield* Effect.logError("user quarantined: actor failed too often").pipe(
+              Effect.annotateLogs({ reason, failures: failures.length, until: iso(wakeAt) }),
+            )
+          } else {
+            yield* Effect.logError("actor failed; restarting after backoff").pipe(
+              Effect.annotateLogs({ reason, failures: failures.length, restartAt: iso(wakeAt) }),
+            )
+          }
+          yield* Effect.raceFirst(Effect.sleep(wait), Deferred.await(signal))
+          if (quarantine || (yield* Deferred.isDone(signal))) failures = []
+          if (quarantine) yield* Effect.logInfo("quarantine lifted")
+        }
+        yield* Ref.update(
+          handle.status,
+          (s): ActorStatus => ({ ...s, state: "idle", inFlight: 0, restarts: s.restarts + 1, nextWakeAt: null }),
+        )
+        yield* Metric.increment(actorRestartsTotal)
+        yield* lock.withPermits(1)(publishGauges)
+      }
+    }).pipe(
+      Effect.ensuring(answerQueued(handle, "actor stopped")),
+      Effect.annotateLogs({ userId: handle.userId }),
+    )
+
+  /** Caller holds `lock`. */
+  const spawn = (userId: string) =>
+    Effect.gen(function* () {
+      const handle: ActorHandle = {
+        userId,
+        mailbox: yield* Queue.unbounded<ActorMessage>(),
+        status: yield* Ref.make(UserActor.initialStatus(userId)),
+        restartSignal: yield* Ref.make(yield* Deferred.make<void>()),
+      }
+      handles.set(userId, handle)
+      forkActor(userId, supervise(handle))
+      yield* publishGauges
+      yield* Effect.logInfo("actor started").pipe(Effect.annotateLogs({ userId }))
+      return handle
+    })
+
+  /** Caller holds `lock`. Undefined while draining: no new actor then. */
+  const ensureActor = (userId: string) =>
+    Effect.gen(function* () {
+      const existing = handles.get(userId)
+      if (existing !== undefined) return existing
+      if (yield* gate.draining) return undefined
+      return yield* spawn(userId)
+    })
+
+  const byUser = (snapshots: ReadonlyArray<MissionSnapshot>) => {
+    const groups = new Map<string, Array<MissionSnapshot>>()
+    for (const s of snapshots) {
+      const group = groups.get(s.userId)
+      if (group === undefined) groups.set(s.userId, [s])
+      else group.push(s)
+    }
+    return groups
+  }
+
+  /** Caller holds `discoveryLock`. */
+  const discoverLocked = Effect.gen(function* () {
+    const started = yield* Clock.currentTimeMillis
+    const result = yield* store.refresh
+    yield* Metric.incrementBy(discoveryRowsRead, result.rowsRead)
+    let actorsStarted = 0
+    if (!(yield* Ref.get(primed))) {
+      const all = yield* store.schedulable
+      yield* lock.withPermits(1)(
+        Effect.forEach(
+          byUser(all).keys(),
+          (userId) =>
+            Effect.gen(function* () {
+              if (!handles.has(userId) && (yield* ensureActor(userId)) !== undefined) actorsStarted++
+            }),
+          { discard: true },
+        ),
+      )
+      yield* Ref.set(primed, true)
+    }
+    yield* lock.withPermits(1)(
+      Effect.forEach(
+        byUser(result.changed),
+        ([userId, snapshots]) =>
+          Effect.gen(function* () {
+            const handle = handles.get(userId)
+            if (handle !== undefined) {
+              yield* Queue.offer(handle.mailbox, { _tag: "Upsert", snapshots })
+            } else if (snapshots.some((s) => s.schedulable) && (yield* ensureActor(userId)) !== undefined) {
+              // A new actor reads its missions from the store itself.
+              actorsStarted++
+            }
+          }),
+        { discard: true },
+      ),
+    )
+    const finished = yield* Clock.currentTimeMillis
+    yield* Metric.update(discoveryDuration, seconds(started, finished))
+    if (result.changed.length > 0 || actorsStarted > 0) {
+      yield* Effect.logDebug("discovery pass").pipe(
+        Effect.annotateLogs({ rowsRead: result.rowsRead, changed: result.changed.length, actorsStarted }),
+      )
+    }
+    return { rowsRead: result.rowsRead, changed: result.changed.length, actorsStarted } satisfies DiscoveryReport
+  })
+
+  const discover = discoveryLock.withPermits(1)(discoverLocked).pipe(Effect.withSpan("Supervisor.discover"))
+
+  /** Caller holds `lock`. */
+  const dispatch = (userId: string, snapshots: ReadonlyArray<MissionSnapshot>, now: number) =>
+    Effect.gen(function* () {
+      const reply = yield* Deferred.make<TickPart>()
+      const handle = yield* ensureActor(userId)
+      const answer = (why: string) =>
+        Deferred.succeed(reply, { ...UserActor.emptyTickPart, errors: [`user ${userId}: ${why}`] })
+      if (handle === undefined) yield* answer("shutting down")
+      else if ((yield* Ref.get(handle.status)).state === "quarantined") yield* answer("quarantined")
+      else yield* Queue.offer(handle.mailbox, { _tag: "RunNow", request: { now, snapshots, reply } })
+      return reply
+    })
+
+  const tickOnce = Effect.gen(function* () {
+    yield* Metric.increment(ticksTotal)
+    const started = yield* Clock.currentTimeMillis
+    const errors: Array<string> = []
+    const report = (scannedAt: number, due: number, parts: ReadonlyArray<TickPart>): TickReport => ({
+      scannedAt: iso(scannedAt),
+      dueMissionCount: due,
+      plansProduced: parts.reduce((n, p) => n + p.plansProduced, 0),
+      plansWrittenBack: parts.reduce((n, p) => n + p.plansWrittenBack, 0),
+      parseFailures: parts.reduce((n, p) => n + p.parseFailures, 0),
+      errors: [...errors, ...parts.flatMap((p) => p.errors)],
+    })
+    if (yield* gate.draining) {
+      errors.push("shutting-down")
+      return report(started, 0, [])
+    }
+    const { now, due, replies } = yield* discoveryLock.withPermits(1)(
+      Effect.gen(function* () {
+        yield* discoverLocked.pipe(
+          Effect.catchAll((e) => Effect.sync(() => errors.push(`discovery: ${e.message}`))),
+        )
+        const now = yield* Clock.currentTimeMillis
+        const due = yield* store.due(new Date(now)).pipe(
+          Effect.catchAll((e) => Effect.sync(() => errors.push(`due missions: ${e.message}`)).pipe(Effect.as([]))),
+        )
+        const replies = yield* lock.withPermits(1)(
+          Effect.forEach(byUser(due), ([userId, snapshots]) => dispatch(userId, snapshots, now)),
+        )
+        return { now, due, replies }
+      }),
+    )
+    const parts = yield* Effect.forEach(replies, Deferred.await, { concurrency: "unbounded" })
+    const result = report(now, due.length, parts)
+    const finished = yield* Clock.currentTimeMillis
+    yield* Metric.update(tickDuration, seconds(started, finished))
+    yield* Effect.logInfo("tick done").pipe(
+      Effect.annotateLogs({
+        dueMissionCount: result.dueMissionCount,
+        plansProduced: result.plansProduced,
+        plansWrittenBack: result.plansWrittenBack,
+        parseFailures: result.parseFailures,
+        errors: result.errors.length,
+      }),
+    )
+    return result
+  })
+
+  const tick = Effect.gen(function* () {
+    const attempted = yield* Clock.currentTimeMillis
+    const ran = yield* tickLock.withPermitsIfAvailable(1)(
+      Effect.acquireUseRelease(
+        Ref.set(tickInProgress, true),
+        () => tickOnce,
+        () => Ref.set(tickInProgress, false),
+      ),
+    )
+    if (Option.isSome(ran)) return ran.value
+    yield* Metric.increment(tickOverlapsTotal)
+    yield* Effect.logInfo("tick skipped: one is under way")
+    return {
+      scannedAt: iso(attempted),
+      dueMissionCount: 0,
+      plansProduced: 0,
+      plansWrittenBack: 0,
+      parseFailures: 0,
+      errors: ["overlap-skipped"],
+    } satisfies TickReport
+  }).pipe(Effect.withSpan("Supervisor.tick"))
+
+  const status = Effect.suspend(() =>
+    Effect.forEach([...handles.values()], (h) => Ref.get(h.status)).pipe(
+      Effect.map((all) => [...all].sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0))),
+    ),
+  )
+
+  const restart = (userId: string) =>
+    Effect.suspend(() => {
+      const handle = handles.get(userId)
+      if (handle === undefined) return Effect.succeed(false)
+      return Ref.get(handle.restartSignal).pipe(
+        Effect.flatMap((signal) => Deferred.succeed(signal, undefined)),
+        Effect.zipRight(Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId }))),
+        Effect.as(true),
+      )
+    })
+
+  // Registered after the FiberMap, so it runs before the actors are interrupted.
+  yield* Effect.addFinalizer(() =>
+    Effect.gen(function* () {
+      const { inFlight } = yield* SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, draining: true }))
+      if (inFlight === 0) return
+      yield* Effect.logInfo("draining: waiting for runs in flight").pipe(
+        Effect.annotateLogs({ inFlight, graceMs: Duration.toMillis(config.shutdownGrace) }),
+      )
+      const drained = yield* gateState.changes.pipe(
+        Stream.filter((s) => s.inFlight === 0),
+        Stream.runHead,
+        Effect.timeoutOption(config.shutdownGrace),
+      )
+      if (Option.isNone(drained)) {
+        const left = (yield* SubscriptionRef.get(gateState)).inFlight
+        yield* Effect.logWarning("shutdown grace over: interrupting runs in flight").pipe(
+          Effect.annotateLogs({ inFlight: left }),
+        )
+      }
+    }),
+  )
+
+  if (config.tickEnabled) {
+    // Forked last, so closing the scope stops discovery first.
+    yield* discover.pipe(
+      Effect.catchAllCause((cause) =>
+        Effect.logError("discovery pass failed").pipe(Effect.annotateLogs({ reason: UserActor.describeCause(cause) })),
+      ),
+      Effect.repeat(Schedule.spaced(config.tickInterval)),
+      Effect.forkScoped,
+    )
+  }
+
+  return Supervisor.of({
+    tick,
+    discover,
+    status,
+    restart,
+    tickRunning: Ref.get(tickInProgress),
+    draining: gate.draining,
+  })
+})
+
+export const SupervisorLive = Layer.scoped(Supervisor, make)
