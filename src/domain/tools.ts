@@ -10,11 +10,16 @@
  */
 import { Schema } from "effect"
 
-export const ParamType = Schema.Literal("string", "number", "boolean", "object", "array")
+// `override`: one readable line instead of one "Expected …" per literal.
+export const ParamType = Schema.Literal("string", "number", "boolean", "object", "array").annotations({
+  message: () => ({ message: "must be one of string, number, boolean, object, array", override: true }),
+})
 export type ParamType = typeof ParamType.Type
 
 /** `date` is a calendar date YYYY-MM-DD; `date-time` an ISO-8601 instant with a time and an offset or Z. */
-export const ParamFormat = Schema.Literal("date", "date-time")
+export const ParamFormat = Schema.Literal("date", "date-time").annotations({
+  message: () => ({ message: "must be date or date-time", override: true }),
+})
 export type ParamFormat = typeof ParamFormat.Type
 
 const Name = Schema.String.pipe(
@@ -32,56 +37,63 @@ const isValidRegExp = (source: string): boolean => {
   }
 }
 
-const ToolParamFields = Schema.Struct({
+const exact = { exact: true } as const
+
+export const ToolParam = Schema.Struct({
   name: Name,
   type: ParamType,
-  required: Schema.optional(Schema.Boolean),
-  enum: Schema.optional(Schema.NonEmptyArray(Schema.Union(Schema.String, Schema.Number, Schema.Boolean))),
-  format: Schema.optional(ParamFormat),
+  required: Schema.optionalWith(Schema.Boolean, exact),
+  enum: Schema.optionalWith(Schema.NonEmptyArray(Schema.Union(Schema.String, Schema.Number, Schema.Boolean)), exact),
+  format: Schema.optionalWith(ParamFormat, exact),
   /** A JavaScript (unicode) regular expression a string value must match, e.g. "^[0-9a-f-]{36}$". */
-  pattern: Schema.optional(
-    Schema.String.pipe(Schema.filter(isValidRegExp, { message: () => "pattern is not a valid regular expression" })),
+  pattern: Schema.optionalWith(
+    Schema.String.pipe(Schema.filter(isValidRegExp, { message: () => "is not a valid regular expression" })),
+    exact,
   ),
   description: Schema.String,
 })
-
-export const ToolParam = ToolParamFields.pipe(
-  Schema.filter((p) => {
-    if ((p.format !== undefined || p.pattern !== undefined) && p.type !== "string") {
-      return `parameter "${p.name}": format and pattern apply to string parameters only`
-    }
-    if (p.enum !== undefined && !p.enum.every((v) => typeof v === p.type)) {
-      return `parameter "${p.name}": every enum value must be of type ${p.type}`
-    }
-    return undefined
-  }),
-)
+  .annotations({ message: () => "expected a parameter {name, type, description, required?, enum?, format?, pattern?}" })
+  .pipe(
+    Schema.filter((p) => {
+      if ((p.format !== undefined || p.pattern !== undefined) && p.type !== "string") {
+        return `parameter "${p.name}": format and pattern apply to string parameters only`
+      }
+      if (p.enum !== undefined && !p.enum.every((v) => typeof v === p.type)) {
+        return `parameter "${p.name}": every enum value must be of type ${p.type}`
+      }
+      return undefined
+    }),
+  )
 export type ToolParam = typeof ToolParam.Type
 
 export const Tool = Schema.Struct({
   name: Name,
   module: Schema.NonEmptyTrimmedString,
   description: Schema.String,
-  params: Schema.Array(ToolParam),
-}).pipe(
-  Schema.filter((t) => {
-    const names = t.params.map((p) => p.name)
-    const dup = names.find((n, i) => names.indexOf(n) !== i)
-    return dup === undefined ? undefined : `tool "${t.name}" lists parameter "${dup}" twice`
-  }),
-)
+  params: Schema.Array(ToolParam).annotations({ message: () => "must be an array of parameters" }),
+})
+  .annotations({ message: () => "expected a tool {name, module, description, params}" })
+  .pipe(
+    Schema.filter((t) => {
+      const names = t.params.map((p) => p.name)
+      const dup = names.find((n, i) => names.indexOf(n) !== i)
+      return dup === undefined ? undefined : `tool "${t.name}" lists parameter "${dup}" twice`
+    }),
+  )
 export type Tool = typeof Tool.Type
 
 /** The TOOLS_FILE document. */
 export const ToolCatalogFile = Schema.Struct({
-  tools: Schema.NonEmptyArray(Tool),
-}).pipe(
-  Schema.filter((c) => {
-    const names = c.tools.map((t) => t.name)
-    const dup = names.find((n, i) => names.indexOf(n) !== i)
-    return dup === undefined ? undefined : `tool "${dup}" is listed twice`
-  }),
-)
+  tools: Schema.Array(Tool).pipe(Schema.minItems(1, { message: () => "must list at least one tool" })),
+})
+  .annotations({ message: () => 'expected an object {"tools": [...]}' })
+  .pipe(
+    Schema.filter((c) => {
+      const names = c.tools.map((t) => t.name)
+      const dup = names.find((n, i) => names.indexOf(n) !== i)
+      return dup === undefined ? undefined : `tool "${dup}" is listed twice`
+    }),
+  )
 export type ToolCatalogFile = typeof ToolCatalogFile.Type
 
 /** The built-in catalogue of SPEC §4, used when TOOLS_FILE is unset. */

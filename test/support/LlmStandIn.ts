@@ -44,6 +44,12 @@ export interface RecordedRequest {
   readonly abortedByClient: boolean
 }
 
+/** The chat messages a recorded request sent ([] when its body had none). */
+export const messagesOf = (request: RecordedRequest | undefined): ReadonlyArray<{ readonly role: string; readonly content: string }> => {
+  const body = request?.body
+  return typeof body === "object" && body !== null && "messages" in body && Array.isArray(body.messages) ? body.messages : []
+}
+
 export type Responder = (request: RecordedRequest) => StandInReply
 
 export interface LlmStandInShape {
