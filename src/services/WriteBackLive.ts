@@ -1,0 +1,88 @@
+/**
+ * Write-back (SPEC §6): one run appends one iteration as one `update` row, under the owner's RLS
+ * scope, to the mission as it stands inside the write transaction.
+ *
+ * The per-mission advisory lock serialises concurrent runners and instances; once it is held, the
+ * replay below sees every earlier append, so "already holds this iteration id" is decisive and a
+ * retry, restart or second instance never produces a duplicate. The row carries only `iterations`
+ * and `nextRunAt`, so every other field (a user's edit, fields the runner does not know) survives.
+ */
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Clock, Effect, Either, Layer } from "effect"
+import { MISSIONS_APP_ID, MISSIONS_TABLE, RUNNER_ACTOR, RUNNER_CLIENT_ID } from "../domain/mission.js"
+import type { RecordState } from "../domain/replay.js"
+import { RunnerConfig } from "./AppConfig.js"
+import { nextRunFor, readCurrentMission } from "./currentMission.js"
+import { WriteBack, type WriteRequest, type WriteResult } from "./WriteBack.js"
+import { withUserScope } from "./withUserScope.js"
+
+/**
+ * The write time: the clock, but never at or before the time of the values being replaced. A device
+ * whose clock runs ahead may have stamped `iterations` in our future; an older stamp would make the
+ * replay drop this append silently (LWW), so it moves just past the newest one instead.
+ */
+export const writeTimeFor = (nowMs: number, state: RecordState): number => {
+  const held = Math.max(state.times.iterations ?? Number.NEGATIVE_INFINITY, state.times.nextRunAt ?? Number.NEGATIVE_INFINITY)
+  return Math.max(nowMs, held + 1)
+}
+
+export const makeWriteBack = Effect.gen(function* () {
+  const sqlClient = yield* SqlClient.SqlClient
+  const config = yield* RunnerConfig
+
+  const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
+    withUserScope(request.userId, (sql) =>
+      Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError> {
+        const lockKey = JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])
+        yield* sql`SELECT pg_advisory_xact_lock(hashtextextended(${lockKey}, 0))`
+        const current = yield* readCurrentMission(
+          sql,
+          request.userId,
+          request.missionId,
+          request.iteration.id,
+          config.defaultTimezone,
+        )
+        if (current._tag === "Skip") {
+          yield* Effect.logInfo(`write-back skipped: ${current.detail}`).pipe(
+            Effect.annotateLogs({ reason: current.reason, iterationId: request.iteration.id }),
+          )
+          return { _tag: "Skipped", reason: current.reason }
+        }
+        const writeMs = writeTimeFor(yield* Clock.currentTimeMillis, current.state)
+        const writtenAt = new Date(writeMs).toISOString()
+        const next = nextRunFor(current.mission, new Date(writeMs), config.defaultTimezone)
+        if (Either.isLeft(next)) {
+          yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
+            Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
+          )
+          return { _tag: "Skipped", reason: "malformed" }
+        }
+        const nextRunAt = next.right === null ? null : next.right.toISOString()
+        // Existing iterations exactly as stored (unknown keys included), not as decoded.
+        const existing = current.record.iterations as ReadonlyArray<unknown>
+        const data = { iterations: [...existing, request.iteration], nextRunAt }
+        const fieldTimestamps = { iterations: writtenAt, nextRunAt: writtenAt }
+        yield* sql`
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, actor)
+          VALUES
+            (${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+             ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimestamps)}::jsonb,
+             ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb)`
+        return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
+      }),
+    ).pipe(
+      Effect.provideService(SqlClient.SqlClient, sqlClient),
+      Effect.withSpan("WriteBack.append", {
+        attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
+      }),
+    )
+
+  return WriteBack.of({ append })
+})
+
+export const WriteBackLive: Layer.Layer<WriteBack, never, SqlClient.SqlClient | RunnerConfig> = Layer.effect(
+  WriteBack,
+  makeWriteBack,
+)

@@ -1,0 +1,94 @@
+/**
+ * The mission as it stands now in the event log, replayed inside the caller's RLS scope, and whether
+ * a run for a given iteration id may still be appended to it. Shared by the write-back (the decisive
+ * check, inside the write transaction) and the runner (a cheap check before spending an LLM call).
+ */
+import type { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Effect, Either, ParseResult, Schema } from "effect"
+import { type CadenceError, nextRunAt, validateCadence } from "../domain/cadence.js"
+import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
+import { type RecordState, isApplicable, isLive, parseInstant, replay } from "../domain/replay.js"
+import { readRecordRows, recordRefKey } from "./recordRows.js"
+
+export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
+
+export type CurrentMission =
+  | { readonly _tag: "Appendable"; readonly state: RecordState; readonly record: Readonly<Record<string, unknown>>; readonly mission: Mission }
+  | { readonly _tag: "Skip"; readonly reason: AppendSkipReason; readonly detail: string }
+
+const decodeMission = Schema.decodeUnknownEither(Mission)
+
+/** Decides from a replayed state; pure, so the write-back and the pre-check cannot disagree. */
+export const judgeMission = (
+  rowCount: number,
+  state: RecordState,
+  iterationId: string,
+  defaultTimezone: string,
+): CurrentMission => {
+  if (rowCount === 0) return { _tag: "Skip", reason: "not-found", detail: "the mission has no rows in the event log" }
+  const record = state.record
+  if (record === null) return { _tag: "Skip", reason: "deleted", detail: "the mission is deleted" }
+  if (!isLive(state)) return { _tag: "Skip", reason: "deleted", detail: "the mission has deletedAt set" }
+  if (!Array.isArray(record.iterations)) {
+    return { _tag: "Skip", reason: "malformed", detail: "the mission's iterations is not an array" }
+  }
+  const decoded = decodeMission(record)
+  if (Either.isLeft(decoded)) {
+    return {
+      _tag: "Skip",
+      reason: "malformed",
+      detail: `the mission does not decode: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`,
+    }
+  }
+  const mission = decoded.right
+  if (mission.iterations.some((it) => it.id === iterationId)) {
+    return { _tag: "Skip", reason: "already-written", detail: `the mission already holds iteration ${iterationId}` }
+  }
+  if (mission.state !== "active") {
+    return { _tag: "Skip", reason: "not-active", detail: `the mission is ${mission.state}` }
+  }
+  // A cadence that cannot be scheduled (bad zone, cron that never fires) would leave it due forever.
+  const schedulable = validateCadence(mission.cadence, mission.timezone ?? defaultTimezone)
+  if (Either.isLeft(schedulable)) {
+    return { _tag: "Skip", reason: "malformed", detail: `the mission's cadence cannot be scheduled: ${schedulable.left.reason}` }
+  }
+  return { _tag: "Appendable", state, record, mission }
+}
+
+/** Reads and judges one mission; must run inside withUserScope(userId) (and inside the write lock to be decisive). */
+export const readCurrentMission = (
+  sql: SqlClient.SqlClient,
+  userId: string,
+  missionId: string,
+  iterationId: string,
+  defaultTimezone: string,
+): Effect.Effect<CurrentMission, SqlError> => {
+  const ref = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
+  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => {
+    const found = byRef.get(recordRefKey(ref))
+    const rows = found?.rows ?? []
+    const undecodable = found?.undecodable ?? 0
+    if (rows.length === 0 && undecodable > 0) {
+      return { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" } as const
+    }
+    if (rows.length > 0 && !rows.some(isApplicable)) {
+      return { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" } as const
+    }
+    return judgeMission(rows.length, replay(rows), iterationId, defaultTimezone)
+  })
+}
+
+/** The mission's next run strictly after `after`, in its own zone or the default one. */
+export const nextRunFor = (
+  mission: Mission,
+  after: Date,
+  defaultTimezone: string,
+): Either.Either<Date | null, CadenceError> => {
+  const previousMs = mission.nextRunAt === null ? undefined : parseInstant(mission.nextRunAt)
+  return nextRunAt(mission.cadence, {
+    after,
+    previous: previousMs === undefined ? null : new Date(previousMs),
+    timeZone: mission.timezone ?? defaultTimezone,
+  })
+}
