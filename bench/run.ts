@@ -1,0 +1,62 @@
+/**
+ * `npm run bench`: measures mana-ai against the local Postgres server and an HTTP LLM stand-in with
+ * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
+ * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
+ *
+ *   bun bench/run.ts [--quick] [--only=throughput,discovery,precision,memory] [--out=path]
+ *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
+ */
+import { cpus, totalmem } from "node:os"
+import { fileURLToPath } from "node:url"
+import { BunRuntime } from "@effect/platform-bun"
+import { Console, Effect, Logger, LogLevel } from "effect"
+import { measureDiscovery } from "./measure/discovery.js"
+import { DEFAULT_OWNER_URL, makeBenchDatabase } from "./support/benchDatabase.js"
+import { type Figure, holds, renderTable, writeJson } from "./support/report.js"
+import { nowMs, round } from "./support/stats.js"
+
+const args = process.argv.slice(2)
+const flag = (name: string) => args.includes(`--${name}`)
+const option = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
+
+const quick = flag("quick")
+const only = option("only")?.split(",")
+const selected = (name: string) => only === undefined || only.includes(name)
+const outPath = option("out") ?? fileURLToPath(new URL("./results/latest.json", import.meta.url))
+const ownerUrl = process.env.BENCH_OWNER_URL ?? DEFAULT_OWNER_URL
+
+const bunVersion = (process.versions as Record<string, string | undefined>).bun
+const runtime = bunVersion === undefined ? `node ${process.version}` : `bun ${bunVersion}`
+const started = nowMs()
+const log = (line: string) => Console.log(`[bench +${round((nowMs() - started) / 1000, 1)}s] ${line}`)
+
+const main = Effect.gen(function* () {
+  const figures: Array<Figure> = []
+  yield* log(`mode ${quick ? "quick" : "full"}; runtime ${runtime}`)
+
+  if (selected("discovery")) {
+    const db = yield* makeBenchDatabase(ownerUrl)
+    figures.push(
+      ...(yield* measureDiscovery(db, {
+        sizes: quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000],
+        samples: quick ? 10 : 30,
+        log,
+      })),
+    )
+  }
+
+  const table = renderTable(figures)
+  yield* Console.log(`\n${table}\n`)
+  const missed = figures.filter((f) => holds(f) === false)
+  writeJson(outPath, {
+    finishedAt: new Date().toISOString(),
+    mode: quick ? "quick" : "full",
+    durationSeconds: round((nowMs() - started) / 1000, 1),
+    machine: { cpus: cpus().length, memoryMb: Math.round(totalmem() / 2 ** 20), runtime },
+    figures,
+    missedTargets: missed.map((f) => f.id),
+  })
+  yield* log(`wrote ${outPath}; ${missed.length === 0 ? "every target holds" : `${missed.length} target(s) missed: ${missed.map((f) => f.id).join(", ")}`}`)
+}).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Warning))
+
+BunRuntime.runMain(main)
