@@ -1,6 +1,6 @@
 import { FetchHttpClient } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Layer, Metric, Option } from "effect"
+import { Duration, Effect, Either, Layer, Logger, Metric, Option } from "effect"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { llmClientLayer } from "../../src/services/LlmClientLive.js"
@@ -75,6 +75,25 @@ describe("LlmClientLive against the LLM stand-in", () => {
       expect(withKey?.headers.authorization).toBe("Bearer sk-test-123")
       expect(without?.headers.authorization).toBeUndefined()
     }),
+  )
+
+  it.live("never logs the API key, also while retrying", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const standIn = yield* makeLlmStandIn
+        const lines: Array<string> = []
+        const capture = Logger.replace(
+          Logger.defaultLogger,
+          Logger.make((entry) => {
+            lines.push(JSON.stringify({ message: entry.message, annotations: [...entry.annotations], cause: String(entry.cause) }))
+          }),
+        )
+        yield* standIn.enqueue({ status: 500 }, { status: 401, body: { error: "key sk-secret-987 rejected" } })
+        yield* complete(standIn, { apiKey: "sk-secret-987" }).pipe(Effect.either, Effect.provide(capture))
+        expect(lines.length).toBeGreaterThan(0)
+        expect(lines.join("\n")).not.toContain("sk-secret-987")
+      }),
+    ),
   )
 
   it.live("retries a 500 and then succeeds", () =>
