@@ -2,7 +2,7 @@
  * The Postgres connection pool (SPEC §7, §10): `@effect/sql-pg`'s PgClient as the runner's role,
  * retried with backoff while the server is not yet reachable at start, logged without secrets.
  */
-import { SqlClient } from "@effect/sql"
+import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
 import { Data, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"

@@ -1,0 +1,517 @@
+/**
+ * MissionStore on the runner's own tables in schema mana_ai (SPEC §2, §7, §8).
+ *
+ * refresh reads mission rows newer than the cursor minus a look-back window, skipping ids already
+ * applied, so a row whose transaction committed late (an earlier created_at) is still seen; each
+ * record is replayed incrementally from its snapshot, or again from the log when a row sorts before
+ * what the snapshot already holds. Timestamps travel as exact UTC text (microseconds): a JS Date
+ * would round them and break the (created_at, id) order. Each batch is one transaction holding an
+ * advisory lock, so two runner instances never apply the same rows twice.
+ */
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Clock, Duration, Effect, Either, Layer, Metric, ParseResult, Schema } from "effect"
+import { validateCadence } from "../domain/cadence.js"
+import { ChangeOp } from "../domain/eventLog.js"
+import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
+import {
+  type RecordState,
+  type ReplayRow,
+  applyChange,
+  initialState,
+  isApplicable,
+  isLive,
+  parseInstant,
+} from "../domain/replay.js"
+import { RunnerConfig, isValidTimeZone } from "./AppConfig.js"
+import { MissionStore, type MissionSnapshot, type MissionStoreShape, type RefreshResult } from "./MissionStore.js"
+import { discoveryDuration, discoveryRowsRead, malformedRowsTotal, missionsSkippedTotal } from "./metrics.js"
+
+export interface MissionStoreOptions {
+  /** How far behind the cursor each refresh re-reads: longer than any sync-server transaction lasts. */
+  readonly lookback?: Duration.DurationInput
+  /** Event-log rows per transaction. */
+  readonly batchSize?: number
+}
+
+export const DEFAULT_LOOKBACK = Duration.minutes(2)
+export const DEFAULT_BATCH_SIZE = 1000
+
+/** pg_advisory_xact_lock key for a refresh batch: the bytes of "manadisc". */
+const REFRESH_LOCK_KEY = "7881696566315094371"
+
+/** created_at as exact UTC text, `YYYY-MM-DDTHH:MM:SS.ffffffZ`: fixed width, so it sorts as it reads. */
+const exactUtc = (sql: SqlClient.SqlClient, column: string) =>
+  sql`to_char(${sql(column)} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
+
+// ---------------------------------------------------------------- rows and positions
+
+/** A position in the event log's total order. */
+interface Position {
+  readonly at: string
+  readonly id: string
+}
+
+// Fixed-width UTC text and lower-case uuid text both sort as Postgres sorts timestamptz and uuid.
+const comparePositions = (a: Position, b: Position): number =>
+  a.at < b.at ? -1 : a.at > b.at ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+
+const LogRow = Schema.Struct({
+  id: Schema.String,
+  user_id: Schema.String,
+  record_id: Schema.String,
+  op: ChangeOp,
+  data: Schema.Unknown,
+  field_timestamps: Schema.Unknown,
+  at: Schema.String,
+})
+type LogRow = typeof LogRow.Type
+const decodeLogRow = Schema.decodeUnknownEither(LogRow)
+
+const toReplayRow = (row: LogRow): ReplayRow => ({
+  id: row.id,
+  op: row.op,
+  data: row.data,
+  field_timestamps: row.field_timestamps,
+  created_at: new Date(parseInstant(row.at) ?? Number.NaN),
+  record_id: row.record_id,
+})
+
+const describeValue = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : `a ${typeof u}`)
+
+const rowProblem = (row: LogRow): string =>
+  `change ${row.id} (${row.op}) carries data that is not an object (${describeValue(row.data)})`
+
+// ---------------------------------------------------------------- judging a replayed record
+
+interface Judgement {
+  readonly deleted: boolean
+  readonly state: string | null
+  readonly nextRunAt: string | null
+  readonly schedulable: boolean
+  /** Why the mission is skipped: a sentence naming the field and what was wrong. */
+  readonly malformedReason: string | null
+}
+
+const decodeMission = Schema.decodeUnknownEither(Mission, { errors: "all" })
+const decodeMissionQuiet = Schema.decodeUnknownEither(Mission)
+
+const shortExpectation = (e: string): string =>
+  e.startsWith("ReadonlyArray<") ? "an array" : e.startsWith("{ ") ? "an object" : e.length > 60 ? `${e.slice(0, 57)}…` : e
+
+const pathText = (path: ReadonlyArray<PropertyKey>): string =>
+  path.reduce<string>(
+    (acc, key) => (typeof key === "number" ? `${acc}[${key}]` : acc === "" ? String(key) : `${acc}.${String(key)}`),
+    "",
+  ) || "the record"
+
+/** "field cadence.everyMinutes: expected an integer, actual 1.5; field …" (at most three fields). */
+export const describeParseError = (error: ParseResult.ParseError): string => {
+  const groups = new Map<string, Array<ParseResult.ArrayFormatterIssue>>()
+  for (const issue of ParseResult.ArrayFormatter.formatErrorSync(error)) {
+    const key = pathText(issue.path)
+    groups.set(key, [...(groups.get(key) ?? []), issue])
+  }
+  const parts = [...groups.entries()].slice(0, 3).map(([field, issues]) => {
+    const refinement = issues.find((i) => i._tag === "Refinement")
+    const typed = issues
+      .filter((i) => i._tag === "Type")
+      .map((i) => /^Expected ([\s\S]+), actual ([\s\S]+)$/.exec(i.message))
+      .filter((m) => m !== null)
+    const actual = typed[0]?.[2]
+    if (refinement !== undefined) {
+      return `field ${field}: ${refinement.message}${actual !== undefined && !refinement.message.includes("actual") ? `, actual ${actual}` : ""}`
+    }
+    const expected = typed.map((m) => m[1]!).filter((e) => e !== "undefined")
+    if (typed.length === issues.length && expected.length > 0) {
+      return `field ${field}: expected ${expected.map(shortExpectation).join(" or ")}, actual ${actual}`
+    }
+    return `field ${field}: ${issues[0]!.message}`
+  })
+  return parts.join("; ") + (groups.size > 3 ? ` (and ${groups.size - 3} more)` : "")
+}
+
+const judge = (state: RecordState, problem: string | null, defaultTimezone: string): Judgement => {
+  const gone = { deleted: true, state: null, nextRunAt: null, schedulable: false } as const
+  if (state.record === null) return { ...gone, malformedReason: problem }
+  if (!isLive(state)) return { ...gone, malformedReason: null }
+  const malformed = (reason: string): Judgement => ({
+    deleted: false,
+    state: typeof state.record?.state === "string" ? state.record.state : null,
+    nextRunAt: null,
+    schedulable: false,
+    malformedReason: reason,
+  })
+  const decoded = decodeMission(state.record)
+  if (Either.isLeft(decoded)) return malformed(`the mission does not decode: ${describeParseError(decoded.left)}`)
+  const mission = decoded.right
+  if (mission.timezone !== undefined && !isValidTimeZone(mission.timezone)) {
+    return malformed(`field timezone: ${JSON.stringify(mission.timezone)} is not an IANA time zone`)
+  }
+  const cadence = validateCadence(mission.cadence, mission.timezone ?? defaultTimezone)
+  if (Either.isLeft(cadence)) return malformed(`field cadence: ${cadence.left.reason}`)
+  let nextRunAt: string | null = null
+  if (mission.nextRunAt !== null) {
+    const ms = parseInstant(mission.nextRunAt)
+    if (ms === undefined) {
+      return malformed(`field nextRunAt: ${JSON.stringify(mission.nextRunAt)} is not an ISO-8601 instant`)
+    }
+    nextRunAt = new Date(ms).toISOString()
+  }
+  return {
+    deleted: false,
+    state: mission.state,
+    nextRunAt,
+    schedulable: mission.state === "active" && nextRunAt !== null,
+    malformedReason: null,
+  }
+}
+
+// ---------------------------------------------------------------- snapshots as stored
+
+const SnapshotRow = Schema.Struct({
+  user_id: Schema.String,
+  record_id: Schema.String,
+  record: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  deleted: Schema.Boolean,
+  schedulable: Schema.Boolean,
+  next_run_at: Schema.NullOr(Schema.DateFromSelf),
+  malformed_reason: Schema.NullOr(Schema.String),
+})
+type SnapshotRow = typeof SnapshotRow.Type
+
+const toSnapshot = (row: SnapshotRow): MissionSnapshot => {
+  const record = row.deleted ? null : row.record
+  const decoded: Either.Either<Mission, string> =
+    row.malformed_reason !== null
+      ? Either.left(row.malformed_reason)
+      : record === null
+        ? Either.left("the mission is deleted")
+        : Either.mapLeft(decodeMissionQuiet(record), (e) => `the mission does not decode: ${describeParseError(e)}`)
+  return {
+    userId: row.user_id,
+    missionId: row.record_id,
+    record,
+    decoded,
+    schedulable: row.schedulable && Either.isRight(decoded),
+    nextRunAt: row.next_run_at,
+  }
+}
+
+/** A snapshot's state as refresh carries it between rows. */
+interface Working {
+  readonly userId: string
+  readonly recordId: string
+  readonly state: RecordState
+  readonly last: Position | null
+  /** The latest row problem since the record last existed: explains a record that never came to be. */
+  readonly problem: string | null
+}
+
+const StoredWorking = Schema.Struct({
+  user_id: Schema.String,
+  record_id: Schema.String,
+  record: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  field_times: Schema.Record({ key: Schema.String, value: Schema.Number }),
+  last_at: Schema.String,
+  last_id: Schema.String,
+  malformed_reason: Schema.NullOr(Schema.String),
+})
+
+const keyOf = (userId: string, recordId: string) => JSON.stringify([userId, recordId])
+
+// ---------------------------------------------------------------- the store
+
+/**
+ * Mission rows after `cursorAt - lookback` not applied yet, in log order. Served by the partial index
+ * sync_changes_ai_missions_created_idx even under the runner's RLS policies (see the EXPLAIN test),
+ * so a refresh with no new rows costs the window, not the history.
+ */
+export const newMissionRowsQuery = (
+  sql: SqlClient.SqlClient,
+  options: { readonly cursorAt: string; readonly lookback: string; readonly limit: number },
+) => sql<Record<string, unknown>>`
+  SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, s.field_timestamps,
+         ${exactUtc(sql, "s.created_at")} AS at
+  FROM sync_changes s
+  WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+    AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
+    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
+  ORDER BY s.created_at, s.id
+  LIMIT ${options.limit}`
+
+export const makeMissionStore = (
+  options: MissionStoreOptions = {},
+): Effect.Effect<MissionStoreShape, never, SqlClient.SqlClient | RunnerConfig> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const config = yield* RunnerConfig
+    const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? DEFAULT_LOOKBACK)) * 1000)
+    const lookback = `${lookbackMicros} microseconds`
+    const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
+
+    const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
+
+    const readNewRows = (cursorAt: string) => newMissionRowsQuery(sql, { cursorAt, lookback, limit: batchSize })
+
+    /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
+    const readRecord = (userId: string, recordId: string, upTo: Position) =>
+      sql<Record<string, unknown>>`
+        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, s.field_timestamps,
+               ${exactUtc(sql, "s.created_at")} AS at
+        FROM sync_changes s
+        WHERE s.user_id = ${userId} AND s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+          AND s.record_id = ${recordId}
+          AND (s.created_at, s.id) <= (${upTo.at}::timestamptz, ${upTo.id}::uuid)
+        ORDER BY s.created_at, s.id`
+
+    const decodeRows = (raw: ReadonlyArray<Record<string, unknown>>) =>
+      Effect.gen(function* () {
+        const rows: Array<LogRow> = []
+        for (const r of raw) {
+          const decoded = decodeLogRow(r)
+          if (Either.isRight(decoded)) rows.push(decoded.right)
+          else {
+            yield* countRow("undecodable")
+            yield* Effect.logWarning("Event-log row skipped: it does not decode").pipe(
+              Effect.annotateLogs({ changeId: String(r.id), userId: String(r.user_id), missionId: String(r.record_id) }),
+            )
+          }
+        }
+        return rows
+      })
+
+    /** Folds rows onto a working snapshot; rows that cannot change a record are noted, not applied. */
+    const fold = (start: Working, rows: ReadonlyArray<LogRow>): Working => {
+      let { state, last, problem } = start
+      for (const row of rows) {
+        const replayRow = toReplayRow(row)
+        last = { at: row.at, id: row.id }
+        if (isApplicable(replayRow)) {
+          state = applyChange(state, replayRow)
+          problem = null
+        } else problem = rowProblem(row)
+      }
+      return { ...start, state, last, problem }
+    }
+
+    const loadWorking = (keys: ReadonlyArray<{ user_id: string; record_id: string }>) =>
+      Effect.gen(function* () {
+        const raw = yield* sql<Record<string, unknown>>`
+          SELECT m.user_id, m.record_id, m.record, m.field_times, ${exactUtc(sql, "m.last_created_at")} AS last_at,
+                 m.last_change_id::text AS last_id, m.malformed_reason
+          FROM mana_ai.mission_snapshots m
+          JOIN jsonb_to_recordset(${JSON.stringify(keys)}::jsonb) AS k(user_id text, record_id text)
+            ON k.user_id = m.user_id AND k.record_id = m.record_id`
+        const byKey = new Map<string, Working>()
+        for (const r of raw) {
+          // Our own table: a row that does not decode is a bug, and replaying from scratch would hide it.
+          const s = yield* Schema.decodeUnknown(StoredWorking)(r).pipe(Effect.orDie)
+          byKey.set(keyOf(s.user_id, s.record_id), {
+            userId: s.user_id,
+            recordId: s.record_id,
+            state: { record: s.record, times: s.field_times },
+            last: { at: s.last_at, id: s.last_id },
+            problem: s.record === null ? s.malformed_reason : null,
+          })
+        }
+        return byKey
+      })
+
+    /** Applies one batch of new rows: one transaction, serialised between runner instances. */
+    const refreshBatch = sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
+        const cursor = yield* sql<{ at: string }>`
+          SELECT ${exactUtc(sql, "created_at")} AS at FROM mana_ai.discovery_cursor`
+        const raw = yield* readNewRows(cursor[0]?.at ?? "-infinity")
+        if (raw.length === 0) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
+        const rows = yield* decodeRows(raw)
+
+        const byRecord = new Map<string, Array<LogRow>>()
+        for (const row of rows) {
+          const key = keyOf(row.user_id, row.record_id)
+          const list = byRecord.get(key)
+          if (list === undefined) byRecord.set(key, [row])
+          else list.push(row)
+          if (!isApplicable(toReplayRow(row))) {
+            yield* countRow("data-not-object")
+            yield* Effect.logWarning("Mission row not applied: its data is not an object").pipe(
+              Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: rowProblem(row) }),
+            )
+          }
+        }
+        const stored = yield* loadWorking(
+          [...byRecord.values()].map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })),
+        )
+
+        const results: Array<{ working: Working; judgement: Judgement }> = []
+        for (const [key, list] of byRecord) {
+          const first = list[0]!
+          const base: Working = stored.get(key) ?? {
+            userId: first.user_id,
+            recordId: first.record_id,
+            state: initialState,
+            last: null,
+            problem: null,
+          }
+          const baseLast = base.last
+          const late = baseLast !== null && list.some((row) => comparePositions(row, baseLast) <= 0)
+          let working: Working
+          if (late) {
+            // A row committed late sorts inside what the snapshot holds: replay the record again, up to
+            // the newest row the snapshot or this batch holds (later ones arrive as ordinary new rows).
+            const newest = list[list.length - 1]!
+            const upTo = comparePositions(newest, baseLast) > 0 ? newest : baseLast
+            const history = yield* decodeRows(yield* readRecord(first.user_id, first.record_id, upTo))
+            working = fold({ ...base, state: initialState, last: null, problem: null }, history)
+            yield* Effect.logDebug("Mission replayed again after a late row").pipe(
+              Effect.annotateLogs({ userId: first.user_id, missionId: first.record_id, rows: history.length }),
+            )
+          } else {
+            working = fold(base, list)
+          }
+          const judgement = judge(working.state, working.problem, config.defaultTimezone)
+          if (judgement.malformedReason !== null) {
+            yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", "malformed"))
+            yield* Effect.logWarning("Mission skipped: malformed").pipe(
+              Effect.annotateLogs({ userId: working.userId, missionId: working.recordId, reason: judgement.malformedReason }),
+            )
+          }
+          results.push({ working, judgement })
+        }
+
+        const snapshots = results.map(({ working, judgement }) => ({
+          user_id: working.userId,
+          record_id: working.recordId,
+          record: working.state.record,
+          field_times: working.state.times,
+          last_at: working.last!.at,
+          last_id: working.last!.id,
+          deleted: judgement.deleted,
+          state: judgement.state,
+          next_run_at: judgement.nextRunAt,
+          schedulable: judgement.schedulable,
+          malformed_reason: judgement.malformedReason,
+        }))
+        yield* sql`
+          INSERT INTO mana_ai.mission_snapshots AS m
+            (user_id, record_id, record, field_times, last_created_at, last_change_id, deleted, state, next_run_at,
+             schedulable, malformed_reason, updated_at)
+          SELECT x.user_id, x.record_id, NULLIF(x.record, 'null'::jsonb), x.field_times, x.last_at::timestamptz,
+                 x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, now()
+          FROM jsonb_to_recordset(${JSON.stringify(snapshots)}::jsonb) AS x(
+            user_id text, record_id text, record jsonb, field_times jsonb, last_at text, last_id text, deleted boolean,
+            state text, next_run_at text, schedulable boolean, malformed_reason text)
+          ON CONFLICT (user_id, record_id) DO UPDATE SET
+            record = EXCLUDED.record, field_times = EXCLUDED.field_times, last_created_at = EXCLUDED.last_created_at,
+            last_change_id = EXCLUDED.last_change_id, deleted = EXCLUDED.deleted, state = EXCLUDED.state,
+            next_run_at = EXCLUDED.next_run_at, schedulable = EXCLUDED.schedulable,
+            malformed_reason = EXCLUDED.malformed_reason, updated_at = now()`
+
+        // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+        const applied = raw.map((r) => ({ id: String(r.id), at: String(r.at) }))
+        yield* sql`
+          INSERT INTO mana_ai.applied_changes (change_id, created_at)
+          SELECT x.id::uuid, x.at::timestamptz FROM jsonb_to_recordset(${JSON.stringify(applied)}::jsonb) AS x(id text, at text)
+          ON CONFLICT (change_id) DO NOTHING`
+        // Rows come in log order: the last is the newest.
+        const newest = applied[applied.length - 1]!.at
+        yield* sql`
+          INSERT INTO mana_ai.discovery_cursor AS c (singleton, created_at) VALUES (true, ${newest}::timestamptz)
+          ON CONFLICT (singleton) DO UPDATE SET created_at = GREATEST(c.created_at, EXCLUDED.created_at), updated_at = now()`
+        // Ids older than the window are never read again.
+        yield* sql`
+          DELETE FROM mana_ai.applied_changes
+          WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
+
+        const changed = results.map(({ working, judgement }) =>
+          toSnapshot({
+            user_id: working.userId,
+            record_id: working.recordId,
+            record: working.state.record,
+            deleted: judgement.deleted,
+            schedulable: judgement.schedulable,
+            next_run_at: judgement.nextRunAt === null ? null : new Date(judgement.nextRunAt),
+            malformed_reason: judgement.malformedReason,
+          }),
+        )
+        return { rowsRead: raw.length, changed }
+      }),
+    )
+
+    const refresh: Effect.Effect<RefreshResult, SqlError> = Effect.gen(function* () {
+      const changed = new Map<string, MissionSnapshot>()
+      let rowsRead = 0
+      for (;;) {
+        const batch = yield* refreshBatch
+        rowsRead += batch.rowsRead
+        for (const s of batch.changed) changed.set(keyOf(s.userId, s.missionId), s)
+        if (batch.rowsRead < batchSize) break
+      }
+      yield* Metric.incrementBy(discoveryRowsRead, rowsRead)
+      if (rowsRead > 0) {
+        yield* Effect.logDebug("Mission snapshots refreshed").pipe(
+          Effect.annotateLogs({ rowsRead, missionsChanged: changed.size }),
+        )
+      }
+      return { rowsRead, changed: [...changed.values()] }
+    }).pipe(
+      Metric.trackDuration(discoveryDuration.pipe(Metric.mapInput((d: Duration.Duration) => Duration.toSeconds(d)))),
+      Effect.withSpan("MissionStore.refresh"),
+    )
+
+    const readSnapshots = (query: Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError>) =>
+      Effect.flatMap(query, (raw) =>
+        Effect.forEach(raw, (r) => Effect.map(Schema.decodeUnknown(SnapshotRow)(r).pipe(Effect.orDie), toSnapshot)),
+      )
+
+    const snapshotColumns = sql`user_id, record_id, record, deleted, schedulable, next_run_at, malformed_reason`
+
+    const schedulable = readSnapshots(
+      sql`SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots WHERE schedulable ORDER BY user_id, record_id`,
+    )
+
+    const due = (now: Date) =>
+      readSnapshots(sql`
+        SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+        WHERE schedulable AND next_run_at <= ${now}
+        ORDER BY next_run_at, user_id, record_id`)
+
+    const forUser = (userId: string) =>
+      readSnapshots(sql`
+        SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+        WHERE user_id = ${userId} AND NOT deleted
+        ORDER BY record_id`)
+
+    const claim: MissionStoreShape["claim"] = (key, owner, ttl) =>
+      Effect.gen(function* () {
+        // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
+        const now = yield* Clock.currentTimeMillis
+        const rows = yield* sql`
+          INSERT INTO mana_ai.run_claims AS c (user_id, mission_id, iteration_id, owner, expires_at, claimed_at)
+          VALUES (${key.userId}, ${key.missionId}, ${key.iterationId}, ${owner},
+                  ${new Date(now + Duration.toMillis(ttl))}, ${new Date(now)})
+          ON CONFLICT (user_id, mission_id, iteration_id) DO UPDATE
+            SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at, claimed_at = EXCLUDED.claimed_at
+            WHERE c.expires_at <= ${new Date(now)} OR c.owner = EXCLUDED.owner
+          RETURNING 1 AS claimed`
+        return rows.length > 0
+      })
+
+    const releaseClaim: MissionStoreShape["releaseClaim"] = (key, owner) =>
+      sql`
+        DELETE FROM mana_ai.run_claims
+        WHERE user_id = ${key.userId} AND mission_id = ${key.missionId} AND iteration_id = ${key.iterationId}
+          AND owner = ${owner}`.pipe(Effect.asVoid)
+
+    return { refresh, schedulable, due, forUser, claim, releaseClaim }
+  })
+
+/** The store on the pool's SqlClient; the migrations must have run. */
+export const missionStoreLayer = (
+  options: MissionStoreOptions = {},
+): Layer.Layer<MissionStore, never, SqlClient.SqlClient | RunnerConfig> =>
+  Layer.effect(MissionStore, makeMissionStore(options))
+
+export const MissionStoreLive = missionStoreLayer()

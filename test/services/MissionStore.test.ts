@@ -1,0 +1,330 @@
+import { SqlClient } from "@effect/sql"
+import { it } from "@effect/vitest"
+import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, TestClock } from "effect"
+import { expect } from "vitest"
+import { type ReplayRow, applyChange, initialState } from "../../src/domain/replay.js"
+import { RunnerConfig } from "../../src/services/AppConfig.js"
+import { MigrationsLive } from "../../src/services/Migrations.js"
+import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
+import { makeMissionStore, missionStoreLayer, newMissionRowsQuery } from "../../src/services/MissionStoreLive.js"
+import { malformedRowsTotal, missionsSkippedTotal } from "../../src/services/metrics.js"
+import {
+  insertChanges,
+  insertChangesAsUser,
+  missionDeleteRow,
+  missionInsertRow,
+  missionUpdateRow,
+  seedHistory,
+} from "../support/seed.js"
+import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+
+const onServer = process.env.TEST_DATABASE_URL !== undefined
+
+const Db = Layer.provideMerge(RunnerSqlLive(8), TestDatabaseLive)
+const Migrated = Layer.provideMerge(MigrationsLive, Layer.merge(Db, RunnerConfig.test()))
+const StoreLive = Layer.provideMerge(missionStoreLayer(), Migrated)
+
+const one = (snapshots: ReadonlyArray<MissionSnapshot>, userId: string, missionId: string) => {
+  const found = snapshots.filter((s) => s.userId === userId && s.missionId === missionId)
+  expect(found.length).toBe(1)
+  return found[0]!
+}
+
+const reason = (s: MissionSnapshot) => Either.match(s.decoded, { onLeft: (r) => r, onRight: () => "decodes" })
+
+/** Refreshes until nothing new is left, so each test starts from a drained log. */
+const drain = Effect.flatMap(MissionStore, (store) => store.refresh)
+
+/** The record as a device would see it after syncing everything stored (a full replay from scratch, as the owner). */
+const fullReplay = (userId: string, missionId: string) =>
+  Effect.flatMap(TestDatabase, (db) =>
+    Effect.promise(async () => {
+      const rows = await db.ownerQuery(
+        `SELECT id::text AS id, op, data, field_timestamps, created_at, record_id FROM sync_changes
+         WHERE user_id = $1 AND app_id = 'ai' AND table_name = 'aiMissions' AND record_id = $2 ORDER BY created_at, id`,
+        [userId, missionId],
+      )
+      // Folded in Postgres's exact (created_at, id) order: replay() re-sorts by millisecond Dates, which
+      // can swap two rows a microsecond apart.
+      return (rows as unknown as ReadonlyArray<ReplayRow>).reduce(applyChange, initialState).record
+    }),
+  )
+
+const counter = (metric: typeof missionsSkippedTotal, reasonTag: string) =>
+  Effect.map(Metric.value(Metric.tagged(metric, "reason", reasonTag)), (s) => s.count)
+
+it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
+  it.effect("refresh picks up inserts, updates and deletes, and a refresh with no new rows reads none", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([missionInsertRow("u-crud", "m1"), missionInsertRow("u-crud", "m2", { title: "Read more" })])
+      const first = yield* store.refresh
+      expect(first.rowsRead).toBe(2)
+      expect(one(first.changed, "u-crud", "m1").schedulable).toBe(true)
+      expect(one(first.changed, "u-crud", "m2").record?.title).toBe("Read more")
+
+      const idle = yield* store.refresh
+      expect(idle).toEqual({ rowsRead: 0, changed: [] })
+
+      yield* insertChanges([missionUpdateRow("u-crud", "m1", { title: "Get fitter", state: "paused" })])
+      const updated = yield* store.refresh
+      expect(updated.rowsRead).toBe(1)
+      const m1 = one(updated.changed, "u-crud", "m1")
+      expect(m1.record).toMatchObject({ id: "m1", title: "Get fitter", state: "paused", objective: "Run a 10k by summer" })
+      expect(m1.schedulable).toBe(false)
+      expect(Either.isRight(m1.decoded)).toBe(true)
+
+      yield* insertChanges([missionDeleteRow("u-crud", "m1")])
+      const deleted = yield* store.refresh
+      expect(one(deleted.changed, "u-crud", "m1").record).toBeNull()
+      expect((yield* store.forUser("u-crud")).map((s) => s.missionId)).toEqual(["m2"])
+
+      // A soft delete (deletedAt set) counts as deleted too; a later insert starts m1 anew.
+      yield* insertChanges([missionUpdateRow("u-crud", "m2", { deletedAt: "2026-03-03T00:00:00Z" }), missionInsertRow("u-crud", "m1")])
+      yield* store.refresh
+      const now = yield* store.forUser("u-crud")
+      expect(now.map((s) => [s.missionId, s.record?.title])).toEqual([["m1", "Get fit"]])
+      expect(yield* store.refresh).toEqual({ rowsRead: 0, changed: [] })
+    }),
+  )
+
+  it.effect("rows sharing one created_at are all applied, across batch boundaries", () =>
+    Effect.gen(function* () {
+      yield* drain
+      // A store reading two rows per batch: the shared created_at straddles every batch boundary.
+      const small = yield* makeMissionStore({ batchSize: 2 })
+      yield* insertChanges([
+        missionInsertRow("u-tie", "a"),
+        missionInsertRow("u-tie", "b"),
+        missionInsertRow("u-tie", "c"),
+        missionUpdateRow("u-tie", "a", { title: "A2" }),
+        missionInsertRow("u-tie", "d"),
+      ])
+      const db = yield* TestDatabase
+      const times = yield* Effect.promise(() =>
+        db.ownerQuery("SELECT count(DISTINCT created_at)::int AS n FROM sync_changes WHERE user_id = 'u-tie'"),
+      )
+      expect(times).toEqual([{ n: 1 }])
+      const result = yield* small.refresh
+      expect(result.rowsRead).toBe(5)
+      const store = yield* MissionStore
+      const mine = yield* store.forUser("u-tie")
+      expect(mine.map((s) => s.missionId)).toEqual(["a", "b", "c", "d"])
+      // Same created_at: the id order decides, as the full replay does.
+      expect(one(mine, "u-tie", "a").record).toEqual(yield* fullReplay("u-tie", "a"))
+      expect((yield* small.refresh).rowsRead).toBe(0)
+    }),
+  )
+
+  it.effect("a row that appears with an earlier created_at than rows already applied is seen and replayed in order", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const db = yield* TestDatabase
+      yield* drain
+      yield* insertChanges([missionInsertRow("u-back", "m")])
+      yield* store.refresh
+      // Just after the insert: what a transaction that started then and commits only later would write.
+      const [{ t }] = (yield* Effect.promise(() =>
+        db.ownerQuery("SELECT (max(created_at) + interval '1 microsecond')::text AS t FROM sync_changes WHERE user_id = 'u-back'"),
+      )) as [{ t: string }]
+      yield* insertChanges([missionUpdateRow("u-back", "m", { title: "newer" })])
+      yield* store.refresh
+      yield* insertChanges([{ ...missionUpdateRow("u-back", "m", { title: "older", objective: "late objective" }), createdAt: t }])
+      const late = yield* store.refresh
+      expect(late.rowsRead).toBe(1)
+      const record = one(late.changed, "u-back", "m").record
+      expect(record).toMatchObject({ title: "newer", objective: "late objective" })
+      expect(record).toEqual(yield* fullReplay("u-back", "m"))
+    }),
+  )
+
+  it.effect.skipIf(!onServer)("a row whose transaction commits after a later one is seen (real concurrent transactions)", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const sql = yield* SqlClient.SqlClient
+      yield* drain
+      yield* insertChangesAsUser("u-late", [missionInsertRow("u-late", "m")])
+      yield* store.refresh
+      const inserted = yield* Deferred.make<void>()
+      const commit = yield* Deferred.make<void>()
+      // The sync server's slow transaction: its now() is taken here, it commits at the end.
+      const slow = yield* sql
+        .withTransaction(
+          Effect.gen(function* () {
+            yield* sql`SELECT set_config('app.current_user_id', 'u-late', true)`
+            yield* sql`
+              INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+              VALUES ('ai', 'aiMissions', 'm', 'u-late', 'update', ${JSON.stringify({ title: "slow", objective: "slow objective" })}::jsonb, 'phone')`
+            yield* Deferred.succeed(inserted, undefined)
+            yield* Deferred.await(commit)
+          }),
+        )
+        .pipe(Effect.fork)
+      yield* Deferred.await(inserted)
+      yield* insertChangesAsUser("u-late", [missionUpdateRow("u-late", "m", { title: "fast" })])
+      const before = yield* store.refresh
+      expect(before.rowsRead).toBe(1)
+      expect(one(before.changed, "u-late", "m").record?.title).toBe("fast")
+      yield* Deferred.succeed(commit, undefined)
+      yield* Fiber.join(slow)
+      const after = yield* store.refresh
+      expect(after.rowsRead).toBe(1)
+      const record = one(after.changed, "u-late", "m").record
+      // The slow row is older: its title loses to "fast", its objective is new.
+      expect(record).toMatchObject({ title: "fast", objective: "slow objective" })
+      expect(record).toEqual(yield* fullReplay("u-late", "m"))
+    }),
+  )
+
+  it.effect("two users' missions with the same record_id stay separate", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([missionInsertRow("u-a", "shared", { title: "A's" }), missionInsertRow("u-b", "shared", { title: "B's" })])
+      yield* store.refresh
+      yield* insertChanges([missionUpdateRow("u-a", "shared", { title: "A's, changed" }), missionDeleteRow("u-b", "shared")])
+      yield* store.refresh
+      expect((yield* store.forUser("u-a")).map((s) => s.record?.title)).toEqual(["A's, changed"])
+      expect(yield* store.forUser("u-b")).toEqual([])
+      yield* insertChanges([missionInsertRow("u-b", "shared", { title: "B's again" })])
+      yield* store.refresh
+      expect((yield* store.forUser("u-a")).map((s) => s.record?.title)).toEqual(["A's, changed"])
+      expect((yield* store.forUser("u-b")).map((s) => s.record?.title)).toEqual(["B's again"])
+    }),
+  )
+
+  it.effect("malformed missions are skipped with a reason naming the field and counted; the user's good mission stays", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      const skippedBefore = yield* counter(missionsSkippedTotal, "malformed")
+      const rowsBefore = yield* counter(malformedRowsTotal, "data-not-object")
+      yield* insertChanges([
+        missionInsertRow("u-bad", "good"),
+        missionInsertRow("u-bad", "wrong-type", { title: 5 }),
+        missionInsertRow("u-bad", "bad-interval", { cadence: { kind: "interval", everyMinutes: 0 } }),
+        missionInsertRow("u-bad", "bad-cron", { cadence: { kind: "cron", expression: "61 * * * *" } }),
+        missionInsertRow("u-bad", "bad-zone", { timezone: "Mars/Olympus_Mons" }),
+        missionInsertRow("u-bad", "bad-next", { nextRunAt: "next tuesday-ish" }),
+        missionInsertRow("u-bad", "no-iterations", { iterations: "none" }),
+        { userId: "u-bad", recordId: "not-object", op: "insert", data: "just text" },
+      ])
+      const result = yield* store.refresh
+      const reasons = Object.fromEntries(result.changed.filter((s) => s.userId === "u-bad").map((s) => [s.missionId, reason(s)]))
+      expect(reasons.good).toBe("decodes")
+      expect(reasons["wrong-type"]).toMatch(/field title: expected string, actual 5/)
+      expect(reasons["bad-interval"]).toMatch(/field cadence\.everyMinutes/)
+      expect(reasons["bad-cron"]).toMatch(/field cadence: invalid cron expression/)
+      expect(reasons["bad-zone"]).toMatch(/field timezone: "Mars\/Olympus_Mons"/)
+      expect(reasons["bad-next"]).toMatch(/field nextRunAt/)
+      expect(reasons["no-iterations"]).toMatch(/field iterations: expected an array, actual "none"/)
+      expect(reasons["not-object"]).toMatch(/data that is not an object \(a string\)/)
+      for (const s of result.changed.filter((s) => s.userId === "u-bad" && s.missionId !== "good")) {
+        expect(s.schedulable).toBe(false)
+      }
+      expect(one(result.changed, "u-bad", "good").schedulable).toBe(true)
+      expect((yield* counter(missionsSkippedTotal, "malformed")) - skippedBefore).toBe(7)
+      expect((yield* counter(malformedRowsTotal, "data-not-object")) - rowsBefore).toBe(1)
+      const due = yield* store.due(new Date("2026-03-02T09:00:00Z"))
+      expect(due.filter((s) => s.userId === "u-bad").map((s) => s.missionId)).toEqual(["good"])
+
+      // A bad update to a good mission is counted and not applied; the mission stays schedulable.
+      yield* insertChanges([{ userId: "u-bad", recordId: "good", op: "update", data: [1, 2] }])
+      const again = yield* store.refresh
+      expect(one(again.changed, "u-bad", "good").schedulable).toBe(true)
+      expect((yield* counter(malformedRowsTotal, "data-not-object")) - rowsBefore).toBe(2)
+      // Fixing a malformed mission makes it schedulable.
+      yield* insertChanges([missionUpdateRow("u-bad", "wrong-type", { title: "Fixed" })])
+      const fixed = yield* store.refresh
+      expect(one(fixed.changed, "u-bad", "wrong-type").schedulable).toBe(true)
+    }),
+  )
+
+  it.effect("due(now) returns active, live missions whose nextRunAt has come", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([
+        missionInsertRow("u-due", "past", { nextRunAt: "2026-03-02T08:00:00Z" }),
+        missionInsertRow("u-due", "exactly-now", { nextRunAt: "2026-03-02T09:00:00.000+00:00" }),
+        missionInsertRow("u-due", "future", { nextRunAt: "2026-03-02T09:00:01Z" }),
+        missionInsertRow("u-due", "paused", { state: "paused" }),
+        missionInsertRow("u-due", "done", { state: "done" }),
+        missionInsertRow("u-due", "unscheduled", { nextRunAt: null, cadence: { kind: "manual" } }),
+        missionInsertRow("u-due", "no-next", { nextRunAt: undefined }),
+        missionInsertRow("u-due", "deleted"),
+        missionInsertRow("u-due", "soft-deleted", { deletedAt: "2026-03-01T12:00:00Z" }),
+      ])
+      yield* insertChanges([missionDeleteRow("u-due", "deleted")])
+      yield* store.refresh
+      const now = new Date("2026-03-02T09:00:00Z")
+      const due = (yield* store.due(now)).filter((s) => s.userId === "u-due")
+      expect(due.map((s) => s.missionId)).toEqual(["past", "exactly-now"])
+      expect(due[0]!.nextRunAt?.toISOString()).toBe("2026-03-02T08:00:00.000Z")
+      expect(Either.getOrThrow(due[0]!.decoded).title).toBe("Get fit")
+      const schedulable = (yield* store.schedulable).filter((s) => s.userId === "u-due").map((s) => s.missionId)
+      expect(schedulable.sort()).toEqual(["exactly-now", "future", "past"])
+      // Once its nextRunAt moves on, it is no longer due.
+      yield* insertChanges([missionUpdateRow("u-due", "past", { nextRunAt: "2026-03-02T10:00:00Z" })])
+      yield* store.refresh
+      expect((yield* store.due(now)).filter((s) => s.userId === "u-due").map((s) => s.missionId)).toEqual(["exactly-now"])
+    }),
+  )
+
+  it.effect("a claim is exclusive between owners until it expires or is released", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const key = { userId: "u-claim", missionId: "m", iterationId: "it-1" }
+      const ttl = Duration.minutes(5)
+      expect(yield* store.claim(key, "runner-a", ttl)).toBe(true)
+      expect(yield* store.claim(key, "runner-b", ttl)).toBe(false)
+      expect(yield* store.claim(key, "runner-a", ttl)).toBe(true)
+      // Another user's mission with the same ids is a different run.
+      expect(yield* store.claim({ ...key, userId: "u-claim-2" }, "runner-b", ttl)).toBe(true)
+      yield* TestClock.adjust(Duration.minutes(4))
+      expect(yield* store.claim(key, "runner-b", ttl)).toBe(false)
+      yield* TestClock.adjust(Duration.minutes(2))
+      expect(yield* store.claim(key, "runner-b", ttl)).toBe(true)
+      expect(yield* store.claim(key, "runner-a", ttl)).toBe(false)
+      // Releasing someone else's claim does nothing; releasing one's own frees it.
+      yield* store.releaseClaim(key, "runner-a")
+      expect(yield* store.claim(key, "runner-a", ttl)).toBe(false)
+      yield* store.releaseClaim(key, "runner-b")
+      expect(yield* store.claim(key, "runner-a", ttl)).toBe(true)
+    }),
+  )
+})
+
+it.layer(StoreLive, { timeout: 180_000 })("MissionStore cost", (it) => {
+  it.effect("a refresh with no new rows reads the partial index over the window, not the history (as the runner, under RLS)", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const sql = yield* SqlClient.SqlClient
+      yield* seedHistory({ count: 20_000 })
+      yield* insertChanges([missionInsertRow("u-cost", "m")])
+      const first = yield* store.refresh
+      expect(first.rowsRead).toBe(5_001)
+      expect(yield* store.refresh).toEqual({ rowsRead: 0, changed: [] })
+
+      const [{ at }] = (yield* sql<{ at: string }>`
+        SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at FROM mana_ai.discovery_cursor`) as [
+        { at: string },
+      ]
+      const query = newMissionRowsQuery(sql, { cursorAt: at, lookback: "120000000 microseconds", limit: 1000 })
+      const plan = (yield* sql<{ "QUERY PLAN": string }>`EXPLAIN ${query}`).map((r) => r["QUERY PLAN"]).join("\n")
+      expect(plan).toMatch(/Index (Only )?Scan using sync_changes_ai_missions_created_idx|Bitmap Index Scan on sync_changes_ai_missions_created_idx/)
+      expect(plan).not.toMatch(/Seq Scan on sync_changes/)
+      const who = yield* sql<{ u: string }>`SELECT current_user AS u`
+      expect(who[0]!.u).toBe((yield* TestDatabase).runnerRole)
+
+      // And it really reads only the window: the rows the index scan returns are the few recent ones.
+      const analyzed = (yield* sql<{ "QUERY PLAN": string }>`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) ${query}`)
+        .map((r) => r["QUERY PLAN"])
+        .join("\n")
+      const scanned = /sync_changes_ai_missions_created_idx on sync_changes s \(actual rows=(\d+)/.exec(analyzed)
+      expect(scanned, analyzed).not.toBeNull()
+      expect(Number(scanned![1])).toBeLessThanOrEqual(1)
+    }),
+  )
+})
