@@ -61,8 +61,9 @@ const userIdParam = HttpRouter.schemaPathParams(UserIdParams)
 const health = Effect.gen(function* () {
   const state = yield* ServerState
   const phase = yield* state.phase
-  const running = (yield* Ref.get(state.ticksRunning)) > 0
   const backend = yield* state.backend
+  const running =
+    (yield* Ref.get(state.ticksRunning)) > 0 || (Option.isSome(backend) && (yield* backend.value.tickRunning))
   const actors = Option.isSome(backend) ? yield* Effect.either(backend.value.actors) : undefined
   const summary: Record<string, number> = { total: 0 }
   if (actors !== undefined && actors._tag === "Right") {

@@ -23,7 +23,7 @@ export interface TickReport {
 export interface ActorView {
   readonly userId: string
   readonly state: string
-  readonly missions: number
+  readonly missions: ReadonlyArray<unknown>
   readonly inFlight: number
   readonly restarts: number
   readonly lastError: string | null
@@ -48,6 +48,8 @@ export interface ApiBackend {
   /** False when the runner has no actor and no quarantine for that user. */
   readonly restart: (userId: string) => Effect.Effect<boolean, BackendError>
   readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>
+  /** A tick is under way, whoever started it. */
+  readonly tickRunning: Effect.Effect<boolean>
 }
 
 export interface ServerSettings {

@@ -13,9 +13,9 @@ import { plansWrittenBackTotal } from "../../src/services/metrics.js"
 const KEY = "test-service-key-0123456789"
 
 const actorsList: ReadonlyArray<ActorView> = [
-  { userId: "alice", state: "idle", missions: 2, inFlight: 0, restarts: 0, lastError: null, nextWakeAt: "2030-01-01T00:00:00.000Z" },
-  { userId: "bob", state: "running", missions: 1, inFlight: 1, restarts: 1, lastError: null, nextWakeAt: null },
-  { userId: "carol", state: "quarantined", missions: 1, inFlight: 0, restarts: 5, lastError: "boom", nextWakeAt: null },
+  { userId: "alice", state: "idle", missions: [{ missionId: "m1" }, { missionId: "m2" }], inFlight: 0, restarts: 0, lastError: null, nextWakeAt: "2030-01-01T00:00:00.000Z" },
+  { userId: "bob", state: "running", missions: [{ missionId: "b1" }], inFlight: 1, restarts: 1, lastError: null, nextWakeAt: null },
+  { userId: "carol", state: "quarantined", missions: [], inFlight: 0, restarts: 5, lastError: "boom", nextWakeAt: null },
 ]
 
 const report: TickReport = {
@@ -44,6 +44,7 @@ const makeBackend = (gate: Ref.Ref<Deferred.Deferred<void>>, restarted: Ref.Ref<
           },
           { missionId: "m2", record: { id: "m2", title: 3 }, malformed: "title: expected string" },
         ]),
+  tickRunning: Effect.succeed(false),
 })
 
 class Gate extends Context.Tag("test/Gate")<Gate, Ref.Ref<Deferred.Deferred<void>>>() {}
