@@ -2,6 +2,8 @@ import { defineConfig } from "vitest/config"
 
 export default defineConfig({
   test: {
+    // Adds up the fault suite's figures (test/support/FaultLedger.ts) and prints them at the end.
+    globalSetup: ["test/support/faultLedgerSetup.ts"],
     include: ["test/**/*.test.ts"],
     exclude: ["test/faults/**"],
     testTimeout: 60_000,

@@ -1,0 +1,180 @@
+/**
+ * A TCP proxy the test owns (node:net on 127.0.0.1, a free port) in front of a server, to simulate
+ * an outage without touching the shared server: drop every open connection, refuse new ones
+ * (the listener closes: ECONNREFUSED), reset them (accepted, then RST), or blackhole them
+ * (accepted, never forwarded, never answered), then resume on the same port.
+ *
+ *   const proxy = yield* makeTcpProxy({ host: "127.0.0.1", port: 5432 })
+ *   const url = proxy.rewrite(runnerUrl)               // same URL, host:port of the proxy
+ *   yield* proxy.outage({ mode: "refuse", forMs: 3000 }) // drops all, refuses for 3 s, resumes
+ */
+import net from "node:net"
+import { Context, Effect, Layer, Redacted, type Scope } from "effect"
+
+export type ProxyMode = "pass" | "refuse" | "reset" | "blackhole"
+
+export interface ProxyStats {
+  /** Connections accepted and forwarded to the target. */
+  readonly forwarded: number
+  /** Forwarded connections the proxy cut (dropAll). */
+  readonly dropped: number
+  /** Connections reset at once (mode reset) — refused ones never reach the proxy, so are not counted. */
+  readonly reset: number
+  /** Connections held silently (mode blackhole). */
+  readonly blackholed: number
+  /** Connection pairs open now. */
+  readonly open: number
+}
+
+export interface TcpProxyShape {
+  readonly host: string
+  readonly port: number
+  /** `url` (a postgres:// URL, plain or Redacted) with host and port replaced by the proxy's. */
+  readonly rewrite: <U extends string | Redacted.Redacted<string>>(url: U) => U
+  readonly mode: Effect.Effect<ProxyMode>
+  readonly stats: Effect.Effect<ProxyStats>
+  /** Destroys every open connection pair (both sides); returns how many. */
+  readonly dropAll: Effect.Effect<number>
+  /** New connections from now on: refused (listener closed), reset, or blackholed. */
+  readonly setMode: (mode: Exclude<ProxyMode, "pass">) => Effect.Effect<void>
+  /** Back to forwarding; blackholed connections are destroyed (the client has long given up on them). */
+  readonly resume: Effect.Effect<void>
+  /** dropAll + setMode(mode), a real-time wait of `forMs`, then resume. */
+  readonly outage: (options: { readonly mode: Exclude<ProxyMode, "pass">; readonly forMs: number }) => Effect.Effect<void>
+}
+
+interface Target {
+  readonly host: string
+  readonly port: number
+}
+
+/** host:port of a postgres URL. */
+export const targetOf = (url: string | Redacted.Redacted<string>): Target => {
+  const u = new URL(typeof url === "string" ? url : Redacted.value(url))
+  return { host: u.hostname || "127.0.0.1", port: Number(u.port || 5432) }
+}
+
+export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    // Per-instance state, touched only from node's event-loop callbacks and Effect.sync.
+    let mode: ProxyMode = "pass"
+    const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
+    const held = new Set<net.Socket>()
+    const counts = { forwarded: 0, dropped: 0, reset: 0, blackholed: 0 }
+
+    const onConnection = (client: net.Socket) => {
+      client.on("error", () => {})
+      if (mode === "reset") {
+        counts.reset++
+        client.resetAndDestroy()
+        return
+      }
+      if (mode === "blackhole") {
+        counts.blackholed++
+        held.add(client)
+        client.on("close", () => held.delete(client))
+        client.pause() // read nothing, answer nothing
+        return
+      }
+      counts.forwarded++
+      const upstream = net.connect(target.port, target.host)
+      upstream.setNoDelay(true)
+      client.setNoDelay(true)
+      const pair = { client, upstream }
+      pairs.add(pair)
+      upstream.on("error", () => client.destroy())
+      client.on("close", () => {
+        upstream.destroy()
+        pairs.delete(pair)
+      })
+      upstream.on("close", () => {
+        client.destroy()
+        pairs.delete(pair)
+      })
+      client.pipe(upstream)
+      upstream.pipe(client)
+    }
+
+    let server = net.createServer(onConnection)
+    const listen = (port: number) =>
+      Effect.async<number>((resume) => {
+        server = net.createServer(onConnection)
+        server.once("error", (e) => resume(Effect.die(e)))
+        server.listen(port, "127.0.0.1", () => resume(Effect.succeed((server.address() as net.AddressInfo).port)))
+      })
+    // close() stops accepting at once; its callback would wait for open connections, so it is not awaited.
+    const closeListener = Effect.sync(() => {
+      if (server.listening) server.close()
+    })
+
+    const destroyAll = () => {
+      let n = 0
+      for (const pair of [...pairs]) {
+        pair.client.destroy()
+        pair.upstream.destroy()
+        pairs.delete(pair)
+        n++
+      }
+      counts.dropped += n
+      return n
+    }
+    const releaseHeld = () => {
+      for (const s of [...held]) s.destroy()
+      held.clear()
+    }
+
+    const port = yield* Effect.acquireRelease(listen(0), () =>
+      Effect.zipRight(
+        Effect.sync(() => {
+          destroyAll()
+          releaseHeld()
+        }),
+        closeListener,
+      ),
+    )
+
+    const setMode = (next: Exclude<ProxyMode, "pass">) =>
+      Effect.gen(function* () {
+        if (next === "refuse") yield* closeListener
+        else if (mode === "refuse") yield* listen(port)
+        mode = next
+      })
+
+    // Re-listening on the same port after "refuse": on loopback nobody else takes it in a few seconds.
+    const resume = Effect.gen(function* () {
+      if (mode === "refuse") yield* listen(port)
+      releaseHeld()
+      mode = "pass"
+    })
+
+    const rewrite = <U extends string | Redacted.Redacted<string>>(url: U): U => {
+      const u = new URL(typeof url === "string" ? url : Redacted.value(url as Redacted.Redacted<string>))
+      u.hostname = "127.0.0.1"
+      u.port = String(port)
+      return (typeof url === "string" ? u.toString() : Redacted.make(u.toString())) as U
+    }
+
+    return {
+      host: "127.0.0.1",
+      port,
+      rewrite,
+      mode: Effect.sync(() => mode),
+      stats: Effect.sync(() => ({ ...counts, open: pairs.size })),
+      dropAll: Effect.sync(destroyAll),
+      setMode,
+      resume,
+      outage: ({ mode: m, forMs }) =>
+        Effect.gen(function* () {
+          yield* setMode(m)
+          yield* Effect.sync(destroyAll)
+          // Real time on purpose: the outage is seen by real sockets, not by the test's clock.
+          yield* Effect.promise(() => new Promise((r) => setTimeout(r, forMs)))
+          yield* resume
+        }),
+    } satisfies TcpProxyShape
+  })
+
+export class TcpProxy extends Context.Tag("test/TcpProxy")<TcpProxy, TcpProxyShape>() {
+  /** A proxy in front of `target`. */
+  static readonly layer = (target: Target) => Layer.scoped(TcpProxy, makeTcpProxy(target))
+}
