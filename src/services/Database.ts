@@ -21,11 +21,9 @@ export const describeDatabaseUrl = (url: Redacted.Redacted<string>): string => {
   }
 }
 
-/** Connection attempts at start: exponential from 500 ms, capped at 5 s, for about a minute. */
-const startRetry = Schedule.exponential("500 millis").pipe(
-  Schedule.either(Schedule.spaced("5 seconds")),
-  Schedule.upTo("60 seconds"),
-)
+/** Connection attempts at start: exponential from 500 ms, capped at 5 s, for `retryFor` (about a minute). */
+const startRetry = (retryFor: Duration.DurationInput) =>
+  Schedule.exponential("500 millis").pipe(Schedule.either(Schedule.spaced("5 seconds")), Schedule.upTo(retryFor))
 
 /** Postgres error class 28 (bad credentials) and 3D000 (no such database) will not heal by waiting. */
 const isPermanent = (error: SqlError): boolean => {
@@ -44,6 +42,7 @@ const causeText = (error: SqlError): string => {
 export const databaseLayerFromUrl = (
   url: Redacted.Redacted<string>,
   poolMax: number,
+  options: { readonly retryFor?: Duration.DurationInput } = {},
 ): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> => {
   const where = describeDatabaseUrl(url)
   const attempt = PgClient.layer({
@@ -61,7 +60,7 @@ export const databaseLayerFromUrl = (
   return Layer.unwrapEffect(
     Effect.as(
       Effect.logInfo(`Connecting to Postgres at ${where} (pool of ${poolMax})`),
-      Layer.retry(attempt, startRetry.pipe(Schedule.whileInput((error: SqlError) => !isPermanent(error)))).pipe(
+      Layer.retry(attempt, startRetry(options.retryFor ?? "60 seconds").pipe(Schedule.whileInput((error: SqlError) => !isPermanent(error)))).pipe(
         Layer.tap(() => Effect.logInfo(`Connected to Postgres at ${where}`)),
       ),
     ),
