@@ -306,6 +306,8 @@ it.layer(StoreLive, { timeout: 180_000 })("MissionStore cost", (it) => {
       const first = yield* store.refresh
       expect(first.rowsRead).toBe(5_001)
       expect(yield* store.refresh).toEqual({ rowsRead: 0, changed: [] })
+      // Applied ids older than the window are pruned: only the recent row's id is kept.
+      expect(yield* sql`SELECT count(*)::int AS n FROM mana_ai.applied_changes`).toEqual([{ n: 1 }])
 
       const [{ at }] = (yield* sql<{ at: string }>`
         SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at FROM mana_ai.discovery_cursor`) as [
