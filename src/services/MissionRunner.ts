@@ -36,7 +36,8 @@ export type RunOutcome =
     }
   | {
       readonly _tag: "Skipped"
-      readonly reason: "claimed-elsewhere" | "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
+      /** not-due: the mission as it stands now was rescheduled past the present (the snapshot was stale). */
+      readonly reason: "claimed-elsewhere" | "not-found" | "deleted" | "not-active" | "not-due" | "already-written" | "malformed"
       readonly planProduced: boolean
       readonly parseFailures: number
     }

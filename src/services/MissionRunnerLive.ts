@@ -1,0 +1,247 @@
+/**
+ * One run of one mission for one scheduled time (SPEC §4–§6): claim → check → resolve inputs → plan →
+ * write back.
+ *
+ * Everything before the write-back runs under MISSION_TIMEOUT_MS; a run that outlasts it writes
+ * nothing and gives its claim back, so the mission stays due and is retried. The write-back is one
+ * transaction outside the deadline: interrupted, it rolls back whole. A permanent planning failure is
+ * not an error of the run: it is written as a failed iteration and advances nextRunAt.
+ */
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref } from "effect"
+import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
+import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
+import { parseInstant } from "../domain/replay.js"
+import { RunnerConfig } from "./AppConfig.js"
+import { readCurrentMission } from "./currentMission.js"
+import { InputResolvers } from "./InputResolvers.js"
+import { type LlmError, isTransientLlmError } from "./LlmClient.js"
+import { MissionRunner, type MissionRunnerShape, MissionTimeout, type RunOutcome, type RunRequest } from "./MissionRunner.js"
+import { MissionStore } from "./MissionStore.js"
+import {
+  missionErrorsTotal,
+  missionRunDuration,
+  missionsSkippedTotal,
+  plansProducedTotal,
+  plansWrittenBackTotal,
+} from "./metrics.js"
+import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
+import { WriteBack } from "./WriteBack.js"
+import { withUserScope } from "./withUserScope.js"
+
+export interface MissionRunnerOptions {
+  /** Who holds claims: one id per process (default: host, pid and a random suffix). */
+  readonly instanceId?: string
+  /** How long a claim outlives the run's deadline, covering the write-back. */
+  readonly claimMargin?: Duration.DurationInput
+}
+
+export const defaultInstanceId = (): string => `mana-ai:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
+
+type PermanentFailure = LlmError | PlanRejected
+
+/** What a permanent failure tells the user (short, no LLM output, no secret) and where it happened. */
+export const describeFailure = (error: PermanentFailure): { readonly summary: string; readonly phase: ErrorPhase } => {
+  switch (error._tag) {
+    case "PlanRejected":
+      return {
+        summary: `Planning failed: the model's answer was rejected ${error.attempts === 1 ? "once" : `${error.attempts} times`} (${error.reason}).`,
+        phase: "parsing-response",
+      }
+    case "LlmHttpError":
+      return { summary: `Planning failed: the language model refused the request (HTTP ${error.status}).`, phase: "calling-llm" }
+    case "LlmInvalidResponse":
+      return { summary: "Planning failed: the language model's reply was not a valid chat completion.", phase: "calling-llm" }
+    default:
+      return { summary: "Planning failed: the language model could not be reached.", phase: "calling-llm" }
+  }
+}
+
+/** The bounded part's result: a plan, or a permanent failure to write as a failed iteration. */
+type Planned =
+  | { readonly _tag: "Plan"; readonly result: PlannerResult; readonly mission: Mission }
+  | { readonly _tag: "Failed"; readonly error: PermanentFailure; readonly phase: ErrorPhase; readonly summary: string }
+  | { readonly _tag: "Skip"; readonly outcome: Extract<RunOutcome, { _tag: "Skipped" }> }
+
+const skipped = (reason: Extract<RunOutcome, { _tag: "Skipped" }>["reason"], parseFailures = 0): Planned => ({
+  _tag: "Skip",
+  outcome: { _tag: "Skipped", reason, planProduced: false, parseFailures },
+})
+
+const errorKind = (cause: Cause.Cause<MissionTimeout | SqlError>): string =>
+  Option.match(Cause.failureOption(cause), { onNone: () => (Cause.isInterruptedOnly(cause) ? "Interrupted" : "Defect"), onSome: (e) => e._tag })
+
+export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
+  Effect.gen(function* () {
+    const store = yield* MissionStore
+    const resolvers = yield* InputResolvers
+    const planner = yield* Planner
+    const writeBack = yield* WriteBack
+    const config = yield* RunnerConfig
+    const sqlClient = yield* SqlClient.SqlClient
+    const owner = options.instanceId ?? defaultInstanceId()
+    const timeoutMs = Duration.toMillis(config.missionTimeout)
+    const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
+
+    /** Claim, check the mission as it stands now, resolve, plan: the part the deadline bounds. */
+    const prepare = (userId: string, mission: Mission, iterationId: string, claimed: Effect.Effect<void>) =>
+      Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
+        const key = { userId, missionId: mission.id, iterationId }
+        if (!(yield* store.claim(key, owner, claimTtl))) return skipped("claimed-elsewhere")
+        yield* claimed
+
+        // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
+        // rescheduled or already planned (by another instance) since. The write-back checks again.
+        const current = yield* withUserScope(userId, (sql) =>
+          readCurrentMission(sql, userId, mission.id, iterationId, config.defaultTimezone),
+        ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient), Effect.withSpan("checkMission"))
+        if (current._tag === "Skip") {
+          yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
+          return skipped(current.reason)
+        }
+        const now = yield* Clock.currentTimeMillis
+        const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
+        if (dueAt === undefined || dueAt > now) {
+          yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
+            Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
+          )
+          return skipped("not-due")
+        }
+        // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
+        const fresh = current.mission
+
+        const resolvedInputs = yield* resolvers
+          .resolve(userId, fresh.inputs)
+          .pipe(Effect.withSpan("resolveInputs", { attributes: { inputs: fresh.inputs.length } }))
+
+        return yield* planner.plan({ mission: fresh, resolvedInputs }).pipe(
+          Effect.withSpan("plan"),
+          Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh })),
+          Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout> => {
+            if (error._tag !== "PlanRejected" && isTransientLlmError(error)) {
+              // The client retries transient errors until the deadline; one that surfaces anyway is
+              // treated as an exhausted deadline: nothing written, the mission stays due.
+              return Effect.logWarning(`the LLM client gave up on a transient error: ${error.message}`).pipe(
+                Effect.zipRight(Effect.fail(new MissionTimeout({ timeoutMs }))),
+              )
+            }
+            const { summary, phase } = describeFailure(error)
+            return Effect.succeed({ _tag: "Failed", error, phase, summary })
+          }),
+        )
+      })
+
+    const runFrom = ({ userId, mission }: RunRequest, iterationId: string, startMs: number) =>
+      Effect.gen(function* () {
+        const key = { userId, missionId: mission.id, iterationId }
+        const startedAt = new Date(startMs)
+        const holdsClaim = yield* Ref.make(false)
+        const giveBackClaim = Effect.whenEffect(
+          store.releaseClaim(key, owner).pipe(
+            Effect.timeout("5 seconds"),
+            Effect.catchAll((e) => Effect.logWarning(`could not release the run's claim: ${String(e)}`)),
+          ),
+          Ref.get(holdsClaim),
+        )
+
+        const outcome = yield* Effect.gen(function* () {
+          const planned = yield* prepare(userId, mission, iterationId, Ref.set(holdsClaim, true)).pipe(
+            Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
+            // Nothing is written after a failure before the write-back: give the claim back for the retry.
+            Effect.onError(() => giveBackClaim),
+          )
+          if (planned._tag === "Skip") return planned.outcome
+
+          const finishedAt = new Date(yield* Clock.currentTimeMillis)
+          let iteration: Iteration
+          let parseFailures: number
+          if (planned._tag === "Plan") {
+            yield* Metric.increment(plansProducedTotal)
+            const { plan, rejectedAnswers } = planned.result
+            parseFailures = rejectedAnswers
+            iteration = plannedIteration({ id: iterationId, startedAt, finishedAt, summary: plan.summary, steps: plan.steps })
+          } else {
+            const { error, phase, summary } = planned
+            parseFailures = error._tag === "PlanRejected" ? error.attempts : 0
+            yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag))
+            yield* Effect.logWarning(`planning failed for good; writing a failed iteration: ${error.message}`).pipe(
+              Effect.annotateLogs({ error: error._tag, phase }),
+            )
+            iteration = failedIteration({
+              id: iterationId,
+              startedAt,
+              finishedAt,
+              summary,
+              errorName: error._tag,
+              errorMessage: error.message,
+              phase,
+            })
+          }
+
+          const written = yield* writeBack.append({ userId, missionId: mission.id, iteration }).pipe(
+            Effect.withSpan("writeBack"),
+            Effect.onError(() => giveBackClaim),
+          )
+          const planProduced = planned._tag === "Plan"
+          if (written._tag === "Skipped") {
+            return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
+          }
+          yield* Metric.increment(plansWrittenBackTotal)
+          yield* Effect.logInfo("iteration written back").pipe(
+            Effect.annotateLogs({ overallStatus: iteration.overallStatus, steps: iteration.plan.length, nextRunAt: written.nextRunAt ?? "none" }),
+          )
+          return {
+            _tag: "Written",
+            iterationId,
+            overallStatus: iteration.overallStatus === "failed" ? "failed" : iteration.plan.length === 0 ? "approved" : "awaiting-review",
+            steps: iteration.plan.length,
+            nextRunAt: written.nextRunAt,
+            planProduced,
+            parseFailures,
+            ...(planned._tag === "Failed" ? { failure: planned.error._tag } : {}),
+          } satisfies RunOutcome
+        })
+
+        if (outcome._tag === "Skipped") {
+          yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", outcome.reason))
+        }
+        return outcome as RunOutcome
+      })
+
+    const run: MissionRunnerShape["run"] = (request) => {
+      const { userId, mission } = request
+      const iterationId = iterationIdFor(mission.id, mission.nextRunAt)
+      return Effect.flatMap(Clock.currentTimeMillis, (startMs) =>
+        runFrom(request, iterationId, startMs).pipe(
+          Effect.onExit((exit) =>
+            Effect.gen(function* () {
+              const end = yield* Clock.currentTimeMillis
+              yield* Metric.update(missionRunDuration, Math.max(0, end - startMs) / 1000)
+              if (Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)) {
+                const kind = errorKind(exit.cause)
+                yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", kind))
+                yield* Effect.logWarning(`mission run failed: ${kind}`).pipe(Effect.annotateLogs({ error: kind }))
+              }
+            }),
+          ),
+        ),
+      ).pipe(
+        Effect.withSpan("MissionRunner.run", {
+          attributes: { userId, missionId: mission.id, iterationId, scheduledFor: mission.nextRunAt ?? "none" },
+        }),
+        Effect.annotateLogs({ userId, missionId: mission.id, iterationId }),
+      )
+    }
+
+    return MissionRunner.of({ run })
+  })
+
+export const missionRunnerLayer = (
+  options: MissionRunnerOptions = {},
+): Layer.Layer<MissionRunner, never, MissionStore | InputResolvers | Planner | WriteBack | RunnerConfig | SqlClient.SqlClient> =>
+  Layer.effect(MissionRunner, makeMissionRunner(options))
+
+export const MissionRunnerLive = missionRunnerLayer()

@@ -1,0 +1,315 @@
+/**
+ * The run pipeline end to end: a real database as the runner role (prepared only by
+ * sql/runner-role.sql), the migrations, the MissionStore, the input resolvers, the real LlmClient and
+ * Planner against a real HTTP stand-in for the LLM, and the write-back.
+ */
+import { FetchHttpClient } from "@effect/platform"
+import { SqlClient } from "@effect/sql"
+import { it } from "@effect/vitest"
+import { Duration, Effect, Either, Layer, Metric, TestServices } from "effect"
+import { expect } from "vitest"
+import { iterationIdFor } from "../../src/domain/iteration.js"
+import type { Mission } from "../../src/domain/mission.js"
+import { RunnerConfig } from "../../src/services/AppConfig.js"
+import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
+import { InputResolversLive } from "../../src/services/InputResolversLive.js"
+import { llmClientLayer } from "../../src/services/LlmClientLive.js"
+import { MigrationsLive } from "../../src/services/Migrations.js"
+import { MissionRunner } from "../../src/services/MissionRunner.js"
+import { makeMissionRunner, missionRunnerLayer } from "../../src/services/MissionRunnerLive.js"
+import { MissionStore } from "../../src/services/MissionStore.js"
+import { missionStoreLayer } from "../../src/services/MissionStoreLive.js"
+import { missionsSkippedTotal, plansProducedTotal, plansWrittenBackTotal } from "../../src/services/metrics.js"
+import { PlannerLive } from "../../src/services/PlannerLive.js"
+import { ToolCatalog } from "../../src/services/ToolCatalog.js"
+import { WriteBackLive } from "../../src/services/WriteBackLive.js"
+import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
+import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf } from "../support/LlmStandIn.js"
+import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
+
+const INSTANCE = "runner-under-test"
+const API_KEY = "sk-test-never-written-anywhere"
+
+const Db = Layer.provideMerge(RunnerSqlLive(6), TestDatabaseLive)
+const Config = RunnerConfig.test()
+const Base = Layer.provideMerge(MigrationsLive, Layer.merge(Db, Config)).pipe(Layer.orDie)
+const StandIn = LlmStandIn.layer
+const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, { apiKey: API_KEY }))).pipe(
+  Layer.provideMerge(StandIn),
+)
+// Short backoff so transient errors repeat many times within a short deadline.
+const Llm = llmClientLayer({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
+  Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.layer)),
+)
+const Pipeline = Layer.mergeAll(
+  missionStoreLayer(),
+  InputResolversLive,
+  WriteBackLive,
+  PlannerLive.pipe(Layer.provide(Layer.merge(Llm, ToolCatalog.builtin))),
+)
+const Runner = missionRunnerLayer({ instanceId: INSTANCE }).pipe(Layer.provideMerge(Pipeline))
+const L = Runner.pipe(Layer.provideMerge(LlmCfg), Layer.provideMerge(Base)).pipe(Layer.orDie)
+
+const SCHEDULED = "2026-03-02T08:00:00.000Z"
+let n = 0
+const fresh = (prefix: string) => `${prefix}-${++n}-${Math.random().toString(36).slice(2, 8)}`
+
+/** A mission (and its goal) as the app wrote them, found due by the store as the actors find it. */
+const dueMission = (user: string, overrides: Record<string, unknown> = {}) =>
+  Effect.gen(function* () {
+    const missionId = fresh("mission")
+    const goalId = fresh("goal")
+    yield* insertChange({
+      user,
+      app: "companion",
+      table: "companionGoals",
+      id: goalId,
+      data: { title: "Run 5k", currentValue: 3, target: { value: 10 }, period: "week" },
+    })
+    yield* insertChange({
+      user,
+      id: missionId,
+      data: missionData({ inputs: [{ module: "goals", table: "companionGoals", id: goalId }], ...overrides }),
+    })
+    const store = yield* MissionStore
+    yield* store.refresh
+    const due = yield* store.due(new Date())
+    const snapshot = due.find((s) => s.userId === user && s.missionId === missionId)
+    expect(snapshot, "the store finds the mission due").toBeDefined()
+    const mission = snapshot!.decoded
+    if (Either.isLeft(mission)) throw new Error(mission.left)
+    return mission.right satisfies Mission
+  })
+
+const counter = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (s) => s.count)
+
+const live = <A, E, R>(self: Effect.Effect<A, E, R>) => TestServices.provideLive(self)
+
+it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
+  it.effect("a due mission goes claim → resolve (goals input) → plan → write-back and ends as one SPEC §6 row", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const before = { produced: yield* counter(plansProducedTotal), written: yield* counter(plansWrittenBackTotal) }
+        const mission = yield* dueMission("ann")
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission }))
+        const iterationId = iterationIdFor(mission.id, SCHEDULED)
+        expect(outcome).toEqual({
+          _tag: "Written",
+          iterationId,
+          overallStatus: "awaiting-review",
+          steps: 2,
+          nextRunAt: expect.any(String),
+          planProduced: true,
+          parseFailures: 0,
+        })
+
+        // The LLM saw the resolved goal, and the key as a bearer token.
+        const requests = yield* standIn.requests
+        expect(requests).toHaveLength(1)
+        expect(requests[0]!.headers.authorization).toBe(`Bearer ${API_KEY}`)
+        const prompt = messagesOf(requests[0]).map((m) => m.content).join("\n")
+        expect(prompt).toContain("Run 5k")
+        expect(prompt).toContain("Progress: 3 / 10 per week")
+
+        const rows = yield* runnerRows("ann", mission.id)
+        expect(rows).toHaveLength(1)
+        const row = rows[0]!
+        const writtenAt = (row.field_timestamps as { iterations: string }).iterations
+        expect(Date.parse(writtenAt)).toBeGreaterThan(Date.now() - 60_000)
+        const nextRunAt = outcome._tag === "Written" ? outcome.nextRunAt : null
+        // interval 60 min from 08:00: the first whole-hour slot of that series strictly after the write.
+        const next = Date.parse(nextRunAt!)
+        expect(next).toBeGreaterThan(Date.parse(writtenAt))
+        expect(next - Date.parse(writtenAt)).toBeLessThanOrEqual(3_600_000)
+        expect((next - Date.parse(SCHEDULED)) % 3_600_000).toBe(0)
+        expect({ ...row, id: undefined, created_at: undefined }).toEqual({
+          id: undefined,
+          created_at: undefined,
+          app_id: "ai",
+          table_name: "aiMissions",
+          record_id: mission.id,
+          user_id: "ann",
+          op: "update",
+          data: {
+            iterations: [
+              {
+                id: iterationId,
+                startedAt: expect.any(String),
+                finishedAt: expect.any(String),
+                plan: defaultPlan.steps.map((s, i) => ({
+                  id: `${iterationId}-${i}`,
+                  summary: `${s.summary} — ${s.rationale}`,
+                  intent: { kind: "toolCall", toolName: s.toolName, params: s.params },
+                  status: "planned",
+                })),
+                summary: defaultPlan.summary,
+                overallStatus: "awaiting-review",
+                source: "server",
+              },
+            ],
+            nextRunAt,
+          },
+          field_timestamps: { iterations: writtenAt, nextRunAt: writtenAt },
+          client_id: "mana-ai-runner",
+          schema_version: 1,
+          actor: { kind: "system", source: "mission-runner" },
+        })
+        const iteration = (row.data as { iterations: Array<Record<string, unknown>> }).iterations[0]!
+        expect(Object.keys(iteration).sort()).toEqual(["finishedAt", "id", "overallStatus", "plan", "source", "startedAt", "summary"])
+        expect(JSON.stringify(rows)).not.toContain(API_KEY)
+
+        // The claim is this instance's, in the runner's own table.
+        const sql = yield* SqlClient.SqlClient
+        const claims = yield* sql<{ owner: string }>`
+          SELECT owner FROM mana_ai.run_claims WHERE user_id = 'ann' AND mission_id = ${mission.id} AND iteration_id = ${iterationId}`
+        expect(claims).toEqual([{ owner: INSTANCE }])
+        expect(yield* counter(plansProducedTotal)).toBe(before.produced + 1)
+        expect(yield* counter(plansWrittenBackTotal)).toBe(before.written + 1)
+
+        // The same scheduled run again (same stale snapshot): nothing written, no LLM call spent.
+        const skippedBefore = yield* counter(Metric.tagged(missionsSkippedTotal, "reason", "already-written"))
+        const again = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission }))
+        expect(again).toEqual({ _tag: "Skipped", reason: "already-written", planProduced: false, parseFailures: 0 })
+        expect(yield* runnerRows("ann", mission.id)).toHaveLength(1)
+        expect(yield* standIn.requests).toHaveLength(1)
+        expect(yield* counter(Metric.tagged(missionsSkippedTotal, "reason", "already-written"))).toBe(skippedBefore + 1)
+
+        // The store sees the write-back: the mission is scheduled for the next slot, not due again.
+        const store = yield* MissionStore
+        yield* store.refresh
+        expect((yield* store.due(new Date())).some((s) => s.missionId === mission.id)).toBe(false)
+      }),
+    ))
+
+  it.effect("a permanent LLM error (400) writes one failed iteration with errorDetails and advances nextRunAt", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        yield* standIn.enqueue({ status: 400, body: { error: { message: `bad request, key ${API_KEY}` } } })
+        const mission = yield* dueMission("ann")
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission }))
+        const iterationId = iterationIdFor(mission.id, SCHEDULED)
+        expect(outcome).toMatchObject({ _tag: "Written", iterationId, overallStatus: "failed", steps: 0, planProduced: false, failure: "LlmHttpError" })
+        expect(yield* standIn.requests).toHaveLength(1)
+        const rows = yield* runnerRows("ann", mission.id)
+        expect(rows).toHaveLength(1)
+        const data = rows[0]!.data as { iterations: Array<Record<string, unknown>>; nextRunAt: string }
+        expect(data.iterations).toEqual([
+          {
+            id: iterationId,
+            startedAt: expect.any(String),
+            finishedAt: expect.any(String),
+            plan: [],
+            summary: "Planning failed: the language model refused the request (HTTP 400).",
+            overallStatus: "failed",
+            source: "server",
+            errorDetails: { name: "LlmHttpError", message: "LLM answered HTTP 400", phase: "calling-llm" },
+          },
+        ])
+        expect(Date.parse(data.nextRunAt)).toBeGreaterThan(Date.now() - 60_000)
+        expect(JSON.stringify(rows)).not.toContain(API_KEY)
+        const state = yield* replayedMission("ann", mission.id)
+        expect(state.record?.nextRunAt).toBe(data.nextRunAt)
+      }),
+    ))
+
+  it.effect("an answer rejected twice (garbage, then garbage after the repair turn) writes a failed iteration with PlanRejected", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const garbage = "Sure! Here is my plan: do stuff SECRET-RAW-OUTPUT"
+        yield* standIn.enqueue({ body: completion(garbage) }, { body: completion(`${garbage} again`) })
+        const mission = yield* dueMission("ann")
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission }))
+        expect(outcome).toMatchObject({ _tag: "Written", overallStatus: "failed", planProduced: false, parseFailures: 2, failure: "PlanRejected" })
+        const requests = yield* standIn.requests
+        expect(requests).toHaveLength(2)
+        // The repair turn quoted the parser's reason back to the model.
+        expect(messagesOf(requests[1]).length).toBeGreaterThan(messagesOf(requests[0]).length)
+        const rows = yield* runnerRows("ann", mission.id)
+        expect(rows).toHaveLength(1)
+        const iteration = (rows[0]!.data as { iterations: Array<Record<string, unknown>> }).iterations[0]!
+        expect(iteration).toMatchObject({
+          plan: [],
+          overallStatus: "failed",
+          source: "server",
+          errorDetails: { name: "PlanRejected", phase: "parsing-response", message: expect.stringMatching(/^plan rejected: /) },
+        })
+        expect(iteration.summary).toMatch(/^Planning failed: the model's answer was rejected 2 times/)
+        expect(JSON.stringify(rows)).not.toContain("SECRET-RAW-OUTPUT")
+      }),
+    ))
+
+  it.effect("transient errors beyond MISSION_TIMEOUT_MS end in MissionTimeout with nothing written; the mission stays due and a retry succeeds", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        yield* standIn.setResponder(() => ({ status: 503 }))
+        const shortDeadline = yield* makeMissionRunner({ instanceId: INSTANCE }).pipe(
+          Effect.provideService(RunnerConfig, { ...RunnerConfig.defaults, missionTimeout: Duration.millis(1500) }),
+        )
+        const mission = yield* dueMission("ann")
+        const started = Date.now()
+        const result = yield* Effect.either(shortDeadline.run({ userId: "ann", mission }))
+        const elapsed = Date.now() - started
+        expect(Either.isLeft(result) && result.left._tag).toBe("MissionTimeout")
+        expect(elapsed).toBeGreaterThanOrEqual(1400)
+        expect(elapsed).toBeLessThan(10_000)
+        expect((yield* standIn.requests).length).toBeGreaterThan(2)
+        expect(yield* runnerRows("ann", mission.id)).toHaveLength(0)
+        // The claim was given back: another instance may take the retry at once.
+        const sql = yield* SqlClient.SqlClient
+        const claims = yield* sql`SELECT 1 FROM mana_ai.run_claims WHERE user_id = 'ann' AND mission_id = ${mission.id}`
+        expect(claims).toHaveLength(0)
+        const store = yield* MissionStore
+        yield* store.refresh
+        expect((yield* store.due(new Date())).some((s) => s.missionId === mission.id)).toBe(true)
+
+        yield* standIn.reset
+        const retry = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission }))
+        expect(retry).toMatchObject({ _tag: "Written", overallStatus: "awaiting-review" })
+        expect(yield* runnerRows("ann", mission.id)).toHaveLength(1)
+      }),
+    ))
+
+  it.effect("a claim held by another owner skips the run before any LLM request", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const mission = yield* dueMission("ann")
+        const store = yield* MissionStore
+        const key = { userId: "ann", missionId: mission.id, iterationId: iterationIdFor(mission.id, mission.nextRunAt) }
+        expect(yield* store.claim(key, "another-instance", Duration.minutes(5))).toBe(true)
+        const before = yield* counter(Metric.tagged(missionsSkippedTotal, "reason", "claimed-elsewhere"))
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission }))
+        expect(outcome).toEqual({ _tag: "Skipped", reason: "claimed-elsewhere", planProduced: false, parseFailures: 0 })
+        expect(yield* standIn.requests).toHaveLength(0)
+        expect(yield* runnerRows("ann", mission.id)).toHaveLength(0)
+        expect(yield* counter(Metric.tagged(missionsSkippedTotal, "reason", "claimed-elsewhere"))).toBe(before + 1)
+      }),
+    ))
+
+  it.effect("a mission paused or rescheduled after the snapshot was taken is skipped before any LLM request", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const paused = yield* dueMission("ann")
+        yield* insertChange({ user: "ann", id: paused.id, op: "update", data: { state: "paused" } })
+        const moved = yield* dueMission("ann")
+        yield* insertChange({ user: "ann", id: moved.id, op: "update", data: { nextRunAt: "2099-01-01T00:00:00.000Z" } })
+        const runner = yield* MissionRunner
+        expect(yield* runner.run({ userId: "ann", mission: paused })).toMatchObject({ _tag: "Skipped", reason: "not-active" })
+        expect(yield* runner.run({ userId: "ann", mission: moved })).toMatchObject({ _tag: "Skipped", reason: "not-due" })
+        expect(yield* standIn.requests).toHaveLength(0)
+        expect(yield* runnerRows("ann", paused.id)).toHaveLength(0)
+        expect(yield* runnerRows("ann", moved.id)).toHaveLength(0)
+      }),
+    ))
+})
