@@ -8,6 +8,7 @@ import {
   type RecordState,
   type ReplayRow,
   replay,
+  replayOrdered,
 } from "../../src/domain/replay.js"
 
 const R = "rec-1"
@@ -312,5 +313,18 @@ describe("parseInstant", () => {
     {},
   ])("rejects %j", (input) => {
     expect(parseInstant(input)).toBeUndefined()
+  })
+})
+
+describe("replayOrdered", () => {
+  it("keeps the given order where millisecond Dates tie (Postgres ordered by microseconds)", () => {
+    const at = new Date("2026-01-01T00:00:00.000Z")
+    // Row "b" sorts after "a" in Postgres (a few µs later) although its id sorts first.
+    const rows = [
+      { id: "b", op: "insert" as const, data: { title: "first" }, field_timestamps: {}, created_at: at, record_id: "m" },
+      { id: "a", op: "update" as const, data: { title: "second" }, field_timestamps: {}, created_at: at, record_id: "m" },
+    ]
+    expect(replayOrdered(rows).record).toEqual({ id: "m", title: "second" })
+    expect(replay(rows).record).toEqual({ id: "m", title: "first" })
   })
 })
