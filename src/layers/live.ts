@@ -1,0 +1,31 @@
+/**
+ * Against the sync server's database (SYNC_DATABASE_URL as the runner's role): the LLM planner,
+ * the service key from MANA_SERVICE_KEY. Start-up config has already required both.
+ */
+import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
+import { Effect, Layer } from "effect"
+import { databaseLayerFromUrl } from "../services/Database.js"
+import { processLayer } from "./process.js"
+import type { StartMode, StartupConfig } from "./startupConfig.js"
+
+export const liveLayer = <E, R>(
+  config: StartupConfig,
+  mode: Extract<StartMode, { _tag: "Live" }>,
+  version: string,
+  platform: Layer.Layer<HttpServer.HttpServer | FileSystem.FileSystem | HttpClient.HttpClient, E, R>,
+) =>
+  Layer.unwrapEffect(
+    Effect.as(
+      Effect.logInfo(`Planner: LLM (model ${config.llm.model})`),
+      processLayer(
+        {
+          config,
+          serviceKey: mode.serviceKey,
+          version,
+          planner: "llm",
+          database: databaseLayerFromUrl(mode.databaseUrl, config.database.poolMax),
+        },
+        platform,
+      ),
+    ),
+  )

@@ -1,0 +1,123 @@
+/**
+ * The resident process, composed once for every mode (SPEC §8, §9). Build order is start-up order:
+ * HTTP first (so /health answers and /ready says 503 at once), then the database and migrations,
+ * then the services and the supervisor, and last the lifecycle that opens /internal and sets /ready.
+ * Release runs the other way: /ready turns 503 ("draining"), the supervisor drains its runs within
+ * SHUTDOWN_GRACE_MS, the pool closes, and only then the HTTP server stops.
+ */
+import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
+import type { SqlClient } from "@effect/sql"
+import type { PgClient } from "@effect/sql-pg"
+import { Effect, Either, Layer, type Redacted } from "effect"
+import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
+import { ApiLive } from "../http/Api.js"
+import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
+import { DatabaseConfig, HttpConfig, LlmConfig, ObservabilityConfig, RunnerConfig } from "../services/AppConfig.js"
+import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
+import { InputResolversLive } from "../services/InputResolversLive.js"
+import { LlmClientLive } from "../services/LlmClientLive.js"
+import { MigrationsLive } from "../services/Migrations.js"
+import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
+import { MissionStore } from "../services/MissionStore.js"
+import { MissionStoreLive } from "../services/MissionStoreLive.js"
+import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
+import { ToolCatalog } from "../services/ToolCatalog.js"
+import { WriteBackLive } from "../services/WriteBackLive.js"
+import type { StartupConfig } from "./startupConfig.js"
+
+export type PlannerKind = "llm" | "offline"
+
+export interface ProcessOptions {
+  readonly config: StartupConfig
+  readonly serviceKey: Redacted.Redacted<string>
+  readonly version: string
+  readonly planner: PlannerKind
+  /** The runner's pool (SqlClient + PgClient as the runner role). Built after the HTTP server. */
+  readonly database: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown>
+  /** Runs once the migrations ran, before the supervisor starts (the embedded demo seed). */
+  readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient>
+}
+
+/** The loaded configuration as the services' config tags. */
+export const configLayer = (config: StartupConfig) =>
+  Layer.mergeAll(
+    Layer.succeed(RunnerConfig, config.runner),
+    Layer.succeed(LlmConfig, config.llm),
+    Layer.succeed(DatabaseConfig, config.database),
+    Layer.succeed(HttpConfig, config.http),
+    Layer.succeed(ObservabilityConfig, config.observability),
+  )
+
+/** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
+export const runnerServicesLayer = (planner: PlannerKind) => {
+  const permits = GlobalLlmPermits.layer
+  const plannerLayer =
+    planner === "llm" ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits)) : PlannerOffline
+  return MissionRunnerLive.pipe(
+    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
+    Layer.provideMerge(ToolCatalog.layer),
+  )
+}
+
+const backendFor = (supervisor: Supervisor["Type"], store: MissionStore["Type"]): ApiBackend => ({
+  tick: supervisor.tick,
+  actors: supervisor.status,
+  restart: supervisor.restart,
+  tickRunning: supervisor.tickRunning,
+  missions: (userId) =>
+    store.forUser(userId).pipe(
+      Effect.map((snapshots) =>
+        snapshots.flatMap((s) =>
+          s.record === null
+            ? []
+            : [{ missionId: s.missionId, record: s.record, malformed: Either.isLeft(s.decoded) ? s.decoded.left : null }],
+        ),
+      ),
+      Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
+      Effect.tapErrorCause((cause) => Effect.logError("GET /internal/missions failed", cause)),
+    ),
+})
+
+/** Built last: opens /internal, turns /ready to 200; released first: /ready turns 503 before the drain. */
+const LifecycleLive = Layer.scopedDiscard(
+  Effect.gen(function* () {
+    const state = yield* ServerState
+    yield* state.provideBackend(backendFor(yield* Supervisor, yield* MissionStore))
+    yield* state.setPhase("ready")
+    yield* Effect.logInfo("mana-ai is ready")
+    yield* Effect.addFinalizer(() =>
+      state.setPhase("draining").pipe(Effect.zipRight(Effect.logInfo("shutting down: no new runs, draining runs in flight"))),
+    )
+  }),
+)
+
+/**
+ * The whole process on a given HTTP server and platform (Bun in main, Node in tests): the server
+ * layer must provide HttpServer, FileSystem (TOOLS_FILE) and an HttpClient (the LLM client).
+ */
+export const processLayer = <E, R>(
+  options: ProcessOptions,
+  platform: Layer.Layer<HttpServer.HttpServer | FileSystem.FileSystem | HttpClient.HttpClient, E, R>,
+) => {
+  // provideMerge builds its argument first: the seed runs after the migrations.
+  const migrated =
+    options.afterMigrations === undefined ? MigrationsLive : options.afterMigrations.pipe(Layer.provideMerge(MigrationsLive))
+  return LifecycleLive.pipe(
+    Layer.provideMerge(SupervisorLive),
+    Layer.provideMerge(runnerServicesLayer(options.planner)),
+    Layer.provideMerge(migrated),
+    Layer.provideMerge(options.database),
+    Layer.provideMerge(configLayer(options.config)),
+    Layer.provideMerge(ApiLive),
+    Layer.provideMerge(
+      ServerState.layer({
+        serviceKey: options.serviceKey,
+        tickEnabled: options.config.runner.tickEnabled,
+        version: options.version,
+      }),
+    ),
+    Layer.provideMerge(platform),
+    // Built first, released last: the line that says the drain and every close are done.
+    Layer.provideMerge(Layer.scopedDiscard(Effect.addFinalizer(() => Effect.logInfo("mana-ai stopped")))),
+  )
+}
