@@ -6,7 +6,7 @@
 import { FetchHttpClient } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Duration, Effect, Either, Layer, Metric, TestServices } from "effect"
+import { Duration, Effect, Either, Fiber, HashMap, Layer, Logger, Metric, Schedule, TestServices } from "effect"
 import { expect } from "vitest"
 import { iterationIdFor } from "../../src/domain/iteration.js"
 import type { Mission } from "../../src/domain/mission.js"
@@ -310,6 +310,56 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
         expect(yield* standIn.requests).toHaveLength(0)
         expect(yield* runnerRows("ann", paused.id)).toHaveLength(0)
         expect(yield* runnerRows("ann", moved.id)).toHaveLength(0)
+      }),
+    ))
+
+  it.effect("a run interrupted while the LLM is answering (drain) writes nothing, aborts the request and gives its claim back", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        yield* standIn.enqueue({ delayMs: 5_000 })
+        const mission = yield* dueMission("ann")
+        const fiber = yield* Effect.fork(Effect.flatMap(MissionRunner, (r) => r.run({ userId: "ann", mission })))
+        yield* standIn.inFlight.pipe(
+          Effect.repeat({ until: (k) => k === 1, schedule: Schedule.spaced("10 millis") }),
+          Effect.timeout("5 seconds"),
+        )
+        yield* Fiber.interrupt(fiber)
+        expect(yield* runnerRows("ann", mission.id)).toHaveLength(0)
+        const sql = yield* SqlClient.SqlClient
+        expect(yield* sql`SELECT 1 FROM mana_ai.run_claims WHERE user_id = 'ann' AND mission_id = ${mission.id}`).toHaveLength(0)
+        // The stand-in sees the connection closed by the client, not answered.
+        yield* standIn.requests.pipe(
+          Effect.repeat({ until: (rs) => rs[0]?.closedAt !== undefined, schedule: Schedule.spaced("10 millis") }),
+          Effect.timeout("5 seconds"),
+        )
+        const [request] = yield* standIn.requests
+        expect(request?.abortedByClient).toBe(true)
+      }),
+    ))
+
+  it.effect("every log line of a run carries userId and missionId, and none carries the API key", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        yield* standIn.enqueue({ status: 401, body: { error: `invalid key ${API_KEY}` } })
+        const mission = yield* dueMission("bob")
+        const lines: Array<{ message: string; annotations: Record<string, unknown> }> = []
+        const capture = Logger.make(({ message, annotations }) => {
+          lines.push({ message: JSON.stringify(message), annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+        })
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "bob", mission })).pipe(
+          Effect.provide(Logger.add(capture)),
+        )
+        expect(outcome).toMatchObject({ _tag: "Written", overallStatus: "failed", failure: "LlmHttpError" })
+        expect(lines.length).toBeGreaterThanOrEqual(2)
+        for (const line of lines) {
+          expect(line.annotations).toMatchObject({ userId: "bob", missionId: mission.id })
+          expect(JSON.stringify(line)).not.toContain(API_KEY)
+        }
+        expect(lines.some((l) => l.message.includes("planning failed for good") && l.annotations.phase === "calling-llm")).toBe(true)
       }),
     ))
 })
