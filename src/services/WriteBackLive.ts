@@ -18,9 +18,10 @@ import { WriteBack, type WriteRequest, type WriteResult } from "./WriteBack.js"
 import { withUserScope } from "./withUserScope.js"
 
 /**
- * The write time: the clock, but never at or before the time of the values being replaced. A device
- * whose clock runs ahead may have stamped `iterations` in our future; an older stamp would make the
- * replay drop this append silently (LWW), so it moves just past the newest one instead.
+ * The write time stamped on both fields: the clock, but never at or before the time of the values
+ * being replaced. A device whose clock runs ahead may have stamped `iterations` in our future; an
+ * older stamp would make the replay drop this append silently (LWW), so it moves just past the
+ * newest one instead. (nextRunAt itself is still computed from the clock.)
  */
 export const writeTimeFor = (nowMs: number, state: RecordState): number => {
   const held = Math.max(state.times.iterations ?? Number.NEGATIVE_INFINITY, state.times.nextRunAt ?? Number.NEGATIVE_INFINITY)
@@ -49,9 +50,10 @@ export const makeWriteBack = Effect.gen(function* () {
           )
           return { _tag: "Skipped", reason: current.reason }
         }
-        const writeMs = writeTimeFor(yield* Clock.currentTimeMillis, current.state)
-        const writtenAt = new Date(writeMs).toISOString()
-        const next = nextRunFor(current.mission, new Date(writeMs), config.defaultTimezone)
+        const nowMs = yield* Clock.currentTimeMillis
+        const writtenAt = new Date(writeTimeFor(nowMs, current.state)).toISOString()
+        // The schedule follows the clock: a skewed device may move the stamp, never the next run.
+        const next = nextRunFor(current.mission, new Date(nowMs), config.defaultTimezone)
         if (Either.isLeft(next)) {
           yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
             Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
