@@ -7,7 +7,7 @@
 import { SqlClient } from "@effect/sql"
 import { Effect, Either, Layer, Metric } from "effect"
 import type { MissionInput } from "../domain/mission.js"
-import { isApplicable, isLive, replay } from "../domain/replay.js"
+import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"
 import { InputResolvers, type ResolvedInput } from "./InputResolvers.js"
 import { inputsSkippedTotal } from "./metrics.js"
 import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
@@ -130,7 +130,7 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
               yield* skip(input, "unreadable", "the record's rows carry no readable data")
               continue
             }
-            const state = replay(found.rows)
+            const state = replayOrdered(found.rows)
             if (!isLive(state) || state.record === null) {
               yield* skip(input, "deleted", "the record is deleted")
               continue

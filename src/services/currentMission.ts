@@ -8,7 +8,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either, ParseResult, Schema } from "effect"
 import { type CadenceError, nextRunAt, validateCadence } from "../domain/cadence.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
-import { type RecordState, isApplicable, isLive, parseInstant, replay } from "../domain/replay.js"
+import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
 
 export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
@@ -75,7 +75,7 @@ export const readCurrentMission = (
     if (rows.length > 0 && !rows.some(isApplicable)) {
       return { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" } as const
     }
-    return judgeMission(rows.length, replay(rows), iterationId, defaultTimezone)
+    return judgeMission(rows.length, replayOrdered(rows), iterationId, defaultTimezone)
   })
 }
 

@@ -1,6 +1,7 @@
 /**
  * Reads the event-log rows of given records, to be replayed. Runs inside the caller's RLS scope
- * (withUserScope): a record is identified by all four key columns, and rows come in replay order.
+ * (withUserScope): a record is identified by all four key columns, and rows come in replay order
+ * (replay them with replayOrdered: a Date holds milliseconds, created_at microseconds).
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"

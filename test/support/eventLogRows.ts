@@ -4,7 +4,7 @@
  */
 import { Effect } from "effect"
 import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../../src/domain/mission.js"
-import { type RecordState, replay } from "../../src/domain/replay.js"
+import { type RecordState, replayOrdered } from "../../src/domain/replay.js"
 import { TestDatabase } from "./TestDatabase.js"
 
 export interface ChangeRow {
@@ -92,4 +92,4 @@ export const runnerRows = (user: string, missionId: string) =>
 
 /** The mission as a device would see it after syncing everything stored. */
 export const replayedMission = (user: string, missionId: string): Effect.Effect<RecordState, never, TestDatabase> =>
-  Effect.map(missionRows(user, missionId), (rows) => replay(rows))
+  Effect.map(missionRows(user, missionId), (rows) => replayOrdered(rows))
