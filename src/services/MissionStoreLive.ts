@@ -25,6 +25,7 @@ import {
 } from "../domain/replay.js"
 import { RunnerConfig, isValidTimeZone } from "./AppConfig.js"
 import { MissionStore, type MissionSnapshot, type MissionStoreShape, type RefreshResult } from "./MissionStore.js"
+import { transactionLossAsError } from "./withUserScope.js"
 import { discoveryDuration, discoveryRowsRead, malformedRowsTotal, missionsSkippedTotal } from "./metrics.js"
 
 export interface MissionStoreOptions {
@@ -438,7 +439,7 @@ export const makeMissionStore = (
         )
         return { rowsRead: raw.length, changed }
       }),
-    )
+    ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect
 
     const refresh: Effect.Effect<RefreshResult, SqlError> = Effect.gen(function* () {
       const changed = new Map<string, MissionSnapshot>()
