@@ -7,6 +7,8 @@
  *   it.layer(Stack)("…", (it) => { … yield* runDue(user, missionId) … })
  */
 import { FetchHttpClient } from "@effect/platform"
+import type { SqlClient } from "@effect/sql"
+import type { PgClient } from "@effect/sql-pg"
 import { NodeContext } from "@effect/platform-node"
 import { Duration, Effect, Either, Layer, LogLevel, Logger } from "effect"
 import type { Mission } from "../../src/domain/mission.js"
@@ -18,18 +20,20 @@ import { MissionStore, type MissionSnapshot } from "../../src/services/MissionSt
 import { LlmStandIn, llmConfigFor } from "./LlmStandIn.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "./TestDatabase.js"
 
-export interface StackOptions {
+export interface StackOptions<R = TestDatabase> {
   readonly missionTimeout?: Duration.DurationInput
   readonly llmTimeout?: Duration.DurationInput
   readonly repairAttempts?: number
   readonly poolSize?: number
   readonly runner?: Partial<RunnerConfigShape>
+  /** The runner's pool; default RunnerSqlLive(poolSize) straight to the test database. */
+  readonly sql?: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown, R>
   /** Default Warning: the pipeline's info lines would drown the test output. */
   readonly logLevel?: LogLevel.LogLevel
 }
 
 /** The runner's services over a pool; needs TestDatabase and LlmStandIn. */
-export const runnerServices = (options: StackOptions = {}) => {
+export const runnerServices = <R = TestDatabase>(options: StackOptions<R> = {}) => {
   const runnerConfig = RunnerConfig.test({
     missionTimeout: Duration.decode(options.missionTimeout ?? "5 seconds"),
     ...options.runner,
@@ -42,7 +46,8 @@ export const runnerServices = (options: StackOptions = {}) => {
       }),
     ),
   )
-  const sql = RunnerSqlLive(options.poolSize ?? 6)
+  const sql: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown, R | TestDatabase> =
+    options.sql ?? RunnerSqlLive(options.poolSize ?? 6)
   return runnerServicesLayer("llm").pipe(
     Layer.provideMerge(MigrationsLive),
     Layer.provideMerge(Layer.mergeAll(sql, runnerConfig, llmConfig, FetchHttpClient.layer, NodeContext.layer)),

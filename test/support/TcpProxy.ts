@@ -39,6 +39,17 @@ export interface TcpProxyShape {
   readonly setMode: (mode: Exclude<ProxyMode, "pass">) => Effect.Effect<void>
   /** Back to forwarding; blackholed connections are destroyed (the client has long given up on them). */
   readonly resume: Effect.Effect<void>
+  /**
+   * Arms a one-shot trap for the commit whose acknowledgement gets lost: on a connection that has sent
+   * a message containing `after`, the next message containing `cut` is forwarded to the server, then
+   * the client's side is cut at once and the server's side `lingerMs` later (so the server finishes
+   * the statement). The effect returned waits until the trap fired.
+   */
+  readonly cutAfterForwarding: (options: {
+    readonly after: string
+    readonly cut: string
+    readonly lingerMs?: number
+  }) => Effect.Effect<Effect.Effect<void>>
   /** dropAll + setMode(mode), a real-time wait of `forMs`, then resume. */
   readonly outage: (options: { readonly mode: Exclude<ProxyMode, "pass">; readonly forMs: number }) => Effect.Effect<void>
 }
@@ -61,6 +72,7 @@ export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never
     const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
     const held = new Set<net.Socket>()
     const counts = { forwarded: 0, dropped: 0, reset: 0, blackholed: 0 }
+    let trap: { after: string; cut: string; lingerMs: number; fired: () => void } | undefined
 
     const onConnection = (client: net.Socket) => {
       client.on("error", () => {})
@@ -91,7 +103,26 @@ export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never
         client.destroy()
         pairs.delete(pair)
       })
-      client.pipe(upstream)
+      let armedFor: typeof trap // the trap this connection has met `after` for
+
+      client.on("data", (chunk: Buffer) => {
+        const t = trap
+        if (t !== undefined) {
+          const text = chunk.toString("latin1")
+          if (armedFor === t && text.includes(t.cut)) {
+            trap = undefined
+            upstream.write(chunk)
+            client.destroy()
+            pairs.delete(pair)
+            setTimeout(() => upstream.destroy(), t.lingerMs)
+            t.fired()
+            return
+          }
+          if (text.includes(t.after)) armedFor = t
+        }
+        if (!upstream.write(chunk)) client.pause()
+      })
+      upstream.on("drain", () => client.resume())
       upstream.pipe(client)
     }
 
@@ -163,6 +194,24 @@ export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never
       dropAll: Effect.sync(destroyAll),
       setMode,
       resume,
+      cutAfterForwarding: ({ after, cut, lingerMs = 300 }) =>
+        Effect.sync(() => {
+          let done = false
+          const waiters: Array<() => void> = []
+          trap = {
+            after,
+            cut,
+            lingerMs,
+            fired: () => {
+              done = true
+              for (const w of waiters.splice(0)) w()
+            },
+          }
+          return Effect.async<void>((resume) => {
+            if (done) return resume(Effect.void)
+            waiters.push(() => resume(Effect.void))
+          })
+        }),
       outage: ({ mode: m, forMs }) =>
         Effect.gen(function* () {
           yield* setMode(m)
