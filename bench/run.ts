@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,discovery,precision,memory] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,discovery,precision,memory] [--baseline=N] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -11,6 +11,10 @@ import { fileURLToPath } from "node:url"
 import { BunRuntime } from "@effect/platform-bun"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureDiscovery } from "./measure/discovery.js"
+import { measureMemory } from "./measure/memory.js"
+import { measurePrecision } from "./measure/precision.js"
+import { measureThroughput } from "./measure/throughput.js"
+import { startLlmStandIn } from "./support/llmStandIn.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "./support/benchDatabase.js"
 import { type Figure, holds, renderTable, writeJson } from "./support/report.js"
 import { nowMs, round } from "./support/stats.js"
@@ -34,6 +38,29 @@ const main = Effect.gen(function* () {
   const figures: Array<Figure> = []
   yield* log(`mode ${quick ? "quick" : "full"}; runtime ${runtime}`)
 
+  const standIn = yield* startLlmStandIn(200)
+  yield* log(`LLM stand-in at ${standIn.url}`)
+
+  if (selected("throughput")) {
+    figures.push(
+      ...(yield* measureThroughput({ ownerUrl, standIn, users: Number(option("users") ?? (quick ? 200 : 1000)), baselineSample: Number(option("baseline") ?? (quick ? 10 : 25)), log })),
+    )
+  }
+
+  if (selected("precision")) {
+    figures.push(
+      ...(yield* measurePrecision({
+        ownerUrl,
+        standIn,
+        missions: quick ? 400 : 2000,
+        users: quick ? 100 : 500,
+        spreadMs: quick ? 20_000 : 60_000,
+        leadMs: quick ? 8_000 : 15_000,
+        log,
+      })),
+    )
+  }
+
   if (selected("discovery")) {
     const db = yield* makeBenchDatabase(ownerUrl)
     figures.push(
@@ -43,6 +70,10 @@ const main = Effect.gen(function* () {
         log,
       })),
     )
+  }
+
+  if (selected("memory")) {
+    figures.push(...(yield* measureMemory({ ownerUrl, standIn, actors: quick ? 2_000 : 10_000, log })))
   }
 
   const table = renderTable(figures)

@@ -1,13 +1,26 @@
 /**
- * The runner's real services on the bench database, connected as the runner role: the pool
- * (Database.ts), the migrations, and the services each measurement needs.
+ * The runner's real services on the bench database, connected as the runner role, composed the way
+ * the process composes them: the pool (Database.ts), the migrations, the store, resolvers,
+ * write-back, the LLM client on FetchHttpClient pointed at the stand-in, the planner, the mission
+ * runner and the supervisor. The runner and the LLM client are wrapped in the bench's stopwatches.
  */
-import { Layer } from "effect"
-import { type RunnerConfigShape, RunnerConfig } from "../../src/services/AppConfig.js"
+import { FetchHttpClient } from "@effect/platform"
+import { BunContext } from "@effect/platform-bun"
+import { Duration, Layer, Option } from "effect"
+import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
+import { LlmConfig, type RunnerConfigShape, RunnerConfig } from "../../src/services/AppConfig.js"
 import { databaseLayerFromUrl } from "../../src/services/Database.js"
+import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
+import { InputResolversLive } from "../../src/services/InputResolversLive.js"
+import { LlmClientLive } from "../../src/services/LlmClientLive.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
+import { MissionRunnerLive } from "../../src/services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../../src/services/MissionStoreLive.js"
+import { PlannerLive } from "../../src/services/PlannerLive.js"
+import { ToolCatalog } from "../../src/services/ToolCatalog.js"
+import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import type { BenchDatabase } from "./benchDatabase.js"
+import { type Recorder, timedLlm, timedRunner, timedStore } from "./probes.js"
 
 /** DB_POOL_MAX's default: the bench measures the service as an operator would run it. */
 export const POOL_MAX = 10
@@ -20,3 +33,43 @@ export const baseLayer = (db: BenchDatabase, config: Partial<RunnerConfigShape> 
 
 export const storeLayer = (db: BenchDatabase, config: Partial<RunnerConfigShape> = {}) =>
   Layer.provideMerge(MissionStoreLive, baseLayer(db, config))
+
+const llmConfigLayer = (url: string) =>
+  Layer.succeed(LlmConfig, {
+    url: Option.some(url),
+    apiKey: Option.none(),
+    model: "bench-model",
+    temperature: 0.3,
+    requestTimeout: Duration.seconds(60),
+    repairAttempts: 1,
+    toolsFile: Option.none(),
+  })
+
+/** Everything but the supervisor (so a measurement can start it when it chooses). */
+export const servicesLayer = (
+  db: BenchDatabase,
+  config: Partial<RunnerConfigShape>,
+  llmUrl: string,
+  recorder: Recorder,
+) => {
+  const platform = Layer.mergeAll(llmConfigLayer(llmUrl), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
+  const own = Layer.provideMerge(
+    Layer.mergeAll(
+      timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
+      InputResolversLive,
+      WriteBackLive,
+      GlobalLlmPermits.layer,
+      ToolCatalog.layer,
+    ),
+    platform,
+  )
+  const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClientLive)), own)
+  const planner = Layer.provideMerge(PlannerLive, llm)
+  return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunnerLive)), planner).pipe(Layer.orDie)
+}
+
+/** The whole runner: discovery starts at once when tickEnabled. */
+export const appLayer = (db: BenchDatabase, config: Partial<RunnerConfigShape>, llmUrl: string, recorder: Recorder) =>
+  Layer.provideMerge(SupervisorLive, servicesLayer(db, config, llmUrl, recorder))
+
+export { Supervisor, SupervisorLive }

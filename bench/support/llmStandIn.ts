@@ -15,6 +15,7 @@ export interface StandInStats {
 
 export interface BenchLlmStandIn {
   readonly url: string
+  readonly pid: number | undefined
   /** Sets the fixed latency and resets the counters. */
   readonly configure: (latencyMs: number) => Effect.Effect<void>
   readonly stats: Effect.Effect<StandInStats>
@@ -45,6 +46,7 @@ export const startLlmStandIn = (latencyMs: number): Effect.Effect<BenchLlmStandI
     const url = `http://127.0.0.1:${port}`
     return {
       url,
+      pid: child.pid,
       configure: (ms) =>
         Effect.promise(() =>
           fetch(`${url}/__config`, { method: "POST", body: JSON.stringify({ latencyMs: ms }) }).then((r) => r.arrayBuffer()),

@@ -1,0 +1,81 @@
+/**
+ * Who used the machine's CPU during a measurement, from /proc (Linux): the whole machine's busy
+ * share, this process, the LLM stand-in, and every postgres process (other sessions' included).
+ * Figures are in cores (1.0 = one core busy for the whole interval). Elsewhere: empty.
+ */
+import { readdirSync, readFileSync } from "node:fs"
+
+interface Sample {
+  readonly at: number
+  readonly machineBusy: number
+  readonly machineTotal: number
+  readonly byGroup: ReadonlyMap<string, number>
+}
+
+const TICKS_PER_SECOND = 100
+
+const readMachine = (): [busy: number, total: number] => {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0]!
+  const v = line.trim().split(/\s+/).slice(1).map(Number)
+  const idle = (v[3] ?? 0) + (v[4] ?? 0)
+  const total = v.reduce((a, b) => a + b, 0)
+  return [total - idle, total]
+}
+
+const processTicks = (pid: string): { comm: string; ticks: number } | undefined => {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const close = text.lastIndexOf(")")
+    const comm = text.slice(text.indexOf("(") + 1, close)
+    const fields = text.slice(close + 2).split(" ")
+    return { comm, ticks: Number(fields[11]) + Number(fields[12]) }
+  } catch {
+    return undefined
+  }
+}
+
+const sample = (groups: Readonly<Record<string, (pid: number, comm: string) => boolean>>): Sample | undefined => {
+  try {
+    const [machineBusy, machineTotal] = readMachine()
+    const byGroup = new Map<string, number>()
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue
+      const p = processTicks(entry)
+      if (p === undefined) continue
+      for (const [name, test] of Object.entries(groups)) {
+        if (test(Number(entry), p.comm)) byGroup.set(name, (byGroup.get(name) ?? 0) + p.ticks)
+      }
+    }
+    return { at: performance.now(), machineBusy, machineTotal, byGroup }
+  } catch {
+    return undefined
+  }
+}
+
+export interface CpuReport {
+  readonly seconds: number
+  /** Busy share of all cores, times the core count: cores in use. */
+  readonly machineCores: number
+  readonly cores: Readonly<Record<string, number>>
+}
+
+export const startCpuWatch = (standInPid: number | undefined) => {
+  const groups = {
+    bench: (pid: number) => pid === process.pid,
+    standIn: (pid: number) => pid === standInPid,
+    postgres: (_: number, comm: string) => comm.startsWith("postgres"),
+  }
+  const first = sample(groups)
+  return (): CpuReport | undefined => {
+    const last = sample(groups)
+    if (first === undefined || last === undefined) return undefined
+    const seconds = (last.at - first.at) / 1000
+    const cores = (ticks: number) => Number((ticks / TICKS_PER_SECOND / seconds).toFixed(2))
+    const ncpu = (last.machineTotal - first.machineTotal) / TICKS_PER_SECOND / seconds
+    return {
+      seconds: Number(seconds.toFixed(1)),
+      machineCores: Number((((last.machineBusy - first.machineBusy) / (last.machineTotal - first.machineTotal)) * ncpu).toFixed(2)),
+      cores: Object.fromEntries(Object.keys(groups).map((g) => [g, cores((last.byGroup.get(g) ?? 0) - (first.byGroup.get(g) ?? 0))])),
+    }
+  }
+}
