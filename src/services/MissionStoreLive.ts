@@ -92,6 +92,8 @@ interface Judgement {
   readonly schedulable: boolean
   /** Why the mission is skipped: a sentence naming the field and what was wrong. */
   readonly malformedReason: string | null
+  /** The record decoded while judging, so the snapshot handed on need not decode it again. */
+  readonly mission?: Mission
 }
 
 const decodeMission = Schema.decodeUnknownEither(Mission, { errors: "all" })
@@ -165,6 +167,7 @@ const judge = (state: RecordState, problem: string | null, defaultTimezone: stri
     nextRunAt,
     schedulable: mission.state === "active" && nextRunAt !== null,
     malformedReason: null,
+    mission,
   }
 }
 
@@ -181,14 +184,17 @@ const SnapshotRow = Schema.Struct({
 })
 type SnapshotRow = typeof SnapshotRow.Type
 
-const toSnapshot = (row: SnapshotRow): MissionSnapshot => {
+/** `mission`: the record already decoded by judge (refresh), spared a second decode. */
+const toSnapshot = (row: SnapshotRow, mission?: Mission): MissionSnapshot => {
   const record = row.deleted ? null : row.record
   const decoded: Either.Either<Mission, string> =
     row.malformed_reason !== null
       ? Either.left(row.malformed_reason)
       : record === null
         ? Either.left("the mission is deleted")
-        : Either.mapLeft(decodeMissionQuiet(record), (e) => `the mission does not decode: ${describeParseError(e)}`)
+        : mission !== undefined
+          ? Either.right(mission)
+          : Either.mapLeft(decodeMissionQuiet(record), (e) => `the mission does not decode: ${describeParseError(e)}`)
   return {
     userId: row.user_id,
     missionId: row.record_id,
@@ -435,7 +441,7 @@ export const makeMissionStore = (
             schedulable: judgement.schedulable,
             next_run_at: judgement.nextRunAt === null ? null : new Date(judgement.nextRunAt),
             malformed_reason: judgement.malformedReason,
-          }),
+          }, judgement.mission),
         )
         return { rowsRead: raw.length, changed }
       }),
