@@ -423,6 +423,8 @@ export const make = Effect.gen(function* () {
       const drained = yield* gateState.changes.pipe(
         Stream.filter((s) => s.inFlight === 0),
         Stream.runHead,
+        // Finalizers run uninterruptibly: without this the deadline could not stop the wait.
+        Effect.interruptible,
         Effect.timeoutOption(config.shutdownGrace),
       )
       if (Option.isNone(drained)) {

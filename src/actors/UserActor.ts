@@ -266,8 +266,14 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
       }
     }
 
+    /** When the actor may start the entry by itself; null: only news from discovery can make it due. */
     const dueAt = (e: Entry): number | null =>
-      e.nextRunAt === null ? null : e.retryAt === null ? e.nextRunAt : Math.max(e.nextRunAt, e.retryAt)
+      // A slot already run stays put until discovery brings the next one (never the same slot twice).
+      e.nextRunAt === null || e.nextRunAt === e.ranSlot
+        ? null
+        : e.retryAt === null
+          ? e.nextRunAt
+          : Math.max(e.nextRunAt, e.retryAt)
 
     const runOne = (missionId: string, mission: Mission, slot: number | null) =>
       userPermits
@@ -344,7 +350,7 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
             continue
           }
           // The actor's own view decides: a slot it has already run is not due again.
-          if (e.nextRunAt === null || e.nextRunAt > request.now) continue
+          if (e.nextRunAt === null || e.nextRunAt === e.ranSlot || e.nextRunAt > request.now) continue
           if (draining) {
             open.part = addToPart(open.part, { _tag: "Aborted" }, e.missionId)
             continue
