@@ -13,7 +13,9 @@ import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureDiscovery } from "./measure/discovery.js"
 import { measureMemory } from "./measure/memory.js"
 import { measurePrecision } from "./measure/precision.js"
+import { measureStages } from "./measure/stages.js"
 import { measureThroughput } from "./measure/throughput.js"
+import { startCpuWatch } from "./support/cpu.js"
 import { startLlmStandIn } from "./support/llmStandIn.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "./support/benchDatabase.js"
 import { type Figure, holds, renderTable, writeJson } from "./support/report.js"
@@ -40,11 +42,16 @@ const main = Effect.gen(function* () {
 
   const standIn = yield* startLlmStandIn(200)
   yield* log(`LLM stand-in at ${standIn.url}`)
+  const cpuWatch = startCpuWatch(standIn.pid)
 
   if (selected("throughput")) {
     figures.push(
       ...(yield* measureThroughput({ ownerUrl, standIn, users: Number(option("users") ?? (quick ? 200 : 1000)), baselineSample: Number(option("baseline") ?? (quick ? 10 : 25)), log })),
     )
+  }
+
+  if (selected("throughput") || selected("stages")) {
+    figures.push(...(yield* measureStages({ ownerUrl, standIn, missions: quick ? 500 : 1000, log })))
   }
 
   if (selected("precision")) {
@@ -73,17 +80,32 @@ const main = Effect.gen(function* () {
   }
 
   if (selected("memory")) {
-    figures.push(...(yield* measureMemory({ ownerUrl, standIn, actors: quick ? 2_000 : 10_000, log })))
+    figures.push(...(yield* measureMemory({
+        ownerUrl,
+        standIn,
+        actors: quick ? 1_000 : 10_000,
+        startDeadline: quick ? "40 seconds" : "120 seconds",
+        log,
+      })))
   }
 
+  const cpu = cpuWatch()
+  // Other sessions share this machine: what they used is context for every latency above.
+  const others = cpu === undefined ? undefined : round(cpu.machineCores - (cpu.cores.bench ?? 0) - (cpu.cores.standIn ?? 0) - (cpu.cores.postgres ?? 0), 2)
   const table = renderTable(figures)
   yield* Console.log(`\n${table}\n`)
+  if (cpu !== undefined) {
+    yield* Console.log(
+      `CPU over the run (${cpus().length} cores): bench ${cpu.cores.bench}, LLM stand-in ${cpu.cores.standIn}, postgres (all sessions) ${cpu.cores.postgres}, other processes ${others} cores on average\n`,
+    )
+  }
   const missed = figures.filter((f) => holds(f) === false)
   writeJson(outPath, {
     finishedAt: new Date().toISOString(),
     mode: quick ? "quick" : "full",
     durationSeconds: round((nowMs() - started) / 1000, 1),
     machine: { cpus: cpus().length, memoryMb: Math.round(totalmem() / 2 ** 20), runtime },
+    cpuCoresOverRun: cpu === undefined ? null : { ...cpu, otherProcesses: others },
     figures,
     missedTargets: missed.map((f) => f.id),
   })

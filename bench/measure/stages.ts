@@ -1,0 +1,124 @@
+/**
+ * Where a run's CPU goes, to explain the throughput figure: each step of a run called directly on
+ * the real services (no actors, LLM latency 0), many at once as under load, and this process's CPU
+ * per call. The whole run (MissionRunner.run) comes first, then its parts one by one.
+ */
+import { SqlClient } from "@effect/sql"
+import { Context, Duration, Effect, Either, Layer } from "effect"
+import { iterationIdFor, plannedIteration } from "../../src/domain/iteration.js"
+import { InputResolvers } from "../../src/services/InputResolvers.js"
+import { LlmClient } from "../../src/services/LlmClient.js"
+import { MissionRunner } from "../../src/services/MissionRunner.js"
+import { MissionStore } from "../../src/services/MissionStore.js"
+import { Planner } from "../../src/services/Planner.js"
+import { WriteBack } from "../../src/services/WriteBack.js"
+import { readCurrentMission } from "../../src/services/currentMission.js"
+import { withUserScope } from "../../src/services/withUserScope.js"
+import { servicesLayer } from "../support/app.js"
+import { makeBenchDatabase } from "../support/benchDatabase.js"
+import type { BenchLlmStandIn } from "../support/llmStandIn.js"
+import { makeRecorder } from "../support/probes.js"
+import type { Figure } from "../support/report.js"
+import { seedDueMissions } from "../support/seed.js"
+import { round } from "../support/stats.js"
+
+export interface StagesOptions {
+  readonly ownerUrl: string
+  readonly standIn: BenchLlmStandIn
+  readonly missions: number
+  readonly log: (line: string) => Effect.Effect<void>
+}
+
+const CONCURRENCY = 64
+
+export const measureStages = (options: StagesOptions) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const db = yield* makeBenchDatabase(options.ownerUrl)
+      yield* seedDueMissions(db, {
+        // Twice as many: the first half warms the code paths up (JIT), the second is measured.
+        users: Math.ceil((2 * options.missions) / 5),
+        missionsPerUser: 5,
+        firstDueAt: Date.now() - 60_000,
+        spreadMs: 0,
+        withGoal: true,
+      })
+      yield* options.standIn.configure(0)
+      const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: CONCURRENCY }, options.standIn.url, makeRecorder()))
+      const store = Context.get(ctx, MissionStore)
+      const sql = Context.get(ctx, SqlClient.SqlClient)
+      yield* store.refresh
+      const all = (yield* store.due(new Date())).flatMap((s) =>
+        Either.isRight(s.decoded) ? [{ userId: s.userId, mission: s.decoded.right }] : [],
+      )
+      const warmUp = all.slice(0, Math.floor(all.length / 2))
+      const due = all.slice(warmUp.length)
+      const cpuMsPerCall = <A, E>(f: (d: (typeof due)[number], i: number) => Effect.Effect<A, E>) =>
+        Effect.suspend(() => {
+          const c0 = process.cpuUsage()
+          return Effect.forEach(due, f, { concurrency: CONCURRENCY, discard: true }).pipe(
+            Effect.orDie,
+            Effect.map(() => {
+              const c = process.cpuUsage(c0)
+              return round((c.user + c.system) / 1000 / due.length, 3)
+            }),
+          )
+        })
+      const runner = Context.get(ctx, MissionRunner)
+      const resolvers = Context.get(ctx, InputResolvers)
+      const llm = Context.get(ctx, LlmClient)
+      const planner = Context.get(ctx, Planner)
+      const writeBack = Context.get(ctx, WriteBack)
+      const stages: Record<string, number> = {}
+      yield* Effect.forEach(warmUp, (d) => runner.run(d), { concurrency: CONCURRENCY, discard: true }).pipe(Effect.orDie)
+      stages.wholeRun = yield* cpuMsPerCall((d) => runner.run(d))
+      stages.claim = yield* cpuMsPerCall((d, i) =>
+        store.claim({ userId: d.userId, missionId: d.mission.id, iterationId: `stage-${i}` }, "bench", Duration.minutes(1)),
+      )
+      stages.checkMission = yield* cpuMsPerCall((d) =>
+        withUserScope(d.userId, (s) => readCurrentMission(s, d.userId, d.mission.id, "stage", "UTC")).pipe(
+          Effect.provideService(SqlClient.SqlClient, sql),
+        ),
+      )
+      stages.resolveInputs = yield* cpuMsPerCall((d) => resolvers.resolve(d.userId, d.mission.inputs))
+      stages.llmCall = yield* cpuMsPerCall((d) => llm.complete([{ role: "user", content: d.mission.objective }]))
+      stages.plan = yield* cpuMsPerCall((d) => planner.plan({ mission: d.mission, resolvedInputs: [] }))
+      stages.writeBack = yield* cpuMsPerCall((d, i) =>
+        writeBack.append({
+          userId: d.userId,
+          missionId: d.mission.id,
+          iteration: plannedIteration({
+            id: iterationIdFor(d.mission.id, `2030-01-01T00:00:${String(i % 60).padStart(2, "0")}.000Z`),
+            startedAt: new Date(),
+            finishedAt: new Date(),
+            summary: "stage",
+            steps: [],
+          }),
+        }),
+      )
+      stages.sqlSelect1 = yield* cpuMsPerCall(() => sql`SELECT 1`)
+      stages.refreshPerRow = yield* Effect.suspend(() => {
+        const c0 = process.cpuUsage()
+        return Effect.map(store.refresh, (r) => {
+          const c = process.cpuUsage(c0)
+          return round((c.user + c.system) / 1000 / Math.max(1, r.rowsRead), 3)
+        })
+      }).pipe(Effect.orDie)
+      yield* options.log(`stages: ${JSON.stringify(stages)}`)
+      return [
+        {
+          id: "stages.cpuPerRun",
+          label: "1. runner CPU per run, called directly (no actors)",
+          value: stages.wholeRun,
+          unit: "ms",
+          detail: {
+            calls: due.length,
+            concurrency: CONCURRENCY,
+            llmLatencyMs: 0,
+            cpuMsPerCall: stages,
+            note: "CPU of this process (all threads) per call, many calls at once; plan = LLM call + prompt + parser; refreshPerRow = discovery per new mission row (every write-back is one)",
+          },
+        },
+      ] satisfies Array<Figure>
+    }),
+  )
