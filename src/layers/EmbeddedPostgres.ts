@@ -35,6 +35,47 @@ export interface EmbeddedPostgres {
 
 export const DEFAULT_RUNNER_ROLE = "mana_ai_runner"
 
+/** Extended-protocol messages that leave a sequence open until the client's Sync: Parse, Bind, Describe, Execute, Close, Flush. */
+const OPENS_SEQUENCE = new Set([0x50, 0x42, 0x44, 0x45, 0x43, 0x48])
+const SYNC = 0x53
+
+/**
+ * pglite-socket queues every protocol message on its own and keeps one client's messages together
+ * only while the backend is in a transaction. Outside one, a client's Parse…Bind…Execute…Sync could
+ * interleave with another client's messages on the single backend (another's simple query drops the
+ * unnamed statement: "unnamed prepared statement does not exist", or worse, a Bind meets another
+ * client's Parse). Reporting "in a transaction" from a client's first extended message until its
+ * Sync makes the socket server finish that client's sequence before it serves anyone else.
+ */
+export const serialiseExtendedProtocol = (db: PGlite): PGlite => {
+  let sequenceOpen = false
+  return new Proxy(db, {
+    get(target, property, receiver) {
+      if (property === "isInTransaction") return () => sequenceOpen || target.isInTransaction()
+      if (property === "execProtocolRawStream") {
+        return async (message: Uint8Array, options?: unknown) => {
+          const type = message[0]
+          try {
+            return await target.execProtocolRawStream(message, options as never)
+          } finally {
+            if (type !== undefined && OPENS_SEQUENCE.has(type)) sequenceOpen = true
+            else if (type === SYNC || type === 0x51 /* simple Query */ || type === 0x58 /* Terminate */) sequenceOpen = false
+          }
+        }
+      }
+      if (property === "exec") {
+        // The socket server's ROLLBACK after a client vanished mid-sequence also ends the sequence.
+        return (query: string, options?: unknown) => {
+          sequenceOpen = false
+          return target.exec(query, options as never)
+        }
+      }
+      const value = Reflect.get(target, property, receiver)
+      return typeof value === "function" ? value.bind(target) : value
+    },
+  })
+}
+
 const tryPromise = <A>(message: string, f: () => Promise<A>) =>
   Effect.tryPromise({ try: f, catch: (cause) => new EmbeddedPostgresError({ message, cause }) })
 
@@ -59,7 +100,7 @@ export const makeEmbeddedPostgres = (
     const server = yield* Effect.acquireRelease(
       Effect.gen(function* () {
         const server = new PGLiteSocketServer({
-          db,
+          db: serialiseExtendedProtocol(db),
           host: "127.0.0.1",
           port: options.port ?? 0,
           maxConnections: options.maxConnections,
