@@ -6,9 +6,9 @@
  * SHUTDOWN_GRACE_MS, the pool closes, and only then the HTTP server stops.
  */
 import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
-import type { SqlClient } from "@effect/sql"
+import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Either, Layer, type Redacted } from "effect"
+import { Effect, Layer, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
@@ -18,10 +18,10 @@ import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
-import { MissionStore } from "../services/MissionStore.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
+import { readUserMissions } from "../services/userMissions.js"
 import { WriteBackLive } from "../services/WriteBackLive.js"
 import type { StartupConfig } from "./startupConfig.js"
 
@@ -59,20 +59,14 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
   )
 }
 
-const backendFor = (supervisor: Supervisor["Type"], store: MissionStore["Type"]): ApiBackend => ({
+const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): ApiBackend => ({
   tick: supervisor.tick,
   actors: supervisor.status,
   restart: supervisor.restart,
   tickRunning: supervisor.tickRunning,
   missions: (userId) =>
-    store.forUser(userId).pipe(
-      Effect.map((snapshots) =>
-        snapshots.flatMap((s) =>
-          s.record === null
-            ? []
-            : [{ missionId: s.missionId, record: s.record, malformed: Either.isLeft(s.decoded) ? s.decoded.left : null }],
-        ),
-      ),
+    readUserMissions(userId).pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
       Effect.tapErrorCause((cause) => Effect.logError("GET /internal/missions failed", cause)),
     ),
@@ -82,7 +76,7 @@ const backendFor = (supervisor: Supervisor["Type"], store: MissionStore["Type"])
 const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const state = yield* ServerState
-    yield* state.provideBackend(backendFor(yield* Supervisor, yield* MissionStore))
+    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient))
     yield* state.setPhase("ready")
     yield* Effect.logInfo("mana-ai is ready")
     yield* Effect.addFinalizer(() =>

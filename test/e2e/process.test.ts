@@ -1,0 +1,207 @@
+/**
+ * The real Bun process against a real database as the runner role (the Postgres server when
+ * TEST_DATABASE_URL is set; otherwise PGlite served on a loopback port, so `npm test` passes on a
+ * fresh machine) and the HTTP LLM stand-in. It runs in sync-database mode: SYNC_DATABASE_URL,
+ * MANA_LLM_URL and MANA_SERVICE_KEY set, TICK_ENABLED=false so only /internal/tick runs missions.
+ */
+import { writeFileSync } from "node:fs"
+import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { LlmStandIn, type LlmStandInShape } from "../support/LlmStandIn.js"
+import { eventually, type ManaProcess, metricValue, request, startManaProcess } from "../support/ManaProcess.js"
+import { type Change, insertChanges, missionInsertRow } from "../support/seed.js"
+import { TestDatabase, TestDatabaseLive, type TestDatabaseShape } from "../support/TestDatabase.js"
+
+const KEY = "e2e-service-key-0123456789abcdef"
+const GRACE_MS = 2_000
+const USERS = ["e2e-ana", "e2e-ben", "e2e-cleo"]
+
+let scope: Scope.CloseableScope
+let db: TestDatabaseShape
+let standIn: LlmStandInShape
+let mana: ManaProcess | undefined
+
+const run = <A>(effect: Effect.Effect<A>) => Effect.runPromise(effect)
+const seed = (changes: ReadonlyArray<Change>) => run(insertChanges(changes).pipe(Effect.provideService(TestDatabase, db)))
+
+const past = (minutes: number) => new Date(Date.now() - minutes * 60_000).toISOString()
+const future = (minutes: number) => new Date(Date.now() + minutes * 60_000).toISOString()
+
+/** Rows the runner wrote, per mission (as the owner: outside any RLS scope). */
+const runnerRows = async () =>
+  db.ownerQuery(
+    `SELECT user_id, record_id, data, field_timestamps, actor FROM sync_changes
+     WHERE client_id = 'mana-ai-runner' ORDER BY created_at, id`,
+  )
+
+beforeAll(async () => {
+  scope = await run(Scope.make())
+  const context = await run(Layer.buildWithScope(Layer.merge(TestDatabaseLive, LlmStandIn.layer), scope))
+  db = Context.get(context, TestDatabase)
+  standIn = Context.get(context, LlmStandIn)
+  // Two due missions per user, one not yet due, one paused.
+  await seed([
+    ...USERS.flatMap((u) => [
+      missionInsertRow(u, `${u}-m1`, { nextRunAt: past(5) }),
+      missionInsertRow(u, `${u}-m2`, { nextRunAt: past(1), cadence: { kind: "daily", atHour: 7, atMinute: 0 } }),
+    ]),
+    missionInsertRow("e2e-ana", "e2e-ana-later", { nextRunAt: future(60) }),
+    missionInsertRow("e2e-ben", "e2e-ben-paused", { nextRunAt: past(5), state: "paused" }),
+  ])
+}, 120_000)
+
+afterAll(async () => {
+  // E2E_LOG_DIR=/tmp/x keeps the process's output for a look after a failure.
+  if (process.env.E2E_LOG_DIR !== undefined && mana !== undefined) {
+    writeFileSync(`${process.env.E2E_LOG_DIR}/process.stdout.log`, mana.stdout())
+    writeFileSync(`${process.env.E2E_LOG_DIR}/process.stderr.log`, mana.stderr())
+  }
+  if (mana !== undefined && mana.child.exitCode === null && mana.child.signalCode === null) mana.child.kill("SIGKILL")
+  await run(Scope.close(scope, Exit.void))
+}, 60_000)
+
+describe("the resident Bun process", () => {
+  it("refuses a malformed setting with one line on stderr naming it, and a non-zero exit", async () => {
+    const bad = await startManaProcess({ env: { USER_CONCURRENCY: "lots", LOG_FORMAT: "json" } })
+    const exited = await bad.exited
+    expect(exited.code).not.toBe(0)
+    const lines = bad.stderr().trim().split("\n")
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain("USER_CONCURRENCY must be a whole number ≥ 1")
+    expect(bad.stderr()).not.toMatch(/^\s+at /m)
+  })
+
+  it("with a database but no LLM URL or service key, refuses to start and names both", async () => {
+    const bad = await startManaProcess({ env: { SYNC_DATABASE_URL: "postgres://runner:secret-pw@127.0.0.1:1/x" } })
+    const exited = await bad.exited
+    expect(exited.code).not.toBe(0)
+    expect(bad.stderr()).toContain("MANA_LLM_URL is required")
+    expect(bad.stderr()).toContain("MANA_SERVICE_KEY is required")
+    expect(bad.stderr()).not.toContain("secret-pw")
+  })
+
+  it("starts against the database: /ready turns 200, /health reports itself", async () => {
+    mana = await startManaProcess({
+      env: {
+        SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
+        MANA_LLM_URL: standIn.url,
+        MANA_LLM_API_KEY: "sk-e2e-llm-key",
+        MANA_SERVICE_KEY: KEY,
+        TICK_ENABLED: "false",
+        DB_POOL_MAX: "4",
+        SHUTDOWN_GRACE_MS: String(GRACE_MS),
+        LLM_TIMEOUT_MS: "30000",
+      },
+    })
+    const m = mana
+    await eventually("/ready to answer 200", 60_000, async () => (await request(m, "GET", "/ready")).status === 200)
+    const health = await request(m, "GET", "/health")
+    expect(health.status).toBe(200)
+    expect(health.body).toMatchObject({ ok: true, service: "mana-ai", version: "0.3.0", tick: { enabled: false, running: false } })
+  }, 90_000)
+
+  it("answers 401 on /internal without the key and with a wrong one", async () => {
+    const m = mana as ManaProcess
+    for (const [method, path] of [
+      ["POST", "/internal/tick"],
+      ["GET", "/internal/actors"],
+      ["GET", "/internal/missions/e2e-ana"],
+      ["POST", "/internal/actors/e2e-ana/restart"],
+    ] as const) {
+      for (const key of [undefined, "not-the-key-not-the-key", KEY.slice(0, -1)]) {
+        const response = await request(m, method, path, key)
+        expect(response.status, `${method} ${path}`).toBe(401)
+        expect(response.body).toMatchObject({ error: "unauthorized" })
+      }
+    }
+    expect((await request(m, "GET", "/internal/actors", KEY)).status).toBe(200)
+  })
+
+  it("POST /internal/tick writes each due mission's iteration once and the metrics move", async () => {
+    const m = mana as ManaProcess
+    const before = (await request(m, "GET", "/metrics")).text
+    const tick = await request(m, "POST", "/internal/tick", KEY)
+    expect(tick.status).toBe(200)
+    expect(tick.body).toMatchObject({ dueMissionCount: 6, plansProduced: 6, plansWrittenBack: 6, parseFailures: 0, errors: [] })
+
+    const rows = await runnerRows()
+    expect(rows.map((r) => `${r.user_id}/${r.record_id}`).sort()).toEqual(
+      USERS.flatMap((u) => [`${u}/${u}-m1`, `${u}/${u}-m2`]).sort(),
+    )
+    for (const row of rows) {
+      const data = row.data as { iterations: ReadonlyArray<{ source: string; overallStatus: string }>; nextRunAt: string }
+      expect(data.iterations).toHaveLength(1)
+      expect(data.iterations[0]).toMatchObject({ source: "server", overallStatus: "awaiting-review" })
+      expect(Date.parse(data.nextRunAt)).toBeGreaterThan(Date.now() - 60_000)
+      expect(row.actor).toEqual({ kind: "system", source: "mission-runner" })
+    }
+    // Every request to the LLM carried its key; the runner never sent the service key there.
+    const sent = await run(standIn.requests)
+    expect(sent.length).toBeGreaterThanOrEqual(6)
+    for (const r of sent) {
+      expect(r.headers.authorization).toBe("Bearer sk-e2e-llm-key")
+      expect(JSON.stringify(r)).not.toContain(KEY)
+    }
+
+    const missions = await request(m, "GET", "/internal/missions/e2e-ana", KEY)
+    expect(missions.status).toBe(200)
+    const byId = new Map<string, any>(missions.body.missions.map((r: any) => [r.id, r]))
+    expect(byId.get("e2e-ana-m1").iterations).toHaveLength(1)
+    expect(byId.get("e2e-ana-later").iterations).toHaveLength(0)
+    expect(byId.get("e2e-ana-m1").objective).toBe("Run a 10k by summer")
+
+    const after = (await request(m, "GET", "/metrics")).text
+    expect(after).toMatch(/^# TYPE mana_ai_/m)
+    expect(metricValue(after, "mana_ai_plans_written_back_total") - metricValue(before, "mana_ai_plans_written_back_total")).toBe(6)
+    expect(metricValue(after, "mana_ai_plans_produced_total") - metricValue(before, "mana_ai_plans_produced_total")).toBe(6)
+    expect(metricValue(after, "mana_ai_ticks_total") - metricValue(before, "mana_ai_ticks_total")).toBe(1)
+
+    const actors = await request(m, "GET", "/internal/actors", KEY)
+    expect(actors.body.actors.map((a: { userId: string }) => a.userId).sort()).toEqual([...USERS].sort())
+
+    // Logs name the run's user and mission, and carry no secret.
+    const runLines = m.logs().filter((l) => l.annotations?.missionId === "e2e-ana-m1")
+    expect(runLines.length).toBeGreaterThan(0)
+    expect(runLines.every((l) => l.annotations?.userId === "e2e-ana")).toBe(true)
+    const password = new URL(Redacted.value(db.runnerUrl)).password
+    for (const secret of [KEY, "sk-e2e-llm-key", ...(password === "" ? [] : [password])]) {
+      expect(m.stdout()).not.toContain(secret)
+      expect(m.stderr()).not.toContain(secret)
+    }
+  }, 60_000)
+
+  it("a tick during a tick answers overlap-skipped; SIGTERM during runs drains, exits 0 and leaves no partial write", async () => {
+    const m = mana as ManaProcess
+    await seed(USERS.map((u) => missionInsertRow(u, `${u}-slow`, { nextRunAt: past(2) })))
+    // Slower than the grace period: these runs are still waiting on the LLM when the drain ends.
+    await run(standIn.setResponder(() => ({ delayMs: GRACE_MS * 4 })))
+    const first = request(m, "POST", "/internal/tick", KEY).catch((e: unknown) => ({ status: 0, body: String(e), text: "" }))
+    await eventually("runs to reach the LLM", 20_000, async () => (await run(standIn.inFlight)) > 0, 50)
+
+    const overlapping = await request(m, "POST", "/internal/tick", KEY)
+    expect(overlapping.status).toBe(200)
+    expect(overlapping.body.errors).toEqual(["overlap-skipped"])
+    expect((await request(m, "GET", "/health")).body.tick.running).toBe(true)
+
+    const stopping = m.stop("SIGTERM", GRACE_MS + 5_000)
+    await eventually("/ready to say 503 while draining", GRACE_MS, async () => (await request(m, "GET", "/ready")).status === 503, 50)
+    const exited = await stopping
+    expect(exited.code).toBe(0)
+    expect(exited.tookMs).toBeLessThan(GRACE_MS + 5_000)
+    await first
+
+    // No partial write, no duplicate: every mission has at most one runner row, each with distinct iteration ids.
+    const rows = await runnerRows()
+    const perMission = new Map<string, number>()
+    for (const row of rows) {
+      const id = `${row.user_id}/${row.record_id}`
+      perMission.set(id, (perMission.get(id) ?? 0) + 1)
+      const iterations = (row.data as { iterations: ReadonlyArray<{ id: string }> }).iterations
+      expect(new Set(iterations.map((i) => i.id)).size).toBe(iterations.length)
+    }
+    for (const [id, count] of perMission) expect(count, id).toBe(1)
+    for (const u of USERS) expect(perMission.get(`${u}/${u}-m1`)).toBe(1)
+    expect(m.stdout()).toContain("shutting down")
+    expect(m.logs().at(-1)?.message).toBe("mana-ai stopped")
+  }, 60_000)
+})
