@@ -8,7 +8,10 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Fiber, Layer, Metric, Redacted, Ref, TestServices } from "effect"
 import { ApiLive, serviceKeyMatches } from "../../src/http/Api.js"
 import { type ActorView, type ApiBackend, BackendError, ServerState, type TickReport } from "../../src/http/ServerState.js"
+import { testProcessLayer } from "../../src/layers/test.js"
 import { plansWrittenBackTotal } from "../../src/services/metrics.js"
+import { insertChanges, missionInsertRow } from "../support/seed.js"
+import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const KEY = "test-service-key-0123456789"
 
@@ -191,5 +194,47 @@ it.layer(TestServer, { timeout: 30_000 })("HTTP API", (it) => {
       for (const line of text.split("\n").filter((l) => l !== "" && !l.startsWith("#"))) {
         expect(line.startsWith("mana_ai_")).toBe(true)
       }
+    }))
+})
+
+// ---------------------------------------------------------------- the real composition
+
+const RealProcess = Layer.unwrapEffect(
+  Effect.map(TestDatabase, (db) =>
+    testProcessLayer({
+      databaseUrl: db.runnerUrl,
+      serviceKey: Redacted.make(KEY),
+      env: { TICK_ENABLED: "false", DB_POOL_MAX: "4", SHUTDOWN_GRACE_MS: "1000" },
+    }),
+  ),
+).pipe(Layer.provideMerge(TestDatabaseLive))
+
+it.layer(RealProcess, { timeout: 60_000 })("HTTP API on the real supervisor and database", (it) => {
+  it.effect("ready after start; a tick writes the due mission, which /internal/missions shows with its iteration", () =>
+    Effect.gen(function* () {
+      expect((yield* call("GET", "/ready")).status).toBe(200)
+      // Due and not due whatever the clock says: it.layer's services may run on the TestClock (at 1970).
+      yield* insertChanges([
+        missionInsertRow("api-user", "api-due", { nextRunAt: "1969-12-31T00:00:00.000Z" }),
+        missionInsertRow("api-user", "api-later", { nextRunAt: "2999-01-01T00:00:00.000Z" }),
+      ])
+      expect((yield* call("POST", "/internal/tick", "wrong-key-wrong-key-wrong")).status).toBe(401)
+      const tick = yield* call("POST", "/internal/tick", KEY)
+      expect(tick.status).toBe(200)
+      expect(yield* bodyOf(tick)).toMatchObject({ dueMissionCount: 1, plansWrittenBack: 1, errors: [] })
+
+      const missions = yield* bodyOf(yield* call("GET", "/internal/missions/api-user", KEY))
+      const byId = new Map<string, any>(missions.missions.map((m: any) => [m.id, m]))
+      expect(byId.get("api-due").iterations).toHaveLength(1)
+      expect(byId.get("api-due").iterations[0].summary).toMatch(/^Offline planner:/)
+      expect(byId.get("api-later").iterations).toHaveLength(0)
+      expect(missions.malformed).toEqual([])
+
+      const actors = yield* bodyOf(yield* call("GET", "/internal/actors", KEY))
+      expect(actors.actors.map((a: { userId: string }) => a.userId)).toEqual(["api-user"])
+      const health = yield* bodyOf(yield* call("GET", "/health"))
+      expect(health).toMatchObject({ ok: true, version: "test", phase: "ready", tick: { enabled: false, running: false } })
+      expect(health.actors.total).toBe(1)
+      expect(yield* (yield* call("GET", "/metrics")).text).toMatch(/^mana_ai_plans_written_back_total [1-9]/m)
     }))
 })

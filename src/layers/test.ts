@@ -1,0 +1,41 @@
+/**
+ * The process's composition for in-process tests: the same layers as main (HTTP, pool, migrations,
+ * services, supervisor, lifecycle) on Node's test HTTP server, configured from a map as the
+ * environment would be. The offline planner by default: Node's test HttpClient points at the
+ * server under test, so an LLM planner would need its own client (use the e2e tests for that).
+ */
+import { NodeContext, NodeHttpServer } from "@effect/platform-node"
+import { ConfigProvider, Effect, Layer, type Redacted } from "effect"
+import { databaseLayerFromUrl } from "../services/Database.js"
+import { processLayer } from "./process.js"
+import { loadStartupConfig } from "./startupConfig.js"
+
+export interface TestProcessOptions {
+  /** The runner role's URL (TestDatabase's runnerUrl). */
+  readonly databaseUrl: Redacted.Redacted<string>
+  readonly serviceKey: Redacted.Redacted<string>
+  /** Environment variables as main would read them (e.g. TICK_ENABLED, SHUTDOWN_GRACE_MS). */
+  readonly env?: Readonly<Record<string, string>>
+  /** Runs after the migrations, before the supervisor (seed here). */
+  readonly afterMigrations?: Parameters<typeof processLayer>[0]["afterMigrations"]
+}
+
+export const testProcessLayer = (options: TestProcessOptions) =>
+  Layer.unwrapEffect(
+    loadStartupConfig.pipe(
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(options.env ?? {})))),
+      Effect.map((config) =>
+        processLayer(
+          {
+            config,
+            serviceKey: options.serviceKey,
+            version: "test",
+            planner: "offline",
+            database: databaseLayerFromUrl(options.databaseUrl, config.database.poolMax),
+            ...(options.afterMigrations === undefined ? {} : { afterMigrations: options.afterMigrations }),
+          },
+          Layer.mergeAll(NodeHttpServer.layerTest, NodeContext.layer),
+        ),
+      ),
+    ),
+  )
