@@ -125,10 +125,41 @@ const parseStep = (raw: unknown, index: number, tools: ReadonlyArray<Tool>): Eit
   return Either.right({ summary: summary.trim(), toolName: tool.name, params: { ...given }, rationale: rationale.trim() })
 }
 
+// NUL and an unpaired surrogate are valid in a JSON string but not in Postgres jsonb: a plan holding
+// one could never be written back, and the run would fail the same way on every retry.
+const UNPAIRED_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+const UNSTORABLE = { test: (s: string): boolean => s.includes("\u0000") || UNPAIRED_SURROGATE.test(s) }
+
+/** The path of the first string (value or key) the event log cannot store, or undefined. */
+const unstorableAt = (value: unknown, path: string): string | undefined => {
+  if (typeof value === "string") return UNSTORABLE.test(value) ? path : undefined
+  if (Array.isArray(value)) {
+    for (const [i, v] of value.entries()) {
+      const found = unstorableAt(v, `${path}[${i}]`)
+      if (found !== undefined) return found
+    }
+    return undefined
+  }
+  if (isPlainObject(value)) {
+    for (const [k, v] of Object.entries(value)) {
+      // Keys come from the answer: a plain short one as is, anything else quoted and cut short.
+      const key = /^[A-Za-z0-9_]{1,40}$/.test(k) ? k : quoteName(k)
+      if (UNSTORABLE.test(k)) return `${path}.${key}`
+      const found = unstorableAt(v, `${path}.${key}`)
+      if (found !== undefined) return found
+    }
+  }
+  return undefined
+}
+
 /** Checks an already-parsed answer object against the catalogue. */
 export const validatePlan = (value: unknown, tools: ReadonlyArray<Tool>): Either.Either<PlanDraft, PlanParseError> => {
   const fail = (reason: string) => Either.left(new PlanParseError({ reason }))
   if (!isPlainObject(value)) return fail(`the JSON must be an object with summary and steps, not ${typeOf(value)}`)
+  const unstorable = unstorableAt(value, "answer")
+  if (unstorable !== undefined) {
+    return fail(`${unstorable} holds a NUL character or an unpaired surrogate, which cannot be stored`)
+  }
   const { summary, steps } = value
   if (typeof summary !== "string") return fail("summary is missing or not a string")
   if (summary.trim() === "") return fail("summary is empty")

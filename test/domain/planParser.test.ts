@@ -97,6 +97,8 @@ describe("parsePlan rejects, with a reason naming the problem", () => {
     ["params that are not an object", fenced(plan([step({ params: "title=t" })])), /params must be an object, not string/],
     ["an empty required string", fenced(plan([step({ params: { title: "  " } })])), /parameter "title" must not be empty/],
     ["a step that is not an object", fenced(plan(["create a task"])), /step 1 is not an object/],
+    ["a NUL character in a parameter", fenced(plan([step({ params: { title: "a\u0000b" } })])), /answer\.steps\[0\]\.params\.title holds a NUL character/],
+    ["an unpaired surrogate in a summary", fenced(plan([step({ summary: "a\ud800b" })])), /answer\.steps\[0\]\.summary holds .*unpaired surrogate/],
   ]
   for (const [name, text, reason] of cases) {
     it(name, () => expect(rejected(text)).toMatch(reason))
