@@ -140,6 +140,9 @@ export const missionRetrySchedule = Schedule.exponential("30 seconds").pipe(Sche
 
 // ---------------------------------------------------------------- the actor
 
+/** MissionRunner bounds planning by MISSION_TIMEOUT_MS and writes back after it: the actor's backstop allows for that. */
+export const WRITE_BACK_ALLOWANCE = Duration.seconds(30)
+
 interface Entry {
   readonly missionId: string
   mission: Mission
@@ -285,9 +288,9 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
                 ? Ref.update(status, (s): ActorStatus => ({ ...s, inFlight: s.inFlight + 1, state: "running" })).pipe(
                     Effect.zipRight(
                       runner.run({ userId, mission }).pipe(
-                        // MissionRunner applies the deadline itself; this also bounds a runner that hangs.
+                        // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
                         Effect.timeoutFail({
-                          duration: config.missionTimeout,
+                          duration: Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE),
                           onTimeout: () => new MissionTimeout({ timeoutMs: Duration.toMillis(config.missionTimeout) }),
                         }),
                         Effect.exit,

@@ -163,7 +163,7 @@ describe("Supervisor failures", () => {
   it.scoped("a run past MISSION_TIMEOUT_MS ends as a typed timeout, releases its permits, and the next due mission starts", () =>
     Effect.gen(function* () {
       const world = yield* makeWorld({ userConcurrency: 1, missionTimeout: Duration.minutes(2), tickEnabled: false })
-      // The double hangs while holding an LLM permit: only the actor's deadline ends it.
+      // The double hangs while holding an LLM permit: only the actor's backstop (deadline + write-back allowance) ends it.
       yield* Ref.set(world.runner.script, (request, run) =>
         request.mission.id === "m1-hangs" ? world.permits.withPermit(Effect.never) : run,
       )
@@ -174,15 +174,38 @@ describe("Supervisor failures", () => {
       expect(report).toMatchObject({ dueMissionCount: 2, plansWrittenBack: 1, errors: ["mission m1-hangs: MissionTimeout"] })
       expect((yield* Ref.get(world.runner.starts)).map((s) => [s.missionId, s.at])).toEqual([
         ["m1-hangs", 0],
-        ["m2-next", 2 * MIN],
+        ["m2-next", 2 * MIN + 30_000],
       ])
       expect(yield* world.permits.inUse).toBe(0)
       const [status] = yield* supervisor.status
       expect(status).toMatchObject({ inFlight: 0, lastError: "mission m1-hangs: mission run exceeded its deadline of 120000 ms" })
       expect(status?.missions.find((m) => m.missionId === "m1-hangs")).toMatchObject({
         consecutiveFailures: 1,
-        retryAt: new Date(2 * MIN + 30_000).toISOString(),
+        retryAt: new Date(2 * MIN + 30_000 + 30_000).toISOString(),
       })
+    }),
+  )
+
+  it.scoped("a runner failing with MissionTimeout at its deadline frees the user's permit for the next due mission at once", () =>
+    Effect.gen(function* () {
+      const world = yield* makeWorld({ userConcurrency: 1, missionTimeout: Duration.minutes(2), tickEnabled: false })
+      yield* Ref.set(world.runner.script, (request, run) =>
+        request.mission.id === "m1-slow-llm"
+          ? world.permits.withPermit(Effect.sleep(Duration.minutes(2))).pipe(
+              Effect.zipRight(Effect.fail(new MissionTimeout({ timeoutMs: 120_000 }))),
+            )
+          : run,
+      )
+      yield* world.store.put({ userId: "u", id: "m1-slow-llm", nextRunAt: 0 })
+      yield* world.store.put({ userId: "u", id: "m2-next", nextRunAt: 0 })
+      const supervisor = yield* startSupervisor(world.layer)
+      const report = yield* advanceUntilDone(yield* Effect.fork(supervisor.tick), 10_000)
+      expect(report).toMatchObject({ plansWrittenBack: 1, errors: ["mission m1-slow-llm: MissionTimeout"] })
+      expect((yield* Ref.get(world.runner.starts)).map((s) => [s.missionId, s.at])).toEqual([
+        ["m1-slow-llm", 0],
+        ["m2-next", 2 * MIN],
+      ])
+      expect(yield* world.permits.inUse).toBe(0)
     }),
   )
 

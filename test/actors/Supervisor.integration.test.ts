@@ -1,0 +1,58 @@
+/**
+ * The supervisor on the real stack: the real database as the runner role (a real server when
+ * TEST_DATABASE_URL is set, else PGlite), the real MissionStore, MissionRunner, Planner, LlmClient
+ * and WriteBack, and a real HTTP server standing in for the LLM. Every run goes through an actor.
+ */
+import { layer } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { expect } from "vitest"
+import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
+import { LlmStandIn } from "../support/LlmStandIn.js"
+import { runnerRowCount, runnerServices } from "../support/RunnerStack.js"
+import { insertChanges, missionInsertRow } from "../support/seed.js"
+import { TestDatabaseLive } from "../support/TestDatabase.js"
+
+const Stack = SupervisorLive.pipe(
+  Layer.provideMerge(runnerServices({ missionTimeout: "20 seconds", runner: { tickEnabled: false, userConcurrency: 2 } })),
+  Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
+)
+
+const minutesAgo = (n: number) => new Date(Date.now() - n * 60_000).toISOString()
+const inMinutes = (n: number) => new Date(Date.now() + n * 60_000).toISOString()
+
+layer(Stack, { timeout: 120_000, excludeTestServices: true })("Supervisor on the real stack", (it) => {
+  it.effect("a tick plans every due mission of two users exactly once; a second tick writes nothing", () =>
+    Effect.gen(function* () {
+      const due = [
+        ["ana", "ana-1"],
+        ["ana", "ana-2"],
+        ["ana", "ana-3"],
+        ["ben", "ben-1"],
+        ["ben", "ben-2"],
+      ] as const
+      yield* insertChanges([
+        ...due.map(([user, id], i) => missionInsertRow(user, id, { nextRunAt: minutesAgo(i + 1) })),
+        missionInsertRow("ana", "ana-paused", { state: "paused", nextRunAt: minutesAgo(5) }),
+        missionInsertRow("ben", "ben-later", { nextRunAt: inMinutes(30) }),
+      ])
+      const supervisor = yield* Supervisor
+      const standIn = yield* LlmStandIn
+
+      const first = yield* supervisor.tick
+      expect(first).toMatchObject({ dueMissionCount: 5, plansProduced: 5, plansWrittenBack: 5, parseFailures: 0, errors: [] })
+      for (const [user, id] of due) expect(yield* runnerRowCount(user, id)).toBe(1)
+      expect(yield* runnerRowCount("ana", "ana-paused")).toBe(0)
+      expect(yield* runnerRowCount("ben", "ben-later")).toBe(0)
+      expect((yield* standIn.requests).length).toBe(5)
+      expect((yield* supervisor.status).map((s) => [s.userId, s.inFlight])).toEqual([
+        ["ana", 0],
+        ["ben", 0],
+      ])
+
+      const second = yield* supervisor.tick
+      expect(second).toMatchObject({ dueMissionCount: 0, plansProduced: 0, plansWrittenBack: 0, errors: [] })
+      for (const [user, id] of due) expect(yield* runnerRowCount(user, id)).toBe(1)
+      expect((yield* standIn.requests).length).toBe(5)
+    }),
+  )
+})
