@@ -54,7 +54,8 @@ export interface TickRequest {
 
 type RunResult =
   | { readonly _tag: "Outcome"; readonly outcome: RunOutcome }
-  | { readonly _tag: "Failed"; readonly error: MissionTimeout | SqlError }
+  /** backstop: the actor's own deadline ended it (the runner counts and logs every other failure). */
+  | { readonly _tag: "Failed"; readonly error: MissionTimeout | SqlError; readonly backstop: boolean }
   | { readonly _tag: "Aborted" }
   | { readonly _tag: "Defect"; readonly cause: Cause.Cause<unknown> }
 
@@ -288,22 +289,26 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
                 ? Ref.update(status, (s): ActorStatus => ({ ...s, inFlight: s.inFlight + 1, state: "running" })).pipe(
                     Effect.zipRight(
                       runner.run({ userId, mission }).pipe(
-                        // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
-                        Effect.timeoutFail({
-                          duration: Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE),
-                          onTimeout: () => new MissionTimeout({ timeoutMs: Duration.toMillis(config.missionTimeout) }),
-                        }),
                         Effect.exit,
+                        // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
+                        Effect.timeoutOption(Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE)),
                       ),
                     ),
                     Effect.map(
-                      (exit): RunResult =>
-                        Exit.isSuccess(exit)
-                          ? { _tag: "Outcome", outcome: exit.value }
-                          : Option.match(Cause.failureOption(exit.cause), {
-                              onNone: (): RunResult => ({ _tag: "Defect", cause: exit.cause }),
-                              onSome: (error): RunResult => ({ _tag: "Failed", error }),
-                            }),
+                      Option.match({
+                        onNone: (): RunResult => ({
+                          _tag: "Failed",
+                          error: new MissionTimeout({ timeoutMs: Duration.toMillis(config.missionTimeout) }),
+                          backstop: true,
+                        }),
+                        onSome: (exit): RunResult =>
+                          Exit.isSuccess(exit)
+                            ? { _tag: "Outcome", outcome: exit.value }
+                            : Option.match(Cause.failureOption(exit.cause), {
+                                onNone: (): RunResult => ({ _tag: "Defect", cause: exit.cause }),
+                                onSome: (error): RunResult => ({ _tag: "Failed", error, backstop: false }),
+                              }),
+                      }),
                     ),
                     Effect.ensuring(
                       Ref.update(status, (s): ActorStatus => ({
@@ -406,7 +411,7 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
           }
           case "Failed": {
             yield* backOff
-            yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", result.error._tag))
+            if (result.backstop) yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", result.error._tag))
             yield* Ref.update(status, (s) => ({ ...s, lastError: `mission ${missionId}: ${result.error.message}` }))
             yield* Effect.logWarning("mission run failed; it stays due and backs off").pipe(
               Effect.annotateLogs({ missionId, error: result.error._tag, retryAt: iso(e.retryAt) ?? "" }),
@@ -427,7 +432,6 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
         }
         if (e.removed) entries.delete(missionId)
         if (result._tag === "Defect") {
-          yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", "Defect"))
           return yield* new ActorCrashed({ missionId, reason: describeCause(result.cause) })
         }
       })
