@@ -8,7 +8,7 @@
 import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, type Redacted } from "effect"
+import { Effect, Layer, Metric, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
@@ -17,6 +17,7 @@ import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
+import * as metrics from "../services/metrics.js"
 import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
@@ -72,6 +73,32 @@ const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): A
     ),
 })
 
+/**
+ * Every untagged series shows in /metrics from the start (at 0), so a scrape before the first run
+ * already lists them and rate() has a starting point. Tagged families appear with their first tag.
+ */
+const MetricsRegistered = Layer.effectDiscard(
+  Effect.all(
+    [
+      Metric.value(metrics.ticksTotal),
+      Metric.value(metrics.tickOverlapsTotal),
+      Metric.value(metrics.tickDuration),
+      Metric.value(metrics.discoveryRowsRead),
+      Metric.value(metrics.discoveryDuration),
+      Metric.value(metrics.plansProducedTotal),
+      Metric.value(metrics.plansWrittenBackTotal),
+      Metric.value(metrics.parseFailuresTotal),
+      Metric.value(metrics.llmRequestDuration),
+      Metric.value(metrics.missionRunDuration),
+      Metric.value(metrics.actorsGauge),
+      Metric.value(metrics.quarantinedGauge),
+      Metric.value(metrics.runsInFlightGauge),
+      Metric.value(metrics.actorRestartsTotal),
+    ],
+    { discard: true },
+  ),
+)
+
 /** Built last: opens /internal, turns /ready to 200; released first: /ready turns 503 before the drain. */
 const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
@@ -113,5 +140,6 @@ export const processLayer = <E, R>(
     Layer.provideMerge(platform),
     // Built first, released last: the line that says the drain and every close are done.
     Layer.provideMerge(Layer.scopedDiscard(Effect.addFinalizer(() => Effect.logInfo("mana-ai stopped")))),
+    Layer.provideMerge(MetricsRegistered),
   )
 }

@@ -98,6 +98,10 @@ describe("the resident Bun process", () => {
     const health = await request(m, "GET", "/health")
     expect(health.status).toBe(200)
     expect(health.body).toMatchObject({ ok: true, service: "mana-ai", version: "0.3.0", tick: { enabled: false, running: false } })
+    // Every untagged series is there from the start, at 0.
+    const metrics = (await request(m, "GET", "/metrics")).text
+    expect(metrics).toMatch(/^mana_ai_plans_written_back_total 0$/m)
+    expect(metrics).toMatch(/^mana_ai_runs_in_flight 0$/m)
   }, 90_000)
 
   it("answers 401 on /internal without the key and with a wrong one", async () => {
