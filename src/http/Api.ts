@@ -174,4 +174,8 @@ export const apiApp = apiRouter.pipe(
 export const ApiLive: Layer.Layer<never, never, HttpServer.HttpServer | ServerState> = HttpServer.serve(
   apiApp,
   HttpMiddleware.logger,
-).pipe(HttpServer.withLogAddress)
+).pipe(
+  HttpServer.withLogAddress,
+  // Probes and scrapes every few seconds would drown the traces that matter.
+  HttpMiddleware.withTracerDisabledForUrls(["/health", "/ready", "/metrics"]),
+)
