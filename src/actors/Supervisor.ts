@@ -78,6 +78,8 @@ interface ActorHandle {
   readonly status: Ref.Ref<ActorStatus>
   /** Completed by restart(userId); a fresh one per incarnation or wait. */
   readonly restartSignal: Ref.Ref<Deferred.Deferred<void>>
+  /** Snapshots handed over at spawn, taken by the first incarnation (saves one store read per actor). */
+  readonly initial: Ref.Ref<Option.Option<ReadonlyArray<MissionSnapshot>>>
 }
 
 /** Failed actors come back after 1 s, doubling to 30 s, jittered so a shared outage does not restart them in step. */
@@ -157,6 +159,7 @@ export const make = Effect.gen(function* () {
       while (true) {
         const signal = yield* Deferred.make<void>()
         yield* Ref.set(handle.restartSignal, signal)
+        const initial = yield* Ref.getAndSet(handle.initial, Option.none())
         const result = yield* Effect.raceFirst(
           Effect.exit(
             Effect.scoped(
@@ -169,6 +172,7 @@ export const make = Effect.gen(function* () {
                 runner,
                 gate,
                 exclusiveOfDiscovery: (self) => discoveryLock.withPermits(1)(self),
+                initial,
                 tryRetire: tryRetire(handle),
               }),
             ),
@@ -230,14 +234,18 @@ export const make = Effect.gen(function* () {
       Effect.annotateLogs({ userId: handle.userId }),
     )
 
-  /** Caller holds `lock`. */
-  const spawn = (userId: string) =>
+  /**
+   * Caller holds `lock`, and `discoveryLock` when it passes `initial` (the user's schedulable
+   * snapshots as of that pass, so nothing queued later can be older).
+   */
+  const spawn = (userId: string, initial: Option.Option<ReadonlyArray<MissionSnapshot>>) =>
     Effect.gen(function* () {
       const handle: ActorHandle = {
         userId,
         mailbox: yield* Queue.unbounded<ActorMessage>(),
         status: yield* Ref.make(UserActor.initialStatus(userId)),
         restartSignal: yield* Ref.make(yield* Deferred.make<void>()),
+        initial: yield* Ref.make(initial),
       }
       handles.set(userId, handle)
       forkActor(userId, supervise(handle))
@@ -246,13 +254,13 @@ export const make = Effect.gen(function* () {
       return handle
     })
 
-  /** Caller holds `lock`. Undefined while draining: no new actor then. */
-  const ensureActor = (userId: string) =>
+  /** Caller holds `lock` (see spawn for `initial`). Undefined while draining: no new actor then. */
+  const ensureActor = (userId: string, initial: Option.Option<ReadonlyArray<MissionSnapshot>> = Option.none()) =>
     Effect.gen(function* () {
       const existing = handles.get(userId)
       if (existing !== undefined) return existing
       if (yield* gate.draining) return undefined
-      return yield* spawn(userId)
+      return yield* spawn(userId, initial)
     })
 
   const byUser = (snapshots: ReadonlyArray<MissionSnapshot>) => {
@@ -275,10 +283,10 @@ export const make = Effect.gen(function* () {
       const all = yield* store.schedulable
       yield* lock.withPermits(1)(
         Effect.forEach(
-          byUser(all).keys(),
-          (userId) =>
+          byUser(all),
+          ([userId, snapshots]) =>
             Effect.gen(function* () {
-              if (!handles.has(userId) && (yield* ensureActor(userId)) !== undefined) actorsStarted++
+              if (!handles.has(userId) && (yield* ensureActor(userId, Option.some(snapshots))) !== undefined) actorsStarted++
             }),
           { discard: true },
         ),
@@ -293,9 +301,10 @@ export const make = Effect.gen(function* () {
             const handle = handles.get(userId)
             if (handle !== undefined) {
               yield* Queue.offer(handle.mailbox, { _tag: "Upsert", snapshots })
-            } else if (snapshots.some((s) => s.schedulable) && (yield* ensureActor(userId)) !== undefined) {
-              // A new actor reads its missions from the store itself.
-              actorsStarted++
+            } else if (snapshots.some((s) => s.schedulable)) {
+              // No actor means no schedulable mission was known for this user before this pass.
+              const initial = Option.some(snapshots.filter((s) => s.schedulable))
+              if ((yield* ensureActor(userId, initial)) !== undefined) actorsStarted++
             }
           }),
         { discard: true },

@@ -124,6 +124,11 @@ export interface UserActorDeps {
   readonly gate: RunGate
   /** Runs `self` while no discovery pass is delivering snapshots (so the start-up read is not overtaken). */
   readonly exclusiveOfDiscovery: <A, E>(self: Effect.Effect<A, E>) => Effect.Effect<A, E>
+  /**
+   * The user's schedulable snapshots from the discovery pass that spawned the actor (its first
+   * incarnation only); None: read them from the store.
+   */
+  readonly initial: Option.Option<ReadonlyArray<MissionSnapshot>>
   /** Leaves the supervisor's books if no message is waiting; false means stay. */
   readonly tryRetire: Effect.Effect<boolean>
 }
@@ -465,16 +470,21 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
         nextWakeAt: iso(wakeAt),
       }))
 
-    // Start-up: the store's view replaces whatever discovery queued for an earlier incarnation.
-    const carried = yield* deps.exclusiveOfDiscovery(
-      Effect.gen(function* () {
-        const queued = yield* Queue.takeAll(mailbox)
-        const snapshots = yield* store.forUser(userId)
-        snapshots.forEach(upsert)
-        return Chunk.filter(queued, (m) => m._tag === "RunNow")
-      }),
-    )
-    for (const message of carried) yield* handle(message)
+    if (Option.isSome(deps.initial)) {
+      // Spawned by a discovery pass with the user's snapshots: whatever is queued came after them.
+      deps.initial.value.forEach(upsert)
+    } else {
+      // A restart: the store's view replaces whatever discovery queued for an earlier incarnation.
+      const carried = yield* deps.exclusiveOfDiscovery(
+        Effect.gen(function* () {
+          const queued = yield* Queue.takeAll(mailbox)
+          const snapshots = yield* store.forUser(userId)
+          snapshots.forEach(upsert)
+          return Chunk.filter(queued, (m) => m._tag === "RunNow")
+        }),
+      )
+      for (const message of carried) yield* handle(message)
+    }
 
     while (true) {
       const now = yield* Clock.currentTimeMillis

@@ -4,7 +4,7 @@
  * and WriteBack, and a real HTTP server standing in for the LLM. Every run goes through an actor.
  */
 import { layer } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Schedule } from "effect"
 import { expect } from "vitest"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
 import { LlmStandIn } from "../support/LlmStandIn.js"
@@ -53,6 +53,45 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("Supervisor on the
       expect(second).toMatchObject({ dueMissionCount: 0, plansProduced: 0, plansWrittenBack: 0, errors: [] })
       for (const [user, id] of due) expect(yield* runnerRowCount(user, id)).toBe(1)
       expect((yield* standIn.requests).length).toBe(5)
+    }),
+  )
+})
+
+const SelfScheduling = SupervisorLive.pipe(
+  Layer.provideMerge(
+    runnerServices({
+      missionTimeout: "20 seconds",
+      runner: { tickEnabled: true, tickInterval: Duration.millis(200), userConcurrency: 2 },
+    }),
+  ),
+  Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
+)
+
+layer(SelfScheduling, { timeout: 120_000, excludeTestServices: true })("Supervisor on the real stack, ticking", (it) => {
+  it.effect("discovery finds due missions and their actors plan each exactly once, without any tick call", () =>
+    Effect.gen(function* () {
+      const due = [
+        ["cleo", "cleo-1"],
+        ["cleo", "cleo-2"],
+        ["dan", "dan-1"],
+      ] as const
+      yield* insertChanges(due.map(([user, id]) => missionInsertRow(user, id, { nextRunAt: minutesAgo(1) })))
+      const supervisor = yield* Supervisor
+      const written = Effect.forEach(due, ([user, id]) => runnerRowCount(user, id))
+      // Real time: poll until every mission has its row (bounded by the layer's timeout).
+      yield* written.pipe(
+        Effect.repeat({ until: (counts) => counts.every((n) => n >= 1), schedule: Schedule.spaced("100 millis") }),
+        Effect.timeout("60 seconds"),
+      )
+      // Several more discovery passes see the write-backs; nothing runs twice.
+      yield* Effect.sleep("1500 millis")
+      expect(yield* written).toEqual([1, 1, 1])
+      const status = yield* supervisor.status
+      expect(status.map((s) => s.userId)).toEqual(["cleo", "dan"])
+      for (const actor of status) {
+        expect(actor.state).toBe("idle")
+        for (const m of actor.missions) expect(Date.parse(m.nextRunAt ?? "")).toBeGreaterThan(Date.now())
+      }
     }),
   )
 })
