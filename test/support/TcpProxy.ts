@@ -50,6 +50,16 @@ export interface TcpProxyShape {
     readonly cut: string
     readonly lingerMs?: number
   }) => Effect.Effect<Effect.Effect<void>>
+  /**
+   * Arms a one-shot trap that freezes a connection at a chosen statement: the first client message
+   * containing `match` is held back, with everything that connection sends after it, so the server
+   * never sees it. The effect returned waits until the trap caught a message; `release` forwards
+   * what was held and lets the connection go on (if the client is still there).
+   */
+  readonly holdClientMessage: (options: { readonly match: string }) => Effect.Effect<{
+    readonly caught: Effect.Effect<void>
+    readonly release: Effect.Effect<void>
+  }>
   /** dropAll + setMode(mode), a real-time wait of `forMs`, then resume. */
   readonly outage: (options: { readonly mode: Exclude<ProxyMode, "pass">; readonly forMs: number }) => Effect.Effect<void>
 }
@@ -73,6 +83,7 @@ export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never
     const held = new Set<net.Socket>()
     const counts = { forwarded: 0, dropped: 0, reset: 0, blackholed: 0 }
     let trap: { after: string; cut: string; lingerMs: number; fired: () => void } | undefined
+    let hold: { match: string; caught: (release: () => void) => void } | undefined
 
     const onConnection = (client: net.Socket) => {
       client.on("error", () => {})
@@ -105,7 +116,23 @@ export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never
       })
       let armedFor: typeof trap // the trap this connection has met `after` for
 
+      let frozen: Array<Buffer> | undefined // data held back by holdClientMessage
       client.on("data", (chunk: Buffer) => {
+        if (frozen !== undefined) {
+          frozen.push(chunk)
+          return
+        }
+        const h = hold
+        if (h !== undefined && chunk.toString("latin1").includes(h.match)) {
+          hold = undefined
+          frozen = [chunk]
+          h.caught(() => {
+            const pending = frozen ?? []
+            frozen = undefined
+            for (const c of pending) if (!upstream.destroyed) upstream.write(c)
+          })
+          return
+        }
         const t = trap
         if (t !== undefined) {
           const text = chunk.toString("latin1")
@@ -211,6 +238,25 @@ export const makeTcpProxy = (target: Target): Effect.Effect<TcpProxyShape, never
             if (done) return resume(Effect.void)
             waiters.push(() => resume(Effect.void))
           })
+        }),
+      holdClientMessage: ({ match }) =>
+        Effect.sync(() => {
+          let release: (() => void) | undefined
+          const waiters: Array<() => void> = []
+          hold = {
+            match,
+            caught: (r) => {
+              release = r
+              for (const w of waiters.splice(0)) w()
+            },
+          }
+          return {
+            caught: Effect.async<void>((resume) => {
+              if (release !== undefined) return resume(Effect.void)
+              waiters.push(() => resume(Effect.void))
+            }),
+            release: Effect.sync(() => release?.()),
+          }
         }),
       outage: ({ mode: m, forMs }) =>
         Effect.gen(function* () {
