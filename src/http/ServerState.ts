@@ -4,20 +4,14 @@
  * database so /health answers at once and /ready says 503 until migrations ran; it stops after the
  * supervisor drained so /ready says 503 while draining.
  */
+import type { TickReport } from "../actors/Supervisor.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
 
 export type Phase = "starting" | "ready" | "draining"
 
-/** One tick's answer (SPEC §9 POST /internal/tick). */
-export interface TickReport {
-  readonly scannedAt: string
-  readonly dueMissionCount: number
-  readonly plansProduced: number
-  readonly plansWrittenBack: number
-  readonly parseFailures: number
-  readonly errors: ReadonlyArray<string>
-}
+/** One tick's answer (SPEC §9 POST /internal/tick), as the supervisor reports it. */
+export type { TickReport }
 
 /** One user actor as GET /internal/actors shows it. */
 export interface ActorView {

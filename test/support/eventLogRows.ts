@@ -5,6 +5,7 @@
 import { Effect } from "effect"
 import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../../src/domain/mission.js"
 import { type RecordState, replayOrdered } from "../../src/domain/replay.js"
+import { missionFields } from "./seed.js"
 import { TestDatabase } from "./TestDatabase.js"
 
 export interface ChangeRow {
@@ -41,20 +42,8 @@ export const insertChange = (row: ChangeRow) =>
     ),
   )
 
-/** A complete, valid mission record as the app writes it on insert. */
-export const missionData = (overrides: Record<string, unknown> = {}): Record<string, unknown> => ({
-  title: "Get fit",
-  objective: "Run a 10k by summer",
-  conceptMarkdown: "Small steps, three times a week.",
-  state: "active",
-  nextRunAt: "2026-03-02T08:00:00.000Z",
-  inputs: [],
-  cadence: { kind: "interval", everyMinutes: 60 },
-  iterations: [],
-  createdAt: "2026-03-01T00:00:00.000Z",
-  updatedAt: "2026-03-01T00:00:00.000Z",
-  ...overrides,
-})
+/** A complete, valid mission record as the app writes it on insert (the seeding helpers' defaults). */
+export const missionData = missionFields
 
 export interface StoredRow {
   readonly id: string
