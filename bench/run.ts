@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,discovery,precision,memory] [--baseline=N] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory] [--users=N] [--baseline=N] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -11,15 +11,18 @@ import { fileURLToPath } from "node:url"
 import { BunRuntime } from "@effect/platform-bun"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureDiscovery } from "./measure/discovery.js"
-import { measureMemory } from "./measure/memory.js"
+import { measureMemory, memoryChild } from "./measure/memory.js"
 import { measurePrecision } from "./measure/precision.js"
 import { measureStages } from "./measure/stages.js"
 import { measureThroughput } from "./measure/throughput.js"
+import { workloadChild } from "./measure/workload.js"
 import { startCpuWatch } from "./support/cpu.js"
 import { startLlmStandIn } from "./support/llmStandIn.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "./support/benchDatabase.js"
 import { type Figure, holds, renderTable, writeJson } from "./support/report.js"
-import { nowMs, round } from "./support/stats.js"
+import { serveChild } from "./support/child.js"
+import { benchLog } from "./support/log.js"
+import { benchStartedAt, nowMs, round } from "./support/stats.js"
 
 const args = process.argv.slice(2)
 const flag = (name: string) => args.includes(`--${name}`)
@@ -33,8 +36,8 @@ const ownerUrl = process.env.BENCH_OWNER_URL ?? DEFAULT_OWNER_URL
 
 const bunVersion = (process.versions as Record<string, string | undefined>).bun
 const runtime = bunVersion === undefined ? `node ${process.version}` : `bun ${bunVersion}`
-const started = nowMs()
-const log = (line: string) => Console.log(`[bench +${round((nowMs() - started) / 1000, 1)}s] ${line}`)
+const started = benchStartedAt()
+const log = benchLog
 
 const main = Effect.gen(function* () {
   const figures: Array<Figure> = []
@@ -84,7 +87,7 @@ const main = Effect.gen(function* () {
         ownerUrl,
         standIn,
         actors: quick ? 1_000 : 10_000,
-        startDeadline: quick ? "40 seconds" : "120 seconds",
+        startDeadline: quick ? "40 seconds" : "90 seconds",
         log,
       })))
   }
@@ -112,4 +115,17 @@ const main = Effect.gen(function* () {
   yield* log(`wrote ${outPath}; ${missed.length === 0 ? "every target holds" : `${missed.length} target(s) missed: ${missed.map((f) => f.id).join(", ")}`}`)
 }).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Warning))
 
-BunRuntime.runMain(main)
+/** A measurement's child process (see support/child.ts): the runner under load, or the memory reading. */
+const childTasks = {
+  workload: serveChild(workloadChild),
+  memory: serveChild(memoryChild),
+} as const
+const childTask = option("child")
+
+BunRuntime.runMain(
+  childTask === undefined
+    ? main
+    : (childTasks[childTask as keyof typeof childTasks] ?? Effect.dieMessage(`unknown bench child task ${childTask}`)).pipe(
+        Logger.withMinimumLogLevel(LogLevel.Warning),
+      ),
+)

@@ -20,18 +20,21 @@ import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
 import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import type { BenchDatabase } from "./benchDatabase.js"
+
+/** What the runner needs of the database: its own URL. */
+export type RunnerDatabase = Pick<BenchDatabase, "runnerUrl">
 import { type Recorder, timedLlm, timedRunner, timedStore } from "./probes.js"
 
 /** DB_POOL_MAX's default: the bench measures the service as an operator would run it. */
 export const POOL_MAX = 10
 
 /** Pool + config, with the migrations applied before anything is handed out. */
-export const baseLayer = (db: BenchDatabase, config: Partial<RunnerConfigShape> = {}, poolMax = POOL_MAX) =>
+export const baseLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}, poolMax = POOL_MAX) =>
   Layer.provideMerge(MigrationsLive, Layer.merge(databaseLayerFromUrl(db.runnerUrl, poolMax), RunnerConfig.test(config))).pipe(
     Layer.orDie,
   )
 
-export const storeLayer = (db: BenchDatabase, config: Partial<RunnerConfigShape> = {}) =>
+export const storeLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}) =>
   Layer.provideMerge(MissionStoreLive, baseLayer(db, config))
 
 const llmConfigLayer = (url: string) =>
@@ -47,7 +50,7 @@ const llmConfigLayer = (url: string) =>
 
 /** Everything but the supervisor (so a measurement can start it when it chooses). */
 export const servicesLayer = (
-  db: BenchDatabase,
+  db: RunnerDatabase,
   config: Partial<RunnerConfigShape>,
   llmUrl: string,
   recorder: Recorder,
@@ -69,7 +72,7 @@ export const servicesLayer = (
 }
 
 /** The whole runner: discovery starts at once when tickEnabled. */
-export const appLayer = (db: BenchDatabase, config: Partial<RunnerConfigShape>, llmUrl: string, recorder: Recorder) =>
+export const appLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape>, llmUrl: string, recorder: Recorder) =>
   Layer.provideMerge(SupervisorLive, servicesLayer(db, config, llmUrl, recorder))
 
 export { Supervisor, SupervisorLive }

@@ -1,6 +1,7 @@
 /**
  * Who used the machine's CPU during a measurement, from /proc (Linux): the whole machine's busy
- * share, this process, the LLM stand-in, and every postgres process (other sessions' included).
+ * share, this process (with its finished children), the LLM stand-in, and every postgres process
+ * (other sessions' included).
  * Figures are in cores (1.0 = one core busy for the whole interval). Elsewhere: empty.
  */
 import { readdirSync, readFileSync } from "node:fs"
@@ -28,7 +29,9 @@ const processTicks = (pid: string): { comm: string; ticks: number } | undefined 
     const close = text.lastIndexOf(")")
     const comm = text.slice(text.indexOf("(") + 1, close)
     const fields = text.slice(close + 2).split(" ")
-    return { comm, ticks: Number(fields[11]) + Number(fields[12]) }
+    // utime + stime + the reaped children's (cutime + cstime): a postgres backend that has exited still
+    // counts, in the postmaster's, and a finished bench child in the bench's.
+    return { comm, ticks: Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]) }
   } catch {
     return undefined
   }

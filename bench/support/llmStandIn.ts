@@ -43,14 +43,16 @@ export const startLlmStandIn = (latencyMs: number): Effect.Effect<BenchLlmStandI
       })
       child.once("exit", (code) => resume(Effect.dieMessage(`LLM stand-in exited early (${code})`)))
     }).pipe(Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("LLM stand-in did not start") }), Effect.orDie)
-    const url = `http://127.0.0.1:${port}`
-    return {
-      url,
-      pid: child.pid,
-      configure: (ms) =>
-        Effect.promise(() =>
-          fetch(`${url}/__config`, { method: "POST", body: JSON.stringify({ latencyMs: ms }) }).then((r) => r.arrayBuffer()),
-        ).pipe(Effect.asVoid),
-      stats: Effect.promise(() => fetch(`${url}/__stats`).then((r) => r.json() as Promise<StandInStats>)),
-    }
+    return connectLlmStandIn(`http://127.0.0.1:${port}`, child.pid)
   })
+
+/** The control side of a stand-in already running (e.g. from a measurement's child process). */
+export const connectLlmStandIn = (url: string, pid: number | undefined): BenchLlmStandIn => ({
+  url,
+  pid,
+  configure: (ms) =>
+    Effect.promise(() =>
+      fetch(`${url}/__config`, { method: "POST", body: JSON.stringify({ latencyMs: ms }) }).then((r) => r.arrayBuffer()),
+    ).pipe(Effect.asVoid),
+  stats: Effect.promise(() => fetch(`${url}/__stats`).then((r) => r.json() as Promise<StandInStats>)),
+})

@@ -44,3 +44,13 @@ export const roundSummary = (s: Summary, digits = 2): Summary => ({
 
 /** Wall-clock milliseconds with sub-millisecond resolution (the bench's own stopwatch). */
 export const nowMs = (): number => performance.timeOrigin + performance.now()
+
+/** When the bench started (epoch ms), shared with its child processes through the environment. */
+export const benchStartedAt = (): number => {
+  const inherited = Number(process.env.BENCH_STARTED_AT)
+  if (Number.isFinite(inherited) && inherited > 0) return inherited
+  const now = nowMs()
+  process.env.BENCH_STARTED_AT = String(now)
+  return now
+}
+
