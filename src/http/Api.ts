@@ -3,13 +3,14 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto"
 import {
+  Headers,
   HttpMiddleware,
   HttpRouter,
   HttpServer,
   HttpServerRequest,
   HttpServerResponse,
 } from "@effect/platform"
-import { Effect, type Layer, Option, Redacted, Ref, Schema } from "effect"
+import { Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
 import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
@@ -178,4 +179,6 @@ export const ApiLive: Layer.Layer<never, never, HttpServer.HttpServer | ServerSt
   HttpServer.withLogAddress,
   // Probes and scrapes every few seconds would drown the traces that matter.
   HttpMiddleware.withTracerDisabledForUrls(["/health", "/ready", "/metrics"]),
+  // The server span records request headers; without this the service key would be exported in clear.
+  Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, "x-service-key"]),
 )
