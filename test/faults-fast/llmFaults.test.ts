@@ -12,8 +12,8 @@ import { Effect, Either } from "effect"
 import { expect } from "vitest"
 import { iterationIdFor } from "../../src/domain/iteration.js"
 import type { Iteration, Mission } from "../../src/domain/mission.js"
-import { MissionRunner } from "../../src/services/MissionRunner.js"
-import { auditMissions, record } from "../support/FaultLedger.js"
+import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
+import { auditMissions, missionKey, record } from "../support/FaultLedger.js"
 import { LlmStandIn, type StandInReply, completion, planAnswer } from "../support/LlmStandIn.js"
 import { runnerRows } from "../support/eventLogRows.js"
 import { missionOf, runnerRowCount, runnerStack, snapshotOf } from "../support/RunnerStack.js"
@@ -25,6 +25,13 @@ const MISSION_TIMEOUT_MS = 4000
 const Stack = runnerStack({ missionTimeout: `${MISSION_TIMEOUT_MS} millis`, llmTimeout: `${LLM_TIMEOUT_MS} millis` })
 
 const tally = { faults: {} as Record<string, number>, runs: 0, written: 0 }
+/** Runs the runner reported Written: Postgres acknowledged their commit, so each must be stored. */
+const acknowledged: Array<{ key: string; iterationId: string }> = []
+const noteAck = (userId: string, missionId: string, result: Either.Either<RunOutcome, unknown>) => {
+  if (Either.isRight(result) && result.right._tag === "Written") {
+    acknowledged.push({ key: missionKey(userId, missionId), iterationId: result.right.iterationId })
+  }
+}
 const fault = (kind: string, n = 1) => {
   tally.faults[kind] = (tally.faults[kind] ?? 0) + n
 }
@@ -64,6 +71,7 @@ const runScenario = (prefix: string, replies: ReadonlyArray<StandInReply>) =>
     const runner = yield* MissionRunner
     const result = yield* Effect.either(runner.run({ userId, mission }))
     tally.runs++
+    noteAck(userId, missionId, result)
     return { result, scenario: { userId, missionId, mission } satisfies Scenario }
   })
 
@@ -257,6 +265,7 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       yield* standIn.reset
       const retry = yield* Effect.either(runner.run({ userId, mission: missionOf(still) }))
       tally.runs++
+      noteAck(userId, missionId, retry)
       expect(Either.isRight(retry) && retry.right._tag).toBe("Written")
       expect((yield* onlyIteration({ userId, missionId, mission })).overallStatus).toBe("awaiting-review")
       yield* rerunWritesNothing({ userId, missionId, mission })
@@ -280,6 +289,7 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       yield* standIn.reset
       const retry = yield* Effect.either(runner.run({ userId, mission }))
       tally.runs++
+      noteAck(userId, missionId, retry)
       expect(Either.isRight(retry) && retry.right._tag).toBe("Written")
       yield* onlyIteration({ userId, missionId, mission })
     }))
@@ -290,12 +300,17 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(audit.duplicates).toBe(0)
       expect(audit.missionsWithRepeatedIds).toEqual([])
       expect(audit.runnerRows).toBe(tally.written)
+      const lost = acknowledged.filter((a) => !(audit.byMission.get(a.key) ?? []).includes(a.iterationId))
+      expect(lost).toEqual([])
+      expect(acknowledged.length).toBe(tally.written)
       record({
         suite: "llmFaults",
         faults: tally.faults,
         runs: tally.runs,
         iterationsWritten: audit.runnerRows,
         duplicates: audit.duplicates,
+        acknowledgedWrites: acknowledged.length,
+        acknowledgedWritesLost: lost.length,
       })
     }))
 })

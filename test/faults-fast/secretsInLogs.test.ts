@@ -9,7 +9,7 @@
 import { randomBytes } from "node:crypto"
 import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { record } from "../support/FaultLedger.js"
+import { auditMissions, record } from "../support/FaultLedger.js"
 import { LlmStandIn, type LlmStandInShape, completion, makeLlmStandIn } from "../support/LlmStandIn.js"
 import { eventually, type ManaProcess, request, startManaProcess } from "../support/ManaProcess.js"
 import { type Change, insertChanges, missionInsertRow } from "../support/seed.js"
@@ -61,7 +61,11 @@ beforeAll(async () => {
 }, 120_000)
 
 afterAll(async () => {
-  record({ suite: "secretsInLogs", faults: tally.faults, runs: tally.runs })
+  if (db !== undefined) {
+    const audit = await run(auditMissions.pipe(Effect.provideService(TestDatabase, db)))
+    expect(audit.duplicates).toBe(0)
+    record({ suite: "secretsInLogs", faults: tally.faults, runs: tally.runs, iterationsWritten: audit.runnerRows, duplicates: audit.duplicates })
+  }
   await run(Scope.close(scope, Exit.void))
 }, 60_000)
 
