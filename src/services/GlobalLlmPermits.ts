@@ -1,6 +1,7 @@
 /** The process-wide GLOBAL_CONCURRENCY limit, held only during each LLM request (SPEC §8). */
 import { Context, Effect, Layer } from "effect"
 import { RunnerConfig } from "./AppConfig.js"
+import { makeFairSemaphore } from "./FairSemaphore.js"
 
 export interface GlobalLlmPermitsShape {
   readonly withPermit: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -9,22 +10,11 @@ export interface GlobalLlmPermitsShape {
 }
 
 export class GlobalLlmPermits extends Context.Tag("mana-ai/GlobalLlmPermits")<GlobalLlmPermits, GlobalLlmPermitsShape>() {
+  // Every run in flight may wait here at once (thousands), so the permits are handed over FIFO.
   static readonly make = (permits: number) =>
-    Effect.gen(function* () {
-      const semaphore = yield* Effect.makeSemaphore(permits)
-      let held = 0
-      return GlobalLlmPermits.of({
-        withPermit: (self) =>
-          semaphore.withPermits(1)(
-            Effect.acquireUseRelease(
-              Effect.sync(() => held++),
-              () => self,
-              () => Effect.sync(() => held--),
-            ),
-          ),
-        inUse: Effect.sync(() => held),
-      })
-    })
+    Effect.map(makeFairSemaphore(permits), (semaphore) =>
+      GlobalLlmPermits.of({ withPermit: semaphore.withPermit, inUse: semaphore.taken }),
+    )
   static readonly layer = Layer.effect(
     GlobalLlmPermits,
     Effect.flatMap(RunnerConfig, (c) => GlobalLlmPermits.make(c.globalConcurrency)),
