@@ -39,6 +39,7 @@ import {
   tickOverlapsTotal,
   ticksTotal,
 } from "../services/metrics.js"
+import { makeFairSemaphore } from "../services/FairSemaphore.js"
 import * as UserActor from "./UserActor.js"
 import type { ActorMessage, ActorStatus, RunGate, TickPart } from "./UserActor.js"
 
@@ -100,7 +101,8 @@ export const make = Effect.gen(function* () {
   const actors = yield* FiberMap.make<string>()
   const forkActor = yield* FiberMap.runtime(actors)<never>()
   const handles = new Map<string, ActorHandle>()
-  const lock = yield* Effect.makeSemaphore(1)
+  // Thousands of actors may report to the supervisor at once: a FIFO lock wakes one per release.
+  const lock = yield* makeFairSemaphore(1)
   const discoveryLock = yield* Effect.makeSemaphore(1)
   const tickLock = yield* Effect.makeSemaphore(1)
   const tickInProgress = yield* Ref.make(false)
@@ -144,7 +146,7 @@ export const make = Effect.gen(function* () {
     )
 
   const tryRetire = (handle: ActorHandle) =>
-    lock.withPermits(1)(
+    lock.withPermit(
       Effect.gen(function* () {
         if ((yield* Queue.size(handle.mailbox)) > 0) return false
         if (handles.get(handle.userId) === handle) handles.delete(handle.userId)
@@ -192,7 +194,7 @@ export const make = Effect.gen(function* () {
           const quarantine = failures.length >= config.restartMax
           const wait = quarantine ? config.restartWindow : yield* UserActor.nthDelay(restartSchedule, failures.length)
           const wakeAt = now + Duration.toMillis(wait)
-          yield* lock.withPermits(1)(
+          yield* lock.withPermit(
             Effect.gen(function* () {
               yield* Ref.update(
                 handle.status,
@@ -227,7 +229,7 @@ export const make = Effect.gen(function* () {
           (s): ActorStatus => ({ ...s, state: "idle", inFlight: 0, restarts: s.restarts + 1, nextWakeAt: null }),
         )
         yield* Metric.increment(actorRestartsTotal)
-        yield* lock.withPermits(1)(publishGauges)
+        yield* lock.withPermit(publishGauges)
       }
     }).pipe(
       Effect.ensuring(answerQueued(handle, "actor stopped")),
@@ -281,7 +283,7 @@ export const make = Effect.gen(function* () {
     let actorsStarted = 0
     if (!(yield* Ref.get(primed))) {
       const all = yield* store.schedulable
-      yield* lock.withPermits(1)(
+      yield* lock.withPermit(
         Effect.forEach(
           byUser(all),
           ([userId, snapshots]) =>
@@ -293,7 +295,7 @@ export const make = Effect.gen(function* () {
       )
       yield* Ref.set(primed, true)
     }
-    yield* lock.withPermits(1)(
+    yield* lock.withPermit(
       Effect.forEach(
         byUser(result.changed),
         ([userId, snapshots]) =>
@@ -360,7 +362,7 @@ export const make = Effect.gen(function* () {
         const due = yield* store.due(new Date(now)).pipe(
           Effect.catchAll((e) => Effect.sync(() => errors.push(`due missions: ${e.message}`)).pipe(Effect.as([]))),
         )
-        const replies = yield* lock.withPermits(1)(
+        const replies = yield* lock.withPermit(
           Effect.forEach(byUser(due), ([userId, snapshots]) => dispatch(userId, snapshots, now)),
         )
         return { now, due, replies }
