@@ -25,7 +25,7 @@ import {
   Stream,
   SubscriptionRef,
 } from "effect"
-import { RunnerConfig } from "../services/AppConfig.js"
+import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
 import { MissionRunner } from "../services/MissionRunner.js"
 import {
@@ -93,6 +93,13 @@ const iso = (ms: number) => new Date(ms).toISOString()
 
 const seconds = (fromMs: number, toMs: number) => (toMs - fromMs) / 1000
 
+/**
+ * Runs doing work at once, process-wide: twice the LLM permits keeps every permit busy while the
+ * other half reads and writes, and never fewer than one user's own limit.
+ */
+export const maxRunsAtWork = (config: RunnerConfigShape): number =>
+  Math.max(2 * config.globalConcurrency, config.userConcurrency)
+
 export const make = Effect.gen(function* () {
   const config = yield* RunnerConfig
   const store = yield* MissionStore
@@ -110,7 +117,9 @@ export const make = Effect.gen(function* () {
   const primed = yield* Ref.make(false)
 
   const gateState = yield* SubscriptionRef.make({ draining: false, inFlight: 0 })
+  const runSlots = yield* makeFairSemaphore(maxRunsAtWork(config))
   const gate: RunGate = {
+    withRunSlot: runSlots.withPermit,
     enter: SubscriptionRef.modify(gateState, (s) =>
       s.draining ? [-1, s] : [s.inFlight + 1, { ...s, inFlight: s.inFlight + 1 }],
     ).pipe(

@@ -112,6 +112,11 @@ export interface RunGate {
   readonly enter: Effect.Effect<boolean>
   readonly leave: Effect.Effect<void>
   readonly draining: Effect.Effect<boolean>
+  /**
+   * Bounds the runs doing work at once across all users (first in, first out). Without it every
+   * admitted run's reads queue on the pool ahead of earlier runs' write-backs.
+   */
+  readonly withRunSlot: <A, E>(self: Effect.Effect<A, E>) => Effect.Effect<A, E>
 }
 
 export interface UserActorDeps {
@@ -293,10 +298,12 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
               admitted
                 ? Ref.update(status, (s): ActorStatus => ({ ...s, inFlight: s.inFlight + 1, state: "running" })).pipe(
                     Effect.zipRight(
-                      runner.run({ userId, mission }).pipe(
-                        Effect.exit,
-                        // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
-                        Effect.timeoutOption(Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE)),
+                      gate.withRunSlot(
+                        runner.run({ userId, mission }).pipe(
+                          Effect.exit,
+                          // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
+                          Effect.timeoutOption(Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE)),
+                        ),
                       ),
                     ),
                     Effect.map(
