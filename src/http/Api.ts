@@ -10,7 +10,7 @@ import {
   HttpServerRequest,
   HttpServerResponse,
 } from "@effect/platform"
-import { Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
+import { Effect, Exit, Layer, Option, Redacted, Ref, Schema } from "effect"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
 import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
@@ -172,13 +172,35 @@ export const apiApp = apiRouter.pipe(
 )
 
 /** Serves the API on whatever HttpServer is provided (Bun in the process, Node in tests). */
+/** Probes and scrapes every few seconds: neither logged nor traced. */
+const quietUrls = new Set(["/health", "/ready", "/metrics"])
+
+/**
+ * Access log with the path only: no route takes a query string, so one is never logged (a client
+ * that puts the service key there must not get it written to the log).
+ */
+const accessLog = HttpMiddleware.make((httpApp) =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+    Effect.onExit(httpApp, (exit) =>
+      quietUrls.has(request.url) ? Effect.void : Effect.logInfo("Sent HTTP response").pipe(
+        Effect.annotateLogs({
+          "http.method": request.method,
+          "http.path": request.url.split("?")[0] ?? "",
+          "http.status": Exit.isSuccess(exit) ? exit.value.status : 500,
+        }),
+      ),
+    ),
+  ),
+)
+
 export const ApiLive: Layer.Layer<never, never, HttpServer.HttpServer | ServerState> = HttpServer.serve(
   apiApp,
-  HttpMiddleware.logger,
+  accessLog,
 ).pipe(
   HttpServer.withLogAddress,
-  // Probes and scrapes every few seconds would drown the traces that matter.
-  HttpMiddleware.withTracerDisabledForUrls(["/health", "/ready", "/metrics"]),
+  // Probes and scrapes every few seconds would drown the traces that matter; a span of a URL with a
+  // query string would record the query (url.full), which may carry a misplaced key.
+  HttpMiddleware.withTracerDisabledWhen((request) => quietUrls.has(request.url) || request.url.includes("?")),
   // The server span records request headers; without this the service key would be exported in clear.
   Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, "x-service-key"]),
 )
