@@ -15,7 +15,8 @@ import {
   Duration,
   Effect,
   Exit,
-  FiberMap,
+  FiberId,
+  FiberSet,
   Layer,
   Metric,
   Option,
@@ -42,6 +43,7 @@ import {
 import { makeFairSemaphore } from "../services/FairSemaphore.js"
 import * as UserActor from "./UserActor.js"
 import type { ActorMessage, ActorStatus, RunGate, TickPart } from "./UserActor.js"
+import { type WakeEntry, WakeHeap } from "./WakeHeap.js"
 
 export interface TickReport {
   readonly scannedAt: string
@@ -73,14 +75,25 @@ export interface SupervisorShape {
 
 export class Supervisor extends Context.Tag("mana-ai/Supervisor")<Supervisor, SupervisorShape>() {}
 
+/**
+ * A user's actor in the supervisor's books. While it has work a fiber runs it; an idle actor is
+ * parked: this record, its memory and one entry in the shared wake-up schedule, and no fiber.
+ */
 interface ActorHandle {
   readonly userId: string
   readonly mailbox: Queue.Queue<ActorMessage>
   readonly status: Ref.Ref<ActorStatus>
-  /** Completed by restart(userId); a fresh one per incarnation or wait. */
-  readonly restartSignal: Ref.Ref<Deferred.Deferred<void>>
+  /** True while a fiber runs it; a parked actor gets one from its next message or wake-up. */
+  active: boolean
+  /** Completed by restart(userId); a fresh one per incarnation or wait; null while parked. */
+  restartSignal: Deferred.Deferred<void> | null
   /** Snapshots handed over at spawn, taken by the first incarnation (saves one store read per actor). */
-  readonly initial: Ref.Ref<Option.Option<ReadonlyArray<MissionSnapshot>>>
+  initial: Option.Option<ReadonlyArray<MissionSnapshot>>
+  /** The current incarnation's state; null: the next turn starts a new incarnation. */
+  memory: UserActor.ActorMemory | null
+  /** Failure times within RESTART_WINDOW_MS (they outlive parking). */
+  failures: Array<number>
+  wake: WakeEntry<ActorHandle> | null
 }
 
 /** Failed actors come back after 1 s, doubling to 30 s, jittered so a shared outage does not restart them in step. */
@@ -105,9 +118,15 @@ export const make = Effect.gen(function* () {
   const store = yield* MissionStore
   const runner = yield* MissionRunner
 
-  const actors = yield* FiberMap.make<string>()
-  const forkActor = yield* FiberMap.runtime(actors)<never>()
+  // The fibers of actors with work; closing the scope interrupts them (after the drain below).
+  const actors = yield* FiberSet.make()
+  const forkActor = yield* FiberSet.runtime(actors)<never>()
   const handles = new Map<string, ActorHandle>()
+  const wakeUps = new WakeHeap<ActorHandle>()
+  /** Nudges the scheduler when a wake-up earlier than the one it sleeps for arrives. */
+  const wakeUpsChanged = yield* Queue.sliding<void>(1)
+  /** What the scheduler sleeps until; null: nothing scheduled. */
+  let armedAt: number | null = null
   // Thousands of actors may report to the supervisor at once: a FIFO lock wakes one per release.
   const lock = yield* makeFairSemaphore(1)
   const discoveryLock = yield* Effect.makeSemaphore(1)
@@ -159,18 +178,102 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         if ((yield* Queue.size(handle.mailbox)) > 0) return false
         if (handles.get(handle.userId) === handle) handles.delete(handle.userId)
+        setWakeNow(handle, null)
         yield* publishGauges
         return true
       }),
     )
 
-  const supervise = (handle: ActorHandle) =>
-    Effect.gen(function* () {
-      let failures: Array<number> = []
+  /** Synchronous, so no message can slip between the check and the change (see `post`). */
+  const setWakeNow = (handle: ActorHandle, at: number | null): boolean => {
+    if (handle.wake !== null && handle.wake.live && handle.wake.at === at) return false
+    if (handle.wake !== null) wakeUps.cancel(handle.wake)
+    handle.wake = at === null ? null : wakeUps.add(at, handle)
+    return at !== null && (armedAt === null || at < armedAt)
+  }
+
+  const setWake = (handle: ActorHandle, at: number | null) =>
+    Effect.suspend(() => (setWakeNow(handle, at) ? Queue.offer(wakeUpsChanged, undefined) : Effect.void))
+
+  /** Parks the actor unless a message is waiting; atomic with `post`'s check, so none is stranded. */
+  const tryPark = (handle: ActorHandle) =>
+    Effect.sync(() => {
+      if (Option.getOrElse(handle.mailbox.unsafeSize(), () => 0) > 0) return false
+      handle.active = false
+      handle.restartSignal = null
+      return true
+    })
+
+  /** Gives a parked actor a fiber. Synchronous: the caller has seen `active` false in the same step. */
+  const activate = (handle: ActorHandle, restarted: boolean) => {
+    handle.active = true
+    handle.restartSignal = Deferred.unsafeMake<void>(FiberId.none)
+    forkActor(supervise(handle, restarted))
+  }
+
+  /** Delivers a message, waking a parked actor. The offer comes first: a turn parking meanwhile sees it. */
+  const post = (handle: ActorHandle, message: ActorMessage) =>
+    Queue.offer(handle.mailbox, message).pipe(
+      Effect.zipRight(
+        Effect.sync(() => {
+          if (!handle.active) activate(handle, false)
+        }),
+      ),
+    )
+
+  /** One fiber sleeps until the earliest wake-up of all actors and wakes the due ones. */
+  const scheduler = Effect.gen(function* () {
+    while (true) {
+      const now = yield* Clock.currentTimeMillis
+      for (const entry of wakeUps.takeDue(now)) {
+        const handle = entry.target
+        if (handle.wake === entry) handle.wake = null
+        if (handle.active) yield* Queue.offer(handle.mailbox, { _tag: "Wake" })
+        else activate(handle, false)
+      }
+      const next = wakeUps.peek()
+      armedAt = next === undefined ? null : next.at
+      if (next === undefined) yield* Queue.take(wakeUpsChanged)
+      else {
+        const later = yield* Clock.currentTimeMillis
+        if (next.at > later) {
+          yield* Effect.raceFirst(Effect.sleep(Duration.millis(next.at - later)), Queue.take(wakeUpsChanged))
+        }
+      }
+    }
+  })
+
+  const supervise = (handle: ActorHandle, restarted: boolean): Effect.Effect<void> => {
+    let parked = false
+    const afterRestart = Effect.gen(function* () {
+      yield* Ref.update(
+        handle.status,
+        (s): ActorStatus => ({ ...s, state: "idle", inFlight: 0, restarts: s.restarts + 1, nextWakeAt: null }),
+      )
+      yield* Metric.increment(actorRestartsTotal)
+      yield* lock.withPermit(publishGauges)
+    })
+    return Effect.gen(function* () {
+      if (restarted) {
+        // Restarted while parked: a new incarnation, as for a running one below.
+        handle.failures = []
+        handle.memory = null
+        setWakeNow(handle, null)
+        yield* Effect.logInfo("actor restarted on request")
+        yield* afterRestart
+      }
+      let signal = handle.restartSignal ?? (yield* Deferred.make<void>())
       while (true) {
-        const signal = yield* Deferred.make<void>()
-        yield* Ref.set(handle.restartSignal, signal)
-        const initial = yield* Ref.getAndSet(handle.initial, Option.none())
+        handle.restartSignal = signal
+        const start: UserActor.ActorStart =
+          handle.memory !== null
+            ? { _tag: "Resume" }
+            : Option.isSome(handle.initial)
+              ? { _tag: "Spawned", snapshots: handle.initial.value }
+              : { _tag: "Reload" }
+        handle.initial = Option.none()
+        const memory = handle.memory ?? UserActor.makeMemory()
+        handle.memory = memory
         const result = yield* Effect.raceFirst(
           Effect.exit(
             Effect.scoped(
@@ -183,22 +286,27 @@ export const make = Effect.gen(function* () {
                 runner,
                 gate,
                 exclusiveOfDiscovery: (self) => discoveryLock.withPermits(1)(self),
-                initial,
+                memory,
+                start,
                 tryRetire: tryRetire(handle),
+                setWake: (at) => setWake(handle, at),
+                tryPark: tryPark(handle),
               }),
             ),
           ),
           Deferred.await(signal).pipe(Effect.as("restart-requested" as const)),
         )
         if (result === "restart-requested") {
-          failures = []
+          handle.failures = []
           yield* Effect.logInfo("actor restarted on request")
         } else if (Exit.isSuccess(result)) {
+          parked = result.value === "parked"
           return
         } else {
           const now = yield* Clock.currentTimeMillis
           const windowMs = Duration.toMillis(config.restartWindow)
-          failures = [...failures.filter((t) => t > now - windowMs), now]
+          handle.failures = [...handle.failures.filter((t) => t > now - windowMs), now]
+          const failures = handle.failures
           const reason = UserActor.describeCause(result.cause)
           const quarantine = failures.length >= config.restartMax
           const wait = quarantine ? config.restartWindow : yield* UserActor.nthDelay(restartSchedule, failures.length)
@@ -230,20 +338,21 @@ export const make = Effect.gen(function* () {
             )
           }
           yield* Effect.raceFirst(Effect.sleep(wait), Deferred.await(signal))
-          if (quarantine || (yield* Deferred.isDone(signal))) failures = []
+          if (quarantine || (yield* Deferred.isDone(signal))) handle.failures = []
           if (quarantine) yield* Effect.logInfo("quarantine lifted")
         }
-        yield* Ref.update(
-          handle.status,
-          (s): ActorStatus => ({ ...s, state: "idle", inFlight: 0, restarts: s.restarts + 1, nextWakeAt: null }),
-        )
-        yield* Metric.increment(actorRestartsTotal)
-        yield* lock.withPermit(publishGauges)
+        // Either way the next turn is a new incarnation that reads the store.
+        handle.memory = null
+        setWakeNow(handle, null)
+        yield* afterRestart
+        signal = yield* Deferred.make<void>()
       }
     }).pipe(
-      Effect.ensuring(answerQueued(handle, "actor stopped")),
+      // A parked actor keeps its mailbox: the next message wakes it.
+      Effect.ensuring(Effect.suspend(() => (parked ? Effect.void : answerQueued(handle, "actor stopped")))),
       Effect.annotateLogs({ userId: handle.userId }),
     )
+  }
 
   /**
    * Caller holds `lock`, and `discoveryLock` when it passes `initial` (the user's schedulable
@@ -255,11 +364,15 @@ export const make = Effect.gen(function* () {
         userId,
         mailbox: yield* Queue.unbounded<ActorMessage>(),
         status: yield* Ref.make(UserActor.initialStatus(userId)),
-        restartSignal: yield* Ref.make(yield* Deferred.make<void>()),
-        initial: yield* Ref.make(initial),
+        active: false,
+        restartSignal: null,
+        initial,
+        memory: null,
+        failures: [],
+        wake: null,
       }
       handles.set(userId, handle)
-      forkActor(userId, supervise(handle))
+      activate(handle, false)
       yield* publishGauges
       yield* Effect.logInfo("actor started").pipe(Effect.annotateLogs({ userId }))
       return handle
@@ -311,7 +424,7 @@ export const make = Effect.gen(function* () {
           Effect.gen(function* () {
             const handle = handles.get(userId)
             if (handle !== undefined) {
-              yield* Queue.offer(handle.mailbox, { _tag: "Upsert", snapshots })
+              yield* post(handle, { _tag: "Upsert", snapshots })
             } else if (snapshots.some((s) => s.schedulable)) {
               // No actor means no schedulable mission was known for this user before this pass.
               const initial = Option.some(snapshots.filter((s) => s.schedulable))
@@ -342,7 +455,7 @@ export const make = Effect.gen(function* () {
         Deferred.succeed(reply, { ...UserActor.emptyTickPart, errors: [`user ${userId}: ${why}`] })
       if (handle === undefined) yield* answer("shutting down")
       else if ((yield* Ref.get(handle.status)).state === "quarantined") yield* answer("quarantined")
-      else yield* Queue.offer(handle.mailbox, { _tag: "RunNow", request: { now, snapshots, reply } })
+      else yield* post(handle, { _tag: "RunNow", request: { now, snapshots, reply } })
       return reply
     })
 
@@ -425,11 +538,10 @@ export const make = Effect.gen(function* () {
     Effect.suspend(() => {
       const handle = handles.get(userId)
       if (handle === undefined) return Effect.succeed(false)
-      return Ref.get(handle.restartSignal).pipe(
-        Effect.flatMap((signal) => Deferred.succeed(signal, undefined)),
-        Effect.zipRight(Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId }))),
-        Effect.as(true),
-      )
+      const signal = handle.restartSignal
+      if (!handle.active) activate(handle, true)
+      else if (signal !== null) Deferred.unsafeDone(signal, Effect.void)
+      return Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId }), Effect.as(true))
     })
 
   // Registered after the FiberMap, so it runs before the actors are interrupted.
@@ -455,6 +567,8 @@ export const make = Effect.gen(function* () {
       }
     }),
   )
+
+  yield* Effect.forkScoped(scheduler)
 
   if (config.tickEnabled) {
     // Forked last, so closing the scope stops discovery first.

@@ -17,7 +17,6 @@ import {
   Effect,
   Either,
   Exit,
-  FiberHandle,
   FiberSet,
   Metric,
   Option,
@@ -64,7 +63,7 @@ export type ActorMessage =
   | { readonly _tag: "Upsert"; readonly snapshots: ReadonlyArray<MissionSnapshot> }
   | { readonly _tag: "RunNow"; readonly request: TickRequest }
   | { readonly _tag: "RunDone"; readonly missionId: string; readonly slot: number | null; readonly result: RunResult }
-  /** The actor's own timer: re-evaluate what is due. */
+  /** Its wake-up came while it was running: re-evaluate what is due. */
   | { readonly _tag: "Wake" }
 
 export type ActorState = "running" | "idle" | "backing-off" | "quarantined"
@@ -129,14 +128,38 @@ export interface UserActorDeps {
   readonly gate: RunGate
   /** Runs `self` while no discovery pass is delivering snapshots (so the start-up read is not overtaken). */
   readonly exclusiveOfDiscovery: <A, E>(self: Effect.Effect<A, E>) => Effect.Effect<A, E>
-  /**
-   * The user's schedulable snapshots from the discovery pass that spawned the actor (its first
-   * incarnation only); None: read them from the store.
-   */
-  readonly initial: Option.Option<ReadonlyArray<MissionSnapshot>>
+  /** The incarnation's state; it outlives a parked actor's fiber. */
+  readonly memory: ActorMemory
+  readonly start: ActorStart
   /** Leaves the supervisor's books if no message is waiting; false means stay. */
   readonly tryRetire: Effect.Effect<boolean>
+  /** Sets (or with null clears) the actor's one wake-up in the supervisor's shared schedule. */
+  readonly setWake: (at: number | null) => Effect.Effect<void>
+  /**
+   * Ends this fiber's turn if no message is waiting (false means stay): the actor stays in the
+   * supervisor's books, and its next message or wake-up starts a fiber that resumes its memory.
+   */
+  readonly tryPark: Effect.Effect<boolean>
 }
+
+/** What an incarnation keeps between its fiber's turns: an idle actor is this plus its books. */
+export interface ActorMemory {
+  readonly entries: Map<string, Entry>
+  idleSince: number | null
+}
+
+export const makeMemory = (): ActorMemory => ({ entries: new Map(), idleSince: null })
+
+export type ActorStart =
+  /** A new incarnation with the user's schedulable snapshots from the discovery pass that spawned it. */
+  | { readonly _tag: "Spawned"; readonly snapshots: ReadonlyArray<MissionSnapshot> }
+  /** A new incarnation after a failure or restart: read the user's missions from the store. */
+  | { readonly _tag: "Reload" }
+  /** A parked incarnation's next turn: its memory holds its view. */
+  | { readonly _tag: "Resume" }
+
+/** How a turn of the actor's fiber ended. */
+export type ActorEnd = "retired" | "parked"
 
 // ---------------------------------------------------------------- backoff
 
@@ -154,7 +177,7 @@ export const missionRetrySchedule = Schedule.exponential("30 seconds").pipe(Sche
 /** MissionRunner bounds planning by MISSION_TIMEOUT_MS and writes back after it: the actor's backstop allows for that. */
 export const WRITE_BACK_ALLOWANCE = Duration.seconds(30)
 
-interface Entry {
+export interface Entry {
   readonly missionId: string
   mission: Mission
   /** Epoch ms of the slot to run next; null: nothing scheduled. */
@@ -212,20 +235,19 @@ const addToPart = (part: TickPart, result: RunResult, missionId: string): TickPa
 }
 
 /**
- * One incarnation of a user's actor. Succeeds when it retires (idle past ACTOR_IDLE_TTL_MS);
+ * One turn of an incarnation of a user's actor. Succeeds when it retires (idle past
+ * ACTOR_IDLE_TTL_MS) or parks (nothing in flight and no message: no fiber until the next one);
  * fails with ActorCrashed when a run dies (or SqlError when its start-up read fails); never leaves a
  * tick request it took from the mailbox unanswered (open ones are answered when the incarnation ends).
  */
-export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | SqlError, Scope.Scope> =>
+export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed | SqlError, Scope.Scope> =>
   Effect.gen(function* () {
-    const { config, gate, mailbox, runner, status, store, userId } = deps
-    const entries = new Map<string, Entry>()
+    const { config, gate, mailbox, memory, runner, status, store, userId } = deps
+    const entries = memory.entries
     const openTicks = new Set<OpenTick>()
+    // A turn parks only with no run in flight, so these need not outlive it.
     const userPermits = yield* Effect.makeSemaphore(config.userConcurrency)
     const runs = yield* FiberSet.make<void, never>()
-    const timer = yield* FiberHandle.make<void, never>()
-    let timerAt: number | null = null
-    let idleSince: number | null = null
 
     // Whatever happens to this incarnation, nobody waits for an answer forever.
     yield* Effect.addFinalizer((exit) =>
@@ -477,10 +499,10 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
         nextWakeAt: iso(wakeAt),
       }))
 
-    if (Option.isSome(deps.initial)) {
+    if (deps.start._tag === "Spawned") {
       // Spawned by a discovery pass with the user's snapshots: whatever is queued came after them.
-      deps.initial.value.forEach(upsert)
-    } else {
+      deps.start.snapshots.forEach(upsert)
+    } else if (deps.start._tag === "Reload") {
       // A restart: the store's view replaces whatever discovery queued for an earlier incarnation.
       const carried = yield* deps.exclusiveOfDiscovery(
         Effect.gen(function* () {
@@ -498,43 +520,40 @@ export const run = (deps: UserActorDeps): Effect.Effect<void, ActorCrashed | Sql
       const draining = yield* gate.draining
       let wakeAt: number | null = null
       let idle = openTicks.size === 0
+      let busy = openTicks.size > 0
       for (const e of entries.values()) {
-        if (e.running) idle = false
+        if (e.running) {
+          idle = false
+          busy = true
+        }
         if (e.removed || e.nextRunAt === null) continue
         idle = false
         // With TICK_ENABLED=false only a tick runs missions; while draining nothing starts.
         if (!config.tickEnabled || draining || e.running) continue
         const at = dueAt(e)
         if (at === null) continue
-        if (at <= now) yield* launch(e)
-        else wakeAt = wakeAt === null ? at : Math.min(wakeAt, at)
+        if (at <= now) {
+          busy = true
+          yield* launch(e)
+        } else wakeAt = wakeAt === null ? at : Math.min(wakeAt, at)
       }
       if (idle) {
-        idleSince ??= now
-        const retireAt = idleSince + Duration.toMillis(config.actorIdleTtl)
+        memory.idleSince ??= now
+        const retireAt = memory.idleSince + Duration.toMillis(config.actorIdleTtl)
         if (retireAt <= now && (yield* deps.tryRetire)) {
+          yield* deps.setWake(null)
           yield* Effect.logInfo("actor retired: idle past ACTOR_IDLE_TTL_MS")
-          return
+          return "retired"
         }
         wakeAt = wakeAt === null ? retireAt : Math.min(wakeAt, retireAt)
       } else {
-        idleSince = null
+        memory.idleSince = null
       }
-      if (wakeAt !== timerAt) {
-        timerAt = wakeAt
-        if (wakeAt === null) yield* FiberHandle.clear(timer)
-        else
-          yield* FiberHandle.run(
-            timer,
-            Effect.sleep(Duration.millis(Math.max(0, wakeAt - now))).pipe(
-              Effect.zipRight(Queue.offer(mailbox, { _tag: "Wake" })),
-              Effect.asVoid,
-            ),
-          )
-      }
+      yield* deps.setWake(wakeAt)
       yield* publish(now, wakeAt)
+      // Nothing in flight and nobody waiting for an answer: the fiber is not needed until the next message or wake-up.
+      if (!busy && (yield* deps.tryPark)) return "parked"
       const message = yield* Queue.take(mailbox)
-      if (message._tag === "Wake") timerAt = null
       yield* handle(message)
     }
   })
