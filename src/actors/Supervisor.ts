@@ -87,8 +87,6 @@ interface ActorHandle {
   active: boolean
   /** Completed by restart(userId); a fresh one per incarnation or wait; null while parked. */
   restartSignal: Deferred.Deferred<void> | null
-  /** Snapshots handed over at spawn, taken by the first incarnation (saves one store read per actor). */
-  initial: Option.Option<ReadonlyArray<MissionSnapshot>>
   /** The current incarnation's state; null: the next turn starts a new incarnation. */
   memory: UserActor.ActorMemory | null
   /** Failure times within RESTART_WINDOW_MS (they outlive parking). */
@@ -267,13 +265,7 @@ export const make = Effect.gen(function* () {
       let signal = handle.restartSignal ?? (yield* Deferred.make<void>())
       while (true) {
         handle.restartSignal = signal
-        const start: UserActor.ActorStart =
-          handle.memory !== null
-            ? { _tag: "Resume" }
-            : Option.isSome(handle.initial)
-              ? { _tag: "Spawned", snapshots: handle.initial.value }
-              : { _tag: "Reload" }
-        handle.initial = Option.none()
+        const start: UserActor.ActorStart = handle.memory !== null ? { _tag: "Resume" } : { _tag: "Reload" }
         const memory = handle.memory ?? UserActor.makeMemory()
         handle.memory = memory
         const result = yield* Effect.raceFirst(
@@ -369,13 +361,23 @@ export const make = Effect.gen(function* () {
         status: yield* Ref.make(UserActor.initialStatus(userId)),
         active: false,
         restartSignal: null,
-        initial,
         memory: null,
         failures: [],
         wake: null,
       }
       handles.set(userId, handle)
-      activate(handle, false)
+      if (Option.isSome(initial)) {
+        // The snapshots of this pass are the view (saves a store read); nothing queued can be older.
+        const memory = UserActor.makeMemory()
+        handle.memory = memory
+        const now = yield* Clock.currentTimeMillis
+        // Most actors start with nothing due: they park at once and never need a fiber to start.
+        const parked = yield* UserActor.primeParked(memory, handle.status, initial.value, now, config.tickEnabled)
+        if (Option.isSome(parked)) yield* setWake(handle, parked.value)
+        else activate(handle, false)
+      } else {
+        activate(handle, false)
+      }
       yield* publishGauges
       yield* Effect.logInfo("actor started").pipe(Effect.annotateLogs({ userId }))
       return handle
@@ -406,6 +408,8 @@ export const make = Effect.gen(function* () {
     const result = yield* store.refresh
     yield* Metric.incrementBy(discoveryRowsRead, result.rowsRead)
     let actorsStarted = 0
+    /** Spawned from `schedulable`, read after this refresh: its changes are already in their view. */
+    const primedNow = new Set<string>()
     if (!(yield* Ref.get(primed))) {
       const all = yield* store.schedulable
       yield* lock.withPermit(
@@ -413,7 +417,10 @@ export const make = Effect.gen(function* () {
           byUser(all),
           ([userId, snapshots]) =>
             Effect.gen(function* () {
-              if (!handles.has(userId) && (yield* ensureActor(userId, Option.some(snapshots))) !== undefined) actorsStarted++
+              if (!handles.has(userId) && (yield* ensureActor(userId, Option.some(snapshots))) !== undefined) {
+                actorsStarted++
+                primedNow.add(userId)
+              }
             }),
           { discard: true },
         ),
@@ -425,6 +432,7 @@ export const make = Effect.gen(function* () {
         byUser(result.changed),
         ([userId, snapshots]) =>
           Effect.gen(function* () {
+            if (primedNow.has(userId)) return
             const handle = handles.get(userId)
             if (handle !== undefined) {
               yield* post(handle, { _tag: "Upsert", snapshots })

@@ -151,11 +151,9 @@ export interface ActorMemory {
 export const makeMemory = (): ActorMemory => ({ entries: new Map(), idleSince: null })
 
 export type ActorStart =
-  /** A new incarnation with the user's schedulable snapshots from the discovery pass that spawned it. */
-  | { readonly _tag: "Spawned"; readonly snapshots: ReadonlyArray<MissionSnapshot> }
-  /** A new incarnation after a failure or restart: read the user's missions from the store. */
+  /** A new incarnation without a view (a restart, or spawned by a tick): read the user's missions from the store. */
   | { readonly _tag: "Reload" }
-  /** A parked incarnation's next turn: its memory holds its view. */
+  /** The incarnation's memory holds its view (primed at spawn, or kept while parked). */
   | { readonly _tag: "Resume" }
 
 /** How a turn of the actor's fiber ended. */
@@ -234,6 +232,117 @@ const addToPart = (part: TickPart, result: RunResult, missionId: string): TickPa
   }
 }
 
+/** Applies a snapshot from discovery or the store to the actor's view. */
+export const upsert = (entries: Map<string, Entry>, snapshot: MissionSnapshot): void => {
+  const existing = entries.get(snapshot.missionId)
+  if (!snapshot.schedulable || Either.isLeft(snapshot.decoded)) {
+    if (existing === undefined) return
+    if (existing.running) existing.removed = true
+    else entries.delete(snapshot.missionId)
+    return
+  }
+  const mission = snapshot.decoded.right
+  const at = snapshot.nextRunAt === null ? null : snapshot.nextRunAt.getTime()
+  if (existing === undefined) {
+    entries.set(snapshot.missionId, {
+      missionId: snapshot.missionId,
+      mission,
+      nextRunAt: at,
+      ranSlot: null,
+      running: false,
+      removed: false,
+      failures: 0,
+      retryAt: null,
+      waiters: [],
+    })
+    return
+  }
+  existing.removed = false
+  if (at !== null && at === existing.ranSlot) {
+    // A snapshot read before our own write: keep the slot we already moved on to.
+    existing.mission = { ...mission, nextRunAt: existing.mission.nextRunAt }
+    return
+  }
+  existing.mission = mission
+  if (at !== existing.nextRunAt) {
+    existing.nextRunAt = at
+    existing.failures = 0
+    existing.retryAt = null
+  }
+}
+
+/** When the actor may start the entry by itself; null: only news from discovery can make it due. */
+const dueAt = (e: Entry): number | null =>
+  // A slot already run stays put until discovery brings the next one (never the same slot twice).
+  e.nextRunAt === null || e.nextRunAt === e.ranSlot
+    ? null
+    : e.retryAt === null
+      ? e.nextRunAt
+      : Math.max(e.nextRunAt, e.retryAt)
+
+/** The actor's view as the API shows it. */
+const publish = (status: Ref.Ref<ActorStatus>, entries: Map<string, Entry>, now: number, wakeAt: number | null) =>
+  Ref.update(status, (s): ActorStatus => ({
+    ...s,
+    state: s.inFlight > 0 ? "running" : "idle",
+    missions: [...entries.values()]
+      .filter((e) => !e.removed)
+      .map((e) => ({
+        missionId: e.missionId,
+        nextRunAt: iso(e.nextRunAt),
+        running: e.running,
+        consecutiveFailures: e.failures,
+        retryAt: e.retryAt !== null && e.retryAt > now ? iso(e.retryAt) : null,
+      })),
+    nextWakeAt: iso(wakeAt),
+  }))
+
+/** What a look at the actor's view decides. */
+interface Plan {
+  /** Entries to start now. */
+  readonly due: Array<Entry>
+  /** The earliest later start, not counting retirement. */
+  readonly wakeAt: number | null
+  /** Nothing scheduled, running or waited for: retirement may come. */
+  readonly idle: boolean
+}
+
+/** `launchable` false: nothing starts by itself (TICK_ENABLED=false, or draining). */
+const plan = (entries: Map<string, Entry>, openTicks: number, now: number, launchable: boolean): Plan => {
+  const due: Array<Entry> = []
+  let wakeAt: number | null = null
+  let idle = openTicks === 0
+  for (const e of entries.values()) {
+    if (e.running) idle = false
+    if (e.removed || e.nextRunAt === null) continue
+    idle = false
+    if (!launchable || e.running) continue
+    const at = dueAt(e)
+    if (at === null) continue
+    if (at <= now) due.push(e)
+    else wakeAt = wakeAt === null ? at : Math.min(wakeAt, at)
+  }
+  return { due, wakeAt, idle }
+}
+
+/**
+ * A spawned actor's first look at its snapshots, made by the supervisor without a fiber. Some(wake-up):
+ * nothing is due or waited for, so it may park at once with its view published; None: it needs a turn.
+ */
+export const primeParked = (
+  memory: ActorMemory,
+  status: Ref.Ref<ActorStatus>,
+  snapshots: ReadonlyArray<MissionSnapshot>,
+  now: number,
+  launchable: boolean,
+): Effect.Effect<Option.Option<number | null>> =>
+  Effect.suspend(() => {
+    for (const snapshot of snapshots) upsert(memory.entries, snapshot)
+    const p = plan(memory.entries, 0, now, launchable)
+    if (p.due.length > 0 || p.idle) return Effect.succeed(Option.none())
+    return publish(status, memory.entries, now, p.wakeAt).pipe(Effect.as(Option.some(p.wakeAt)))
+  })
+
 /**
  * One turn of an incarnation of a user's actor. Succeeds when it retires (idle past
  * ACTOR_IDLE_TTL_MS) or parks (nothing in flight and no message: no fiber until the next one);
@@ -263,53 +372,6 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
         }),
       ),
     )
-
-    const upsert = (snapshot: MissionSnapshot) => {
-      const existing = entries.get(snapshot.missionId)
-      if (!snapshot.schedulable || Either.isLeft(snapshot.decoded)) {
-        if (existing === undefined) return
-        if (existing.running) existing.removed = true
-        else entries.delete(snapshot.missionId)
-        return
-      }
-      const mission = snapshot.decoded.right
-      const at = snapshot.nextRunAt === null ? null : snapshot.nextRunAt.getTime()
-      if (existing === undefined) {
-        entries.set(snapshot.missionId, {
-          missionId: snapshot.missionId,
-          mission,
-          nextRunAt: at,
-          ranSlot: null,
-          running: false,
-          removed: false,
-          failures: 0,
-          retryAt: null,
-          waiters: [],
-        })
-        return
-      }
-      existing.removed = false
-      if (at !== null && at === existing.ranSlot) {
-        // A snapshot read before our own write: keep the slot we already moved on to.
-        existing.mission = { ...mission, nextRunAt: existing.mission.nextRunAt }
-        return
-      }
-      existing.mission = mission
-      if (at !== existing.nextRunAt) {
-        existing.nextRunAt = at
-        existing.failures = 0
-        existing.retryAt = null
-      }
-    }
-
-    /** When the actor may start the entry by itself; null: only news from discovery can make it due. */
-    const dueAt = (e: Entry): number | null =>
-      // A slot already run stays put until discovery brings the next one (never the same slot twice).
-      e.nextRunAt === null || e.nextRunAt === e.ranSlot
-        ? null
-        : e.retryAt === null
-          ? e.nextRunAt
-          : Math.max(e.nextRunAt, e.retryAt)
 
     const runOne = (missionId: string, mission: Mission, slot: number | null) =>
       userPermits
@@ -382,7 +444,7 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
         openTicks.add(open)
         const draining = yield* gate.draining
         for (const snapshot of request.snapshots) {
-          if (!entries.has(snapshot.missionId)) upsert(snapshot)
+          if (!entries.has(snapshot.missionId)) upsert(entries, snapshot)
           const e = entries.get(snapshot.missionId)
           if (e === undefined || e.removed) continue
           if (e.running) {
@@ -473,7 +535,7 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
     const handle = (message: ActorMessage) => {
       switch (message._tag) {
         case "Upsert":
-          return Effect.sync(() => message.snapshots.forEach(upsert))
+          return Effect.sync(() => message.snapshots.forEach((snapshot) => upsert(entries, snapshot)))
         case "RunNow":
           return onRunNow(message.request)
         case "RunDone":
@@ -483,32 +545,13 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
       }
     }
 
-    const publish = (now: number, wakeAt: number | null) =>
-      Ref.update(status, (s): ActorStatus => ({
-        ...s,
-        state: s.inFlight > 0 ? "running" : "idle",
-        missions: [...entries.values()]
-          .filter((e) => !e.removed)
-          .map((e) => ({
-            missionId: e.missionId,
-            nextRunAt: iso(e.nextRunAt),
-            running: e.running,
-            consecutiveFailures: e.failures,
-            retryAt: e.retryAt !== null && e.retryAt > now ? iso(e.retryAt) : null,
-          })),
-        nextWakeAt: iso(wakeAt),
-      }))
-
-    if (deps.start._tag === "Spawned") {
-      // Spawned by a discovery pass with the user's snapshots: whatever is queued came after them.
-      deps.start.snapshots.forEach(upsert)
-    } else if (deps.start._tag === "Reload") {
+    if (deps.start._tag === "Reload") {
       // A restart: the store's view replaces whatever discovery queued for an earlier incarnation.
       const carried = yield* deps.exclusiveOfDiscovery(
         Effect.gen(function* () {
           const queued = yield* Queue.takeAll(mailbox)
           const snapshots = yield* store.forUser(userId)
-          snapshots.forEach(upsert)
+          snapshots.forEach((snapshot) => upsert(entries, snapshot))
           return Chunk.filter(queued, (m) => m._tag === "RunNow")
         }),
       )
@@ -518,25 +561,12 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
     while (true) {
       const now = yield* Clock.currentTimeMillis
       const draining = yield* gate.draining
-      let wakeAt: number | null = null
-      let idle = openTicks.size === 0
-      let busy = openTicks.size > 0
-      for (const e of entries.values()) {
-        if (e.running) {
-          idle = false
-          busy = true
-        }
-        if (e.removed || e.nextRunAt === null) continue
-        idle = false
-        // With TICK_ENABLED=false only a tick runs missions; while draining nothing starts.
-        if (!config.tickEnabled || draining || e.running) continue
-        const at = dueAt(e)
-        if (at === null) continue
-        if (at <= now) {
-          busy = true
-          yield* launch(e)
-        } else wakeAt = wakeAt === null ? at : Math.min(wakeAt, at)
-      }
+      // With TICK_ENABLED=false only a tick runs missions; while draining nothing starts.
+      const p = plan(entries, openTicks.size, now, config.tickEnabled && !draining)
+      for (const e of p.due) yield* launch(e)
+      let wakeAt = p.wakeAt
+      const idle = p.idle
+      const busy = openTicks.size > 0 || [...entries.values()].some((e) => e.running)
       if (idle) {
         memory.idleSince ??= now
         const retireAt = memory.idleSince + Duration.toMillis(config.actorIdleTtl)
@@ -550,7 +580,7 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
         memory.idleSince = null
       }
       yield* deps.setWake(wakeAt)
-      yield* publish(now, wakeAt)
+      yield* publish(status, entries, now, wakeAt)
       // Nothing in flight and nobody waiting for an answer: the fiber is not needed until the next message or wake-up.
       if (!busy && (yield* deps.tryPark)) return "parked"
       const message = yield* Queue.take(mailbox)
