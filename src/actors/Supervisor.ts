@@ -9,6 +9,7 @@
  */
 import type { SqlError } from "@effect/sql/SqlError"
 import {
+  Chunk,
   Clock,
   Context,
   Deferred,
@@ -81,7 +82,8 @@ export class Supervisor extends Context.Tag("mana-ai/Supervisor")<Supervisor, Su
  */
 interface ActorHandle {
   readonly userId: string
-  readonly mailbox: Queue.Queue<ActorMessage>
+  /** Made by the first message or turn after parking (a parked actor's is empty, so it is dropped). */
+  mailbox: Queue.Queue<ActorMessage> | null
   readonly status: Ref.Ref<ActorStatus>
   /** True while a fiber runs it; a parked actor gets one from its next message or wake-up. */
   active: boolean
@@ -159,7 +161,7 @@ export const make = Effect.gen(function* () {
 
   /** Answers tick requests still queued for an actor that will not take them. */
   const answerQueued = (handle: ActorHandle, why: string) =>
-    Queue.takeAll(handle.mailbox).pipe(
+    (handle.mailbox === null ? Effect.succeed(Chunk.empty<ActorMessage>()) : Queue.takeAll(handle.mailbox)).pipe(
       Effect.flatMap((messages) =>
         Effect.forEach(
           messages,
@@ -175,7 +177,7 @@ export const make = Effect.gen(function* () {
   const tryRetire = (handle: ActorHandle) =>
     lock.withPermit(
       Effect.gen(function* () {
-        if ((yield* Queue.size(handle.mailbox)) > 0) return false
+        if (handle.mailbox !== null && (yield* Queue.size(handle.mailbox)) > 0) return false
         if (handles.get(handle.userId) === handle) handles.delete(handle.userId)
         setWakeNow(handle, null)
         yield* publishGauges
@@ -197,8 +199,9 @@ export const make = Effect.gen(function* () {
   /** Parks the actor unless a message is waiting; atomic with `post`'s check, so none is stranded. */
   const tryPark = (handle: ActorHandle) =>
     Effect.sync(() => {
-      if (Option.getOrElse(handle.mailbox.unsafeSize(), () => 0) > 0) return false
+      if (handle.mailbox !== null && Option.getOrElse(handle.mailbox.unsafeSize(), () => 0) > 0) return false
       handle.active = false
+      handle.mailbox = null
       handle.restartSignal = null
       return true
     })
@@ -210,15 +213,19 @@ export const make = Effect.gen(function* () {
     forkActor(supervise(handle, restarted))
   }
 
-  /** Delivers a message, waking a parked actor. The offer comes first: a turn parking meanwhile sees it. */
+  /** Delivers a message, waking a parked actor; offer and check in one step, atomic with `tryPark`. */
+  const deliver = (handle: ActorHandle, mailbox: Queue.Queue<ActorMessage>, message: ActorMessage) => {
+    if (handle.mailbox === null) handle.mailbox = mailbox
+    handle.mailbox.unsafeOffer(message)
+    if (!handle.active) activate(handle, false)
+  }
+
   const post = (handle: ActorHandle, message: ActorMessage) =>
-    Queue.offer(handle.mailbox, message).pipe(
-      Effect.zipRight(
-        Effect.sync(() => {
-          if (!handle.active) activate(handle, false)
-        }),
-      ),
-    )
+    Effect.suspend(() => {
+      const existing = handle.mailbox
+      if (existing !== null) return Effect.sync(() => deliver(handle, existing, message))
+      return Effect.map(Queue.unbounded<ActorMessage>(), (fresh) => deliver(handle, fresh, message))
+    })
 
   /** One fiber sleeps until the earliest wake-up of all actors and wakes the due ones. */
   const scheduler = Effect.gen(function* () {
@@ -227,8 +234,7 @@ export const make = Effect.gen(function* () {
       for (const entry of wakeUps.takeDue(now)) {
         const handle = entry.target
         if (handle.wake === entry) handle.wake = null
-        if (handle.active) yield* Queue.offer(handle.mailbox, { _tag: "Wake" })
-        else activate(handle, false)
+        yield* post(handle, { _tag: "Wake" })
       }
       const next = wakeUps.peek()
       armedAt = next === undefined ? null : next.at
@@ -268,12 +274,15 @@ export const make = Effect.gen(function* () {
         const start: UserActor.ActorStart = handle.memory !== null ? { _tag: "Resume" } : { _tag: "Reload" }
         const memory = handle.memory ?? UserActor.makeMemory()
         handle.memory = memory
+        const fresh = yield* Queue.unbounded<ActorMessage>()
+        // A message may have made one since the turn began.
+        handle.mailbox ??= fresh
         const result = yield* Effect.raceFirst(
           Effect.exit(
             Effect.scoped(
               UserActor.run({
                 userId: handle.userId,
-                mailbox: handle.mailbox,
+                mailbox: handle.mailbox ?? fresh,
                 status: handle.status,
                 config,
                 store,
@@ -357,7 +366,7 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       const handle: ActorHandle = {
         userId,
-        mailbox: yield* Queue.unbounded<ActorMessage>(),
+        mailbox: null,
         status: yield* Ref.make(UserActor.initialStatus(userId)),
         active: false,
         restartSignal: null,
