@@ -414,22 +414,25 @@ export const make = Effect.gen(function* () {
   /** Caller holds `discoveryLock`. */
   const discoverLocked = Effect.gen(function* () {
     const started = yield* Clock.currentTimeMillis
-    const result = yield* store.refresh
-    yield* Metric.incrementBy(discoveryRowsRead, result.rowsRead)
+    // Only the grouping is kept, so snapshots dropped below are not held through the pass.
+    const { rowsRead, changedCount, changed } = yield* Effect.map(store.refresh, (r) => ({
+      rowsRead: r.rowsRead,
+      changedCount: r.changed.length,
+      changed: byUser(r.changed),
+    }))
+    yield* Metric.incrementBy(discoveryRowsRead, rowsRead)
     let actorsStarted = 0
-    /** Spawned from `schedulable`, read after this refresh: its changes are already in their view. */
-    const primedNow = new Set<string>()
     if (!(yield* Ref.get(primed))) {
+      // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
+      // changes are already in that view (redelivering them would wake every new actor at once).
+      for (const userId of [...changed.keys()]) if (!handles.has(userId)) changed.delete(userId)
       const all = yield* store.schedulable
       yield* lock.withPermit(
         Effect.forEach(
           byUser(all),
           ([userId, snapshots]) =>
             Effect.gen(function* () {
-              if (!handles.has(userId) && (yield* ensureActor(userId, Option.some(snapshots))) !== undefined) {
-                actorsStarted++
-                primedNow.add(userId)
-              }
+              if (!handles.has(userId) && (yield* ensureActor(userId, Option.some(snapshots))) !== undefined) actorsStarted++
             }),
           { discard: true },
         ),
@@ -438,10 +441,9 @@ export const make = Effect.gen(function* () {
     }
     yield* lock.withPermit(
       Effect.forEach(
-        byUser(result.changed),
+        changed,
         ([userId, snapshots]) =>
           Effect.gen(function* () {
-            if (primedNow.has(userId)) return
             const handle = handles.get(userId)
             if (handle !== undefined) {
               yield* post(handle, { _tag: "Upsert", snapshots })
@@ -456,12 +458,10 @@ export const make = Effect.gen(function* () {
     )
     const finished = yield* Clock.currentTimeMillis
     yield* Metric.update(discoveryDuration, seconds(started, finished))
-    if (result.changed.length > 0 || actorsStarted > 0) {
-      yield* Effect.logDebug("discovery pass").pipe(
-        Effect.annotateLogs({ rowsRead: result.rowsRead, changed: result.changed.length, actorsStarted }),
-      )
+    if (changedCount > 0 || actorsStarted > 0) {
+      yield* Effect.logDebug("discovery pass").pipe(Effect.annotateLogs({ rowsRead, changed: changedCount, actorsStarted }))
     }
-    return { rowsRead: result.rowsRead, changed: result.changed.length, actorsStarted } satisfies DiscoveryReport
+    return { rowsRead, changed: changedCount, actorsStarted } satisfies DiscoveryReport
   })
 
   const discover = discoveryLock.withPermits(1)(discoverLocked).pipe(Effect.withSpan("Supervisor.discover"))

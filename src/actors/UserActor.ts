@@ -241,7 +241,8 @@ export const upsert = (entries: Map<string, Entry>, snapshot: MissionSnapshot): 
     else entries.delete(snapshot.missionId)
     return
   }
-  const mission = snapshot.decoded.right
+  // A compact copy: the decoded one sits amid the store pass's garbage and would keep its pages in RSS.
+  const mission = structuredClone(snapshot.decoded.right)
   const at = snapshot.nextRunAt === null ? null : snapshot.nextRunAt.getTime()
   if (existing === undefined) {
     entries.set(snapshot.missionId, {
