@@ -187,7 +187,7 @@ export const make = Effect.gen(function* () {
 
   /** Synchronous, so no message can slip between the check and the change (see `post`). */
   const setWakeNow = (handle: ActorHandle, at: number | null): boolean => {
-    if (handle.wake !== null && handle.wake.live && handle.wake.at === at) return false
+    if (handle.wake?.live && handle.wake.at === at) return false
     if (handle.wake !== null) wakeUps.cancel(handle.wake)
     handle.wake = at === null ? null : wakeUps.add(at, handle)
     return at !== null && (armedAt === null || at < armedAt)

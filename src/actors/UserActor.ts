@@ -536,7 +536,9 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
     const handle = (message: ActorMessage) => {
       switch (message._tag) {
         case "Upsert":
-          return Effect.sync(() => message.snapshots.forEach((snapshot) => upsert(entries, snapshot)))
+          return Effect.sync(() => {
+            for (const snapshot of message.snapshots) upsert(entries, snapshot)
+          })
         case "RunNow":
           return onRunNow(message.request)
         case "RunDone":
@@ -552,7 +554,7 @@ export const run = (deps: UserActorDeps): Effect.Effect<ActorEnd, ActorCrashed |
         Effect.gen(function* () {
           const queued = yield* Queue.takeAll(mailbox)
           const snapshots = yield* store.forUser(userId)
-          snapshots.forEach((snapshot) => upsert(entries, snapshot))
+          for (const snapshot of snapshots) upsert(entries, snapshot)
           return Chunk.filter(queued, (m) => m._tag === "RunNow")
         }),
       )
