@@ -274,15 +274,18 @@ export const make = Effect.gen(function* () {
         const start: UserActor.ActorStart = handle.memory !== null ? { _tag: "Resume" } : { _tag: "Reload" }
         const memory = handle.memory ?? UserActor.makeMemory()
         handle.memory = memory
-        const fresh = yield* Queue.unbounded<ActorMessage>()
-        // A message may have made one since the turn began.
-        handle.mailbox ??= fresh
+        if (handle.mailbox === null) {
+          const fresh = yield* Queue.unbounded<ActorMessage>()
+          // A message may have made one meanwhile.
+          handle.mailbox ??= fresh
+        }
+        const mailbox = handle.mailbox
         const result = yield* Effect.raceFirst(
           Effect.exit(
             Effect.scoped(
               UserActor.run({
                 userId: handle.userId,
-                mailbox: handle.mailbox ?? fresh,
+                mailbox,
                 status: handle.status,
                 config,
                 store,
@@ -564,7 +567,7 @@ export const make = Effect.gen(function* () {
       return Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId }), Effect.as(true))
     })
 
-  // Registered after the FiberMap, so it runs before the actors are interrupted.
+  // Registered after the FiberSet, so it runs before the actors are interrupted.
   yield* Effect.addFinalizer(() =>
     Effect.gen(function* () {
       const { inFlight } = yield* SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, draining: true }))
