@@ -7,10 +7,9 @@
  * - unset (a fresh machine): embedded PGlite behind its socket server, acting as the runner role.
  */
 import { PgClient } from "@effect/sql-pg"
-import { Context, Effect, Layer, Redacted, type Scope } from "effect"
-import pg from "pg"
+import { Context, Effect, Layer, type Redacted, type Scope } from "effect"
 import { makeEmbeddedPostgres } from "../../src/layers/EmbeddedPostgres.js"
-import { renderPsqlScript, sqlFile } from "../../src/layers/psqlScript.js"
+import { provisionServerDatabase } from "./provisionServerDatabase.js"
 
 export interface TestDatabaseShape {
   readonly kind: "server" | "pglite"
@@ -22,49 +21,14 @@ export interface TestDatabaseShape {
 
 export class TestDatabase extends Context.Tag("test/TestDatabase")<TestDatabase, TestDatabaseShape>() {}
 
-const suffix = () => `${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`
-
 const serverDatabase = (ownerUrl: string) =>
-  Effect.gen(function* () {
-    const name = `mana_ai_test_${suffix()}`
-    const role = `mana_ai_runner_${suffix()}`
-    const password = `pw_${suffix()}`
-    const admin = new pg.Client({ connectionString: ownerUrl })
-    yield* Effect.acquireRelease(
-      Effect.promise(async () => {
-        await admin.connect()
-        await admin.query(`CREATE DATABASE ${name}`)
-        await admin.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '${password}'`)
-      }),
-      () =>
-        Effect.promise(async () => {
-          await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-          await admin.query(`DROP ROLE IF EXISTS ${role}`)
-          await admin.end()
-        }).pipe(Effect.ignore),
-    )
-    const dbUrl = new URL(ownerUrl)
-    dbUrl.pathname = `/${name}`
-    const owner = new pg.Pool({ connectionString: dbUrl.toString(), max: 2 })
-    // pool.end() resolves before its idle clients have closed, so the DROP … WITH (FORCE) below can
-    // terminate one of them; the pool re-emits that as 'error', which would crash the test run.
-    owner.on("error", () => {})
-    yield* Effect.addFinalizer(() => Effect.promise(() => owner.end()).pipe(Effect.ignore))
-    yield* Effect.promise(async () => {
-      await owner.query(sqlFile("sync-changes.sql"))
-      await owner.query(renderPsqlScript(sqlFile("runner-role.sql"), { runner_role: role }))
-    })
-    const runnerUrl = new URL(dbUrl.toString())
-    runnerUrl.username = role
-    runnerUrl.password = password
-    return {
-      kind: "server" as const,
-      runnerRole: role,
-      runnerUrl: Redacted.make(runnerUrl.toString()),
-      ownerQuery: async (text: string, params?: ReadonlyArray<unknown>) =>
-        (await owner.query(text, params as Array<unknown>)).rows,
-    }
-  })
+  Effect.map(provisionServerDatabase(ownerUrl, { prefix: "mana_ai_test", ownerPoolMax: 2 }), (db) => ({
+    kind: "server" as const,
+    runnerRole: db.runnerRole,
+    runnerUrl: db.runnerUrl,
+    ownerQuery: async (text: string, params?: ReadonlyArray<unknown>) =>
+      (await db.owner.query(text, params as Array<unknown>)).rows,
+  }))
 
 const pgliteDatabase = Effect.gen(function* () {
   const embedded = yield* makeEmbeddedPostgres({ maxConnections: 24 }).pipe(Effect.orDie)
