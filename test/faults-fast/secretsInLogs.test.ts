@@ -7,16 +7,18 @@
  * (also URL-encoded and base64), and the output is checked to be verbose, so silence cannot pass.
  */
 import { randomBytes } from "node:crypto"
-import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
+import { Effect, Exit, Redacted, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { auditMissions, record } from "../support/FaultLedger.js"
-import { LlmStandIn, type LlmStandInShape, completion, makeLlmStandIn } from "../support/LlmStandIn.js"
+import { record } from "../support/FaultLedger.js"
+import { type LlmStandInShape, completion, makeLlmStandIn } from "../support/LlmStandIn.js"
 import { eventually, type ManaProcess, request, startManaProcess } from "../support/ManaProcess.js"
 import { type Change, insertChanges, missionInsertRow } from "../support/seed.js"
-import { TcpProxy, type TcpProxyShape, targetOf } from "../support/TcpProxy.js"
-import { TestDatabase, TestDatabaseLive, type TestDatabaseShape } from "../support/TestDatabase.js"
+import { makeRig, type Rig } from "../support/ProcessRig.js"
+import type { TcpProxyShape } from "../support/TcpProxy.js"
+import { TestDatabase, type TestDatabaseShape } from "../support/TestDatabase.js"
 
 let scope: Scope.CloseableScope
+let rig: Rig
 let db: TestDatabaseShape
 let llm: LlmStandInShape
 let otlp: LlmStandInShape
@@ -43,30 +45,24 @@ const databaseUrl = () => {
 const formsOf = (s: string) => [s, encodeURIComponent(s), Buffer.from(s).toString("base64"), s.slice(0, 24)]
 
 beforeAll(async () => {
+  // The shared rig (database, LLM stand-in, TcpProxy); a second stand-in is the OTLP/HTTP sink.
+  rig = await makeRig()
+  db = rig.db
+  llm = rig.standIn
+  proxy = rig.proxy
   scope = await run(Scope.make())
-  const context = await run(
-    Layer.buildWithScope(
-      Layer.provideMerge(
-        Layer.unwrapEffect(Effect.map(TestDatabase, (d) => TcpProxy.layer(targetOf(d.runnerUrl)))),
-        Layer.merge(TestDatabaseLive, LlmStandIn.layer),
-      ),
-      scope,
-    ),
-  )
-  db = Context.get(context, TestDatabase)
-  llm = Context.get(context, LlmStandIn)
-  proxy = Context.get(context, TcpProxy)
-  // A second stand-in serves as the OTLP/HTTP sink: it records every span batch posted to it.
+  // It records every span batch posted to it.
   otlp = await run(Scope.extend(makeLlmStandIn, scope))
 }, 120_000)
 
 afterAll(async () => {
-  if (db !== undefined) {
-    const audit = await run(auditMissions.pipe(Effect.provideService(TestDatabase, db)))
+  if (rig !== undefined) {
+    const audit = await rig.audit()
     expect(audit.duplicates).toBe(0)
     record({ suite: "secretsInLogs", faults: tally.faults, runs: tally.runs, iterationsWritten: audit.runnerRows, duplicates: audit.duplicates })
   }
-  await run(Scope.close(scope, Exit.void))
+  if (scope !== undefined) await run(Scope.close(scope, Exit.void))
+  await rig?.close()
 }, 60_000)
 
 const CONFIGS = [
