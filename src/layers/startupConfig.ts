@@ -7,6 +7,8 @@ import { Config, ConfigError, Data, Effect, Either, Option, type Redacted } from
 import {
   type DatabaseConfigShape,
   databaseConfig,
+  type GrantConfigShape,
+  grantConfig,
   type HttpConfigShape,
   httpConfig,
   type LlmConfigShape,
@@ -40,6 +42,8 @@ export interface StartupConfig {
   readonly database: DatabaseConfigShape
   readonly http: HttpConfigShape
   readonly observability: ObservabilityConfigShape
+  /** Mission Grant key (SPEC §15); None: grants are off. */
+  readonly grant: GrantConfigShape
   readonly mode: StartMode
 }
 
@@ -94,6 +98,7 @@ export const startupConfig: Config.Config<StartupConfig> = Config.all({
   database: databaseConfig,
   http: httpConfig,
   observability: observabilityConfig,
+  grant: grantConfig,
   dataDir: dataDirConfig,
 }).pipe(Config.mapOrFail(crossCheck))
 

@@ -3,7 +3,9 @@
  * fails with a ConfigError whose message names the variable and the form it expects. One tag per
  * concern so a test provides only what the code under test reads.
  */
-import { Config, ConfigError, Context, Duration, Effect, Either, Layer, type Option, Redacted } from "effect"
+import { createPrivateKey } from "node:crypto"
+import { readFileSync } from "node:fs"
+import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 
 /**
  * A number read from text, so a value that does not parse gets the same message as one out of range:
@@ -233,6 +235,85 @@ export class ObservabilityConfig extends Context.Tag("mana-ai/ObservabilityConfi
   static readonly layer = Layer.effect(ObservabilityConfig, observabilityConfig)
 }
 
+// ---------------------------------------------------------------- Mission Grant key (SPEC §15)
+
+export type GrantKeyVariable = "MANA_AI_PRIVATE_KEY_FILE" | "MANA_AI_PRIVATE_KEY_PEM"
+
+export interface GrantConfigShape {
+  /** The runner's RSA-2048 key as PKCS#8 DER, and the variable it came from; None: grants are off. */
+  readonly runnerKey: Option.Option<{ readonly source: GrantKeyVariable; readonly pkcs8: Redacted.Redacted<Uint8Array> }>
+}
+
+const GRANT_KEY_FORM = "a PKCS#8 PEM RSA-2048 private key (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048)"
+
+/** Parses and checks a PEM; the message names the variable and never quotes the key. */
+export const parseGrantKey = (name: GrantKeyVariable, pem: string): Either.Either<Uint8Array, ConfigError.ConfigError> => {
+  const invalid = (why: string) => Either.left(ConfigError.InvalidData([name], `${name} must hold ${GRANT_KEY_FORM}: ${why}`))
+  if (!pem.includes("-----BEGIN PRIVATE KEY-----")) return invalid("no PKCS#8 PEM block (-----BEGIN PRIVATE KEY-----) found")
+  let key: ReturnType<typeof createPrivateKey>
+  try {
+    key = createPrivateKey({ key: pem, format: "pem" })
+  } catch {
+    return invalid("the PEM does not parse as a private key")
+  }
+  if (key.asymmetricKeyType !== "rsa") return invalid(`it is a ${key.asymmetricKeyType ?? "non-RSA"} key, not RSA`)
+  const bits = key.asymmetricKeyDetails?.modulusLength
+  if (bits !== 2048) return invalid(`it is an RSA key of ${bits ?? "unknown"} bits, not 2048`)
+  return Either.right(new Uint8Array(key.export({ type: "pkcs8", format: "der" })))
+}
+
+const setValue = (name: GrantKeyVariable) =>
+  Config.option(Config.redacted(name)).pipe(
+    // An empty value means unset (SPEC §10).
+    Config.map(Option.filter((r) => Redacted.value(r).trim() !== "")),
+  )
+
+export const grantConfig: Config.Config<GrantConfigShape> = Config.all({
+  file: setValue("MANA_AI_PRIVATE_KEY_FILE"),
+  pem: setValue("MANA_AI_PRIVATE_KEY_PEM"),
+}).pipe(
+  Config.mapOrFail(({ file, pem }): Either.Either<GrantConfigShape, ConfigError.ConfigError> => {
+    if (Option.isSome(file) && Option.isSome(pem)) {
+      return Either.left(
+        ConfigError.InvalidData(
+          ["MANA_AI_PRIVATE_KEY_FILE"],
+          "MANA_AI_PRIVATE_KEY_FILE and MANA_AI_PRIVATE_KEY_PEM are both set: set only one (a PEM file path, or the PEM itself)",
+        ),
+      )
+    }
+    if (Option.isSome(file)) {
+      const path = Redacted.value(file.value).trim()
+      let text: string
+      try {
+        text = readFileSync(path, "utf8")
+      } catch {
+        return Either.left(
+          ConfigError.InvalidData(
+            ["MANA_AI_PRIVATE_KEY_FILE"],
+            `MANA_AI_PRIVATE_KEY_FILE must name a readable file holding ${GRANT_KEY_FORM}, got ${JSON.stringify(path)}`,
+          ),
+        )
+      }
+      return Either.map(parseGrantKey("MANA_AI_PRIVATE_KEY_FILE", text), (der) => ({
+        runnerKey: Option.some({ source: "MANA_AI_PRIVATE_KEY_FILE" as const, pkcs8: Redacted.make(der) }),
+      }))
+    }
+    if (Option.isSome(pem)) {
+      // A PEM passed through an env file often has its newlines escaped.
+      const text = Redacted.value(pem.value).replace(/\\n/g, "\n")
+      return Either.map(parseGrantKey("MANA_AI_PRIVATE_KEY_PEM", text), (der) => ({
+        runnerKey: Option.some({ source: "MANA_AI_PRIVATE_KEY_PEM" as const, pkcs8: Redacted.make(der) }),
+      }))
+    }
+    return Either.right({ runnerKey: Option.none() })
+  }),
+)
+
+export class GrantConfig extends Context.Tag("mana-ai/GrantConfig")<GrantConfig, GrantConfigShape>() {
+  static readonly layer = Layer.effect(GrantConfig, grantConfig)
+  static readonly off: GrantConfigShape = { runnerKey: Option.none() }
+}
+
 /** Every variable at once: used by main to refuse a bad start before anything else happens. */
 export const loadAll = Effect.all({
   runner: runnerConfig,
@@ -240,4 +321,5 @@ export const loadAll = Effect.all({
   database: databaseConfig,
   http: httpConfig,
   observability: observabilityConfig,
+  grant: grantConfig,
 })
