@@ -27,6 +27,16 @@ export interface PromptRequest {
   readonly tools: ReadonlyArray<Tool>
   /** When given, the user message states the current time so due dates can be sensible. */
   readonly now?: Date
+  /** Encrypted inputs this run could not read (SPEC §15): named, never shown. */
+  readonly unavailableInputs?: ReadonlyArray<UnavailableInput>
+}
+
+/** Structurally the resolvers' UnavailableInput. */
+export interface UnavailableInput {
+  readonly id: string
+  readonly module: string
+  readonly table: string
+  readonly reason: string
 }
 
 export const ENCRYPTED_PREFIX = "enc:1:"
@@ -123,6 +133,11 @@ const userMessage = (req: PromptRequest): string => {
   for (const input of req.resolvedInputs) {
     lines.push(`- ${text(input.title, LIMITS.title)} (${input.module}/${input.table} ${input.id})`)
     lines.push(`  ${text(input.content, LIMITS.input).replace(/\n/g, "\n  ")}`)
+  }
+  const unavailable = req.unavailableInputs ?? []
+  if (unavailable.length > 0) {
+    lines.push("", "Unavailable inputs (encrypted; their content could not be read for this run, so do not guess it):")
+    for (const u of unavailable) lines.push(`- ${u.module}/${u.table} ${u.id}: ${u.reason}`)
   }
   const total = mission.iterations.length
   const recent = mission.iterations.slice(-ITERATIONS_IN_PROMPT)

@@ -5,6 +5,7 @@
  * supervisor drained so /ready says 503 while draining.
  */
 import type { TickReport } from "../actors/Supervisor.js"
+import type { AuditQuery, AuditRow } from "../services/decryptAudit.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
 
@@ -44,6 +45,8 @@ export interface ApiBackend {
   readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>
   /** A tick is under way, whoever started it. */
   readonly tickRunning: Effect.Effect<boolean>
+  /** The user's Mission Grant audit rows, newest first (SPEC §15); absent: the route answers 404. */
+  readonly audit?: (userId: string, query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditRow>, BackendError>
 }
 
 export interface ServerSettings {

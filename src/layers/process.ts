@@ -12,7 +12,9 @@ import { Effect, Layer, Metric, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
-import { DatabaseConfig, HttpConfig, LlmConfig, ObservabilityConfig, RunnerConfig } from "../services/AppConfig.js"
+import { DatabaseConfig, GrantConfig, HttpConfig, LlmConfig, ObservabilityConfig, RunnerConfig } from "../services/AppConfig.js"
+import { readAudit } from "../services/decryptAudit.js"
+import { GrantKeyring } from "../services/GrantKeyring.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
@@ -47,6 +49,7 @@ export const configLayer = (config: StartupConfig) =>
     Layer.succeed(DatabaseConfig, config.database),
     Layer.succeed(HttpConfig, config.http),
     Layer.succeed(ObservabilityConfig, config.observability),
+    Layer.succeed(GrantConfig, config.grant),
   )
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
@@ -70,6 +73,12 @@ const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): A
       Effect.provideService(SqlClient.SqlClient, sql),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
       Effect.tapErrorCause((cause) => Effect.logError("GET /internal/missions failed", cause)),
+    ),
+  audit: (userId, query) =>
+    readAudit(userId, query).pipe(
+      Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
+      Effect.tapErrorCause((cause) => Effect.logError("GET /internal/audit failed", cause)),
     ),
 })
 
@@ -126,6 +135,8 @@ export const processLayer = <E, R>(
   return LifecycleLive.pipe(
     Layer.provideMerge(SupervisorLive),
     Layer.provideMerge(runnerServicesLayer(options.planner)),
+    // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
+    Layer.provideMerge(GrantKeyring.layer),
     Layer.provideMerge(migrated),
     Layer.provideMerge(options.database),
     Layer.provideMerge(configLayer(options.config)),

@@ -5,10 +5,12 @@
  * transaction scoped to the user, so RLS decides what is visible.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Either, Layer, Metric } from "effect"
+import { Effect, Either, Layer, Metric, Option } from "effect"
 import type { MissionInput } from "../domain/mission.js"
 import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"
-import { InputResolvers, type ResolvedInput } from "./InputResolvers.js"
+import { resolveEncryptedInputs, isEncryptedModule } from "./encryptedInputs.js"
+import { GrantKeyring, makeGrantKeyring } from "./GrantKeyring.js"
+import { InputResolvers, type InputResolversShape, type ResolvedInput } from "./InputResolvers.js"
 import { inputsSkippedTotal } from "./metrics.js"
 import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
 import { withUserScope } from "./withUserScope.js"
@@ -101,10 +103,13 @@ const skip = (input: MissionInput, reason: InputSkipReason, detail: string) =>
     Effect.zipRight(Metric.increment(Metric.tagged(inputsSkippedTotal, "reason", reason))),
   )
 
+/** Without a GrantKeyring in the context, grants count as not configured (SPEC §15). */
+const grantsOff = makeGrantKeyring(Option.none())
+
 export const makeInputResolvers = (registry: ResolverRegistry) =>
-  Effect.map(SqlClient.SqlClient, (sqlClient) =>
-    InputResolvers.of({
-      resolve: (userId, inputs) =>
+  Effect.zipWith(SqlClient.SqlClient, Effect.serviceOption(GrantKeyring), (sqlClient, keyringOption) => {
+    const keyring = Option.getOrElse(keyringOption, () => grantsOff)
+    const resolve: InputResolversShape["resolve"] = (userId, inputs) =>
         Effect.gen(function* () {
           const routed: Array<{ input: MissionInput; resolver: InputResolver; ref: RecordRef }> = []
           for (const input of inputs) {
@@ -143,9 +148,18 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
             resolved.push(scrubCiphertext(rendered.right))
           }
           return resolved
-        }).pipe(Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } })),
-    }),
-  )
+        }).pipe(Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }))
+    const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run) =>
+      Effect.gen(function* () {
+        const encrypted = inputs.filter((i) => isEncryptedModule(i.module))
+        const plain = yield* resolve(userId, inputs.filter((i) => !isEncryptedModule(i.module)))
+        const granted = yield* resolveEncryptedInputs(keyring, userId, encrypted, run).pipe(
+          Effect.provideService(SqlClient.SqlClient, sqlClient),
+        )
+        return { resolved: [...plain, ...granted.resolved.map(scrubCiphertext)], unavailable: granted.unavailable }
+      })
+    return InputResolvers.of({ resolve, resolveForRun })
+  })
 
 export const makeInputResolversLayer = (registry: ResolverRegistry = shippedResolvers) =>
   Layer.effect(InputResolvers, makeInputResolvers(registry))

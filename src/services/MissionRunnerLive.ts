@@ -113,11 +113,12 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
         const fresh = current.mission
 
-        const resolvedInputs = yield* resolvers
-          .resolve(userId, fresh.inputs)
+        // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
+        const { resolved: resolvedInputs, unavailable: unavailableInputs } = yield* resolvers
+          .resolveForRun(userId, fresh.inputs, { missionId: mission.id, iterationId, grant: current.record.grant })
           .pipe(Effect.withSpan("resolveInputs", { attributes: { inputs: fresh.inputs.length } }))
 
-        return yield* planner.plan({ mission: fresh, resolvedInputs }).pipe(
+        return yield* planner.plan({ mission: fresh, resolvedInputs, unavailableInputs }).pipe(
           Effect.withSpan("plan"),
           Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh })),
           Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout> => {

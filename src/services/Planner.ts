@@ -5,7 +5,7 @@
 import { Context, Schema, type Effect } from "effect"
 import type { Mission } from "../domain/mission.js"
 import type { LlmError, TokenUsage } from "./LlmClient.js"
-import type { ResolvedInput } from "./InputResolvers.js"
+import type { ResolvedInput, UnavailableInput } from "./InputResolvers.js"
 import type { PlanDraft } from "../domain/planParser.js"
 
 // The plan types live in the domain (the parser builds them); re-exported here for the contract's users.
@@ -34,6 +34,8 @@ export class PlanRejected extends Schema.TaggedError<PlanRejected>()("PlanReject
 export interface PlannerInput {
   readonly mission: Mission
   readonly resolvedInputs: ReadonlyArray<ResolvedInput>
+  /** Encrypted inputs left out of this run (SPEC §15); the prompt names them. */
+  readonly unavailableInputs?: ReadonlyArray<UnavailableInput>
 }
 
 export interface PlannerShape {

@@ -24,7 +24,13 @@ export const PlannerLive = Layer.effect(
     const plan = (input: PlannerInput) =>
       Effect.gen(function* () {
         const now = new Date(yield* Clock.currentTimeMillis)
-        const prompt = buildPrompt({ mission: input.mission, resolvedInputs: input.resolvedInputs, tools, now })
+        const prompt = buildPrompt({
+          mission: input.mission,
+          resolvedInputs: input.resolvedInputs,
+          tools,
+          now,
+          ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
+        })
         const usage: Array<TokenUsage> = []
         let messages = prompt
         for (let rejected = 0; ; rejected++) {
@@ -56,7 +62,9 @@ export const PlannerOffline = Layer.effect(
     const { tools } = yield* ToolCatalog
     const plan = (input: PlannerInput) =>
       Effect.sync((): PlannerResult => {
-        const draft = validatePlan(offlinePlan(input.mission, input.resolvedInputs), tools).pipe(
+        // Its plan is written to the event log in clear: decrypted inputs (SPEC §15) must not reach it.
+        const readable = input.resolvedInputs.filter((i) => i.confidential !== true)
+        const draft = validatePlan(offlinePlan(input.mission, readable), tools).pipe(
           Either.getOrElse(() => ({
             summary: `${OFFLINE_SUMMARY_PREFIX} the tool catalogue has no tool this planner can use; nothing proposed.`,
             steps: [],

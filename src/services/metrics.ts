@@ -29,3 +29,11 @@ export const actorsGauge = Metric.gauge("mana_ai_actors", { description: "User a
 export const quarantinedGauge = Metric.gauge("mana_ai_actors_quarantined", { description: "Users quarantined" })
 export const runsInFlightGauge = Metric.gauge("mana_ai_runs_in_flight", { description: "Mission runs under way" })
 export const actorRestartsTotal = Metric.counter("mana_ai_actor_restarts_total", { description: "User actors restarted after a failure" })
+
+// Mission Grant (SPEC §15). Tagged with table: the input's table name, never a record id or a value.
+export const decryptsTotal = Metric.counter("mana_ai_decrypts_total", { description: "Encrypted fields decrypted under a Mission Grant, by table" })
+export const grantScopeViolationsTotal = Metric.counter("mana_ai_grant_scope_violations_total", { description: "Mission inputs outside their grant's recordIds (never read), by table" })
+/** Tagged with reason: not-configured, expired, mission-mismatch, malformed, wrap-rejected. */
+export const grantSkipsTotal = Metric.counter("mana_ai_grant_skips_total", { description: "Runs whose Mission Grant could not be used, by reason" })
+/** Tagged with reason (the audit row's). */
+export const decryptFailuresTotal = Metric.counter("mana_ai_decrypt_failures_total", { description: "Inputs under a valid grant that could not be read (failed audit rows), by reason" })
