@@ -11,6 +11,7 @@ import {
   HttpServerResponse,
 } from "@effect/platform"
 import { Effect, Exit, Layer, Option, Redacted, Ref, Schema } from "effect"
+import { AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX } from "../services/decryptAudit.js"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
 import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
@@ -146,11 +147,33 @@ const missions = Effect.gen(function* () {
   )
 })
 
+const AuditQueryParams = Schema.Struct({
+  missionId: Schema.optional(Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256))),
+  limit: Schema.optional(
+    Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, AUDIT_LIMIT_MAX), Schema.annotations({ message: () => `limit must be a whole number from 1 to ${AUDIT_LIMIT_MAX}` })),
+  ),
+})
+
+/** GET /internal/audit/:userId?missionId=&limit= (SPEC §15): the user's decrypt audit, newest first. */
+const audit = Effect.gen(function* () {
+  const { userId } = yield* userIdParam
+  const query = yield* HttpServerRequest.schemaSearchParams(AuditQueryParams)
+  return yield* withBackend((backend) =>
+    backend.audit === undefined
+      ? Effect.succeed(problem(404, "not-found", "this runner keeps no decrypt audit"))
+      : backend.audit(userId, { missionId: query.missionId, limit: query.limit ?? AUDIT_LIMIT_DEFAULT }).pipe(
+          Effect.map((rows) => json(200, { userId, rows })),
+          Effect.catchTag("BackendError", backendFailed),
+        ),
+  )
+})
+
 const internal = HttpRouter.empty.pipe(
   HttpRouter.post("/tick", tick),
   HttpRouter.get("/actors", actors),
   HttpRouter.post("/actors/:userId/restart", restart),
   HttpRouter.get("/missions/:userId", missions),
+  HttpRouter.get("/audit/:userId", audit),
   // Inside the gate, so an unknown /internal path says 401 to a caller without the key, not 404.
   HttpRouter.all("*", Effect.succeed(problem(404, "not-found", "no such internal route"))),
   HttpRouter.use(requireServiceKey),
