@@ -72,7 +72,10 @@ export const checkGrantClaims = (raw: unknown, missionId: string, nowMs: number)
   if (Either.isLeft(decoded)) {
     return Either.left({
       reason: "malformed",
-      detail: `the grant does not have the expected shape: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`,
+      // Paths only: a formatter's message quotes the actual value, which may be the wrapped key.
+      detail: `the grant does not have the expected shape at ${[
+        ...new Set(ParseResult.ArrayFormatter.formatErrorSync(decoded.left).map((e) => e.path.join(".") || "(the grant)")),
+      ].join(", ")}`,
     })
   }
   const grant = decoded.right

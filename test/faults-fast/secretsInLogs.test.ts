@@ -10,9 +10,11 @@ import { randomBytes } from "node:crypto"
 import { Effect, Exit, Redacted, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { record } from "../support/FaultLedger.js"
+import { encryptValue, generateRunnerKeyPair, makeGrant } from "../support/grantFixtures.js"
 import { type LlmStandInShape, completion, makeLlmStandIn } from "../support/LlmStandIn.js"
 import { eventually, type ManaProcess, request, startManaProcess } from "../support/ManaProcess.js"
 import { type Change, insertChanges, missionInsertRow } from "../support/seed.js"
+import { insertChange } from "../support/eventLogRows.js"
 import { makeRig, type Rig } from "../support/ProcessRig.js"
 import type { TcpProxyShape } from "../support/TcpProxy.js"
 import { TestDatabase, type TestDatabaseShape } from "../support/TestDatabase.js"
@@ -198,6 +200,87 @@ describe("no secret in any log line, error body or span", () => {
       }
     }, 120_000)
   }
+
+  it("with a Mission Grant at LOG_LEVEL=trace and tracing on: no plaintext, mission key, wrapped key or runner key in stdout, stderr, spans or metrics", async () => {
+    const serviceKey = secret("svc-")
+    await run(Effect.all([llm.reset, otlp.reset]))
+    const runnerKey = await generateRunnerKeyPair()
+    const user = "sec-grant"
+    const missionId = `sec-grant-m-${randomBytes(4).toString("hex")}`
+    const plaintexts = { title: secret("plain-title-"), content: secret("plain-content-"), outside: secret("plain-outside-") }
+    const fixture = await makeGrant({ publicKey: runnerKey.publicKey, missionId, recordIds: ["notes:n1", "notes:tampered"] })
+    const enc = (v: string) => encryptValue(fixture.missionKey, v)
+    const tampered = (await enc(secret("plain-tampered-"))).replace(/.(==?)?$/, (m) => (m.startsWith("A") ? `B${m.slice(1)}` : `A${m.slice(1)}`))
+    const inDb = <A>(e: Effect.Effect<A, never, TestDatabase>) => run(e.pipe(Effect.provideService(TestDatabase, db)))
+    await inDb(insertChange({ user, app: "notes", table: "notes", id: "n1", data: { title: await enc(plaintexts.title), content: await enc(plaintexts.content) } }))
+    await inDb(insertChange({ user, app: "notes", table: "notes", id: "n2", data: { content: await enc(plaintexts.outside) } }))
+    await inDb(insertChange({ user, app: "notes", table: "notes", id: "tampered", data: { content: tampered } }))
+    await seed([
+      missionInsertRow(user, missionId, {
+        nextRunAt: past(),
+        inputs: ["n1", "n2", "tampered"].map((id) => ({ module: "notes", table: "notes", id })),
+        grant: fixture.grant,
+      }),
+    ])
+    const mana = await startManaProcess({
+      env: {
+        SYNC_DATABASE_URL: databaseUrl().toString(),
+        MANA_LLM_URL: llm.url,
+        MANA_SERVICE_KEY: serviceKey,
+        MANA_AI_PRIVATE_KEY_PEM: runnerKey.privatePem,
+        TICK_ENABLED: "false",
+        DB_POOL_MAX: "3",
+        LOG_LEVEL: "trace",
+        LOG_FORMAT: "json",
+        OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
+      },
+    })
+    let metrics = ""
+    let audit = ""
+    try {
+      await eventually("/ready", 60_000, async () => (await request(mana, "GET", "/ready")).status === 200)
+      const tick = await fetch(`${mana.baseUrl}/internal/tick`, { method: "POST", headers: { "X-Service-Key": serviceKey } })
+      expect(tick.status).toBe(200)
+      tally.runs++
+      metrics = await (await fetch(`${mana.baseUrl}/metrics`)).text()
+      audit = await (await fetch(`${mana.baseUrl}/internal/audit/${user}`, { headers: { "X-Service-Key": serviceKey } })).text()
+      expect((await mana.stop("SIGTERM", 20_000)).code).toBe(0)
+    } finally {
+      if (mana.child.exitCode === null && mana.child.signalCode === null) mana.child.kill("SIGKILL")
+    }
+    await sleep(200)
+    fault("grant:plaintext-scan")
+
+    // Something happened to search: the LLM got the decrypted note, the audit and metrics moved.
+    const prompts = JSON.stringify((await run(llm.requests)).map((r) => r.body))
+    expect(prompts).toContain(plaintexts.content)
+    expect(prompts).not.toContain(plaintexts.outside)
+    expect(JSON.parse(audit).rows.map((r: { status: string }) => r.status).sort()).toEqual(["failed", "ok", "scope-violation"])
+    expect(metrics).toMatch(/^mana_ai_decrypts_total\{table="notes"\} 2$/m)
+    expect(metrics).toMatch(/^mana_ai_grant_scope_violations_total\{table="notes"\} 1$/m)
+    const out = mana.stdout()
+    const err = mana.stderr()
+    expect(out.split("\n").filter((l) => l.trim() !== "").length).toBeGreaterThan(15)
+    expect(out).toMatch(/"logLevel":"(DEBUG|TRACE)"/)
+    expect(out).toContain("Mission Grants: on (RSA key from MANA_AI_PRIVATE_KEY_PEM)")
+    const spans = JSON.stringify((await run(otlp.requests)).map((r) => r.body))
+    expect(spans).toContain("EncryptedInputs.resolve")
+
+    const pemLines = runnerKey.privatePem.split("\n").filter((l) => l !== "" && !l.startsWith("-----"))
+    const forbidden: ReadonlyArray<readonly [string, string]> = [
+      ...Object.entries(plaintexts).flatMap(([k, v]) => formsOf(v).map((f) => [`plaintext ${k}`, f] as const)),
+      ["mission key (hex)", Buffer.from(fixture.missionKey).toString("hex")],
+      ["mission key (base64)", Buffer.from(fixture.missionKey).toString("base64")],
+      ["wrapped key", String(fixture.grant.wrappedKey)],
+      ["wrapped key (prefix)", String(fixture.grant.wrappedKey).slice(0, 24)],
+      ...pemLines.map((l, i) => [`runner key line ${i}`, l] as const),
+    ]
+    for (const [name, form] of forbidden) {
+      for (const [where, text] of [["stdout", out], ["stderr", err], ["spans", spans], ["metrics", metrics]] as const) {
+        expect({ name, where, found: text.includes(form) }).toEqual({ name, where, found: false })
+      }
+    }
+  }, 120_000)
 
   it("a refused start and an unreachable database at LOG_LEVEL=debug name the problem without the secrets", async () => {
     const serviceKey = secret("svc-")
