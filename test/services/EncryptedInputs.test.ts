@@ -198,6 +198,35 @@ it.layer(Stack, { timeout: 180_000 })("Mission Grant (run pipeline, grants on)",
     }).pipe(TestServices.provideLive),
   )
 
+  it.effect("bad input of one user (malformed ciphertext, a wrong-shaped grant) fails only those inputs; another user's run at the same time goes on", () =>
+    Effect.gen(function* () {
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      const [ann, bob, cleo] = [fresh("ann"), fresh("bob"), fresh("cleo")]
+      const bad = note()
+      const annMission = yield* grantedMission(ann, [bad], [bad])
+      yield* insertRecord(ann, bad, { content: "enc:1:AAECAwQFBgcICQoL", title: "enc:1:%%%.%%%" })
+      const cleoNote = note()
+      const cleoMission = yield* grantedMission(cleo, [cleoNote], [cleoNote], (g) => ({ ...g, derivation: ["not", "an", "object"] }))
+      yield* insertRecord(cleo, cleoNote, { content: "enc:1:AAAA.AAAA" })
+      const good = note()
+      const bobMission = yield* grantedMission(bob, [good], [good])
+      yield* insertRecord(bob, good, { content: yield* promise(() => encryptValue(bobMission.missionKey!, "bob's readable note")) })
+
+      const results = yield* Effect.all(
+        [runOnce(ann, annMission.missionId), runOnce(bob, bobMission.missionId), runOnce(cleo, cleoMission.missionId)],
+        { concurrency: "unbounded" },
+      )
+      for (const r of results) written(r)
+      const prompts = (yield* standIn.requests).map((r) => messagesOf(r).map((m) => m.content).join("\n"))
+      expect(prompts.filter((p) => p.includes("bob's readable note"))).toHaveLength(1)
+      expect((yield* auditOf(ann)).map((r) => [r.status, r.reason])).toEqual([["failed", "ciphertext-malformed"]])
+      expect(yield* auditOf(bob)).toHaveLength(1)
+      // A grant of the wrong shape is malformed as a whole: nothing tried, nothing audited.
+      expect(yield* auditOf(cleo)).toEqual([])
+    }).pipe(TestServices.provideLive),
+  )
+
   const reasons: ReadonlyArray<[string, (g: Record<string, unknown>, missionId: string) => unknown]> = [
     ["expired", (g) => ({ ...g, expiresAt: "2020-01-01T00:00:00.000Z" })],
     ["mission-mismatch", (g) => ({ ...g, derivation: { ...(g.derivation as object), missionId: "someone-else" } })],
