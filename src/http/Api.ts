@@ -199,8 +199,8 @@ export const apiApp = apiRouter.pipe(
 const quietUrls = new Set(["/health", "/ready", "/metrics"])
 
 /**
- * Access log with the path only: no route takes a query string, so one is never logged (a client
- * that puts the service key there must not get it written to the log).
+ * Access log with the path only: a query string is never logged (only /internal/audit takes one,
+ * and a client that puts the service key there must not get it written to the log).
  */
 const accessLog = HttpMiddleware.make((httpApp) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
