@@ -12,7 +12,15 @@ import { Effect, Layer, Metric, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
-import { DatabaseConfig, HttpConfig, LlmConfig, ObservabilityConfig, RunnerConfig } from "../services/AppConfig.js"
+import {
+  DatabaseConfig,
+  HttpConfig,
+  LlmBreakerConfig,
+  LlmConfig,
+  ObservabilityConfig,
+  RunnerConfig,
+  TokenBudgetConfig,
+} from "../services/AppConfig.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
@@ -47,6 +55,8 @@ export const configLayer = (config: StartupConfig) =>
     Layer.succeed(DatabaseConfig, config.database),
     Layer.succeed(HttpConfig, config.http),
     Layer.succeed(ObservabilityConfig, config.observability),
+    Layer.succeed(TokenBudgetConfig, config.tokenBudget),
+    Layer.succeed(LlmBreakerConfig, config.llmBreaker),
   )
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
@@ -94,6 +104,8 @@ const MetricsRegistered = Layer.effectDiscard(
       Metric.value(metrics.quarantinedGauge),
       Metric.value(metrics.runsInFlightGauge),
       Metric.value(metrics.actorRestartsTotal),
+      Metric.value(metrics.tokensUsedTotal),
+      Metric.value(metrics.llmBreakerOpenGauge),
     ],
     { discard: true },
   ),

@@ -9,12 +9,16 @@ import {
   databaseConfig,
   type HttpConfigShape,
   httpConfig,
+  type LlmBreakerConfigShape,
   type LlmConfigShape,
+  llmBreakerConfig,
   llmConfig,
   type ObservabilityConfigShape,
   observabilityConfig,
   type RunnerConfigShape,
   runnerConfig,
+  type TokenBudgetConfigShape,
+  tokenBudgetConfig,
 } from "../services/AppConfig.js"
 
 /** Embedded mode only: where PGlite's files, the generated service key and the seed marker live. */
@@ -40,6 +44,8 @@ export interface StartupConfig {
   readonly database: DatabaseConfigShape
   readonly http: HttpConfigShape
   readonly observability: ObservabilityConfigShape
+  readonly tokenBudget: TokenBudgetConfigShape
+  readonly llmBreaker: LlmBreakerConfigShape
   readonly mode: StartMode
 }
 
@@ -94,6 +100,8 @@ export const startupConfig: Config.Config<StartupConfig> = Config.all({
   database: databaseConfig,
   http: httpConfig,
   observability: observabilityConfig,
+  tokenBudget: tokenBudgetConfig,
+  llmBreaker: llmBreakerConfig,
   dataDir: dataDirConfig,
 }).pipe(Config.mapOrFail(crossCheck))
 

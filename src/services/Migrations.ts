@@ -8,6 +8,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { PgMigrator } from "@effect/sql-pg"
 import { Effect, Layer } from "effect"
 import missionStore from "../migrations/0001_mission_store.js"
+import tokenUsage from "../migrations/0003_token_usage.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 export const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -17,6 +18,8 @@ const MIGRATION_LOCK_KEY = "7881696566318225266"
 
 export const migrations = {
   "0001_mission_store": missionStore,
+  // 0002 is the decrypt audit (issue 13, another branch); the ids stay unique when both merge.
+  "0003_token_usage": tokenUsage,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

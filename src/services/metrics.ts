@@ -29,3 +29,10 @@ export const actorsGauge = Metric.gauge("mana_ai_actors", { description: "User a
 export const quarantinedGauge = Metric.gauge("mana_ai_actors_quarantined", { description: "Users quarantined" })
 export const runsInFlightGauge = Metric.gauge("mana_ai_runs_in_flight", { description: "Mission runs under way" })
 export const actorRestartsTotal = Metric.counter("mana_ai_actor_restarts_total", { description: "User actors restarted after a failure" })
+
+/** Tagged with decision = ran | skipped-paused | skipped-archived | skipped-budget (SPEC §14). */
+export const agentDecisionsTotal = Metric.counter("mana_ai_agent_decisions_total", { description: "Agent decisions per mission run, by decision" })
+/** Tokens newly recorded in mana_ai.token_usage (each answer once; what the budgets count). */
+export const tokensUsedTotal = Metric.counter("mana_ai_tokens_used_total", { description: "LLM tokens charged to the daily budgets" })
+/** 1 while the LLM breaker is open or probing, 0 when closed. */
+export const llmBreakerOpenGauge = Metric.gauge("mana_ai_llm_breaker_open", { description: "1 while the LLM breaker is open (no request starts), else 0" })
