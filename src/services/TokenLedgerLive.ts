@@ -6,7 +6,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Layer, Metric, Option, Schema } from "effect"
+import { Clock, Duration, Effect, Layer, Metric, Option, Schedule, Schema } from "effect"
 import { TokenBudgetConfig } from "./AppConfig.js"
 import { tokensUsedTotal } from "./metrics.js"
 import {
@@ -158,4 +158,21 @@ export const makeTokenLedger = Effect.gen(function* () {
 export const TokenLedgerLive: Layer.Layer<TokenLedger, never, SqlClient.SqlClient | TokenBudgetConfig> = Layer.effect(
   TokenLedger,
   makeTokenLedger,
+)
+
+/** How often expired token usage is pruned (and once at start). */
+export const PRUNE_INTERVAL = Duration.hours(1)
+
+/**
+ * Prunes token usage older than 48 h at start and every PRUNE_INTERVAL, in the background of the
+ * layer's scope. A failed prune (database away) is logged and tried again on the next round.
+ */
+export const TokenUsagePruneLive: Layer.Layer<never, never, TokenLedger> = Layer.scopedDiscard(
+  Effect.flatMap(TokenLedger, (ledger) =>
+    ledger.prune.pipe(
+      Effect.catchAllCause((cause) => Effect.logWarning("Pruning token usage failed; trying again later", cause)),
+      Effect.repeat(Schedule.spaced(PRUNE_INTERVAL)),
+      Effect.forkScoped,
+    ),
+  ),
 )

@@ -1,11 +1,11 @@
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Effect, Either, Exit, Layer, Option, TestClock } from "effect"
+import { Effect, Either, Exit, Layer, Option, Schedule, TestClock, TestServices } from "effect"
 import { expect } from "vitest"
 import { TokenBudgetConfig, type TokenBudgetConfigShape } from "../../src/services/AppConfig.js"
 import { runMigrations } from "../../src/services/Migrations.js"
-import { answerKey, BUDGET_WINDOW_MS, type UsageEntry } from "../../src/services/TokenLedger.js"
-import { makeTokenLedger } from "../../src/services/TokenLedgerLive.js"
+import { answerKey, BUDGET_WINDOW_MS, TokenLedger, type UsageEntry } from "../../src/services/TokenLedger.js"
+import { makeTokenLedger, TokenUsagePruneLive } from "../../src/services/TokenLedgerLive.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -246,6 +246,33 @@ it.layer(L, { timeout: 120_000 })("TokenLedger", (it) => {
       // Inside a user's scope prune still deletes only expired rows (it clears the scope first).
       expect((yield* withUserScope(ann, () => ledger.prune)).usage).toBe(0)
       expect((yield* ownerRows(ann)).length).toBe(2)
+    }),
+  )
+})
+
+it.layer(L, { timeout: 120_000 })("TokenUsagePruneLive", (it) => {
+  it.scoped("prunes at start and then every hour (TestClock), in the background", () =>
+    Effect.gen(function* () {
+      const user = fresh("u")
+      const ledger = yield* ledgerWith()
+      const now = Date.now()
+      const expired = (tokens: number) => ledger.record(user, [entry(user, { tokens, at: new Date(now - 49 * HOUR) })])
+      const count = Effect.map(ownerRows(user), (rows) => rows.length)
+      // Real-time polling: the prune runs on its own fiber against a real database.
+      const eventually = (n: number) =>
+        TestServices.provideLive(
+          Effect.repeat(count, { until: (c) => c === n, schedule: Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")) }),
+        ).pipe(Effect.zipRight(count))
+      yield* expired(1)
+      yield* Layer.build(TokenUsagePruneLive.pipe(Layer.provide(Layer.succeed(TokenLedger, ledger))))
+      expect(yield* eventually(0)).toBe(0)
+      yield* expired(2)
+      yield* TestClock.adjust("59 minutes")
+      // Time for a (wrongly) woken prune to finish before looking.
+      yield* TestServices.provideLive(Effect.sleep("300 millis"))
+      expect(yield* count).toBe(1)
+      yield* TestClock.adjust("1 minute")
+      expect(yield* eventually(0)).toBe(0)
     }),
   )
 })
