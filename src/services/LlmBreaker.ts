@@ -122,7 +122,8 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
           const p = c.phase
           if (outcome === "ok") {
             // The LLM answered (a success, or a permanent error it chose to send): it is up.
-            return p._tag === "Closed" ? (p.failures === 0 ? c : { ...c, phase: { _tag: "Closed", failures: 0 } as Phase }) : yield* transition(c, { _tag: "Closed", failures: 0 })
+            if (p._tag !== "Closed") return yield* transition(c, { _tag: "Closed", failures: 0 })
+            return p.failures === 0 ? c : { ...c, phase: { _tag: "Closed", failures: 0 } as Phase }
           }
           if (outcome === "abandoned") {
             // An interrupted probe decided nothing: the next request may probe at once.
