@@ -4,6 +4,7 @@
 -- Afterwards the runner role (NOSUPERUSER, NOBYPASSRLS) can:
 --   * own schema mana_ai and create its own tables there (it cannot create schemas itself);
 --   * read the mission rows (app_id 'ai', table 'aiMissions') of every user: discovery's one narrow path;
+--   * read the agent rows (app_id 'ai', table 'agents') of every user: the same path, for agents (SPEC §14);
 --   * read and insert every other sync_changes row only inside its per-user RLS scope
 --     (set_config('app.current_user_id', <user>, true)); it can never UPDATE or DELETE a change.
 \set ON_ERROR_STOP on
@@ -28,5 +29,16 @@ CREATE POLICY mana_ai_runner_read_missions ON public.sync_changes
 CREATE INDEX IF NOT EXISTS sync_changes_ai_missions_created_idx
   ON public.sync_changes (created_at, id)
   WHERE app_id = 'ai' AND table_name = 'aiMissions';
+
+-- Agents (SPEC §14) are discovered and replayed like missions: the same narrow path, one more table.
+DROP POLICY IF EXISTS mana_ai_runner_read_agents ON public.sync_changes;
+CREATE POLICY mana_ai_runner_read_agents ON public.sync_changes
+  AS PERMISSIVE FOR SELECT TO :"runner_role"
+  USING (app_id = 'ai' AND table_name = 'agents');
+
+-- Incremental agent discovery, for the same reason as the mission index above.
+CREATE INDEX IF NOT EXISTS sync_changes_ai_agents_created_idx
+  ON public.sync_changes (created_at, id)
+  WHERE app_id = 'ai' AND table_name = 'agents';
 
 COMMIT;

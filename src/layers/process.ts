@@ -12,7 +12,16 @@ import { Effect, Layer, Metric, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
-import { DatabaseConfig, GrantConfig, HttpConfig, LlmConfig, ObservabilityConfig, RunnerConfig } from "../services/AppConfig.js"
+import {
+  DatabaseConfig,
+  GrantConfig,
+  HttpConfig,
+  LlmBreakerConfig,
+  LlmConfig,
+  ObservabilityConfig,
+  RunnerConfig,
+  TokenBudgetConfig,
+} from "../services/AppConfig.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
@@ -50,6 +59,8 @@ export const configLayer = (config: StartupConfig) =>
     Layer.succeed(HttpConfig, config.http),
     Layer.succeed(ObservabilityConfig, config.observability),
     Layer.succeed(GrantConfig, config.grant),
+    Layer.succeed(TokenBudgetConfig, config.tokenBudget),
+    Layer.succeed(LlmBreakerConfig, config.llmBreaker),
   )
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
@@ -103,6 +114,8 @@ const MetricsRegistered = Layer.effectDiscard(
       Metric.value(metrics.quarantinedGauge),
       Metric.value(metrics.runsInFlightGauge),
       Metric.value(metrics.actorRestartsTotal),
+      Metric.value(metrics.tokensUsedTotal),
+      Metric.value(metrics.llmBreakerOpenGauge),
     ],
     { discard: true },
   ),

@@ -11,12 +11,16 @@ import {
   grantConfig,
   type HttpConfigShape,
   httpConfig,
+  type LlmBreakerConfigShape,
   type LlmConfigShape,
+  llmBreakerConfig,
   llmConfig,
   type ObservabilityConfigShape,
   observabilityConfig,
   type RunnerConfigShape,
   runnerConfig,
+  type TokenBudgetConfigShape,
+  tokenBudgetConfig,
 } from "../services/AppConfig.js"
 
 /** Embedded mode only: where PGlite's files, the generated service key and the seed marker live. */
@@ -44,6 +48,8 @@ export interface StartupConfig {
   readonly observability: ObservabilityConfigShape
   /** Mission Grant key (SPEC §15); None: grants are off. */
   readonly grant: GrantConfigShape
+  readonly tokenBudget: TokenBudgetConfigShape
+  readonly llmBreaker: LlmBreakerConfigShape
   readonly mode: StartMode
 }
 
@@ -99,6 +105,8 @@ export const startupConfig: Config.Config<StartupConfig> = Config.all({
   http: httpConfig,
   observability: observabilityConfig,
   grant: grantConfig,
+  tokenBudget: tokenBudgetConfig,
+  llmBreaker: llmBreakerConfig,
   dataDir: dataDirConfig,
 }).pipe(Config.mapOrFail(crossCheck))
 

@@ -314,6 +314,53 @@ export class GrantConfig extends Context.Tag("mana-ai/GrantConfig")<GrantConfig,
   static readonly off: GrantConfigShape = { runnerKey: Option.none() }
 }
 
+// ---------------------------------------------------------------- token budgets and the LLM breaker (SPEC §14)
+
+/** A whole number ≥ 0, or none when unset or empty (SPEC §10: an empty value means unset). */
+const optionalTokenBudget = (name: string) =>
+  Config.option(Config.string(name)).pipe(
+    Config.mapOrFail((raw) => {
+      const text = Option.getOrElse(raw, () => "").trim()
+      if (text === "") return Either.right(Option.none<number>())
+      const n = /^\+?\d+$/.test(text) ? Number(text) : Number.NaN
+      return Number.isSafeInteger(n)
+        ? Either.right(Option.some(n))
+        : Either.left(
+            ConfigError.InvalidData([name], `${name} must be a whole number of tokens ≥ 0 (unset: no budget), got ${JSON.stringify(Option.getOrElse(raw, () => ""))}`),
+          )
+    }),
+  )
+
+export interface TokenBudgetConfigShape {
+  /** Per user, rolling 24 h, for missions without an agent budget. None: no budget. */
+  readonly userDailyTokens: Option.Option<number>
+  /** All runs of the process (every runner on this database), rolling 24 h. None: no budget. */
+  readonly llmDailyTokens: Option.Option<number>
+}
+
+export const tokenBudgetConfig: Config.Config<TokenBudgetConfigShape> = Config.all({
+  userDailyTokens: optionalTokenBudget("USER_DAILY_TOKEN_BUDGET"),
+  llmDailyTokens: optionalTokenBudget("LLM_DAILY_TOKEN_BUDGET"),
+})
+
+export class TokenBudgetConfig extends Context.Tag("mana-ai/TokenBudgetConfig")<TokenBudgetConfig, TokenBudgetConfigShape>() {
+  static readonly layer = Layer.effect(TokenBudgetConfig, tokenBudgetConfig)
+  static readonly none: TokenBudgetConfigShape = { userDailyTokens: Option.none(), llmDailyTokens: Option.none() }
+}
+
+export interface LlmBreakerConfigShape {
+  /** Transient LLM failures in a row, across the process, that open the breaker. */
+  readonly failures: number
+}
+
+export const llmBreakerConfig: Config.Config<LlmBreakerConfigShape> = Config.all({
+  failures: positiveInt("LLM_BREAKER_FAILURES", 10),
+})
+
+export class LlmBreakerConfig extends Context.Tag("mana-ai/LlmBreakerConfig")<LlmBreakerConfig, LlmBreakerConfigShape>() {
+  static readonly layer = Layer.effect(LlmBreakerConfig, llmBreakerConfig)
+}
+
 /** Every variable at once: used by main to refuse a bad start before anything else happens. */
 export const loadAll = Effect.all({
   runner: runnerConfig,
@@ -322,4 +369,6 @@ export const loadAll = Effect.all({
   http: httpConfig,
   observability: observabilityConfig,
   grant: grantConfig,
+  tokenBudget: tokenBudgetConfig,
+  llmBreaker: llmBreakerConfig,
 })

@@ -9,6 +9,7 @@ import { PgMigrator } from "@effect/sql-pg"
 import { Effect, Layer } from "effect"
 import missionStore from "../migrations/0001_mission_store.js"
 import decryptAudit from "../migrations/0002_decrypt_audit.js"
+import tokenUsage from "../migrations/0003_token_usage.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 export const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -19,6 +20,7 @@ const MIGRATION_LOCK_KEY = "7881696566318225266"
 export const migrations = {
   "0001_mission_store": missionStore,
   "0002_decrypt_audit": decryptAudit,
+  "0003_token_usage": tokenUsage,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

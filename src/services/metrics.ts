@@ -37,3 +37,9 @@ export const grantScopeViolationsTotal = Metric.counter("mana_ai_grant_scope_vio
 export const grantSkipsTotal = Metric.counter("mana_ai_grant_skips_total", { description: "Runs whose Mission Grant could not be used, by reason" })
 /** Tagged with reason (the audit row's). */
 export const decryptFailuresTotal = Metric.counter("mana_ai_decrypt_failures_total", { description: "Inputs under a valid grant that could not be read (failed audit rows), by reason" })
+/** Tagged with decision = ran | skipped-paused | skipped-archived | skipped-budget (SPEC §14). */
+export const agentDecisionsTotal = Metric.counter("mana_ai_agent_decisions_total", { description: "Agent decisions per mission run, by decision" })
+/** Tokens newly recorded in mana_ai.token_usage (each answer once; what the budgets count). */
+export const tokensUsedTotal = Metric.counter("mana_ai_tokens_used_total", { description: "LLM tokens charged to the daily budgets" })
+/** 1 while the LLM breaker is open or probing, 0 when closed. */
+export const llmBreakerOpenGauge = Metric.gauge("mana_ai_llm_breaker_open", { description: "1 while the LLM breaker is open (no request starts), else 0" })

@@ -12,7 +12,16 @@ const tablesIn = (schema: string) =>
       WHERE n.nspname = ${schema} AND c.relkind = 'r' ORDER BY 1`.pipe(Effect.map((rows) => rows.map((r) => r.name))),
   )
 
-const EXPECTED_TABLES = ["applied_changes", "decrypt_audit", "discovery_cursor", "migrations", "mission_snapshots", "run_claims"]
+const EXPECTED_TABLES = [
+  "applied_changes",
+  "decrypt_audit",
+  "discovery_cursor",
+  "migrations",
+  "mission_snapshots",
+  "run_claims",
+  "token_usage",
+  "token_usage_process",
+]
 
 it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starting at once", (it) => {
   it.effect("both succeed, the migration is applied once and there is one set of tables", () =>
@@ -22,10 +31,10 @@ it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starti
         [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
         { concurrency: "unbounded" },
       )
-      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit"])
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage"])
       const db = yield* TestDatabase
-      const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations ORDER BY migration_id"))
-      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }])
+      const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations ORDER BY 1"))
+      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }])
       expect(yield* Effect.provide(tablesIn("mana_ai"), RunnerSqlLive(1))).toEqual(EXPECTED_TABLES)
     }),
   )

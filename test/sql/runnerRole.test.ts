@@ -74,6 +74,30 @@ it.layer(Env, { timeout: 60_000 })("runner role after sql/runner-role.sql", (it)
       expect(yield* countVisible("someone-else", "ai")).toBe(2)
     }))
 
+  it.effect("reads agent rows of every user (the same path); other tables of app ai stay per user", () =>
+    Effect.gen(function* () {
+      const countAi = (scope: string | null, table: string) =>
+        Effect.flatMap(SqlClient.SqlClient, (sql) =>
+          sql.withTransaction(
+            Effect.gen(function* () {
+              if (scope !== null) yield* sql`SELECT set_config('app.current_user_id', ${scope}, true)`
+              const rows = yield* sql<{ n: number }>`
+                SELECT count(*)::int AS n FROM sync_changes WHERE app_id = 'ai' AND table_name = ${table}`
+              return rows[0]!.n
+            }),
+          ),
+        )
+      yield* insertAs("a1", "a1", "ai", "agents")
+      yield* insertAs("a2", "a2", "ai", "agents")
+      yield* insertAs("a1", "a1", "ai", "aiTemplates")
+      expect(yield* countAi(null, "agents")).toBe(2)
+      expect(yield* countAi("someone-else", "agents")).toBe(2)
+      expect(yield* countAi(null, "aiTemplates")).toBe(0)
+      expect(yield* countAi("a1", "aiTemplates")).toBe(1)
+      // Reading is all the path gives: an agent row for another user is still refused.
+      expect((yield* Effect.either(insertAs("a1", "a2", "ai", "agents")))._tag).toBe("Left")
+    }))
+
   it.effect("can neither update nor delete a change, nor alter sync_changes", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
@@ -118,7 +142,11 @@ it.layer(Env, { timeout: 60_000 })("runner role after sql/runner-role.sql", (it)
       const policies = yield* Effect.promise(() =>
         db.ownerQuery("SELECT policyname FROM pg_policies WHERE tablename = 'sync_changes' ORDER BY policyname"),
       )
-      expect(policies.map((p) => p.policyname)).toEqual(["mana_ai_runner_read_missions", "sync_changes_user_isolation"])
+      expect(policies.map((p) => p.policyname)).toEqual([
+        "mana_ai_runner_read_agents",
+        "mana_ai_runner_read_missions",
+        "sync_changes_user_isolation",
+      ])
       expect(yield* countVisible(null, "ai")).toBeGreaterThanOrEqual(0)
     }))
 })

@@ -1,0 +1,43 @@
+/**
+ * Per-agent concurrency (SPEC §14): an agent's runs across all of its user's missions hold one permit
+ * of `maxConcurrentMissions`. One semaphore per (user, agent), shared by every run of that agent and
+ * released when none has used it for a while. A changed cap resizes it for the next acquisition;
+ * runs already holding a permit finish.
+ */
+import { Context, Duration, Effect, Layer, RcMap, type Scope } from "effect"
+
+export interface AgentPermitKey {
+  readonly userId: string
+  readonly agentId: string
+  /** The agent's maxConcurrentMissions (≥ 1). */
+  readonly cap: number
+}
+
+export interface AgentPermitsShape {
+  /** Runs `self` holding one permit of the agent's; waits while `cap` runs of that agent are under way. */
+  readonly withPermit: (key: AgentPermitKey) => <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
+export class AgentPermits extends Context.Tag("mana-ai/AgentPermits")<AgentPermits, AgentPermitsShape>() {
+  static readonly make = (idleTimeToLive: Duration.DurationInput = Duration.minutes(5)): Effect.Effect<AgentPermitsShape, never, Scope.Scope> =>
+    Effect.gen(function* () {
+      const semaphores = yield* RcMap.make({
+        // Created at 1 and resized to the cap on every acquisition.
+        lookup: (_key: string) => Effect.makeSemaphore(1),
+        idleTimeToLive,
+      })
+      const withPermit =
+        (key: AgentPermitKey) =>
+        <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+          Effect.scoped(
+            Effect.gen(function* () {
+              const semaphore = yield* RcMap.get(semaphores, JSON.stringify([key.userId, key.agentId]))
+              yield* semaphore.resize(Math.max(1, Math.floor(key.cap)))
+              return yield* semaphore.withPermits(1)(self)
+            }),
+          )
+      return AgentPermits.of({ withPermit })
+    })
+
+  static readonly layer = Layer.scoped(AgentPermits, AgentPermits.make())
+}
