@@ -44,7 +44,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
   it.effect("a second run applies nothing and changes nothing", () =>
     Effect.gen(function* () {
       const first = yield* runMigrations
-      expect(first.length).toBe(2)
+      expect(first.length).toBe(3)
       const again = yield* runMigrations
       expect(again).toEqual([])
       expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)
