@@ -29,3 +29,11 @@ export const actorsGauge = Metric.gauge("mana_ai_actors", { description: "User a
 export const quarantinedGauge = Metric.gauge("mana_ai_actors_quarantined", { description: "Users quarantined" })
 export const runsInFlightGauge = Metric.gauge("mana_ai_runs_in_flight", { description: "Mission runs under way" })
 export const actorRestartsTotal = Metric.counter("mana_ai_actor_restarts_total", { description: "User actors restarted after a failure" })
+/** Tools mode: answers with tool calls (or the final text) per plan, repair turns not counted. */
+export const plannerRounds = Metric.histogram(
+  "mana_ai_planner_rounds",
+  MetricBoundaries.linear({ start: 1, width: 1, count: 10 }),
+  "Tool-calling rounds per plan",
+)
+/** Tagged with kind = the parser's rejection kind (unknown-tool, invalid-arguments, …). */
+export const planRejectionsTotal = Metric.counter("mana_ai_plan_rejections_total", { description: "Planner answers rejected, by kind" })
