@@ -97,7 +97,15 @@ export const PlannerLive = Layer.effect(
           }
           rounds++
           if (Either.isRight(text) && text.right !== "") summary = text.right
-          if (answer.toolCalls.length === 0) break
+          if (answer.toolCalls.length === 0) {
+            // Legitimate ("nothing to do"), but also what a model or proxy that ignores `tools` does.
+            if (steps.length === 0) {
+              yield* Effect.logWarning("planner answer has no tool calls: a plan with no steps").pipe(
+                Effect.annotateLogs({ missionId: input.mission.id }),
+              )
+            }
+            break
+          }
           steps.push(...checked.right)
           messages = [...messages, ...recordedRound(answer.content, answer.toolCalls)]
         }

@@ -101,7 +101,7 @@ describe("PLANNER_MODE through the real process", () => {
     // The good mission: two requests (the calls, then the summary once each call is answered).
     const good = requestsAbout(requests, "marker-good")
     expect(good).toHaveLength(2)
-    expect((good[0]?.body as Record<string, unknown>).tool_choice).toBe("auto")
+    expect((good[0]?.body as Record<string, unknown> | undefined)?.tool_choice).toBe("auto")
     expect(toolsOf(good[0]).map((t) => t.function.name)).toEqual(["create_task", "complete_task", "create_event", "create_place"])
     expect(messagesOf(good[1]).slice(2).map((m) => m.role)).toEqual(["assistant", "tool", "tool"])
     const rows = await rig.runnerRows(user)
