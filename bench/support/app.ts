@@ -56,8 +56,9 @@ export const servicesLayer = (
   config: Partial<RunnerConfigShape>,
   llmUrl: string,
   recorder: Recorder,
+  plannerMode: PlannerMode = "tools",
 ) => {
-  const platform = Layer.mergeAll(llmConfigLayer(llmUrl), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
+  const platform = Layer.mergeAll(llmConfigLayer(llmUrl, plannerMode), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
   const own = Layer.provideMerge(
     Layer.mergeAll(
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
@@ -74,7 +75,12 @@ export const servicesLayer = (
 }
 
 /** The whole runner: discovery starts at once when tickEnabled. */
-export const appLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape>, llmUrl: string, recorder: Recorder) =>
-  Layer.provideMerge(SupervisorLive, servicesLayer(db, config, llmUrl, recorder))
+export const appLayer = (
+  db: RunnerDatabase,
+  config: Partial<RunnerConfigShape>,
+  llmUrl: string,
+  recorder: Recorder,
+  plannerMode: PlannerMode = "tools",
+) => Layer.provideMerge(SupervisorLive, servicesLayer(db, config, llmUrl, recorder, plannerMode))
 
 export { Supervisor, SupervisorLive }
