@@ -1,11 +1,14 @@
 /**
  * 1. Throughput: users × 5 due missions, LLM latency 200 ms, GLOBAL_CONCURRENCY=64,
- * USER_CONCURRENCY=2: missions written back per second ÷ the LLM-bound limit (64 / 0.2 s). The same
- * workload with GLOBAL_CONCURRENCY=1, sampled over its first runs, is the one-at-a-time baseline.
+ * USER_CONCURRENCY=2: missions written back per second ÷ the LLM-bound limit (64 / 0.2 s per LLM
+ * request a run makes), in both planner modes with the same stand-in latency: PLANNER_MODE=tools (the
+ * default; two requests per run: the calls, then the summary once they are answered) and json (one).
+ * The same workload with GLOBAL_CONCURRENCY=1, sampled over its first runs, is the one-at-a-time baseline.
  * Rates count from the first run's start to the last counted write, so discovery and actor start-up
  * before the first run are not in them (reported separately) but everything after is.
  */
 import { Effect } from "effect"
+import type { PlannerMode } from "../../src/services/AppConfig.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import type { RunRecord } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
@@ -24,6 +27,8 @@ const LATENCY_MS = 200
 const GLOBAL = 64
 const USER = 2
 const PER_USER = 5
+/** LLM requests per run with the stand-in's fixed answers: tools mode asks again after the calls. */
+const REQUESTS_PER_RUN: Record<PlannerMode, number> = { tools: 2, json: 1 }
 
 const written = (runs: ReadonlyArray<RunRecord>) => runs.filter((r) => r.outcome.startsWith("Written"))
 
@@ -81,60 +86,70 @@ export const measureThroughput = (options: ThroughputOptions) =>
       spreadMs: 0,
       withGoal: true,
     })
-    const limit = GLOBAL / (LATENCY_MS / 1000)
+    const full = (mode: PlannerMode) =>
+      Effect.gen(function* () {
+        const limit = GLOBAL / ((LATENCY_MS * REQUESTS_PER_RUN[mode]) / 1000)
+        const result = yield* runWorkload({
+          name: `throughput G=${GLOBAL} ${mode}`,
+          ownerUrl: options.ownerUrl,
+          standIn: options.standIn,
+          latencyMs: LATENCY_MS,
+          config: { globalConcurrency: GLOBAL, userConcurrency: USER, plannerMode: mode },
+          workload,
+          stopAfterWritten: missions,
+          deadline: "180 seconds",
+          log: options.log,
+        })
+        const rate = rateOf(result, missions)
+        const prefix = mode === "tools" ? "throughput" : "throughput.json"
+        const figures: Array<Figure> = [
+          {
+            id: `${prefix}.ratio`,
+            label: `1. throughput ÷ LLM-bound limit (${options.users}×${PER_USER}, G=${GLOBAL}, PLANNER_MODE=${mode})`,
+            value: rate.rate / limit,
+            unit: "",
+            target: { op: ">=", value: 0.9, text: "≥ 0.90" },
+            detail: {
+              plannerMode: mode,
+              missions,
+              written: result.recorder.written,
+              runsEnded: result.recorder.runs.length,
+              timedOut: result.timedOut,
+              definition: `writes per second from the first run's start to the last write; limit = G / (latency × ${REQUESTS_PER_RUN[mode]} requests per run)`,
+              ratePerSecond: round(rate.rate, 1),
+              limitPerSecond: limit,
+              windowSeconds: round(rate.seconds, 2),
+              steadyRatePerSecond: round(steadyRate(result), 1),
+              startupSecondsBeforeFirstRun: round((rate.firstStart - result.appStartedAt) / 1000, 2),
+              benchProcessCpuPerWallSecond: round(result.cpuPerWallSecond, 2),
+              cpuCoresInUse: result.cpu,
+              eventLoopLagMs: roundSummary(summarize(result.lagMs)),
+              // This process's CPU (all threads) from start-up to the last write, per mission written.
+              cpuMsPerWrittenRun: round(result.cpuMs / result.recorder.written, 2),
+              llmRequests: result.standIn.requests,
+              llmRequestsPerWrittenRun: round(result.standIn.requests / Math.max(1, result.recorder.written), 2),
+              llmMaxInFlight: result.standIn.maxInFlight,
+              llmLatencyMs: LATENCY_MS,
+              globalConcurrency: GLOBAL,
+              userConcurrency: USER,
+              overheadMsUnderLoad: roundSummary(overheadOf(result.recorder.runs)),
+              ...overheadParts(result.recorder.runs),
+            },
+          },
+          {
+            id: `${prefix}.rate`,
+            label: `1. throughput, missions written back per second (PLANNER_MODE=${mode})`,
+            value: rate.rate,
+            unit: "/s",
+          },
+        ]
+        return { rate, figures }
+      })
 
-    const full = yield* runWorkload({
-      name: `throughput G=${GLOBAL}`,
-      ownerUrl: options.ownerUrl,
-      standIn: options.standIn,
-      latencyMs: LATENCY_MS,
-      config: { globalConcurrency: GLOBAL, userConcurrency: USER },
-      workload,
-      stopAfterWritten: missions,
-      deadline: "180 seconds",
-      log: options.log,
-    })
-    const fullRate = rateOf(full, missions)
-
-    const figures: Array<Figure> = [
-      {
-        id: "throughput.ratio",
-        label: `1. throughput ÷ LLM-bound limit (${options.users}×${PER_USER}, G=${GLOBAL})`,
-        value: fullRate.rate / limit,
-        unit: "",
-        target: { op: ">=", value: 0.9, text: "≥ 0.90" },
-        detail: {
-          missions,
-          written: full.recorder.written,
-          runsEnded: full.recorder.runs.length,
-          timedOut: full.timedOut,
-          definition: "writes per second from the first run's start to the last write",
-          ratePerSecond: round(fullRate.rate, 1),
-          limitPerSecond: limit,
-          windowSeconds: round(fullRate.seconds, 2),
-          steadyRatePerSecond: round(steadyRate(full), 1),
-          startupSecondsBeforeFirstRun: round((fullRate.firstStart - full.appStartedAt) / 1000, 2),
-          benchProcessCpuPerWallSecond: round(full.cpuPerWallSecond, 2),
-          cpuCoresInUse: full.cpu,
-          eventLoopLagMs: roundSummary(summarize(full.lagMs)),
-          // This process's CPU (all threads) from start-up to the last write, per mission written.
-          cpuMsPerWrittenRun: round(full.cpuMs / full.recorder.written, 2),
-          llmRequests: full.standIn.requests,
-          llmMaxInFlight: full.standIn.maxInFlight,
-          llmLatencyMs: LATENCY_MS,
-          globalConcurrency: GLOBAL,
-          userConcurrency: USER,
-          overheadMsUnderLoad: roundSummary(overheadOf(full.recorder.runs)),
-          ...overheadParts(full.recorder.runs),
-        },
-      },
-      {
-        id: "throughput.rate",
-        label: `1. throughput, missions written back per second`,
-        value: fullRate.rate,
-        unit: "/s",
-      },
-    ]
+    const tools = yield* full("tools")
+    const json = yield* full("json")
+    const fullRate = tools.rate
+    const figures: Array<Figure> = [...tools.figures, ...json.figures]
     if (options.baselineSample <= 0) return figures
     const base = yield* runWorkload({
       name: "throughput G=1",
@@ -168,7 +183,7 @@ export const measureThroughput = (options: ThroughputOptions) =>
       },
       {
         id: "throughput.vs.baseline",
-        label: `1. throughput G=${GLOBAL} ÷ baseline G=1`,
+        label: `1. throughput G=${GLOBAL} ÷ baseline G=1 (PLANNER_MODE=tools)`,
         value: fullRate.rate / baseRate.rate,
         unit: "×",
       },

@@ -5,6 +5,7 @@
  * database dropped.
  */
 import { Context, Duration, Effect, Layer, Redacted, type Scope } from "effect"
+import type { PlannerMode } from "../../src/services/AppConfig.js"
 import { appLayer, Supervisor } from "../support/app.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
 import { runInChild } from "../support/child.js"
@@ -19,6 +20,8 @@ import { nowMs, round } from "../support/stats.js"
 export interface WorkloadConfig {
   readonly globalConcurrency?: number
   readonly userConcurrency?: number
+  /** PLANNER_MODE; default tools, as in production. */
+  readonly plannerMode?: PlannerMode
 }
 
 export interface WorkloadOptions {
@@ -77,8 +80,9 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const appStartedAt = nowMs()
       const cpu0 = process.cpuUsage()
       const cpuWatch = startCpuWatch(input.standInPid)
+      const { plannerMode, ...runnerConfig } = input.config
       const ctx = yield* Layer.build(
-        appLayer({ runnerUrl: Redacted.make(input.runnerUrl) }, input.config, input.standInUrl, recorder),
+        appLayer({ runnerUrl: Redacted.make(input.runnerUrl) }, runnerConfig, input.standInUrl, recorder, plannerMode),
       )
       const supervisor = Context.get(ctx, Supervisor)
       yield* Effect.forkScoped(sampleEventLoopLag(lagMs))

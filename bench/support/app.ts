@@ -8,7 +8,7 @@ import { FetchHttpClient } from "@effect/platform"
 import { BunContext } from "@effect/platform-bun"
 import { Duration, Layer, Option } from "effect"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
-import { LlmConfig, type RunnerConfigShape, RunnerConfig } from "../../src/services/AppConfig.js"
+import { LlmConfig, type PlannerMode, type RunnerConfigShape, RunnerConfig } from "../../src/services/AppConfig.js"
 import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../../src/services/InputResolversLive.js"
@@ -37,7 +37,7 @@ export const baseLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape>
 export const storeLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}) =>
   Layer.provideMerge(MissionStoreLive, baseLayer(db, config))
 
-const llmConfigLayer = (url: string) =>
+const llmConfigLayer = (url: string, plannerMode: PlannerMode = "tools") =>
   Layer.succeed(LlmConfig, {
     url: Option.some(url),
     apiKey: Option.none(),
@@ -46,6 +46,8 @@ const llmConfigLayer = (url: string) =>
     requestTimeout: Duration.seconds(60),
     repairAttempts: 1,
     toolsFile: Option.none(),
+    plannerMode,
+    maxRounds: 3,
   })
 
 /** Everything but the supervisor (so a measurement can start it when it chooses). */
@@ -54,8 +56,9 @@ export const servicesLayer = (
   config: Partial<RunnerConfigShape>,
   llmUrl: string,
   recorder: Recorder,
+  plannerMode: PlannerMode = "tools",
 ) => {
-  const platform = Layer.mergeAll(llmConfigLayer(llmUrl), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
+  const platform = Layer.mergeAll(llmConfigLayer(llmUrl, plannerMode), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
   const own = Layer.provideMerge(
     Layer.mergeAll(
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
@@ -72,7 +75,12 @@ export const servicesLayer = (
 }
 
 /** The whole runner: discovery starts at once when tickEnabled. */
-export const appLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape>, llmUrl: string, recorder: Recorder) =>
-  Layer.provideMerge(SupervisorLive, servicesLayer(db, config, llmUrl, recorder))
+export const appLayer = (
+  db: RunnerDatabase,
+  config: Partial<RunnerConfigShape>,
+  llmUrl: string,
+  recorder: Recorder,
+  plannerMode: PlannerMode = "tools",
+) => Layer.provideMerge(SupervisorLive, servicesLayer(db, config, llmUrl, recorder, plannerMode))
 
 export { Supervisor, SupervisorLive }

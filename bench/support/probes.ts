@@ -89,11 +89,12 @@ export const timedLlm = Layer.effect(
   LlmClient,
   Effect.map(LlmClient, (inner) =>
     LlmClient.of({
-      complete: (messages) =>
+      // The options carry tools mode's `tools`: dropping them would quietly plan in text mode.
+      complete: (messages, options) =>
         Effect.flatMap(FiberRef.get(currentRun), (record) => {
           const t0 = nowMs()
           if (record !== null && Number.isNaN(record.llmFirstAt)) record.llmFirstAt = t0
-          return inner.complete(messages).pipe(
+          return inner.complete(messages, options).pipe(
             Effect.ensuring(
               Effect.sync(() => {
                 if (record === null) return

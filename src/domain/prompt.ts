@@ -3,13 +3,15 @@
  * message with the mission, its resolved inputs and the last iterations with the user's feedback.
  */
 import type { Iteration, Mission } from "./mission.js"
-import { MAX_PLAN_STEPS } from "./planParser.js"
+import { MAX_PLAN_STEPS, RATIONALE_PARAM, type ToolCallLike } from "./planParser.js"
 import type { Tool, ToolParam } from "./tools.js"
 
 /** Structurally the LLM client's ChatMessage; declared here so the domain imports no service. */
 export interface PromptMessage {
-  readonly role: "system" | "user" | "assistant"
+  readonly role: "system" | "user" | "assistant" | "tool"
   readonly content: string
+  readonly toolCalls?: ReadonlyArray<ToolCallLike>
+  readonly toolCallId?: string
 }
 
 /** Structurally the resolvers' ResolvedInput. */
@@ -27,6 +29,8 @@ export interface PromptRequest {
   readonly tools: ReadonlyArray<Tool>
   /** When given, the user message states the current time so due dates can be sensible. */
   readonly now?: Date
+  /** `tools`: the catalogue travels as OpenAI tools, so the system message asks for calls. Default `json`. */
+  readonly mode?: "tools" | "json"
   /** Encrypted inputs this run could not read (SPEC §15): named, never shown. */
   readonly unavailableInputs?: ReadonlyArray<UnavailableInput>
 }
@@ -100,6 +104,19 @@ const systemMessage = (tools: ReadonlyArray<Tool>): string =>
     renderCatalogue(tools),
   ].join("\n")
 
+const toolsSystemMessage = (): string =>
+  [
+    "You are the planner of a user's AI Mission: a long-lived goal the user keeps working on. You propose the next concrete steps that move the mission forward.",
+    "",
+    "Rules:",
+    "- Propose each step by calling one of the tools you are given, with only its listed parameters. Never invent a tool or a parameter.",
+    `- Propose from 1 to ${MAX_PLAN_STEPS} steps in all; one answer may hold several calls.`,
+    `- Every call carries the parameter "${RATIONALE_PARAM}": one or two sentences the user will read when deciding on the step.`,
+    "- Nothing is executed: each call is recorded as a proposal the user approves or rejects. Never claim that something was done.",
+    "- Take the user's feedback on earlier iterations into account. Never repeat a proposal the user rejected unchanged.",
+    "- When your proposals are complete, answer with one sentence that summarises the plan and no further tool calls.",
+  ].join("\n")
+
 const renderIteration = (it: Iteration, n: number): string => {
   const lines = [`Iteration ${n} (started ${it.startedAt}): ${it.overallStatus}`]
   if (it.summary !== undefined) lines.push(`  Summary: ${text(it.summary, LIMITS.step)}`)
@@ -152,9 +169,58 @@ const userMessage = (req: PromptRequest): string => {
 }
 
 export const buildPrompt = (req: PromptRequest): ReadonlyArray<PromptMessage> => [
-  { role: "system", content: systemMessage(req.tools) },
+  { role: "system", content: req.mode === "tools" ? toolsSystemMessage() : systemMessage(req.tools) },
   { role: "user", content: userMessage(req) },
 ]
+
+/** What the runner answers each accepted tool call with (SPEC §4): nothing ran, the user reviews it. */
+export const RECORDED_RESULT = JSON.stringify({ success: true, message: "recorded; the user will review it" })
+
+/** The assistant's turn as sent back: its text and its calls, long arguments cut short. */
+const assistantTurn = (content: string, calls: ReadonlyArray<ToolCallLike>): PromptMessage => ({
+  role: "assistant",
+  content: clip(content, LIMITS.answer),
+  toolCalls: calls.map((c) => ({
+    id: c.id,
+    name: typeof c.name === "string" ? clip(c.name, 100) : c.name,
+    arguments: typeof c.arguments === "string" ? clip(c.arguments, LIMITS.answer) : c.arguments,
+  })),
+})
+
+/** An accepted round: the answer, and each call answered as recorded. */
+export const recordedRound = (content: string, calls: ReadonlyArray<ToolCallLike>): ReadonlyArray<PromptMessage> => [
+  assistantTurn(content, calls),
+  ...calls.map((c): PromptMessage => ({ role: "tool", toolCallId: c.id, content: RECORDED_RESULT })),
+]
+
+/**
+ * The tools-mode repair turn: the rejected answer, and each of its calls answered by a `tool`
+ * message carrying the parser's reason for it. An answer without calls gets a user turn instead.
+ */
+export const toolRepairRound = (
+  content: string,
+  calls: ReadonlyArray<ToolCallLike>,
+  perCall: ReadonlyArray<string>,
+  reason: string,
+): ReadonlyArray<PromptMessage> =>
+  calls.length === 0
+    ? [
+        { role: "assistant", content: clip(content, LIMITS.answer) },
+        { role: "user", content: `Your answer was rejected: ${reason}. Propose the steps by calling the tools.` },
+      ]
+    : [
+        assistantTurn(content, calls),
+        ...calls.map(
+          (c, i): PromptMessage => ({
+            role: "tool",
+            toolCallId: c.id,
+            content: JSON.stringify({
+              success: false,
+              message: `rejected: ${perCall[i] ?? reason}. Nothing of this answer was recorded; call the tools again, using only their listed parameters and a non-empty ${RATIONALE_PARAM}.`,
+            }),
+          }),
+        ),
+      ]
 
 /**
  * The repair turn: the original prompt, the rejected answer (truncated) as the assistant's turn, and

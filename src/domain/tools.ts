@@ -7,6 +7,11 @@
  *                  "params": [ { "name": "title", "type": "string", "required": true, "description": "…" },
  *                              { "name": "priority", "type": "string", "enum": ["low", "medium", "high"], "description": "…" },
  *                              { "name": "dueDate", "type": "string", "format": "date", "description": "…" } ] } ] }
+ *
+ * or the app's own catalogue (shared-ai's AI_TOOL_CATALOG exported as JSON), an array:
+ *   [ { "name": "create_event", "module": "calendar", "description": "…", "defaultPolicy": "propose",
+ *       "parameters": [ { "name": "title", "type": "string", "required": true, "description": "…" } ] } ]
+ * of which only the `propose` tools are offered (`auto` tools run on the device, `deny` never).
  */
 import { Schema } from "effect"
 
@@ -151,3 +156,79 @@ export const defaultTools: ReadonlyArray<Tool> = [
     ],
   },
 ]
+
+// ---------------------------------------------------------------- the app's catalogue shape
+
+export const ToolPolicy = Schema.Literal("auto", "propose", "deny").annotations({
+  message: () => ({ message: "must be one of auto, propose, deny", override: true }),
+})
+
+/** The app's parameter: `required` and `description` always there, no format or pattern. */
+export const AppToolParam = Schema.Struct({
+  name: Name,
+  type: ParamType,
+  required: Schema.Boolean,
+  description: Schema.String,
+  enum: Schema.optionalWith(Schema.NonEmptyArray(Schema.Union(Schema.String, Schema.Number, Schema.Boolean)), exact),
+}).annotations({ message: () => "expected a parameter {name, type, required, description, enum?}" })
+
+export const AppTool = Schema.Struct({
+  name: Name,
+  module: Schema.NonEmptyTrimmedString,
+  description: Schema.String,
+  defaultPolicy: ToolPolicy,
+  parameters: Schema.Array(AppToolParam).annotations({ message: () => "must be an array of parameters" }),
+}).annotations({ message: () => "expected a tool {name, module, description, defaultPolicy, parameters}" })
+export type AppTool = typeof AppTool.Type
+
+/** The app's catalogue document: a non-empty array of tools. */
+export const AppToolCatalogFile = Schema.Array(AppTool).pipe(Schema.minItems(1, { message: () => "must list at least one tool" }))
+
+/** An app tool in our shape (checked again by `Tool` by the caller: duplicate parameters, enum types). */
+export const fromAppTool = (t: AppTool): Tool => ({
+  name: t.name,
+  module: t.module,
+  description: t.description,
+  params: t.parameters.map((p) => ({
+    name: p.name,
+    type: p.type,
+    required: p.required,
+    description: p.description,
+    ...(p.enum === undefined ? {} : { enum: p.enum }),
+  })),
+})
+
+// ---------------------------------------------------------------- tools mode
+
+/** The parameter every offered tool gets in tools mode; the runner strips it into the step's rationale. */
+export const RATIONALE_DESCRIPTION =
+  "Why this step helps the mission: one or two sentences the user reads when deciding on the proposal. Required, never empty."
+
+const paramSchema = (p: ToolParam): Record<string, unknown> => ({
+  type: p.type,
+  description: p.description,
+  ...(p.enum === undefined ? {} : { enum: p.enum }),
+  ...(p.format === undefined ? {} : { format: p.format }),
+  ...(p.pattern === undefined ? {} : { pattern: p.pattern }),
+  // Some providers refuse an array schema without `items`.
+  ...(p.type === "array" ? { items: {} } : {}),
+})
+
+/** The catalogue as OpenAI function tools (SPEC §4 tools mode), each with the added `rationale`. */
+export const functionTools = (tools: ReadonlyArray<Tool>) =>
+  tools.map((t) => ({
+    type: "function" as const,
+    function: {
+      name: t.name,
+      description: t.description,
+      parameters: {
+        type: "object",
+        properties: {
+          ...Object.fromEntries(t.params.map((p) => [p.name, paramSchema(p)])),
+          rationale: { type: "string", description: RATIONALE_DESCRIPTION },
+        },
+        required: [...t.params.filter((p) => p.required === true).map((p) => p.name), "rationale"],
+        additionalProperties: false,
+      },
+    },
+  }))

@@ -75,7 +75,7 @@ export const embeddedLayer = <E, R>(
           Effect.logInfo(
             "Planner: the deterministic OFFLINE planner (no LLM is called); set MANA_LLM_URL to plan with an OpenAI-compatible LLM",
           ),
-        onSome: (url) => Effect.logInfo(`Planner: LLM at ${describeLlmUrl(url)} (model ${config.llm.model})`),
+        onSome: (url) => Effect.logInfo(`Planner: LLM at ${describeLlmUrl(url)} (model ${config.llm.model}, PLANNER_MODE=${config.llm.plannerMode})`),
       })
       return processLayer(
         {

@@ -16,7 +16,7 @@ export const liveLayer = <E, R>(
 ) =>
   Layer.unwrapEffect(
     Effect.as(
-      Effect.logInfo(`Planner: LLM (model ${config.llm.model})`),
+      Effect.logInfo(`Planner: LLM (model ${config.llm.model}, PLANNER_MODE=${config.llm.plannerMode})`),
       processLayer(
         {
           config,

@@ -130,7 +130,13 @@ export interface LlmConfigShape {
   readonly repairAttempts: number
   /** Unset: the built-in tool catalogue. */
   readonly toolsFile: Option.Option<string>
+  /** `tools`: the catalogue as OpenAI tools, steps from tool calls; `json`: one fenced JSON answer (SPEC §4). */
+  readonly plannerMode: PlannerMode
+  /** Tool-calling rounds per plan (tools mode only). */
+  readonly maxRounds: number
 }
+
+export type PlannerMode = "tools" | "json"
 
 export const llmConfig: Config.Config<LlmConfigShape> = Config.all({
   url: Config.option(httpUrl("MANA_LLM_URL")),
@@ -143,6 +149,16 @@ export const llmConfig: Config.Config<LlmConfigShape> = Config.all({
   requestTimeout: millis("LLM_TIMEOUT_MS", 60_000),
   repairAttempts: numberIn("PLANNER_REPAIR_ATTEMPTS", 1, { min: 0, max: 5, integer: true, form: "a whole number from 0 to 5" }),
   toolsFile: Config.option(Config.string("TOOLS_FILE")),
+  plannerMode: Config.string("PLANNER_MODE").pipe(
+    Config.withDefault("tools"),
+    Config.mapOrFail((raw) => {
+      const mode = raw.trim()
+      return mode === "tools" || mode === "json"
+        ? Either.right<PlannerMode>(mode)
+        : Either.left(ConfigError.InvalidData(["PLANNER_MODE"], `PLANNER_MODE must be tools or json, got ${JSON.stringify(raw)}`))
+    }),
+  ),
+  maxRounds: numberIn("PLANNER_MAX_ROUNDS", 3, { min: 1, max: 10, integer: true, form: "a whole number from 1 to 10" }),
 })
 
 export class LlmConfig extends Context.Tag("mana-ai/LlmConfig")<LlmConfig, LlmConfigShape>() {

@@ -5,8 +5,38 @@
 import { Context, Schema, type Effect, type Option } from "effect"
 
 export interface ChatMessage {
-  readonly role: "system" | "user" | "assistant"
+  readonly role: "system" | "user" | "assistant" | "tool"
   readonly content: string
+  /** An assistant turn that called tools (tools mode): echoed back so each `tool` message has its call. */
+  readonly toolCalls?: ReadonlyArray<ToolCall>
+  /** A `tool` message: the id of the call it answers. */
+  readonly toolCallId?: string
+}
+
+/**
+ * One tool call of an answer, as the model sent it. Only the wire shape is checked here; name and
+ * arguments are the model's text, which the planner's strict checks judge (a repair turn can follow).
+ */
+export interface ToolCall {
+  readonly id: string
+  readonly name: unknown
+  /** Normally a string holding a JSON object; anything else is rejected by the planner. */
+  readonly arguments: unknown
+}
+
+/** An OpenAI function tool: the catalogue as the model sees it in tools mode. */
+export interface FunctionTool {
+  readonly type: "function"
+  readonly function: {
+    readonly name: string
+    readonly description: string
+    readonly parameters: Readonly<Record<string, unknown>>
+  }
+}
+
+export interface CompleteOptions {
+  /** Sent as `tools` with `tool_choice: "auto"`; absent: a plain chat completion. */
+  readonly tools?: ReadonlyArray<FunctionTool>
 }
 
 export interface TokenUsage {
@@ -16,7 +46,10 @@ export interface TokenUsage {
 }
 
 export interface Completion {
+  /** The assistant's text; "" when it sent only tool calls. */
   readonly content: string
+  /** The answer's tool calls, in order ([] for a text answer). */
+  readonly toolCalls: ReadonlyArray<ToolCall>
   readonly usage: Option.Option<TokenUsage>
 }
 
@@ -60,7 +93,16 @@ export class LlmInvalidResponse extends Schema.TaggedError<LlmInvalidResponse>()
   }
 }
 
-export type LlmError = LlmTimeout | LlmRateLimited | LlmHttpError | LlmTransportError | LlmInvalidResponse
+/** The HTTP request could not be built (an unusable URL, a body that cannot be encoded). Permanent. */
+export class LlmRequestInvalid extends Schema.TaggedError<LlmRequestInvalid>()("LlmRequestInvalid", {
+  reason: Schema.String,
+}) {
+  override get message() {
+    return `LLM request could not be built: ${this.reason}`
+  }
+}
+
+export type LlmError = LlmTimeout | LlmRateLimited | LlmHttpError | LlmTransportError | LlmInvalidResponse | LlmRequestInvalid
 
 export const isTransientLlmError = (e: LlmError): boolean =>
   e._tag === "LlmTimeout" ||
@@ -75,7 +117,7 @@ export interface LlmClientShape {
    * interruption. Each HTTP attempt holds one GlobalLlmPermits permit; backoff sleeps hold none.
    * Fails with the last error when it is permanent.
    */
-  readonly complete: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<Completion, LlmError>
+  readonly complete: (messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) => Effect.Effect<Completion, LlmError>
 }
 
 export class LlmClient extends Context.Tag("mana-ai/LlmClient")<LlmClient, LlmClientShape>() {}

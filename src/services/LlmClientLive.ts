@@ -28,11 +28,14 @@ import {
   LlmClient,
   type LlmError,
   LlmHttpError,
+  type CompleteOptions,
   LlmInvalidResponse,
   LlmRateLimited,
+  LlmRequestInvalid,
   LlmTimeout,
   LlmTransportError,
   type TokenUsage,
+  type ToolCall,
   isTransientLlmError,
 } from "./LlmClient.js"
 import { llmRequestDuration, llmRequestsTotal, llmTokensTotal } from "./metrics.js"
@@ -54,8 +57,22 @@ export const defaultLlmClientOptions: LlmClientOptions = {
 
 // ---------------------------------------------------------------- response decoding
 
+// Name and arguments stay unknown: they are the model's text, judged by the planner's strict checks
+// (with a repair turn), not a broken reply.
+const WireToolCall = Schema.Struct({
+  id: Schema.optional(Schema.String),
+  function: Schema.Struct({ name: Schema.optional(Schema.Unknown), arguments: Schema.optional(Schema.Unknown) }),
+})
+
 const ChatCompletionBody = Schema.Struct({
-  choices: Schema.NonEmptyArray(Schema.Struct({ message: Schema.Struct({ content: Schema.String }) })),
+  choices: Schema.NonEmptyArray(
+    Schema.Struct({
+      message: Schema.Struct({
+        content: Schema.optional(Schema.NullOr(Schema.String)),
+        tool_calls: Schema.optional(Schema.NullOr(Schema.Array(WireToolCall))),
+      }),
+    }),
+  ),
   usage: Schema.optional(Schema.Unknown),
 })
 
@@ -83,7 +100,18 @@ const toCompletion = (bytes: Uint8Array): Effect.Effect<Completion, LlmInvalidRe
   const body = decodeBody(json)
   if (body._tag === "Left") {
     return Effect.fail(
-      new LlmInvalidResponse({ reason: `expected choices[0].message.content as a string; wrong or missing: ${fieldsAt(body.left)}` }),
+      new LlmInvalidResponse({
+        reason: `expected choices[0].message with content as a string or tool_calls; wrong or missing: ${fieldsAt(body.left)}`,
+      }),
+    )
+  }
+  const message = body.right.choices[0].message
+  const toolCalls = (message.tool_calls ?? []).map(
+    (c, i): ToolCall => ({ id: c.id ?? `call_${i}`, name: c.function.name, arguments: c.function.arguments }),
+  )
+  if (typeof message.content !== "string" && toolCalls.length === 0) {
+    return Effect.fail(
+      new LlmInvalidResponse({ reason: "expected choices[0].message with content as a string or tool_calls; neither is there" }),
     )
   }
   const usage = decodeUsage(body.right.usage).pipe(
@@ -95,7 +123,7 @@ const toCompletion = (bytes: Uint8Array): Effect.Effect<Completion, LlmInvalidRe
       }),
     ),
   )
-  return Effect.succeed({ content: body.right.choices[0].message.content, usage })
+  return Effect.succeed({ content: message.content ?? "", toolCalls, usage })
 }
 
 /** Reads at most `max` bytes; a longer body fails early and aborts the transfer. */
@@ -150,6 +178,8 @@ const outcomeOf = (exit: Exit.Exit<Completion, LlmError>): string => {
       return "transport_error"
     case "LlmInvalidResponse":
       return "invalid_response"
+    case "LlmRequestInvalid":
+      return "request_invalid"
   }
 }
 
@@ -176,23 +206,26 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
       onSome: (key) => HttpClientRequest.bearerToken(key),
     })
 
-    const send = (messages: ReadonlyArray<ChatMessage>): Effect.Effect<Completion, LlmError> =>
+    const send = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> =>
       Effect.scoped(
         Effect.gen(function* () {
-          const request = HttpClientRequest.post(endpoint).pipe(
+          const request = yield* HttpClientRequest.post(endpoint).pipe(
             withAuth,
             HttpClientRequest.acceptJson,
-            HttpClientRequest.bodyUnsafeJson({
+            HttpClientRequest.bodyJson({
               model: config.model,
               temperature: config.temperature,
-              messages: messages.map((m) => ({ role: m.role, content: m.content })),
+              messages: messages.map(wireMessage),
+              ...(extra.tools === undefined ? {} : { tools: extra.tools, tool_choice: "auto" }),
             }),
+            Effect.mapError(() => new LlmRequestInvalid({ reason: "the request body cannot be encoded as JSON" })),
           )
+          // Only a transport failure is worth a retry; an unusable URL or body stays so (never a defect).
           const response = yield* http.execute(request).pipe(
-            Effect.catchAll((e) =>
+            Effect.catchAll((e): Effect.Effect<never, LlmTransportError | LlmRequestInvalid> =>
               e._tag === "RequestError" && e.reason === "Transport"
                 ? Effect.fail(new LlmTransportError({ reason: transportReason(e.cause) }))
-                : Effect.dieMessage(`LLM request could not be built: ${e._tag} ${"reason" in e ? e.reason : ""}`),
+                : Effect.fail(new LlmRequestInvalid({ reason: `${e._tag} ${e.reason}` })),
             ),
           )
           const status = response.status
@@ -207,10 +240,10 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
       ).pipe(Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }))
 
     /** One HTTP attempt, holding a global permit only while it runs, measured and counted. */
-    const attempt = (messages: ReadonlyArray<ChatMessage>) =>
+    const attempt = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions) =>
       permits.withPermit(
         Effect.flatMap(Clock.currentTimeMillis, (start) =>
-          send(messages).pipe(
+          send(messages, extra).pipe(
             Effect.onExit((exit) =>
               Effect.flatMap(Clock.currentTimeMillis, (end) =>
                 Effect.all([
@@ -238,8 +271,8 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
       }),
     )
 
-    const complete = (messages: ReadonlyArray<ChatMessage>): Effect.Effect<Completion, LlmError> =>
-      attempt(messages).pipe(
+    const complete = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions = {}): Effect.Effect<Completion, LlmError> =>
+      attempt(messages, extra).pipe(
         Effect.retry({ schedule, while: isTransientLlmError }),
         Effect.tap(({ usage }) =>
           Option.match(usage, {
@@ -252,11 +285,33 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
               ]),
           }),
         ),
-        Effect.withSpan("LlmClient.complete", { attributes: { "llm.model": config.model, "llm.messages": messages.length } }),
+        Effect.withSpan("LlmClient.complete", {
+          attributes: { "llm.model": config.model, "llm.messages": messages.length, "llm.tools": extra.tools?.length ?? 0 },
+        }),
       )
 
     return LlmClient.of({ complete })
   })
+
+/** A message as the OpenAI wire format has it; `content` is always a plain string (SPEC §4). */
+const wireMessage = (m: ChatMessage) => {
+  if (m.role === "tool") return { role: "tool", tool_call_id: m.toolCallId ?? "", content: m.content }
+  if (m.toolCalls !== undefined && m.toolCalls.length > 0) {
+    return {
+      role: m.role,
+      content: m.content,
+      tool_calls: m.toolCalls.map((c) => ({
+        id: c.id,
+        type: "function",
+        function: {
+          name: typeof c.name === "string" ? c.name : String(c.name ?? ""),
+          arguments: typeof c.arguments === "string" ? c.arguments : (JSON.stringify(c.arguments) ?? ""),
+        },
+      })),
+    }
+  }
+  return { role: m.role, content: m.content }
+}
 
 /** The cause of a fetch failure in a few words (e.g. ECONNREFUSED), without the request. */
 const transportReason = (cause: unknown): string => {

@@ -15,6 +15,7 @@ import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref } from
 import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
 import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
 import { parseInstant } from "../domain/replay.js"
+import { describeRejection } from "../domain/planParser.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { readCurrentMission } from "./currentMission.js"
 import { InputResolvers } from "./InputResolvers.js"
@@ -45,16 +46,19 @@ type PermanentFailure = LlmError | PlanRejected
 
 /** What a permanent failure tells the user (short, no LLM output, no secret) and where it happened. */
 export const describeFailure = (error: PermanentFailure): { readonly summary: string; readonly phase: ErrorPhase } => {
+  // Never the parser's reason nor the model's text: the kind of failure only (SPEC §6); the detail is logged.
   switch (error._tag) {
     case "PlanRejected":
       return {
-        summary: `Planning failed: the model's answer was rejected ${error.attempts === 1 ? "once" : `${error.attempts} times`} (${error.reason}).`,
+        summary: `Planning failed: the model's answer was rejected ${error.attempts === 1 ? "once" : `${error.attempts} times`} (${describeRejection(error.kind)}).`,
         phase: "parsing-response",
       }
     case "LlmHttpError":
       return { summary: `Planning failed: the language model refused the request (HTTP ${error.status}).`, phase: "calling-llm" }
     case "LlmInvalidResponse":
       return { summary: "Planning failed: the language model's reply was not a valid chat completion.", phase: "calling-llm" }
+    case "LlmRequestInvalid":
+      return { summary: "Planning failed: the request to the language model could not be built.", phase: "calling-llm" }
     default:
       return { summary: "Planning failed: the language model could not be reached.", phase: "calling-llm" }
   }

@@ -6,7 +6,7 @@ import { Context, Schema, type Effect } from "effect"
 import type { Mission } from "../domain/mission.js"
 import type { LlmError, TokenUsage } from "./LlmClient.js"
 import type { ResolvedInput, UnavailableInput } from "./InputResolvers.js"
-import type { PlanDraft } from "../domain/planParser.js"
+import { type PlanDraft, describeRejection, rejectionKinds } from "../domain/planParser.js"
 
 // The plan types live in the domain (the parser builds them); re-exported here for the contract's users.
 export type { PlanDraft, PlannedStep } from "../domain/planParser.js"
@@ -21,13 +21,17 @@ export interface PlannerResult {
   readonly rejectedAnswers: number
 }
 
-/** The answer was still rejected after the repair turn(s). Permanent. `reason` is the parser's, never raw output. */
+/**
+ * The answer was still rejected after the repair turn(s). Permanent. `reason` is the parser's (it may
+ * quote names the model chose: for the log only); `message` names only the kind (SPEC §6).
+ */
 export class PlanRejected extends Schema.TaggedError<PlanRejected>()("PlanRejected", {
+  kind: Schema.Literal(...rejectionKinds),
   reason: Schema.String,
   attempts: Schema.Number,
 }) {
   override get message() {
-    return `plan rejected: ${this.reason}`
+    return `plan rejected: ${describeRejection(this.kind)}`
   }
 }
 

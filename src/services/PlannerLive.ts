@@ -1,15 +1,25 @@
 /**
- * Planner implementations (SPEC §4, §11). PlannerLive: prompt → LLM → strict parser, with up to
- * PLANNER_REPAIR_ATTEMPTS repair turns quoting the parser's reason. PlannerOffline: the deterministic
+ * Planner implementations (SPEC §4, §11). PlannerLive: prompt → LLM → strict checks, in PLANNER_MODE
+ * `tools` (native tool calls over up to PLANNER_MAX_ROUNDS rounds) or `json` (one fenced answer), with
+ * up to PLANNER_REPAIR_ATTEMPTS repair turns carrying the parser's reason. PlannerOffline: the deterministic
  * offline planner, for embedded mode without MANA_LLM_URL.
  */
 import { Clock, Effect, Either, Layer, Metric, Option } from "effect"
 import { OFFLINE_SUMMARY_PREFIX, offlinePlan } from "../domain/offlinePlanner.js"
-import { parsePlan, validatePlan } from "../domain/planParser.js"
-import { buildPrompt, repairMessages } from "../domain/prompt.js"
+import {
+  MAX_PLAN_STEPS,
+  type PlannedStep,
+  type Rejection,
+  checkSummaryText,
+  parsePlan,
+  validatePlan,
+  validateToolCalls,
+} from "../domain/planParser.js"
+import { buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
+import { functionTools } from "../domain/tools.js"
 import { LlmConfig } from "./AppConfig.js"
 import { LlmClient, type TokenUsage } from "./LlmClient.js"
-import { parseFailuresTotal } from "./metrics.js"
+import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metrics.js"
 import { PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
 import { ToolCatalog } from "./ToolCatalog.js"
 
@@ -19,16 +29,30 @@ export const PlannerLive = Layer.effect(
   Effect.gen(function* () {
     const llm = yield* LlmClient
     const { tools } = yield* ToolCatalog
-    const { repairAttempts } = yield* LlmConfig
+    const { repairAttempts, plannerMode, maxRounds } = yield* LlmConfig
+    const offered = functionTools(tools)
 
-    const plan = (input: PlannerInput) =>
+    /** Counts and logs one rejected answer; fails with PlanRejected once the repair turns are used up. */
+    const rejectedAnswer = (missionId: string, rejection: Rejection, rejected: number) =>
       Effect.gen(function* () {
-        const now = new Date(yield* Clock.currentTimeMillis)
+        yield* Metric.increment(parseFailuresTotal)
+        yield* Metric.increment(Metric.tagged(planRejectionsTotal, "kind", rejection.kind))
+        yield* Effect.logWarning("planner answer rejected").pipe(
+          Effect.annotateLogs({ missionId, kind: rejection.kind, reason: rejection.reason, answer: rejected + 1 }),
+        )
+        if (rejected >= repairAttempts) {
+          return yield* new PlanRejected({ kind: rejection.kind, reason: rejection.reason, attempts: rejected + 1 })
+        }
+      })
+
+    const planJson = (input: PlannerInput, now: Date) =>
+      Effect.gen(function* () {
         const prompt = buildPrompt({
           mission: input.mission,
           resolvedInputs: input.resolvedInputs,
           tools,
           now,
+          mode: "json",
           ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
         })
         const usage: Array<TokenUsage> = []
@@ -40,16 +64,77 @@ export const PlannerLive = Layer.effect(
           if (Either.isRight(parsed)) {
             return { plan: parsed.right, usage, planner: "llm", rejectedAnswers: rejected } satisfies PlannerResult
           }
-          const { reason } = parsed.left
-          yield* Metric.increment(parseFailuresTotal)
-          yield* Effect.logWarning("planner answer rejected").pipe(
-            Effect.annotateLogs({ missionId: input.mission.id, reason, answer: rejected + 1 }),
-          )
-          if (rejected >= repairAttempts) return yield* new PlanRejected({ reason, attempts: rejected + 1 })
+          yield* rejectedAnswer(input.mission.id, parsed.left, rejected)
           // Each repair turn builds on the original prompt and the latest answer only, so it stays small.
-          messages = repairMessages(prompt, answer.content, reason)
+          messages = repairMessages(prompt, answer.content, parsed.left.reason)
         }
-      }).pipe(Effect.withSpan("Planner.plan", { attributes: { "mission.id": input.mission.id } }))
+      })
+
+    /**
+     * Tools mode (SPEC §4): each round's calls become steps in order, each answered as recorded, until
+     * an answer has no calls, the plan holds MAX_PLAN_STEPS, or PLANNER_MAX_ROUNDS rounds were asked.
+     * A rejected answer is all-or-nothing and gets a repair turn that is not a round.
+     */
+    const planTools = (input: PlannerInput, now: Date) =>
+      Effect.gen(function* () {
+        let messages = buildPrompt({
+          mission: input.mission,
+          resolvedInputs: input.resolvedInputs,
+          tools,
+          now,
+          mode: "tools",
+          ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
+        })
+        const usage: Array<TokenUsage> = []
+        const steps: Array<PlannedStep> = []
+        let summary = ""
+        let rejected = 0
+        let rounds = 0
+        while (rounds < maxRounds && steps.length < MAX_PLAN_STEPS) {
+          const answer = yield* llm.complete(messages, { tools: offered })
+          if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
+          const text = checkSummaryText(answer.content)
+          const checked: Either.Either<ReadonlyArray<PlannedStep>, { rejection: Rejection; perCall: ReadonlyArray<string> }> =
+            Either.isLeft(text)
+              ? Either.left({ rejection: text.left, perCall: answer.toolCalls.map(() => text.left.reason) })
+              : answer.toolCalls.length === 0 && text.right === "" && steps.length === 0
+                ? Either.left({ rejection: { kind: "empty-answer", reason: "the answer holds neither tool calls nor text" }, perCall: [] })
+                : validateToolCalls(answer.toolCalls, steps.length, tools)
+          if (Either.isLeft(checked)) {
+            yield* rejectedAnswer(input.mission.id, checked.left.rejection, rejected)
+            rejected++
+            messages = [
+              ...messages,
+              ...toolRepairRound(answer.content, answer.toolCalls, checked.left.perCall, checked.left.rejection.reason),
+            ]
+            continue
+          }
+          rounds++
+          if (Either.isRight(text) && text.right !== "") summary = text.right
+          if (answer.toolCalls.length === 0) {
+            // Legitimate ("nothing to do"), but also what a model or proxy that ignores `tools` does.
+            if (steps.length === 0) {
+              yield* Effect.logWarning("planner answer has no tool calls: a plan with no steps").pipe(
+                Effect.annotateLogs({ missionId: input.mission.id }),
+              )
+            }
+            break
+          }
+          steps.push(...checked.right)
+          messages = [...messages, ...recordedRound(answer.content, answer.toolCalls)]
+        }
+        yield* Metric.update(plannerRounds, rounds)
+        const plan = {
+          summary: summary !== "" ? summary : steps.length === 0 ? "Nothing to propose." : `${steps.length === 1 ? "One step" : `${steps.length} steps`} proposed.`,
+          steps,
+        }
+        return { plan, usage, planner: "llm", rejectedAnswers: rejected } satisfies PlannerResult
+      })
+
+    const plan = (input: PlannerInput) =>
+      Effect.flatMap(Clock.currentTimeMillis, (ms) =>
+        plannerMode === "tools" ? planTools(input, new Date(ms)) : planJson(input, new Date(ms)),
+      ).pipe(Effect.withSpan("Planner.plan", { attributes: { "mission.id": input.mission.id, "planner.mode": plannerMode } }))
 
     return Planner.of({ plan })
   }),

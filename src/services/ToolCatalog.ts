@@ -1,10 +1,12 @@
 /**
- * The tool catalogue in force: the built-in one of SPEC §4, or TOOLS_FILE (JSON, same shape) read and
- * validated once at start. A bad file stops the start with a message naming TOOLS_FILE and the problem.
+ * The tool catalogue in force: the built-in one of SPEC §4, or TOOLS_FILE read and validated once at
+ * start, in our shape ({"tools": [...]}) or the app's (an array with defaultPolicy; only `propose`
+ * tools are kept). A bad file stops the start with a message naming TOOLS_FILE and its first problem.
  */
 import { FileSystem } from "@effect/platform"
 import { Context, Effect, Layer, Option, ParseResult, Schema } from "effect"
-import { type Tool, ToolCatalogFile, defaultTools } from "../domain/tools.js"
+import { RATIONALE_PARAM } from "../domain/planParser.js"
+import { AppToolCatalogFile, type Tool, Tool as ToolSchema, ToolCatalogFile, defaultTools, fromAppTool } from "../domain/tools.js"
 import { LlmConfig } from "./AppConfig.js"
 
 export class ToolCatalogError extends Schema.TaggedError<ToolCatalogError>()("ToolCatalogError", {
@@ -33,23 +35,51 @@ export const loadToolsFile = (path: string): Effect.Effect<ReadonlyArray<Tool>, 
       try: () => JSON.parse(text) as unknown,
       catch: (e) => fail(`is not valid JSON: ${e instanceof Error ? e.message : String(e)}`),
     })
-    const catalogue = yield* Schema.decodeUnknown(ToolCatalogFile, { onExcessProperty: "error" })(json).pipe(
-      Effect.mapError((e) => fail(`is not a tool catalogue: ${describeIssues(e)}`)),
-    )
-    return catalogue.tools
+    const tools = Array.isArray(json)
+      ? yield* appCatalogue(json).pipe(Effect.mapError((reason) => fail(`is not an app tool catalogue: ${reason}`)))
+      : typeof json === "object" && json !== null && "tools" in json
+        ? yield* Schema.decodeUnknown(ToolCatalogFile, { onExcessProperty: "error" })(json).pipe(
+            Effect.map((c) => c.tools),
+            Effect.mapError((e) => fail(`is not a tool catalogue: ${firstIssue(e)}`)),
+          )
+        : yield* fail(
+            'is neither a tool catalogue ({"tools": [...]}) nor an app tool catalogue (an array of tools with defaultPolicy)',
+          )
+    const reserved = tools.find((t) => t.params.some((p) => p.name === RATIONALE_PARAM))
+    if (reserved !== undefined) {
+      return yield* fail(`tool "${reserved.name}" has a parameter named "${RATIONALE_PARAM}", which the runner reserves for the step's rationale`)
+    }
+    return tools
   })
 
-/** One line per problem, "at tools[0].params[1].type: must be one of …". */
-const describeIssues = (error: ParseResult.ParseError): string =>
-  [
-    ...new Set(
-      ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) => {
-        const at = issue.path.map((k) => (typeof k === "number" ? `[${k}]` : `.${String(k)}`)).join("").replace(/^\./, "")
-        const message = issue.message.length > 200 ? `${issue.message.slice(0, 200)}…` : issue.message
-        return at === "" ? message : `at ${at}: ${message}`
-      }),
-    ),
-  ].join("; ")
+/** The app's catalogue: its `propose` tools, each checked as one of ours (index paths are the file's). */
+const appCatalogue = (json: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<Tool>, string> =>
+  Effect.gen(function* () {
+    // The app's entries may grow fields we do not read; only the listed ones are checked.
+    const entries = yield* Schema.decodeUnknown(AppToolCatalogFile)(json).pipe(Effect.mapError(firstIssue))
+    const names = entries.map((t) => t.name)
+    const dup = names.find((n, i) => names.indexOf(n) !== i)
+    if (dup !== undefined) return yield* Effect.fail(`tool "${dup}" is listed twice`)
+    const tools: Array<Tool> = []
+    for (const [i, entry] of entries.entries()) {
+      if (entry.defaultPolicy !== "propose") continue
+      const tool = yield* Schema.decodeUnknown(ToolSchema)(fromAppTool(entry)).pipe(
+        Effect.mapError((e) => firstIssue(e, [i])),
+      )
+      tools.push(tool)
+    }
+    if (tools.length === 0) return yield* Effect.fail('it has no tool with defaultPolicy "propose", so there is nothing to offer')
+    return tools
+  })
+
+/** The first problem, "at tools[0].params[1].type: must be one of …". */
+const firstIssue = (error: ParseResult.ParseError, prefix: ReadonlyArray<PropertyKey> = []): string => {
+  const [issue] = ParseResult.ArrayFormatter.formatErrorSync(error)
+  if (issue === undefined) return "invalid"
+  const at = [...prefix, ...issue.path].map((k) => (typeof k === "number" ? `[${k}]` : `.${String(k)}`)).join("").replace(/^\./, "")
+  const message = issue.message.length > 200 ? `${issue.message.slice(0, 200)}…` : issue.message
+  return at === "" ? message : `at ${at}: ${message}`
+}
 
 export class ToolCatalog extends Context.Tag("mana-ai/ToolCatalog")<ToolCatalog, ToolCatalogShape>() {
   /** Reads LlmConfig.toolsFile; needs a FileSystem (BunContext.layer / NodeContext.layer). */

@@ -43,3 +43,11 @@ export const agentDecisionsTotal = Metric.counter("mana_ai_agent_decisions_total
 export const tokensUsedTotal = Metric.counter("mana_ai_tokens_used_total", { description: "LLM tokens charged to the daily budgets" })
 /** 1 while the LLM breaker is open or probing, 0 when closed. */
 export const llmBreakerOpenGauge = Metric.gauge("mana_ai_llm_breaker_open", { description: "1 while the LLM breaker is open (no request starts), else 0" })
+/** Tools mode: answers with tool calls (or the final text) per plan, repair turns not counted. */
+export const plannerRounds = Metric.histogram(
+  "mana_ai_planner_rounds",
+  MetricBoundaries.linear({ start: 1, width: 1, count: 10 }),
+  "Tool-calling rounds per plan",
+)
+/** Tagged with kind = the parser's rejection kind (unknown-tool, invalid-arguments, …). */
+export const planRejectionsTotal = Metric.counter("mana_ai_plan_rejections_total", { description: "Planner answers rejected, by kind" })

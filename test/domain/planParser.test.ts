@@ -1,7 +1,14 @@
 import { Either, Schema } from "effect"
 import { describe, expect, it } from "vitest"
-import { type PlanDraft, parsePlan } from "../../src/domain/planParser.js"
-import { type Tool, ToolCatalogFile, defaultTools } from "../../src/domain/tools.js"
+import {
+  type PlanDraft,
+  type RejectionKind,
+  describeRejection,
+  parsePlan,
+  parseToolCall,
+  validateToolCalls,
+} from "../../src/domain/planParser.js"
+import { type Tool, ToolCatalogFile, defaultTools, functionTools } from "../../src/domain/tools.js"
 
 const fenced = (value: unknown) => `\`\`\`json\n${JSON.stringify(value, null, 2)}\n\`\`\``
 
@@ -133,5 +140,112 @@ describe("the default catalogue", () => {
       "create_event",
       "create_place",
     ])
+  })
+})
+
+// ---------------------------------------------------------------- tools mode
+
+const call = (name: unknown, args: unknown, id = "call_1") => ({ id, name, arguments: typeof args === "string" ? args : JSON.stringify(args) })
+const taskArgs = { title: "Draft the outline", priority: "high", rationale: "An outline makes the next session easy to start." }
+
+describe("parseToolCall (PLANNER_MODE=tools)", () => {
+  it("turns a call into a step: rationale stripped from the arguments into the step's rationale", () => {
+    const step = parseToolCall(call("create_task", taskArgs), 0, defaultTools)
+    expect(step).toEqual(
+      Either.right({
+        summary: "create_task: Draft the outline",
+        toolName: "create_task",
+        params: { title: "Draft the outline", priority: "high" },
+        rationale: "An outline makes the next session easy to start.",
+      }),
+    )
+  })
+
+  const cases: ReadonlyArray<readonly [string, { name: unknown; arguments: unknown }, RejectionKind, RegExp]> = [
+    ["malformed JSON arguments", { name: "create_task", arguments: '{"title": "x", ' }, "invalid-arguments", /call 1 \(create_task\): arguments are not valid JSON/],
+    ["arguments that are a JSON array", { name: "create_task", arguments: "[1, 2]" }, "invalid-arguments", /arguments must be a JSON object, not array/],
+    ["arguments that are a JSON number", { name: "create_task", arguments: "42" }, "invalid-arguments", /arguments must be a JSON object, not number/],
+    ["arguments that are JSON null", { name: "create_task", arguments: "null" }, "invalid-arguments", /arguments must be a JSON object, not null/],
+    ["arguments sent as an object instead of a string", { name: "create_task", arguments: { title: "x" } }, "invalid-arguments", /arguments must be a string holding a JSON object, not object/],
+    ["no arguments at all", { name: "create_task", arguments: undefined }, "invalid-arguments", /not undefined/],
+    ["an unknown tool", { name: "delete_all_data", arguments: "{}" }, "unknown-tool", /tool "delete_all_data" is not in the catalogue \(create_task, complete_task, create_event, create_place\)/],
+    ["a missing tool name", { name: undefined, arguments: "{}" }, "unknown-tool", /the tool name is missing/],
+    ["an empty rationale", { name: "create_task", arguments: JSON.stringify({ ...taskArgs, rationale: "  " }) }, "empty-rationale", /rationale is missing or empty/],
+    ["no rationale", { name: "create_place", arguments: JSON.stringify({ name: "Library" }) }, "empty-rationale", /rationale is missing or empty/],
+    ["an unknown parameter", { name: "create_place", arguments: JSON.stringify({ name: "L", rationale: "r", latitude: 1 }) }, "unknown-parameter", /unknown parameter "latitude"/],
+    ["a missing required parameter", { name: "create_event", arguments: JSON.stringify({ title: "T", rationale: "r" }) }, "missing-parameter", /required parameter "startIso" is missing/],
+    ["a parameter of the wrong type", { name: "create_task", arguments: JSON.stringify({ title: 42, rationale: "r" }) }, "invalid-parameter", /parameter "title" must be of type string, not number/],
+    ["a parameter outside its enum", { name: "create_task", arguments: JSON.stringify({ title: "T", priority: "urgent", rationale: "r" }) }, "invalid-parameter", /parameter "priority" must be one of low, medium, high/],
+    ["a NUL character in a value", { name: "create_task", arguments: JSON.stringify({ title: "a\u0000b", rationale: "r" }) }, "unstorable-text", /NUL character/],
+  ]
+  for (const [name, c, kind, reason] of cases) {
+    it(`rejects ${name} as ${kind}`, () => {
+      const result = parseToolCall({ id: "call_1", ...c }, 0, defaultTools)
+      expect(Either.isLeft(result) && result.left.kind).toBe(kind)
+      expect(Either.isLeft(result) && result.left.reason).toMatch(reason)
+    })
+  }
+})
+
+describe("validateToolCalls", () => {
+  it("keeps parallel calls in order", () => {
+    const calls = [call("create_task", taskArgs, "a"), call("create_place", { name: "Library", rationale: "Quiet." }, "b")]
+    const steps = validateToolCalls(calls, 0, defaultTools)
+    expect(Either.map(steps, (s) => s.map((x) => x.toolName))).toEqual(Either.right(["create_task", "create_place"]))
+  })
+
+  it("rejects more than 5 steps in all, counting steps of earlier rounds, and answers every call with that reason", () => {
+    const calls = [1, 2, 3].map((i) => call("create_task", taskArgs, `c${i}`))
+    const result = validateToolCalls(calls, 3, defaultTools)
+    expect(Either.isLeft(result) && result.left.rejection.kind).toBe("too-many-steps")
+    expect(Either.isLeft(result) && result.left.perCall).toEqual([
+      "the plan would have 6 steps; at most 5 are allowed in all (3 already recorded)",
+      "the plan would have 6 steps; at most 5 are allowed in all (3 already recorded)",
+      "the plan would have 6 steps; at most 5 are allowed in all (3 already recorded)",
+    ])
+    expect(Either.isRight(validateToolCalls(calls.slice(0, 2), 3, defaultTools))).toBe(true)
+  })
+
+  it("is all or nothing: one bad call rejects the answer; each call gets its own reason", () => {
+    const result = validateToolCalls([call("create_task", taskArgs, "a"), call("launch_rocket", { rationale: "r" }, "b")], 0, defaultTools)
+    expect(Either.isLeft(result) && result.left.rejection.kind).toBe("unknown-tool")
+    expect(Either.isLeft(result) && result.left.perCall[0]).toMatch(/not recorded, because another call of this answer was rejected/)
+    expect(Either.isLeft(result) && result.left.perCall[1]).toMatch(/call 2: tool "launch_rocket" is not in the catalogue/)
+  })
+})
+
+describe("describeRejection", () => {
+  it("names the kind of every rejection without quoting the answer", () => {
+    expect(describeRejection("unknown-tool")).toBe("it named a tool outside the catalogue")
+    expect(describeRejection("invalid-arguments")).toBe("a tool call's arguments were not a JSON object")
+    expect(describeRejection("unknown-parameter")).toBe("a step used a parameter its tool does not have")
+  })
+})
+
+describe("functionTools", () => {
+  it("offers each tool as an OpenAI function with the added required rationale", () => {
+    const place = functionTools(defaultTools).find((t) => t.function.name === "create_place")
+    expect(place).toEqual({
+      type: "function",
+      function: {
+        name: "create_place",
+        description: "Save a place to the user's places.",
+        parameters: {
+          type: "object",
+          properties: {
+            name: { type: "string", description: "Name of the place." },
+            category: { type: "string", description: "Kind of place, e.g. cafe, gym, office." },
+            rationale: { type: "string", description: expect.stringContaining("the user reads") },
+          },
+          required: ["name", "rationale"],
+          additionalProperties: false,
+        },
+      },
+    })
+    const task = functionTools(defaultTools).find((t) => t.function.name === "create_task")
+    expect(task?.function.parameters.properties).toMatchObject({
+      priority: { type: "string", enum: ["low", "medium", "high"] },
+      dueDate: { type: "string", format: "date" },
+    })
   })
 })

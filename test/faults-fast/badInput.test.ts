@@ -20,7 +20,8 @@ import { type Change, insertChanges, missionFields, missionInsertRow, missionUpd
 import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const Stack = SupervisorLive.pipe(
-  Layer.provideMerge(runnerServices({ missionTimeout: "8 seconds", runner: { tickEnabled: false, userConcurrency: 2 } })),
+  // JSON mode: the poisoned and injected answers below are scripted as fenced plans.
+  Layer.provideMerge(runnerServices({ missionTimeout: "8 seconds", plannerMode: "json", runner: { tickEnabled: false, userConcurrency: 2 } })),
   Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
 )
 
@@ -353,7 +354,9 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect(rows).toHaveLength(1)
       expect(stepsOf(rows)).toEqual([]) // never half a plan: the valid step went with the bad one
       const written = (rows[0]!.data as { iterations: ReadonlyArray<Iteration> }).iterations[0]!
-      expect(written.summary).toContain("delete_all_data")
+      // The kind of failure, never the name the model chose (SPEC §6).
+      expect(written.summary).toContain("it named a tool outside the catalogue")
+      expect(JSON.stringify(written)).not.toContain("delete_all_data")
       // The injection stayed data: two messages, the system one is the planner's own and names only catalogue tools.
       const messages = messagesOf((yield* standIn.requests)[0])
       expect(messages.map((m) => m.role)).toEqual(["system", "user"])

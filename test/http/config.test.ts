@@ -50,6 +50,8 @@ const malformed: ReadonlyArray<readonly [variable: string, value: string, expect
   ["LOG_FORMAT", "xml", /json, logfmt or pretty/],
   ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", /http\(s\) URL/],
   ["MANA_AI_DATA_DIR", " ", /directory path/],
+  ["PLANNER_MODE", "native", /PLANNER_MODE must be tools or json/],
+  ["PLANNER_MAX_ROUNDS", "0", /PLANNER_MAX_ROUNDS must be a whole number from 1 to 10/],
 ]
 
 describe("start-up configuration", () => {
@@ -107,6 +109,8 @@ describe("start-up configuration", () => {
     expect(Duration.toMillis(config.runner.shutdownGrace)).toBe(30_000)
     expect(config.runner.defaultTimezone).toBe("UTC")
     expect(config.llm.repairAttempts).toBe(1)
+    expect(config.llm.plannerMode).toBe("tools")
+    expect(config.llm.maxRounds).toBe(3)
     expect(config.observability.logLevel).toBe("info")
     expect(Option.isNone(config.observability.otlpEndpoint)).toBe(true)
   })

@@ -1,11 +1,18 @@
 import { FetchHttpClient } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Layer, Logger, Metric, Option } from "effect"
+import { Chunk, Duration, Effect, Either, Fiber, Layer, Logger, Metric, Option, TestClock, TestServices } from "effect"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { llmRequestsTotal, llmTokensTotal } from "../../src/services/metrics.js"
-import { type LlmStandInShape, completion, llmConfigFor, makeLlmStandIn } from "../support/LlmStandIn.js"
+import {
+  type LlmStandInShape,
+  completion,
+  llmConfigFor,
+  makeLlmStandIn,
+  toolCall,
+  toolCallsCompletion,
+} from "../support/LlmStandIn.js"
 
 interface ClientOptions {
   readonly apiKey?: string
@@ -202,7 +209,9 @@ describe("LlmClientLive against the LLM stand-in", () => {
     )
   invalid("garbage instead of JSON", "<html>oops</html>", /not JSON/)
   invalid("a body without choices", { choices: [] }, /choices/)
-  invalid("a null content", { choices: [{ message: { role: "assistant", content: null } }] }, /choices\.0\.message\.content/)
+  invalid("a null content without tool calls", { choices: [{ message: { role: "assistant", content: null } }] }, /content as a string or tool_calls; neither is there/)
+  invalid("a numeric content", { choices: [{ message: { role: "assistant", content: 42 } }] }, /choices\.0\.message\.content/)
+  invalid("tool_calls that are not an array", { choices: [{ message: { content: null, tool_calls: { id: "x" } } }] }, /choices\.0\.message\.tool_calls/)
 
   it.live("a 10 MB body is an LlmInvalidResponse; the read stops at the cap and the transfer is aborted", () =>
     Effect.scoped(
@@ -264,5 +273,128 @@ describe("LlmClientLive against the LLM stand-in", () => {
         expect((reqs[2]?.receivedAt ?? 0) - (reqs[1]?.closedAt ?? Number.POSITIVE_INFINITY)).toBeGreaterThan(500)
       }),
     ),
+  )
+})
+
+// ---------------------------------------------------------------- TestClock: backoff and Retry-After
+
+const HOUR_MS = 3_600_000
+
+/**
+ * The delay of the retry sleep the client registered with the TestClock, waiting (in real time) for
+ * the HTTP exchange before it. The per-request timeout is set to an hour so its own sleep is told apart.
+ */
+const nextRetryDelay = Effect.gen(function* () {
+  for (let i = 0; i < 1000; i++) {
+    const now = yield* TestClock.currentTimeMillis
+    const retry = Chunk.toReadonlyArray(yield* TestClock.sleeps()).filter((at) => at - now < HOUR_MS)
+    if (retry.length > 0) return Math.min(...retry) - now
+    yield* TestServices.provideLive(Effect.sleep("10 millis"))
+  }
+  return yield* Effect.dieMessage("the client never slept for a retry")
+})
+
+describe("LlmClientLive backoff on the TestClock", () => {
+  it.scoped("waits Retry-After after a 5xx as after a 429", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      yield* standIn.enqueue({ status: 503, headers: { "retry-after": "20" } }, { body: completion("after the wait") })
+      const fiber = yield* Effect.fork(complete(standIn, { timeoutMs: HOUR_MS }))
+      // The backoff alone would be ~100 ms (base 100 ms, jittered); Retry-After: 20 makes it 20 s.
+      expect(yield* nextRetryDelay).toBe(20_000)
+      yield* TestClock.adjust("19 seconds")
+      yield* TestServices.provideLive(Effect.sleep("100 millis"))
+      expect(yield* standIn.requests).toHaveLength(1)
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(fiber)).content).toBe("after the wait")
+      expect(yield* standIn.requests).toHaveLength(2)
+    }),
+  )
+
+  it.scoped("the backoff doubles from its base and stops growing at maxDelay (jitter ±20 %)", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      const failures = 7
+      yield* standIn.enqueue(...Array.from({ length: failures }, () => ({ status: 500 })), { body: completion("at last") })
+      const fiber = yield* Effect.fork(complete(standIn, { timeoutMs: HOUR_MS }))
+      const delays: Array<number> = []
+      for (let i = 0; i < failures; i++) {
+        const delay = yield* nextRetryDelay
+        delays.push(delay)
+        yield* TestClock.adjust(Duration.millis(delay))
+      }
+      expect((yield* Fiber.join(fiber)).content).toBe("at last")
+      // Base 100 ms, cap 2 s (clientLayer): 100, 200, 400, 800, 1600, then 2000 instead of 3200 and 6400.
+      const nominal = [100, 200, 400, 800, 1600, 2000, 2000]
+      delays.forEach((d, i) => {
+        expect(d, `retry ${i + 1}`).toBeGreaterThanOrEqual(nominal[i]! * 0.8)
+        expect(d, `retry ${i + 1}`).toBeLessThanOrEqual(nominal[i]! * 1.2)
+      })
+    }),
+  )
+})
+
+describe("LlmClientLive, more branches", () => {
+  it.scoped("usage without total_tokens counts prompt + completion", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      yield* standIn.enqueue({ body: completion("x", { prompt_tokens: 5, completion_tokens: 3 }) })
+      expect((yield* complete(standIn)).usage).toEqual(Option.some({ promptTokens: 5, completionTokens: 3, totalTokens: 8 }))
+    }),
+  )
+
+  it.scoped("a request that cannot be built (an unusable URL) is a typed LlmRequestInvalid, not a defect, and is not retried", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      const before = yield* counter(llmRequestsTotal, "outcome", "request_invalid")
+      // Port 99999 passes a string check but no URL parser: the request cannot be built.
+      const exit = yield* Effect.exit(complete(standIn, { url: "http://127.0.0.1:99999" }))
+      expect(exit._tag === "Failure" && exit.cause._tag).toBe("Fail")
+      const error = exit._tag === "Failure" && exit.cause._tag === "Fail" ? exit.cause.error : undefined
+      expect(error?._tag).toBe("LlmRequestInvalid")
+      expect(error?.message).toBe("LLM request could not be built: RequestError InvalidUrl")
+      expect((yield* counter(llmRequestsTotal, "outcome", "request_invalid")) - before).toBe(1)
+    }),
+  )
+
+  it.scoped("tools mode on the wire: tools and tool_choice sent, tool calls read back, tool turns sent as OpenAI has them", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      yield* standIn.enqueue({
+        body: toolCallsCompletion([toolCall("create_task", { title: "T", rationale: "R" }, "call_a"), toolCall("nope", "{oops", "call_b")]),
+      })
+      const tools = [
+        { type: "function" as const, function: { name: "create_task", description: "d", parameters: { type: "object", properties: {} } } },
+      ]
+      const history = [
+        { role: "system" as const, content: "S" },
+        { role: "user" as const, content: "U" },
+        { role: "assistant" as const, content: "", toolCalls: [{ id: "call_0", name: "create_task", arguments: '{"title":"A"}' }] },
+        { role: "tool" as const, toolCallId: "call_0", content: "recorded" },
+      ]
+      const result = yield* Effect.flatMap(LlmClient, (c) => c.complete(history, { tools })).pipe(Effect.provide(clientLayer(standIn)))
+      expect(result.content).toBe("")
+      expect(result.toolCalls).toEqual([
+        { id: "call_a", name: "create_task", arguments: '{"title":"T","rationale":"R"}' },
+        { id: "call_b", name: "nope", arguments: "{oops" },
+      ])
+      const [req] = yield* standIn.requests
+      expect(req?.body).toEqual({
+        model: "standin-model",
+        temperature: 0.3,
+        tools,
+        tool_choice: "auto",
+        messages: [
+          { role: "system", content: "S" },
+          { role: "user", content: "U" },
+          {
+            role: "assistant",
+            content: "",
+            tool_calls: [{ id: "call_0", type: "function", function: { name: "create_task", arguments: '{"title":"A"}' } }],
+          },
+          { role: "tool", tool_call_id: "call_0", content: "recorded" },
+        ],
+      })
+    }),
   )
 })

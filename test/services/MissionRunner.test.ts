@@ -34,7 +34,9 @@ const Db = Layer.provideMerge(RunnerSqlLive(6), TestDatabaseLive)
 const Config = RunnerConfig.test()
 const Base = Layer.provideMerge(MigrationsLive, Layer.merge(Db, Config)).pipe(Layer.orDie)
 const StandIn = LlmStandIn.layer
-const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, { apiKey: API_KEY }))).pipe(
+// JSON mode: these tests script fenced answers and count one request per run; tools mode is
+// covered in Planner.test.ts and end to end in test/e2e/process.test.ts.
+const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, { apiKey: API_KEY, plannerMode: "json" }))).pipe(
   Layer.provideMerge(StandIn),
 )
 // Short backoff so transient errors repeat many times within a short deadline.

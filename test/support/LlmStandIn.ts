@@ -1,8 +1,14 @@
 /**
  * A real HTTP server (node:http on 127.0.0.1, a free port) standing in for the OpenAI-compatible LLM,
  * as a scoped resource. Replies are scripted per request (status, headers, body, delay, hang, huge
- * body); without a script it answers with a valid plan for the default catalogue. Every request is
- * recorded (headers + parsed body), and so is the largest number of requests in flight at once.
+ * body); without a script it answers with a valid plan for the default catalogue in the mode the
+ * request asks for: a fenced JSON answer, or (a request with `tools`) the plan's tool calls and,
+ * once they are answered, the summary as text. Every request is recorded (headers + parsed body),
+ * and so is the largest number of requests in flight at once.
+ *
+ * Tools mode misbehaviours are built with `toolCallsCompletion` and `toolCall` (malformed or
+ * non-object `arguments`, unknown tools, too many calls, empty rationales, parallel calls) and
+ * `completion(text)` (a text-only answer).
  *
  *   const standIn = yield* makeLlmStandIn               // or: it.layer(LlmStandIn.layer) + yield* LlmStandIn
  *   yield* standIn.enqueue({ status: 500 }, { body: completion(planAnswer(defaultPlan)) })
@@ -44,8 +50,16 @@ export interface RecordedRequest {
   readonly abortedByClient: boolean
 }
 
+/** A chat message as a recorded request carries it (tools mode adds tool_calls and tool_call_id). */
+export interface SentMessage {
+  readonly role: string
+  readonly content: string
+  readonly tool_calls?: ReadonlyArray<{ readonly id: string; readonly type: string; readonly function: { readonly name: string; readonly arguments: string } }>
+  readonly tool_call_id?: string
+}
+
 /** The chat messages a recorded request sent ([] when its body had none). */
-export const messagesOf = (request: RecordedRequest | undefined): ReadonlyArray<{ readonly role: string; readonly content: string }> => {
+export const messagesOf = (request: RecordedRequest | undefined): ReadonlyArray<SentMessage> => {
   const body = request?.body
   return typeof body === "object" && body !== null && "messages" in body && Array.isArray(body.messages) ? body.messages : []
 }
@@ -106,7 +120,74 @@ export const defaultPlan = {
 
 export const defaultUsage: StandInUsage = { prompt_tokens: 120, completion_tokens: 80, total_tokens: 200 }
 
-export const defaultResponder: Responder = () => ({ body: completion(planAnswer(defaultPlan), defaultUsage) })
+// ---------------------------------------------------------------- tools mode
+
+export interface StandInToolCall {
+  readonly id: string
+  readonly type: "function"
+  readonly function: { readonly name: unknown; readonly arguments: unknown }
+}
+
+let callCounter = 0
+
+/**
+ * One tool call. `args`: an object is sent as its JSON text (as OpenAI does); a string is sent as is
+ * (so malformed JSON, "[]" or "42" can be tried); `{ raw: x }` sends x itself (a non-string).
+ */
+export const toolCall = (name: unknown, args: unknown, id = `call_standin_${++callCounter}`): StandInToolCall => ({
+  id,
+  type: "function",
+  function: {
+    name,
+    arguments:
+      typeof args === "string" ? args : typeof args === "object" && args !== null && "raw" in args ? args.raw : JSON.stringify(args),
+  },
+})
+
+/** An OpenAI chat-completion body whose first choice calls tools; `content` null unless given. */
+export const toolCallsCompletion = (calls: ReadonlyArray<StandInToolCall>, content: string | null = null, usage?: StandInUsage) => ({
+  id: "chatcmpl-standin",
+  object: "chat.completion",
+  choices: [{ index: 0, message: { role: "assistant", content, tool_calls: calls }, finish_reason: "tool_calls" }],
+  ...(usage === undefined ? {} : { usage }),
+})
+
+interface JsonPlan {
+  readonly summary: string
+  readonly steps: ReadonlyArray<{ readonly toolName: string; readonly params: object; readonly rationale: string }>
+}
+
+/** A JSON-mode plan as the tool calls a tools-mode model would make (rationale among the arguments). */
+export const planCalls = (plan: JsonPlan): ReadonlyArray<StandInToolCall> =>
+  plan.steps.map((s) => toolCall(s.toolName, { ...s.params, rationale: s.rationale }))
+
+/** Whether a recorded request offered tools (PLANNER_MODE=tools). */
+export const offersTools = (request: RecordedRequest | undefined): boolean => {
+  const body = request?.body
+  return typeof body === "object" && body !== null && "tools" in body && Array.isArray(body.tools)
+}
+
+/** The tools a recorded request offered ([] in JSON mode). */
+export const toolsOf = (request: RecordedRequest | undefined): ReadonlyArray<{ readonly type: string; readonly function: any }> => {
+  const body = request?.body
+  return typeof body === "object" && body !== null && "tools" in body && Array.isArray(body.tools) ? body.tools : []
+}
+
+/**
+ * A responder that answers with `plan` in whichever mode the request asks for: JSON mode, one fenced
+ * answer; tools mode, the plan's calls, then (once the last message answers a call) the summary as text.
+ */
+export const planResponder =
+  (plan: JsonPlan, usage: StandInUsage | undefined = defaultUsage): Responder =>
+  (request) => {
+    if (!offersTools(request)) return { body: completion(planAnswer(plan), usage) }
+    const last = messagesOf(request).at(-1)
+    return last?.role === "tool"
+      ? { body: completion(plan.summary, usage) }
+      : { body: toolCallsCompletion(planCalls(plan), null, usage) }
+  }
+
+export const defaultResponder: Responder = planResponder(defaultPlan)
 
 /** An LlmConfig pointing at the stand-in; tests override what they exercise. */
 export const llmConfigFor = (
@@ -122,6 +203,8 @@ export const llmConfigFor = (
     requestTimeout: Duration.seconds(10),
     repairAttempts: 1,
     toolsFile: Option.none(),
+    plannerMode: "tools" as const,
+    maxRounds: 3,
     ...rest,
   })
 }
@@ -165,10 +248,10 @@ export const makeLlmStandIn: Effect.Effect<LlmStandInShape, never, Scope.Scope> 
   let maxInFlight = 0
   const timers = new Set<ReturnType<typeof setTimeout>>()
 
-  const reply = (res: ServerResponse, r: StandInReply) => {
+  const reply = (res: ServerResponse, r: StandInReply, record: RecordedRequest) => {
     if (res.destroyed) return
     if (r.hugeBodyBytes !== undefined) return writeHuge(res, r.hugeBodyBytes, r.declareLength === true)
-    const raw = r.body === undefined ? completion(planAnswer(defaultPlan), defaultUsage) : r.body
+    const raw = r.body === undefined ? defaultResponder(record).body : r.body
     const text = typeof raw === "string" ? raw : JSON.stringify(raw)
     res.writeHead(r.status ?? 200, { "content-type": "application/json", ...r.headers })
     res.end(text)
@@ -215,7 +298,7 @@ export const makeLlmStandIn: Effect.Effect<LlmStandInShape, never, Scope.Scope> 
         // A real server on real time: the client under test is what Effect's clock drives.
         const t = setTimeout(() => {
           timers.delete(t)
-          reply(res, r)
+          reply(res, r, record)
         }, r.delayMs)
         timers.add(t)
         res.on("close", () => {
@@ -224,7 +307,7 @@ export const makeLlmStandIn: Effect.Effect<LlmStandInShape, never, Scope.Scope> 
         })
         return
       }
-      reply(res, r)
+      reply(res, r, record)
     })
   }
 

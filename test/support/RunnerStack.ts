@@ -13,7 +13,7 @@ import { NodeContext } from "@effect/platform-node"
 import { Duration, Effect, Either, Layer, LogLevel, Logger } from "effect"
 import type { Mission } from "../../src/domain/mission.js"
 import { runnerServicesLayer } from "../../src/layers/process.js"
-import { RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
+import { type PlannerMode, RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
 import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
@@ -24,6 +24,8 @@ export interface StackOptions<R = TestDatabase> {
   readonly missionTimeout?: Duration.DurationInput
   readonly llmTimeout?: Duration.DurationInput
   readonly repairAttempts?: number
+  /** Default tools (the product's default); json for tests that script fenced answers. */
+  readonly plannerMode?: PlannerMode
   readonly poolSize?: number
   readonly runner?: Partial<RunnerConfigShape>
   /** The runner's pool; default RunnerSqlLive(poolSize) straight to the test database. */
@@ -43,6 +45,7 @@ export const runnerServices = <R = TestDatabase>(options: StackOptions<R> = {}) 
       llmConfigFor(standIn, {
         requestTimeout: Duration.decode(options.llmTimeout ?? "2 seconds"),
         repairAttempts: options.repairAttempts ?? 1,
+        plannerMode: options.plannerMode ?? "tools",
       }),
     ),
   )
