@@ -23,7 +23,8 @@ const der = new Uint8Array(Buffer.from(runner.privatePem.replace(/-----[^-]+----
 const Keyring = GrantKeyring.layer.pipe(
   Layer.provide(Layer.succeed(GrantConfig, { runnerKey: Option.some({ source: "MANA_AI_PRIVATE_KEY_PEM" as const, pkcs8: Redacted.make(der) }) })),
 )
-const Stack = runnerServices().pipe(Layer.provide(Keyring), Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)))
+// json: one LLM request per run, so the tests can count the prompts that carried a plaintext.
+const Stack = runnerServices({ plannerMode: "json" }).pipe(Layer.provide(Keyring), Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)))
 
 /** A user's master key (the app's), distinct per test user so a wrong key is really wrong. */
 const MASTER = specMasterKey()
@@ -368,7 +369,7 @@ it.layer(Stack, { timeout: 180_000 })("Mission Grant (run pipeline, grants on)",
 })
 
 // No key configured (no GrantKeyring in the composition, as with neither variable set).
-const Unkeyed = runnerServices().pipe(Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)))
+const Unkeyed = runnerServices({ plannerMode: "json" }).pipe(Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)))
 
 it.layer(Unkeyed, { timeout: 180_000 })("Mission Grant (run pipeline, grants off)", (it) => {
   it.effect("a mission with a grant is counted as not-configured, runs without its encrypted inputs and audits nothing", () =>
