@@ -11,6 +11,7 @@ import {
   HttpServerResponse,
 } from "@effect/platform"
 import { Effect, Exit, Layer, Option, Redacted, Ref, Schema } from "effect"
+import { overview, pageRouter } from "./OperatorPage.js"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
 import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
@@ -146,11 +147,15 @@ const missions = Effect.gen(function* () {
   )
 })
 
+/** The operator page's poll (issue 18): process, one page of actors, recent failures. */
+const overviewRoute = withBackend((backend) => overview(backend).pipe(Effect.catchTag("BackendError", backendFailed)))
+
 const internal = HttpRouter.empty.pipe(
   HttpRouter.post("/tick", tick),
   HttpRouter.get("/actors", actors),
   HttpRouter.post("/actors/:userId/restart", restart),
   HttpRouter.get("/missions/:userId", missions),
+  HttpRouter.get("/overview", overviewRoute),
   // Inside the gate, so an unknown /internal path says 401 to a caller without the key, not 404.
   HttpRouter.all("*", Effect.succeed(problem(404, "not-found", "no such internal route"))),
   HttpRouter.use(requireServiceKey),
@@ -161,6 +166,7 @@ export const apiRouter = HttpRouter.empty.pipe(
   HttpRouter.get("/ready", ready),
   HttpRouter.get("/metrics", metrics),
   HttpRouter.mount("/internal", internal),
+  HttpRouter.concat(pageRouter),
 )
 
 /** The router with every failure answered as JSON `{error, reason}`. */
@@ -175,6 +181,10 @@ export const apiApp = apiRouter.pipe(
 /** Probes and scrapes every few seconds: neither logged nor traced. */
 const quietUrls = new Set(["/health", "/ready", "/metrics"])
 
+/** The operator page's answered poll every 2 s would drown the log; a refused one (401) is still logged. */
+const isPagePoll = (url: string, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
+  url.startsWith("/internal/overview") && Exit.isSuccess(exit) && exit.value.status === 200
+
 /**
  * Access log with the path only: no route takes a query string, so one is never logged (a client
  * that puts the service key there must not get it written to the log).
@@ -182,7 +192,7 @@ const quietUrls = new Set(["/health", "/ready", "/metrics"])
 const accessLog = HttpMiddleware.make((httpApp) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
     Effect.onExit(httpApp, (exit) =>
-      quietUrls.has(request.url) ? Effect.void : Effect.logInfo("Sent HTTP response").pipe(
+      quietUrls.has(request.url) || isPagePoll(request.url, exit) ? Effect.void : Effect.logInfo("Sent HTTP response").pipe(
         Effect.annotateLogs({
           "http.method": request.method,
           "http.path": request.url.split("?")[0] ?? "",

@@ -7,6 +7,7 @@
 import type { TickReport } from "../actors/Supervisor.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
+import { makeRecentFailures, type RecentFailuresShape } from "./RecentFailures.js"
 
 export type Phase = "starting" | "ready" | "draining"
 
@@ -44,6 +45,25 @@ export interface ApiBackend {
   readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>
   /** A tick is under way, whoever started it. */
   readonly tickRunning: Effect.Effect<boolean>
+  /** LLM requests holding a GLOBAL_CONCURRENCY permit now (the operator page); absent: shown as n/a. */
+  readonly llmRequestsInFlight?: Effect.Effect<number>
+  /** The LLM breaker's state (SPEC §14) once the process has one; absent: shown as n/a. */
+  readonly breaker?: Effect.Effect<BreakerView>
+  /** Tokens spent in the budget window (SPEC §14) once the process counts them; absent: shown as n/a. */
+  readonly tokensInWindow?: Effect.Effect<TokensView>
+}
+
+/** How GET /internal/overview reports the breaker: `state` plus whatever else the breaker knows. */
+export interface BreakerView {
+  readonly state: "closed" | "open" | "half-open"
+  readonly [detail: string]: unknown
+}
+
+/** How GET /internal/overview reports tokens spent: in the rolling window, against the process budget. */
+export interface TokensView {
+  readonly spent: number
+  readonly budget: number | null
+  readonly windowHours: number
 }
 
 export interface ServerSettings {
@@ -61,6 +81,8 @@ export interface ServerStateShape {
   readonly provideBackend: (backend: ApiBackend) => Effect.Effect<void>
   /** Ticks requested over HTTP and still under way (GET /health tick.running). */
   readonly ticksRunning: Ref.Ref<number>
+  /** The last failures the process logged (the operator page); fed by `captureFailures`. */
+  readonly failures: RecentFailuresShape
 }
 
 export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState, ServerStateShape>() {
@@ -69,6 +91,7 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
       const phase = yield* Ref.make<Phase>("starting")
       const backend = yield* Deferred.make<ApiBackend>()
       const ticksRunning = yield* Ref.make(0)
+      const failures = makeRecentFailures()
       return {
         settings,
         phase: Ref.get(phase),
@@ -76,6 +99,7 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
         backend: Deferred.poll(backend).pipe(Effect.flatMap(Option.match({ onNone: () => Effect.succeedNone, onSome: Effect.asSome }))),
         provideBackend: (b) => Deferred.succeed(backend, b).pipe(Effect.asVoid),
         ticksRunning,
+        failures,
       }
     })
   static readonly layer = (settings: ServerSettings) => Layer.effect(ServerState, ServerState.make(settings))
