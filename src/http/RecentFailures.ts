@@ -66,8 +66,22 @@ const textOf = (value: unknown): string | null => {
   return null
 }
 
+const partsOf = (message: unknown): ReadonlyArray<unknown> => (Array.isArray(message) ? message : [message])
+
+/** The text parts of a log message (Effect.log("a", x, …) logs an array). */
 const messageText = (message: unknown): string =>
-  Array.isArray(message) ? message.map((m) => textOf(m) ?? "").join(" ") : (textOf(message) ?? "")
+  partsOf(message)
+    .flatMap((m) => {
+      const t = textOf(m)
+      return t === null ? [] : [t]
+    })
+    .join(" ")
+
+/** An Error logged beside the message (Effect.logError("…", error)) is the reason. */
+const errorInMessage = (message: unknown): string | null => {
+  const e = partsOf(message).find((m) => m instanceof Error)
+  return e instanceof Error ? `${e.name}: ${e.message}` : null
+}
 
 const causeText = (cause: Cause.Cause<unknown>): string | null => {
   if (Cause.isEmpty(cause)) return null
@@ -81,7 +95,7 @@ export const failureLogger = (failures: RecentFailuresShape): Logger.Logger<unkn
     const get = (key: string) => textOf(Option.getOrUndefined(HashMap.get(annotations, key)))
     const failedIteration = logLevel._tag === "Info" && get("overallStatus") === "failed"
     if (!LogLevel.greaterThanEqual(logLevel, LogLevel.Warning) && !failedIteration) return
-    const reason = get("reason") ?? get("error") ?? causeText(cause)
+    const reason = get("reason") ?? get("error") ?? causeText(cause) ?? errorInMessage(message)
     failures.record({
       at: date.toISOString(),
       level: logLevel.label,
