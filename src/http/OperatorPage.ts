@@ -73,7 +73,7 @@ export const overview = (backend: ApiBackend) =>
   Effect.gen(function* () {
     const state = yield* ServerState
     const query = yield* HttpServerRequest.schemaSearchParams(OverviewQuery)
-    const all = yield* backend.actors
+    const all = state.actorOrder.byUserId(yield* (backend.actorsUnordered ?? backend.actors))
     const page = pageActors(all, {
       offset: query.offset ?? 0,
       limit: query.limit ?? DEFAULT_PAGE_SIZE,

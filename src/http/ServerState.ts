@@ -7,6 +7,7 @@
 import type { TickReport } from "../actors/Supervisor.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
+import { type ActorOrder, makeActorOrder } from "./actorPage.js"
 import { makeRecentFailures, type RecentFailuresShape } from "./RecentFailures.js"
 
 export type Phase = "starting" | "ready" | "draining"
@@ -40,6 +41,8 @@ export class BackendError extends Data.TaggedError("BackendError")<{ readonly re
 export interface ApiBackend {
   readonly tick: Effect.Effect<TickReport, BackendError>
   readonly actors: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
+  /** The same actors in any order (cheaper with many actors); the operator page orders them itself. */
+  readonly actorsUnordered?: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
   /** False when the runner has no actor and no quarantine for that user. */
   readonly restart: (userId: string) => Effect.Effect<boolean, BackendError>
   readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>
@@ -83,6 +86,8 @@ export interface ServerStateShape {
   readonly ticksRunning: Ref.Ref<number>
   /** The last failures the process logged (the operator page); fed by `captureFailures`. */
   readonly failures: RecentFailuresShape
+  /** The operator page's memory of the actors' user-id order, so a poll re-sorts only when actors came or went. */
+  readonly actorOrder: ActorOrder
 }
 
 export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState, ServerStateShape>() {
@@ -92,6 +97,7 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
       const backend = yield* Deferred.make<ApiBackend>()
       const ticksRunning = yield* Ref.make(0)
       const failures = makeRecentFailures()
+      const actorOrder = makeActorOrder()
       return {
         settings,
         phase: Ref.get(phase),
@@ -100,6 +106,7 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
         provideBackend: (b) => Deferred.succeed(backend, b).pipe(Effect.asVoid),
         ticksRunning,
         failures,
+        actorOrder,
       }
     })
   static readonly layer = (settings: ServerSettings) => Layer.effect(ServerState, ServerState.make(settings))

@@ -61,10 +61,11 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
   )
 }
 
-const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient, permits?: GlobalLlmPermits["Type"]): ApiBackend => ({
+export const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient, permits?: GlobalLlmPermits["Type"]): ApiBackend => ({
   ...(permits === undefined ? {} : { llmRequestsInFlight: permits.inUse }),
   tick: supervisor.tick,
   actors: supervisor.status,
+  actorsUnordered: supervisor.statusUnordered,
   restart: supervisor.restart,
   tickRunning: supervisor.tickRunning,
   missions: (userId) =>

@@ -8,7 +8,7 @@ import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, Layer, Logger, Redacted } from "effect"
-import { pageActors } from "../../src/http/actorPage.js"
+import { makeActorOrder, pageActors } from "../../src/http/actorPage.js"
 import { ApiLive } from "../../src/http/Api.js"
 import { failureLogger, makeRecentFailures } from "../../src/http/RecentFailures.js"
 import { type ActorView, type ApiBackend, ServerState } from "../../src/http/ServerState.js"
@@ -63,6 +63,28 @@ describe("pageActors", () => {
   it("sorts by user id itself when the list does not come sorted", () => {
     const page = pageActors([actor("z", "idle"), actor("m", "idle"), actor("q", "quarantined"), actor("b", "idle")], { offset: 0, limit: 50 })
     expect(page.items.map((a) => a.userId)).toEqual(["q", "b", "m", "z"])
+  })
+})
+
+describe("makeActorOrder", () => {
+  const ids = (xs: ReadonlyArray<ActorView>) => xs.map((a) => a.userId)
+
+  it("puts actors in user-id order, and keeps doing so as the same users come in any order or change state", () => {
+    const order = makeActorOrder()
+    expect(ids(order.byUserId([actor("c", "idle"), actor("a", "idle"), actor("b", "idle")]))).toEqual(["a", "b", "c"])
+    const again = order.byUserId([actor("b", "running"), actor("c", "idle"), actor("a", "quarantined")])
+    expect(ids(again)).toEqual(["a", "b", "c"])
+    expect(again.map((a) => a.state)).toEqual(["quarantined", "running", "idle"])
+  })
+
+  it("sorts afresh when a user came, went, or was replaced by another", () => {
+    const order = makeActorOrder()
+    order.byUserId([actor("b", "idle"), actor("a", "idle")])
+    expect(ids(order.byUserId([actor("b", "idle"), actor("c", "idle"), actor("a", "idle")]))).toEqual(["a", "b", "c"])
+    expect(ids(order.byUserId([actor("c", "idle"), actor("a", "idle")]))).toEqual(["a", "c"])
+    expect(ids(order.byUserId([actor("d", "idle"), actor("a", "idle")]))).toEqual(["a", "d"])
+    expect(ids(order.byUserId([actor("a", "idle"), actor("a", "idle")]))).toEqual(["a", "a"])
+    expect(ids(order.byUserId([]))).toEqual([])
   })
 })
 
@@ -230,6 +252,8 @@ const FilledServer = ApiLive.pipe(
         const state = yield* ServerState
         yield* state.provideBackend(
           backend({
+            // In no order, as the supervisor's statusUnordered gives them.
+            actorsUnordered: Effect.succeed([...manyActors].reverse()),
             llmRequestsInFlight: Effect.succeed(3),
             breaker: Effect.succeed({ state: "open", consecutiveFailures: 10 }),
             tokensInWindow: Effect.succeed({ spent: 1234, budget: 100_000, windowHours: 24 }),
@@ -244,9 +268,12 @@ const FilledServer = ApiLive.pipe(
 )
 
 it.layer(FilledServer, { timeout: 30_000 })("operator page over HTTP, with breaker and tokens", (it) => {
-  it.effect("breaker, tokens and LLM requests in flight slot in when the backend has them", () =>
+  it.effect("actors in any order come out ordered; breaker, tokens and LLM requests in flight slot in when the backend has them", () =>
     Effect.gen(function* () {
-      const body = yield* bodyOf(yield* get("/internal/overview?limit=1", KEY))
+      const body = yield* bodyOf(yield* get("/internal/overview?limit=3", KEY))
+      expect(body.actors.items.map((a: ActorView) => a.userId)).toEqual(["user-00007", "user-01007", "user-02007"])
+      const later = yield* bodyOf(yield* get("/internal/overview?limit=2&state=idle", KEY))
+      expect(later.actors.items.map((a: ActorView) => a.userId)).toEqual(["user-00000", "user-00001"])
       expect(body.process).toMatchObject({
         llmRequestsInFlight: 3,
         breaker: { state: "open", consecutiveFailures: 10 },
