@@ -79,18 +79,13 @@ export const overview = (backend: ApiBackend) =>
       limit: query.limit ?? DEFAULT_PAGE_SIZE,
       state: query.state === "" ? undefined : query.state,
       user: query.user,
+      detail: query.detail,
     })
-    let runsInFlight = 0
-    for (const actor of all) runsInFlight += actor.inFlight
     const tickRunning = (yield* Ref.get(state.ticksRunning)) > 0 || (yield* backend.tickRunning)
     const detail =
       query.detail === undefined
         ? null
-        : {
-            userId: query.detail,
-            actor: all.find((a) => a.userId === query.detail) ?? null,
-            failures: state.failures.recent(FAILURES_SHOWN, query.detail),
-          }
+        : { userId: query.detail, actor: page.detail, failures: state.failures.recent(FAILURES_SHOWN, query.detail) }
     return HttpServerResponse.unsafeJson({
       at: new Date(yield* Clock.currentTimeMillis).toISOString(),
       process: {
@@ -99,7 +94,7 @@ export const overview = (backend: ApiBackend) =>
         phase: yield* state.phase,
         tick: { enabled: state.settings.tickEnabled, running: tickRunning },
         breaker: yield* optionalRead(backend.breaker),
-        runsInFlight,
+        runsInFlight: page.inFlight,
         llmRequestsInFlight: yield* optionalRead(backend.llmRequestsInFlight),
         tokensInWindow: yield* optionalRead(backend.tokensInWindow),
         actors: { total: all.length, ...page.counts },

@@ -60,8 +60,18 @@ describe("pageActors", () => {
     expect(users.items.map((a) => a.userId)).toEqual(["malice", "alice"])
   })
 
-  it("sorts by user id itself when the list does not come sorted", () => {
-    const page = pageActors([actor("z", "idle"), actor("m", "idle"), actor("q", "quarantined"), actor("b", "idle")], { offset: 0, limit: 50 })
+  it("pages across state boundaries, and sums runs in flight and finds the detail user in the same pass", () => {
+    const xs = [actor("a", "idle"), actor("b", "running", { inFlight: 2 }), actor("c", "quarantined"), actor("d", "running", { inFlight: 1 })]
+    const page = pageActors(xs, { offset: 1, limit: 2, detail: "d" })
+    expect(page.items.map((a) => a.userId)).toEqual(["b", "d"])
+    expect(page.inFlight).toBe(3)
+    expect(page.detail?.userId).toBe("d")
+    expect(pageActors(xs, { offset: 0, limit: 1, detail: "zz" }).detail).toBeNull()
+  })
+
+  it("with ActorOrder: a list in any order comes out quarantined first, by user id within", () => {
+    const shuffled = [actor("z", "idle"), actor("m", "idle"), actor("q", "quarantined"), actor("b", "idle")]
+    const page = pageActors(makeActorOrder().byUserId(shuffled), { offset: 0, limit: 50 })
     expect(page.items.map((a) => a.userId)).toEqual(["q", "b", "m", "z"])
   })
 })
