@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory] [--users=N] [--baseline=N] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page] [--users=N] [--baseline=N] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -12,6 +12,7 @@ import { BunRuntime } from "@effect/platform-bun"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureDiscovery } from "./measure/discovery.js"
 import { measureMemory, memoryChild } from "./measure/memory.js"
+import { measurePage, pageChild } from "./measure/page.js"
 import { measurePrecision } from "./measure/precision.js"
 import { measureStages } from "./measure/stages.js"
 import { measureThroughput } from "./measure/throughput.js"
@@ -92,6 +93,20 @@ const main = Effect.gen(function* () {
       })))
   }
 
+  if (selected("page")) {
+    figures.push(
+      ...(yield* measurePage({
+        ownerUrl,
+        standIn,
+        actors: quick ? 1_000 : 10_000,
+        windowSeconds: quick ? 10 : 20,
+        rounds: quick ? 2 : 3,
+        startDeadline: quick ? "40 seconds" : "90 seconds",
+        log,
+      })),
+    )
+  }
+
   const cpu = cpuWatch()
   // Other sessions share this machine: what they used is context for every latency above.
   const others = cpu === undefined ? undefined : round(cpu.machineCores - (cpu.cores.bench ?? 0) - (cpu.cores.standIn ?? 0) - (cpu.cores.postgres ?? 0), 2)
@@ -119,6 +134,7 @@ const main = Effect.gen(function* () {
 const childTasks = {
   workload: serveChild(workloadChild),
   memory: serveChild(memoryChild),
+  page: serveChild(pageChild),
 } as const
 const childTask = option("child")
 

@@ -13,6 +13,18 @@ const runScript = fileURLToPath(new URL("../run.ts", import.meta.url))
 const RESULT = "RESULT "
 
 export const runInChild = <O>(task: string, input: unknown, timeout: Duration.DurationInput): Effect.Effect<O> =>
+  withChild<O, O>(task, input, timeout, (result) => Effect.succeed(result))
+
+/**
+ * As runInChild, but `use` runs while the child is still alive (it is killed afterwards): for a
+ * measurement taken from outside the child, e.g. the CPU its HTTP server spends on requests.
+ */
+export const withChild = <O, A>(
+  task: string,
+  input: unknown,
+  timeout: Duration.DurationInput,
+  use: (result: O, pid: number) => Effect.Effect<A>,
+): Effect.Effect<A> =>
   Effect.acquireUseRelease(
     Effect.sync(() => spawn(process.execPath, [runScript, `--child=${task}`], { stdio: ["pipe", "pipe", "inherit"] })),
     (child) =>
@@ -44,6 +56,7 @@ export const runInChild = <O>(task: string, input: unknown, timeout: Duration.Du
           onTimeout: () => new Error(`bench child ${task} gave no result within ${Duration.format(Duration.decode(timeout))}`),
         }),
         Effect.orDie,
+        Effect.flatMap((result) => use(result, child.pid ?? -1)),
       ),
     // Only the child this measurement started, by its own handle.
     (child) =>

@@ -23,7 +23,7 @@ const readMachine = (): [busy: number, total: number] => {
   return [total - idle, total]
 }
 
-const processTicks = (pid: string): { comm: string; ticks: number } | undefined => {
+export const processTicks = (pid: string): { comm: string; ticks: number } | undefined => {
   try {
     const text = readFileSync(`/proc/${pid}/stat`, "utf8")
     const close = text.lastIndexOf(")")

@@ -68,6 +68,8 @@ export interface SupervisorShape {
   readonly discover: Effect.Effect<DiscoveryReport, SqlError>
   /** Every actor, by userId. */
   readonly status: Effect.Effect<ReadonlyArray<ActorStatus>>
+  /** Every actor in no particular order: `status` without its sort, for a caller that orders (or pages) by itself. */
+  readonly statusUnordered: Effect.Effect<ReadonlyArray<ActorStatus>>
   /** Lifts a quarantine and restarts the user's actor; false when the user has no actor. */
   readonly restart: (userId: string) => Effect.Effect<boolean>
   readonly tickRunning: Effect.Effect<boolean>
@@ -557,6 +559,8 @@ export const make = Effect.gen(function* () {
     ),
   )
 
+  const statusUnordered = Effect.suspend(() => Effect.forEach([...handles.values()], (h) => Ref.get(h.status)))
+
   const restart = (userId: string) =>
     Effect.suspend(() => {
       const handle = handles.get(userId)
@@ -608,6 +612,7 @@ export const make = Effect.gen(function* () {
     tick,
     discover,
     status,
+    statusUnordered,
     restart,
     tickRunning: Ref.get(tickInProgress),
     draining: gate.draining,

@@ -12,6 +12,7 @@ import {
 } from "@effect/platform"
 import { Effect, Exit, Layer, Option, Redacted, Ref, Schema } from "effect"
 import { AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX } from "../services/decryptAudit.js"
+import { overview, pageRouter } from "./OperatorPage.js"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
 import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
@@ -167,6 +168,8 @@ const audit = Effect.gen(function* () {
         ),
   )
 })
+/** The operator page's poll (issue 18): process, one page of actors, recent failures. */
+const overviewRoute = withBackend((backend) => overview(backend).pipe(Effect.catchTag("BackendError", backendFailed)))
 
 const internal = HttpRouter.empty.pipe(
   HttpRouter.post("/tick", tick),
@@ -174,6 +177,7 @@ const internal = HttpRouter.empty.pipe(
   HttpRouter.post("/actors/:userId/restart", restart),
   HttpRouter.get("/missions/:userId", missions),
   HttpRouter.get("/audit/:userId", audit),
+  HttpRouter.get("/overview", overviewRoute),
   // Inside the gate, so an unknown /internal path says 401 to a caller without the key, not 404.
   HttpRouter.all("*", Effect.succeed(problem(404, "not-found", "no such internal route"))),
   HttpRouter.use(requireServiceKey),
@@ -184,6 +188,7 @@ export const apiRouter = HttpRouter.empty.pipe(
   HttpRouter.get("/ready", ready),
   HttpRouter.get("/metrics", metrics),
   HttpRouter.mount("/internal", internal),
+  HttpRouter.concat(pageRouter),
 )
 
 /** The router with every failure answered as JSON `{error, reason}`. */
@@ -198,6 +203,10 @@ export const apiApp = apiRouter.pipe(
 /** Probes and scrapes every few seconds: neither logged nor traced. */
 const quietUrls = new Set(["/health", "/ready", "/metrics"])
 
+/** The operator page's answered poll every 2 s would drown the log; a refused one (401) is still logged. */
+const isPagePoll = (url: string, exit: Exit.Exit<HttpServerResponse.HttpServerResponse, unknown>) =>
+  url.startsWith("/internal/overview") && Exit.isSuccess(exit) && exit.value.status === 200
+
 /**
  * Access log with the path only: a query string is never logged (only /internal/audit takes one,
  * and a client that puts the service key there must not get it written to the log).
@@ -205,7 +214,7 @@ const quietUrls = new Set(["/health", "/ready", "/metrics"])
 const accessLog = HttpMiddleware.make((httpApp) =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
     Effect.onExit(httpApp, (exit) =>
-      quietUrls.has(request.url) ? Effect.void : Effect.logInfo("Sent HTTP response").pipe(
+      quietUrls.has(request.url) || isPagePoll(request.url, exit) ? Effect.void : Effect.logInfo("Sent HTTP response").pipe(
         Effect.annotateLogs({
           "http.method": request.method,
           "http.path": request.url.split("?")[0] ?? "",

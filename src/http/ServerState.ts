@@ -8,6 +8,8 @@ import type { TickReport } from "../actors/Supervisor.js"
 import type { AuditQuery, AuditRow } from "../services/decryptAudit.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
+import { type ActorOrder, makeActorOrder } from "./actorPage.js"
+import { makeRecentFailures, type RecentFailuresShape } from "./RecentFailures.js"
 
 export type Phase = "starting" | "ready" | "draining"
 
@@ -40,6 +42,8 @@ export class BackendError extends Data.TaggedError("BackendError")<{ readonly re
 export interface ApiBackend {
   readonly tick: Effect.Effect<TickReport, BackendError>
   readonly actors: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
+  /** The same actors in any order (cheaper with many actors); the operator page orders them itself. */
+  readonly actorsUnordered?: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
   /** False when the runner has no actor and no quarantine for that user. */
   readonly restart: (userId: string) => Effect.Effect<boolean, BackendError>
   readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>
@@ -47,6 +51,25 @@ export interface ApiBackend {
   readonly tickRunning: Effect.Effect<boolean>
   /** The user's Mission Grant audit rows, newest first (SPEC §15); absent: the route answers 404. */
   readonly audit?: (userId: string, query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditRow>, BackendError>
+  /** LLM requests holding a GLOBAL_CONCURRENCY permit now (the operator page); absent: shown as n/a. */
+  readonly llmRequestsInFlight?: Effect.Effect<number>
+  /** The LLM breaker's state (SPEC §14) once the process has one; absent: shown as n/a. */
+  readonly breaker?: Effect.Effect<BreakerView>
+  /** Tokens spent in the budget window (SPEC §14) once the process counts them; absent: shown as n/a. */
+  readonly tokensInWindow?: Effect.Effect<TokensView>
+}
+
+/** How GET /internal/overview reports the breaker: `state` plus whatever else the breaker knows. */
+export interface BreakerView {
+  readonly state: "closed" | "open" | "half-open"
+  readonly [detail: string]: unknown
+}
+
+/** How GET /internal/overview reports tokens spent: in the rolling window, against the process budget. */
+export interface TokensView {
+  readonly spent: number
+  readonly budget: number | null
+  readonly windowHours: number
 }
 
 export interface ServerSettings {
@@ -64,6 +87,10 @@ export interface ServerStateShape {
   readonly provideBackend: (backend: ApiBackend) => Effect.Effect<void>
   /** Ticks requested over HTTP and still under way (GET /health tick.running). */
   readonly ticksRunning: Ref.Ref<number>
+  /** The last failures the process logged (the operator page); fed by `captureFailures`. */
+  readonly failures: RecentFailuresShape
+  /** The operator page's memory of the actors' user-id order, so a poll re-sorts only when actors came or went. */
+  readonly actorOrder: ActorOrder
 }
 
 export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState, ServerStateShape>() {
@@ -72,6 +99,8 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
       const phase = yield* Ref.make<Phase>("starting")
       const backend = yield* Deferred.make<ApiBackend>()
       const ticksRunning = yield* Ref.make(0)
+      const failures = makeRecentFailures()
+      const actorOrder = makeActorOrder()
       return {
         settings,
         phase: Ref.get(phase),
@@ -79,6 +108,8 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
         backend: Deferred.poll(backend).pipe(Effect.flatMap(Option.match({ onNone: () => Effect.succeedNone, onSome: Effect.asSome }))),
         provideBackend: (b) => Deferred.succeed(backend, b).pipe(Effect.asVoid),
         ticksRunning,
+        failures,
+        actorOrder,
       }
     })
   static readonly layer = (settings: ServerSettings) => Layer.effect(ServerState, ServerState.make(settings))

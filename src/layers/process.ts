@@ -8,9 +8,10 @@
 import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Metric, type Redacted } from "effect"
+import { Effect, Layer, Metric, Option, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
+import { FailureCaptureLive } from "../http/OperatorPage.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
 import {
   DatabaseConfig,
@@ -74,9 +75,11 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
   )
 }
 
-const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): ApiBackend => ({
+export const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient, permits?: GlobalLlmPermits["Type"]): ApiBackend => ({
+  ...(permits === undefined ? {} : { llmRequestsInFlight: permits.inUse }),
   tick: supervisor.tick,
   actors: supervisor.status,
+  actorsUnordered: supervisor.statusUnordered,
   restart: supervisor.restart,
   tickRunning: supervisor.tickRunning,
   missions: (userId) =>
@@ -125,7 +128,8 @@ const MetricsRegistered = Layer.effectDiscard(
 const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const state = yield* ServerState
-    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient))
+    const permits = Option.getOrUndefined(yield* Effect.serviceOption(GlobalLlmPermits))
+    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient, permits))
     yield* state.setPhase("ready")
     yield* Effect.logInfo("mana-ai is ready")
     yield* Effect.addFinalizer(() =>
@@ -154,6 +158,8 @@ export const processLayer = <E, R>(
     Layer.provideMerge(options.database),
     Layer.provideMerge(configLayer(options.config)),
     Layer.provideMerge(ApiLive),
+    // The operator page's recent failures: from here on every failure logged is also kept in memory.
+    Layer.provideMerge(FailureCaptureLive),
     Layer.provideMerge(
       ServerState.layer({
         serviceKey: options.serviceKey,
