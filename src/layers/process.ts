@@ -13,6 +13,7 @@ import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
 import { DatabaseConfig, HttpConfig, LlmConfig, ObservabilityConfig, RunnerConfig } from "../services/AppConfig.js"
+import { EventLogSchema, EventLogSchemaLive } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
@@ -36,7 +37,7 @@ export interface ProcessOptions {
   /** The runner's pool (SqlClient + PgClient as the runner role). Built after the HTTP server. */
   readonly database: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown>
   /** Runs once the migrations ran, before the supervisor starts (the embedded demo seed). */
-  readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient>
+  readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient | EventLogSchema>
 }
 
 /** The loaded configuration as the services' config tags. */
@@ -60,7 +61,11 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
   )
 }
 
-const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): ApiBackend => ({
+const backendFor = (
+  supervisor: Supervisor["Type"],
+  sql: SqlClient.SqlClient,
+  eventLog: EventLogSchema["Type"],
+): ApiBackend => ({
   tick: supervisor.tick,
   actors: supervisor.status,
   restart: supervisor.restart,
@@ -68,6 +73,7 @@ const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): A
   missions: (userId) =>
     readUserMissions(userId).pipe(
       Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.provideService(EventLogSchema, eventLog),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
       Effect.tapErrorCause((cause) => Effect.logError("GET /internal/missions failed", cause)),
     ),
@@ -103,7 +109,7 @@ const MetricsRegistered = Layer.effectDiscard(
 const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const state = yield* ServerState
-    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient))
+    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient, yield* EventLogSchema))
     yield* state.setPhase("ready")
     yield* Effect.logInfo("mana-ai is ready")
     yield* Effect.addFinalizer(() =>
@@ -127,6 +133,8 @@ export const processLayer = <E, R>(
     Layer.provideMerge(SupervisorLive),
     Layer.provideMerge(runnerServicesLayer(options.planner)),
     Layer.provideMerge(migrated),
+    // Before anything touches sync_changes: which generation it is (a start without one stops here).
+    Layer.provideMerge(EventLogSchemaLive),
     Layer.provideMerge(options.database),
     Layer.provideMerge(configLayer(options.config)),
     Layer.provideMerge(ApiLive),

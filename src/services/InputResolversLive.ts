@@ -8,6 +8,7 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Either, Layer, Metric } from "effect"
 import type { MissionInput } from "../domain/mission.js"
 import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers, type ResolvedInput } from "./InputResolvers.js"
 import { inputsSkippedTotal } from "./metrics.js"
 import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
@@ -102,7 +103,7 @@ const skip = (input: MissionInput, reason: InputSkipReason, detail: string) =>
   )
 
 export const makeInputResolvers = (registry: ResolverRegistry) =>
-  Effect.map(SqlClient.SqlClient, (sqlClient) =>
+  Effect.map(Effect.zip(SqlClient.SqlClient, EventLogSchema), ([sqlClient, eventLog]) =>
     InputResolvers.of({
       resolve: (userId, inputs) =>
         Effect.gen(function* () {
@@ -143,7 +144,10 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
             resolved.push(scrubCiphertext(rendered.right))
           }
           return resolved
-        }).pipe(Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } })),
+        }).pipe(
+          Effect.provideService(EventLogSchema, eventLog),
+          Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
+        ),
     }),
   )
 

@@ -12,18 +12,20 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Duration, Effect, Either, Layer, Metric, ParseResult, Ref, Schema } from "effect"
 import { validateCadence } from "../domain/cadence.js"
-import { ChangeOp } from "../domain/eventLog.js"
+import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import {
   type RecordState,
   type ReplayRow,
   applyChange,
+  fieldTimesProblem,
   initialState,
   isApplicable,
   isLive,
   parseInstant,
 } from "../domain/replay.js"
 import { RunnerConfig, isValidTimeZone } from "./AppConfig.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { MissionStore, type MissionSnapshot, type MissionStoreShape, type RefreshResult } from "./MissionStore.js"
 import { transactionLossAsError } from "./withUserScope.js"
 import { discoveryDuration, discoveryRowsRead, malformedRowsTotal, missionsSkippedTotal } from "./metrics.js"
@@ -238,9 +240,15 @@ const keyOf = (userId: string, recordId: string) => JSON.stringify([userId, reco
  */
 export const newMissionRowsQuery = (
   sql: SqlClient.SqlClient,
-  options: { readonly cursorAt: string; readonly lookback: string; readonly limit: number },
+  options: {
+    readonly cursorAt: string
+    readonly lookback: string
+    readonly limit: number
+    /** The per-field time column of the generation found (EventLogSchema). */
+    readonly timeColumn: SyncGeneration
+  },
 ) => sql<Record<string, unknown>>`
-  SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, s.field_timestamps,
+  SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${options.timeColumn}`)} AS field_timestamps,
          ${exactUtc(sql, "s.created_at")} AS at
   FROM sync_changes s
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
@@ -251,22 +259,23 @@ export const newMissionRowsQuery = (
 
 export const makeMissionStore = (
   options: MissionStoreOptions = {},
-): Effect.Effect<MissionStoreShape, never, SqlClient.SqlClient | RunnerConfig> =>
+): Effect.Effect<MissionStoreShape, never, SqlClient.SqlClient | RunnerConfig | EventLogSchema> =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const config = yield* RunnerConfig
+    const { timeColumn } = yield* EventLogSchema
     const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? DEFAULT_LOOKBACK)) * 1000)
     const lookback = `${lookbackMicros} microseconds`
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
 
     const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
 
-    const readNewRows = (cursorAt: string) => newMissionRowsQuery(sql, { cursorAt, lookback, limit: batchSize })
+    const readNewRows = (cursorAt: string) => newMissionRowsQuery(sql, { cursorAt, lookback, limit: batchSize, timeColumn })
 
     /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
     const readRecord = (userId: string, recordId: string, upTo: Position) =>
       sql<Record<string, unknown>>`
-        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, s.field_timestamps,
+        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
                ${exactUtc(sql, "s.created_at")} AS at
         FROM sync_changes s
         WHERE s.user_id = ${userId} AND s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
@@ -348,6 +357,15 @@ export const makeMissionStore = (
             yield* Effect.logWarning("Mission row not applied: its data is not an object").pipe(
               Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: rowProblem(row) }),
             )
+          } else {
+            // Applied all the same: the row's created_at stands in for the times it lacks (SPEC §2).
+            const problem = fieldTimesProblem(row.field_timestamps, row.data)
+            if (problem !== null) {
+              yield* countRow(problem.reason)
+              yield* Effect.logWarning(`Mission row's ${timeColumn} ignored where unusable: ${problem.detail}`).pipe(
+                Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: problem.reason }),
+              )
+            }
           }
         }
         const stored = yield* loadWorking(
@@ -536,7 +554,7 @@ export const makeMissionStore = (
 /** The store on the pool's SqlClient; the migrations must have run. */
 export const missionStoreLayer = (
   options: MissionStoreOptions = {},
-): Layer.Layer<MissionStore, never, SqlClient.SqlClient | RunnerConfig> =>
+): Layer.Layer<MissionStore, never, SqlClient.SqlClient | RunnerConfig | EventLogSchema> =>
   Layer.effect(MissionStore, makeMissionStore(options))
 
 export const MissionStoreLive = missionStoreLayer()

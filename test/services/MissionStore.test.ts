@@ -313,7 +313,12 @@ it.layer(StoreLive, { timeout: 180_000 })("MissionStore cost", (it) => {
         SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at FROM mana_ai.discovery_cursor`) as [
         { at: string },
       ]
-      const query = newMissionRowsQuery(sql, { cursorAt: at, lookback: "120000000 microseconds", limit: 1000 })
+      const query = newMissionRowsQuery(sql, {
+        cursorAt: at,
+        lookback: "120000000 microseconds",
+        limit: 1000,
+        timeColumn: (yield* TestDatabase).generation,
+      })
       const plan = (yield* sql<{ "QUERY PLAN": string }>`EXPLAIN ${query}`).map((r) => r["QUERY PLAN"]).join("\n")
       expect(plan).toMatch(/Index (Only )?Scan using sync_changes_ai_missions_created_idx|Bitmap Index Scan on sync_changes_ai_missions_created_idx/)
       expect(plan).not.toMatch(/Seq Scan on sync_changes/)
