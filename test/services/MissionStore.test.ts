@@ -40,7 +40,7 @@ const fullReplay = (userId: string, missionId: string) =>
   Effect.flatMap(TestDatabase, (db) =>
     Effect.promise(async () => {
       const rows = await db.ownerQuery(
-        `SELECT id::text AS id, op, data, field_timestamps, created_at, record_id FROM sync_changes
+        `SELECT id::text AS id, op, data, ${db.generation} AS field_timestamps, created_at, record_id FROM sync_changes
          WHERE user_id = $1 AND app_id = 'ai' AND table_name = 'aiMissions' AND record_id = $2 ORDER BY created_at, id`,
         [userId, missionId],
       )
