@@ -1,6 +1,7 @@
 /**
  * The app's own mission types (SPEC §3). Iteration and PlanStep are closed: what the runner writes
- * has exactly these keys, and an absent optional field is left out, never null.
+ * has exactly these keys, and an absent optional field is left out, never null (nor undefined: the
+ * optional fields are exact, so the types match the app's own, test/support/appTypes.ts).
  */
 import { Schema } from "effect"
 import { parseInstant } from "./replay.js"
@@ -52,7 +53,7 @@ export const PlanStep = Schema.Struct({
   id: Schema.String,
   summary: Schema.String,
   intent: Schema.Union(ToolCallIntent, NoteIntent),
-  proposalId: Schema.optional(Schema.String),
+  proposalId: Schema.optionalWith(Schema.String, { exact: true }),
   status: PlanStepStatus,
 })
 export type PlanStep = typeof PlanStep.Type
@@ -66,21 +67,26 @@ export const IterationPhase = Schema.Literal("resolving-inputs", "calling-llm", 
 export const Iteration = Schema.Struct({
   id: Schema.String,
   startedAt: Schema.String,
-  finishedAt: Schema.optional(Schema.String),
+  finishedAt: Schema.optionalWith(Schema.String, { exact: true }),
   plan: Schema.Array(PlanStep),
-  summary: Schema.optional(Schema.String),
-  userFeedback: Schema.optional(Schema.String),
+  summary: Schema.optionalWith(Schema.String, { exact: true }),
+  userFeedback: Schema.optionalWith(Schema.String, { exact: true }),
   overallStatus: IterationStatus,
-  source: Schema.optional(Schema.Literal("browser", "server")),
-  errorDetails: Schema.optional(
-    Schema.Struct({ name: Schema.String, message: Schema.String, phase: Schema.optional(IterationPhase) }),
+  source: Schema.optionalWith(Schema.Literal("browser", "server"), { exact: true }),
+  errorDetails: Schema.optionalWith(
+    Schema.Struct({
+      name: Schema.String,
+      message: Schema.String,
+      phase: Schema.optionalWith(IterationPhase, { exact: true }),
+    }),
+    { exact: true },
   ),
   // Today's app's progress fields (SPEC §3): read and kept (the write-back copies stored iterations
   // as they are), never written by the runner.
-  currentPhase: Schema.optional(IterationPhase),
-  phaseStartedAt: Schema.optional(Schema.String),
-  phaseDetail: Schema.optional(Schema.String),
-  cancelRequested: Schema.optional(Schema.Boolean),
+  currentPhase: Schema.optionalWith(IterationPhase, { exact: true }),
+  phaseStartedAt: Schema.optionalWith(Schema.String, { exact: true }),
+  phaseDetail: Schema.optionalWith(Schema.String, { exact: true }),
+  cancelRequested: Schema.optionalWith(Schema.Boolean, { exact: true }),
 })
 export type Iteration = typeof Iteration.Type
 
