@@ -194,6 +194,44 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
     }),
   )
 
+  it.effect("bad per-field times (not an object, or a value that is not an instant) are counted by reason and the row still applies with its created_at", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      const notObject = yield* counter(malformedRowsTotal, "field-times-not-object")
+      const notInstant = yield* counter(malformedRowsTotal, "field-time-not-instant")
+      yield* insertChanges([
+        { ...missionInsertRow("u-times", "a"), fieldTimestamps: "garbage", createdAt: "2026-03-01 10:00:00+00" },
+        { ...missionInsertRow("u-times", "b"), fieldTimestamps: [1, 2], createdAt: "2026-03-01 10:00:00+00" },
+        { ...missionUpdateRow("u-times", "a", { title: "New title" }), fieldTimestamps: { title: 7 }, createdAt: "2026-03-01 10:00:01+00" },
+        // An older time wins nothing: proves the valid stamps are still honoured beside the bad ones.
+        { ...missionUpdateRow("u-times", "b", { title: "Old title" }, { title: "2026-02-01T00:00:00Z" }), createdAt: "2026-03-01 10:00:02+00" },
+      ])
+      const result = yield* store.refresh
+      expect((yield* counter(malformedRowsTotal, "field-times-not-object")) - notObject).toBe(2)
+      expect((yield* counter(malformedRowsTotal, "field-time-not-instant")) - notInstant).toBe(1)
+      expect(one(result.changed, "u-times", "a").record?.title).toBe("New title")
+      expect(one(result.changed, "u-times", "a").schedulable).toBe(true)
+      expect(one(result.changed, "u-times", "b").record?.title).toBe("Get fit")
+    }),
+  )
+
+  it.effect("a mission row's data.id never renames the record: the snapshot's id is the record_id", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([
+        missionInsertRow("u-ids", "real-id", { id: "claimed-id" }),
+        missionUpdateRow("u-ids", "real-id", { id: "another-id" }, { id: "2099-01-01T00:00:00Z" }),
+      ])
+      const result = yield* store.refresh
+      const snapshot = one(result.changed, "u-ids", "real-id")
+      expect(snapshot.record?.id).toBe("real-id")
+      expect(Either.getOrThrow(snapshot.decoded).id).toBe("real-id")
+      expect(result.changed.some((s) => s.missionId !== "real-id" && s.userId === "u-ids")).toBe(false)
+    }),
+  )
+
   it.effect("malformed missions are skipped with a reason naming the field and counted; the user's good mission stays", () =>
     Effect.gen(function* () {
       const store = yield* MissionStore
