@@ -29,3 +29,4 @@ export const actorsGauge = Metric.gauge("mana_ai_actors", { description: "User a
 export const quarantinedGauge = Metric.gauge("mana_ai_actors_quarantined", { description: "Users quarantined" })
 export const runsInFlightGauge = Metric.gauge("mana_ai_runs_in_flight", { description: "Mission runs under way" })
 export const actorRestartsTotal = Metric.counter("mana_ai_actor_restarts_total", { description: "User actors restarted after a failure" })
+export const discoveryReconciledTotal = Metric.counter("mana_ai_discovery_reconciled_total", { description: "Mission snapshots a reconciliation corrected (rows the incremental discovery missed)" })
