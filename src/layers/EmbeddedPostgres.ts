@@ -9,7 +9,7 @@
 import { PGlite } from "@electric-sql/pglite"
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket"
 import { Data, Effect, Redacted, type Scope } from "effect"
-import type { SyncGeneration } from "../domain/eventLog.js"
+import { type SyncGeneration, generationOf } from "../domain/eventLog.js"
 import { renderPsqlScript, sqlFile, syncChangesSql } from "./psqlScript.js"
 
 export class EmbeddedPostgresError extends Data.TaggedError("EmbeddedPostgresError")<{
@@ -92,7 +92,14 @@ export const makeEmbeddedPostgres = (
       (db) => Effect.promise(() => db.close()).pipe(Effect.ignore),
     )
     yield* tryPromise("could not prepare the embedded database", async () => {
-      await db.exec(syncChangesSql(options.generation))
+      // A data directory from an earlier version holds the seed's table: keep serving what is there
+      // (its DDL is idempotent); a new one gets the generation asked for, today's by default.
+      const existing = await db.query<{ name: string }>(
+        `SELECT attname::text AS name FROM pg_attribute
+         WHERE attrelid = to_regclass('sync_changes') AND attnum > 0 AND NOT attisdropped
+           AND attname IN ('field_meta', 'field_timestamps')`,
+      )
+      await db.exec(syncChangesSql(generationOf(existing.rows.map((r) => r.name)) ?? options.generation))
       const exists = await db.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [runnerRole])
       if (exists.rows.length === 0) {
         await db.exec(`CREATE ROLE "${runnerRole.replaceAll('"', '""')}" NOLOGIN NOSUPERUSER NOBYPASSRLS`)

@@ -7,6 +7,9 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
 import { expect, it } from "@effect/vitest"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { Effect, Layer } from "effect"
 import { makeEmbeddedPostgres } from "../../src/layers/EmbeddedPostgres.js"
 import { detectEventLogSchema } from "../../src/services/EventLogSchema.js"
@@ -52,3 +55,18 @@ it.layer(Pool, { timeout: 60_000 })("embedded Postgres", (it) => {
       expect(indexes.map((i) => i.name)).toContain("sync_changes_user_space_app_created_idx")
     }))
 })
+
+it.effect("a data directory holding the seed's table keeps it: the start serves that generation instead of failing on today's DDL", () =>
+  Effect.gen(function* () {
+    const dir = mkdtempSync(join(tmpdir(), "mana-ai-pglite-"))
+    yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+    // An earlier version's embedded database: the seed's sync_changes.
+    yield* Effect.scoped(makeEmbeddedPostgres({ dataDir: dir, maxConnections: 4, generation: "field_timestamps" }))
+    const reopened = yield* makeEmbeddedPostgres({ dataDir: dir, maxConnections: 4 })
+    const generation = yield* detectEventLogSchema.pipe(
+      Effect.provide(PgClient.layer({ url: reopened.url, maxConnections: 2 })),
+    )
+    expect(generation.generation).toBe("field_timestamps")
+  }).pipe(Effect.scoped, Effect.orDie),
+  60_000,
+)
