@@ -6,7 +6,9 @@
  * record is replayed incrementally from its snapshot, or again from the log when a row sorts before
  * what the snapshot already holds. Timestamps travel as exact UTC text (microseconds): a JS Date
  * would round them and break the (created_at, id) order. Each batch is one transaction holding an
- * advisory lock, so two runner instances never apply the same rows twice.
+ * advisory lock, so two runner instances never apply the same rows twice. The cursor never runs
+ * ahead of the database's now(), and a periodic reconciliation catches rows committed after the
+ * window had passed them.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
