@@ -11,6 +11,7 @@
  *
  *   bun bench/run.ts --only=page [--quick]
  */
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { randomBytes } from "node:crypto"
 import { HttpServer } from "@effect/platform"
 import { BunHttpServer } from "@effect/platform-bun"
@@ -95,7 +96,12 @@ export const pageChild = (input: PageChildInput): Effect.Effect<PageChildResult,
     )
     const state = Context.get(http, ServerState)
     yield* state.provideBackend(
-      backendFor(supervisor, Context.get(services, SqlClient.SqlClient), Context.get(services, GlobalLlmPermits)),
+      backendFor(
+        supervisor,
+        Context.get(services, SqlClient.SqlClient),
+        Context.get(services, EventLogSchema),
+        Context.get(services, GlobalLlmPermits),
+      ),
     )
     yield* state.setPhase("ready")
     const address = Context.get(http, HttpServer.HttpServer).address

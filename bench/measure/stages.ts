@@ -3,6 +3,7 @@
  * the real services (no actors, LLM latency 0), many at once as under load, and this process's CPU
  * per call. The whole run (MissionRunner.run) comes first, then its parts one by one.
  */
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { SqlClient } from "@effect/sql"
 import { Context, Duration, Effect, Either, Layer } from "effect"
 import { iterationIdFor, plannedIteration } from "../../src/domain/iteration.js"
@@ -78,6 +79,7 @@ export const measureStages = (options: StagesOptions) =>
       stages.checkMission = yield* cpuMsPerCall((d) =>
         withUserScope(d.userId, (s) => readCurrentMission(s, d.userId, d.mission.id, "stage", "UTC")).pipe(
           Effect.provideService(SqlClient.SqlClient, sql),
+          Effect.provideService(EventLogSchema, Context.get(ctx, EventLogSchema)),
         ),
       )
       stages.resolveInputs = yield* cpuMsPerCall((d) => resolvers.resolve(d.userId, d.mission.inputs))

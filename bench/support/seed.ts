@@ -32,7 +32,7 @@ export const seedMissionHistory = (
 ) => {
   const missions = Math.max(1, Math.floor(options.rows / options.rowsPerMission))
   return db.ownerQuery(
-    `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+    `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
      SELECT 'ai', 'aiMissions', 'hist-m-' || m, 'hist-u-' || (m / 5),
             CASE WHEN g <= $2 THEN 'insert' ELSE 'update' END,
             CASE WHEN g <= $2 THEN ${missionObject("now() + interval '2 days' + make_interval(secs => m)", "'[]'::jsonb")}
@@ -65,7 +65,7 @@ export const seedDueMissions = (db: BenchDatabase, w: DueWorkload) =>
     const count = w.users * w.missionsPerUser
     if (w.withGoal) {
       yield* db.ownerQuery(
-        `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+        `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
          SELECT 'companion', 'companionGoals', 'goal-' || u, 'bench-u-' || u, 'insert',
                 jsonb_build_object('title', 'Run three times a week', 'currentValue', u % 4, 'target', jsonb_build_object('value', 3),
                                    'period', 'week', 'createdAt', ${isoSql("now() - interval '2 hours'")}),
@@ -78,7 +78,7 @@ export const seedDueMissions = (db: BenchDatabase, w: DueWorkload) =>
       ? "jsonb_build_array(jsonb_build_object('module', 'goals', 'table', 'companionGoals', 'id', 'goal-' || (i % $1)))"
       : "'[]'::jsonb"
     yield* db.ownerQuery(
-      `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+      `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
        SELECT 'ai', 'aiMissions', 'bench-m-' || i, 'bench-u-' || (i % $1), 'insert',
               ${missionObject("to_timestamp(($3::float8 + i * $4::float8 / $2) / 1000)", inputs)},
               '{}'::jsonb, 'browser-device', now() - interval '1 hour' + make_interval(secs => i * 3600.0 / $2)

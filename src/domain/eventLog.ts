@@ -12,6 +12,7 @@ export const SyncChange = Schema.Struct({
   user_id: Schema.String,
   op: ChangeOp,
   data: Schema.NullOr(Schema.Unknown),
+  /** The per-field time column of the generation found (`field_meta` or `field_timestamps`), read under this name. */
   field_timestamps: Schema.NullOr(Schema.Unknown),
   /** The inserting transaction's start time. */
   created_at: Schema.DateFromSelf,
@@ -25,3 +26,15 @@ export interface RecordKey {
   readonly table: string
   readonly recordId: string
 }
+
+/**
+ * The two generations of `sync_changes` (SPEC §2, §13), named for their per-field time column:
+ * `field_timestamps` (the seed's) and `field_meta` (today's sync server, with `origin` and `space_id`).
+ */
+export const SyncGeneration = Schema.Literal("field_meta", "field_timestamps")
+export type SyncGeneration = typeof SyncGeneration.Type
+export const SYNC_GENERATIONS: ReadonlyArray<SyncGeneration> = ["field_meta", "field_timestamps"]
+
+/** The generation a table with these columns is; `field_meta` wins should both exist (a hard cut made neither). */
+export const generationOf = (columns: ReadonlyArray<string>): SyncGeneration | undefined =>
+  columns.includes("field_meta") ? "field_meta" : columns.includes("field_timestamps") ? "field_timestamps" : undefined

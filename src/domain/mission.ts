@@ -1,6 +1,7 @@
 /**
  * The app's own mission types (SPEC §3). Iteration and PlanStep are closed: what the runner writes
- * has exactly these keys, and an absent optional field is left out, never null.
+ * has exactly these keys, and an absent optional field is left out, never null (nor undefined: the
+ * optional fields are exact, so the types match the app's own, test/support/appTypes.ts).
  */
 import { Schema } from "effect"
 import { parseInstant } from "./replay.js"
@@ -52,7 +53,7 @@ export const PlanStep = Schema.Struct({
   id: Schema.String,
   summary: Schema.String,
   intent: Schema.Union(ToolCallIntent, NoteIntent),
-  proposalId: Schema.optional(Schema.String),
+  proposalId: Schema.optionalWith(Schema.String, { exact: true }),
   status: PlanStepStatus,
 })
 export type PlanStep = typeof PlanStep.Type
@@ -60,19 +61,32 @@ export type PlanStep = typeof PlanStep.Type
 export const IterationStatus = Schema.Literal("running", "awaiting-review", "approved", "rejected", "failed")
 export const ErrorPhase = Schema.Literal("resolving-inputs", "calling-llm", "parsing-response", "finalizing")
 export type ErrorPhase = typeof ErrorPhase.Type
+/** The phases today's app knows (SPEC §3): the runner's four plus `staging-proposals`, which it reads but never writes. */
+export const IterationPhase = Schema.Literal("resolving-inputs", "calling-llm", "parsing-response", "staging-proposals", "finalizing")
 
 export const Iteration = Schema.Struct({
   id: Schema.String,
   startedAt: Schema.String,
-  finishedAt: Schema.optional(Schema.String),
+  finishedAt: Schema.optionalWith(Schema.String, { exact: true }),
   plan: Schema.Array(PlanStep),
-  summary: Schema.optional(Schema.String),
-  userFeedback: Schema.optional(Schema.String),
+  summary: Schema.optionalWith(Schema.String, { exact: true }),
+  userFeedback: Schema.optionalWith(Schema.String, { exact: true }),
   overallStatus: IterationStatus,
-  source: Schema.optional(Schema.Literal("browser", "server")),
-  errorDetails: Schema.optional(
-    Schema.Struct({ name: Schema.String, message: Schema.String, phase: Schema.optional(ErrorPhase) }),
+  source: Schema.optionalWith(Schema.Literal("browser", "server"), { exact: true }),
+  errorDetails: Schema.optionalWith(
+    Schema.Struct({
+      name: Schema.String,
+      message: Schema.String,
+      phase: Schema.optionalWith(IterationPhase, { exact: true }),
+    }),
+    { exact: true },
   ),
+  // Today's app's progress fields (SPEC §3): read and kept (the write-back copies stored iterations
+  // as they are), never written by the runner.
+  currentPhase: Schema.optionalWith(IterationPhase, { exact: true }),
+  phaseStartedAt: Schema.optionalWith(Schema.String, { exact: true }),
+  phaseDetail: Schema.optionalWith(Schema.String, { exact: true }),
+  cancelRequested: Schema.optionalWith(Schema.Boolean, { exact: true }),
 })
 export type Iteration = typeof Iteration.Type
 
@@ -89,11 +103,17 @@ export const Mission = Schema.Struct({
   nextRunAt: Schema.optionalWith(Schema.NullOr(IsoInstant), { default: () => null }),
   inputs: Schema.optionalWith(Schema.Array(MissionInput), { default: () => [] }),
   cadence: Cadence,
-  iterations: Schema.Array(Iteration),
+  /** Missing means none yet. */
+  iterations: Schema.optionalWith(Schema.Array(Iteration), { default: () => [] }),
   createdAt: Schema.optional(Schema.String),
   updatedAt: Schema.optional(Schema.String),
   deletedAt: Schema.optional(Schema.NullOr(Schema.String)),
-  timezone: Schema.optional(Schema.String),
+  /** The runner's extension (SPEC §3); `null` means absent. */
+  timezone: Schema.optionalWith(Schema.String, { nullable: true }),
+  /** The mission's agent (SPEC §14); absent: the legacy path. */
+  agentId: Schema.optional(Schema.String),
+  /** The Mission Grant (SPEC §15), kept opaque here; src/domain/grant.ts decodes it. */
+  grant: Schema.optional(Schema.Unknown),
 })
 export type Mission = typeof Mission.Type
 
@@ -101,3 +121,38 @@ export const MISSIONS_APP_ID = "ai"
 export const MISSIONS_TABLE = "aiMissions"
 export const RUNNER_CLIENT_ID = "mana-ai-runner"
 export const RUNNER_ACTOR = { kind: "system", source: "mission-runner" } as const
+
+/** Today's generation (SPEC §6): the principal and name of the AI actor when a mission has no live agent. */
+export const LEGACY_AI_PRINCIPAL = "legacy:ai-default"
+export const LEGACY_AI_NAME = "Mana"
+export const AGENTS_TABLE = "agents"
+/** `origin` of the runner's rows on today's generation: what the app derives from an `ai` actor. */
+export const RUNNER_ORIGIN = "agent"
+export const ACTOR_RATIONALE_MAX = 200
+
+export interface AiActor {
+  readonly kind: "ai"
+  readonly principalId: string
+  readonly displayName: string
+  readonly missionId: string
+  readonly iterationId: string
+  readonly rationale: string
+}
+
+/**
+ * The app's AI actor for a write-back on today's generation (SPEC §6): the mission's live agent, or
+ * the legacy principal; the rationale is the plan's summary cut to 200 characters (code points).
+ */
+export const aiActorFor = (options: {
+  readonly agent: { readonly id: string; readonly name: string } | null
+  readonly missionId: string
+  readonly iterationId: string
+  readonly summary: string | undefined
+}): AiActor => ({
+  kind: "ai",
+  principalId: options.agent?.id ?? LEGACY_AI_PRINCIPAL,
+  displayName: options.agent?.name ?? LEGACY_AI_NAME,
+  missionId: options.missionId,
+  iterationId: options.iterationId,
+  rationale: Array.from(options.summary ?? "").slice(0, ACTOR_RATIONALE_MAX).join(""),
+})

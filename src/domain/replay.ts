@@ -75,6 +75,32 @@ const fieldTime = (fieldTimestamps: unknown, field: string, fallback: number): n
   return parseInstant(fieldTimestamps[field]) ?? fallback
 }
 
+/**
+ * What is wrong with a row's per-field times (`field_timestamps`, or `field_meta` on today's sync
+ * server), for counting and logging: not an object, or a time for one of the row's fields that is
+ * not an ISO instant. Replay treats both alike, the row's created_at standing in. null: nothing wrong
+ * (an absent column, SQL NULL, or an empty object means "use created_at" and is not a problem).
+ */
+export const fieldTimesProblem = (
+  fieldTimes: unknown,
+  data: unknown,
+): { readonly reason: "field-times-not-object" | "field-time-not-instant"; readonly detail: string } | null => {
+  if (fieldTimes === null || fieldTimes === undefined) return null
+  if (!isPlainObject(fieldTimes)) {
+    const kind = Array.isArray(fieldTimes) ? "an array" : `a ${typeof fieldTimes}`
+    return { reason: "field-times-not-object", detail: `the per-field times are ${kind}, not an object` }
+  }
+  if (!isPlainObject(data)) return null
+  const bad = Object.keys(data).filter(
+    (field) => field !== "id" && Object.hasOwn(fieldTimes, field) && parseInstant(fieldTimes[field]) === undefined,
+  )
+  if (bad.length === 0) return null
+  return {
+    reason: "field-time-not-instant",
+    detail: `the time of field${bad.length > 1 ? "s" : ""} ${bad.slice(0, 3).join(", ")}${bad.length > 3 ? ` (and ${bad.length - 3} more)` : ""} is not an ISO instant`,
+  }
+}
+
 /** Whether a row can change a record at all: a delete, or a row whose `data` is an object. */
 export const isApplicable = (row: ReplayRow): boolean => row.op === "delete" || isPlainObject(row.data)
 

@@ -9,7 +9,8 @@
 import { PGlite } from "@electric-sql/pglite"
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket"
 import { Data, Effect, Redacted, type Scope } from "effect"
-import { renderPsqlScript, sqlFile } from "./psqlScript.js"
+import { type SyncGeneration, generationOf } from "../domain/eventLog.js"
+import { renderPsqlScript, sqlFile, syncChangesSql } from "./psqlScript.js"
 
 export class EmbeddedPostgresError extends Data.TaggedError("EmbeddedPostgresError")<{
   readonly message: string
@@ -23,6 +24,8 @@ export interface EmbeddedPostgresOptions {
   /** Client connections the socket server accepts (pool size plus a few for psql). */
   readonly maxConnections: number
   readonly port?: number
+  /** Which sync_changes to create (SPEC §13): today's (field_meta) unless a test asks for the seed's. */
+  readonly generation?: SyncGeneration
 }
 
 export interface EmbeddedPostgres {
@@ -89,7 +92,14 @@ export const makeEmbeddedPostgres = (
       (db) => Effect.promise(() => db.close()).pipe(Effect.ignore),
     )
     yield* tryPromise("could not prepare the embedded database", async () => {
-      await db.exec(sqlFile("sync-changes.sql"))
+      // A data directory from an earlier version holds the seed's table: keep serving what is there
+      // (its DDL is idempotent); a new one gets the generation asked for, today's by default.
+      const existing = await db.query<{ name: string }>(
+        `SELECT attname::text AS name FROM pg_attribute
+         WHERE attrelid = to_regclass('sync_changes') AND attnum > 0 AND NOT attisdropped
+           AND attname IN ('field_meta', 'field_timestamps')`,
+      )
+      await db.exec(syncChangesSql(generationOf(existing.rows.map((r) => r.name)) ?? options.generation))
       const exists = await db.query("SELECT 1 FROM pg_roles WHERE rolname = $1", [runnerRole])
       if (exists.rows.length === 0) {
         await db.exec(`CREATE ROLE "${runnerRole.replaceAll('"', '""')}" NOLOGIN NOSUPERUSER NOBYPASSRLS`)

@@ -3,6 +3,7 @@
  * with a goals input, most due at once. Written as the sync server writes: one transaction per
  * user that first scopes itself with set_config('app.current_user_id', …, true).
  */
+import { EventLogSchema } from "../services/EventLogSchema.js"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect } from "effect"
@@ -114,16 +115,17 @@ export const demoDueMissions = (now: Date): ReadonlyArray<DemoRecord> =>
  * Inserts each record that the user does not have yet (so a start interrupted half-way completes
  * the workload next time), one RLS-scoped transaction per user. Returns how many rows it wrote.
  */
-export const seedDemoWorkload = (now: Date): Effect.Effect<number, SqlError, SqlClient.SqlClient> =>
+export const seedDemoWorkload = (now: Date): Effect.Effect<number, SqlError, SqlClient.SqlClient | EventLogSchema> =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
+    const { timeColumn } = yield* EventLogSchema
     const byUser = new Map<string, Array<DemoRecord>>()
     for (const r of demoRecords(now)) byUser.set(r.userId, [...(byUser.get(r.userId) ?? []), r])
     let written = 0
     for (const [userId, records] of byUser) {
       written += yield* sql.withTransaction(
         Effect.gen(function* () {
-          yield* sql`SELECT set_config('app.current_user_id', ${userId}, true)`
+          yield* sql`SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)`
           let n = 0
           for (const r of records) {
             const existing = yield* sql`
@@ -134,7 +136,7 @@ export const seedDemoWorkload = (now: Date): Effect.Effect<number, SqlError, Sql
             const stamp = now.toISOString()
             const fieldTimestamps = Object.fromEntries(Object.keys(r.data).map((k) => [k, stamp]))
             yield* sql`
-              INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id)
+              INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)}, client_id)
               VALUES (${r.appId}, ${r.table}, ${r.recordId}, ${userId}, 'insert',
                       ${JSON.stringify(r.data)}::jsonb, ${JSON.stringify(fieldTimestamps)}::jsonb, ${DEMO_CLIENT_ID})`
             n++

@@ -25,6 +25,7 @@ import {
 } from "../services/AppConfig.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
+import { EventLogSchema, EventLogSchemaLive } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
@@ -48,7 +49,7 @@ export interface ProcessOptions {
   /** The runner's pool (SqlClient + PgClient as the runner role). Built after the HTTP server. */
   readonly database: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown>
   /** Runs once the migrations ran, before the supervisor starts (the embedded demo seed). */
-  readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient>
+  readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient | EventLogSchema>
 }
 
 /** The loaded configuration as the services' config tags. */
@@ -75,7 +76,12 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
   )
 }
 
-export const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient, permits?: GlobalLlmPermits["Type"]): ApiBackend => ({
+export const backendFor = (
+  supervisor: Supervisor["Type"],
+  sql: SqlClient.SqlClient,
+  eventLog: EventLogSchema["Type"],
+  permits?: GlobalLlmPermits["Type"],
+): ApiBackend => ({
   ...(permits === undefined ? {} : { llmRequestsInFlight: permits.inUse }),
   tick: supervisor.tick,
   actors: supervisor.status,
@@ -85,6 +91,7 @@ export const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlCli
   missions: (userId) =>
     readUserMissions(userId).pipe(
       Effect.provideService(SqlClient.SqlClient, sql),
+      Effect.provideService(EventLogSchema, eventLog),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
       Effect.tapErrorCause((cause) => Effect.logError("GET /internal/missions failed", cause)),
     ),
@@ -129,7 +136,7 @@ const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const state = yield* ServerState
     const permits = Option.getOrUndefined(yield* Effect.serviceOption(GlobalLlmPermits))
-    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient, permits))
+    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient, yield* EventLogSchema, permits))
     yield* state.setPhase("ready")
     yield* Effect.logInfo("mana-ai is ready")
     yield* Effect.addFinalizer(() =>
@@ -155,6 +162,8 @@ export const processLayer = <E, R>(
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
     Layer.provideMerge(GrantKeyring.layer),
     Layer.provideMerge(migrated),
+    // Before anything touches sync_changes: which generation it is (a start without one stops here).
+    Layer.provideMerge(EventLogSchemaLive),
     Layer.provideMerge(options.database),
     Layer.provideMerge(configLayer(options.config)),
     Layer.provideMerge(ApiLive),

@@ -5,12 +5,17 @@
  */
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import type { SyncGeneration } from "../domain/eventLog.js"
 
 const quoteIdent = (s: string) => `"${s.replaceAll('"', '""')}"`
 const quoteLiteral = (s: string) => `'${s.replaceAll("'", "''")}'`
 
 export const sqlFile = (name: string): string =>
   readFileSync(fileURLToPath(new URL(`../../sql/${name}`, import.meta.url)), "utf8")
+
+/** The DDL of one generation of sync_changes (SPEC §13): today's by default, the seed's for the tests. */
+export const syncChangesSql = (generation: SyncGeneration = "field_meta"): string =>
+  sqlFile(generation === "field_meta" ? "sync-changes.sql" : "sync-changes-field-timestamps.sql")
 
 export const renderPsqlScript = (text: string, vars: Readonly<Record<string, string>> = {}): string =>
   text

@@ -82,6 +82,10 @@ export interface RunnerConfigShape {
   readonly tickInterval: Duration.Duration
   readonly tickEnabled: boolean
   readonly defaultTimezone: string
+  /** How far behind its cursor discovery re-reads: longer than any sync-server transaction stays open. */
+  readonly discoveryLookback: Duration.Duration
+  /** How often discovery also re-replays every mission to apply rows the incremental path missed. */
+  readonly reconcileInterval: Duration.Duration
 }
 
 export const runnerConfig: Config.Config<RunnerConfigShape> = Config.all({
@@ -98,6 +102,8 @@ export const runnerConfig: Config.Config<RunnerConfigShape> = Config.all({
     Config.withDefault("UTC"),
     Config.validate({ message: "DEFAULT_TIMEZONE must be an IANA time zone, e.g. Europe/Berlin", validation: isValidTimeZone }),
   ),
+  discoveryLookback: millis("DISCOVERY_LOOKBACK_MS", 120_000),
+  reconcileInterval: millis("DISCOVERY_RECONCILE_INTERVAL_MS", 600_000),
 })
 
 export class RunnerConfig extends Context.Tag("mana-ai/RunnerConfig")<RunnerConfig, RunnerConfigShape>() {
@@ -113,6 +119,8 @@ export class RunnerConfig extends Context.Tag("mana-ai/RunnerConfig")<RunnerConf
     tickInterval: Duration.millis(5_000),
     tickEnabled: true,
     defaultTimezone: "UTC",
+    discoveryLookback: Duration.millis(120_000),
+    reconcileInterval: Duration.millis(600_000),
   }
   static readonly test = (overrides: Partial<RunnerConfigShape> = {}) =>
     Layer.succeed(RunnerConfig, { ...RunnerConfig.defaults, ...overrides })

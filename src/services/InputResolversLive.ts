@@ -9,6 +9,7 @@ import { Effect, Either, Layer, Metric, Option } from "effect"
 import type { MissionInput } from "../domain/mission.js"
 import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"
 import { resolveEncryptedInputs, isEncryptedModule } from "./encryptedInputs.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { GrantKeyring, makeGrantKeyring } from "./GrantKeyring.js"
 import { InputResolvers, type InputResolversShape, type ResolvedInput } from "./InputResolvers.js"
 import { inputsSkippedTotal } from "./metrics.js"
@@ -107,7 +108,9 @@ const skip = (input: MissionInput, reason: InputSkipReason, detail: string) =>
 const grantsOff = makeGrantKeyring(Option.none())
 
 export const makeInputResolvers = (registry: ResolverRegistry) =>
-  Effect.zipWith(SqlClient.SqlClient, Effect.serviceOption(GrantKeyring), (sqlClient, keyringOption) => {
+  Effect.map(
+    Effect.all([SqlClient.SqlClient, EventLogSchema, Effect.serviceOption(GrantKeyring)]),
+    ([sqlClient, eventLog, keyringOption]) => {
     const keyring = Option.getOrElse(keyringOption, () => grantsOff)
     const resolve: InputResolversShape["resolve"] = (userId, inputs) =>
         Effect.gen(function* () {
@@ -148,18 +151,23 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
             resolved.push(scrubCiphertext(rendered.right))
           }
           return resolved
-        }).pipe(Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }))
+        }).pipe(
+          Effect.provideService(EventLogSchema, eventLog),
+          Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
+        )
     const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run) =>
       Effect.gen(function* () {
         const encrypted = inputs.filter((i) => isEncryptedModule(i.module))
         const plain = yield* resolve(userId, inputs.filter((i) => !isEncryptedModule(i.module)))
         const granted = yield* resolveEncryptedInputs(keyring, userId, encrypted, run).pipe(
           Effect.provideService(SqlClient.SqlClient, sqlClient),
+          Effect.provideService(EventLogSchema, eventLog),
         )
         return { resolved: [...plain, ...granted.resolved.map(scrubCiphertext)], unavailable: granted.unavailable }
       })
     return InputResolvers.of({ resolve, resolveForRun })
-  })
+  },
+  )
 
 export const makeInputResolversLayer = (registry: ResolverRegistry = shippedResolvers) =>
   Layer.effect(InputResolvers, makeInputResolvers(registry))

@@ -18,6 +18,7 @@ import { parseInstant } from "../domain/replay.js"
 import { describeRejection } from "../domain/planParser.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { readCurrentMission } from "./currentMission.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers } from "./InputResolvers.js"
 import { type LlmError, isTransientLlmError } from "./LlmClient.js"
 import { MissionRunner, type MissionRunnerShape, MissionTimeout, type RunOutcome, type RunRequest } from "./MissionRunner.js"
@@ -86,6 +87,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const writeBack = yield* WriteBack
     const config = yield* RunnerConfig
     const sqlClient = yield* SqlClient.SqlClient
+    const eventLog = yield* EventLogSchema
     const owner = options.instanceId ?? defaultInstanceId()
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
@@ -101,7 +103,11 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         // rescheduled or already planned (by another instance) since. The write-back checks again.
         const current = yield* withUserScope(userId, (sql) =>
           readCurrentMission(sql, userId, mission.id, iterationId, config.defaultTimezone),
-        ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient), Effect.withSpan("checkMission"))
+        ).pipe(
+          Effect.provideService(SqlClient.SqlClient, sqlClient),
+          Effect.provideService(EventLogSchema, eventLog),
+          Effect.withSpan("checkMission"),
+        )
         if (current._tag === "Skip") {
           yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
           return skipped(current.reason)
@@ -246,7 +252,11 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
 
 export const missionRunnerLayer = (
   options: MissionRunnerOptions = {},
-): Layer.Layer<MissionRunner, never, MissionStore | InputResolvers | Planner | WriteBack | RunnerConfig | SqlClient.SqlClient> =>
+): Layer.Layer<
+  MissionRunner,
+  never,
+  MissionStore | InputResolvers | Planner | WriteBack | RunnerConfig | SqlClient.SqlClient | EventLogSchema
+> =>
   Layer.effect(MissionRunner, makeMissionRunner(options))
 
 export const MissionRunnerLive = missionRunnerLayer()

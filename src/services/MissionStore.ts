@@ -29,7 +29,9 @@ export interface MissionStoreShape {
   /**
    * Applies mission rows new since the last refresh (re-reading a short window behind the cursor,
    * skipping ids already applied, so a late-committing row is still seen). Cost follows new rows.
-   * Rows that cannot be applied are counted and logged; the rest goes on.
+   * Rows that cannot be applied are counted and logged; the rest goes on. Once per reconcile interval
+   * it also replays every mission up to the window and corrects snapshots that missed a row (a sync
+   * transaction open longer than the window); those are in `changed` too.
    */
   readonly refresh: Effect.Effect<RefreshResult, SqlError>
   /** Every stored snapshot that is schedulable, across users (supervisor start-up). */

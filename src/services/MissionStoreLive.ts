@@ -6,37 +6,52 @@
  * record is replayed incrementally from its snapshot, or again from the log when a row sorts before
  * what the snapshot already holds. Timestamps travel as exact UTC text (microseconds): a JS Date
  * would round them and break the (created_at, id) order. Each batch is one transaction holding an
- * advisory lock, so two runner instances never apply the same rows twice.
+ * advisory lock, so two runner instances never apply the same rows twice. The cursor never runs
+ * ahead of the database's now(), and a periodic reconciliation catches rows committed after the
+ * window had passed them.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Duration, Effect, Either, Layer, Metric, ParseResult, Ref, Schema } from "effect"
 import { validateCadence } from "../domain/cadence.js"
-import { ChangeOp } from "../domain/eventLog.js"
+import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import {
   type RecordState,
   type ReplayRow,
   applyChange,
+  fieldTimesProblem,
   initialState,
   isApplicable,
   isLive,
   parseInstant,
 } from "../domain/replay.js"
 import { RunnerConfig, isValidTimeZone } from "./AppConfig.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { MissionStore, type MissionSnapshot, type MissionStoreShape, type RefreshResult } from "./MissionStore.js"
 import { transactionLossAsError } from "./withUserScope.js"
-import { discoveryDuration, discoveryRowsRead, malformedRowsTotal, missionsSkippedTotal } from "./metrics.js"
+import {
+  discoveryDuration,
+  discoveryReconciledTotal,
+  discoveryRowsRead,
+  malformedRowsTotal,
+  missionsSkippedTotal,
+} from "./metrics.js"
 
 export interface MissionStoreOptions {
-  /** How far behind the cursor each refresh re-reads: longer than any sync-server transaction lasts. */
+  /** How far behind the cursor each refresh re-reads (default: DISCOVERY_LOOKBACK_MS). */
   readonly lookback?: Duration.DurationInput
   /** Event-log rows per transaction. */
   readonly batchSize?: number
+  /** How often a refresh also reconciles every mission with the log (default: DISCOVERY_RECONCILE_INTERVAL_MS). */
+  readonly reconcileInterval?: Duration.DurationInput
+  /** Mission records per reconciliation transaction. */
+  readonly reconcileChunk?: number
 }
 
 export const DEFAULT_LOOKBACK = Duration.minutes(2)
 export const DEFAULT_BATCH_SIZE = 1000
+export const DEFAULT_RECONCILE_CHUNK = 500
 /** Rows applied between two ANALYZEs of mission_snapshots (see analyzeIfDue). */
 export const ANALYZE_AFTER_ROWS = 10_000
 
@@ -229,6 +244,14 @@ const StoredWorking = Schema.Struct({
 
 const keyOf = (userId: string, recordId: string) => JSON.stringify([userId, recordId])
 
+/** JSON with object keys sorted: a record read back from jsonb has its keys in jsonb's order. */
+const canonicalJson = (u: unknown): string =>
+  JSON.stringify(u, (_key, value: unknown) =>
+    typeof value === "object" && value !== null && !Array.isArray(value)
+      ? Object.fromEntries(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : value,
+  )
+
 // ---------------------------------------------------------------- the store
 
 /**
@@ -238,9 +261,15 @@ const keyOf = (userId: string, recordId: string) => JSON.stringify([userId, reco
  */
 export const newMissionRowsQuery = (
   sql: SqlClient.SqlClient,
-  options: { readonly cursorAt: string; readonly lookback: string; readonly limit: number },
+  options: {
+    readonly cursorAt: string
+    readonly lookback: string
+    readonly limit: number
+    /** The per-field time column of the generation found (EventLogSchema). */
+    readonly timeColumn: SyncGeneration
+  },
 ) => sql<Record<string, unknown>>`
-  SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, s.field_timestamps,
+  SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${options.timeColumn}`)} AS field_timestamps,
          ${exactUtc(sql, "s.created_at")} AS at
   FROM sync_changes s
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
@@ -251,22 +280,23 @@ export const newMissionRowsQuery = (
 
 export const makeMissionStore = (
   options: MissionStoreOptions = {},
-): Effect.Effect<MissionStoreShape, never, SqlClient.SqlClient | RunnerConfig> =>
+): Effect.Effect<MissionStoreShape, never, SqlClient.SqlClient | RunnerConfig | EventLogSchema> =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const config = yield* RunnerConfig
-    const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? DEFAULT_LOOKBACK)) * 1000)
+    const { timeColumn } = yield* EventLogSchema
+    const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? config.discoveryLookback)) * 1000)
     const lookback = `${lookbackMicros} microseconds`
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
 
     const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
 
-    const readNewRows = (cursorAt: string) => newMissionRowsQuery(sql, { cursorAt, lookback, limit: batchSize })
+    const readNewRows = (cursorAt: string) => newMissionRowsQuery(sql, { cursorAt, lookback, limit: batchSize, timeColumn })
 
     /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
     const readRecord = (userId: string, recordId: string, upTo: Position) =>
       sql<Record<string, unknown>>`
-        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, s.field_timestamps,
+        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
                ${exactUtc(sql, "s.created_at")} AS at
         FROM sync_changes s
         WHERE s.user_id = ${userId} AND s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
@@ -327,6 +357,67 @@ export const makeMissionStore = (
         return byKey
       })
 
+    const judgeAndLog = (working: Working) =>
+      Effect.gen(function* () {
+        const judgement = judge(working.state, working.problem, config.defaultTimezone)
+        if (judgement.malformedReason !== null) {
+          yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", "malformed"))
+          yield* Effect.logWarning("Mission skipped: malformed").pipe(
+            Effect.annotateLogs({ userId: working.userId, missionId: working.recordId, reason: judgement.malformedReason }),
+          )
+        }
+        return judgement
+      })
+
+    /** Writes judged snapshots (one statement). */
+    const saveSnapshots = (results: ReadonlyArray<{ readonly working: Working; readonly judgement: Judgement }>) =>
+      Effect.gen(function* () {
+        const snapshots = results.map(({ working, judgement }) => ({
+          user_id: working.userId,
+          record_id: working.recordId,
+          record: working.state.record,
+          field_times: working.state.times,
+          last_at: working.last!.at,
+          last_id: working.last!.id,
+          deleted: judgement.deleted,
+          state: judgement.state,
+          next_run_at: judgement.nextRunAt,
+          schedulable: judgement.schedulable,
+          malformed_reason: judgement.malformedReason,
+        }))
+        yield* sql`
+          INSERT INTO mana_ai.mission_snapshots AS m
+            (user_id, record_id, record, field_times, last_created_at, last_change_id, deleted, state, next_run_at,
+             schedulable, malformed_reason, updated_at)
+          SELECT x.user_id, x.record_id, NULLIF(x.record, 'null'::jsonb), x.field_times, x.last_at::timestamptz,
+                 x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, now()
+          FROM jsonb_to_recordset(${JSON.stringify(snapshots)}::jsonb) AS x(
+            user_id text, record_id text, record jsonb, field_times jsonb, last_at text, last_id text, deleted boolean,
+            state text, next_run_at text, schedulable boolean, malformed_reason text)
+          ON CONFLICT (user_id, record_id) DO UPDATE SET
+            record = EXCLUDED.record, field_times = EXCLUDED.field_times, last_created_at = EXCLUDED.last_created_at,
+            last_change_id = EXCLUDED.last_change_id, deleted = EXCLUDED.deleted, state = EXCLUDED.state,
+            next_run_at = EXCLUDED.next_run_at, schedulable = EXCLUDED.schedulable,
+            malformed_reason = EXCLUDED.malformed_reason, updated_at = now()`
+      })
+
+    /** Snapshots handed on as changed. */
+    const changedSnapshots = (results: ReadonlyArray<{ readonly working: Working; readonly judgement: Judgement }>) =>
+      results.map(({ working, judgement }) =>
+        toSnapshot(
+          {
+            user_id: working.userId,
+            record_id: working.recordId,
+            record: working.state.record,
+            deleted: judgement.deleted,
+            schedulable: judgement.schedulable,
+            next_run_at: judgement.nextRunAt === null ? null : new Date(judgement.nextRunAt),
+            malformed_reason: judgement.malformedReason,
+          },
+          judgement.mission,
+        ),
+      )
+
     /** Applies one batch of new rows: one transaction, serialised between runner instances. */
     const refreshBatch = sql.withTransaction(
       Effect.gen(function* () {
@@ -348,6 +439,15 @@ export const makeMissionStore = (
             yield* Effect.logWarning("Mission row not applied: its data is not an object").pipe(
               Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: rowProblem(row) }),
             )
+          } else {
+            // Applied all the same: the row's created_at stands in for the times it lacks (SPEC §2).
+            const problem = fieldTimesProblem(row.field_timestamps, row.data)
+            if (problem !== null) {
+              yield* countRow(problem.reason)
+              yield* Effect.logWarning(`Mission row's ${timeColumn} ignored where unusable: ${problem.detail}`).pipe(
+                Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: problem.reason }),
+              )
+            }
           }
         }
         const stored = yield* loadWorking(
@@ -380,43 +480,10 @@ export const makeMissionStore = (
           } else {
             working = fold(base, list)
           }
-          const judgement = judge(working.state, working.problem, config.defaultTimezone)
-          if (judgement.malformedReason !== null) {
-            yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", "malformed"))
-            yield* Effect.logWarning("Mission skipped: malformed").pipe(
-              Effect.annotateLogs({ userId: working.userId, missionId: working.recordId, reason: judgement.malformedReason }),
-            )
-          }
-          results.push({ working, judgement })
+          results.push({ working, judgement: yield* judgeAndLog(working) })
         }
 
-        const snapshots = results.map(({ working, judgement }) => ({
-          user_id: working.userId,
-          record_id: working.recordId,
-          record: working.state.record,
-          field_times: working.state.times,
-          last_at: working.last!.at,
-          last_id: working.last!.id,
-          deleted: judgement.deleted,
-          state: judgement.state,
-          next_run_at: judgement.nextRunAt,
-          schedulable: judgement.schedulable,
-          malformed_reason: judgement.malformedReason,
-        }))
-        yield* sql`
-          INSERT INTO mana_ai.mission_snapshots AS m
-            (user_id, record_id, record, field_times, last_created_at, last_change_id, deleted, state, next_run_at,
-             schedulable, malformed_reason, updated_at)
-          SELECT x.user_id, x.record_id, NULLIF(x.record, 'null'::jsonb), x.field_times, x.last_at::timestamptz,
-                 x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, now()
-          FROM jsonb_to_recordset(${JSON.stringify(snapshots)}::jsonb) AS x(
-            user_id text, record_id text, record jsonb, field_times jsonb, last_at text, last_id text, deleted boolean,
-            state text, next_run_at text, schedulable boolean, malformed_reason text)
-          ON CONFLICT (user_id, record_id) DO UPDATE SET
-            record = EXCLUDED.record, field_times = EXCLUDED.field_times, last_created_at = EXCLUDED.last_created_at,
-            last_change_id = EXCLUDED.last_change_id, deleted = EXCLUDED.deleted, state = EXCLUDED.state,
-            next_run_at = EXCLUDED.next_run_at, schedulable = EXCLUDED.schedulable,
-            malformed_reason = EXCLUDED.malformed_reason, updated_at = now()`
+        yield* saveSnapshots(results)
 
         // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
         const applied = raw.map((r) => ({ id: String(r.id), at: String(r.at) }))
@@ -424,30 +491,160 @@ export const makeMissionStore = (
           INSERT INTO mana_ai.applied_changes (change_id, created_at)
           SELECT x.id::uuid, x.at::timestamptz FROM jsonb_to_recordset(${JSON.stringify(applied)}::jsonb) AS x(id text, at text)
           ON CONFLICT (change_id) DO NOTHING`
-        // Rows come in log order: the last is the newest.
+        // Rows come in log order: the last is the newest. The cursor never runs ahead of the database's
+        // now(): one row stamped in the future must not carry it past rows still to commit (they would
+        // fall behind the window); a future row stays in the window, skipped as applied, until its time.
         const newest = applied[applied.length - 1]!.at
         yield* sql`
-          INSERT INTO mana_ai.discovery_cursor AS c (singleton, created_at) VALUES (true, ${newest}::timestamptz)
-          ON CONFLICT (singleton) DO UPDATE SET created_at = GREATEST(c.created_at, EXCLUDED.created_at), updated_at = now()`
+          INSERT INTO mana_ai.discovery_cursor AS c (singleton, created_at)
+          VALUES (true, LEAST(${newest}::timestamptz, now()))
+          ON CONFLICT (singleton) DO UPDATE
+            SET created_at = LEAST(GREATEST(c.created_at, EXCLUDED.created_at), now()), updated_at = now()`
         // Ids older than the window are never read again.
         yield* sql`
           DELETE FROM mana_ai.applied_changes
           WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
 
-        const changed = results.map(({ working, judgement }) =>
-          toSnapshot({
-            user_id: working.userId,
-            record_id: working.recordId,
-            record: working.state.record,
-            deleted: judgement.deleted,
-            schedulable: judgement.schedulable,
-            next_run_at: judgement.nextRunAt === null ? null : new Date(judgement.nextRunAt),
-            malformed_reason: judgement.malformedReason,
-          }, judgement.mission),
-        )
+        const changed = changedSnapshots(results)
         return { rowsRead: raw.length, changed }
       }),
     ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect
+
+    // ------------------------------------------------------------ reconciliation
+    // The incremental path sees a row only while it is inside the look-back window; a sync transaction
+    // open longer than the window commits rows the window has already passed. Reconciliation replays
+    // every mission from the log, in chunks of records, up to the window's start (and up to what each
+    // snapshot already holds), and corrects any snapshot that differs: rows newer than that are the
+    // incremental path's, so the two never apply one row on top of the other.
+
+    const reconcileChunk = Math.max(1, options.reconcileChunk ?? DEFAULT_RECONCILE_CHUNK)
+
+    interface ReconcileKey {
+      readonly user_id: string
+      readonly record_id: string
+    }
+
+    /** Where the look-back window starts (cursor − lookback, exact UTC text); undefined before the first refresh. */
+    const windowStart = Effect.map(
+      sql<{ boundary: string }>`
+        SELECT ${exactUtc(sql, "b")} AS boundary
+        FROM (SELECT created_at - ${lookback}::interval AS b FROM mana_ai.discovery_cursor) x`,
+      (rows) => rows[0]?.boundary,
+    )
+
+    /** Mission records in the log (older than the window) that have no snapshot at all. */
+    const unknownRecords = (boundary: string) =>
+      sql<ReconcileKey>`
+        SELECT DISTINCT s.user_id, s.record_id FROM sync_changes s
+        WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE} AND s.created_at <= ${boundary}::timestamptz
+          AND NOT EXISTS (
+            SELECT 1 FROM mana_ai.mission_snapshots m WHERE m.user_id = s.user_id AND m.record_id = s.record_id)
+        ORDER BY 1, 2`
+
+    /** One chunk: re-replays `keys` (from scratch) and corrects the snapshots that differ. */
+    const reconcileKeys = (keys: ReadonlyArray<ReconcileKey>) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
+          const boundary = yield* windowStart
+          if (boundary === undefined) return [] as Array<MissionSnapshot>
+          const stored = yield* loadWorking(keys)
+          const bounds = keys.map((k) => {
+            const last = stored.get(keyOf(k.user_id, k.record_id))?.last ?? null
+            return { user_id: k.user_id, record_id: k.record_id, last_at: last?.at ?? null, last_id: last?.id ?? null }
+          })
+          const raw = yield* sql<Record<string, unknown>>`
+            SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
+                   ${exactUtc(sql, "s.created_at")} AS at
+            FROM sync_changes s
+            JOIN jsonb_to_recordset(${JSON.stringify(bounds)}::jsonb) AS k(user_id text, record_id text, last_at text, last_id text)
+              ON s.user_id = k.user_id AND s.record_id = k.record_id
+            WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+              AND (s.created_at <= ${boundary}::timestamptz
+                   OR (k.last_at IS NOT NULL AND (s.created_at, s.id) <= (k.last_at::timestamptz, k.last_id::uuid)))
+            ORDER BY s.user_id, s.record_id, s.created_at, s.id`
+          const rows = yield* decodeRows(raw)
+          const byRecord = new Map<string, Array<LogRow>>()
+          for (const row of rows) {
+            const key = keyOf(row.user_id, row.record_id)
+            const list = byRecord.get(key)
+            if (list === undefined) byRecord.set(key, [row])
+            else list.push(row)
+          }
+          const results: Array<{ working: Working; judgement: Judgement }> = []
+          for (const [key, list] of byRecord) {
+            const first = list[0]!
+            const before = stored.get(key)
+            const replayed = fold(
+              { userId: first.user_id, recordId: first.record_id, state: initialState, last: null, problem: null },
+              list,
+            )
+            if (
+              before !== undefined &&
+              canonicalJson(before.state.record) === canonicalJson(replayed.state.record) &&
+              canonicalJson(before.state.times) === canonicalJson(replayed.state.times)
+            ) {
+              continue
+            }
+            // Keep the newest position either side holds, so the incremental path's late-row check stays right.
+            const last =
+              before?.last != null && replayed.last !== null && comparePositions(before.last, replayed.last) > 0
+                ? before.last
+                : replayed.last
+            const working: Working = { ...replayed, last }
+            yield* Metric.increment(discoveryReconciledTotal)
+            yield* Effect.logWarning("Reconciliation applied mission rows the incremental discovery missed").pipe(
+              Effect.annotateLogs({ userId: working.userId, missionId: working.recordId, rows: list.length }),
+            )
+            results.push({ working, judgement: yield* judgeAndLog(working) })
+          }
+          if (results.length === 0) return [] as Array<MissionSnapshot>
+          yield* saveSnapshots(results)
+          return changedSnapshots(results)
+        }),
+      ).pipe(transactionLossAsError)
+
+    /** The next chunk of snapshot keys after `after`, in key order (the primary key serves it). */
+    const snapshotKeysAfter = (after: ReconcileKey | null) => {
+      const from = after === null ? sql`TRUE` : sql`(user_id, record_id) > (${after.user_id}, ${after.record_id})`
+      return sql<ReconcileKey>`
+        SELECT user_id, record_id FROM mana_ai.mission_snapshots
+        WHERE ${from}
+        ORDER BY user_id, record_id LIMIT ${reconcileChunk}`
+    }
+
+    /** Every mission record, chunk by chunk; returns the snapshots it corrected. */
+    const reconcile = Effect.gen(function* () {
+      const changed: Array<MissionSnapshot> = []
+      const boundary = yield* windowStart
+      if (boundary === undefined) return changed
+      let after: ReconcileKey | null = null
+      for (;;) {
+        const keys: ReadonlyArray<ReconcileKey> = yield* snapshotKeysAfter(after)
+        if (keys.length === 0) break
+        changed.push(...(yield* reconcileKeys(keys)))
+        after = keys[keys.length - 1]!
+        if (keys.length < reconcileChunk) break
+      }
+      const unknown = yield* unknownRecords(boundary)
+      for (let i = 0; i < unknown.length; i += reconcileChunk) {
+        changed.push(...(yield* reconcileKeys(unknown.slice(i, i + reconcileChunk))))
+      }
+      yield* Effect.logDebug("Mission snapshots reconciled with the event log").pipe(
+        Effect.annotateLogs({ corrected: changed.length }),
+      )
+      return changed
+    }).pipe(Effect.withSpan("MissionStore.reconcile"))
+    const reconcileAll: Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError> = reconcile
+
+    const reconcileEvery = Duration.toMillis(Duration.decode(options.reconcileInterval ?? config.reconcileInterval))
+    // The first refresh bootstraps from the whole log; the first reconciliation comes one interval later.
+    const lastReconciled = yield* Ref.make(yield* Clock.currentTimeMillis)
+    const reconcileIfDue = Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const due = yield* Ref.modify(lastReconciled, (last) => (now - last >= reconcileEvery ? [true, now] : [false, last]))
+      return due ? yield* reconcileAll : []
+    })
 
     // The due query's plan rests on mission_snapshots' statistics. Autovacuum may be off or lagging (it
     // is off on the bench's server: after a 1M-row bootstrap the never-analysed table got a parallel
@@ -473,6 +670,7 @@ export const makeMissionStore = (
         for (const s of batch.changed) changed.set(keyOf(s.userId, s.missionId), s)
         if (batch.rowsRead < batchSize) break
       }
+      for (const s of yield* reconcileIfDue) changed.set(keyOf(s.userId, s.missionId), s)
       yield* analyzeIfDue(rowsRead)
       yield* Metric.incrementBy(discoveryRowsRead, rowsRead)
       if (rowsRead > 0) {
@@ -536,7 +734,7 @@ export const makeMissionStore = (
 /** The store on the pool's SqlClient; the migrations must have run. */
 export const missionStoreLayer = (
   options: MissionStoreOptions = {},
-): Layer.Layer<MissionStore, never, SqlClient.SqlClient | RunnerConfig> =>
+): Layer.Layer<MissionStore, never, SqlClient.SqlClient | RunnerConfig | EventLogSchema> =>
   Layer.effect(MissionStore, makeMissionStore(options))
 
 export const MissionStoreLive = missionStoreLayer()

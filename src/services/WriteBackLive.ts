@@ -6,14 +6,27 @@
  * replay below sees every earlier append, so "already holds this iteration id" is decisive and a
  * retry, restart or second instance never produces a duplicate. The row carries only `iterations`
  * and `nextRunAt`, so every other field (a user's edit, fields the runner does not know) survives.
+ * The row's shape follows the generation of sync_changes found at start (EventLogSchema): the seed's
+ * stamps `field_timestamps` with the system actor; today's stamps `field_meta` with `origin 'agent'`,
+ * `schema_version 1` and the app's AI actor (the mission's agent, or the legacy principal).
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Effect, Either, Layer } from "effect"
-import { MISSIONS_APP_ID, MISSIONS_TABLE, RUNNER_ACTOR, RUNNER_CLIENT_ID } from "../domain/mission.js"
-import type { RecordState } from "../domain/replay.js"
+import {
+  AGENTS_TABLE,
+  MISSIONS_APP_ID,
+  MISSIONS_TABLE,
+  RUNNER_ACTOR,
+  RUNNER_CLIENT_ID,
+  RUNNER_ORIGIN,
+  aiActorFor,
+} from "../domain/mission.js"
+import { type RecordState, isLive, replayOrdered } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { nextRunFor, readCurrentMission } from "./currentMission.js"
+import { EventLogSchema } from "./EventLogSchema.js"
+import { readRecordRows, recordRefKey } from "./recordRows.js"
 import { WriteBack, type WriteRequest, type WriteResult } from "./WriteBack.js"
 import { withUserScope } from "./withUserScope.js"
 
@@ -28,13 +41,32 @@ export const writeTimeFor = (nowMs: number, state: RecordState): number => {
   return Math.max(nowMs, held + 1)
 }
 
+const CIPHERTEXT_PREFIX = "enc:1:"
+
+/**
+ * The mission's agent as the actor names it (SPEC §14): a live `ai/agents` record of the same user,
+ * read in the write transaction; null (the legacy path) when there is no agentId or no such agent.
+ */
+const readAgent = (sql: SqlClient.SqlClient, userId: string, agentId: string | undefined) => {
+  if (agentId === undefined) return Effect.succeed(null)
+  const ref = { appId: MISSIONS_APP_ID, table: AGENTS_TABLE, recordId: agentId }
+  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => {
+    const state = replayOrdered(byRef.get(recordRefKey(ref))?.rows ?? [])
+    if (state.record === null || !isLive(state)) return null
+    const name = state.record.name
+    const readable = typeof name === "string" && name.trim() !== "" && !name.startsWith(CIPHERTEXT_PREFIX)
+    return { id: agentId, name: readable ? name : "Mana" }
+  })
+}
+
 export const makeWriteBack = Effect.gen(function* () {
   const sqlClient = yield* SqlClient.SqlClient
   const config = yield* RunnerConfig
+  const eventLog = yield* EventLogSchema
 
   const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
     withUserScope(request.userId, (sql) =>
-      Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError> {
+      Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
         const lockKey = JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])
         yield* sql`SELECT pg_advisory_xact_lock(hashtextextended(${lockKey}, 0))`
         const current = yield* readCurrentMission(
@@ -61,21 +93,39 @@ export const makeWriteBack = Effect.gen(function* () {
           return { _tag: "Skipped", reason: "malformed" }
         }
         const nextRunAt = next.right === null ? null : next.right.toISOString()
-        // Existing iterations exactly as stored (unknown keys included), not as decoded.
-        const existing = current.record.iterations as ReadonlyArray<unknown>
+        // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
+        const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
         const data = { iterations: [...existing, request.iteration], nextRunAt }
-        const fieldTimestamps = { iterations: writtenAt, nextRunAt: writtenAt }
-        yield* sql`
-          INSERT INTO sync_changes
-            (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, actor)
-          VALUES
-            (${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-             ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimestamps)}::jsonb,
-             ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb)`
+        const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
+        const timeColumn = sql(eventLog.timeColumn)
+        if (eventLog.generation === "field_meta") {
+          const actor = aiActorFor({
+            agent: yield* readAgent(sql, request.userId, current.mission.agentId),
+            missionId: request.missionId,
+            iterationId: request.iteration.id,
+            summary: request.iteration.summary,
+          })
+          yield* sql`
+            INSERT INTO sync_changes
+              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
+            VALUES
+              (${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+               ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+               ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN})`
+        } else {
+          yield* sql`
+            INSERT INTO sync_changes
+              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
+            VALUES
+              (${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+               ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+               ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb)`
+        }
         return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
       }),
     ).pipe(
       Effect.provideService(SqlClient.SqlClient, sqlClient),
+      Effect.provideService(EventLogSchema, eventLog),
       Effect.withSpan("WriteBack.append", {
         attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
       }),
@@ -84,7 +134,7 @@ export const makeWriteBack = Effect.gen(function* () {
   return WriteBack.of({ append })
 })
 
-export const WriteBackLive: Layer.Layer<WriteBack, never, SqlClient.SqlClient | RunnerConfig> = Layer.effect(
+export const WriteBackLive: Layer.Layer<WriteBack, never, SqlClient.SqlClient | RunnerConfig | EventLogSchema> = Layer.effect(
   WriteBack,
   makeWriteBack,
 )

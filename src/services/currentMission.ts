@@ -9,6 +9,7 @@ import { Effect, Either, ParseResult, Schema } from "effect"
 import { type CadenceError, nextRunAt, validateCadence } from "../domain/cadence.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
+import type { EventLogSchema } from "./EventLogSchema.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
 
 export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
@@ -30,7 +31,8 @@ export const judgeMission = (
   const record = state.record
   if (record === null) return { _tag: "Skip", reason: "deleted", detail: "the mission is deleted" }
   if (!isLive(state)) return { _tag: "Skip", reason: "deleted", detail: "the mission has deletedAt set" }
-  if (!Array.isArray(record.iterations)) {
+  // A missing iterations field means none yet (SPEC §3).
+  if (record.iterations !== undefined && !Array.isArray(record.iterations)) {
     return { _tag: "Skip", reason: "malformed", detail: "the mission's iterations is not an array" }
   }
   const decoded = decodeMission(record)
@@ -63,7 +65,7 @@ export const readCurrentMission = (
   missionId: string,
   iterationId: string,
   defaultTimezone: string,
-): Effect.Effect<CurrentMission, SqlError> => {
+): Effect.Effect<CurrentMission, SqlError, EventLogSchema> => {
   const ref = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
   return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => {
     const found = byRef.get(recordRefKey(ref))

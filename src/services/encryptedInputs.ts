@@ -5,6 +5,7 @@
  * under the user's RLS scope and each `enc:1:` field decrypted. Every input tried gets one audit row,
  * written in the transaction that read it. The mission data key lives in this function's scope only.
  */
+import type { EventLogSchema } from "./EventLogSchema.js"
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either, Metric } from "effect"
@@ -45,7 +46,7 @@ export const resolveEncryptedInputs = (
   userId: string,
   inputs: ReadonlyArray<MissionInput>,
   run: RunContext,
-): Effect.Effect<RunInputs, SqlError, SqlClient.SqlClient> =>
+): Effect.Effect<RunInputs, SqlError, SqlClient.SqlClient | EventLogSchema> =>
   Effect.gen(function* () {
     if (inputs.length === 0) return { resolved: [], unavailable: [] }
 

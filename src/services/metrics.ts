@@ -51,3 +51,4 @@ export const plannerRounds = Metric.histogram(
 )
 /** Tagged with kind = the parser's rejection kind (unknown-tool, invalid-arguments, …). */
 export const planRejectionsTotal = Metric.counter("mana_ai_plan_rejections_total", { description: "Planner answers rejected, by kind" })
+export const discoveryReconciledTotal = Metric.counter("mana_ai_discovery_reconciled_total", { description: "Mission snapshots a reconciliation corrected (rows the incremental discovery missed)" })

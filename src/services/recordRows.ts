@@ -1,12 +1,14 @@
 /**
  * Reads the event-log rows of given records, to be replayed. Runs inside the caller's RLS scope
  * (withUserScope): a record is identified by all four key columns, and rows come in replay order
- * (replay them with replayOrdered: a Date holds milliseconds, created_at microseconds).
+ * (replay them with replayOrdered: a Date holds milliseconds, created_at microseconds). The per-field
+ * time column of the generation found (EventLogSchema) is read as `field_timestamps`.
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either, Schema } from "effect"
 import { SyncChange } from "../domain/eventLog.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 
 export interface RecordRef {
   readonly appId: string
@@ -30,16 +32,17 @@ export const readRecordRows = (
   sql: SqlClient.SqlClient,
   userId: string,
   refs: ReadonlyArray<RecordRef>,
-): Effect.Effect<ReadonlyMap<string, RecordRows>, SqlError> => {
+): Effect.Effect<ReadonlyMap<string, RecordRows>, SqlError, EventLogSchema> => {
   if (refs.length === 0) return Effect.succeed(new Map())
   const wanted = sql.or(
     refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`),
   )
-  return sql<Record<string, unknown>>`
-    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at
+  return Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
+    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps,
+           created_at
     FROM sync_changes
     WHERE user_id = ${userId} AND ${wanted}
-    ORDER BY created_at, id`.pipe(
+    ORDER BY created_at, id`).pipe(
     Effect.map((raw) => {
       const byKey = new Map<string, { rows: Array<SyncChange>; undecodable: number }>()
       for (const ref of refs) byKey.set(recordRefKey(ref), { rows: [], undecodable: 0 })

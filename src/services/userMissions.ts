@@ -9,6 +9,7 @@ import { Effect, Either, ParseResult, Schema } from "effect"
 import { SyncChange } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import { isLive, replayOrdered } from "../domain/replay.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { withUserScope } from "./withUserScope.js"
 
 export interface UserMission {
@@ -25,13 +26,14 @@ const decodeMission = Schema.decodeUnknownEither(Mission)
 /** Live (not deleted) missions of `userId`, ordered by id. */
 export const readUserMissions = (
   userId: string,
-): Effect.Effect<ReadonlyArray<UserMission>, SqlError, SqlClient.SqlClient> =>
+): Effect.Effect<ReadonlyArray<UserMission>, SqlError, SqlClient.SqlClient | EventLogSchema> =>
   withUserScope(userId, (sql) =>
-    sql<Record<string, unknown>>`
-      SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at
+    Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
+      SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps,
+             created_at
       FROM sync_changes
       WHERE user_id = ${userId} AND app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE}
-      ORDER BY created_at, id`,
+      ORDER BY created_at, id`),
   ).pipe(
     Effect.map((raw) => {
       const byMission = new Map<string, Array<SyncChange>>()

@@ -1,6 +1,9 @@
 /**
  * The one way per-user SQL runs (SPEC §2, §7): a transaction whose first statement scopes RLS to
- * the user with a transaction-local setting, so a pooled connection never carries it further.
+ * the user with a transaction-local setting, so a pooled connection never carries it further. On
+ * today's sync server a second, read-only policy lets members of a shared space read its rows
+ * (SPEC §13): the space list is set to '' so that policy grants nothing, whatever a pooled
+ * connection or a server default might hold.
  */
 import { SqlClient } from "@effect/sql"
 import { SqlError } from "@effect/sql/SqlError"
@@ -21,6 +24,9 @@ export const withUserScope = <A, E, R>(
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     sql.withTransaction(
-      Effect.zipRight(sql`SELECT set_config('app.current_user_id', ${userId}, true)`, body(sql)),
+      Effect.zipRight(
+        sql`SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)`,
+        body(sql),
+      ),
     ).pipe(transactionLossAsError),
   )

@@ -7,6 +7,7 @@ import {
   parseInstant,
   type RecordState,
   type ReplayRow,
+  fieldTimesProblem,
   replay,
   replayOrdered,
 } from "../../src/domain/replay.js"
@@ -53,6 +54,17 @@ const cases: ReadonlyArray<Case> = [
     name: "record_id is authoritative for id (data.id ignored on insert and update)",
     rows: [row(T0, "insert", { id: "other", title: "a" }), row(T1, "update", { id: "third" })],
     record: { id: R, title: "a" },
+    live: true,
+  },
+  {
+    name: "record_id stays the id through a delete and a new insert whose data.id differs, and against a data.id with a newer field time",
+    rows: [
+      row(T0, "insert", { id: "first", title: "a" }),
+      row(T1, "delete", null),
+      row(T2, "insert", { id: "second", title: "b" }, { id: "2030-01-01T00:00:00Z" }),
+      row(T3, "update", { id: "third" }, { id: "2031-01-01T00:00:00Z" }),
+    ],
+    record: { id: R, title: "b" },
     live: true,
   },
   {
@@ -280,6 +292,33 @@ describe("replay", () => {
     [row(T0, "update", "s"), false],
   ] as const)("isApplicable %# → %s", (r, expected) => {
     expect(isApplicable(r)).toBe(expected)
+  })
+})
+
+describe("fieldTimesProblem (the per-field time column, field_meta or field_timestamps)", () => {
+  it.each([
+    { name: "an empty object", times: {}, data: { title: "a" }, reason: null },
+    { name: "SQL NULL", times: null, data: { title: "a" }, reason: null },
+    { name: "valid instants", times: { title: T0 }, data: { title: "a" }, reason: null },
+    { name: "a time only for a field the row does not carry", times: { other: "garbage" }, data: { title: "a" }, reason: null },
+    { name: "a string", times: "garbage", data: { title: "a" }, reason: "field-times-not-object" },
+    { name: "an array", times: [T0], data: { title: "a" }, reason: "field-times-not-object" },
+    { name: "a number", times: 7, data: { title: "a" }, reason: "field-times-not-object" },
+    { name: "a non-string value", times: { title: 7 }, data: { title: "a" }, reason: "field-time-not-instant" },
+    { name: "a string that is not an instant", times: { title: "yesterday" }, data: { title: "a" }, reason: "field-time-not-instant" },
+    { name: "an object value (today's client shape)", times: { title: { at: T0 } }, data: { title: "a" }, reason: "field-time-not-instant" },
+  ])("$name → $reason", ({ times, data, reason }) => {
+    expect(fieldTimesProblem(times, data)?.reason ?? null).toBe(reason)
+  })
+
+  it("a bad time is replayed as the row's created_at, never a crash", () => {
+    const state = replayOrdered([
+      row(T0, "insert", { title: "a", state: "active" }, "garbage"),
+      row(T1, "update", { title: "b" }, { title: 7 }),
+      row(T2, "update", { state: "paused" }, { state: { at: T3 } }),
+    ])
+    expect(state.record).toEqual({ id: R, title: "b", state: "paused" })
+    expect(state.times).toEqual({ title: Date.parse(T1), state: Date.parse(T2) })
   })
 })
 

@@ -98,12 +98,18 @@ describe("the embedded default", () => {
     for (const id of NOT_DUE) expect(iterations.get(id), id).toHaveLength(0)
     firstIterations = new Map(DUE.map((id) => [id, iterations.get(id)?.[0]?.id as string]))
 
-    // psql's view at the printed URL: the runner's rows are in sync_changes.
+    // psql's view at the printed URL: the runner's rows are in today's sync_changes (SPEC §13), in its write shape.
     const rows = await queryAt(
       psqlUrl(m),
-      "SELECT record_id FROM sync_changes WHERE client_id = 'mana-ai-runner' ORDER BY record_id",
+      "SELECT record_id, origin, field_meta, actor->>'kind' AS actor_kind FROM sync_changes WHERE client_id = 'mana-ai-runner' ORDER BY record_id",
     )
     expect(rows.map((r) => r.record_id)).toEqual([...DUE].sort())
+    for (const r of rows) {
+      expect(r).toMatchObject({ origin: "agent", actor_kind: "ai" })
+      expect(Object.keys(r.field_meta).sort()).toEqual(["iterations", "nextRunAt"])
+    }
+    const seededTimes = await queryAt(psqlUrl(m), "SELECT count(*)::int AS n FROM sync_changes WHERE field_meta <> '{}'::jsonb")
+    expect(seededTimes[0]?.n).toBeGreaterThan(DUE.length)
 
     const stopped = await m.stop("SIGTERM", 40_000)
     expect(stopped.code).toBe(0)

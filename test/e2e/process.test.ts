@@ -30,7 +30,8 @@ const future = (minutes: number) => new Date(Date.now() + minutes * 60_000).toIS
 /** Rows the runner wrote, per mission (as the owner: outside any RLS scope). */
 const runnerRows = async () =>
   db.ownerQuery(
-    `SELECT user_id, record_id, data, field_timestamps, actor FROM sync_changes
+    `SELECT user_id, record_id, data, ${db.generation} AS field_times, actor, schema_version,
+            ${db.generation === "field_meta" ? "origin" : "NULL::text AS origin"} FROM sync_changes
      WHERE client_id = 'mana-ai-runner' ORDER BY created_at, id`,
   )
 
@@ -137,7 +138,23 @@ describe("the resident Bun process", () => {
       expect(data.iterations).toHaveLength(1)
       expect(data.iterations[0]).toMatchObject({ source: "server", overallStatus: "awaiting-review" })
       expect(Date.parse(data.nextRunAt)).toBeGreaterThan(Date.now() - 60_000)
-      expect(row.actor).toEqual({ kind: "system", source: "mission-runner" })
+      // The write shape of the generation found at start (SPEC §6).
+      expect(Object.keys(row.field_times as object).sort()).toEqual(["iterations", "nextRunAt"])
+      expect(row.schema_version).toBe(1)
+      if (db.generation === "field_meta") {
+        expect(row.origin).toBe("agent")
+        expect(row.actor).toEqual({
+          kind: "ai",
+          principalId: "legacy:ai-default",
+          displayName: "Mana",
+          missionId: row.record_id,
+          iterationId: (data.iterations[0] as unknown as { id: string }).id,
+          rationale: expect.any(String),
+        })
+      } else {
+        expect(row.origin).toBeNull()
+        expect(row.actor).toEqual({ kind: "system", source: "mission-runner" })
+      }
     }
     // Every request to the LLM carried its key; the runner never sent the service key there.
     const sent = await run(standIn.requests)

@@ -35,7 +35,10 @@ it.layer(Layer.provideMerge(RunnerSqlLive(4), TestDatabaseLive), { timeout: 60_0
       expect(yield* seedDemoWorkload(now)).toBe(0)
 
       const rows = yield* Effect.promise(() =>
-        db.ownerQuery("SELECT * FROM sync_changes WHERE client_id = $1 ORDER BY created_at, id", [DEMO_CLIENT_ID]),
+        db.ownerQuery(
+          `SELECT *, ${db.generation} AS field_timestamps FROM sync_changes WHERE client_id = $1 ORDER BY created_at, id`,
+          [DEMO_CLIENT_ID],
+        ),
       )
       expect(rows.length).toBe(demoRecords(now).length)
       for (const r of rows) {

@@ -25,7 +25,7 @@ const change = (row: {
   Effect.flatMap(TestDatabase, (db) =>
     Effect.promise(() =>
       db.ownerQuery(
-        `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+        `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, ${db.generation}, client_id, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'test-device', now() + make_interval(secs => $8))`,
         [
           row.app ?? "companion",

@@ -25,7 +25,7 @@ import { ToolCatalog } from "../../src/services/ToolCatalog.js"
 import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
 import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf } from "../support/LlmStandIn.js"
-import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
+import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const INSTANCE = "runner-under-test"
 const API_KEY = "sk-test-never-written-anywhere"
@@ -156,7 +156,21 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
           field_timestamps: { iterations: writtenAt, nextRunAt: writtenAt },
           client_id: "mana-ai-runner",
           schema_version: 1,
-          actor: { kind: "system", source: "mission-runner" },
+          // SPEC §6: the write shape of the generation found at start.
+          ...((yield* TestDatabase).generation === "field_meta"
+            ? {
+                actor: {
+                  kind: "ai",
+                  principalId: "legacy:ai-default",
+                  displayName: "Mana",
+                  missionId: mission.id,
+                  iterationId,
+                  rationale: defaultPlan.summary,
+                },
+                origin: "agent",
+              }
+            : { actor: { kind: "system", source: "mission-runner" }, origin: null }),
+          space_id: null,
         })
         const iteration = (row.data as { iterations: Array<Record<string, unknown>> }).iterations[0]!
         expect(Object.keys(iteration).sort()).toEqual(["finishedAt", "id", "overallStatus", "plan", "source", "startedAt", "summary"])

@@ -1,13 +1,13 @@
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, TestClock } from "effect"
+import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, TestClock, TestServices } from "effect"
 import { expect } from "vitest"
 import { type ReplayRow, applyChange, initialState } from "../../src/domain/replay.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
 import { makeMissionStore, missionStoreLayer, newMissionRowsQuery } from "../../src/services/MissionStoreLive.js"
-import { malformedRowsTotal, missionsSkippedTotal } from "../../src/services/metrics.js"
+import { discoveryReconciledTotal, malformedRowsTotal, missionsSkippedTotal } from "../../src/services/metrics.js"
 import {
   insertChanges,
   insertChangesAsUser,
@@ -40,7 +40,7 @@ const fullReplay = (userId: string, missionId: string) =>
   Effect.flatMap(TestDatabase, (db) =>
     Effect.promise(async () => {
       const rows = await db.ownerQuery(
-        `SELECT id::text AS id, op, data, field_timestamps, created_at, record_id FROM sync_changes
+        `SELECT id::text AS id, op, data, ${db.generation} AS field_timestamps, created_at, record_id FROM sync_changes
          WHERE user_id = $1 AND app_id = 'ai' AND table_name = 'aiMissions' AND record_id = $2 ORDER BY created_at, id`,
         [userId, missionId],
       )
@@ -139,6 +139,95 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
     }),
   )
 
+  it.effect("a row stamped in the future never moves the cursor past the database's now(): rows committed after it are still seen", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const sql = yield* SqlClient.SqlClient
+      yield* drain
+      const inAYear = new Date(Date.now() + 365 * 24 * 3600_000).toISOString()
+      yield* insertChanges([{ ...missionInsertRow("u-future", "ahead"), createdAt: inAYear }])
+      expect(one((yield* store.refresh).changed, "u-future", "ahead").record?.title).toBe("Get fit")
+      const [cursor] = yield* sql<{ behind: boolean }>`SELECT created_at <= now() AS behind FROM mana_ai.discovery_cursor`
+      expect(cursor).toEqual({ behind: true })
+      // Committed after the future row, stamped now: inside the window the cursor kept.
+      yield* insertChanges([missionInsertRow("u-future", "now")])
+      const next = yield* store.refresh
+      expect(next.rowsRead).toBe(1)
+      expect(one(next.changed, "u-future", "now").schedulable).toBe(true)
+      // The future row is not applied twice.
+      expect((yield* store.refresh).rowsRead).toBe(0)
+    }),
+  )
+
+  it.effect("a row older than the window, committed after the cursor passed it, is found by reconciliation and by nothing else", () =>
+    Effect.gen(function* () {
+      const incremental = yield* makeMissionStore({ reconcileInterval: Duration.days(1) })
+      const reconciling = yield* makeMissionStore({ reconcileInterval: Duration.minutes(5) })
+      yield* drain
+      yield* insertChanges([missionInsertRow("u-missed", "m"), missionInsertRow("u-missed", "other")])
+      yield* incremental.refresh
+      // As a sync transaction open for an hour commits: its rows carry the hour-old start time.
+      const hourAgo = new Date(Date.now() - 3600_000).toISOString()
+      const reconciledBefore = (yield* Metric.value(discoveryReconciledTotal)).count
+      // The device stamped its edit when it made it (just now); the row's created_at is the transaction's start.
+      const justNow = new Date(Date.now() + 1000).toISOString()
+      yield* insertChanges([
+        { ...missionUpdateRow("u-missed", "m", { objective: "From the long transaction" }, { objective: justNow }), createdAt: hourAgo },
+        { ...missionInsertRow("u-missed", "brand-new", { title: "Only in the long transaction" }), createdAt: hourAgo },
+      ])
+      expect(yield* incremental.refresh).toEqual({ rowsRead: 0, changed: [] })
+      // Not yet due: the interval has not passed.
+      expect((yield* reconciling.refresh).changed).toEqual([])
+      yield* TestClock.adjust(Duration.minutes(5))
+      const reconciled = yield* reconciling.refresh
+      expect(reconciled.changed.map((s) => `${s.userId}/${s.missionId}`).sort()).toEqual(["u-missed/brand-new", "u-missed/m"])
+      expect(one(reconciled.changed, "u-missed", "m").record?.objective).toBe("From the long transaction")
+      expect(one(reconciled.changed, "u-missed", "brand-new").record?.title).toBe("Only in the long transaction")
+      expect(one(reconciled.changed, "u-missed", "brand-new").schedulable).toBe(true)
+      expect((yield* Metric.value(discoveryReconciledTotal)).count - reconciledBefore).toBe(2)
+      // Corrected once: the next reconciliation finds nothing to change.
+      yield* TestClock.adjust(Duration.minutes(5))
+      expect((yield* reconciling.refresh).changed).toEqual([])
+      const forUser = yield* reconciling.forUser("u-missed")
+      expect(forUser.map((s) => s.missionId).sort()).toEqual(["brand-new", "m", "other"])
+    }),
+  )
+
+  it.effect.skipIf(!onServer)("a real transaction open longer than the window: missed by the incremental path, applied by reconciliation", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const incremental = yield* makeMissionStore({ lookback: Duration.seconds(1), reconcileInterval: Duration.days(1) })
+      const reconciling = yield* makeMissionStore({ lookback: Duration.seconds(1), reconcileInterval: Duration.zero })
+      yield* incremental.refresh
+      const inserted = yield* Deferred.make<void>()
+      const commit = yield* Deferred.make<void>()
+      const slow = yield* sql
+        .withTransaction(
+          Effect.gen(function* () {
+            yield* sql`SELECT set_config('app.current_user_id', 'u-longtx', true)`
+            yield* sql`
+              INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
+              VALUES ('ai', 'aiMissions', 'slow', 'u-longtx', 'insert', ${JSON.stringify(missionInsertRow("u-longtx", "slow").data)}::jsonb, 'phone')`
+            yield* Deferred.succeed(inserted, undefined)
+            yield* Deferred.await(commit)
+          }),
+        )
+        .pipe(Effect.fork)
+      yield* Deferred.await(inserted)
+      // Longer than the one-second window, by a wide margin.
+      yield* TestServices.provideLive(Effect.sleep("2500 millis"))
+      yield* insertChangesAsUser("u-longtx", [missionInsertRow("u-longtx", "fast")])
+      expect(one((yield* incremental.refresh).changed, "u-longtx", "fast").schedulable).toBe(true)
+      yield* Deferred.succeed(commit, undefined)
+      yield* Fiber.join(slow)
+      expect((yield* incremental.refresh).changed.filter((s) => s.userId === "u-longtx")).toEqual([])
+      expect((yield* incremental.forUser("u-longtx")).map((s) => s.missionId)).toEqual(["fast"])
+      const reconciled = yield* reconciling.refresh
+      expect(reconciled.changed.filter((s) => s.userId === "u-longtx").map((s) => s.missionId)).toEqual(["slow"])
+      expect((yield* reconciling.forUser("u-longtx")).map((s) => s.missionId)).toEqual(["fast", "slow"])
+    }),
+  )
+
   it.effect.skipIf(!onServer)("a row whose transaction commits after a later one is seen (real concurrent transactions)", () =>
     Effect.gen(function* () {
       const store = yield* MissionStore
@@ -191,6 +280,46 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       yield* store.refresh
       expect((yield* store.forUser("u-a")).map((s) => s.record?.title)).toEqual(["A's, changed"])
       expect((yield* store.forUser("u-b")).map((s) => s.record?.title)).toEqual(["B's again"])
+    }),
+  )
+
+  it.effect("bad per-field times (not an object, or a value that is not an instant) are counted by reason and the row still applies with its created_at", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      const notObject = yield* counter(malformedRowsTotal, "field-times-not-object")
+      const notInstant = yield* counter(malformedRowsTotal, "field-time-not-instant")
+      // Inside the look-back window, one second apart.
+      const at = (s: number) => new Date(Date.now() - 60_000 + s * 1000).toISOString()
+      yield* insertChanges([
+        { ...missionInsertRow("u-times", "a"), fieldTimestamps: "garbage", createdAt: at(0) },
+        { ...missionInsertRow("u-times", "b"), fieldTimestamps: [1, 2], createdAt: at(0) },
+        { ...missionUpdateRow("u-times", "a", { title: "New title" }), fieldTimestamps: { title: 7 }, createdAt: at(1) },
+        // An older time wins nothing: proves the valid stamps are still honoured beside the bad ones.
+        { ...missionUpdateRow("u-times", "b", { title: "Old title" }, { title: "2026-02-01T00:00:00Z" }), createdAt: at(2) },
+      ])
+      const result = yield* store.refresh
+      expect((yield* counter(malformedRowsTotal, "field-times-not-object")) - notObject).toBe(2)
+      expect((yield* counter(malformedRowsTotal, "field-time-not-instant")) - notInstant).toBe(1)
+      expect(one(result.changed, "u-times", "a").record?.title).toBe("New title")
+      expect(one(result.changed, "u-times", "a").schedulable).toBe(true)
+      expect(one(result.changed, "u-times", "b").record?.title).toBe("Get fit")
+    }),
+  )
+
+  it.effect("a mission row's data.id never renames the record: the snapshot's id is the record_id", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([
+        missionInsertRow("u-ids", "real-id", { id: "claimed-id" }),
+        missionUpdateRow("u-ids", "real-id", { id: "another-id" }, { id: "2099-01-01T00:00:00Z" }),
+      ])
+      const result = yield* store.refresh
+      const snapshot = one(result.changed, "u-ids", "real-id")
+      expect(snapshot.record?.id).toBe("real-id")
+      expect(Either.getOrThrow(snapshot.decoded).id).toBe("real-id")
+      expect(result.changed.some((s) => s.missionId !== "real-id" && s.userId === "u-ids")).toBe(false)
     }),
   )
 
@@ -313,7 +442,12 @@ it.layer(StoreLive, { timeout: 180_000 })("MissionStore cost", (it) => {
         SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at FROM mana_ai.discovery_cursor`) as [
         { at: string },
       ]
-      const query = newMissionRowsQuery(sql, { cursorAt: at, lookback: "120000000 microseconds", limit: 1000 })
+      const query = newMissionRowsQuery(sql, {
+        cursorAt: at,
+        lookback: "120000000 microseconds",
+        limit: 1000,
+        timeColumn: (yield* TestDatabase).generation,
+      })
       const plan = (yield* sql<{ "QUERY PLAN": string }>`EXPLAIN ${query}`).map((r) => r["QUERY PLAN"]).join("\n")
       expect(plan).toMatch(/Index (Only )?Scan using sync_changes_ai_missions_created_idx|Bitmap Index Scan on sync_changes_ai_missions_created_idx/)
       expect(plan).not.toMatch(/Seq Scan on sync_changes/)

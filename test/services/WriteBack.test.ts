@@ -73,8 +73,10 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
       const rows = yield* runnerRows("ann", missionId)
       expect(rows).toHaveLength(1)
       const row = rows[0]!
+      const today = (yield* TestDatabase).generation === "field_meta"
+      // missionRows reads the generation's time column as field_timestamps, and origin/space_id as null on the seed's.
       expect(Object.keys(row).sort()).toEqual(
-        ["actor", "app_id", "client_id", "created_at", "data", "field_timestamps", "id", "op", "record_id", "schema_version", "table_name", "user_id"],
+        ["actor", "app_id", "client_id", "created_at", "data", "field_timestamps", "id", "op", "origin", "record_id", "schema_version", "space_id", "table_name", "user_id"],
       )
       expect(row.id).toMatch(/^[0-9a-f-]{36}$/)
       expect(row.created_at).toBeInstanceOf(Date)
@@ -90,7 +92,19 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
         field_timestamps: { iterations: WRITE_AT, nextRunAt: WRITE_AT },
         client_id: "mana-ai-runner",
         schema_version: 1,
-        actor: { kind: "system", source: "mission-runner" },
+        // SPEC §6: today's generation carries the app's AI actor and origin 'agent'; the seed's the system actor.
+        actor: today
+          ? {
+              kind: "ai",
+              principalId: "legacy:ai-default",
+              displayName: "Mana",
+              missionId,
+              iterationId: "9c1e5f0a-1111-4222-8333-444455556666",
+              rationale: "Two small tasks",
+            }
+          : { kind: "system", source: "mission-runner" },
+        origin: today ? "agent" : null,
+        space_id: null,
       })
       const data = row.data as { iterations: Array<Record<string, unknown>> }
       const written = data.iterations[1]!
@@ -319,4 +333,89 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
         }
       }),
     ))
+  it.effect("today's generation names the mission's live agent in the actor; a deleted or missing agent is the legacy principal; the rationale is cut at 200 characters", () =>
+    Effect.gen(function* () {
+      const today = (yield* TestDatabase).generation === "field_meta"
+      yield* insertChange({ user: "ann", app: "ai", table: "agents", id: "agent-coach", data: { name: "Coach Kim", state: "active" }, createdAt: T0 })
+      yield* insertChange({ user: "ann", app: "ai", table: "agents", id: "agent-gone", data: { name: "Gone", state: "active" }, createdAt: T0 })
+      yield* insertChange({ user: "ann", app: "ai", table: "agents", id: "agent-gone", op: "delete", createdAt: "2026-03-01T01:00:00.000Z" })
+      // Another user's agent of the same id is not ann's agent.
+      yield* insertChange({ user: "bob", app: "ai", table: "agents", id: "agent-bobs", data: { name: "Bob's", state: "active" }, createdAt: T0 })
+      const long = `${"é".repeat(150)}${"x".repeat(100)}`
+      const cases = [
+        { agentId: "agent-coach", principalId: "agent-coach", displayName: "Coach Kim" },
+        { agentId: "agent-gone", principalId: "legacy:ai-default", displayName: "Mana" },
+        { agentId: "agent-bobs", principalId: "legacy:ai-default", displayName: "Mana" },
+        { agentId: undefined, principalId: "legacy:ai-default", displayName: "Mana" },
+      ]
+      for (const c of cases) {
+        const missionId = yield* seedMission("ann", c.agentId === undefined ? {} : { agentId: c.agentId })
+        const iteration = { ...serverIteration(fresh("it"), 1), summary: long }
+        expect((yield* appendAt(WRITE_AT, "ann", missionId, iteration))._tag).toBe("Written")
+        const [row] = yield* runnerRows("ann", missionId)
+        if (!today) {
+          expect(row!.actor).toEqual({ kind: "system", source: "mission-runner" })
+          continue
+        }
+        expect(row!.actor).toEqual({
+          kind: "ai",
+          principalId: c.principalId,
+          displayName: c.displayName,
+          missionId,
+          iterationId: iteration.id,
+          rationale: `${"é".repeat(150)}${"x".repeat(50)}`,
+        })
+      }
+    }))
+
+  it.effect("a mission as today's app writes it (agentId, grant, unknown fields, timezone null, no iterations) is appended to; every field and the app's iteration keys survive", () =>
+    Effect.gen(function* () {
+      const grant = { wrappedKey: "AAAA", derivation: { version: "v1", missionId: "x", tables: [], recordIds: [] }, issuedAt: T0, expiresAt: "2027-01-01T00:00:00.000Z" }
+      const missionId = yield* seedMission("ann", {
+        agentId: "no-such-agent",
+        grant,
+        timezone: null,
+        iterations: undefined,
+        spaceNote: { kept: [1, 2] },
+      })
+      const first = serverIteration(fresh("it"), 1)
+      expect(yield* appendAt(WRITE_AT, "ann", missionId, first)).toMatchObject({ _tag: "Written", nextRunAt: "2026-03-02T09:00:00.000Z" })
+
+      // The app then adds its own running iteration with the fields only it writes.
+      const appIteration = {
+        id: "app-it",
+        startedAt: "2026-03-02T08:10:00.000Z",
+        plan: [],
+        overallStatus: "failed",
+        source: "browser",
+        currentPhase: "staging-proposals",
+        phaseStartedAt: "2026-03-02T08:10:01.000Z",
+        phaseDetail: "staging 2/5",
+        cancelRequested: true,
+        errorDetails: { name: "Cancelled", message: "cancelled", phase: "staging-proposals", stack: "at x" },
+      }
+      const stored = (yield* replayedMission("ann", missionId)).record!.iterations as Array<unknown>
+      yield* insertChange({
+        user: "ann",
+        id: missionId,
+        op: "update",
+        data: { iterations: [...stored, appIteration] },
+        fieldTimestamps: { iterations: "2026-03-02T08:10:02.000Z" },
+        createdAt: "2026-03-02T08:10:02.000Z",
+      })
+      const second = serverIteration(fresh("it"), 1)
+      expect((yield* appendAt("2026-03-02T09:00:30.000Z", "ann", missionId, second))._tag).toBe("Written")
+
+      const record = (yield* replayedMission("ann", missionId)).record!
+      expect(record.agentId).toBe("no-such-agent")
+      expect(record.grant).toEqual(grant)
+      expect(record.spaceNote).toEqual({ kept: [1, 2] })
+      expect(record.timezone).toBeNull()
+      const iterations = record.iterations as Array<Record<string, unknown>>
+      expect(iterations.map((i) => i.id)).toEqual([first.id, "app-it", second.id])
+      expect(iterations[1]).toEqual(appIteration)
+      for (const written of [iterations[0]!, iterations[2]!]) {
+        expect(Object.keys(written).sort()).toEqual(["finishedAt", "id", "overallStatus", "plan", "source", "startedAt", "summary"])
+      }
+    }))
 })

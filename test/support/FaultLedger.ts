@@ -59,7 +59,7 @@ export const missionKey = (userId: string, missionId: string) => `${userId}\u000
 export const auditMissions: Effect.Effect<MissionAudit, never, TestDatabase> = Effect.flatMap(TestDatabase, (db) =>
   Effect.promise(async () => {
     const rows = await db.ownerQuery(
-      `SELECT id::text AS id, user_id, record_id, op, data, field_timestamps, created_at, client_id
+      `SELECT id::text AS id, user_id, record_id, op, data, ${db.generation} AS field_timestamps, created_at, client_id
        FROM sync_changes WHERE app_id = $1 AND table_name = $2 ORDER BY created_at, id`,
       [MISSIONS_APP_ID, MISSIONS_TABLE],
     )

@@ -14,6 +14,7 @@ import { Duration, Effect, Either, Layer, LogLevel, Logger } from "effect"
 import type { Mission } from "../../src/domain/mission.js"
 import { runnerServicesLayer } from "../../src/layers/process.js"
 import { type PlannerMode, RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
+import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
 import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
@@ -53,7 +54,8 @@ export const runnerServices = <R = TestDatabase>(options: StackOptions<R> = {}) 
     options.sql ?? RunnerSqlLive(options.poolSize ?? 6)
   return runnerServicesLayer("llm").pipe(
     Layer.provideMerge(MigrationsLive),
-    Layer.provideMerge(Layer.mergeAll(sql, runnerConfig, llmConfig, FetchHttpClient.layer, NodeContext.layer)),
+    // The generation of sync_changes, detected on the pool as the process does at start.
+    Layer.provideMerge(Layer.mergeAll(EventLogSchemaLive.pipe(Layer.provideMerge(sql)), runnerConfig, llmConfig, FetchHttpClient.layer, NodeContext.layer)),
     Layer.provide(Logger.minimumLogLevel(options.logLevel ?? LogLevel.Warning)),
   )
 }

@@ -25,7 +25,7 @@ export const insertChange = (row: ChangeRow) =>
   Effect.flatMap(TestDatabase, (db) =>
     Effect.promise(() =>
       db.ownerQuery(
-        `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+        `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, ${db.generation}, client_id, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9::timestamptz, now()))`,
         [
           row.app ?? MISSIONS_APP_ID,
@@ -53,11 +53,15 @@ export interface StoredRow {
   readonly user_id: string
   readonly op: "insert" | "update" | "delete"
   readonly data: unknown
+  /** The per-field time column of the database's generation (field_meta or field_timestamps), under this name. */
   readonly field_timestamps: unknown
   readonly client_id: string
   readonly created_at: Date
   readonly schema_version: number
   readonly actor: unknown
+  /** Today's generation only (null in the seed's, which has no such column). */
+  readonly origin: string | null
+  readonly space_id: string | null
 }
 
 /** Every row of one mission (all four key columns), in replay order, read as the owner. */
@@ -66,8 +70,9 @@ export const missionRows = (user: string, missionId: string) =>
     Effect.promise(
       async () =>
         (await db.ownerQuery(
-          `SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id,
-                  created_at, schema_version, actor
+          `SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${db.generation} AS field_timestamps,
+                  client_id, created_at, schema_version, actor,
+                  ${db.generation === "field_meta" ? "origin, space_id" : "NULL::text AS origin, NULL::text AS space_id"}
            FROM sync_changes WHERE user_id = $1 AND app_id = $2 AND table_name = $3 AND record_id = $4
            ORDER BY created_at, id`,
           [user, MISSIONS_APP_ID, MISSIONS_TABLE, missionId],

@@ -1,11 +1,12 @@
 /**
  * A fresh database on a real Postgres server, prepared as production runs: created by the owner,
- * given sql/sync-changes.sql, and a new NOSUPERUSER NOBYPASSRLS login role prepared only by
+ * given sql/sync-changes.sql (or the seed's generation), and a new NOSUPERUSER NOBYPASSRLS login role prepared only by
  * sql/runner-role.sql. Both are dropped when the scope closes. Used by the tests and the bench.
  */
 import { Effect, Redacted, type Scope } from "effect"
 import pg from "pg"
-import { renderPsqlScript, sqlFile } from "../../src/layers/psqlScript.js"
+import type { SyncGeneration } from "../../src/domain/eventLog.js"
+import { renderPsqlScript, sqlFile, syncChangesSql } from "../../src/layers/psqlScript.js"
 
 export interface ServerDatabase {
   readonly name: string
@@ -20,7 +21,7 @@ const suffix = () => `${Date.now().toString(36)}_${Math.random().toString(36).sl
 
 export const provisionServerDatabase = (
   ownerUrl: string,
-  options: { readonly prefix: string; readonly ownerPoolMax: number },
+  options: { readonly prefix: string; readonly ownerPoolMax: number; readonly generation?: SyncGeneration },
 ): Effect.Effect<ServerDatabase, never, Scope.Scope> =>
   Effect.gen(function* () {
     const name = `${options.prefix}_${suffix()}`
@@ -48,7 +49,7 @@ export const provisionServerDatabase = (
     owner.on("error", () => {})
     yield* Effect.addFinalizer(() => Effect.promise(() => owner.end()).pipe(Effect.ignore))
     yield* Effect.promise(async () => {
-      await owner.query(sqlFile("sync-changes.sql"))
+      await owner.query(syncChangesSql(options.generation))
       await owner.query(renderPsqlScript(sqlFile("runner-role.sql"), { runner_role: role }))
     })
     const runnerUrl = new URL(dbUrl.toString())

@@ -6,6 +6,7 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect } from "effect"
 import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../../src/domain/mission.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { TestDatabase } from "./TestDatabase.js"
 
 export interface Change {
@@ -81,6 +82,8 @@ const values = (c: Change): Array<unknown> => [
 export const insertChanges = (changes: ReadonlyArray<Change>): Effect.Effect<ReadonlyArray<string>, never, TestDatabase> =>
   Effect.flatMap(TestDatabase, (db) =>
     Effect.promise(async () => {
+      // The per-field time column of the database's generation (SPEC §13); a fixed name, never input.
+      const times = db.generation
       if (changes.length === 0) return []
       const tuples = changes.map((_, i) => {
         const p = (k: number) => `$${i * COLUMNS + k}`
@@ -91,7 +94,7 @@ export const insertChanges = (changes: ReadonlyArray<Change>): Effect.Effect<Rea
         `WITH input (id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at, ord) AS (
            VALUES ${tuples.join(", ")}
          ), inserted AS (
-           INSERT INTO sync_changes (id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+           INSERT INTO sync_changes (id, app_id, table_name, record_id, user_id, op, data, ${times}, client_id, created_at)
            SELECT id, app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at FROM input
            RETURNING id
          )
@@ -109,8 +112,8 @@ export const insertChanges = (changes: ReadonlyArray<Change>): Effect.Effect<Rea
 export const insertChangesAsUser = (
   userId: string,
   changes: ReadonlyArray<Change>,
-): Effect.Effect<ReadonlyArray<string>, SqlError, SqlClient.SqlClient> =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+): Effect.Effect<ReadonlyArray<string>, SqlError, SqlClient.SqlClient | EventLogSchema> =>
+  Effect.flatMap(Effect.zip(SqlClient.SqlClient, EventLogSchema), ([sql, { timeColumn }]) =>
     sql.withTransaction(
       Effect.gen(function* () {
         yield* sql`SELECT set_config('app.current_user_id', ${userId}, true)`
@@ -118,7 +121,7 @@ export const insertChangesAsUser = (
         for (const c of changes) {
           const [appId, table, recordId, user, op, data, fieldTimestamps, clientId, createdAt] = values(c) as Array<string | null>
           const rows = yield* sql<{ id: string }>`
-            INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_timestamps, client_id, created_at)
+            INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)}, client_id, created_at)
             VALUES (${appId}, ${table}, ${recordId}, ${user}, ${op}, ${data}::jsonb, ${fieldTimestamps}::jsonb, ${clientId},
                     coalesce(${createdAt}::timestamptz, now()))
             RETURNING id::text AS id`
