@@ -17,6 +17,8 @@ const BOTH_GENERATIONS = [
   "test/faults-fast/security.test.ts",
   "test/faults-fast/badInput.test.ts",
   "test/e2e/process.test.ts",
+  "test/services/AgentDirectory.test.ts",
+  "test/services/EncryptedInputs.test.ts",
 ]
 
 export default defineConfig({

@@ -11,6 +11,7 @@
  * Agents are few per user and change rarely, so the replayed records are held in memory; the first
  * refresh reads every agent row once.
  */
+import { EventLogSchema } from "./EventLogSchema.js"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Context, Duration, Effect, Either, Layer, Metric, Option, Ref, Schema } from "effect"
@@ -37,8 +38,6 @@ export interface AgentDirectoryShape {
 export class AgentDirectory extends Context.Tag("mana-ai/AgentDirectory")<AgentDirectory, AgentDirectoryShape>() {}
 
 export interface AgentDirectoryOptions {
-  /** The per-field time column of the event log's generation (SPEC §13): EventLogSchema.timeColumn. */
-  readonly timeColumn?: "field_timestamps" | "field_meta"
   /** How far behind the cursor each refresh re-reads: longer than any sync-server transaction lasts. */
   readonly lookback?: Duration.DurationInput
 }
@@ -71,7 +70,8 @@ const keyOf = (userId: string, agentId: string): string => `${userId}\u0000${age
 export const makeAgentDirectory = (options: AgentDirectoryOptions = {}) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    const timeColumn = options.timeColumn ?? "field_timestamps"
+    // The per-field time column of the event log's generation (SPEC §13).
+    const { timeColumn } = yield* EventLogSchema
     const lookbackMs = Duration.toMillis(Duration.decode(options.lookback ?? Duration.minutes(2)))
     const lookback = `${Math.round(lookbackMs * 1000)} microseconds`
     const state = yield* Ref.make<State>({ cursor: null, applied: new Map(), records: new Map() })

@@ -49,7 +49,7 @@ it.layer(Pool, { timeout: 60_000 })("embedded Postgres", (it) => {
       const policies = yield* sql<{ name: string }>`
         SELECT policyname AS name FROM pg_policies WHERE tablename = 'sync_changes' ORDER BY policyname`
       expect(policies.map((p) => p.name)).toEqual([
-        "mana_ai_runner_read_missions", "sync_changes_space_member_read", "sync_changes_user_isolation",
+        "mana_ai_runner_read_agents", "mana_ai_runner_read_missions", "sync_changes_space_member_read", "sync_changes_user_isolation",
       ])
       const indexes = yield* sql<{ name: string }>`SELECT indexname AS name FROM pg_indexes WHERE tablename = 'sync_changes'`
       expect(indexes.map((i) => i.name)).toContain("sync_changes_user_space_app_created_idx")
