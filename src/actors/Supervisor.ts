@@ -41,7 +41,7 @@ import {
   tickOverlapsTotal,
   ticksTotal,
 } from "../services/metrics.js"
-import { makeFairSemaphore } from "../services/FairSemaphore.js"
+import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import * as UserActor from "./UserActor.js"
 import type { ActorMessage, ActorStatus, RunGate, TickPart } from "./UserActor.js"
 import { type WakeEntry, WakeHeap } from "./WakeHeap.js"

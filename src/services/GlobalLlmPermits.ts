@@ -1,7 +1,7 @@
 /** The process-wide GLOBAL_CONCURRENCY limit, held only during each LLM request (SPEC §8). */
 import { Context, Effect, Layer } from "effect"
 import { RunnerConfig } from "./AppConfig.js"
-import { makeFairSemaphore } from "./FairSemaphore.js"
+import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 
 export interface GlobalLlmPermitsShape {
   readonly withPermit: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
