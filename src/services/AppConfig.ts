@@ -3,7 +3,7 @@
  * fails with a ConfigError whose message names the variable and the form it expects. One tag per
  * concern so a test provides only what the code under test reads.
  */
-import { Config, ConfigError, Context, Duration, Effect, Either, Layer, type Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Duration, Either, Layer, type Option, Redacted } from "effect"
 
 /**
  * A number read from text, so a value that does not parse gets the same message as one out of range:
@@ -99,7 +99,6 @@ export const runnerConfig: Config.Config<RunnerConfigShape> = Config.all({
 })
 
 export class RunnerConfig extends Context.Tag("mana-ai/RunnerConfig")<RunnerConfig, RunnerConfigShape>() {
-  static readonly layer = Layer.effect(RunnerConfig, runnerConfig)
   static readonly defaults: RunnerConfigShape = {
     userConcurrency: 2,
     globalConcurrency: 16,
@@ -143,9 +142,7 @@ export const llmConfig: Config.Config<LlmConfigShape> = Config.all({
   toolsFile: Config.option(Config.string("TOOLS_FILE")),
 })
 
-export class LlmConfig extends Context.Tag("mana-ai/LlmConfig")<LlmConfig, LlmConfigShape>() {
-  static readonly layer = Layer.effect(LlmConfig, llmConfig)
-}
+export class LlmConfig extends Context.Tag("mana-ai/LlmConfig")<LlmConfig, LlmConfigShape>() {}
 
 // ---------------------------------------------------------------- database
 
@@ -167,9 +164,7 @@ export const databaseConfig: Config.Config<DatabaseConfigShape> = Config.all({
   poolMax: positiveInt("DB_POOL_MAX", 10),
 })
 
-export class DatabaseConfig extends Context.Tag("mana-ai/DatabaseConfig")<DatabaseConfig, DatabaseConfigShape>() {
-  static readonly layer = Layer.effect(DatabaseConfig, databaseConfig)
-}
+export class DatabaseConfig extends Context.Tag("mana-ai/DatabaseConfig")<DatabaseConfig, DatabaseConfigShape>() {}
 
 // ---------------------------------------------------------------- HTTP
 
@@ -191,9 +186,7 @@ export const httpConfig: Config.Config<HttpConfigShape> = Config.all({
   ),
 })
 
-export class HttpConfig extends Context.Tag("mana-ai/HttpConfig")<HttpConfig, HttpConfigShape>() {
-  static readonly layer = Layer.effect(HttpConfig, httpConfig)
-}
+export class HttpConfig extends Context.Tag("mana-ai/HttpConfig")<HttpConfig, HttpConfigShape>() {}
 
 // ---------------------------------------------------------------- observability
 
@@ -229,15 +222,4 @@ export const observabilityConfig: Config.Config<ObservabilityConfigShape> = Conf
 export class ObservabilityConfig extends Context.Tag("mana-ai/ObservabilityConfig")<
   ObservabilityConfig,
   ObservabilityConfigShape
->() {
-  static readonly layer = Layer.effect(ObservabilityConfig, observabilityConfig)
-}
-
-/** Every variable at once: used by main to refuse a bad start before anything else happens. */
-export const loadAll = Effect.all({
-  runner: runnerConfig,
-  llm: llmConfig,
-  database: databaseConfig,
-  http: httpConfig,
-  observability: observabilityConfig,
-})
+>() {}
