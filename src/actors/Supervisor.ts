@@ -91,7 +91,7 @@ const seconds = (fromMs: number, toMs: number) => (toMs - fromMs) / 1000
  * Runs doing work at once, process-wide: twice the LLM permits keeps every permit busy while the
  * other half reads and writes, and never fewer than one user's own limit.
  */
-export const maxRunsAtWork = (config: RunnerConfigShape): number =>
+const maxRunsAtWork = (config: RunnerConfigShape): number =>
   Math.max(2 * config.globalConcurrency, config.userConcurrency)
 
 const toStatus = (info: ActorHost.ActorInfo<UserActor.ActorView>): ActorStatus => {

@@ -94,10 +94,10 @@ export interface UserActorDeps {
 }
 
 /** Timed-out, failed or skipped runs wait 30 s, doubling up to 15 min (SPEC §4). */
-export const missionRetrySchedule = Schedule.exponential("30 seconds").pipe(Schedule.union(Schedule.spaced("15 minutes")))
+const missionRetrySchedule = Schedule.exponential("30 seconds").pipe(Schedule.union(Schedule.spaced("15 minutes")))
 
 /** MissionRunner bounds planning by MISSION_TIMEOUT_MS and writes back after it: the actor's backstop allows for that. */
-export const WRITE_BACK_ALLOWANCE = Duration.seconds(30)
+const WRITE_BACK_ALLOWANCE = Duration.seconds(30)
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
 
