@@ -19,6 +19,7 @@ import {
 import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
+import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { MissionRunner } from "../services/MissionRunner.js"
 import {
   actorRestartsTotal,
@@ -122,6 +123,7 @@ export const make = Effect.gen(function* () {
   const config = yield* RunnerConfig
   const store = yield* MissionStore
   const runner = yield* MissionRunner
+  const llmPermits = yield* GlobalLlmPermits
 
   const discoveryLock = yield* Effect.makeSemaphore(1)
   const tickLock = yield* Effect.makeSemaphore(1)
@@ -312,6 +314,8 @@ export const make = Effect.gen(function* () {
   yield* Effect.addFinalizer(() =>
     Effect.gen(function* () {
       const { inFlight } = yield* SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, draining: true }))
+      // Runs that have not sent their LLM request yet stop here; the ones waiting for it finish.
+      yield* llmPermits.close
       if (inFlight === 0) return
       yield* Effect.logInfo("draining: waiting for runs in flight").pipe(
         Effect.annotateLogs({ inFlight, graceMs: Duration.toMillis(config.shutdownGrace) }),

@@ -177,38 +177,50 @@ export const behaviour = (
           ),
         )
 
+        /** How a run the actor may start ends; None: the actor's backstop ended it. */
+        const settleRun = (
+          ended: Option.Option<Exit.Exit<RunOutcome, MissionTimeout | SqlError>>,
+        ): Effect.Effect<RunResult<RunOutcome>> =>
+          Option.match(ended, {
+            onNone: () => {
+              const error = new MissionTimeout({ timeoutMs: Duration.toMillis(config.missionTimeout) })
+              // The runner counts its own failures; only the backstop's are counted here.
+              return Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag)).pipe(
+                Effect.as(RunResult.Failed({ error })),
+              )
+            },
+            onSome: (exit) =>
+              Effect.succeed(
+                Exit.isSuccess(exit)
+                  ? RunResult.Outcome({ outcome: exit.value })
+                  : Cause.isInterruptedOnly(exit.cause)
+                    ? // The drain closed the LLM permits before this run's request: it wrote nothing.
+                      RunResult.Aborted()
+                    : Option.match(Cause.failureOption(exit.cause), {
+                        onNone: () => RunResult.Defect({ reason: describeCause(exit.cause) }),
+                        onSome: (error) => RunResult.Failed({ error }),
+                      }),
+              ),
+          })
+
         const admitted = (mission: Mission): Effect.Effect<RunResult<RunOutcome>> =>
           Effect.sync(() => {
             state.inFlight++
           }).pipe(
             Effect.zipRight(
               gate.withRunSlot(
-                runner.run({ userId, mission }).pipe(
-                  Effect.exit,
-                  // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
-                  Effect.timeoutOption(Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE)),
+                // Admitted before the drain but still waiting for a slot: it does not start now.
+                Effect.flatMap(gate.draining, (draining) =>
+                  draining
+                    ? Effect.succeed(RunResult.Aborted<RunOutcome>())
+                    : runner.run({ userId, mission }).pipe(
+                        Effect.exit,
+                        // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
+                        Effect.timeoutOption(Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE)),
+                        Effect.flatMap(settleRun),
+                      ),
                 ),
               ),
-            ),
-            Effect.flatMap(
-              Option.match({
-                onNone: () => {
-                  const error = new MissionTimeout({ timeoutMs: Duration.toMillis(config.missionTimeout) })
-                  // The runner counts its own failures; only the backstop's are counted here.
-                  return Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag)).pipe(
-                    Effect.as(RunResult.Failed({ error })),
-                  )
-                },
-                onSome: (exit) =>
-                  Effect.succeed(
-                    Exit.isSuccess(exit)
-                      ? RunResult.Outcome({ outcome: exit.value })
-                      : Option.match(Cause.failureOption(exit.cause), {
-                          onNone: () => RunResult.Defect({ reason: describeCause(exit.cause) }),
-                          onSome: (error) => RunResult.Failed({ error }),
-                        }),
-                  ),
-              }),
             ),
             Effect.ensuring(
               Effect.sync(() => {

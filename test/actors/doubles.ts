@@ -115,6 +115,8 @@ export interface RunnerTimings {
   readonly beforeMs?: number
   /** The fake LLM call, under a GlobalLlmPermits permit. */
   readonly llmMs?: number
+  /** Per mission, instead of llmMs. */
+  readonly llmMsFor?: (missionId: string) => number
   /** After it (the write-back). */
   readonly afterMs?: number
 }
@@ -140,7 +142,7 @@ export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits["Type"], 
         yield* permits.withPermit(
           Effect.acquireUseRelease(
             Ref.update(llm, (c) => ({ now: c.now + 1, max: Math.max(c.max, c.now + 1) })),
-            () => Effect.sleep(timings.llmMs ?? 1_000),
+            () => Effect.sleep(timings.llmMsFor?.(request.mission.id) ?? timings.llmMs ?? 1_000),
             () => Ref.update(llm, (c) => ({ ...c, now: c.now - 1 })),
           ),
         )
@@ -203,6 +205,7 @@ export const makeWorld = (config: Partial<RunnerConfigShape>, timings: RunnerTim
         Layer.mergeAll(
           Layer.succeed(MissionStore, store.service),
           Layer.succeed(MissionRunner, runner.service),
+          Layer.succeed(GlobalLlmPermits, permits),
           Layer.succeed(RunnerConfig, full),
         ),
       ),
