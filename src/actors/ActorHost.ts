@@ -7,8 +7,9 @@
  *   `Continue` (work in flight: keep the fiber), `Park` (nothing in flight: drop the fiber until a
  *   message or the wake-up), `Retire` (nothing at all: leave the books once idle for `idleTtl`);
  * - a failed turn restarts the actor with a fresh incarnation after a backoff; the `restartMax`-th
- *   failure within `restartWindow` (OTP's intensity and period) quarantines it instead, for
- *   `quarantine`, or until `restart(key)`.
+ *   failure within `restartWindow` (OTP's intensity and period) quarantines it instead, until
+ *   `restart(key)` (or for `quarantine`, when one is given); `onQuarantine` / `onLift` let the
+ *   owner keep quarantines across restarts of the process (`quarantined(key)` brings one back).
  *
  * Shaped like @effect/cluster's EntityManager (an entity per address, a mailbox and a behaviour per
  * entity) and EntityReaper (idle entities leave after maxIdleTime), so the same behaviour can later
@@ -99,8 +100,11 @@ export interface HostOptions {
   readonly restartWindow: Duration.Duration
   /** Delay before the n-th restart within the window. */
   readonly restartBackoff: Schedule.Schedule<unknown>
-  /** How long a quarantine holds unless `restart` lifts it. */
-  readonly quarantine: Duration.Duration
+  /** How long a quarantine holds unless `restart` lifts it; None: until `restart`. */
+  readonly quarantine: Option.Option<Duration.Duration>
+  /** Told when an actor is quarantined and when a quarantine is lifted (to persist them). */
+  readonly onQuarantine?: (key: string, reason: string) => Effect.Effect<void>
+  readonly onLift?: (key: string) => Effect.Effect<void>
   /** The log annotation that carries the key. */
   readonly keyName: string
   readonly metrics: {
@@ -134,6 +138,8 @@ export interface ActorHost<M, S, V> {
   readonly wakeAt: (key: string, at: number | null) => Effect.Effect<void>
   /** Lifts a quarantine or cuts a backoff short, or stops the running incarnation: a fresh one starts. */
   readonly restart: (key: string) => Effect.Effect<boolean>
+  /** Adds the key's actor as quarantined (one kept from an earlier process); false when it has one. */
+  readonly quarantined: (key: string, reason: string) => Effect.Effect<boolean>
   readonly has: (key: string) => Effect.Effect<boolean>
   readonly phase: (key: string) => Effect.Effect<Option.Option<Phase>>
   readonly status: Effect.Effect<ReadonlyArray<ActorInfo<V>>>
@@ -358,8 +364,8 @@ export const make = <M, S, V, E>(
         const failures = cell.failures.length
         const reason = describeCause(cause)
         const quarantine = failures >= options.restartMax
-        const wait = quarantine ? options.quarantine : yield* nthDelay(options.restartBackoff, failures)
-        const until = now + Duration.toMillis(wait)
+        const wait = quarantine ? Option.getOrNull(options.quarantine) : yield* nthDelay(options.restartBackoff, failures)
+        const until = wait === null ? null : now + Duration.toMillis(wait)
         if (cell.turn !== turn || cell.phase !== "active") return
         setPhase(cell, quarantine ? "quarantined" : "backing-off")
         cell.fiber = null
@@ -370,13 +376,17 @@ export const make = <M, S, V, E>(
         // A quarantined actor takes nothing: whoever waits for an answer gets one now.
         if (quarantine) yield* rejectQueued(cell, "quarantined")
         yield* publishGauges
-        yield* quarantine
-          ? Effect.logError("actor quarantined: it failed too often").pipe(
-              Effect.annotateLogs({ reason, failures, until: new Date(until).toISOString() }),
-            )
-          : Effect.logError("actor failed; restarting after backoff").pipe(
-              Effect.annotateLogs({ reason, failures, restartAt: new Date(until).toISOString() }),
-            )
+        const at = until === null ? "until lifted" : new Date(until).toISOString()
+        if (quarantine) {
+          yield* Effect.logError("actor quarantined: it failed too often").pipe(
+            Effect.annotateLogs({ reason, failures, until: at }),
+          )
+          if (options.onQuarantine !== undefined) yield* options.onQuarantine(cell.key, reason)
+        } else {
+          yield* Effect.logError("actor failed; restarting after backoff").pipe(
+            Effect.annotateLogs({ reason, failures, restartAt: at }),
+          )
+        }
       })
 
     const supervise = (cell: Cell<M, S>, turn: number): Effect.Effect<void> =>
@@ -392,6 +402,8 @@ export const make = <M, S, V, E>(
         Effect.annotateLogs(options.keyName, cell.key),
       )
 
+    const lifted = (cell: Cell<M, S>) => (options.onLift === undefined ? Effect.void : options.onLift(cell.key))
+
     /** Wakes a cell whose time has come: a letter to a running one, a fiber for a parked one, a restart. */
     const wake = (cell: Cell<M, S>) =>
       Effect.suspend(() => {
@@ -404,7 +416,7 @@ export const make = <M, S, V, E>(
             return restartNow(cell, "actor restarted after backoff")
           case "quarantined":
             cell.failures = []
-            return restartNow(cell, "quarantine over: actor restarted")
+            return lifted(cell).pipe(Effect.zipRight(restartNow(cell, "quarantine over: actor restarted")))
           case "restarting":
             return Effect.void
         }
@@ -460,19 +472,44 @@ export const make = <M, S, V, E>(
         return true
       })
 
+    const quarantined = (key: string, reason: string) =>
+      Effect.suspend(() => {
+        if (books.has(key)) return Effect.succeed(false)
+        const cell: Cell<M, S> = {
+          key,
+          phase: "parked",
+          mailbox: null,
+          fiber: null,
+          turn: 0,
+          state: null,
+          incarnated: false,
+          failures: [],
+          restarts: 0,
+          lastError: reason,
+          idleSince: null,
+          wake: null,
+        }
+        setPhase(cell, "quarantined")
+        books.set(key, cell)
+        return publishGauges.pipe(Effect.as(true))
+      })
+
     const restart = (key: string) =>
       Effect.suspend(() => {
         const cell = books.get(key)
         if (cell === undefined) return Effect.succeed(false)
         if (cell.phase === "restarting") return Effect.succeed(true)
         const running = cell.phase === "active" ? cell.fiber : null
+        const wasQuarantined = cell.phase === "quarantined"
         setPhase(cell, "restarting")
         cell.turn++ // the running turn, if any, no longer changes the books
         return (running === null ? Effect.void : Fiber.interrupt(running)).pipe(
           Effect.zipRight(
             Effect.suspend(() => {
               cell.failures = []
-              return restartNow(cell, "actor restarted on request")
+              return (wasQuarantined ? lifted(cell) : Effect.void).pipe(
+                Effect.zipRight(restartNow(cell, "actor restarted on request")),
+              )
             }),
           ),
           Effect.as(true),
@@ -488,6 +525,7 @@ export const make = <M, S, V, E>(
           return cell === undefined ? Effect.void : nudge(setWakeNow(cell, at))
         }),
       restart,
+      quarantined,
       has: (key) => Effect.sync(() => books.has(key)),
       phase: (key) => Effect.sync(() => Option.map(Option.fromNullable(books.get(key)), (cell) => cell.phase)),
       status: Effect.map(Clock.currentTimeMillis, (now) =>

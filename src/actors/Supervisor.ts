@@ -19,6 +19,7 @@ import {
 import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
+import { Quarantines, QuarantinesLive } from "../services/Quarantines.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { MissionRunner } from "../services/MissionRunner.js"
 import {
@@ -124,6 +125,7 @@ export const make = Effect.gen(function* () {
   const store = yield* MissionStore
   const runner = yield* MissionRunner
   const llmPermits = yield* GlobalLlmPermits
+  const quarantines = yield* Quarantines
 
   const discoveryLock = yield* Effect.makeSemaphore(1)
   const tickLock = yield* Effect.makeSemaphore(1)
@@ -162,11 +164,30 @@ export const make = Effect.gen(function* () {
       restartMax: config.restartMax,
       restartWindow: config.restartWindow,
       restartBackoff: restartSchedule,
-      quarantine: config.restartWindow,
+      // Until an operator lifts it, also across restarts of the process (SPEC §8).
+      quarantine: Option.none(),
+      onQuarantine: (userId, reason) =>
+        quarantines.hold({ userId, reason }).pipe(
+          Effect.catchAll((e) => Effect.logError("could not record the quarantine; it holds until this process stops", e)),
+        ),
+      onLift: (userId) =>
+        quarantines.lift(userId).pipe(
+          Effect.catchAll((e) => Effect.logError("could not record that the quarantine was lifted", e)),
+        ),
       keyName: "userId",
       metrics: { actors: actorsGauge, quarantined: quarantinedGauge, restarts: actorRestartsTotal },
     },
   )
+
+  // Quarantines from earlier processes hold: those users get no actor until an operator lifts them.
+  const kept = yield* quarantines.all.pipe(
+    Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.intersect(Schedule.recurs(4)))),
+    Effect.catchAll((e) =>
+      Effect.logError("could not read the quarantined users; they may run again", e).pipe(Effect.as([])),
+    ),
+  )
+  for (const q of kept) yield* host.quarantined(q.userId, q.reason)
+  if (kept.length > 0) yield* Effect.logWarning("users still quarantined").pipe(Effect.annotateLogs({ users: kept.length }))
 
   /** A new user's actor, with the snapshots of this pass as its view (saves a store read). Not while draining. */
   const spawn = (userId: string, initial: Option.Option<ReadonlyArray<MissionSnapshot>>) =>
@@ -357,4 +378,8 @@ export const make = Effect.gen(function* () {
   })
 })
 
-export const SupervisorLive = Layer.scoped(Supervisor, make)
+/** The supervisor on a given Quarantines (a double in unit tests). */
+export const SupervisorLayer = Layer.scoped(Supervisor, make)
+
+/** The supervisor with its quarantines kept in mana_ai. */
+export const SupervisorLive = SupervisorLayer.pipe(Layer.provide(QuarantinesLive))

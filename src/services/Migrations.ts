@@ -8,6 +8,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { PgMigrator } from "@effect/sql-pg"
 import { Effect, Layer } from "effect"
 import missionStore from "../migrations/0001_mission_store.js"
+import actorQuarantines from "../migrations/0002_actor_quarantines.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 export const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -17,6 +18,7 @@ const MIGRATION_LOCK_KEY = "7881696566318225266"
 
 export const migrations = {
   "0001_mission_store": missionStore,
+  "0002_actor_quarantines": actorQuarantines,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

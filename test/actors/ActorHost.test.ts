@@ -96,7 +96,7 @@ const makeWorld = (overrides: Partial<ActorHost.HostOptions> = {}, toy: Partial<
       restartMax: 3,
       restartWindow: Duration.minutes(1),
       restartBackoff: Schedule.spaced("1 second"),
-      quarantine: Duration.minutes(1),
+      quarantine: Option.some(Duration.minutes(1)),
       keyName: "key",
       metrics,
       ...overrides,
@@ -215,7 +215,7 @@ describe("ActorHost: retirement", () => {
 describe("ActorHost: supervision", () => {
   it.scoped("OTP intensity and period: the restartMax-th failure within restartWindow quarantines; failures further apart only restart", () =>
     Effect.gen(function* () {
-      const w = yield* makeWorld({ restartMax: 3, restartWindow: Duration.minutes(1), quarantine: Duration.minutes(1) })
+      const w = yield* makeWorld({ restartMax: 3, restartWindow: Duration.minutes(1), quarantine: Option.some(Duration.minutes(1)) })
       yield* w.host.spawn("a", Option.none())
       yield* settle
       const fail = w.host.send("a", { _tag: "Fail" }).pipe(Effect.zipRight(settle))
@@ -238,7 +238,7 @@ describe("ActorHost: supervision", () => {
 
   it.scoped("a quarantined actor takes nothing, answers what waited, and comes back when the quarantine ends", () =>
     Effect.gen(function* () {
-      const w = yield* makeWorld({ restartMax: 1, quarantine: Duration.minutes(5) })
+      const w = yield* makeWorld({ restartMax: 1, quarantine: Option.some(Duration.minutes(5)) })
       yield* w.host.spawn("a", Option.some({ ...w.fresh }))
       const gate = yield* Deferred.make<void>()
       yield* w.host.send("a", { _tag: "FailAfter", gate })
@@ -260,7 +260,7 @@ describe("ActorHost: supervision", () => {
 
   it.scoped("restart lifts a quarantine at once, and restarts a running actor with a fresh incarnation", () =>
     Effect.gen(function* () {
-      const w = yield* makeWorld({ restartMax: 1, quarantine: Duration.hours(1) })
+      const w = yield* makeWorld({ restartMax: 1, quarantine: Option.some(Duration.hours(1)) })
       yield* w.host.spawn("a", Option.none())
       yield* w.host.send("a", { _tag: "Fail" })
       yield* settle
@@ -296,6 +296,47 @@ describe("ActorHost: supervision", () => {
       expect(waiting.sent).toBe("delivered")
       yield* Scope.close(w.scope, Exit.void)
       expect(yield* Deferred.await(waiting.reply)).toBe("rejected: actor stopped")
+    }),
+  )
+
+  it.scoped("without a quarantine duration a quarantine holds until restart; the owner is told when it is held and lifted", () =>
+    Effect.gen(function* () {
+      const told: Array<string> = []
+      const w = yield* makeWorld({
+        restartMax: 1,
+        quarantine: Option.none(),
+        onQuarantine: (key, reason) => Effect.sync(() => told.push(`held ${key}: ${reason}`)),
+        onLift: (key) => Effect.sync(() => told.push(`lifted ${key}`)),
+      })
+      yield* w.host.spawn("a", Option.none())
+      yield* w.host.send("a", { _tag: "Fail" })
+      yield* settle
+      expect(yield* w.info("a")).toMatchObject({ phase: "quarantined", nextWakeAt: null })
+      yield* TestClock.adjust(Duration.days(30))
+      expect(yield* w.info("a")).toMatchObject({ phase: "quarantined", restarts: 0 })
+      expect(told).toEqual(["held a: toy a failed"])
+      yield* w.host.restart("a")
+      yield* settle
+      expect(yield* w.info("a")).toMatchObject({ phase: "parked", restarts: 1 })
+      expect(told).toEqual(["held a: toy a failed", "lifted a"])
+    }),
+  )
+
+  it.scoped("quarantined(key) brings back a quarantine from an earlier process: no actor runs until restart", () =>
+    Effect.gen(function* () {
+      const w = yield* makeWorld({ quarantine: Option.none() })
+      expect(yield* w.host.quarantined("a", "kept")).toBe(true)
+      expect(yield* w.host.spawn("a", Option.none())).toBe(false)
+      expect(yield* w.host.send("a", { _tag: "Add", n: 1 })).toBe("quarantined")
+      yield* settle
+      expect(w.stats.starts).toBe(0)
+      expect(yield* w.info("a")).toMatchObject({ phase: "quarantined", lastError: "kept", view: null })
+      expect((yield* Metric.value(w.metrics.quarantined)).value).toBe(1)
+      yield* w.host.restart("a")
+      yield* settle
+      expect(w.stats.starts).toBe(1)
+      expect((yield* Metric.value(w.metrics.quarantined)).value).toBe(0)
+      expect(yield* w.host.quarantined("a", "again")).toBe(false)
     }),
   )
 })

@@ -12,7 +12,7 @@ const tablesIn = (schema: string) =>
       WHERE n.nspname = ${schema} AND c.relkind = 'r' ORDER BY 1`.pipe(Effect.map((rows) => rows.map((r) => r.name))),
   )
 
-const EXPECTED_TABLES = ["applied_changes", "discovery_cursor", "migrations", "mission_snapshots", "run_claims"]
+const EXPECTED_TABLES = ["actor_quarantines", "applied_changes", "discovery_cursor", "migrations", "mission_snapshots", "run_claims"]
 
 it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starting at once", (it) => {
   it.effect("both succeed, the migration is applied once and there is one set of tables", () =>
@@ -22,10 +22,10 @@ it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starti
         [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
         { concurrency: "unbounded" },
       )
-      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store"])
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_actor_quarantines"])
       const db = yield* TestDatabase
       const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations"))
-      expect(rows).toEqual([{ migration_id: 1 }])
+      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }])
       expect(yield* Effect.provide(tablesIn("mana_ai"), RunnerSqlLive(1))).toEqual(EXPECTED_TABLES)
     }),
   )
@@ -35,7 +35,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
   it.effect("a second run applies nothing and changes nothing", () =>
     Effect.gen(function* () {
       const first = yield* runMigrations
-      expect(first.length).toBe(1)
+      expect(first.length).toBe(2)
       const again = yield* runMigrations
       expect(again).toEqual([])
       expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)
