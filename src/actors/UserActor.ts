@@ -338,7 +338,8 @@ export const behaviour = (
                     Effect.annotateLogs({ missionId, error: error._tag, retryAt: iso(e.retryAt) ?? "" }),
                   )
                 }),
-              Aborted: () => Effect.void,
+              // Not started (the drain): it backs off too, so nothing can re-launch it in a hot loop.
+              Aborted: () => backOff,
               Defect: () => Effect.void,
             })
             const waiting = waiters.get(missionId) ?? []

@@ -37,7 +37,8 @@ it.layer(Db, { timeout: 120_000 })("quarantine across processes", (it) => {
           Layer.mergeAll(
             Layer.succeed(MissionStore, store.service),
             Layer.succeed(MissionRunner, runner.service),
-            Layer.succeed(GlobalLlmPermits, permits),
+            // Each process has its own (its drain closes them); the runner double keeps the test's.
+            Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(config.globalConcurrency)),
             Layer.succeed(RunnerConfig, config),
             QuarantinesLive,
           ),
