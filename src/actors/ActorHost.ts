@@ -444,23 +444,26 @@ export const make = <M, S, V, E>(
     })
     yield* Effect.forkScoped(scheduler)
 
+    /** A parked cell; with a state it is that incarnation's, without one its first turn starts one. */
+    const newCell = (key: string, state: Option.Option<S>): Cell<M, S> => ({
+      key,
+      phase: "parked",
+      mailbox: null,
+      fiber: null,
+      turn: 0,
+      state: Option.getOrNull(state),
+      incarnated: Option.isSome(state),
+      failures: [],
+      restarts: 0,
+      lastError: null,
+      idleSince: null,
+      wake: null,
+    })
+
     const spawn = (key: string, state: Option.Option<S>) =>
       Effect.gen(function* () {
         if (books.has(key)) return false
-        const cell: Cell<M, S> = {
-          key,
-          phase: "parked",
-          mailbox: null,
-          fiber: null,
-          turn: 0,
-          state: Option.getOrNull(state),
-          incarnated: Option.isSome(state),
-          failures: [],
-          restarts: 0,
-          lastError: null,
-          idleSince: null,
-          wake: null,
-        }
+        const cell = newCell(key, state)
         books.set(key, cell)
         const now = yield* Clock.currentTimeMillis
         // Most actors start with nothing due: they park at once and need no fiber to start.
@@ -475,20 +478,8 @@ export const make = <M, S, V, E>(
     const quarantined = (key: string, reason: string) =>
       Effect.suspend(() => {
         if (books.has(key)) return Effect.succeed(false)
-        const cell: Cell<M, S> = {
-          key,
-          phase: "parked",
-          mailbox: null,
-          fiber: null,
-          turn: 0,
-          state: null,
-          incarnated: false,
-          failures: [],
-          restarts: 0,
-          lastError: reason,
-          idleSince: null,
-          wake: null,
-        }
+        const cell = newCell(key, Option.none())
+        cell.lastError = reason
         setPhase(cell, "quarantined")
         books.set(key, cell)
         return publishGauges.pipe(Effect.as(true))
