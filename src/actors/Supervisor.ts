@@ -1,34 +1,26 @@
 /**
- * The supervisor (SPEC §8): keeps one user actor per user with a schedulable mission, feeds them
- * what discovery finds, restarts a failed actor with backoff, quarantines a user whose actor fails
- * RESTART_MAX times within RESTART_WINDOW_MS, and drains runs when its scope closes.
+ * The supervisor (SPEC §8): discovery (feeding each user's actor what changed, spawning actors for
+ * new users), the tick, and the drain. The actors run on the ActorHost, which restarts a failed one
+ * with backoff and quarantines a user whose actor fails RESTART_MAX times within RESTART_WINDOW_MS.
  *
- * Locks, always taken in this order: `discoveryLock` (one pass delivering snapshots at a time, so a
- * message never carries an older view than one already delivered) then `lock` (the actor books:
- * spawning, delivering, retiring, quarantining).
+ * `discoveryLock` lets one pass deliver snapshots at a time, so a message never carries an older
+ * view than one already delivered, and an actor's start-up read is not overtaken by a pass.
  */
 import type { SqlError } from "@effect/sql/SqlError"
+import { Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import {
-  Chunk,
-  Clock,
-  Context,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  FiberId,
-  FiberSet,
-  Layer,
-  Metric,
-  Option,
-  Queue,
-  Ref,
-  Schedule,
-  Stream,
-  SubscriptionRef,
-} from "effect"
+  emptyTickPart,
+  type MissionStatus,
+  renderTickError,
+  TickError,
+  type TickPart,
+  upsert,
+} from "../domain/actorView.js"
+import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
+import { Quarantines, QuarantinesLive } from "../services/Quarantines.js"
+import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { MissionRunner } from "../services/MissionRunner.js"
 import {
   actorRestartsTotal,
@@ -41,10 +33,8 @@ import {
   tickOverlapsTotal,
   ticksTotal,
 } from "../services/metrics.js"
-import { makeFairSemaphore } from "../services/FairSemaphore.js"
+import * as ActorHost from "./ActorHost.js"
 import * as UserActor from "./UserActor.js"
-import type { ActorMessage, ActorStatus, RunGate, TickPart } from "./UserActor.js"
-import { type WakeEntry, WakeHeap } from "./WakeHeap.js"
 
 export interface TickReport {
   readonly scannedAt: string
@@ -59,6 +49,19 @@ export interface DiscoveryReport {
   readonly rowsRead: number
   readonly changed: number
   readonly actorsStarted: number
+}
+
+export type ActorState = "running" | "idle" | "backing-off" | "quarantined"
+
+/** One user's actor as GET /internal/actors shows it. */
+export interface ActorStatus {
+  readonly userId: string
+  readonly state: ActorState
+  readonly missions: ReadonlyArray<MissionStatus>
+  readonly inFlight: number
+  readonly restarts: number
+  readonly lastError: string | null
+  readonly nextWakeAt: string | null
 }
 
 export interface SupervisorShape {
@@ -78,26 +81,6 @@ export interface SupervisorShape {
 
 export class Supervisor extends Context.Tag("mana-ai/Supervisor")<Supervisor, SupervisorShape>() {}
 
-/**
- * A user's actor in the supervisor's books. While it has work a fiber runs it; an idle actor is
- * parked: this record, its memory and one entry in the shared wake-up schedule, and no fiber.
- */
-interface ActorHandle {
-  readonly userId: string
-  /** Made by the first message or turn after parking (a parked actor's is empty, so it is dropped). */
-  mailbox: Queue.Queue<ActorMessage> | null
-  readonly status: Ref.Ref<ActorStatus>
-  /** True while a fiber runs it; a parked actor gets one from its next message or wake-up. */
-  active: boolean
-  /** Completed by restart(userId); a fresh one per incarnation or wait; null while parked. */
-  restartSignal: Deferred.Deferred<void> | null
-  /** The current incarnation's state; null: the next turn starts a new incarnation. */
-  memory: UserActor.ActorMemory | null
-  /** Failure times within RESTART_WINDOW_MS (they outlive parking). */
-  failures: Array<number>
-  wake: WakeEntry<ActorHandle> | null
-}
-
 /** Failed actors come back after 1 s, doubling to 30 s, jittered so a shared outage does not restart them in step. */
 const restartSchedule = Schedule.exponential("1 second").pipe(
   Schedule.union(Schedule.spaced("30 seconds")),
@@ -112,34 +95,50 @@ const seconds = (fromMs: number, toMs: number) => (toMs - fromMs) / 1000
  * Runs doing work at once, process-wide: twice the LLM permits keeps every permit busy while the
  * other half reads and writes, and never fewer than one user's own limit.
  */
-export const maxRunsAtWork = (config: RunnerConfigShape): number =>
+const maxRunsAtWork = (config: RunnerConfigShape): number =>
   Math.max(2 * config.globalConcurrency, config.userConcurrency)
+
+const toStatus = (info: ActorHost.ActorInfo<UserActor.ActorView>): ActorStatus => {
+  const stopped = info.phase === "backing-off" || info.phase === "quarantined"
+  const inFlight = stopped ? 0 : (info.view?.inFlight ?? 0)
+  return {
+    userId: info.key,
+    state: info.phase === "backing-off" || info.phase === "quarantined" ? info.phase : inFlight > 0 ? "running" : "idle",
+    missions: info.view?.missions ?? [],
+    inFlight,
+    restarts: info.restarts,
+    lastError: info.lastError,
+    nextWakeAt: info.nextWakeAt === null ? null : iso(info.nextWakeAt),
+  }
+}
+
+const byUser = (snapshots: ReadonlyArray<MissionSnapshot>) => {
+  const groups = new Map<string, Array<MissionSnapshot>>()
+  for (const s of snapshots) {
+    const group = groups.get(s.userId)
+    if (group === undefined) groups.set(s.userId, [s])
+    else group.push(s)
+  }
+  return groups
+}
 
 export const make = Effect.gen(function* () {
   const config = yield* RunnerConfig
   const store = yield* MissionStore
   const runner = yield* MissionRunner
+  const llmPermits = yield* GlobalLlmPermits
+  const quarantines = yield* Quarantines
 
-  // The fibers of actors with work; closing the scope interrupts them (after the drain below).
-  const actors = yield* FiberSet.make()
-  const forkActor = yield* FiberSet.runtime(actors)<never>()
-  const handles = new Map<string, ActorHandle>()
-  const wakeUps = new WakeHeap<ActorHandle>()
-  /** Nudges the scheduler when a wake-up earlier than the one it sleeps for arrives. */
-  const wakeUpsChanged = yield* Queue.sliding<void>(1)
-  /** What the scheduler sleeps until; null: nothing scheduled. */
-  let armedAt: number | null = null
-  // Thousands of actors may report to the supervisor at once: a FIFO lock wakes one per release.
-  const lock = yield* makeFairSemaphore(1)
   const discoveryLock = yield* Effect.makeSemaphore(1)
   const tickLock = yield* Effect.makeSemaphore(1)
   const tickInProgress = yield* Ref.make(false)
   /** The first discovery pass also starts actors for every schedulable mission already stored. */
   const primed = yield* Ref.make(false)
 
+  // ---- the drain: a gate every run passes, closed when the scope closes
   const gateState = yield* SubscriptionRef.make({ draining: false, inFlight: 0 })
   const runSlots = yield* makeFairSemaphore(maxRunsAtWork(config))
-  const gate: RunGate = {
+  const gate: UserActor.RunGate = {
     withRunSlot: runSlots.withPermit,
     enter: SubscriptionRef.modify(gateState, (s) =>
       s.draining ? [-1, s] : [s.inFlight + 1, { ...s, inFlight: s.inFlight + 1 }],
@@ -154,267 +153,55 @@ export const make = Effect.gen(function* () {
     draining: SubscriptionRef.get(gateState).pipe(Effect.map((s) => s.draining)),
   }
 
-  /** Users whose actor is quarantined: kept as a set so the gauges cost the same with 10 or 10,000 actors. */
-  const quarantined = new Set<string>()
-
-  const publishGauges = Effect.suspend(() =>
-    Metric.set(actorsGauge, handles.size).pipe(Effect.zipRight(Metric.set(quarantinedGauge, quarantined.size))),
+  const host = yield* ActorHost.make(
+    UserActor.behaviour({
+      config,
+      store,
+      runner,
+      gate,
+      exclusiveOfDiscovery: (self) => discoveryLock.withPermits(1)(self),
+    }),
+    {
+      idleTtl: config.actorIdleTtl,
+      restartMax: config.restartMax,
+      restartWindow: config.restartWindow,
+      restartBackoff: restartSchedule,
+      // Until an operator lifts it, also across restarts of the process (SPEC §8).
+      quarantine: Option.none(),
+      onQuarantine: (userId, reason) =>
+        quarantines.hold({ userId, reason }).pipe(
+          Effect.catchAll((e) => Effect.logError("could not record the quarantine; it holds until this process stops", e)),
+        ),
+      onLift: (userId) =>
+        quarantines.lift(userId).pipe(
+          Effect.catchAll((e) => Effect.logError("could not record that the quarantine was lifted", e)),
+        ),
+      keyName: "userId",
+      metrics: { actors: actorsGauge, quarantined: quarantinedGauge, restarts: actorRestartsTotal },
+    },
   )
 
-  /** Answers tick requests still queued for an actor that will not take them. */
-  const answerQueued = (handle: ActorHandle, why: string) =>
-    (handle.mailbox === null ? Effect.succeed(Chunk.empty<ActorMessage>()) : Queue.takeAll(handle.mailbox)).pipe(
-      Effect.flatMap((messages) =>
-        Effect.forEach(
-          messages,
-          (m) =>
-            m._tag === "RunNow"
-              ? Deferred.succeed(m.request.reply, { ...UserActor.emptyTickPart, errors: [`user ${handle.userId}: ${why}`] })
-              : Effect.void,
-          { discard: true },
-        ),
-      ),
-    )
+  // Quarantines from earlier processes hold: those users get no actor until an operator lifts them.
+  const kept = yield* quarantines.all.pipe(
+    Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.intersect(Schedule.recurs(4)))),
+    Effect.catchAll((e) =>
+      Effect.logError("could not read the quarantined users; they may run again", e).pipe(Effect.as([])),
+    ),
+  )
+  for (const q of kept) yield* host.quarantined(q.userId, q.reason)
+  if (kept.length > 0) yield* Effect.logWarning("users still quarantined").pipe(Effect.annotateLogs({ users: kept.length }))
 
-  const tryRetire = (handle: ActorHandle) =>
-    lock.withPermit(
-      Effect.gen(function* () {
-        if (handle.mailbox !== null && (yield* Queue.size(handle.mailbox)) > 0) return false
-        if (handles.get(handle.userId) === handle) handles.delete(handle.userId)
-        setWakeNow(handle, null)
-        yield* publishGauges
-        return true
-      }),
-    )
-
-  /** Synchronous, so no message can slip between the check and the change (see `post`). */
-  const setWakeNow = (handle: ActorHandle, at: number | null): boolean => {
-    if (handle.wake?.live && handle.wake.at === at) return false
-    if (handle.wake !== null) wakeUps.cancel(handle.wake)
-    handle.wake = at === null ? null : wakeUps.add(at, handle)
-    return at !== null && (armedAt === null || at < armedAt)
-  }
-
-  const setWake = (handle: ActorHandle, at: number | null) =>
-    Effect.suspend(() => (setWakeNow(handle, at) ? Queue.offer(wakeUpsChanged, undefined) : Effect.void))
-
-  /** Parks the actor unless a message is waiting; atomic with `post`'s check, so none is stranded. */
-  const tryPark = (handle: ActorHandle) =>
-    Effect.sync(() => {
-      if (handle.mailbox !== null && Option.getOrElse(handle.mailbox.unsafeSize(), () => 0) > 0) return false
-      handle.active = false
-      handle.mailbox = null
-      handle.restartSignal = null
-      return true
-    })
-
-  /** Gives a parked actor a fiber. Synchronous: the caller has seen `active` false in the same step. */
-  const activate = (handle: ActorHandle, restarted: boolean) => {
-    handle.active = true
-    handle.restartSignal = Deferred.unsafeMake<void>(FiberId.none)
-    forkActor(supervise(handle, restarted))
-  }
-
-  /** Delivers a message, waking a parked actor; offer and check in one step, atomic with `tryPark`. */
-  const deliver = (handle: ActorHandle, mailbox: Queue.Queue<ActorMessage>, message: ActorMessage) => {
-    if (handle.mailbox === null) handle.mailbox = mailbox
-    handle.mailbox.unsafeOffer(message)
-    if (!handle.active) activate(handle, false)
-  }
-
-  const post = (handle: ActorHandle, message: ActorMessage) =>
-    Effect.suspend(() => {
-      const existing = handle.mailbox
-      if (existing !== null) return Effect.sync(() => deliver(handle, existing, message))
-      return Effect.map(Queue.unbounded<ActorMessage>(), (fresh) => deliver(handle, fresh, message))
-    })
-
-  /** One fiber sleeps until the earliest wake-up of all actors and wakes the due ones. */
-  const scheduler = Effect.gen(function* () {
-    while (true) {
-      const now = yield* Clock.currentTimeMillis
-      for (const entry of wakeUps.takeDue(now)) {
-        const handle = entry.target
-        if (handle.wake === entry) handle.wake = null
-        yield* post(handle, { _tag: "Wake" })
-      }
-      const next = wakeUps.peek()
-      armedAt = next === undefined ? null : next.at
-      if (next === undefined) yield* Queue.take(wakeUpsChanged)
-      else {
-        const later = yield* Clock.currentTimeMillis
-        if (next.at > later) {
-          yield* Effect.raceFirst(Effect.sleep(Duration.millis(next.at - later)), Queue.take(wakeUpsChanged))
-        }
-      }
-    }
-  })
-
-  const supervise = (handle: ActorHandle, restarted: boolean): Effect.Effect<void> => {
-    let parked = false
-    const afterRestart = Effect.gen(function* () {
-      quarantined.delete(handle.userId)
-      yield* Ref.update(
-        handle.status,
-        (s): ActorStatus => ({ ...s, state: "idle", inFlight: 0, restarts: s.restarts + 1, nextWakeAt: null }),
-      )
-      yield* Metric.increment(actorRestartsTotal)
-      yield* lock.withPermit(publishGauges)
-    })
-    return Effect.gen(function* () {
-      if (restarted) {
-        // Restarted while parked: a new incarnation, as for a running one below.
-        handle.failures = []
-        handle.memory = null
-        setWakeNow(handle, null)
-        yield* Effect.logInfo("actor restarted on request")
-        yield* afterRestart
-      }
-      let signal = handle.restartSignal ?? (yield* Deferred.make<void>())
-      while (true) {
-        handle.restartSignal = signal
-        const start: UserActor.ActorStart = handle.memory !== null ? { _tag: "Resume" } : { _tag: "Reload" }
-        const memory = handle.memory ?? UserActor.makeMemory()
-        handle.memory = memory
-        if (handle.mailbox === null) {
-          const fresh = yield* Queue.unbounded<ActorMessage>()
-          // A message may have made one meanwhile.
-          handle.mailbox ??= fresh
-        }
-        const mailbox = handle.mailbox
-        const result = yield* Effect.raceFirst(
-          Effect.exit(
-            Effect.scoped(
-              UserActor.run({
-                userId: handle.userId,
-                mailbox,
-                status: handle.status,
-                config,
-                store,
-                runner,
-                gate,
-                exclusiveOfDiscovery: (self) => discoveryLock.withPermits(1)(self),
-                memory,
-                start,
-                tryRetire: tryRetire(handle),
-                setWake: (at) => setWake(handle, at),
-                tryPark: tryPark(handle),
-              }),
-            ),
-          ),
-          Deferred.await(signal).pipe(Effect.as("restart-requested" as const)),
-        )
-        if (result === "restart-requested") {
-          handle.failures = []
-          yield* Effect.logInfo("actor restarted on request")
-        } else if (Exit.isSuccess(result)) {
-          parked = result.value === "parked"
-          return
-        } else {
-          const now = yield* Clock.currentTimeMillis
-          const windowMs = Duration.toMillis(config.restartWindow)
-          handle.failures = [...handle.failures.filter((t) => t > now - windowMs), now]
-          const failures = handle.failures
-          const reason = UserActor.describeCause(result.cause)
-          const quarantine = failures.length >= config.restartMax
-          const wait = quarantine ? config.restartWindow : yield* UserActor.nthDelay(restartSchedule, failures.length)
-          const wakeAt = now + Duration.toMillis(wait)
-          yield* lock.withPermit(
-            Effect.gen(function* () {
-              yield* Ref.update(
-                handle.status,
-                (s): ActorStatus => ({
-                  ...s,
-                  state: quarantine ? "quarantined" : "backing-off",
-                  inFlight: 0,
-                  lastError: reason,
-                  nextWakeAt: iso(wakeAt),
-                }),
-              )
-              if (quarantine) quarantined.add(handle.userId)
-              // A tick must not wait out a quarantine.
-              if (quarantine) yield* answerQueued(handle, "quarantined")
-              yield* publishGauges
-            }),
-          )
-          if (quarantine) {
-            yield* Effect.logError("user quarantined: actor failed too often").pipe(
-              Effect.annotateLogs({ reason, failures: failures.length, until: iso(wakeAt) }),
-            )
-          } else {
-            yield* Effect.logError("actor failed; restarting after backoff").pipe(
-              Effect.annotateLogs({ reason, failures: failures.length, restartAt: iso(wakeAt) }),
-            )
-          }
-          yield* Effect.raceFirst(Effect.sleep(wait), Deferred.await(signal))
-          if (quarantine || (yield* Deferred.isDone(signal))) handle.failures = []
-          if (quarantine) yield* Effect.logInfo("quarantine lifted")
-        }
-        // Either way the next turn is a new incarnation that reads the store.
-        handle.memory = null
-        setWakeNow(handle, null)
-        yield* afterRestart
-        signal = yield* Deferred.make<void>()
-      }
-    }).pipe(
-      // A parked actor keeps its mailbox: the next message wakes it.
-      Effect.ensuring(Effect.suspend(() => (parked ? Effect.void : answerQueued(handle, "actor stopped")))),
-      Effect.annotateLogs({ userId: handle.userId }),
-    )
-  }
-
-  /**
-   * Caller holds `lock`, and `discoveryLock` when it passes `initial` (the user's schedulable
-   * snapshots as of that pass, so nothing queued later can be older).
-   */
+  /** A new user's actor, with the snapshots of this pass as its view (saves a store read). Not while draining. */
   const spawn = (userId: string, initial: Option.Option<ReadonlyArray<MissionSnapshot>>) =>
     Effect.gen(function* () {
-      const handle: ActorHandle = {
-        userId,
-        mailbox: null,
-        status: yield* Ref.make(UserActor.initialStatus(userId)),
-        active: false,
-        restartSignal: null,
-        memory: null,
-        failures: [],
-        wake: null,
-      }
-      handles.set(userId, handle)
-      if (Option.isSome(initial)) {
-        // The snapshots of this pass are the view (saves a store read); nothing queued can be older.
-        const memory = UserActor.makeMemory()
-        handle.memory = memory
-        const now = yield* Clock.currentTimeMillis
-        // Most actors start with nothing due: they park at once and never need a fiber to start.
-        const parked = yield* UserActor.primeParked(memory, handle.status, initial.value, now, config.tickEnabled)
-        if (Option.isSome(parked)) yield* setWake(handle, parked.value)
-        else activate(handle, false)
-      } else {
-        activate(handle, false)
-      }
-      yield* publishGauges
-      yield* Effect.logInfo("actor started").pipe(Effect.annotateLogs({ userId }))
-      return handle
+      if (yield* gate.draining) return false
+      const state = Option.map(initial, (snapshots) => {
+        const s = UserActor.makeState()
+        for (const snapshot of snapshots) upsert(s.view, snapshot)
+        return s
+      })
+      return yield* host.spawn(userId, state)
     })
-
-  /** Caller holds `lock` (see spawn for `initial`). Undefined while draining: no new actor then. */
-  const ensureActor = (userId: string, initial: Option.Option<ReadonlyArray<MissionSnapshot>> = Option.none()) =>
-    Effect.gen(function* () {
-      const existing = handles.get(userId)
-      if (existing !== undefined) return existing
-      if (yield* gate.draining) return undefined
-      return yield* spawn(userId, initial)
-    })
-
-  const byUser = (snapshots: ReadonlyArray<MissionSnapshot>) => {
-    const groups = new Map<string, Array<MissionSnapshot>>()
-    for (const s of snapshots) {
-      const group = groups.get(s.userId)
-      if (group === undefined) groups.set(s.userId, [s])
-      else group.push(s)
-    }
-    return groups
-  }
 
   /** Caller holds `discoveryLock`. */
   const discoverLocked = Effect.gen(function* () {
@@ -430,37 +217,20 @@ export const make = Effect.gen(function* () {
     if (!(yield* Ref.get(primed))) {
       // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
       // changes are already in that view (redelivering them would wake every new actor at once).
-      for (const userId of [...changed.keys()]) if (!handles.has(userId)) changed.delete(userId)
+      for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
       const all = yield* store.schedulable
-      yield* lock.withPermit(
-        Effect.forEach(
-          byUser(all),
-          ([userId, snapshots]) =>
-            Effect.gen(function* () {
-              if (!handles.has(userId) && (yield* ensureActor(userId, Option.some(snapshots))) !== undefined) actorsStarted++
-            }),
-          { discard: true },
-        ),
-      )
+      for (const [userId, snapshots] of byUser(all)) {
+        if (yield* spawn(userId, Option.some(snapshots))) actorsStarted++
+      }
       yield* Ref.set(primed, true)
     }
-    yield* lock.withPermit(
-      Effect.forEach(
-        changed,
-        ([userId, snapshots]) =>
-          Effect.gen(function* () {
-            const handle = handles.get(userId)
-            if (handle !== undefined) {
-              yield* post(handle, { _tag: "Upsert", snapshots })
-            } else if (snapshots.some((s) => s.schedulable)) {
-              // No actor means no schedulable mission was known for this user before this pass.
-              const initial = Option.some(snapshots.filter((s) => s.schedulable))
-              if ((yield* ensureActor(userId, initial)) !== undefined) actorsStarted++
-            }
-          }),
-        { discard: true },
-      ),
-    )
+    for (const [userId, snapshots] of changed) {
+      const sent = yield* host.send(userId, UserActor.ActorMessage.Upsert({ snapshots }))
+      if (sent === "no-actor" && snapshots.some((s) => s.schedulable)) {
+        // No actor means no schedulable mission was known for this user before this pass.
+        if (yield* spawn(userId, Option.some(snapshots.filter((s) => s.schedulable)))) actorsStarted++
+      }
+    }
     const finished = yield* Clock.currentTimeMillis
     yield* Metric.update(discoveryDuration, seconds(started, finished))
     if (changedCount > 0 || actorsStarted > 0) {
@@ -471,47 +241,48 @@ export const make = Effect.gen(function* () {
 
   const discover = discoveryLock.withPermits(1)(discoverLocked).pipe(Effect.withSpan("Supervisor.discover"))
 
-  /** Caller holds `lock`. */
+  /** Hands a user's due missions to its actor (spawning one if needed); the reply comes when its runs end. */
   const dispatch = (userId: string, snapshots: ReadonlyArray<MissionSnapshot>, now: number) =>
     Effect.gen(function* () {
       const reply = yield* Deferred.make<TickPart>()
-      const handle = yield* ensureActor(userId)
-      const answer = (why: string) =>
-        Deferred.succeed(reply, { ...UserActor.emptyTickPart, errors: [`user ${userId}: ${why}`] })
-      if (handle === undefined) yield* answer("shutting down")
-      else if ((yield* Ref.get(handle.status)).state === "quarantined") yield* answer("quarantined")
-      else yield* post(handle, { _tag: "RunNow", request: { now, snapshots, reply } })
+      const refuse = (reason: "quarantined" | "shutting down") =>
+        Deferred.succeed(reply, { ...emptyTickPart, errors: [TickError.ActorUnavailable({ userId, reason })] })
+      const message = UserActor.ActorMessage.RunNow({ request: { now, snapshots, reply } })
+      let sent = yield* host.send(userId, message)
+      if (sent === "no-actor" && (yield* spawn(userId, Option.none()))) sent = yield* host.send(userId, message)
+      if (sent === "quarantined") yield* refuse("quarantined")
+      else if (sent === "no-actor") yield* refuse("shutting down")
       return reply
     })
 
   const tickOnce = Effect.gen(function* () {
     yield* Metric.increment(ticksTotal)
     const started = yield* Clock.currentTimeMillis
-    const errors: Array<string> = []
+    const errors: Array<TickError> = []
     const report = (scannedAt: number, due: number, parts: ReadonlyArray<TickPart>): TickReport => ({
       scannedAt: iso(scannedAt),
       dueMissionCount: due,
       plansProduced: parts.reduce((n, p) => n + p.plansProduced, 0),
       plansWrittenBack: parts.reduce((n, p) => n + p.plansWrittenBack, 0),
       parseFailures: parts.reduce((n, p) => n + p.parseFailures, 0),
-      errors: [...errors, ...parts.flatMap((p) => p.errors)],
+      errors: [...errors, ...parts.flatMap((p) => p.errors)].map(renderTickError),
     })
     if (yield* gate.draining) {
-      errors.push("shutting-down")
+      errors.push(TickError.ShuttingDown())
       return report(started, 0, [])
     }
     const { now, due, replies } = yield* discoveryLock.withPermits(1)(
       Effect.gen(function* () {
         yield* discoverLocked.pipe(
-          Effect.catchAll((e) => Effect.sync(() => errors.push(`discovery: ${e.message}`))),
+          Effect.catchAll((e) => Effect.sync(() => errors.push(TickError.DiscoveryFailed({ message: e.message })))),
         )
         const now = yield* Clock.currentTimeMillis
         const due = yield* store.due(new Date(now)).pipe(
-          Effect.catchAll((e) => Effect.sync(() => errors.push(`due missions: ${e.message}`)).pipe(Effect.as([]))),
+          Effect.catchAll((e) =>
+            Effect.sync(() => errors.push(TickError.DueQueryFailed({ message: e.message }))).pipe(Effect.as([])),
+          ),
         )
-        const replies = yield* lock.withPermit(
-          Effect.forEach(byUser(due), ([userId, snapshots]) => dispatch(userId, snapshots, now)),
-        )
+        const replies = yield* Effect.forEach(byUser(due), ([userId, snapshots]) => dispatch(userId, snapshots, now))
         return { now, due, replies }
       }),
     )
@@ -549,32 +320,28 @@ export const make = Effect.gen(function* () {
       plansProduced: 0,
       plansWrittenBack: 0,
       parseFailures: 0,
-      errors: ["overlap-skipped"],
+      errors: [renderTickError(TickError.OverlapSkipped())],
     } satisfies TickReport
   }).pipe(Effect.withSpan("Supervisor.tick"))
 
-  const status = Effect.suspend(() =>
-    Effect.forEach([...handles.values()], (h) => Ref.get(h.status)).pipe(
-      Effect.map((all) => [...all].sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0))),
-    ),
+  const status = Effect.map(host.status, (all) =>
+    all.map(toStatus).sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0)),
   )
 
-  const statusUnordered = Effect.suspend(() => Effect.forEach([...handles.values()], (h) => Ref.get(h.status)))
+  /** The operator page sorts and pages itself: every actor's status, in no particular order. */
+  const statusUnordered = Effect.map(host.status, (all) => all.map(toStatus))
 
   const restart = (userId: string) =>
-    Effect.suspend(() => {
-      const handle = handles.get(userId)
-      if (handle === undefined) return Effect.succeed(false)
-      const signal = handle.restartSignal
-      if (!handle.active) activate(handle, true)
-      else if (signal !== null) Deferred.unsafeDone(signal, Effect.void)
-      return Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId }), Effect.as(true))
-    })
+    Effect.tap(host.restart(userId), (known) =>
+      known ? Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId })) : Effect.void,
+    )
 
-  // Registered after the FiberSet, so it runs before the actors are interrupted.
+  // Registered after the host, so it runs before the actors are interrupted.
   yield* Effect.addFinalizer(() =>
     Effect.gen(function* () {
       const { inFlight } = yield* SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, draining: true }))
+      // Runs that have not sent their LLM request yet stop here; the ones waiting for it finish.
+      yield* llmPermits.close
       if (inFlight === 0) return
       yield* Effect.logInfo("draining: waiting for runs in flight").pipe(
         Effect.annotateLogs({ inFlight, graceMs: Duration.toMillis(config.shutdownGrace) }),
@@ -595,13 +362,11 @@ export const make = Effect.gen(function* () {
     }),
   )
 
-  yield* Effect.forkScoped(scheduler)
-
   if (config.tickEnabled) {
     // Forked last, so closing the scope stops discovery first.
     yield* discover.pipe(
       Effect.catchAllCause((cause) =>
-        Effect.logError("discovery pass failed").pipe(Effect.annotateLogs({ reason: UserActor.describeCause(cause) })),
+        Effect.logError("discovery pass failed").pipe(Effect.annotateLogs({ reason: ActorHost.describeCause(cause) })),
       ),
       Effect.repeat(Schedule.spaced(config.tickInterval)),
       Effect.forkScoped,
@@ -619,4 +384,8 @@ export const make = Effect.gen(function* () {
   })
 })
 
-export const SupervisorLive = Layer.scoped(Supervisor, make)
+/** The supervisor on a given Quarantines (a double in unit tests). */
+export const SupervisorLayer = Layer.scoped(Supervisor, make)
+
+/** The supervisor with its quarantines kept in mana_ai. */
+export const SupervisorLive = SupervisorLayer.pipe(Layer.provide(QuarantinesLive))

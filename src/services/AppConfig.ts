@@ -5,7 +5,7 @@
  */
 import { createPrivateKey } from "node:crypto"
 import { readFileSync } from "node:fs"
-import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
 
 /**
  * A number read from text, so a value that does not parse gets the same message as one out of range:
@@ -107,7 +107,6 @@ export const runnerConfig: Config.Config<RunnerConfigShape> = Config.all({
 })
 
 export class RunnerConfig extends Context.Tag("mana-ai/RunnerConfig")<RunnerConfig, RunnerConfigShape>() {
-  static readonly layer = Layer.effect(RunnerConfig, runnerConfig)
   static readonly defaults: RunnerConfigShape = {
     userConcurrency: 2,
     globalConcurrency: 16,
@@ -169,9 +168,7 @@ export const llmConfig: Config.Config<LlmConfigShape> = Config.all({
   maxRounds: numberIn("PLANNER_MAX_ROUNDS", 3, { min: 1, max: 10, integer: true, form: "a whole number from 1 to 10" }),
 })
 
-export class LlmConfig extends Context.Tag("mana-ai/LlmConfig")<LlmConfig, LlmConfigShape>() {
-  static readonly layer = Layer.effect(LlmConfig, llmConfig)
-}
+export class LlmConfig extends Context.Tag("mana-ai/LlmConfig")<LlmConfig, LlmConfigShape>() {}
 
 // ---------------------------------------------------------------- database
 
@@ -193,9 +190,7 @@ export const databaseConfig: Config.Config<DatabaseConfigShape> = Config.all({
   poolMax: positiveInt("DB_POOL_MAX", 10),
 })
 
-export class DatabaseConfig extends Context.Tag("mana-ai/DatabaseConfig")<DatabaseConfig, DatabaseConfigShape>() {
-  static readonly layer = Layer.effect(DatabaseConfig, databaseConfig)
-}
+export class DatabaseConfig extends Context.Tag("mana-ai/DatabaseConfig")<DatabaseConfig, DatabaseConfigShape>() {}
 
 // ---------------------------------------------------------------- HTTP
 
@@ -217,9 +212,7 @@ export const httpConfig: Config.Config<HttpConfigShape> = Config.all({
   ),
 })
 
-export class HttpConfig extends Context.Tag("mana-ai/HttpConfig")<HttpConfig, HttpConfigShape>() {
-  static readonly layer = Layer.effect(HttpConfig, httpConfig)
-}
+export class HttpConfig extends Context.Tag("mana-ai/HttpConfig")<HttpConfig, HttpConfigShape>() {}
 
 // ---------------------------------------------------------------- observability
 
@@ -255,9 +248,7 @@ export const observabilityConfig: Config.Config<ObservabilityConfigShape> = Conf
 export class ObservabilityConfig extends Context.Tag("mana-ai/ObservabilityConfig")<
   ObservabilityConfig,
   ObservabilityConfigShape
->() {
-  static readonly layer = Layer.effect(ObservabilityConfig, observabilityConfig)
-}
+>() {}
 
 // ---------------------------------------------------------------- Mission Grant key (SPEC §15)
 
@@ -334,7 +325,6 @@ export const grantConfig: Config.Config<GrantConfigShape> = Config.all({
 )
 
 export class GrantConfig extends Context.Tag("mana-ai/GrantConfig")<GrantConfig, GrantConfigShape>() {
-  static readonly layer = Layer.effect(GrantConfig, grantConfig)
   static readonly off: GrantConfigShape = { runnerKey: Option.none() }
 }
 
@@ -368,7 +358,6 @@ export const tokenBudgetConfig: Config.Config<TokenBudgetConfigShape> = Config.a
 })
 
 export class TokenBudgetConfig extends Context.Tag("mana-ai/TokenBudgetConfig")<TokenBudgetConfig, TokenBudgetConfigShape>() {
-  static readonly layer = Layer.effect(TokenBudgetConfig, tokenBudgetConfig)
   static readonly none: TokenBudgetConfigShape = { userDailyTokens: Option.none(), llmDailyTokens: Option.none() }
 }
 
@@ -381,18 +370,4 @@ export const llmBreakerConfig: Config.Config<LlmBreakerConfigShape> = Config.all
   failures: positiveInt("LLM_BREAKER_FAILURES", 10),
 })
 
-export class LlmBreakerConfig extends Context.Tag("mana-ai/LlmBreakerConfig")<LlmBreakerConfig, LlmBreakerConfigShape>() {
-  static readonly layer = Layer.effect(LlmBreakerConfig, llmBreakerConfig)
-}
-
-/** Every variable at once: used by main to refuse a bad start before anything else happens. */
-export const loadAll = Effect.all({
-  runner: runnerConfig,
-  llm: llmConfig,
-  database: databaseConfig,
-  http: httpConfig,
-  observability: observabilityConfig,
-  grant: grantConfig,
-  tokenBudget: tokenBudgetConfig,
-  llmBreaker: llmBreakerConfig,
-})
+export class LlmBreakerConfig extends Context.Tag("mana-ai/LlmBreakerConfig")<LlmBreakerConfig, LlmBreakerConfigShape>() {}

@@ -10,6 +10,7 @@ import { Effect, Layer } from "effect"
 import missionStore from "../migrations/0001_mission_store.js"
 import decryptAudit from "../migrations/0002_decrypt_audit.js"
 import tokenUsage from "../migrations/0003_token_usage.js"
+import actorQuarantines from "../migrations/0004_actor_quarantines.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 export const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -21,6 +22,7 @@ export const migrations = {
   "0001_mission_store": missionStore,
   "0002_decrypt_audit": decryptAudit,
   "0003_token_usage": tokenUsage,
+  "0004_actor_quarantines": actorQuarantines,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

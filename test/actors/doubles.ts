@@ -10,7 +10,8 @@ import { RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConf
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { MissionRunner, type MissionTimeout, type RunOutcome, type RunRequest } from "../../src/services/MissionRunner.js"
 import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
-import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
+import { Quarantines, type Quarantine } from "../../src/services/Quarantines.js"
+import { Supervisor, SupervisorLayer } from "../../src/actors/Supervisor.js"
 
 export const MIN = 60_000
 
@@ -115,6 +116,8 @@ export interface RunnerTimings {
   readonly beforeMs?: number
   /** The fake LLM call, under a GlobalLlmPermits permit. */
   readonly llmMs?: number
+  /** Per mission, instead of llmMs. */
+  readonly llmMsFor?: (missionId: string) => number
   /** After it (the write-back). */
   readonly afterMs?: number
 }
@@ -140,7 +143,7 @@ export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits["Type"], 
         yield* permits.withPermit(
           Effect.acquireUseRelease(
             Ref.update(llm, (c) => ({ now: c.now + 1, max: Math.max(c.max, c.now + 1) })),
-            () => Effect.sleep(timings.llmMs ?? 1_000),
+            () => Effect.sleep(timings.llmMsFor?.(request.mission.id) ?? timings.llmMs ?? 1_000),
             () => Ref.update(llm, (c) => ({ ...c, now: c.now - 1 })),
           ),
         )
@@ -191,23 +194,47 @@ export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits["Type"], 
 
 export type FakeRunner = Effect.Effect.Success<ReturnType<typeof makeRunner>>
 
+/** Quarantines kept in memory; `kept` plays the table a process finds at start. */
+export const makeQuarantines = (kept: ReadonlyArray<Quarantine> = []) =>
+  Effect.gen(function* () {
+    const held = yield* Ref.make(new Map(kept.map((q) => [q.userId, q.reason])))
+    const service = Quarantines.of({
+      all: Ref.get(held).pipe(Effect.map((m) => [...m].map(([userId, reason]) => ({ userId, reason })))),
+      hold: ({ userId, reason }) => Ref.update(held, (m) => new Map(m).set(userId, reason)),
+      lift: (userId) =>
+        Ref.update(held, (m) => {
+          const next = new Map(m)
+          next.delete(userId)
+          return next
+        }),
+    })
+    return { service, held }
+  })
+
 /** The supervisor on the doubles, built in the current scope. */
-export const makeWorld = (config: Partial<RunnerConfigShape>, timings: RunnerTimings = {}) =>
+export const makeWorld = (
+  config: Partial<RunnerConfigShape>,
+  timings: RunnerTimings = {},
+  keptQuarantines: ReadonlyArray<Quarantine> = [],
+) =>
   Effect.gen(function* () {
     const store = yield* makeStore
+    const quarantines = yield* makeQuarantines(keptQuarantines)
     const full = { ...RunnerConfig.defaults, ...config }
     const permits = yield* GlobalLlmPermits.make(full.globalConcurrency)
     const runner = yield* makeRunner(store, permits, timings)
-    const layer = SupervisorLive.pipe(
+    const layer = SupervisorLayer.pipe(
       Layer.provide(
         Layer.mergeAll(
           Layer.succeed(MissionStore, store.service),
           Layer.succeed(MissionRunner, runner.service),
+          Layer.succeed(GlobalLlmPermits, permits),
+          Layer.succeed(Quarantines, quarantines.service),
           Layer.succeed(RunnerConfig, full),
         ),
       ),
     )
-    return { store, runner, permits, layer }
+    return { store, runner, permits, quarantines, layer }
   })
 
 export const startSupervisor = (layer: Layer.Layer<Supervisor>) =>

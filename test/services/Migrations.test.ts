@@ -13,6 +13,7 @@ const tablesIn = (schema: string) =>
   )
 
 const EXPECTED_TABLES = [
+  "actor_quarantines",
   "applied_changes",
   "decrypt_audit",
   "discovery_cursor",
@@ -31,10 +32,10 @@ it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starti
         [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
         { concurrency: "unbounded" },
       )
-      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage"])
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines"])
       const db = yield* TestDatabase
       const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations ORDER BY 1"))
-      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }])
+      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
       expect(yield* Effect.provide(tablesIn("mana_ai"), RunnerSqlLive(1))).toEqual(EXPECTED_TABLES)
     }),
   )
@@ -44,7 +45,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
   it.effect("a second run applies nothing and changes nothing", () =>
     Effect.gen(function* () {
       const first = yield* runMigrations
-      expect(first.length).toBe(3)
+      expect(first.length).toBe(4)
       const again = yield* runMigrations
       expect(again).toEqual([])
       expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)

@@ -1,10 +1,14 @@
 /**
- * A first-in-first-out semaphore whose release wakes exactly one waiter.
+ * A first-in-first-out semaphore whose release wakes exactly one waiter. A primitive: it knows
+ * nothing of the app (used by the global LLM permits and the supervisor's run slots).
  *
- * Effect 3.22's Semaphore wakes every waiter on each release (they re-check and re-queue), so with
- * thousands of fibers waiting on a few permits each release costs O(waiters): the bench measured
- * 2,000 waiters on 1 permit taking 33.5 s, against 82 ms for a FIFO hand-off. We have exactly that
- * shape (every in-flight run waiting for an LLM permit), hence this one primitive.
+ * Why not `Effect.makeSemaphore`: in effect 3.22 (`internal/effect/circular.ts`, class `Semaphore`)
+ * `release` schedules a task that calls every waiter's observer while `free > 0`, and a woken waiter
+ * only takes its permit later, when its fiber runs, so one release resumes every waiter; all but one
+ * find no permit and re-queue, in Set order rather than arrival order. With thousands of fibers
+ * waiting on a few permits each release costs O(waiters): the bench measured 2,000 waiters on 1
+ * permit taking 33.5 s, against 82 ms for this FIFO hand-off. We have exactly that shape (every
+ * in-flight run waiting for an LLM permit).
  *
  * Interruption is safe: a waiter interrupted after its permit was handed over passes it on.
  */

@@ -1,7 +1,7 @@
 import { it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, FiberId, Ref } from "effect"
 import { expect } from "vitest"
-import { makeFairSemaphore } from "../../src/services/FairSemaphore.js"
+import { makeFairSemaphore } from "../../src/primitives/FairSemaphore.js"
 
 it.effect("never lets more than its permits through, and serves waiters first in, first out", () =>
   Effect.gen(function* () {
