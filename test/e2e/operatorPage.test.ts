@@ -191,7 +191,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     await expect.poll(() => daveState.textContent().catch(() => null), { timeout: 20_000 }).toBe("quarantined")
     expect(await page.locator("#actors tbody tr").first().getAttribute("data-user")).toBe("demo-dave")
     expect(await page.locator('#actors tr[data-user="demo-dave"]').textContent()).toContain("Invalid Date")
-    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: 10_000 }).toContain("user quarantined")
+    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: 10_000 }).toContain("actor quarantined")
     await page.click('#actors tr[data-user="demo-dave"] td')
     await page.locator('[data-mission="demo-dave-far"]').waitFor({ timeout: 10_000 })
     await shot(page, "4-quarantined")
