@@ -20,7 +20,7 @@ import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import {
   type RecordState,
   type ReplayRow,
-  applyChange,
+  applyChanges,
   fieldTimesProblem,
   initialState,
   isApplicable,
@@ -86,6 +86,24 @@ const LogRow = Schema.Struct({
 })
 type LogRow = typeof LogRow.Type
 const decodeLogRow = Schema.decodeUnknownEither(LogRow)
+
+/** What LogRow's schema accepts, checked without building a parse result (see decodeRows). */
+const isLogRowShape = (r: Record<string, unknown>): r is Record<string, unknown> & LogRow =>
+  typeof r.id === "string" &&
+  typeof r.user_id === "string" &&
+  typeof r.record_id === "string" &&
+  typeof r.at === "string" &&
+  (r.op === "insert" || r.op === "update" || r.op === "delete") &&
+  "data" in r &&
+  "field_timestamps" in r
+
+/** Whether noteRowProblems has anything to say about a row (most rows: no). */
+const rowHasProblem = (row: LogRow): boolean =>
+  row.op === "delete"
+    ? fieldTimesProblem(row.field_timestamps, row.data) !== null
+    : typeof row.data !== "object" || row.data === null || Array.isArray(row.data)
+      ? true
+      : fieldTimesProblem(row.field_timestamps, row.data) !== null
 
 const toReplayRow = (row: LogRow): ReplayRow => ({
   id: row.id,
@@ -309,6 +327,12 @@ export const makeMissionStore = (
       Effect.gen(function* () {
         const rows: Array<LogRow> = []
         for (const r of raw) {
+          // The shape checked by hand first (a million rows in a first discovery); the schema only
+          // decides, and explains, a row that fails the check.
+          if (isLogRowShape(r)) {
+            rows.push(r)
+            continue
+          }
           const decoded = decodeLogRow(r)
           if (Either.isRight(decoded)) rows.push(decoded.right)
           else {
@@ -323,16 +347,11 @@ export const makeMissionStore = (
 
     /** Folds rows onto a working snapshot; rows that cannot change a record are noted, not applied. */
     const fold = (start: Working, rows: ReadonlyArray<LogRow>): Working => {
-      let { state, last, problem } = start
-      for (const row of rows) {
-        const replayRow = toReplayRow(row)
-        last = { at: row.at, id: row.id }
-        if (isApplicable(replayRow)) {
-          state = applyChange(state, replayRow)
-          problem = null
-        } else problem = rowProblem(row)
-      }
-      return { ...start, state, last, problem }
+      const last = rows[rows.length - 1]
+      if (last === undefined) return start
+      // The problem is the last row's: an applicable row clears it, any other row sets it.
+      const problem = isApplicable(toReplayRow(last)) ? null : rowProblem(last)
+      return { ...start, state: applyChanges(start.state, rows.map(toReplayRow)), last: { at: last.at, id: last.id }, problem }
     }
 
     const loadWorking = (keys: ReadonlyArray<{ user_id: string; record_id: string }>) =>
@@ -523,7 +542,7 @@ export const makeMissionStore = (
         let current: Array<LogRow> = []
         for (;;) {
           // The count of a FETCH cannot be a parameter: a constant of the text.
-          const raw = yield* sql<Record<string, unknown>>`FETCH FORWARD 2000 FROM mana_ai_discovery`
+          const raw = yield* sql<Record<string, unknown>>`FETCH FORWARD 5000 FROM mana_ai_discovery`
           rowsRead += raw.length
           const ids: Array<string> = []
           const ats: Array<string> = []
@@ -536,7 +555,7 @@ export const makeMissionStore = (
             }
           }
           for (const row of yield* decodeRows(raw)) {
-            yield* noteRowProblems(row)
+            if (rowHasProblem(row)) yield* noteRowProblems(row)
             const head = current[0]
             if (head !== undefined && (head.user_id !== row.user_id || head.record_id !== row.record_id)) {
               records.push(current)
@@ -548,12 +567,12 @@ export const makeMissionStore = (
               records = []
             }
           }
-          const done = raw.length < 2000
+          const done = raw.length < 5000
           if (done && current.length > 0) {
             records.push(current)
             current = []
           }
-          if (done || records.length > 0) {
+          if (done) {
             changed.push(...(yield* applyRecords(records)))
             records = []
           }
