@@ -5,8 +5,9 @@
  * applied, so a row whose transaction committed late (an earlier created_at) is still seen; each
  * record is replayed incrementally from its snapshot, or again from the log when a row sorts before
  * what the snapshot already holds. One refresh is one pass over one server-side cursor sorted by
- * record, so the first discovery of a long history and a burst of rows cost one read of their rows. Timestamps travel as exact UTC text (microseconds): a JS Date
- * would round them and break the (created_at, id) order. Each pass is one transaction holding an
+ * record, so the first discovery of a long history and a burst of rows cost one read of their rows.
+ * Timestamps travel as exact UTC text (microseconds): a JS Date would round them and break the
+ * (created_at, id) order. Each pass is one transaction holding an
  * advisory lock, so two runner instances never apply the same rows twice. The cursor never runs
  * ahead of the database's now(), and a periodic reconciliation catches rows committed after the
  * window had passed them.
