@@ -9,6 +9,7 @@ const BOTH_GENERATIONS = [
   "test/services/WriteBack.test.ts",
   "test/services/writtenRowTypes.test.ts",
   "test/services/MissionStore.test.ts",
+  "test/services/MissionStoreBootstrap.test.ts",
   "test/services/MissionRunner.test.ts",
   "test/services/InputResolvers.test.ts",
   "test/actors/Supervisor.integration.test.ts",

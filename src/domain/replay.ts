@@ -67,7 +67,8 @@ export const parseInstant = (u: unknown): number | undefined => {
 
 // A data key may be "__proto__"; plain assignment would change the prototype instead of storing it.
 const put = <A>(target: Record<string, A>, key: string, value: A): void => {
-  Object.defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true })
+  if (key === "__proto__") Object.defineProperty(target, key, { value, writable: true, enumerable: true, configurable: true })
+  else target[key] = value
 }
 
 const fieldTime = (fieldTimestamps: unknown, field: string, fallback: number): number => {
@@ -104,22 +105,14 @@ export const fieldTimesProblem = (
 /** Whether a row can change a record at all: a delete, or a row whose `data` is an object. */
 export const isApplicable = (row: ReplayRow): boolean => row.op === "delete" || isPlainObject(row.data)
 
-/**
- * Applies one row; rows must come in `(created_at, id)` order. A row whose data is not an object
- * (other than a delete) returns the state unchanged, so callers can detect and count it.
- */
-export const applyChange = (state: RecordState, row: ReplayRow): RecordState => {
-  if (row.op === "delete") return initialState
-  const data = row.data
-  if (!isPlainObject(data)) return state
+/** Merges one row's fields into a record and its times (both owned by the caller): field-level LWW. */
+const mergeFields = (
+  record: Record<string, unknown>,
+  times: Record<string, number>,
+  row: ReplayRow,
+  data: Record<string, unknown>,
+): void => {
   const rowTime = row.created_at.getTime()
-  const record: Record<string, unknown> = {}
-  const times: Record<string, number> = {}
-  if (state.record === null) put(record, "id", row.record_id)
-  else {
-    for (const [k, v] of Object.entries(state.record)) put(record, k, v)
-    for (const [k, v] of Object.entries(state.times)) put(times, k, v)
-  }
   for (const [field, value] of Object.entries(data)) {
     // record_id is authoritative for the id; a data field cannot rename the record.
     if (field === "id") continue
@@ -130,7 +123,59 @@ export const applyChange = (state: RecordState, row: ReplayRow): RecordState => 
       put(times, field, t)
     }
   }
+}
+
+const copyState = (state: RecordState): { record: Record<string, unknown>; times: Record<string, number> } => {
+  const record: Record<string, unknown> = {}
+  const times: Record<string, number> = {}
+  for (const [k, v] of Object.entries(state.record ?? {})) put(record, k, v)
+  for (const [k, v] of Object.entries(state.times)) put(times, k, v)
   return { record, times }
+}
+
+/**
+ * Applies one row; rows must come in `(created_at, id)` order. A row whose data is not an object
+ * (other than a delete) returns the state unchanged, so callers can detect and count it.
+ */
+export const applyChange = (state: RecordState, row: ReplayRow): RecordState => {
+  if (row.op === "delete") return initialState
+  const data = row.data
+  if (!isPlainObject(data)) return state
+  let next: { record: Record<string, unknown>; times: Record<string, number> }
+  if (state.record === null) {
+    next = { record: {}, times: {} }
+    put(next.record, "id", row.record_id)
+  } else next = copyState(state)
+  mergeFields(next.record, next.times, row, data)
+  return next
+}
+
+/**
+ * The same as folding applyChange over `rows` (in log order), with one working copy of the record
+ * for all of them instead of one per row: what a first discovery of a long history needs.
+ */
+export const applyChanges = (state: RecordState, rows: Iterable<ReplayRow>): RecordState => {
+  let current: RecordState = state
+  // The working copy this call owns (null: `current` is not ours to change).
+  let own: { record: Record<string, unknown>; times: Record<string, number> } | null = null
+  for (const row of rows) {
+    if (row.op === "delete") {
+      current = initialState
+      own = null
+      continue
+    }
+    const data = row.data
+    if (!isPlainObject(data)) continue
+    if (own === null) {
+      if (current.record === null) {
+        own = { record: {}, times: {} }
+        put(own.record, "id", row.record_id)
+      } else own = copyState(current)
+      current = own
+    }
+    mergeFields(own.record, own.times, row, data)
+  }
+  return current
 }
 
 /** Total order of the event log: `created_at`, then `id` (byte order, as Postgres sorts a uuid). */

@@ -4,8 +4,10 @@
  * refresh reads mission rows newer than the cursor minus a look-back window, skipping ids already
  * applied, so a row whose transaction committed late (an earlier created_at) is still seen; each
  * record is replayed incrementally from its snapshot, or again from the log when a row sorts before
- * what the snapshot already holds. Timestamps travel as exact UTC text (microseconds): a JS Date
- * would round them and break the (created_at, id) order. Each batch is one transaction holding an
+ * what the snapshot already holds. One refresh is one pass over one server-side cursor sorted by
+ * record, so the first discovery of a long history and a burst of rows cost one read of their rows.
+ * Timestamps travel as exact UTC text (microseconds): a JS Date would round them and break the
+ * (created_at, id) order. Each pass is one transaction holding an
  * advisory lock, so two runner instances never apply the same rows twice. The cursor never runs
  * ahead of the database's now(), and a periodic reconciliation catches rows committed after the
  * window had passed them.
@@ -19,7 +21,7 @@ import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import {
   type RecordState,
   type ReplayRow,
-  applyChange,
+  applyChanges,
   fieldTimesProblem,
   initialState,
   isApplicable,
@@ -41,7 +43,7 @@ import {
 export interface MissionStoreOptions {
   /** How far behind the cursor each refresh re-reads (default: DISCOVERY_LOOKBACK_MS). */
   readonly lookback?: Duration.DurationInput
-  /** Event-log rows per transaction. */
+  /** Mission records loaded, judged and written per statement within a refresh's one pass. */
   readonly batchSize?: number
   /** How often a refresh also reconciles every mission with the log (default: DISCOVERY_RECONCILE_INTERVAL_MS). */
   readonly reconcileInterval?: Duration.DurationInput
@@ -85,6 +87,24 @@ const LogRow = Schema.Struct({
 })
 type LogRow = typeof LogRow.Type
 const decodeLogRow = Schema.decodeUnknownEither(LogRow)
+
+/** What LogRow's schema accepts, checked without building a parse result (see decodeRows). */
+const isLogRowShape = (r: Record<string, unknown>): r is Record<string, unknown> & LogRow =>
+  typeof r.id === "string" &&
+  typeof r.user_id === "string" &&
+  typeof r.record_id === "string" &&
+  typeof r.at === "string" &&
+  (r.op === "insert" || r.op === "update" || r.op === "delete") &&
+  "data" in r &&
+  "field_timestamps" in r
+
+/** Whether noteRowProblems has anything to say about a row (most rows: no). */
+const rowHasProblem = (row: LogRow): boolean =>
+  row.op === "delete"
+    ? fieldTimesProblem(row.field_timestamps, row.data) !== null
+    : typeof row.data !== "object" || row.data === null || Array.isArray(row.data)
+      ? true
+      : fieldTimesProblem(row.field_timestamps, row.data) !== null
 
 const toReplayRow = (row: LogRow): ReplayRow => ({
   id: row.id,
@@ -255,7 +275,8 @@ const canonicalJson = (u: unknown): string =>
 // ---------------------------------------------------------------- the store
 
 /**
- * Mission rows after `cursorAt - lookback` not applied yet, in log order. Served by the partial index
+ * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, sorted by record and then in
+ * log order (the order one pass folds them in). Served by the partial index
  * sync_changes_ai_missions_created_idx even under the runner's RLS policies (see the EXPLAIN test),
  * so a refresh with no new rows costs the window, not the history.
  */
@@ -264,7 +285,8 @@ export const newMissionRowsQuery = (
   options: {
     readonly cursorAt: string
     readonly lookback: string
-    readonly limit: number
+    /** The newest created_at this pass reads (exact UTC text). */
+    readonly upTo: string
     /** The per-field time column of the generation found (EventLogSchema). */
     readonly timeColumn: SyncGeneration
   },
@@ -274,9 +296,9 @@ export const newMissionRowsQuery = (
   FROM sync_changes s
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
     AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
+    AND s.created_at <= ${options.upTo}::timestamptz
     AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
-  ORDER BY s.created_at, s.id
-  LIMIT ${options.limit}`
+  ORDER BY s.user_id, s.record_id, s.created_at, s.id`
 
 export const makeMissionStore = (
   options: MissionStoreOptions = {},
@@ -290,8 +312,6 @@ export const makeMissionStore = (
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
 
     const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
-
-    const readNewRows = (cursorAt: string) => newMissionRowsQuery(sql, { cursorAt, lookback, limit: batchSize, timeColumn })
 
     /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
     const readRecord = (userId: string, recordId: string, upTo: Position) =>
@@ -308,6 +328,12 @@ export const makeMissionStore = (
       Effect.gen(function* () {
         const rows: Array<LogRow> = []
         for (const r of raw) {
+          // The shape checked by hand first (a million rows in a first discovery); the schema only
+          // decides, and explains, a row that fails the check.
+          if (isLogRowShape(r)) {
+            rows.push(r)
+            continue
+          }
           const decoded = decodeLogRow(r)
           if (Either.isRight(decoded)) rows.push(decoded.right)
           else {
@@ -322,16 +348,11 @@ export const makeMissionStore = (
 
     /** Folds rows onto a working snapshot; rows that cannot change a record are noted, not applied. */
     const fold = (start: Working, rows: ReadonlyArray<LogRow>): Working => {
-      let { state, last, problem } = start
-      for (const row of rows) {
-        const replayRow = toReplayRow(row)
-        last = { at: row.at, id: row.id }
-        if (isApplicable(replayRow)) {
-          state = applyChange(state, replayRow)
-          problem = null
-        } else problem = rowProblem(row)
-      }
-      return { ...start, state, last, problem }
+      const last = rows[rows.length - 1]
+      if (last === undefined) return start
+      // The problem is the last row's: an applicable row clears it, any other row sets it.
+      const problem = isApplicable(toReplayRow(last)) ? null : rowProblem(last)
+      return { ...start, state: applyChanges(start.state, rows.map(toReplayRow)), last: { at: last.at, id: last.id }, problem }
     }
 
     const loadWorking = (keys: ReadonlyArray<{ user_id: string; record_id: string }>) =>
@@ -418,46 +439,38 @@ export const makeMissionStore = (
         ),
       )
 
-    /** Applies one batch of new rows: one transaction, serialised between runner instances. */
-    const refreshBatch = sql.withTransaction(
+    /** Counts and logs what is wrong with one row (the row is applied or noted all the same, as before). */
+    const noteRowProblems = (row: LogRow) =>
       Effect.gen(function* () {
-        yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
-        const cursor = yield* sql<{ at: string }>`
-          SELECT ${exactUtc(sql, "created_at")} AS at FROM mana_ai.discovery_cursor`
-        const raw = yield* readNewRows(cursor[0]?.at ?? "-infinity")
-        if (raw.length === 0) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
-        const rows = yield* decodeRows(raw)
-
-        const byRecord = new Map<string, Array<LogRow>>()
-        for (const row of rows) {
-          const key = keyOf(row.user_id, row.record_id)
-          const list = byRecord.get(key)
-          if (list === undefined) byRecord.set(key, [row])
-          else list.push(row)
-          if (!isApplicable(toReplayRow(row))) {
-            yield* countRow("data-not-object")
-            yield* Effect.logWarning("Mission row not applied: its data is not an object").pipe(
-              Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: rowProblem(row) }),
+        if (!isApplicable(toReplayRow(row))) {
+          yield* countRow("data-not-object")
+          yield* Effect.logWarning("Mission row not applied: its data is not an object").pipe(
+            Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: rowProblem(row) }),
+          )
+        } else {
+          // Applied all the same: the row's created_at stands in for the times it lacks (SPEC §2).
+          const problem = fieldTimesProblem(row.field_timestamps, row.data)
+          if (problem !== null) {
+            yield* countRow(problem.reason)
+            yield* Effect.logWarning(`Mission row's ${timeColumn} ignored where unusable: ${problem.detail}`).pipe(
+              Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: problem.reason }),
             )
-          } else {
-            // Applied all the same: the row's created_at stands in for the times it lacks (SPEC §2).
-            const problem = fieldTimesProblem(row.field_timestamps, row.data)
-            if (problem !== null) {
-              yield* countRow(problem.reason)
-              yield* Effect.logWarning(`Mission row's ${timeColumn} ignored where unusable: ${problem.detail}`).pipe(
-                Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: problem.reason }),
-              )
-            }
           }
         }
-        const stored = yield* loadWorking(
-          [...byRecord.values()].map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })),
-        )
+      })
 
+    /**
+     * Applies the new rows of some records (each list: one record's rows, in log order) onto their
+     * stored snapshots, judges each record once and writes the snapshots in one statement.
+     */
+    const applyRecords = (records: ReadonlyArray<ReadonlyArray<LogRow>>) =>
+      Effect.gen(function* () {
+        if (records.length === 0) return [] as Array<MissionSnapshot>
+        const stored = yield* loadWorking(records.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
         const results: Array<{ working: Working; judgement: Judgement }> = []
-        for (const [key, list] of byRecord) {
+        for (const list of records) {
           const first = list[0]!
-          const base: Working = stored.get(key) ?? {
+          const base: Working = stored.get(keyOf(first.user_id, first.record_id)) ?? {
             userId: first.user_id,
             recordId: first.record_id,
             state: initialState,
@@ -469,7 +482,7 @@ export const makeMissionStore = (
           let working: Working
           if (late) {
             // A row committed late sorts inside what the snapshot holds: replay the record again, up to
-            // the newest row the snapshot or this batch holds (later ones arrive as ordinary new rows).
+            // the newest row the snapshot or this pass holds (later ones arrive as ordinary new rows).
             const newest = list[list.length - 1]!
             const upTo = comparePositions(newest, baseLast) > 0 ? newest : baseLast
             const history = yield* decodeRows(yield* readRecord(first.user_id, first.record_id, upTo))
@@ -482,34 +495,109 @@ export const makeMissionStore = (
           }
           results.push({ working, judgement: yield* judgeAndLog(working) })
         }
-
         yield* saveSnapshots(results)
+        return changedSnapshots(results)
+      })
 
-        // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
-        const applied = raw.map((r) => ({ id: String(r.id), at: String(r.at) }))
-        yield* sql`
-          INSERT INTO mana_ai.applied_changes (change_id, created_at)
-          SELECT x.id::uuid, x.at::timestamptz FROM jsonb_to_recordset(${JSON.stringify(applied)}::jsonb) AS x(id text, at text)
-          ON CONFLICT (change_id) DO NOTHING`
-        // Rows come in log order: the last is the newest. The cursor never runs ahead of the database's
-        // now(): one row stamped in the future must not carry it past rows still to commit (they would
-        // fall behind the window); a future row stays in the window, skipped as applied, until its time.
-        const newest = applied[applied.length - 1]!.at
+    /** Marks rows applied: only those still inside the window after this pass (older ones are never re-read). */
+    const markApplied = (ids: ReadonlyArray<string>, ats: ReadonlyArray<string>) =>
+      ids.length === 0
+        ? Effect.void
+        : sql`
+            INSERT INTO mana_ai.applied_changes (change_id, created_at)
+            SELECT x.id::uuid, x.at::timestamptz
+            FROM unnest(string_to_array(${ids.join(",")}, ','), string_to_array(${ats.join(",")}, ',')) AS x(id, at)
+            ON CONFLICT (change_id) DO NOTHING`.pipe(Effect.asVoid)
+
+    /**
+     * One refresh: every new mission row in one pass, in one transaction serialised between runner
+     * instances. The rows come from one server-side cursor sorted by record, so each record is loaded,
+     * folded, judged and written once per pass however many rows it got: the first discovery of a long
+     * history and a burst inside the look-back window cost one sort and one read of their rows, not one
+     * re-scan of the window per page (SPEC §2: the same field-level replay as row by row; a test
+     * compares both on the same rows).
+     */
+    const refreshPass = sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
+        const cursor = yield* sql<{ at: string }>`
+          SELECT ${exactUtc(sql, "created_at")} AS at FROM mana_ai.discovery_cursor`
+        const cursorAt = cursor[0]?.at ?? "-infinity"
+        // The newest mission row now (the partial index's last entry): the pass reads up to it, rows
+        // committed meanwhile wait for the next refresh. The cursor will be `next` (never beyond now(),
+        // which is fixed for the transaction), so rows after `keepAfter` are the ones to mark applied.
+        const [bounds] = yield* sql<{ up_to: string | null; keep_after: string | null }>`
+          SELECT ${exactUtc(sql, "x.m")} AS up_to,
+                 ${exactUtc(sql, "x.next")} AS keep_after
+          FROM (SELECT m, LEAST(GREATEST(${cursorAt}::timestamptz, m), now()) - ${lookback}::interval AS next
+                FROM (SELECT max(s.created_at) AS m FROM sync_changes s
+                      WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}) y) x`
+        const upTo = bounds?.up_to ?? null
+        const keepAfter = bounds?.keep_after ?? null
+        if (upTo === null || keepAfter === null) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
+        yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
+
+        const changed: Array<MissionSnapshot> = []
+        let rowsRead = 0
+        let records: Array<Array<LogRow>> = []
+        let current: Array<LogRow> = []
+        for (;;) {
+          // The count of a FETCH cannot be a parameter: a constant of the text.
+          const raw = yield* sql<Record<string, unknown>>`FETCH FORWARD 5000 FROM mana_ai_discovery`
+          rowsRead += raw.length
+          const ids: Array<string> = []
+          const ats: Array<string> = []
+          // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+          for (const r of raw) {
+            const at = String(r.at)
+            if (at > keepAfter) {
+              ids.push(String(r.id))
+              ats.push(at)
+            }
+          }
+          for (const row of yield* decodeRows(raw)) {
+            if (rowHasProblem(row)) yield* noteRowProblems(row)
+            const head = current[0]
+            if (head !== undefined && (head.user_id !== row.user_id || head.record_id !== row.record_id)) {
+              records.push(current)
+              current = []
+            }
+            current.push(row)
+            if (records.length >= batchSize) {
+              changed.push(...(yield* applyRecords(records)))
+              records = []
+            }
+          }
+          const done = raw.length < 5000
+          if (done && current.length > 0) {
+            records.push(current)
+            current = []
+          }
+          if (done) {
+            changed.push(...(yield* applyRecords(records)))
+            records = []
+          }
+          yield* markApplied(ids, ats)
+          if (done) break
+        }
+        yield* sql`CLOSE mana_ai_discovery`
+        if (rowsRead === 0) return { rowsRead, changed }
+
+        // The cursor never runs ahead of the database's now(): one row stamped in the future must not
+        // carry it past rows still to commit (they would fall behind the window); a future row stays in
+        // the window, skipped as applied, until its time.
         yield* sql`
           INSERT INTO mana_ai.discovery_cursor AS c (singleton, created_at)
-          VALUES (true, LEAST(${newest}::timestamptz, now()))
+          VALUES (true, LEAST(${upTo}::timestamptz, now()))
           ON CONFLICT (singleton) DO UPDATE
             SET created_at = LEAST(GREATEST(c.created_at, EXCLUDED.created_at), now()), updated_at = now()`
         // Ids older than the window are never read again.
         yield* sql`
           DELETE FROM mana_ai.applied_changes
           WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
-
-        const changed = changedSnapshots(results)
-        return { rowsRead: raw.length, changed }
+        return { rowsRead, changed }
       }),
     ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect
-
     // ------------------------------------------------------------ reconciliation
     // The incremental path sees a row only while it is inside the look-back window; a sync transaction
     // open longer than the window commits rows the window has already passed. Reconciliation replays
@@ -663,13 +751,9 @@ export const makeMissionStore = (
 
     const refresh: Effect.Effect<RefreshResult, SqlError> = Effect.gen(function* () {
       const changed = new Map<string, MissionSnapshot>()
-      let rowsRead = 0
-      for (;;) {
-        const batch = yield* refreshBatch
-        rowsRead += batch.rowsRead
-        for (const s of batch.changed) changed.set(keyOf(s.userId, s.missionId), s)
-        if (batch.rowsRead < batchSize) break
-      }
+      const pass = yield* refreshPass
+      const rowsRead = pass.rowsRead
+      for (const s of pass.changed) changed.set(keyOf(s.userId, s.missionId), s)
       for (const s of yield* reconcileIfDue) changed.set(keyOf(s.userId, s.missionId), s)
       yield* analyzeIfDue(rowsRead)
       yield* Metric.incrementBy(discoveryRowsRead, rowsRead)

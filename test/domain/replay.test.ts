@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest"
 import {
   applyChange,
+  applyChanges,
   initialState,
   isApplicable,
   isLive,
@@ -281,6 +282,30 @@ describe("replay", () => {
     ]
     const snapshot = JSON.parse(JSON.stringify(replay(rows.slice(0, 2)))) as RecordState
     expect(rows.slice(2).reduce(applyChange, snapshot)).toStrictEqual(replay(rows))
+  })
+
+  it("applyChanges (one working copy) equals folding applyChange row by row, and leaves its input alone", () => {
+    // A fixed pseudo-random walk over ops, data shapes, fields and per-field times (ties included).
+    let x = 7
+    const next = (n: number) => {
+      x = (x * 1103515245 + 12345) % 2147483648
+      return x % n
+    }
+    const times = [T0, T1, T2, T3, "not a time", undefined]
+    for (let c = 0; c < 200; c++) {
+      const rows = Array.from({ length: 1 + next(12) }, (_, i) => {
+        const op = (["insert", "update", "update", "update", "delete"] as const)[next(5)]!
+        const field = ["title", "n", "deletedAt", "__proto__", "id"][next(5)]!
+        const data = next(9) === 0 ? [1] : next(9) === 0 ? null : { [field]: next(4), ...(next(2) ? { other: i } : {}) }
+        const t = times[next(times.length)]
+        return row(times[next(4)]!, op, data, t === undefined ? {} : { [field]: t, other: times[next(4)] })
+      })
+      const start = next(3) === 0 ? initialState : (JSON.parse(JSON.stringify(replay(rows.slice(0, 1)))) as RecordState)
+      const before = JSON.stringify(start)
+      expect(applyChanges(start, rows)).toStrictEqual(rows.reduce(applyChange, start))
+      expect(JSON.stringify(start)).toBe(before)
+    }
+    expect(initialState).toStrictEqual({ record: null, times: {} })
   })
 
   it.each([

@@ -445,7 +445,7 @@ it.layer(StoreLive, { timeout: 180_000 })("MissionStore cost", (it) => {
       const query = newMissionRowsQuery(sql, {
         cursorAt: at,
         lookback: "120000000 microseconds",
-        limit: 1000,
+        upTo: at,
         timeColumn: (yield* TestDatabase).generation,
       })
       const plan = (yield* sql<{ "QUERY PLAN": string }>`EXPLAIN ${query}`).map((r) => r["QUERY PLAN"]).join("\n")
