@@ -6,6 +6,7 @@
  */
 import type { TickReport } from "../actors/Supervisor.js"
 import type { AuditQuery, AuditRow } from "../services/decryptAudit.js"
+import type { LlmBreakerState } from "../services/LlmBreaker.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
 
@@ -47,6 +48,10 @@ export interface ApiBackend {
   readonly tickRunning: Effect.Effect<boolean>
   /** The user's Mission Grant audit rows, newest first (SPEC §15); absent: the route answers 404. */
   readonly audit?: (userId: string, query: AuditQuery) => Effect.Effect<ReadonlyArray<AuditRow>, BackendError>
+  /** The process's LLM breaker (SPEC §14), shown in /health; absent: not shown. */
+  readonly llmBreaker?: Effect.Effect<LlmBreakerState>
+  /** The user's tokens in the budget window (SPEC §14), joined onto /internal/actors; absent: not shown. */
+  readonly spentInWindow?: (userId: string) => Effect.Effect<number, BackendError>
 }
 
 export interface ServerSettings {

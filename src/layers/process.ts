@@ -22,10 +22,12 @@ import {
   RunnerConfig,
   TokenBudgetConfig,
 } from "../services/AppConfig.js"
+import { AgentPermits } from "../services/AgentPermits.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
+import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
@@ -33,6 +35,8 @@ import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
+import { TokenLedger } from "../services/TokenLedger.js"
+import { TokenLedgerLive } from "../services/TokenLedgerLive.js"
 import { readUserMissions } from "../services/userMissions.js"
 import { WriteBackLive } from "../services/WriteBackLive.js"
 import type { StartupConfig } from "./startupConfig.js"
@@ -66,15 +70,25 @@ export const configLayer = (config: StartupConfig) =>
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
 export const runnerServicesLayer = (planner: PlannerKind) => {
   const permits = GlobalLlmPermits.layer
+  // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
+  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer)
   const plannerLayer =
-    planner === "llm" ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits)) : PlannerOffline
+    planner === "llm"
+      ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
+      : PlannerOffline
   return MissionRunnerLive.pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
+    Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.layer),
   )
 }
 
-const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): ApiBackend => ({
+const backendFor = (
+  supervisor: Supervisor["Type"],
+  sql: SqlClient.SqlClient,
+  breaker: LlmBreaker["Type"],
+  ledger: TokenLedger["Type"],
+): ApiBackend => ({
   tick: supervisor.tick,
   actors: supervisor.status,
   restart: supervisor.restart,
@@ -90,6 +104,12 @@ const backendFor = (supervisor: Supervisor["Type"], sql: SqlClient.SqlClient): A
       Effect.provideService(SqlClient.SqlClient, sql),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
       Effect.tapErrorCause((cause) => Effect.logError("GET /internal/audit failed", cause)),
+    ),
+  llmBreaker: breaker.state,
+  spentInWindow: (userId) =>
+    ledger.spentInWindow({ _tag: "User", userId }).pipe(
+      Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
+      Effect.tapErrorCause((cause) => Effect.logError("reading a user's token spend failed", cause)),
     ),
 })
 
@@ -125,7 +145,7 @@ const MetricsRegistered = Layer.effectDiscard(
 const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const state = yield* ServerState
-    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient))
+    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient, yield* LlmBreaker, yield* TokenLedger))
     yield* state.setPhase("ready")
     yield* Effect.logInfo("mana-ai is ready")
     yield* Effect.addFinalizer(() =>

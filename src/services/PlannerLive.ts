@@ -15,22 +15,65 @@ import {
   validatePlan,
   validateToolCalls,
 } from "../domain/planParser.js"
-import { buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
+import { catalogueFor, personaText } from "../domain/agent.js"
+import { type PromptMessage, buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
 import { functionTools } from "../domain/tools.js"
 import { LlmConfig } from "./AppConfig.js"
-import { LlmClient, type TokenUsage } from "./LlmClient.js"
+import { type ChatMessage, type CompleteOptions, type FunctionTool, LlmClient, type TokenUsage } from "./LlmClient.js"
 import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metrics.js"
-import { PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
+import { BudgetExhausted, PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
+import { TokenLedger, answerKey } from "./TokenLedger.js"
 import { ToolCatalog } from "./ToolCatalog.js"
 
-/** Needs LlmClient, ToolCatalog and LlmConfig. */
+/** The agent's persona (plain text only, SPEC §14) appended to the system message. */
+export const withPersona = (prompt: ReadonlyArray<PromptMessage>, persona: string | undefined): ReadonlyArray<PromptMessage> =>
+  persona === undefined
+    ? prompt
+    : prompt.map((m, i) => (i === 0 && m.role === "system" ? { ...m, content: `${m.content}\n\n${persona}` } : m))
+
+/** Needs LlmClient, ToolCatalog and LlmConfig; with a TokenLedger, runs with a `run` context are budgeted. */
 export const PlannerLive = Layer.effect(
   Planner,
   Effect.gen(function* () {
     const llm = yield* LlmClient
-    const { tools } = yield* ToolCatalog
+    const { tools: allTools } = yield* ToolCatalog
     const { repairAttempts, plannerMode, maxRounds } = yield* LlmConfig
-    const offered = functionTools(tools)
+    const ledger = yield* Effect.serviceOption(TokenLedger)
+
+    /**
+     * One LLM request of a run (SPEC §14): the budget checked before it (repair turns and tool rounds
+     * alike), the answer's usage recorded right after it under a key of its own, so a retried
+     * write-back or a re-run cannot count it twice. `ordinal` counts the run's answers.
+     */
+    const ask = (input: PlannerInput, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
+      Effect.gen(function* () {
+        const run = input.run
+        if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
+        const verdict = yield* ledger.value.budgetCheck({ userId: run.userId, agent: input.agent })
+        if (verdict._tag === "Exhausted") {
+          return yield* new BudgetExhausted({
+            budget: verdict.budget,
+            spent: verdict.spent,
+            limit: verdict.limit,
+            ...Option.match(verdict.freeAt, { onNone: () => ({}), onSome: (d) => ({ freeAtMs: d.getTime() }) }),
+          })
+        }
+        const answer = yield* llm.complete(messages, options)
+        if (Option.isSome(answer.usage)) {
+          yield* ledger.value.record(run.userId, [
+            {
+              userId: run.userId,
+              agentId: input.agent?.id ?? null,
+              missionId: input.mission.id,
+              iterationId: run.iterationId,
+              answerKey: answerKey(run.iterationId, run.attemptId, ordinal),
+              tokens: answer.usage.value.totalTokens,
+              at: new Date(yield* Clock.currentTimeMillis),
+            },
+          ])
+        }
+        return answer
+      })
 
     /** Counts and logs one rejected answer; fails with PlanRejected once the repair turns are used up. */
     const rejectedAnswer = (missionId: string, rejection: Rejection, rejected: number) =>
@@ -47,18 +90,19 @@ export const PlannerLive = Layer.effect(
 
     const planJson = (input: PlannerInput, now: Date) =>
       Effect.gen(function* () {
-        const prompt = buildPrompt({
+        const tools = catalogueFor(allTools, input.agent)
+        const prompt = withPersona(buildPrompt({
           mission: input.mission,
           resolvedInputs: input.resolvedInputs,
           tools,
           now,
           mode: "json",
           ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-        })
+        }), personaText(input.agent))
         const usage: Array<TokenUsage> = []
         let messages = prompt
         for (let rejected = 0; ; rejected++) {
-          const answer = yield* llm.complete(messages)
+          const answer = yield* ask(input, rejected, messages)
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const parsed = parsePlan(answer.content, tools)
           if (Either.isRight(parsed)) {
@@ -77,21 +121,24 @@ export const PlannerLive = Layer.effect(
      */
     const planTools = (input: PlannerInput, now: Date) =>
       Effect.gen(function* () {
-        let messages = buildPrompt({
+        const tools = catalogueFor(allTools, input.agent)
+        const offered: ReadonlyArray<FunctionTool> = functionTools(tools)
+        let messages = withPersona(buildPrompt({
           mission: input.mission,
           resolvedInputs: input.resolvedInputs,
           tools,
           now,
           mode: "tools",
           ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-        })
+        }), personaText(input.agent))
         const usage: Array<TokenUsage> = []
+        let answers = 0
         const steps: Array<PlannedStep> = []
         let summary = ""
         let rejected = 0
         let rounds = 0
         while (rounds < maxRounds && steps.length < MAX_PLAN_STEPS) {
-          const answer = yield* llm.complete(messages, { tools: offered })
+          const answer = yield* ask(input, answers++, messages, { tools: offered })
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const text = checkSummaryText(answer.content)
           const checked: Either.Either<ReadonlyArray<PlannedStep>, { rejection: Rejection; perCall: ReadonlyArray<string> }> =
@@ -144,9 +191,10 @@ export const PlannerLive = Layer.effect(
 export const PlannerOffline = Layer.effect(
   Planner,
   Effect.gen(function* () {
-    const { tools } = yield* ToolCatalog
+    const { tools: allTools } = yield* ToolCatalog
     const plan = (input: PlannerInput) =>
       Effect.sync((): PlannerResult => {
+        const tools = catalogueFor(allTools, input.agent)
         // Its plan is written to the event log in clear: decrypted inputs (SPEC §15) must not reach it.
         const readable = input.resolvedInputs.filter((i) => i.confidential !== true)
         const draft = validatePlan(offlinePlan(input.mission, readable), tools).pipe(
