@@ -22,6 +22,7 @@ import {
 import { runnerServices, runOnce, snapshotOf, missionOf } from "../support/RunnerStack.js"
 import { TestDatabaseLive } from "../support/TestDatabase.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
+import { LlmBreaker } from "../../src/services/LlmBreaker.js"
 
 const USAGE = { prompt_tokens: 150, completion_tokens: 50 } // 200 tokens per answer
 
@@ -337,6 +338,34 @@ it.layer(ToolsStack, { timeout: 180_000 })("agents in runs (tools planner)", (it
       expect(repair.some((c) => c.includes("create_place"))).toBe(true)
       for (const r of requests) expect(toolsOf(r).map((t) => t.function.name)).toEqual(["create_task"])
       expect(messagesOf(requests[0]).find((m) => m.role === "system")?.content ?? "").toContain("Plan gently.")
+    }).pipe(TestServices.provideLive),
+  )
+})
+
+// A deadline shorter than the breaker's 5 s cool-down: a run that waits for it inside the deadline times out.
+const BreakerStack = runnerServices({ plannerMode: "json", missionTimeout: "2 seconds", breakerFailures: 2 }).pipe(
+  Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
+)
+
+it.layer(BreakerStack, { timeout: 180_000 })("the breaker and the run's deadline", (it) => {
+  it.effect("a run due while the breaker is open waits outside its deadline and is written once the probe succeeds", () =>
+    Effect.gen(function* () {
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      const breaker = yield* LlmBreaker
+      // Two transient failures in a row (the process's other runs) open it for 5 s.
+      for (let i = 0; i < 2; i++) yield* Effect.either(breaker.guard(Effect.fail("transient"), () => true))
+      expect((yield* breaker.state).state).toBe("open")
+      const user = fresh("brk")
+      const missionId = yield* insertMission(user)
+      const t0 = Date.now()
+      const outcome = outcomeOf(yield* runOnce(user, missionId))
+      expect(outcome).toMatchObject({ _tag: "Written" })
+      const requests = yield* standIn.requests
+      expect(requests).toHaveLength(1)
+      // Nothing was sent before the cool-down ended (it opened just before t0).
+      expect(requests[0]!.receivedAt - t0).toBeGreaterThanOrEqual(4_500)
+      expect((yield* breaker.state).state).toBe("closed")
     }).pipe(TestServices.provideLive),
   )
 })
