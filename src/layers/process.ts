@@ -36,7 +36,7 @@ import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
 import { TokenLedger } from "../services/TokenLedger.js"
-import { TokenLedgerLive } from "../services/TokenLedgerLive.js"
+import { TokenLedgerLive, TokenUsagePruneLive } from "../services/TokenLedgerLive.js"
 import { readUserMissions } from "../services/userMissions.js"
 import { WriteBackLive } from "../services/WriteBackLive.js"
 import type { StartupConfig } from "./startupConfig.js"
@@ -167,6 +167,8 @@ export const processLayer = <E, R>(
     options.afterMigrations === undefined ? MigrationsLive : options.afterMigrations.pipe(Layer.provideMerge(MigrationsLive))
   return LifecycleLive.pipe(
     Layer.provideMerge(SupervisorLive),
+    // Token usage older than 48 h is pruned at start and periodically (SPEC §14).
+    Layer.provideMerge(TokenUsagePruneLive),
     Layer.provideMerge(runnerServicesLayer(options.planner)),
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
     Layer.provideMerge(GrantKeyring.layer),

@@ -4,7 +4,7 @@
  * LLM client, ledger, breaker and agent permits) against the HTTP stand-in for the LLM.
  */
 import { it } from "@effect/vitest"
-import { Effect, Either, Layer, Metric, TestServices } from "effect"
+import { Effect, Either, Layer, Metric, Option, TestServices } from "effect"
 import { expect } from "vitest"
 import type { RunOutcome } from "../../src/services/MissionRunner.js"
 import { agentDecisionsTotal } from "../../src/services/metrics.js"
@@ -366,6 +366,41 @@ it.layer(BreakerStack, { timeout: 180_000 })("the breaker and the run's deadline
       // Nothing was sent before the cool-down ended (it opened just before t0).
       expect(requests[0]!.receivedAt - t0).toBeGreaterThanOrEqual(4_500)
       expect((yield* breaker.state).state).toBe("closed")
+    }).pipe(TestServices.provideLive),
+  )
+})
+
+// USER_DAILY_TOKEN_BUDGET=300 for missions without an agent budget; LLM_DAILY_TOKEN_BUDGET=1000 for all.
+const BudgetConfigStack = runnerServices({ plannerMode: "json", tokenBudget: { userDailyTokens: Option.some(300), llmDailyTokens: Option.some(1_000) } }).pipe(
+  Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
+)
+
+it.layer(BudgetConfigStack, { timeout: 180_000 })("USER_DAILY_TOKEN_BUDGET and LLM_DAILY_TOKEN_BUDGET in runs", (it) => {
+  it.effect("a legacy mission falls under the user's budget, an agent's budget replaces it, and the process budget stops every run", () =>
+    Effect.gen(function* () {
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      yield* standIn.setResponder(() => ({ body: completion(planAnswer(defaultPlan), USAGE) }))
+      const user = fresh("usr")
+      yield* insertAgent(user, "agent-big", { maxTokensPerDay: 10_000 })
+      const legacy = yield* Effect.all(Array.from({ length: 3 }, () => insertMission(user)))
+      const underAgent = yield* insertMission(user, { agentId: "agent-big" })
+
+      // 200 tokens per run: the second run starts at 200 (< 300), the third at 400 (≥ 300).
+      expect(outcomeOf(yield* runOnce(user, legacy[0]!))).toMatchObject({ _tag: "Written" })
+      expect(outcomeOf(yield* runOnce(user, legacy[1]!))).toMatchObject({ _tag: "Written" })
+      const third = outcomeOf(yield* runOnce(user, legacy[2]!))
+      expect(third).toMatchObject({ _tag: "Skipped", reason: "skipped-budget", budget: "user" })
+      expect(yield* requestCount).toBe(2)
+      // The agent's own budget applies to its missions instead of the user's.
+      expect(outcomeOf(yield* runOnce(user, underAgent))).toMatchObject({ _tag: "Written" })
+
+      // Other users: the process-wide window (600 so far) reaches 1000 after two more runs.
+      const others = yield* Effect.all(Array.from({ length: 3 }, () => Effect.flatMap(Effect.sync(() => fresh("oth")), (u) => Effect.map(insertMission(u), (m) => [u, m] as const))))
+      expect(outcomeOf(yield* runOnce(others[0]![0], others[0]![1]))).toMatchObject({ _tag: "Written" })
+      expect(outcomeOf(yield* runOnce(others[1]![0], others[1]![1]))).toMatchObject({ _tag: "Written" })
+      expect(outcomeOf(yield* runOnce(others[2]![0], others[2]![1]))).toMatchObject({ _tag: "Skipped", reason: "skipped-budget", budget: "process" })
+      expect(yield* requestCount).toBe(5)
     }).pipe(TestServices.provideLive),
   )
 })
