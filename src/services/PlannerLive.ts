@@ -4,7 +4,7 @@
  * up to PLANNER_REPAIR_ATTEMPTS repair turns carrying the parser's reason. PlannerOffline: the deterministic
  * offline planner, for embedded mode without MANA_LLM_URL.
  */
-import { Clock, Effect, Either, Layer, Metric, Option } from "effect"
+import { Clock, Effect, Either, Layer, Metric, Option, Schedule } from "effect"
 import { OFFLINE_SUMMARY_PREFIX, offlinePlan } from "../domain/offlinePlanner.js"
 import {
   MAX_PLAN_STEPS,
@@ -24,6 +24,13 @@ import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metric
 import { BudgetExhausted, PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
 import { TokenLedger, answerKey } from "./TokenLedger.js"
 import { ToolCatalog } from "./ToolCatalog.js"
+
+/**
+ * A dropped connection under the ledger's read or write must not cost the run (nor the answer already
+ * paid for): a few quick retries, inside the run's deadline. Safe: the check only reads, and the
+ * record is keyed by the answer (a commit whose acknowledgement was lost is not counted twice).
+ */
+const ledgerRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
 /** The agent's persona (plain text only, SPEC §14) appended to the system message. */
 export const withPersona = (prompt: ReadonlyArray<PromptMessage>, persona: string | undefined): ReadonlyArray<PromptMessage> =>
@@ -49,7 +56,7 @@ export const PlannerLive = Layer.effect(
       Effect.gen(function* () {
         const run = input.run
         if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
-        const verdict = yield* ledger.value.budgetCheck({ userId: run.userId, agent: input.agent })
+        const verdict = yield* ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry))
         if (verdict._tag === "Exhausted") {
           return yield* new BudgetExhausted({
             budget: verdict.budget,
@@ -70,7 +77,7 @@ export const PlannerLive = Layer.effect(
               tokens: answer.usage.value.totalTokens,
               at: new Date(yield* Clock.currentTimeMillis),
             },
-          ])
+          ]).pipe(Effect.retry(ledgerRetry))
         }
         return answer
       })

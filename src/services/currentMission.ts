@@ -117,7 +117,7 @@ export const readCurrentMissionWithAgent = (
   iterationId: string,
   defaultTimezone: string,
 ): Effect.Effect<CurrentMissionWithAgent, SqlError> =>
-  sql<Record<string, unknown>>`
+  sql`
     SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at
     FROM sync_changes
     WHERE user_id = ${userId} AND (
