@@ -116,9 +116,11 @@ export const readCurrentMissionWithAgent = (
   missionId: string,
   iterationId: string,
   defaultTimezone: string,
+  /** The per-field time column of the event log's generation (SPEC §13), read as field_timestamps. */
+  timeColumn: "field_timestamps" | "field_meta" = "field_timestamps",
 ): Effect.Effect<CurrentMissionWithAgent, SqlError> =>
   sql`
-    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at
+    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps, created_at
     FROM sync_changes
     WHERE user_id = ${userId} AND (
       (app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE} AND record_id = ${missionId})
