@@ -4,7 +4,8 @@
  * up to PLANNER_REPAIR_ATTEMPTS repair turns carrying the parser's reason. PlannerOffline: the deterministic
  * offline planner, for embedded mode without MANA_LLM_URL.
  */
-import { Clock, Effect, Either, Layer, Metric, Option, Schedule } from "effect"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Clock, Effect, Either, Fiber, Layer, Metric, Option, Schedule } from "effect"
 import { OFFLINE_SUMMARY_PREFIX, offlinePlan } from "../domain/offlinePlanner.js"
 import {
   MAX_PLAN_STEPS,
@@ -18,7 +19,7 @@ import {
 import { catalogueFor, personaText } from "../domain/agent.js"
 import { type PromptMessage, buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
 import { functionTools } from "../domain/tools.js"
-import { LlmConfig } from "./AppConfig.js"
+import { LlmConfig, TokenBudgetConfig } from "./AppConfig.js"
 import { type ChatMessage, type CompleteOptions, type FunctionTool, LlmClient, type TokenUsage } from "./LlmClient.js"
 import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metrics.js"
 import { BudgetExhausted, PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
@@ -46,17 +47,48 @@ export const PlannerLive = Layer.effect(
     const { tools: allTools } = yield* ToolCatalog
     const { repairAttempts, plannerMode, maxRounds } = yield* LlmConfig
     const ledger = yield* Effect.serviceOption(TokenLedger)
+    const budgets = yield* Effect.serviceOption(TokenBudgetConfig)
+
+    /** Whether any budget applies to this run (unknown configuration: assume so). */
+    const budgeted = (input: PlannerInput): boolean =>
+      (input.agent?.maxTokensPerDay !== undefined && input.agent.maxTokensPerDay !== null) ||
+      Option.match(budgets, {
+        onNone: () => true,
+        onSome: (b) => Option.isSome(b.userDailyTokens) || Option.isSome(b.llmDailyTokens),
+      })
+
+    /** Usage records of one run still being written (they run beside the next LLM request). */
+    type Pending = Array<Fiber.RuntimeFiber<number, SqlError>>
+    const joinAll = (pending: Pending) => Effect.suspend(() => Effect.forEach(pending.splice(0), Fiber.join, { discard: true }))
+    const awaitAll = (pending: Pending) => Effect.suspend(() => Effect.forEach(pending.splice(0), Fiber.await, { discard: true }))
+
+    /**
+     * Runs one plan with its usage records: every record has landed before the plan returns (a
+     * failed record fails the run); on failure they are awaited; on interruption they finish alone.
+     */
+    const withUsage = <A, E>(body: (pending: Pending) => Effect.Effect<A, E>): Effect.Effect<A, E | SqlError> =>
+      Effect.suspend(() => {
+        const pending: Pending = []
+        return body(pending).pipe(
+          Effect.tap(() => joinAll(pending)),
+          Effect.onError(() => awaitAll(pending)),
+        )
+      })
 
     /**
      * One LLM request of a run (SPEC §14): the budget checked before it (repair turns and tool rounds
      * alike), the answer's usage recorded right after it under a key of its own, so a retried
-     * write-back or a re-run cannot count it twice. `ordinal` counts the run's answers.
+     * write-back or a re-run cannot count it twice. `ordinal` counts the run's answers. The record is
+     * written beside the next request (a daemon fiber: it lands even if the run is interrupted), and
+     * awaited before the next budget check reads the window, so the check always sees it.
      */
-    const ask = (input: PlannerInput, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
+    const ask = (input: PlannerInput, pending: Pending, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
       Effect.gen(function* () {
         const run = input.run
         if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
-        const verdict = yield* ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry))
+        const verdict = budgeted(input)
+          ? yield* Effect.zipRight(joinAll(pending), ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry)))
+          : ({ _tag: "Ok" } as const)
         if (verdict._tag === "Exhausted") {
           return yield* new BudgetExhausted({
             budget: verdict.budget,
@@ -67,7 +99,7 @@ export const PlannerLive = Layer.effect(
         }
         const answer = yield* llm.complete(messages, options)
         if (Option.isSome(answer.usage)) {
-          yield* ledger.value.record(run.userId, [
+          const recording = ledger.value.record(run.userId, [
             {
               userId: run.userId,
               agentId: input.agent?.id ?? null,
@@ -78,6 +110,7 @@ export const PlannerLive = Layer.effect(
               at: new Date(yield* Clock.currentTimeMillis),
             },
           ]).pipe(Effect.retry(ledgerRetry))
+          pending.push(yield* Effect.forkDaemon(recording))
         }
         return answer
       })
@@ -95,7 +128,7 @@ export const PlannerLive = Layer.effect(
         }
       })
 
-    const planJson = (input: PlannerInput, now: Date) =>
+    const planJson = (input: PlannerInput, now: Date, pending: Pending) =>
       Effect.gen(function* () {
         const tools = catalogueFor(allTools, input.agent)
         const prompt = withPersona(buildPrompt({
@@ -109,7 +142,7 @@ export const PlannerLive = Layer.effect(
         const usage: Array<TokenUsage> = []
         let messages = prompt
         for (let rejected = 0; ; rejected++) {
-          const answer = yield* ask(input, rejected, messages)
+          const answer = yield* ask(input, pending, rejected, messages)
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const parsed = parsePlan(answer.content, tools)
           if (Either.isRight(parsed)) {
@@ -126,7 +159,7 @@ export const PlannerLive = Layer.effect(
      * an answer has no calls, the plan holds MAX_PLAN_STEPS, or PLANNER_MAX_ROUNDS rounds were asked.
      * A rejected answer is all-or-nothing and gets a repair turn that is not a round.
      */
-    const planTools = (input: PlannerInput, now: Date) =>
+    const planTools = (input: PlannerInput, now: Date, pending: Pending) =>
       Effect.gen(function* () {
         const tools = catalogueFor(allTools, input.agent)
         const offered: ReadonlyArray<FunctionTool> = functionTools(tools)
@@ -145,7 +178,7 @@ export const PlannerLive = Layer.effect(
         let rejected = 0
         let rounds = 0
         while (rounds < maxRounds && steps.length < MAX_PLAN_STEPS) {
-          const answer = yield* ask(input, answers++, messages, { tools: offered })
+          const answer = yield* ask(input, pending, answers++, messages, { tools: offered })
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const text = checkSummaryText(answer.content)
           const checked: Either.Either<ReadonlyArray<PlannedStep>, { rejection: Rejection; perCall: ReadonlyArray<string> }> =
@@ -187,7 +220,7 @@ export const PlannerLive = Layer.effect(
 
     const plan = (input: PlannerInput) =>
       Effect.flatMap(Clock.currentTimeMillis, (ms) =>
-        plannerMode === "tools" ? planTools(input, new Date(ms)) : planJson(input, new Date(ms)),
+        withUsage((pending) => (plannerMode === "tools" ? planTools(input, new Date(ms), pending) : planJson(input, new Date(ms), pending))),
       ).pipe(Effect.withSpan("Planner.plan", { attributes: { "mission.id": input.mission.id, "planner.mode": plannerMode } }))
 
     return Planner.of({ plan })
