@@ -14,7 +14,7 @@ import { Effect, Exit, Layer, Option, Redacted, Ref, Schema } from "effect"
 import { AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX } from "../services/decryptAudit.js"
 import { overview, pageRouter } from "./OperatorPage.js"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
-import { type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
+import { type ActorView, type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
 export const SERVICE_NAME = "mana-ai"
 
@@ -73,6 +73,7 @@ const health = Effect.gen(function* () {
     summary.total = actors.right.length
     for (const actor of actors.right) summary[actor.state] = (summary[actor.state] ?? 0) + 1
   }
+  const breaker = Option.isSome(backend) && backend.value.llmBreaker !== undefined ? yield* backend.value.llmBreaker : undefined
   return json(200, {
     ok: actors === undefined || actors._tag === "Right",
     service: SERVICE_NAME,
@@ -80,6 +81,7 @@ const health = Effect.gen(function* () {
     phase,
     tick: { enabled: state.settings.tickEnabled, running },
     actors: summary,
+    ...(breaker === undefined ? {} : { llmBreaker: breaker }),
   })
 }).pipe(HttpMiddleware.withLoggerDisabled)
 
@@ -111,8 +113,18 @@ const tick = Effect.gen(function* () {
   )
 })
 
+/** Joins each user's token spend in the budget window (SPEC §14) onto the actors' rows. */
+const withSpend = (backend: ApiBackend, list: ReadonlyArray<ActorView>) => {
+  const spent = backend.spentInWindow
+  if (spent === undefined) return Effect.succeed(list)
+  return Effect.forEach(list, (row) => Effect.map(spent(row.userId), (tokens) => ({ ...row, tokensInWindow: tokens })), {
+    concurrency: 4,
+  })
+}
+
 const actors = withBackend((backend) =>
   backend.actors.pipe(
+    Effect.flatMap((list) => withSpend(backend, list)),
     Effect.map((list) => json(200, { actors: list })),
     Effect.catchTag("BackendError", backendFailed),
   ),

@@ -6,6 +6,7 @@
  */
 import type { TickReport } from "../actors/Supervisor.js"
 import type { AuditQuery, AuditRow } from "../services/decryptAudit.js"
+import type { LlmBreakerState } from "../services/LlmBreaker.js"
 import { readFileSync } from "node:fs"
 import { Context, Data, Deferred, Effect, Layer, Option, type Redacted, Ref } from "effect"
 import { type ActorOrder, makeActorOrder } from "./actorPage.js"
@@ -56,12 +57,16 @@ export interface ApiBackend {
   /** The LLM breaker's state (SPEC §14) once the process has one; absent: shown as n/a. */
   readonly breaker?: Effect.Effect<BreakerView>
   /** Tokens spent in the budget window (SPEC §14) once the process counts them; absent: shown as n/a. */
-  readonly tokensInWindow?: Effect.Effect<TokensView>
+  readonly tokensInWindow?: Effect.Effect<TokensView | null>
+  /** The process's LLM breaker (SPEC §14), shown in /health; absent: not shown. */
+  readonly llmBreaker?: Effect.Effect<LlmBreakerState>
+  /** The user's tokens in the budget window (SPEC §14), joined onto /internal/actors; absent: not shown. */
+  readonly spentInWindow?: (userId: string) => Effect.Effect<number, BackendError>
 }
 
 /** How GET /internal/overview reports the breaker: `state` plus whatever else the breaker knows. */
 export interface BreakerView {
-  readonly state: "closed" | "open" | "half-open"
+  readonly state: "closed" | "open" | "half-open" | "probing"
   readonly [detail: string]: unknown
 }
 

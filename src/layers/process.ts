@@ -12,7 +12,7 @@ import { Effect, Layer, Metric, Option, type Redacted } from "effect"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { FailureCaptureLive } from "../http/OperatorPage.js"
-import { type ApiBackend, BackendError, ServerState } from "../http/ServerState.js"
+import { type ApiBackend, BackendError, type BreakerView, ServerState } from "../http/ServerState.js"
 import {
   DatabaseConfig,
   GrantConfig,
@@ -23,11 +23,13 @@ import {
   RunnerConfig,
   TokenBudgetConfig,
 } from "../services/AppConfig.js"
+import { AgentPermits } from "../services/AgentPermits.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
 import { EventLogSchema, EventLogSchemaLive } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
+import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
@@ -35,6 +37,8 @@ import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
+import { TokenLedger } from "../services/TokenLedger.js"
+import { TokenLedgerLive, TokenUsagePruneLive } from "../services/TokenLedgerLive.js"
 import { readUserMissions } from "../services/userMissions.js"
 import { WriteBackLive } from "../services/WriteBackLive.js"
 import type { StartupConfig } from "./startupConfig.js"
@@ -68,10 +72,15 @@ export const configLayer = (config: StartupConfig) =>
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
 export const runnerServicesLayer = (planner: PlannerKind) => {
   const permits = GlobalLlmPermits.layer
+  // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
+  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer)
   const plannerLayer =
-    planner === "llm" ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits)) : PlannerOffline
+    planner === "llm"
+      ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
+      : PlannerOffline
   return MissionRunnerLive.pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
+    Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.layer),
   )
 }
@@ -81,8 +90,27 @@ export const backendFor = (
   sql: SqlClient.SqlClient,
   eventLog: EventLogSchema["Type"],
   permits?: GlobalLlmPermits["Type"],
+  breaker?: LlmBreaker["Type"],
+  ledger?: TokenLedger["Type"],
+  /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
+  processBudget: number | null = null,
 ): ApiBackend => ({
   ...(permits === undefined ? {} : { llmRequestsInFlight: permits.inUse }),
+  ...(breaker === undefined ? {} : { llmBreaker: breaker.state, breaker: Effect.map(breaker.state, (b): BreakerView => ({ ...b })) }),
+  ...(ledger === undefined
+    ? {}
+    : {
+        spentInWindow: (userId: string) =>
+          ledger.spentInWindow({ _tag: "User", userId }).pipe(
+            Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
+            Effect.tapErrorCause((cause) => Effect.logError("reading a user's token spend failed", cause)),
+          ),
+        // The page shows n/a rather than failing its whole poll when the sum cannot be read.
+        tokensInWindow: ledger.spentInWindow({ _tag: "Process" }).pipe(
+          Effect.map((spent) => ({ spent, budget: processBudget, windowHours: 24 })),
+          Effect.orElseSucceed(() => null),
+        ),
+      }),
   tick: supervisor.tick,
   actors: supervisor.status,
   actorsUnordered: supervisor.statusUnordered,
@@ -136,7 +164,17 @@ const LifecycleLive = Layer.scopedDiscard(
   Effect.gen(function* () {
     const state = yield* ServerState
     const permits = Option.getOrUndefined(yield* Effect.serviceOption(GlobalLlmPermits))
-    yield* state.provideBackend(backendFor(yield* Supervisor, yield* SqlClient.SqlClient, yield* EventLogSchema, permits))
+    yield* state.provideBackend(
+      backendFor(
+        yield* Supervisor,
+        yield* SqlClient.SqlClient,
+        yield* EventLogSchema,
+        permits,
+        yield* LlmBreaker,
+        yield* TokenLedger,
+        Option.getOrNull((yield* TokenBudgetConfig).llmDailyTokens),
+      ),
+    )
     yield* state.setPhase("ready")
     yield* Effect.logInfo("mana-ai is ready")
     yield* Effect.addFinalizer(() =>
@@ -158,6 +196,8 @@ export const processLayer = <E, R>(
     options.afterMigrations === undefined ? MigrationsLive : options.afterMigrations.pipe(Layer.provideMerge(MigrationsLive))
   return LifecycleLive.pipe(
     Layer.provideMerge(SupervisorLive),
+    // Token usage older than 48 h is pruned at start and periodically (SPEC §14).
+    Layer.provideMerge(TokenUsagePruneLive),
     Layer.provideMerge(runnerServicesLayer(options.planner)),
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
     Layer.provideMerge(GrantKeyring.layer),

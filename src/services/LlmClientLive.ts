@@ -22,6 +22,7 @@ import {
 } from "effect"
 import { LlmConfig } from "./AppConfig.js"
 import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
+import { LlmBreaker } from "./LlmBreaker.js"
 import {
   type ChatMessage,
   type Completion,
@@ -192,6 +193,8 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
   Effect.gen(function* () {
     const config = yield* LlmConfig
     const permits = yield* GlobalLlmPermits
+    // One per process (runnerServicesLayer); without it (unit tests of the client) nothing is guarded.
+    const breaker = yield* Effect.serviceOption(LlmBreaker)
     if (Option.isNone(config.url)) {
       return yield* Effect.fail(
         ConfigError.MissingData(["MANA_LLM_URL"], "MANA_LLM_URL must be set to use the LLM planner, e.g. http://localhost:3025"),
@@ -240,7 +243,7 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
       ).pipe(Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }))
 
     /** One HTTP attempt, holding a global permit only while it runs, measured and counted. */
-    const attempt = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions) =>
+    const measured = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions) =>
       permits.withPermit(
         Effect.flatMap(Clock.currentTimeMillis, (start) =>
           send(messages, extra).pipe(
@@ -255,6 +258,21 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
           ),
         ),
       )
+
+    /**
+     * The attempt under the process's breaker (SPEC §14): its outcome counts toward opening it; while
+     * it is open no request is sent, the call waits (under the caller's deadline) until the cool-down
+     * ends, and tries again, then as the probe or behind it. The wait is not a failure, so the
+     * retry schedule below never sees it.
+     */
+    const attempt = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> => {
+      if (Option.isNone(breaker)) return measured(messages, extra)
+      const b = breaker.value
+      const guarded: Effect.Effect<Completion, LlmError> = b.guard(measured(messages, extra), isTransientLlmError).pipe(
+        Effect.catchTag("LlmBreakerOpen", () => Effect.zipRight(b.awaitReady, Effect.suspend(() => guarded))),
+      )
+      return guarded
+    }
 
     const schedule = Schedule.identity<LlmError>().pipe(
       Schedule.intersect(

@@ -38,8 +38,19 @@ export type RunOutcome =
       readonly _tag: "Skipped"
       /** not-due: the mission as it stands now was rescheduled past the present (the snapshot was stale). */
       readonly reason: "claimed-elsewhere" | "not-found" | "deleted" | "not-active" | "not-due" | "already-written" | "malformed"
+        // SPEC §14: the agent's decision (nothing written, the mission stays due) and a broken agent record.
+        | "skipped-paused" | "skipped-archived" | "skipped-budget" | "agent-malformed"
       readonly planProduced: boolean
       readonly parseFailures: number
+      /** skipped-budget: the budget that stopped the run. */
+      readonly budget?: "agent" | "user" | "process"
+      /**
+       * skipped-budget: when enough of the window has passed for the run to ask again (ISO instant), so
+       * the caller can wait without a database read; null when only a record change can free it (limit 0).
+       */
+      readonly freeAt?: string | null
+      /** agent-malformed: which fields of the agent record are wrong (never their values). */
+      readonly detail?: string
     }
 
 export interface MissionRunnerShape {

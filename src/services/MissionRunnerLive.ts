@@ -12,18 +12,22 @@ import { hostname } from "node:os"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref } from "effect"
+import { type Agent, runDecision } from "../domain/agent.js"
 import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
 import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
 import { parseInstant } from "../domain/replay.js"
 import { describeRejection } from "../domain/planParser.js"
 import { RunnerConfig } from "./AppConfig.js"
-import { readCurrentMission } from "./currentMission.js"
+import { AgentPermits } from "./AgentPermits.js"
+import { readCurrentMissionWithAgent } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers } from "./InputResolvers.js"
 import { type LlmError, isTransientLlmError } from "./LlmClient.js"
+import { LlmBreaker } from "./LlmBreaker.js"
 import { MissionRunner, type MissionRunnerShape, MissionTimeout, type RunOutcome, type RunRequest } from "./MissionRunner.js"
 import { MissionStore } from "./MissionStore.js"
 import {
+  agentDecisionsTotal,
   missionErrorsTotal,
   missionRunDuration,
   missionsSkippedTotal,
@@ -69,12 +73,34 @@ export const describeFailure = (error: PermanentFailure): { readonly summary: st
 type Planned =
   | { readonly _tag: "Plan"; readonly result: PlannerResult; readonly mission: Mission }
   | { readonly _tag: "Failed"; readonly error: PermanentFailure; readonly phase: ErrorPhase; readonly summary: string }
-  | { readonly _tag: "Skip"; readonly outcome: Extract<RunOutcome, { _tag: "Skipped" }> }
+  /** `release`: nothing was written and the mission stays due: give the claim back at once. */
+  | { readonly _tag: "Skip"; readonly outcome: Extract<RunOutcome, { _tag: "Skipped" }>; readonly release?: boolean }
 
-const skipped = (reason: Extract<RunOutcome, { _tag: "Skipped" }>["reason"], parseFailures = 0): Planned => ({
+type SkippedOutcome = Extract<RunOutcome, { _tag: "Skipped" }>
+
+const skipped = (reason: SkippedOutcome["reason"], parseFailures = 0): Planned => ({
   _tag: "Skip",
   outcome: { _tag: "Skipped", reason, planProduced: false, parseFailures },
 })
+
+/** An agent's skip (SPEC §14): typed, counted, logged; the claim goes back, the mission stays due. */
+const agentSkip = (
+  outcome: Omit<SkippedOutcome, "_tag" | "planProduced" | "parseFailures">,
+  message: string,
+): Effect.Effect<Planned> => {
+  const decision = outcome.reason
+  return Effect.gen(function* () {
+    if (decision !== "agent-malformed") yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", decision))
+    yield* Effect.logInfo(`run skipped: ${message}`).pipe(
+      Effect.annotateLogs({
+        reason: decision,
+        ...(outcome.freeAt === undefined ? {} : { freeAt: outcome.freeAt ?? "never by time" }),
+        ...(outcome.budget === undefined ? {} : { budget: outcome.budget }),
+      }),
+    )
+    return { _tag: "Skip", release: true, outcome: { _tag: "Skipped", planProduced: false, parseFailures: 0, ...outcome } } as const
+  })
+}
 
 const errorKind = (cause: Cause.Cause<MissionTimeout | SqlError>): string =>
   Option.match(Cause.failureOption(cause), { onNone: () => (Cause.isInterruptedOnly(cause) ? "Interrupted" : "Defect"), onSome: (e) => e._tag })
@@ -88,12 +114,15 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const config = yield* RunnerConfig
     const sqlClient = yield* SqlClient.SqlClient
     const eventLog = yield* EventLogSchema
+    // Optional so a stack without them (the offline planner's unit tests) still runs: no cap, no wait.
+    const permits = yield* Effect.serviceOption(AgentPermits)
+    const breaker = yield* Effect.serviceOption(LlmBreaker)
     const owner = options.instanceId ?? defaultInstanceId()
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
 
     /** Claim, check the mission as it stands now, resolve, plan: the part the deadline bounds. */
-    const prepare = (userId: string, mission: Mission, iterationId: string, claimed: Effect.Effect<void>) =>
+    const prepare = (userId: string, mission: Mission, iterationId: string, attemptId: string, claimed: Effect.Effect<void>) =>
       Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
         const key = { userId, missionId: mission.id, iterationId }
         if (!(yield* store.claim(key, owner, claimTtl))) return skipped("claimed-elsewhere")
@@ -101,8 +130,9 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
 
         // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
         // rescheduled or already planned (by another instance) since. The write-back checks again.
-        const current = yield* withUserScope(userId, (sql) =>
-          readCurrentMission(sql, userId, mission.id, iterationId, config.defaultTimezone),
+        // The mission's agent comes with it, in the same query (SPEC §14).
+        const { current, agent: resolution } = yield* withUserScope(userId, (sql) =>
+          readCurrentMissionWithAgent(sql, userId, mission.id, iterationId, config.defaultTimezone),
         ).pipe(
           Effect.provideService(SqlClient.SqlClient, sqlClient),
           Effect.provideService(EventLogSchema, eventLog),
@@ -120,18 +150,53 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           )
           return skipped("not-due")
         }
+        if (resolution._tag === "Malformed") {
+          return yield* agentSkip(
+            { reason: "agent-malformed", detail: resolution.error.message },
+            `the mission's agent record does not decode: ${resolution.error.message}`,
+          )
+        }
+        const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
+        const decision = runDecision(agent)
+        if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+
         // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
         const fresh = current.mission
 
-        // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
-        const { resolved: resolvedInputs, unavailable: unavailableInputs } = yield* resolvers
-          .resolveForRun(userId, fresh.inputs, { missionId: mission.id, iterationId, grant: current.record.grant })
-          .pipe(Effect.withSpan("resolveInputs", { attributes: { inputs: fresh.inputs.length } }))
+        const resolveAndPlan = Effect.gen(function* () {
+          // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
+          const { resolved: resolvedInputs, unavailable: unavailableInputs } = yield* resolvers
+            .resolveForRun(userId, fresh.inputs, { missionId: mission.id, iterationId, grant: current.record.grant })
+            .pipe(Effect.withSpan("resolveInputs", { attributes: { inputs: fresh.inputs.length } }))
+          return yield* planner.plan({
+            mission: fresh,
+            resolvedInputs,
+            unavailableInputs,
+            ...(agent === undefined ? {} : { agent }),
+            run: { userId, iterationId, attemptId },
+          })
+        })
+        // An agent's runs across the user's missions hold one of its maxConcurrentMissions permits.
+        const capped =
+          agent === undefined || Option.isNone(permits)
+            ? resolveAndPlan
+            : permits.value.withPermit({ userId, agentId: agent.id, cap: agent.maxConcurrentMissions })(resolveAndPlan)
 
-        return yield* planner.plan({ mission: fresh, resolvedInputs, unavailableInputs }).pipe(
+        return yield* capped.pipe(
           Effect.withSpan("plan"),
           Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh })),
-          Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout> => {
+          Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout | SqlError> => {
+            if (error._tag === "SqlError") return Effect.fail(error)
+            if (error._tag === "BudgetExhausted") {
+              return agentSkip(
+                {
+                  reason: "skipped-budget",
+                  budget: error.budget,
+                  freeAt: error.freeAtMs === undefined ? null : new Date(error.freeAtMs).toISOString(),
+                },
+                error.message,
+              )
+            }
             if (error._tag !== "PlanRejected" && isTransientLlmError(error)) {
               // The client retries transient errors until the deadline; one that surfaces anyway is
               // treated as an exhausted deadline: nothing written, the mission stays due.
@@ -145,7 +210,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         )
       })
 
-    const runFrom = ({ userId, mission }: RunRequest, iterationId: string, startMs: number) =>
+    const runFrom = ({ userId, mission }: RunRequest, iterationId: string, startMs: number, attemptId: string) =>
       Effect.gen(function* () {
         const key = { userId, missionId: mission.id, iterationId }
         const startedAt = new Date(startMs)
@@ -159,12 +224,17 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         )
 
         const outcome = yield* Effect.gen(function* () {
-          const planned = yield* prepare(userId, mission, iterationId, Ref.set(holdsClaim, true)).pipe(
+          // While the LLM breaker is open the run waits here, before it takes its deadline (SPEC §14).
+          if (Option.isSome(breaker)) yield* breaker.value.awaitReady
+          const planned = yield* prepare(userId, mission, iterationId, attemptId, Ref.set(holdsClaim, true)).pipe(
             Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
             // Nothing is written after a failure before the write-back: give the claim back for the retry.
             Effect.onError(() => giveBackClaim),
           )
-          if (planned._tag === "Skip") return planned.outcome
+          if (planned._tag === "Skip") {
+            if (planned.release === true) yield* giveBackClaim
+            return planned.outcome
+          }
 
           const finishedAt = new Date(yield* Clock.currentTimeMillis)
           let iteration: Iteration
@@ -201,6 +271,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
           }
           yield* Metric.increment(plansWrittenBackTotal)
+          yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", "ran"))
           yield* Effect.logInfo("iteration written back").pipe(
             Effect.annotateLogs({ overallStatus: iteration.overallStatus, steps: iteration.plan.length, nextRunAt: written.nextRunAt ?? "none" }),
           )
@@ -226,7 +297,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       const { userId, mission } = request
       const iterationId = iterationIdFor(mission.id, mission.nextRunAt)
       return Effect.flatMap(Clock.currentTimeMillis, (startMs) =>
-        runFrom(request, iterationId, startMs).pipe(
+        runFrom(request, iterationId, startMs, randomUUID()).pipe(
           Effect.onExit((exit) =>
             Effect.gen(function* () {
               const end = yield* Clock.currentTimeMillis
@@ -257,6 +328,7 @@ export const missionRunnerLayer = (
   never,
   MissionStore | InputResolvers | Planner | WriteBack | RunnerConfig | SqlClient.SqlClient | EventLogSchema
 > =>
+  // AgentPermits and LlmBreaker are taken when present (runnerServicesLayer provides both).
   Layer.effect(MissionRunner, makeMissionRunner(options))
 
 export const MissionRunnerLive = missionRunnerLayer()

@@ -4,7 +4,8 @@
  * up to PLANNER_REPAIR_ATTEMPTS repair turns carrying the parser's reason. PlannerOffline: the deterministic
  * offline planner, for embedded mode without MANA_LLM_URL.
  */
-import { Clock, Effect, Either, Layer, Metric, Option } from "effect"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Clock, Effect, Either, Fiber, Layer, Metric, Option, Schedule } from "effect"
 import { OFFLINE_SUMMARY_PREFIX, offlinePlan } from "../domain/offlinePlanner.js"
 import {
   MAX_PLAN_STEPS,
@@ -15,22 +16,104 @@ import {
   validatePlan,
   validateToolCalls,
 } from "../domain/planParser.js"
-import { buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
+import { catalogueFor, personaText } from "../domain/agent.js"
+import { type PromptMessage, buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
 import { functionTools } from "../domain/tools.js"
-import { LlmConfig } from "./AppConfig.js"
-import { LlmClient, type TokenUsage } from "./LlmClient.js"
+import { LlmConfig, TokenBudgetConfig } from "./AppConfig.js"
+import { type ChatMessage, type CompleteOptions, type FunctionTool, LlmClient, type TokenUsage } from "./LlmClient.js"
 import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metrics.js"
-import { PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
+import { BudgetExhausted, PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
+import { TokenLedger, answerKey } from "./TokenLedger.js"
 import { ToolCatalog } from "./ToolCatalog.js"
 
-/** Needs LlmClient, ToolCatalog and LlmConfig. */
+/**
+ * A dropped connection under the ledger's read or write must not cost the run (nor the answer already
+ * paid for): a few quick retries, inside the run's deadline. Safe: the check only reads, and the
+ * record is keyed by the answer (a commit whose acknowledgement was lost is not counted twice).
+ */
+const ledgerRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
+
+/** The agent's persona (plain text only, SPEC §14) appended to the system message. */
+export const withPersona = (prompt: ReadonlyArray<PromptMessage>, persona: string | undefined): ReadonlyArray<PromptMessage> =>
+  persona === undefined
+    ? prompt
+    : prompt.map((m, i) => (i === 0 && m.role === "system" ? { ...m, content: `${m.content}\n\n${persona}` } : m))
+
+/** Needs LlmClient, ToolCatalog and LlmConfig; with a TokenLedger, runs with a `run` context are budgeted. */
 export const PlannerLive = Layer.effect(
   Planner,
   Effect.gen(function* () {
     const llm = yield* LlmClient
-    const { tools } = yield* ToolCatalog
+    const { tools: allTools } = yield* ToolCatalog
     const { repairAttempts, plannerMode, maxRounds } = yield* LlmConfig
-    const offered = functionTools(tools)
+    const ledger = yield* Effect.serviceOption(TokenLedger)
+    const budgets = yield* Effect.serviceOption(TokenBudgetConfig)
+
+    /** Whether any budget applies to this run (unknown configuration: assume so). */
+    const budgeted = (input: PlannerInput): boolean =>
+      (input.agent?.maxTokensPerDay !== undefined && input.agent.maxTokensPerDay !== null) ||
+      Option.match(budgets, {
+        onNone: () => true,
+        onSome: (b) => Option.isSome(b.userDailyTokens) || Option.isSome(b.llmDailyTokens),
+      })
+
+    /** Usage records of one run still being written (they run beside the next LLM request). */
+    type Pending = Array<Fiber.RuntimeFiber<number, SqlError>>
+    const joinAll = (pending: Pending) => Effect.suspend(() => Effect.forEach(pending.splice(0), Fiber.join, { discard: true }))
+    const awaitAll = (pending: Pending) => Effect.suspend(() => Effect.forEach(pending.splice(0), Fiber.await, { discard: true }))
+
+    /**
+     * Runs one plan with its usage records: every record has landed before the plan returns (a
+     * failed record fails the run); on failure they are awaited; on interruption they finish alone.
+     */
+    const withUsage = <A, E>(body: (pending: Pending) => Effect.Effect<A, E>): Effect.Effect<A, E | SqlError> =>
+      Effect.suspend(() => {
+        const pending: Pending = []
+        return body(pending).pipe(
+          Effect.tap(() => joinAll(pending)),
+          Effect.onError(() => awaitAll(pending)),
+        )
+      })
+
+    /**
+     * One LLM request of a run (SPEC §14): the budget checked before it (repair turns and tool rounds
+     * alike), the answer's usage recorded right after it under a key of its own, so a retried
+     * write-back or a re-run cannot count it twice. `ordinal` counts the run's answers. The record is
+     * written beside the next request (a daemon fiber: it lands even if the run is interrupted), and
+     * awaited before the next budget check reads the window, so the check always sees it.
+     */
+    const ask = (input: PlannerInput, pending: Pending, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
+      Effect.gen(function* () {
+        const run = input.run
+        if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
+        const verdict = budgeted(input)
+          ? yield* Effect.zipRight(joinAll(pending), ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry)))
+          : ({ _tag: "Ok" } as const)
+        if (verdict._tag === "Exhausted") {
+          return yield* new BudgetExhausted({
+            budget: verdict.budget,
+            spent: verdict.spent,
+            limit: verdict.limit,
+            ...Option.match(verdict.freeAt, { onNone: () => ({}), onSome: (d) => ({ freeAtMs: d.getTime() }) }),
+          })
+        }
+        const answer = yield* llm.complete(messages, options)
+        if (Option.isSome(answer.usage)) {
+          const recording = ledger.value.record(run.userId, [
+            {
+              userId: run.userId,
+              agentId: input.agent?.id ?? null,
+              missionId: input.mission.id,
+              iterationId: run.iterationId,
+              answerKey: answerKey(run.iterationId, run.attemptId, ordinal),
+              tokens: answer.usage.value.totalTokens,
+              at: new Date(yield* Clock.currentTimeMillis),
+            },
+          ]).pipe(Effect.retry(ledgerRetry))
+          pending.push(yield* Effect.forkDaemon(recording))
+        }
+        return answer
+      })
 
     /** Counts and logs one rejected answer; fails with PlanRejected once the repair turns are used up. */
     const rejectedAnswer = (missionId: string, rejection: Rejection, rejected: number) =>
@@ -45,20 +128,21 @@ export const PlannerLive = Layer.effect(
         }
       })
 
-    const planJson = (input: PlannerInput, now: Date) =>
+    const planJson = (input: PlannerInput, now: Date, pending: Pending) =>
       Effect.gen(function* () {
-        const prompt = buildPrompt({
+        const tools = catalogueFor(allTools, input.agent)
+        const prompt = withPersona(buildPrompt({
           mission: input.mission,
           resolvedInputs: input.resolvedInputs,
           tools,
           now,
           mode: "json",
           ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-        })
+        }), personaText(input.agent))
         const usage: Array<TokenUsage> = []
         let messages = prompt
         for (let rejected = 0; ; rejected++) {
-          const answer = yield* llm.complete(messages)
+          const answer = yield* ask(input, pending, rejected, messages)
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const parsed = parsePlan(answer.content, tools)
           if (Either.isRight(parsed)) {
@@ -75,23 +159,26 @@ export const PlannerLive = Layer.effect(
      * an answer has no calls, the plan holds MAX_PLAN_STEPS, or PLANNER_MAX_ROUNDS rounds were asked.
      * A rejected answer is all-or-nothing and gets a repair turn that is not a round.
      */
-    const planTools = (input: PlannerInput, now: Date) =>
+    const planTools = (input: PlannerInput, now: Date, pending: Pending) =>
       Effect.gen(function* () {
-        let messages = buildPrompt({
+        const tools = catalogueFor(allTools, input.agent)
+        const offered: ReadonlyArray<FunctionTool> = functionTools(tools)
+        let messages = withPersona(buildPrompt({
           mission: input.mission,
           resolvedInputs: input.resolvedInputs,
           tools,
           now,
           mode: "tools",
           ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-        })
+        }), personaText(input.agent))
         const usage: Array<TokenUsage> = []
+        let answers = 0
         const steps: Array<PlannedStep> = []
         let summary = ""
         let rejected = 0
         let rounds = 0
         while (rounds < maxRounds && steps.length < MAX_PLAN_STEPS) {
-          const answer = yield* llm.complete(messages, { tools: offered })
+          const answer = yield* ask(input, pending, answers++, messages, { tools: offered })
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const text = checkSummaryText(answer.content)
           const checked: Either.Either<ReadonlyArray<PlannedStep>, { rejection: Rejection; perCall: ReadonlyArray<string> }> =
@@ -133,7 +220,7 @@ export const PlannerLive = Layer.effect(
 
     const plan = (input: PlannerInput) =>
       Effect.flatMap(Clock.currentTimeMillis, (ms) =>
-        plannerMode === "tools" ? planTools(input, new Date(ms)) : planJson(input, new Date(ms)),
+        withUsage((pending) => (plannerMode === "tools" ? planTools(input, new Date(ms), pending) : planJson(input, new Date(ms), pending))),
       ).pipe(Effect.withSpan("Planner.plan", { attributes: { "mission.id": input.mission.id, "planner.mode": plannerMode } }))
 
     return Planner.of({ plan })
@@ -144,9 +231,10 @@ export const PlannerLive = Layer.effect(
 export const PlannerOffline = Layer.effect(
   Planner,
   Effect.gen(function* () {
-    const { tools } = yield* ToolCatalog
+    const { tools: allTools } = yield* ToolCatalog
     const plan = (input: PlannerInput) =>
       Effect.sync((): PlannerResult => {
+        const tools = catalogueFor(allTools, input.agent)
         // Its plan is written to the event log in clear: decrypted inputs (SPEC §15) must not reach it.
         const readable = input.resolvedInputs.filter((i) => i.confidential !== true)
         const draft = validatePlan(offlinePlan(input.mission, readable), tools).pipe(

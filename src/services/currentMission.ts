@@ -9,8 +9,10 @@ import { Effect, Either, ParseResult, Schema } from "effect"
 import { type CadenceError, nextRunAt, validateCadence } from "../domain/cadence.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
-import type { EventLogSchema } from "./EventLogSchema.js"
+import { EventLogSchema } from "./EventLogSchema.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
+import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, missionAgentId, resolveAgent } from "../domain/agent.js"
+import { SyncChange } from "../domain/eventLog.js"
 
 export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
 
@@ -94,3 +96,71 @@ export const nextRunFor = (
     timeZone: mission.timezone ?? defaultTimezone,
   })
 }
+
+/** The mission as it stands now and the agent it runs under (SPEC §14), read together. */
+export interface CurrentMissionWithAgent {
+  readonly current: CurrentMission
+  /** Legacy when the mission is not appendable, names no agent, or its agent is absent or deleted. */
+  readonly agent: AgentResolution
+}
+
+const decodeChange = Schema.decodeUnknownEither(SyncChange)
+
+/**
+ * `readCurrentMission` plus the mission's agent, in one query (the run's pre-check, inside
+ * withUserScope(userId)): the mission's rows and the rows of every agent any of its rows names
+ * (`data->>'agentId'`), so the agent costs no extra round trip. The replayed mission's own
+ * `agentId` picks the agent; RLS keeps it to the same user.
+ */
+export const readCurrentMissionWithAgent = (
+  sql: SqlClient.SqlClient,
+  userId: string,
+  missionId: string,
+  iterationId: string,
+  defaultTimezone: string,
+): Effect.Effect<CurrentMissionWithAgent, SqlError, EventLogSchema> =>
+  // The per-field time column of the event log's generation (SPEC §13), read as field_timestamps.
+  Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql`
+    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps, created_at
+    FROM sync_changes
+    WHERE user_id = ${userId} AND (
+      (app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE} AND record_id = ${missionId})
+      OR (app_id = ${AGENTS_APP_ID} AND table_name = ${AGENTS_TABLE} AND record_id IN (
+        SELECT m.data->>'agentId' FROM sync_changes m
+        WHERE m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID} AND m.table_name = ${MISSIONS_TABLE}
+          AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL)))
+    ORDER BY created_at, id`.pipe(
+    Effect.map((raw): CurrentMissionWithAgent => {
+      const missionRows: Array<SyncChange> = []
+      const agentRows = new Map<string, Array<SyncChange>>()
+      let undecodable = 0
+      for (const row of raw) {
+        const isMission = String(row.table_name) === MISSIONS_TABLE && String(row.app_id) === MISSIONS_APP_ID
+        const decoded = decodeChange(row)
+        if (Either.isLeft(decoded)) {
+          if (isMission) undecodable++
+          continue
+        }
+        if (isMission) missionRows.push(decoded.right)
+        else {
+          const list = agentRows.get(decoded.right.record_id)
+          if (list === undefined) agentRows.set(decoded.right.record_id, [decoded.right])
+          else list.push(decoded.right)
+        }
+      }
+      const legacy: AgentResolution = { _tag: "Legacy" }
+      if (missionRows.length === 0 && undecodable > 0) {
+        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" }, agent: legacy }
+      }
+      if (missionRows.length > 0 && !missionRows.some(isApplicable)) {
+        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" }, agent: legacy }
+      }
+      const current = judgeMission(missionRows.length, replayOrdered(missionRows), iterationId, defaultTimezone)
+      if (current._tag !== "Appendable") return { current, agent: legacy }
+      const agentId = missionAgentId(current.record)
+      const rows = agentId === undefined ? [] : (agentRows.get(agentId) ?? [])
+      // Never written, or deleted in the log: the legacy path (resolveAgent treats null as absent).
+      const agentRecord = rows.length === 0 ? undefined : replayOrdered(rows).record
+      return { current, agent: resolveAgent(agentId, agentRecord) }
+    }),
+  ))

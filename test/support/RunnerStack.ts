@@ -13,7 +13,14 @@ import { NodeContext } from "@effect/platform-node"
 import { Duration, Effect, Either, Layer, LogLevel, Logger } from "effect"
 import type { Mission } from "../../src/domain/mission.js"
 import { runnerServicesLayer } from "../../src/layers/process.js"
-import { type PlannerMode, RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
+import {
+  LlmBreakerConfig,
+  type PlannerMode,
+  RunnerConfig,
+  type RunnerConfigShape,
+  TokenBudgetConfig,
+  type TokenBudgetConfigShape,
+} from "../../src/services/AppConfig.js"
 import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
@@ -31,6 +38,10 @@ export interface StackOptions<R = TestDatabase> {
   readonly runner?: Partial<RunnerConfigShape>
   /** The runner's pool; default RunnerSqlLive(poolSize) straight to the test database. */
   readonly sql?: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown, R>
+  /** USER_DAILY_TOKEN_BUDGET / LLM_DAILY_TOKEN_BUDGET; default none. */
+  readonly tokenBudget?: Partial<TokenBudgetConfigShape>
+  /** LLM_BREAKER_FAILURES; default 10. */
+  readonly breakerFailures?: number
   /** Default Warning: the pipeline's info lines would drown the test output. */
   readonly logLevel?: LogLevel.LogLevel
 }
@@ -55,7 +66,17 @@ export const runnerServices = <R = TestDatabase>(options: StackOptions<R> = {}) 
   return runnerServicesLayer("llm").pipe(
     Layer.provideMerge(MigrationsLive),
     // The generation of sync_changes, detected on the pool as the process does at start.
-    Layer.provideMerge(Layer.mergeAll(EventLogSchemaLive.pipe(Layer.provideMerge(sql)), runnerConfig, llmConfig, FetchHttpClient.layer, NodeContext.layer)),
+    Layer.provideMerge(
+      Layer.mergeAll(
+        EventLogSchemaLive.pipe(Layer.provideMerge(sql)),
+        runnerConfig,
+        llmConfig,
+        FetchHttpClient.layer,
+        NodeContext.layer,
+        Layer.succeed(TokenBudgetConfig, { ...TokenBudgetConfig.none, ...options.tokenBudget }),
+        Layer.succeed(LlmBreakerConfig, { failures: options.breakerFailures ?? 10 }),
+      ),
+    ),
     Layer.provide(Logger.minimumLogLevel(options.logLevel ?? LogLevel.Warning)),
   )
 }
