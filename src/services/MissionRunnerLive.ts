@@ -37,6 +37,8 @@ export interface MissionRunnerOptions {
   readonly instanceId?: string
   /** How long a claim outlives the run's deadline, covering the write-back. */
   readonly claimMargin?: Duration.DurationInput
+  /** How often expired claims are deleted (at most once per interval, after a run; default 1 minute). */
+  readonly claimPruneEvery?: Duration.DurationInput
 }
 
 export const defaultInstanceId = (): string => `mana-ai:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
@@ -85,6 +87,27 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const owner = options.instanceId ?? defaultInstanceId()
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
+    const pruneEveryMs = Duration.toMillis(Duration.decode(options.claimPruneEvery ?? Duration.minutes(1)))
+    const lastPrune = yield* Ref.make(Number.NEGATIVE_INFINITY)
+
+    /**
+     * A claim kept after its write-back (or by a crashed instance) is useless once expired: delete those
+     * through run_claims_expires_idx, at most once per interval, so the table stays as small as the runs
+     * under way. Same clock as `claim`, so TestClock drives both.
+     */
+    const pruneClaims = Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const due = yield* Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last]))
+      if (!due) return
+      const pruned = yield* sqlClient<{ n: number }>`
+        WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
+        SELECT count(*)::int AS n FROM gone`
+      const n = Number(pruned[0]?.n ?? 0)
+      if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
+    }).pipe(
+      Effect.timeout("5 seconds"),
+      Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+    )
 
     /** Claim, check the mission as it stands now, resolve, plan: the part the deadline bounds. */
     const prepare = (userId: string, mission: Mission, iterationId: string, claimed: Effect.Effect<void>) =>
@@ -216,6 +239,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       const iterationId = iterationIdFor(mission.id, mission.nextRunAt)
       return Effect.flatMap(Clock.currentTimeMillis, (startMs) =>
         runFrom(request, iterationId, startMs).pipe(
+          Effect.tap(pruneClaims),
           Effect.onExit((exit) =>
             Effect.gen(function* () {
               const end = yield* Clock.currentTimeMillis

@@ -295,6 +295,37 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
       }),
     ))
 
+  it.effect("expired run claims are pruned after a run (at most once per interval); live claims stay", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const sql = yield* SqlClient.SqlClient
+        const claimsOf = (user: string) =>
+          Effect.map(
+            sql<{ mission_id: string }>`SELECT mission_id FROM mana_ai.run_claims WHERE user_id = ${user} ORDER BY mission_id`,
+            (rows) => rows.map((r) => r.mission_id),
+          )
+        const user = fresh("claims-user")
+        // A crashed instance's claim an hour past its expiry, and one still held by a run under way elsewhere.
+        yield* sql`
+          INSERT INTO mana_ai.run_claims (user_id, mission_id, iteration_id, owner, expires_at)
+          VALUES (${user}, 'a-expired', 'it-1', 'crashed-instance', now() - interval '1 hour'),
+                 (${user}, 'b-live', 'it-1', 'another-instance', now() + interval '1 hour')`
+        const runner = yield* makeMissionRunner({ instanceId: INSTANCE, claimPruneEvery: Duration.hours(1) })
+        const first = yield* dueMission(user)
+        expect((yield* runner.run({ userId: user, mission: first }))._tag).toBe("Written")
+        // The expired claim is gone; the live one and this run's own (kept until it expires) stay.
+        expect(yield* claimsOf(user)).toEqual([first.id, "b-live"].sort())
+
+        // Within the interval a second run prunes nothing, even a claim that has expired meanwhile.
+        yield* sql`UPDATE mana_ai.run_claims SET expires_at = now() - interval '1 second' WHERE user_id = ${user} AND mission_id = 'b-live'`
+        const second = yield* dueMission(user)
+        expect((yield* runner.run({ userId: user, mission: second }))._tag).toBe("Written")
+        expect(yield* claimsOf(user)).toEqual([first.id, second.id, "b-live"].sort())
+      }),
+    ))
+
   it.effect("a mission paused or rescheduled after the snapshot was taken is skipped before any LLM request", () =>
     live(
       Effect.gen(function* () {
