@@ -18,7 +18,7 @@ import { parseInstant } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { readCurrentMission } from "./currentMission.js"
 import { InputResolvers } from "./InputResolvers.js"
-import { type LlmError, isTransientLlmError } from "./LlmClient.js"
+import { type LlmError, type TokenUsage, isTransientLlmError } from "./LlmClient.js"
 import { MissionRunner, type MissionRunnerShape, MissionTimeout, type RunOutcome, type RunRequest } from "./MissionRunner.js"
 import { MissionStore } from "./MissionStore.js"
 import {
@@ -71,6 +71,14 @@ type Planned =
 const skipped = (reason: Extract<RunOutcome, { _tag: "Skipped" }>["reason"], parseFailures = 0): Planned => ({
   _tag: "Skip",
   outcome: { _tag: "Skipped", reason, planProduced: false, parseFailures },
+})
+
+/** The run's token usage over every LLM answer that reported it (repair turns included). */
+export const tokensOf = (usage: ReadonlyArray<TokenUsage>) => ({
+  llmAnswersWithUsage: usage.length,
+  promptTokens: usage.reduce((n, u) => n + u.promptTokens, 0),
+  completionTokens: usage.reduce((n, u) => n + u.completionTokens, 0),
+  totalTokens: usage.reduce((n, u) => n + u.totalTokens, 0),
 })
 
 const errorKind = (cause: Cause.Cause<MissionTimeout | SqlError>): string =>
@@ -215,6 +223,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           yield* Metric.increment(plansWrittenBackTotal)
           yield* Effect.logInfo("iteration written back").pipe(
             Effect.annotateLogs({ overallStatus: iteration.overallStatus, steps: iteration.plan.length, nextRunAt: written.nextRunAt ?? "none" }),
+            // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
+            Effect.annotateLogs(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
           )
           return {
             _tag: "Written",

@@ -24,7 +24,7 @@ import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
 import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
-import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf } from "../support/LlmStandIn.js"
+import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf, planAnswer } from "../support/LlmStandIn.js"
 import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const INSTANCE = "runner-under-test"
@@ -367,6 +367,36 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
         )
         const [request] = yield* standIn.requests
         expect(request?.abortedByClient).toBe(true)
+      }),
+    ))
+
+  it.effect("a run's token usage (repair turn included) is logged on its written-back line", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        yield* standIn.enqueue(
+          { body: completion("no plan here", { prompt_tokens: 100, completion_tokens: 20, total_tokens: 120 }) },
+          { body: completion(planAnswer(defaultPlan), { prompt_tokens: 150, completion_tokens: 30, total_tokens: 180 }) },
+        )
+        const mission = yield* dueMission("cay")
+        const lines: Array<{ message: string; annotations: Record<string, unknown> }> = []
+        const capture = Logger.make(({ message, annotations }) => {
+          lines.push({ message: JSON.stringify(message), annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+        })
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "cay", mission })).pipe(
+          Effect.provide(Logger.add(capture)),
+        )
+        expect(outcome).toMatchObject({ _tag: "Written", overallStatus: "awaiting-review", parseFailures: 1 })
+        const written = lines.filter((l) => l.message.includes("iteration written back"))
+        expect(written).toHaveLength(1)
+        expect(written[0]!.annotations).toMatchObject({
+          missionId: mission.id,
+          llmAnswersWithUsage: 2,
+          promptTokens: 250,
+          completionTokens: 50,
+          totalTokens: 300,
+        })
       }),
     ))
 
