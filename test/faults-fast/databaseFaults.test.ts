@@ -209,7 +209,8 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       const during = yield* run(seeded[0]!.userId, missions[0]!)
       expect(tagOf(during)).toBe("SqlError")
       expect(Either.isLeft(yield* Effect.either(store.refresh))).toBe(true)
-      expect(Date.now() - started).toBeLessThan(3000)
+      // Fast, not waiting out the refusal: well under the 10 s connect timeout (a wide margin for busy machines).
+      expect(Date.now() - started).toBeLessThan(8_000)
       yield* sleep(Math.max(0, 3000 - (Date.now() - started)))
       yield* proxy.resume
       yield* store.refresh

@@ -255,7 +255,8 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       fault("llm:http-5xx", (yield* standIn.requests).length)
       expect(Either.isLeft(first) && first.left._tag).toBe("MissionTimeout")
       expect(Date.now() - started).toBeGreaterThanOrEqual(MISSION_TIMEOUT_MS - 100)
-      expect(Date.now() - started).toBeLessThan(MISSION_TIMEOUT_MS + 3000)
+      // Upper bound with a wide margin: it only says the deadline ended the run, not a hang.
+      expect(Date.now() - started).toBeLessThan(MISSION_TIMEOUT_MS + 15_000)
       expect(yield* runnerRowCount(userId, missionId)).toBe(0)
       // Still due: discovery keeps it schedulable at the same slot.
       const still = yield* snapshotOf(userId, missionId)
