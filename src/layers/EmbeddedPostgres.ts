@@ -113,8 +113,11 @@ export const refusedStatement = (text: string): string | null => {
   return null
 }
 
-/** The backend answers this with an error naming the refusal ("relation … does not exist", at Parse time). */
-const refusalStatement = (reason: string) => `SELECT * FROM "refused: ${reason}"`
+/**
+ * What the backend runs instead of a refused statement: it fails at Parse time with an error that
+ * says so ("relation … does not exist"). A constant, so no client text ever reaches the backend.
+ */
+const REFUSAL = 'SELECT * FROM "refused: no role or session changes on the embedded database"'
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
@@ -168,15 +171,14 @@ export const guardClients = (server: PGLiteSocketServer, ownerUser: string | nul
     }
     if (owners.has(handlerId)) return m
     const type = m[0]
-    if (type === FUNCTION_CALL) return message(QUERY, [cstring(refusalStatement("function calls"))])
+    if (type === FUNCTION_CALL) return message(QUERY, [cstring(REFUSAL)])
     if (type === QUERY) {
-      const reason = refusedStatement(cstringAt(m, 5).text)
-      return reason === null ? m : message(QUERY, [cstring(refusalStatement(reason))])
+      return refusedStatement(cstringAt(m, 5).text) === null ? m : message(QUERY, [cstring(REFUSAL)])
     }
     if (type === PARSE) {
       const name = cstringAt(m, 5)
-      const reason = refusedStatement(cstringAt(m, name.next).text)
-      return reason === null ? m : message(PARSE, [cstring(name.text), cstring(refusalStatement(reason)), new Uint8Array(2)])
+      const refused = refusedStatement(cstringAt(m, name.next).text) !== null
+      return refused ? message(PARSE, [cstring(name.text), cstring(REFUSAL), new Uint8Array(2)]) : m
     }
     return m
   }

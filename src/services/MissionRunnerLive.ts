@@ -107,7 +107,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       const now = yield* Clock.currentTimeMillis
       const due = yield* Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last]))
       if (!due) return
-      const pruned = yield* sqlClient<{ n: number }>`
+      const sql = sqlClient
+      const pruned = yield* sql<{ n: number }>`
         WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
         SELECT count(*)::int AS n FROM gone`
       const n = Number(pruned[0]?.n ?? 0)
