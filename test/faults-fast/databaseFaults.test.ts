@@ -259,7 +259,9 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       let drops = 0
       let stop = false
       const chaos = Effect.gen(function* () {
-        while (!stop) {
+        // A fixed number of rounds, not "until the runs finish": on a busy machine a run can take longer
+        // than the gap between drops, and endless chaos would then starve every attempt.
+        for (let round = 0; round < 12 && !stop; round++) {
           yield* sleep(60 + Math.floor(random() * 240))
           drops += yield* proxy.dropAll
           if (random() < 0.25) {
