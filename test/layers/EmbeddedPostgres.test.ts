@@ -101,6 +101,8 @@ it.scoped("no client on the embedded URL can leave the runner role, by any state
     expect(yield* attempt(pool, "CREATE TABLE IF NOT EXISTS mana_ai.probe (x int PRIMARY KEY)")).toBe("ran")
     expect(yield* attempt(pool, "INSERT INTO mana_ai.probe VALUES (1) ON CONFLICT (x) DO NOTHING")).toBe("ran")
   }),
+  // A PGlite of its own: its start-up alone took over 30 s on a machine busy with two suites.
+  180_000,
 )
 
 it.scoped("the owner's client acts as the owner only inside its own transaction, which no runner statement enters", () =>
@@ -126,6 +128,7 @@ it.scoped("the owner's client acts as the owner only inside its own transaction,
     // Its transaction over, the shared session is the runner's again.
     expect((yield* Effect.promise(() => runner.query("SELECT current_user AS u"))).rows[0]?.u).toBe(embedded.runnerRole)
   }),
+  180_000,
 )
 
 describe("statements a non-owner client may not send", () => {
