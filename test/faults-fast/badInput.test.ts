@@ -20,7 +20,7 @@ import { type Change, insertChanges, missionFields, missionInsertRow, missionUpd
 import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const Stack = SupervisorLive.pipe(
-  Layer.provideMerge(runnerServices({ missionTimeout: "8 seconds", runner: { tickEnabled: false, userConcurrency: 2 } })),
+  Layer.provideMerge(runnerServices({ missionTimeout: "30 seconds", runner: { tickEnabled: false, userConcurrency: 2 } })),
   Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
 )
 
