@@ -1,26 +1,5 @@
 import { defineConfig } from "vitest/config"
-
-/**
- * The files whose behaviour depends on the generation of sync_changes (SPEC §13): they run a second
- * time on the seed's generation (field_timestamps); every file runs on today's (field_meta).
- */
-const BOTH_GENERATIONS = [
-  "test/services/EventLogSchema.test.ts",
-  "test/services/WriteBack.test.ts",
-  "test/services/writtenRowTypes.test.ts",
-  "test/services/MissionStore.test.ts",
-  "test/services/MissionStoreBootstrap.test.ts",
-  "test/services/MissionRunner.test.ts",
-  "test/services/InputResolvers.test.ts",
-  "test/actors/Supervisor.integration.test.ts",
-  "test/sql/runnerRole.test.ts",
-  "test/http/api.test.ts",
-  "test/faults-fast/security.test.ts",
-  "test/faults-fast/badInput.test.ts",
-  "test/e2e/process.test.ts",
-  "test/services/AgentDirectory.test.ts",
-  "test/services/EncryptedInputs.test.ts",
-]
+import { BOTH_GENERATIONS } from "./vitest.generations.js"
 
 export default defineConfig({
   test: {
@@ -36,8 +15,9 @@ export default defineConfig({
           name: "field_meta",
           // Adds up the fault suite's figures (test/support/FaultLedger.ts) and prints them at the end.
           globalSetup: ["test/support/faultLedgerSetup.ts"],
-          include: ["test/**/*.test.ts"],
-          exclude: ["test/faults/**"],
+          // Every file but the slow fault suite (test/faults: npm run test:faults). No project-level
+          // exclude, so a command-line --exclude (as in .ci/run) still applies.
+          include: ["test/{actors,ci,domain,e2e,faults-fast,http,layers,primitives,services,sql}/**/*.test.ts"],
           env: { TEST_SYNC_GENERATION: "field_meta" },
         },
       },

@@ -10,7 +10,7 @@ import { packageVersion } from "./http/ServerState.js"
 import { embeddedLayer } from "./layers/embedded.js"
 import { liveLayer } from "./layers/live.js"
 import { ObservabilityLive } from "./layers/Observability.js"
-import { describeConfigError, loadStartupConfig } from "./layers/startupConfig.js"
+import { describeConfigError, environmentProvider, loadStartupConfig } from "./layers/startupConfig.js"
 
 /** One line an operator can act on; stack traces stay out (they are for defects, shown at LOG_LEVEL=debug). */
 export const describeFailure = (cause: Cause.Cause<unknown>): string => {
@@ -46,6 +46,8 @@ const program = Effect.gen(function* () {
 
 BunRuntime.runMain(
   program.pipe(
+    // SPEC §10: an empty value means unset, for every variable read anywhere in the process.
+    Effect.withConfigProvider(environmentProvider()),
     Effect.tapErrorCause((cause) =>
       Cause.isInterruptedOnly(cause)
         ? Effect.void

@@ -25,8 +25,6 @@ import { MissionRunner } from "../services/MissionRunner.js"
 import {
   actorRestartsTotal,
   actorsGauge,
-  discoveryDuration,
-  discoveryRowsRead,
   quarantinedGauge,
   runsInFlightGauge,
   tickDuration,
@@ -205,14 +203,12 @@ export const make = Effect.gen(function* () {
 
   /** Caller holds `discoveryLock`. */
   const discoverLocked = Effect.gen(function* () {
-    const started = yield* Clock.currentTimeMillis
     // Only the grouping is kept, so snapshots dropped below are not held through the pass.
     const { rowsRead, changedCount, changed } = yield* Effect.map(store.refresh, (r) => ({
       rowsRead: r.rowsRead,
       changedCount: r.changed.length,
       changed: byUser(r.changed),
     }))
-    yield* Metric.incrementBy(discoveryRowsRead, rowsRead)
     let actorsStarted = 0
     if (!(yield* Ref.get(primed))) {
       // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
@@ -231,8 +227,6 @@ export const make = Effect.gen(function* () {
         if (yield* spawn(userId, Option.some(snapshots.filter((s) => s.schedulable)))) actorsStarted++
       }
     }
-    const finished = yield* Clock.currentTimeMillis
-    yield* Metric.update(discoveryDuration, seconds(started, finished))
     if (changedCount > 0 || actorsStarted > 0) {
       yield* Effect.logDebug("discovery pass").pipe(Effect.annotateLogs({ rowsRead, changed: changedCount, actorsStarted }))
     }

@@ -3,7 +3,7 @@
  * a malformed value stops the start with one line that names the variable and the form it expects.
  */
 import { accessSync, constants } from "node:fs"
-import { Config, ConfigError, Data, Effect, Either, Option, type Redacted } from "effect"
+import { Config, ConfigError, ConfigProvider, Data, Effect, Either, Option, type Redacted } from "effect"
 import {
   type DatabaseConfigShape,
   databaseConfig,
@@ -135,6 +135,16 @@ export const describeConfigError = (error: ConfigError.ConfigError): ReadonlyArr
 }
 
 export class StartupError extends Data.TaggedError("StartupError")<{ readonly message: string }> {}
+
+/**
+ * The environment as configuration, with SPEC §10's rule that an empty value means unset: a variable
+ * set to "" (or only blanks) is left out, so it takes its default, or is missing where it is required,
+ * exactly as if it were not set. Every variable goes through this, those added later included.
+ */
+export const environmentProvider = (env: Readonly<Record<string, string | undefined>> = process.env): ConfigProvider.ConfigProvider =>
+  ConfigProvider.fromMap(
+    new Map(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined && entry[1].trim() !== "")),
+  )
 
 /** Reads the environment (or a test's ConfigProvider) and fails with one readable line. */
 export const loadStartupConfig: Effect.Effect<StartupConfig, StartupError> = Effect.mapError(

@@ -5,10 +5,10 @@
  * server under test, so an LLM planner would need its own client (use the e2e tests for that).
  */
 import { NodeContext, NodeHttpServer } from "@effect/platform-node"
-import { ConfigProvider, Effect, Layer, type Redacted } from "effect"
+import { Effect, Layer, type Redacted } from "effect"
 import { databaseLayerFromUrl } from "../services/Database.js"
 import { processLayer } from "./process.js"
-import { loadStartupConfig } from "./startupConfig.js"
+import { environmentProvider, loadStartupConfig } from "./startupConfig.js"
 
 export interface TestProcessOptions {
   /** The runner role's URL (TestDatabase's runnerUrl). */
@@ -23,7 +23,7 @@ export interface TestProcessOptions {
 export const testProcessLayer = (options: TestProcessOptions) =>
   Layer.unwrapEffect(
     loadStartupConfig.pipe(
-      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(options.env ?? {})))),
+      Effect.withConfigProvider(environmentProvider(options.env ?? {})),
       Effect.map((config) =>
         processLayer(
           {

@@ -22,7 +22,7 @@ import { AgentPermits } from "./AgentPermits.js"
 import { readCurrentMissionWithAgent } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers } from "./InputResolvers.js"
-import { type LlmError, isTransientLlmError } from "./LlmClient.js"
+import { type LlmError, type TokenUsage, isTransientLlmError } from "./LlmClient.js"
 import { LlmBreaker } from "./LlmBreaker.js"
 import { MissionRunner, type MissionRunnerShape, MissionTimeout, type RunOutcome, type RunRequest } from "./MissionRunner.js"
 import { MissionStore } from "./MissionStore.js"
@@ -43,6 +43,8 @@ export interface MissionRunnerOptions {
   readonly instanceId?: string
   /** How long a claim outlives the run's deadline, covering the write-back. */
   readonly claimMargin?: Duration.DurationInput
+  /** How often expired claims are deleted (at most once per interval, after a run; default 1 minute). */
+  readonly claimPruneEvery?: Duration.DurationInput
 }
 
 export const defaultInstanceId = (): string => `mana-ai:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
@@ -102,6 +104,14 @@ const agentSkip = (
   })
 }
 
+/** The run's token usage over every LLM answer that reported it (repair turns included). */
+export const tokensOf = (usage: ReadonlyArray<TokenUsage>) => ({
+  llmAnswersWithUsage: usage.length,
+  promptTokens: usage.reduce((n, u) => n + u.promptTokens, 0),
+  completionTokens: usage.reduce((n, u) => n + u.completionTokens, 0),
+  totalTokens: usage.reduce((n, u) => n + u.totalTokens, 0),
+})
+
 const errorKind = (cause: Cause.Cause<MissionTimeout | SqlError>): string =>
   Option.match(Cause.failureOption(cause), { onNone: () => (Cause.isInterruptedOnly(cause) ? "Interrupted" : "Defect"), onSome: (e) => e._tag })
 
@@ -120,6 +130,28 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const owner = options.instanceId ?? defaultInstanceId()
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
+    const pruneEveryMs = Duration.toMillis(Duration.decode(options.claimPruneEvery ?? Duration.minutes(1)))
+    const lastPrune = yield* Ref.make(Number.NEGATIVE_INFINITY)
+
+    /**
+     * A claim kept after its write-back (or by a crashed instance) is useless once expired: delete those
+     * through run_claims_expires_idx, at most once per interval, so the table stays as small as the runs
+     * under way. Same clock as `claim`, so TestClock drives both.
+     */
+    const pruneClaims = Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const due = yield* Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last]))
+      if (!due) return
+      const sql = sqlClient
+      const pruned = yield* sql<{ n: number }>`
+        WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
+        SELECT count(*)::int AS n FROM gone`
+      const n = Number(pruned[0]?.n ?? 0)
+      if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
+    }).pipe(
+      Effect.timeout("5 seconds"),
+      Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+    )
 
     /** Claim, check the mission as it stands now, resolve, plan: the part the deadline bounds. */
     const prepare = (userId: string, mission: Mission, iterationId: string, attemptId: string, claimed: Effect.Effect<void>) =>
@@ -274,6 +306,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", "ran"))
           yield* Effect.logInfo("iteration written back").pipe(
             Effect.annotateLogs({ overallStatus: iteration.overallStatus, steps: iteration.plan.length, nextRunAt: written.nextRunAt ?? "none" }),
+            // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
+            Effect.annotateLogs(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
           )
           return {
             _tag: "Written",
@@ -298,6 +332,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       const iterationId = iterationIdFor(mission.id, mission.nextRunAt)
       return Effect.flatMap(Clock.currentTimeMillis, (startMs) =>
         runFrom(request, iterationId, startMs, randomUUID()).pipe(
+          Effect.tap(pruneClaims),
           Effect.onExit((exit) =>
             Effect.gen(function* () {
               const end = yield* Clock.currentTimeMillis

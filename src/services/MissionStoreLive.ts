@@ -58,7 +58,7 @@ export const DEFAULT_RECONCILE_CHUNK = 500
 export const ANALYZE_AFTER_ROWS = 10_000
 
 /** pg_advisory_xact_lock key for a refresh batch: the bytes of "manadisc". */
-const REFRESH_LOCK_KEY = "7881696566315094371"
+export const REFRESH_LOCK_KEY = "7881696566315094371"
 
 /** created_at as exact UTC text, `YYYY-MM-DDTHH:MM:SS.ffffffZ`: fixed width, so it sorts as it reads. */
 const exactUtc = (sql: SqlClient.SqlClient, column: string) =>

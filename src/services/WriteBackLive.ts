@@ -34,7 +34,7 @@ import { withUserScope } from "./withUserScope.js"
  * The write time stamped on both fields: the clock, but never at or before the time of the values
  * being replaced. A device whose clock runs ahead may have stamped `iterations` in our future; an
  * older stamp would make the replay drop this append silently (LWW), so it moves just past the
- * newest one instead. (nextRunAt itself is still computed from the clock.)
+ * newest one instead; nextRunAt is then computed after that stamp, so it stays strictly after it.
  */
 export const writeTimeFor = (nowMs: number, state: RecordState): number => {
   const held = Math.max(state.times.iterations ?? Number.NEGATIVE_INFINITY, state.times.nextRunAt ?? Number.NEGATIVE_INFINITY)
@@ -83,9 +83,10 @@ export const makeWriteBack = Effect.gen(function* () {
           return { _tag: "Skipped", reason: current.reason }
         }
         const nowMs = yield* Clock.currentTimeMillis
-        const writtenAt = new Date(writeTimeFor(nowMs, current.state)).toISOString()
-        // The schedule follows the clock: a skewed device may move the stamp, never the next run.
-        const next = nextRunFor(current.mission, new Date(nowMs), config.defaultTimezone)
+        const writtenMs = writeTimeFor(nowMs, current.state)
+        const writtenAt = new Date(writtenMs).toISOString()
+        // SPEC §6: strictly after the write time actually stamped, which a device clock ahead pushes later.
+        const next = nextRunFor(current.mission, new Date(writtenMs), config.defaultTimezone)
         if (Either.isLeft(next)) {
           yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
             Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),

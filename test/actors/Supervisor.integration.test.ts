@@ -7,10 +7,12 @@ import { layer } from "@effect/vitest"
 import { Duration, Effect, Layer, Schedule } from "effect"
 import { expect } from "vitest"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
+import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { LlmStandIn, messagesOf } from "../support/LlmStandIn.js"
 import { runnerRowCount, runnerServices } from "../support/RunnerStack.js"
 import { insertChanges, missionInsertRow } from "../support/seed.js"
-import { TestDatabaseLive } from "../support/TestDatabase.js"
+import { TcpProxy, targetOf } from "../support/TcpProxy.js"
+import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const Stack = SupervisorLive.pipe(
   Layer.provideMerge(runnerServices({ missionTimeout: "20 seconds", runner: { tickEnabled: false, userConcurrency: 2 } })),
@@ -97,6 +99,57 @@ layer(SelfScheduling, { timeout: 120_000, excludeTestServices: true })("Supervis
         expect(actor.state).toBe("idle")
         for (const m of actor.missions) expect(Date.parse(m.nextRunAt ?? "")).toBeGreaterThan(Date.now())
       }
+    }),
+  )
+})
+
+// The runner's pool goes through a TCP proxy, so the database can be taken away from outside.
+const ProxiedPool = Layer.unwrapEffect(
+  Effect.gen(function* () {
+    const db = yield* TestDatabase
+    const proxy = yield* TcpProxy
+    return databaseLayerFromUrl(proxy.rewrite(db.runnerUrl), 4)
+  }),
+)
+const Proxied = SupervisorLive.pipe(
+  Layer.provideMerge(
+    runnerServices({ sql: ProxiedPool, missionTimeout: "20 seconds", runner: { tickEnabled: false, userConcurrency: 2 } }),
+  ),
+  Layer.provideMerge(
+    Layer.provideMerge(
+      Layer.unwrapEffect(Effect.map(TestDatabase, (db) => TcpProxy.layer(targetOf(db.runnerUrl)))),
+      Layer.merge(TestDatabaseLive, LlmStandIn.layer),
+    ),
+  ),
+)
+
+layer(Proxied, { timeout: 120_000, excludeTestServices: true })("Supervisor on the real stack, database away", (it) => {
+  it.scoped("a tick whose discovery fails answers with the reason and runs nothing; the next tick after recovery plans the mission", () =>
+    Effect.gen(function* () {
+      yield* insertChanges([missionInsertRow("eve", "eve-1", { nextRunAt: minutesAgo(1) })])
+      const supervisor = yield* Supervisor
+      const standIn = yield* LlmStandIn
+      const proxy = yield* TcpProxy
+      yield* proxy.setMode("refuse")
+      yield* Effect.addFinalizer(() => proxy.resume)
+      yield* proxy.dropAll
+
+      const failed = yield* supervisor.tick
+      expect(failed).toMatchObject({ dueMissionCount: 0, plansProduced: 0, plansWrittenBack: 0, parseFailures: 0 })
+      expect(failed.errors.length).toBeGreaterThanOrEqual(1)
+      expect(failed.errors[0]).toMatch(/^discovery: /)
+      expect((yield* standIn.requests).length).toBe(0)
+      expect(yield* runnerRowCount("eve", "eve-1")).toBe(0)
+
+      yield* proxy.resume
+      // The pool may still hold a connection cut a moment ago: a tick or two may report it, none writes twice.
+      let recovered = yield* supervisor.tick
+      for (let i = 0; i < 5 && recovered.errors.length > 0; i++) {
+        yield* Effect.sleep("200 millis")
+        recovered = yield* supervisor.tick
+      }
+      expect(recovered).toMatchObject({ dueMissionCount: 1, plansWrittenBack: 1, errors: [] })
+      expect(yield* runnerRowCount("eve", "eve-1")).toBe(1)
     }),
   )
 })

@@ -12,7 +12,7 @@ import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
 import type { Iteration } from "../../src/domain/mission.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { malformedRowsTotal, missionsSkippedTotal } from "../../src/services/metrics.js"
-import { auditMissions, record } from "../support/FaultLedger.js"
+import { audited } from "../support/auditedTest.js"
 import { LlmStandIn, completion, defaultPlan, messagesOf, planAnswer } from "../support/LlmStandIn.js"
 import { replayedMission, runnerRows } from "../support/eventLogRows.js"
 import { missionOf, runnerRowCount, runnerServices, snapshotOf } from "../support/RunnerStack.js"
@@ -21,7 +21,7 @@ import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const Stack = SupervisorLive.pipe(
   // JSON mode: the poisoned and injected answers below are scripted as fenced plans.
-  Layer.provideMerge(runnerServices({ missionTimeout: "8 seconds", plannerMode: "json", runner: { tickEnabled: false, userConcurrency: 2 } })),
+  Layer.provideMerge(runnerServices({ missionTimeout: "30 seconds", plannerMode: "json", runner: { tickEnabled: false, userConcurrency: 2 } })),
   Layer.provideMerge(Layer.merge(TestDatabaseLive, LlmStandIn.layer)),
 )
 
@@ -144,8 +144,12 @@ const stepsOf = (rows: ReadonlyArray<{ data: unknown }>) => {
 }
 
 layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) => {
+  // Every test ends with the audit of what it stored (no duplicate iteration) and records its figures.
+  const check = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+    audited("badInput", () => ({ runs: tally.runs, rejected: tally.rejected, faults: tally.faults }), body)
+
   it.effect("malformed mission rows of every kind are skipped with a named reason; valid missions of the same and other users run in the same tick", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       const user = "mixed-user"
@@ -194,10 +198,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect((yield* counterValue(missionsSkippedTotal, "reason", "malformed")) - malformedBefore).toBeGreaterThanOrEqual(
         malformed.length - nonObjectRows + 1,
       )
-    }))
+    })))
 
   it.effect("a mission that turns malformed after discovery is skipped by the run itself, with reason malformed and no write", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       const user = "late-bad"
@@ -212,10 +216,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect(Either.isRight(result) && result.right).toMatchObject({ _tag: "Skipped", reason: "malformed" })
       expect(yield* runnerRowCount(user, "m1")).toBe(0)
       expect(yield* standIn.requests).toHaveLength(0) // no LLM call spent on it
-    }))
+    })))
 
   it.effect("Postgres itself refuses what the sync server could not store: NUL in jsonb or text, an unknown or missing op", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const insert = `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
                       VALUES ('ai', 'aiMissions', $1, 'nul-user', $2, $3::jsonb, 'browser-device')`
       // jsonb has no NUL: \u0000 in a JSON string is refused (untranslatable character).
@@ -236,10 +240,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       tally.runs++
       expect(Either.isRight(result) && result.right._tag).toBe("Written")
       expect(messagesOf((yield* (yield* LlmStandIn).requests).at(-1))[1]?.content).toContain("literally \\u0000 here")
-    }))
+    })))
 
   it.effect("unusual Unicode in user id, mission id, title and objective: planned and written once, the text reaches the prompt intact", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       const user = "üser-🦄-\u202Eevil\u202C-ユーザー"
@@ -258,10 +262,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect(prompt).toContain(objective)
       const replayed = yield* replayedMission(user, id)
       expect(replayed.record?.title).toBe(title)
-    }))
+    })))
 
   it.effect("huge fields (1 MB objective, 4 MB concept, a 2 MB unknown field, 3000 inputs): one bounded LLM request, one write carrying only its two fields", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       const user = "huge-user"
@@ -288,10 +292,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect(JSON.stringify(rows[0]!.data).length).toBeLessThan(16 * 1024)
       const blob = (yield* replayedMission(user, "huge")).record?.appOnlyBlob
       expect(typeof blob === "string" && blob.length).toBe(2 * 1024 * 1024)
-    }))
+    })))
 
   it.effect("an LLM answer holding NUL or an unpaired surrogate never loops on a failing write: the run ends with one iteration", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       const runner = yield* MissionRunner
       for (const [i, poison] of ["Buy \u0000 shoes", "Buy \ud800 shoes"].entries()) {
@@ -311,10 +315,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
         expect(written.iterations[0]).toMatchObject({ overallStatus: "failed", errorDetails: { name: "PlanRejected" } })
         expect(written.iterations[0]!.summary).toMatch(/NUL character or an unpaired surrogate/)
       }
-    }))
+    })))
 
   it.effect("an objective that tries to talk the planner into a tool outside the catalogue: the plan is rejected whole, nothing outside the catalogue is written", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       const user = "injector"
@@ -363,19 +367,5 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect(messages[0]!.content).not.toContain("delete_all_data")
       expect(messages[0]!.content).toContain("create_task")
       expect(messages[1]!.content).toContain("SYSTEM OVERRIDE")
-    }))
-
-  it.effect("across the suite: bad input never produced a duplicate iteration", () =>
-    Effect.gen(function* () {
-      const audit = yield* auditMissions
-      expect(audit.duplicates).toBe(0)
-      record({
-        suite: "badInput",
-        faults: tally.faults,
-        runs: tally.runs,
-        iterationsWritten: audit.runnerRows,
-        duplicates: audit.duplicates,
-        badInputsRejected: tally.rejected,
-      })
-    }))
+    })))
 })

@@ -16,11 +16,12 @@ import type { Mission } from "../../src/domain/mission.js"
 import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
-import { auditMissions, missionKey, record } from "../support/FaultLedger.js"
+import { audited } from "../support/auditedTest.js"
+import { missionKey } from "../support/FaultLedger.js"
 import { LlmStandIn } from "../support/LlmStandIn.js"
-import { replayedMission } from "../support/eventLogRows.js"
+import { runnerRows } from "../support/eventLogRows.js"
 import { missionOf, runnerRowCount, runnerServices, snapshotOf } from "../support/RunnerStack.js"
-import { insertChanges, missionInsertRow } from "../support/seed.js"
+import { insertChanges, missionFields, missionInsertRow } from "../support/seed.js"
 import { TcpProxy, targetOf } from "../support/TcpProxy.js"
 import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -55,8 +56,9 @@ const dueMission = (prefix: string) =>
   Effect.gen(function* () {
     const userId = `${prefix}-user-${++counter}`
     const missionId = `${prefix}-mission-${counter}`
-    yield* insertChanges([missionInsertRow(userId, missionId, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })])
-    return { userId, missionId }
+    const nextRunAt = new Date(Date.now() - 60_000).toISOString()
+    yield* insertChanges([missionInsertRow(userId, missionId, { nextRunAt })])
+    return { userId, missionId, nextRunAt }
   })
 
 /** Runs once; a Written outcome is an acknowledged write the suite must find stored later. */
@@ -103,8 +105,13 @@ const waitUntil = (what: string, check: Effect.Effect<boolean>, timeoutMs = 10_0
   })
 
 layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults under the run pipeline", (it) => {
+  // Every test ends with the audit of what it stored: no acknowledged write of its own lost, no
+  // duplicate iteration; each records its own figures.
+  const check = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+    audited("databaseFaults", () => ({ runs: tally.runs, rejected: 0, faults: tally.faults }), body, () => acknowledged)
+
   it.effect("the runner's connections cut while the LLM answers: the write-back gets a fresh connection and writes once", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       const proxy = yield* TcpProxy
       yield* standIn.reset
@@ -119,7 +126,7 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       const result = yield* Fiber.join(fiber)
       expect(tagOf(result)).toBe("Written")
       expect(yield* runnerRowCount(userId, missionId)).toBe(1)
-    }))
+    })))
 
   it.effect.skipIf(!ON_SERVER)(
     "the write transaction terminated at its INSERT: nothing written, the run fails with SqlError, the retry writes once",
@@ -169,7 +176,7 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
   )
 
   it.effect("a commit whose acknowledgement is lost: the row is there once, and the retry adds nothing", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const proxy = yield* TcpProxy
       const standIn = yield* LlmStandIn
       yield* standIn.reset
@@ -185,10 +192,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       const retry = yield* run(userId, mission)
       expect(tagOf(retry)).toBe("Skipped")
       expect(yield* runnerRowCount(userId, missionId)).toBe(1)
-    }))
+    })))
 
   it.scoped("the server refused for 3 s: runs and discovery fail fast without writing, then recover by themselves", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const proxy = yield* TcpProxy
       const store = yield* MissionStore
       const standIn = yield* LlmStandIn
@@ -202,7 +209,8 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       const during = yield* run(seeded[0]!.userId, missions[0]!)
       expect(tagOf(during)).toBe("SqlError")
       expect(Either.isLeft(yield* Effect.either(store.refresh))).toBe(true)
-      expect(Date.now() - started).toBeLessThan(3000)
+      // Fast, not waiting out the refusal: well under the 10 s connect timeout (a wide margin for busy machines).
+      expect(Date.now() - started).toBeLessThan(8_000)
       yield* sleep(Math.max(0, 3000 - (Date.now() - started)))
       yield* proxy.resume
       yield* store.refresh
@@ -210,10 +218,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
         expect(tagOf(yield* run(s.userId, missions[i]!))).toBe("Written")
         expect(yield* runnerRowCount(s.userId, s.missionId)).toBe(1)
       }
-    }))
+    })))
 
   it.scoped("new connections blackholed for 2 s: a run started then waits or fails, writes nothing twice, and all write once after", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const proxy = yield* TcpProxy
       const standIn = yield* LlmStandIn
       yield* standIn.reset
@@ -230,10 +238,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       const first = yield* Fiber.join(fiber)
       if (tagOf(first) !== "Written") expect(tagOf(yield* run(s.userId, mission))).toBe("Written")
       expect(yield* runnerRowCount(s.userId, s.missionId)).toBe(1)
-    }))
+    })))
 
   it.scoped("random connection drops during 12 runs: every acknowledged write is stored, each mission ends with exactly one", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const proxy = yield* TcpProxy
       const store = yield* MissionStore
       const standIn = yield* LlmStandIn
@@ -251,7 +259,9 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       let drops = 0
       let stop = false
       const chaos = Effect.gen(function* () {
-        while (!stop) {
+        // A fixed number of rounds, not "until the runs finish": on a busy machine a run can take longer
+        // than the gap between drops, and endless chaos would then starve every attempt.
+        for (let round = 0; round < 12 && !stop; round++) {
           yield* sleep(60 + Math.floor(random() * 240))
           drops += yield* proxy.dropAll
           if (random() < 0.25) {
@@ -290,31 +300,22 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       const counts = yield* Effect.forEach(seeded, (s) => runnerRowCount(s.userId, s.missionId))
       expect({ outcomes, counts }).toEqual({ outcomes, counts: seeded.map(() => 1) })
 
-      // Discovery after the faults: every snapshot equals a fresh replay of the log. The pool may still
-      // hand out a connection cut by the last drop a moment ago: that refresh fails and the next works.
+      // Discovery after the faults: every snapshot is the mission as seeded plus the one row the runner
+      // wrote (its iterations and nextRunAt, read straight from that row). The pool may still hand out a
+      // connection cut by the last drop a moment ago: that refresh fails and the next works.
       yield* store.refresh.pipe(Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.intersect(Schedule.recurs(3)))))
       for (const s of seeded) {
         const snapshot = (yield* store.forUser(s.userId)).find((x) => x.missionId === s.missionId)
-        const replayed = yield* replayedMission(s.userId, s.missionId)
-        expect(snapshot?.record).toEqual(replayed.record)
+        const [written] = yield* runnerRows(s.userId, s.missionId)
+        const data = written!.data as { iterations: ReadonlyArray<{ id: string }>; nextRunAt: string }
+        expect(data.iterations).toHaveLength(1)
+        expect(Date.parse(data.nextRunAt)).toBeGreaterThan(Date.parse(s.nextRunAt))
+        expect(snapshot?.record).toEqual({
+          ...missionFields({ nextRunAt: s.nextRunAt }),
+          id: s.missionId,
+          iterations: data.iterations,
+          nextRunAt: data.nextRunAt,
+        })
       }
-    }))
-
-  it.effect("across every fault above: no acknowledged write lost, no mission holds an iteration twice", () =>
-    Effect.gen(function* () {
-      const audit = yield* auditMissions
-      expect(audit.duplicates).toBe(0)
-      expect(audit.missionsWithRepeatedIds).toEqual([])
-      const missing = acknowledged.filter((a) => !(audit.byMission.get(a.key) ?? []).includes(a.iterationId))
-      expect(missing).toEqual([])
-      record({
-        suite: "databaseFaults",
-        faults: tally.faults,
-        runs: tally.runs,
-        iterationsWritten: audit.runnerRows,
-        duplicates: audit.duplicates,
-        acknowledgedWrites: acknowledged.length,
-        acknowledgedWritesLost: missing.length,
-      })
-    }))
+    })))
 })

@@ -45,7 +45,9 @@ describe("the live Bun process under faults", () => {
     await run(standIn.reset)
     // Replies take 40–240 ms, so the two processes' runs overlap.
     await run(standIn.setResponder((r) => ({ delayMs: 40 + ((r.index * 37) % 200) })))
-    const env = { TICK_ENABLED: "true", TICK_INTERVAL_MS: "300", USER_CONCURRENCY: "2" }
+    // Deadlines far above the replies: a run timed out on a busy machine would be retried and ask the LLM
+    // again, which is not what this test counts (two processes racing for the same run).
+    const env = { TICK_ENABLED: "true", TICK_INTERVAL_MS: "300", USER_CONCURRENCY: "2", MISSION_TIMEOUT_MS: "30000", LLM_TIMEOUT_MS: "20000" }
     const [a, b] = await Promise.all([rig.startRunner(env), rig.startRunner(env)])
     const missions = Array.from({ length: 10 }, (_, i) => `twin-${i}`).flatMap((u) =>
       [0, 1, 2, 3].map((k) => ({ user: u, id: `${u}-m${k}`, nextRunAt: past(1 + k) })),

@@ -13,7 +13,8 @@ import { expect } from "vitest"
 import { iterationIdFor } from "../../src/domain/iteration.js"
 import type { Iteration, Mission } from "../../src/domain/mission.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
-import { auditMissions, missionKey, record } from "../support/FaultLedger.js"
+import { audited } from "../support/auditedTest.js"
+import { auditMissions, missionKey } from "../support/FaultLedger.js"
 import { LlmStandIn, type StandInReply, completion, planAnswer } from "../support/LlmStandIn.js"
 import { runnerRows } from "../support/eventLogRows.js"
 import { missionOf, runnerRowCount, runnerStack, snapshotOf } from "../support/RunnerStack.js"
@@ -113,8 +114,18 @@ const expectFailedIteration = (it: Iteration, name: string, phase: string) => {
 }
 
 layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults through the run pipeline", (it) => {
-  it.effect("500, 500, then a plan: one planned iteration after three requests", () =>
+  // Every test ends with the audit of what it stored: no duplicate iteration, each Written run's row
+  // there, and no runner row beyond them; each records its own figures.
+  const check = <A, E, R>(body: Effect.Effect<A, E, R>) =>
     Effect.gen(function* () {
+      const before = { rows: (yield* auditMissions).runnerRows, acks: acknowledged.length }
+      const result = yield* audited("llmFaults", () => ({ runs: tally.runs, rejected: 0, faults: tally.faults }), body, () => acknowledged)
+      expect((yield* auditMissions).runnerRows - before.rows).toBe(acknowledged.length - before.acks)
+      return result
+    })
+
+  it.effect("500, 500, then a plan: one planned iteration after three requests", () =>
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("e500", [{ status: 500 }, { status: 503, body: "upstream sad" }])
       fault("llm:http-5xx", 2)
       expect(Either.isRight(result) && result.right._tag).toBe("Written")
@@ -125,10 +136,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(written.plan.every((p) => p.status === "planned" && p.intent.kind === "toolCall")).toBe(true)
       expect(written.plan[0]!.summary).toContain(" — ")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("429 with Retry-After: 1 is honoured (the retry waits a second), then one planned iteration", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("e429", [{ status: 429, headers: { "retry-after": "1" } }])
       fault("llm:429-retry-after")
       expect(Either.isRight(result) && result.right._tag).toBe("Written")
@@ -136,10 +147,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(second!.receivedAt - (first!.closedAt ?? first!.receivedAt)).toBeGreaterThanOrEqual(950)
       expect((yield* onlyIteration(scenario)).overallStatus).toBe("awaiting-review")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("a request hanging past LLM_TIMEOUT_MS is abandoned and retried; one planned iteration", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("hang", [{ hang: true }])
       fault("llm:hang-past-timeout")
       expect(Either.isRight(result) && result.right._tag).toBe("Written")
@@ -149,10 +160,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect((requests[0]!.closedAt ?? 0) - requests[0]!.receivedAt).toBeGreaterThanOrEqual(LLM_TIMEOUT_MS - 50)
       expect((yield* onlyIteration(scenario)).overallStatus).toBe("awaiting-review")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("garbage text, then garbage again after the repair turn: one failed iteration naming the kind of failure, no raw output", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("garbage", [{ body: completion(GARBAGE) }, { body: completion(GARBAGE) }])
       fault("llm:garbage-text", 2)
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.overallStatus).toBe("failed")
@@ -164,10 +175,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(written.errorDetails?.message).toBe("plan rejected: it held no JSON plan")
       expect(JSON.stringify(written)).not.toContain("Go for a run")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("garbage first, a valid plan in the repair turn: one planned iteration, one parse failure counted", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("repair", [{ body: completion(GARBAGE) }])
       fault("llm:garbage-text")
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.parseFailures).toBe(1)
@@ -175,10 +186,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(JSON.stringify(repair?.body)).toContain("no JSON")
       expect((yield* onlyIteration(scenario)).overallStatus).toBe("awaiting-review")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("a plan naming a tool outside the catalogue, twice: one failed iteration naming the kind of failure, never the tool; nothing planned", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("tool", [{ body: wrongTool }, { body: wrongTool }])
       fault("llm:tool-outside-catalogue", 2)
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.failure).toBe("PlanRejected")
@@ -189,10 +200,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(written.errorDetails?.message).toBe("plan rejected: it named a tool outside the catalogue")
       expect(JSON.stringify(written)).not.toContain("delete_all_data")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("parameters of the wrong type, twice: one failed iteration naming the kind of failure, not the parameter", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("ptype", [{ body: wrongType }, { body: wrongType }])
       fault("llm:param-wrong-type", 2)
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.overallStatus).toBe("failed")
@@ -202,10 +213,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(written.errorDetails?.message).toBe("plan rejected: a parameter had the wrong type or value")
       expect(JSON.stringify(written)).not.toContain("title")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("a 10 MB answer is cut off unread past the body cap: one failed iteration, the stand-in sees the abort", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("huge", [{ hugeBodyBytes: 10 * 1024 * 1024 }])
       fault("llm:10mb-answer")
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.failure).toBe("LlmInvalidResponse")
@@ -216,19 +227,19 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expectFailedIteration(written, "LlmInvalidResponse", "calling-llm")
       expect(JSON.stringify(written).length).toBeLessThan(4000)
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("a 10 MB answer with Content-Length is refused before reading: one failed iteration", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("hugecl", [{ hugeBodyBytes: 10 * 1024 * 1024, declareLength: true }])
       fault("llm:10mb-answer")
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.failure).toBe("LlmInvalidResponse")
       expectFailedIteration(yield* onlyIteration(scenario), "LlmInvalidResponse", "calling-llm")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("HTTP 400 is permanent: no retry, one failed iteration naming the status", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("e400", [{ status: 400, body: { error: "bad request" } }])
       fault("llm:http-4xx")
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.failure).toBe("LlmHttpError")
@@ -237,19 +248,19 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expectFailedIteration(written, "LlmHttpError", "calling-llm")
       expect(written.summary).toContain("400")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("a 200 that is not a chat completion: one failed iteration", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const { result, scenario } = yield* runScenario("notchat", [{ body: { choices: [{ message: { content: 7 } }] } }])
       fault("llm:not-a-completion")
       expect(Either.isRight(result) && result.right._tag === "Written" && result.right.failure).toBe("LlmInvalidResponse")
       expectFailedIteration(yield* onlyIteration(scenario), "LlmInvalidResponse", "calling-llm")
       yield* rerunWritesNothing(scenario)
-    }))
+    })))
 
   it.effect("500s outlasting MISSION_TIMEOUT_MS: MissionTimeout, nothing written, and the retry once the LLM heals writes one", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       yield* standIn.setResponder(() => ({ status: 502 }))
@@ -262,7 +273,8 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       fault("llm:http-5xx", (yield* standIn.requests).length)
       expect(Either.isLeft(first) && first.left._tag).toBe("MissionTimeout")
       expect(Date.now() - started).toBeGreaterThanOrEqual(MISSION_TIMEOUT_MS - 100)
-      expect(Date.now() - started).toBeLessThan(MISSION_TIMEOUT_MS + 3000)
+      // Upper bound with a wide margin: it only says the deadline ended the run, not a hang.
+      expect(Date.now() - started).toBeLessThan(MISSION_TIMEOUT_MS + 15_000)
       expect(yield* runnerRowCount(userId, missionId)).toBe(0)
       // Still due: discovery keeps it schedulable at the same slot.
       const still = yield* snapshotOf(userId, missionId)
@@ -276,10 +288,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       expect(Either.isRight(retry) && retry.right._tag).toBe("Written")
       expect((yield* onlyIteration({ userId, missionId, mission })).overallStatus).toBe("awaiting-review")
       yield* rerunWritesNothing({ userId, missionId, mission })
-    }))
+    })))
 
   it.effect("a hang on every attempt outlasts the deadline the same way: no write, then one on retry", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       yield* standIn.setResponder(() => ({ hang: true }))
@@ -299,25 +311,5 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       noteAck(userId, missionId, retry)
       expect(Either.isRight(retry) && retry.right._tag).toBe("Written")
       yield* onlyIteration({ userId, missionId, mission })
-    }))
-
-  it.effect("across every scenario above: no mission holds an iteration twice", () =>
-    Effect.gen(function* () {
-      const audit = yield* auditMissions
-      expect(audit.duplicates).toBe(0)
-      expect(audit.missionsWithRepeatedIds).toEqual([])
-      expect(audit.runnerRows).toBe(tally.written)
-      const lost = acknowledged.filter((a) => !(audit.byMission.get(a.key) ?? []).includes(a.iterationId))
-      expect(lost).toEqual([])
-      expect(acknowledged.length).toBe(tally.written)
-      record({
-        suite: "llmFaults",
-        faults: tally.faults,
-        runs: tally.runs,
-        iterationsWritten: audit.runnerRows,
-        duplicates: audit.duplicates,
-        acknowledgedWrites: acknowledged.length,
-        acknowledgedWritesLost: lost.length,
-      })
-    }))
+    })))
 })

@@ -12,7 +12,7 @@ import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
-import { auditMissions, record } from "../support/FaultLedger.js"
+import { audited } from "../support/auditedTest.js"
 import { LlmStandIn, messagesOf } from "../support/LlmStandIn.js"
 import { replayedMission, runnerRows } from "../support/eventLogRows.js"
 import { missionOf, runnerRowCount, runnerStack, snapshotOf } from "../support/RunnerStack.js"
@@ -58,8 +58,12 @@ const HOSTILE = [
 ]
 
 layer(Stack, { timeout: 180_000, excludeTestServices: true })("security", (it) => {
+  // Every test ends with the audit of what it stored (no duplicate iteration) and records its figures.
+  const check = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+    audited("security", () => ({ runs: tally.runs, rejected: tally.refused, faults: tally.faults }), body)
+
   it.effect("Postgres refuses the runner role's cross-user reads and writes", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       yield* insertChanges([goal("bob", "bob-goal", "Bob's private goal"), missionInsertRow("bob", "bob-m", { nextRunAt: DUE() })])
       const sql = yield* SqlClient.SqlClient
       // Scoped to alice: bob's goal is invisible (only mission rows are readable across users, by the grant).
@@ -88,10 +92,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("security", (it) =
       fault("security:cross-user-or-privileged-statement", Object.keys(refusals).length)
       tally.refused += Object.keys(refusals).length
       expect(yield* ownerCount("user_id = 'bob'", [])).toBe(2)
-    }))
+    })))
 
   it.effect("a mission whose input names another user's goal never sees it; a write-back for another user's mission writes nothing", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       yield* insertChanges([
@@ -126,10 +130,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("security", (it) =
       expect(yield* ownerCount("record_id = 'carol-m' AND user_id = 'dave'", [])).toBe(0)
       fault("security:cross-user-write-back", 2)
       tally.refused += 3
-    }))
+    })))
 
   it.effect("hostile user and mission ids go through discovery, planning and write-back as plain values", () =>
-    Effect.gen(function* () {
+    check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
       const before = yield* ownerCount("true", [])
@@ -158,19 +162,5 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("security", (it) =
         Effect.promise(() => db.ownerQuery("SELECT count(*)::int AS n FROM mana_ai.mission_snapshots")),
       )
       expect(Number(snapshots[0]?.n)).toBeGreaterThan(HOSTILE.length)
-    }))
-
-  it.effect("across the suite: no duplicate iteration", () =>
-    Effect.gen(function* () {
-      const audit = yield* auditMissions
-      expect(audit.duplicates).toBe(0)
-      record({
-        suite: "security",
-        faults: tally.faults,
-        runs: tally.runs,
-        iterationsWritten: audit.runnerRows,
-        duplicates: audit.duplicates,
-        badInputsRejected: tally.refused,
-      })
-    }))
+    })))
 })

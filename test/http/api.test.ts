@@ -68,6 +68,13 @@ const call = (method: "GET" | "POST", path: string, key?: string) =>
 
 const bodyOf = (response: HttpClientResponse.HttpClientResponse) => response.json as Effect.Effect<any, unknown>
 
+/** One sample's value from Prometheus text (the series must be there). */
+const sampleOf = (text: string, series: string): number => {
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `))
+  if (line === undefined) throw new Error(`no sample ${series} in /metrics`)
+  return Number(line.slice(series.length + 1))
+}
+
 describe("service key comparison", () => {
   it("accepts only the exact key", () => {
     const key = Redacted.make(KEY)
@@ -190,10 +197,10 @@ it.layer(TestServer, { timeout: 30_000 })("HTTP API", (it) => {
       expect(response.headers["content-type"]).toContain("text/plain; version=0.0.4")
       const text = yield* response.text
       expect(text).toContain("# TYPE mana_ai_plans_written_back_total counter")
-      expect(text).toMatch(/^mana_ai_plans_written_back_total [1-9]\d*$/m)
-      for (const line of text.split("\n").filter((l) => l !== "" && !l.startsWith("#"))) {
-        expect(line.startsWith("mana_ai_")).toBe(true)
-      }
+      // The served value is the registry's, not a fixed or rendered-away one: two more, two more shown.
+      const before = sampleOf(text, "mana_ai_plans_written_back_total")
+      yield* Metric.incrementBy(plansWrittenBackTotal, 2)
+      expect(sampleOf(yield* (yield* call("GET", "/metrics")).text, "mana_ai_plans_written_back_total")).toBe(before + 2)
     }))
 })
 
@@ -236,5 +243,24 @@ it.layer(RealProcess, { timeout: 60_000 })("HTTP API on the real supervisor and 
       expect(health).toMatchObject({ ok: true, version: "test", phase: "ready", tick: { enabled: false, running: false } })
       expect(health.actors.total).toBe(1)
       expect(yield* (yield* call("GET", "/metrics")).text).toMatch(/^mana_ai_plans_written_back_total [1-9]/m)
+    }))
+
+  it.effect("each discovery pass is counted once in /metrics: rows read by the store, one duration sample", () =>
+    Effect.gen(function* () {
+      const metrics = Effect.flatMap(call("GET", "/metrics"), (r) => r.text)
+      // A first tick takes in whatever earlier tests left in the log (their write-backs included).
+      yield* call("POST", "/internal/tick", KEY)
+      const before = yield* metrics
+      // Three rows, none due: the tick's one discovery pass reads exactly these.
+      yield* insertChanges([
+        missionInsertRow("metrics-user", "m-a", { nextRunAt: "2999-01-01T00:00:00.000Z" }),
+        missionInsertRow("metrics-user", "m-b", { nextRunAt: "2999-01-01T00:00:00.000Z" }),
+        missionInsertRow("metrics-other", "m-c", { nextRunAt: "2999-01-01T00:00:00.000Z" }),
+      ])
+      expect(yield* bodyOf(yield* call("POST", "/internal/tick", KEY))).toMatchObject({ dueMissionCount: 0, errors: [] })
+      const after = yield* metrics
+      expect(sampleOf(after, "mana_ai_discovery_rows_read_total") - sampleOf(before, "mana_ai_discovery_rows_read_total")).toBe(3)
+      expect(sampleOf(after, "mana_ai_discovery_duration_seconds_count") - sampleOf(before, "mana_ai_discovery_duration_seconds_count")).toBe(1)
+      expect(sampleOf(after, "mana_ai_ticks_total") - sampleOf(before, "mana_ai_ticks_total")).toBe(1)
     }))
 })

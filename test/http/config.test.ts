@@ -1,11 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Either, Option, Redacted } from "effect"
-import { loadStartupConfig, type StartupConfig } from "../../src/layers/startupConfig.js"
+import { Duration, Effect, Either, Option, Redacted } from "effect"
+import { environmentProvider, loadStartupConfig, type StartupConfig } from "../../src/layers/startupConfig.js"
 
+/** The environment as main reads it (environmentProvider: an empty value means unset). */
 const load = (env: Record<string, string>) =>
-  Effect.runSync(
-    Effect.either(loadStartupConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))),
-  )
+  Effect.runSync(Effect.either(loadStartupConfig).pipe(Effect.withConfigProvider(environmentProvider(env))))
 
 const refused = (env: Record<string, string>): string => {
   const result = load(env)
@@ -29,7 +28,6 @@ const malformed: ReadonlyArray<readonly [variable: string, value: string, expect
   ["DB_POOL_MAX", "0", /whole number ≥ 1/],
   ["DB_POOL_MAX", "ten", /whole number ≥ 1/],
   ["MANA_LLM_URL", "llm.local:8080", /http\(s\) URL/],
-  ["LLM_MODEL", "  ", /must not be empty/],
   ["LLM_TEMPERATURE", "warm", /number from 0 to 2/],
   ["LLM_TEMPERATURE", "2.5", /number from 0 to 2/],
   ["MANA_SERVICE_KEY", "short", /at least 16 characters/],
@@ -41,7 +39,6 @@ const malformed: ReadonlyArray<readonly [variable: string, value: string, expect
   ["LLM_TIMEOUT_MS", "0", /milliseconds/],
   ["ACTOR_IDLE_TTL_MS", "10m", /milliseconds/],
   ["RESTART_MAX", "many", /whole number ≥ 1/],
-  ["RESTART_WINDOW_MS", "", /milliseconds/],
   ["SHUTDOWN_GRACE_MS", "30s", /milliseconds/],
   ["DEFAULT_TIMEZONE", "Mars/Olympus_Mons", /IANA time zone/],
   ["TOOLS_FILE", "/nonexistent/tools.json", /readable JSON file/],
@@ -49,10 +46,71 @@ const malformed: ReadonlyArray<readonly [variable: string, value: string, expect
   ["LOG_LEVEL", "loud", /one of trace, debug, info/],
   ["LOG_FORMAT", "xml", /json, logfmt or pretty/],
   ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", /http\(s\) URL/],
-  ["MANA_AI_DATA_DIR", " ", /directory path/],
   ["PLANNER_MODE", "native", /PLANNER_MODE must be tools or json/],
   ["PLANNER_MAX_ROUNDS", "0", /PLANNER_MAX_ROUNDS must be a whole number from 1 to 10/],
 ]
+
+/** Every variable the process reads (SPEC §10 plus MANA_AI_DATA_DIR and the discovery windows). */
+const VARIABLES = [
+  "PORT",
+  "SYNC_DATABASE_URL",
+  "DB_POOL_MAX",
+  "MANA_LLM_URL",
+  "MANA_LLM_API_KEY",
+  "LLM_MODEL",
+  "LLM_TEMPERATURE",
+  "MANA_SERVICE_KEY",
+  "TICK_INTERVAL_MS",
+  "TICK_ENABLED",
+  "USER_CONCURRENCY",
+  "GLOBAL_CONCURRENCY",
+  "MISSION_TIMEOUT_MS",
+  "LLM_TIMEOUT_MS",
+  "ACTOR_IDLE_TTL_MS",
+  "RESTART_MAX",
+  "RESTART_WINDOW_MS",
+  "SHUTDOWN_GRACE_MS",
+  "DEFAULT_TIMEZONE",
+  "TOOLS_FILE",
+  "PLANNER_REPAIR_ATTEMPTS",
+  "LOG_LEVEL",
+  "LOG_FORMAT",
+  "OTEL_EXPORTER_OTLP_ENDPOINT",
+  "MANA_AI_DATA_DIR",
+  "PLANNER_MODE",
+  "PLANNER_MAX_ROUNDS",
+  "USER_DAILY_TOKEN_BUDGET",
+  "LLM_DAILY_TOKEN_BUDGET",
+  "LLM_BREAKER_FAILURES",
+  "MANA_AI_PRIVATE_KEY_FILE",
+  "MANA_AI_PRIVATE_KEY_PEM",
+  "DISCOVERY_LOOKBACK_MS",
+  "DISCOVERY_RECONCILE_INTERVAL_MS",
+] as const
+
+const LIVE = { SYNC_DATABASE_URL: "postgres://runner:pw@db:5432/sync", MANA_LLM_URL: "http://llm:1", MANA_SERVICE_KEY: KEY }
+
+describe("an empty variable means unset (SPEC §10)", () => {
+  it.each(VARIABLES.flatMap((v) => [[v, ""] as const, [v, "   "] as const]))("%s=%j starts embedded exactly as if it were not set", (variable, value) => {
+    expect(accepted({ [variable]: value })).toEqual(accepted({}))
+  })
+
+  it.each(VARIABLES.filter((v) => !(v in LIVE)))("%s empty beside a real database starts live exactly as if it were not set", (variable) => {
+    expect(accepted({ ...LIVE, [variable]: "" })).toEqual(accepted(LIVE))
+  })
+
+  it.each(["MANA_LLM_URL", "MANA_SERVICE_KEY"])("%s empty beside a real database is missing, as required", (variable) => {
+    expect(refused({ ...LIVE, [variable]: "" })).toContain(`${variable} is required when SYNC_DATABASE_URL is set`)
+  })
+
+  it("values around an empty one still count", () => {
+    const config = accepted({ PORT: "", USER_CONCURRENCY: "7", TICK_ENABLED: "", LLM_MODEL: "gpt-x" })
+    expect(config.http.port).toBe(3066)
+    expect(config.runner.userConcurrency).toBe(7)
+    expect(config.runner.tickEnabled).toBe(true)
+    expect(config.llm.model).toBe("gpt-x")
+  })
+})
 
 describe("start-up configuration", () => {
   it.each(malformed)("refuses %s=%j naming the variable and the form it expects", (variable, value, expected) => {

@@ -71,7 +71,10 @@ it.layer(TestDatabaseLive, { timeout: 60_000 })("Database", (it) => {
       )
       expect(Exit.isFailure(exit)).toBe(true)
       const warnings = lines.filter((l) => l.startsWith("WARN") && l.includes(`127.0.0.1:${port}`))
-      expect(warnings.length).toBeGreaterThanOrEqual(3)
+      // Attempts at 0, 0.5 and 1.5 s (exponential from 500 ms, up to 1.5 s): the first retry comes 1 s before
+      // the limit, so two warnings hold on a busy machine; a third may be cut by a late scheduler.
+      expect(warnings.length).toBeGreaterThanOrEqual(2)
+      expect(warnings.length).toBeLessThanOrEqual(3)
       expect(lines.join("\n")).not.toContain("hunter2-secret")
     }),
   )

@@ -3,7 +3,7 @@ import { it } from "@effect/vitest"
 import { Effect, Either, Layer, Metric } from "effect"
 import { expect } from "vitest"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { InputResolversLive, makeInputResolvers } from "../../src/services/InputResolversLive.js"
+import { InputResolversLive, makeInputResolvers, shippedResolvers } from "../../src/services/InputResolversLive.js"
 import { inputsSkippedTotal } from "../../src/services/metrics.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
@@ -144,9 +144,31 @@ it.layer(L, { timeout: 60_000 })("InputResolvers (goals)", (it) => {
 
   it.effect("a mission with no inputs (or none with a resolver) opens no transaction and resolves to nothing", () =>
     Effect.gen(function* () {
-      const r = yield* InputResolvers
+      // The real client, watched: every transaction and every statement it is asked for is counted.
+      const real = yield* SqlClient.SqlClient
+      const used = { transactions: 0, statements: 0 }
+      const watched = new Proxy(real, {
+        apply: (target, self, args) => {
+          used.statements++
+          return Reflect.apply(target as never, self, args)
+        },
+        get: (target, property, receiver) => {
+          const value = Reflect.get(target, property, receiver)
+          if (property !== "withTransaction") return value
+          return (effect: Effect.Effect<unknown, unknown, unknown>) => {
+            used.transactions++
+            return (value as (e: typeof effect) => typeof effect).call(target, effect)
+          }
+        },
+      })
+      const r = yield* makeInputResolvers(shippedResolvers).pipe(Effect.provideService(SqlClient.SqlClient, watched))
       expect(yield* r.resolve("ann", [])).toEqual([])
       expect(yield* r.resolve("ann", [{ module: "unknown", table: "t", id: "x" }])).toEqual([])
+      expect(used).toEqual({ transactions: 0, statements: 0 })
+      // The watch sees a resolver that does read: one transaction for the mission's inputs.
+      expect(yield* r.resolve("ann", [goal("no-such-goal")])).toEqual([])
+      expect(used.transactions).toBe(1)
+      expect(used.statements).toBeGreaterThan(0)
     }))
 
   it.effect("user A's goal is invisible inside user B's scope, even under the same record id", () =>

@@ -24,7 +24,7 @@ import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
 import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
-import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf } from "../support/LlmStandIn.js"
+import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf, planAnswer } from "../support/LlmStandIn.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const INSTANCE = "runner-under-test"
@@ -311,6 +311,37 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
       }),
     ))
 
+  it.effect("expired run claims are pruned after a run (at most once per interval); live claims stay", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const sql = yield* SqlClient.SqlClient
+        const claimsOf = (user: string) =>
+          Effect.map(
+            sql<{ mission_id: string }>`SELECT mission_id FROM mana_ai.run_claims WHERE user_id = ${user} ORDER BY mission_id`,
+            (rows) => rows.map((r) => r.mission_id),
+          )
+        const user = fresh("claims-user")
+        // A crashed instance's claim an hour past its expiry, and one still held by a run under way elsewhere.
+        yield* sql`
+          INSERT INTO mana_ai.run_claims (user_id, mission_id, iteration_id, owner, expires_at)
+          VALUES (${user}, 'a-expired', 'it-1', 'crashed-instance', now() - interval '1 hour'),
+                 (${user}, 'b-live', 'it-1', 'another-instance', now() + interval '1 hour')`
+        const runner = yield* makeMissionRunner({ instanceId: INSTANCE, claimPruneEvery: Duration.hours(1) })
+        const first = yield* dueMission(user)
+        expect((yield* runner.run({ userId: user, mission: first }))._tag).toBe("Written")
+        // The expired claim is gone; the live one and this run's own (kept until it expires) stay.
+        expect(yield* claimsOf(user)).toEqual([first.id, "b-live"].sort())
+
+        // Within the interval a second run prunes nothing, even a claim that has expired meanwhile.
+        yield* sql`UPDATE mana_ai.run_claims SET expires_at = now() - interval '1 second' WHERE user_id = ${user} AND mission_id = 'b-live'`
+        const second = yield* dueMission(user)
+        expect((yield* runner.run({ userId: user, mission: second }))._tag).toBe("Written")
+        expect(yield* claimsOf(user)).toEqual([first.id, second.id, "b-live"].sort())
+      }),
+    ))
+
   it.effect("a mission paused or rescheduled after the snapshot was taken is skipped before any LLM request", () =>
     live(
       Effect.gen(function* () {
@@ -352,6 +383,36 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
         )
         const [request] = yield* standIn.requests
         expect(request?.abortedByClient).toBe(true)
+      }),
+    ))
+
+  it.effect("a run's token usage (repair turn included) is logged on its written-back line", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        yield* standIn.enqueue(
+          { body: completion("no plan here", { prompt_tokens: 100, completion_tokens: 20, total_tokens: 120 }) },
+          { body: completion(planAnswer(defaultPlan), { prompt_tokens: 150, completion_tokens: 30, total_tokens: 180 }) },
+        )
+        const mission = yield* dueMission("cay")
+        const lines: Array<{ message: string; annotations: Record<string, unknown> }> = []
+        const capture = Logger.make(({ message, annotations }) => {
+          lines.push({ message: JSON.stringify(message), annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+        })
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: "cay", mission })).pipe(
+          Effect.provide(Logger.add(capture)),
+        )
+        expect(outcome).toMatchObject({ _tag: "Written", overallStatus: "awaiting-review", parseFailures: 1 })
+        const written = lines.filter((l) => l.message.includes("iteration written back"))
+        expect(written).toHaveLength(1)
+        expect(written[0]!.annotations).toMatchObject({
+          missionId: mission.id,
+          llmAnswersWithUsage: 2,
+          promptTokens: 250,
+          completionTokens: 50,
+          totalTokens: 300,
+        })
       }),
     ))
 

@@ -1,17 +1,17 @@
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, TestClock, TestServices } from "effect"
+import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, Option, TestClock, TestServices } from "effect"
 import { expect } from "vitest"
-import { type ReplayRow, applyChange, initialState } from "../../src/domain/replay.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
-import { makeMissionStore, missionStoreLayer, newMissionRowsQuery } from "../../src/services/MissionStoreLive.js"
+import { REFRESH_LOCK_KEY, makeMissionStore, missionStoreLayer, newMissionRowsQuery } from "../../src/services/MissionStoreLive.js"
 import { discoveryReconciledTotal, malformedRowsTotal, missionsSkippedTotal } from "../../src/services/metrics.js"
 import {
   insertChanges,
   insertChangesAsUser,
   missionDeleteRow,
+  missionFields,
   missionInsertRow,
   missionUpdateRow,
   seedHistory,
@@ -35,20 +35,8 @@ const reason = (s: MissionSnapshot) => Either.match(s.decoded, { onLeft: (r) => 
 /** Refreshes until nothing new is left, so each test starts from a drained log. */
 const drain = Effect.flatMap(MissionStore, (store) => store.refresh)
 
-/** The record as a device would see it after syncing everything stored (a full replay from scratch, as the owner). */
-const fullReplay = (userId: string, missionId: string) =>
-  Effect.flatMap(TestDatabase, (db) =>
-    Effect.promise(async () => {
-      const rows = await db.ownerQuery(
-        `SELECT id::text AS id, op, data, ${db.generation} AS field_timestamps, created_at, record_id FROM sync_changes
-         WHERE user_id = $1 AND app_id = 'ai' AND table_name = 'aiMissions' AND record_id = $2 ORDER BY created_at, id`,
-        [userId, missionId],
-      )
-      // Folded in Postgres's exact (created_at, id) order: replay() re-sorts by millisecond Dates, which
-      // can swap two rows a microsecond apart.
-      return (rows as unknown as ReadonlyArray<ReplayRow>).reduce(applyChange, initialState).record
-    }),
-  )
+/** What a device holds for a mission inserted with the seed's defaults, then changed as `fields` say (written out, not replayed). */
+const expectedRecord = (missionId: string, fields: Record<string, unknown> = {}) => ({ ...missionFields(), ...fields, id: missionId })
 
 const counter = (metric: typeof missionsSkippedTotal, reasonTag: string) =>
   Effect.map(Metric.value(Metric.tagged(metric, "reason", reasonTag)), (s) => s.count)
@@ -111,8 +99,13 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       const store = yield* MissionStore
       const mine = yield* store.forUser("u-tie")
       expect(mine.map((s) => s.missionId)).toEqual(["a", "b", "c", "d"])
-      // Same created_at: the id order decides, as the full replay does.
-      expect(one(mine, "u-tie", "a").record).toEqual(yield* fullReplay("u-tie", "a"))
+      // Same created_at: the id order decides (SPEC §2). Inserted first, the update's title wins; the
+      // update first, it creates the record and the insert's fields, just as new, replace it (ties: later row).
+      const order = yield* Effect.promise(() =>
+        db.ownerQuery("SELECT op FROM sync_changes WHERE user_id = 'u-tie' AND record_id = 'a' ORDER BY created_at, id"),
+      )
+      const insertFirst = order[0]?.op === "insert"
+      expect(one(mine, "u-tie", "a").record).toEqual(insertFirst ? expectedRecord("a", { title: "A2" }) : expectedRecord("a"))
       expect((yield* small.refresh).rowsRead).toBe(0)
     }),
   )
@@ -134,8 +127,7 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       const late = yield* store.refresh
       expect(late.rowsRead).toBe(1)
       const record = one(late.changed, "u-back", "m").record
-      expect(record).toMatchObject({ title: "newer", objective: "late objective" })
-      expect(record).toEqual(yield* fullReplay("u-back", "m"))
+      expect(record).toEqual(expectedRecord("m", { title: "newer", objective: "late objective" }))
     }),
   )
 
@@ -261,8 +253,42 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       expect(after.rowsRead).toBe(1)
       const record = one(after.changed, "u-late", "m").record
       // The slow row is older: its title loses to "fast", its objective is new.
-      expect(record).toMatchObject({ title: "fast", objective: "slow objective" })
-      expect(record).toEqual(yield* fullReplay("u-late", "m"))
+      expect(record).toEqual(expectedRecord("m", { title: "fast", objective: "slow objective" }))
+    }),
+  )
+
+  it.scoped.skipIf(!onServer)("two refreshes at once (two pools) apply each new row once: the advisory lock serialises them", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      yield* drain
+      const otherPool = yield* Layer.build(RunnerSqlLive(2))
+      const first = yield* MissionStore
+      const second = yield* makeMissionStore().pipe(Effect.provide(otherPool), Effect.provideService(RunnerConfig, RunnerConfig.defaults))
+      yield* insertChanges(["a", "b", "c", "d", "e"].map((id) => missionInsertRow("u-lock", id)))
+      // Hold the refresh lock, so both refreshes are under way before either may read.
+      const held = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* sql
+        .withTransaction(
+          Effect.gen(function* () {
+            yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
+            yield* Deferred.succeed(held, undefined)
+            yield* Deferred.await(release)
+          }),
+        )
+        .pipe(Effect.fork)
+      yield* Deferred.await(held)
+      const a = yield* Effect.fork(first.refresh)
+      const b = yield* Effect.fork(second.refresh)
+      // Both wait on the lock (a refresh without it would have read and returned by now).
+      yield* TestServices.provideLive(Effect.sleep("500 millis"))
+      expect([yield* Fiber.poll(a), yield* Fiber.poll(b)].map(Option.isNone)).toEqual([true, true])
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      const results = [yield* Fiber.join(a), yield* Fiber.join(b)]
+      // One of them read all five rows, the other none: no row applied twice.
+      expect(results.map((r) => r.rowsRead).sort()).toEqual([0, 5])
+      expect(results.flatMap((r) => r.changed.map((s) => s.missionId)).sort()).toEqual(["a", "b", "c", "d", "e"])
     }),
   )
 
@@ -337,6 +363,7 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
         missionInsertRow("u-bad", "bad-zone", { timezone: "Mars/Olympus_Mons" }),
         missionInsertRow("u-bad", "bad-next", { nextRunAt: "next tuesday-ish" }),
         missionInsertRow("u-bad", "no-iterations", { iterations: "none" }),
+        missionInsertRow("u-bad", "five-wrong", { title: 1, objective: 2, conceptMarkdown: 3, state: "x", inputs: "no" }),
         { userId: "u-bad", recordId: "not-object", op: "insert", data: "just text" },
       ])
       const result = yield* store.refresh
@@ -349,11 +376,16 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       expect(reasons["bad-next"]).toMatch(/field nextRunAt/)
       expect(reasons["no-iterations"]).toMatch(/field iterations: expected an array, actual "none"/)
       expect(reasons["not-object"]).toMatch(/data that is not an object \(a string\)/)
+      // At most three fields are named; the rest are counted.
+      expect(reasons["five-wrong"]).toBe(
+        "the mission does not decode: field title: expected string, actual 1; field objective: expected string, actual 2; " +
+          "field conceptMarkdown: expected string, actual 3 (and 2 more)",
+      )
       for (const s of result.changed.filter((s) => s.userId === "u-bad" && s.missionId !== "good")) {
         expect(s.schedulable).toBe(false)
       }
       expect(one(result.changed, "u-bad", "good").schedulable).toBe(true)
-      expect((yield* counter(missionsSkippedTotal, "malformed")) - skippedBefore).toBe(7)
+      expect((yield* counter(missionsSkippedTotal, "malformed")) - skippedBefore).toBe(8)
       expect((yield* counter(malformedRowsTotal, "data-not-object")) - rowsBefore).toBe(1)
       const due = yield* store.due(new Date("2026-03-02T09:00:00Z"))
       expect(due.filter((s) => s.userId === "u-bad").map((s) => s.missionId)).toEqual(["good"])

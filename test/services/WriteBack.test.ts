@@ -232,7 +232,7 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
       }
     }))
 
-  it.effect("an append is not lost to a device whose clock ran ahead: the stamp moves past the newest one, the schedule does not", () =>
+  it.effect("an append is not lost to a device whose clock ran ahead: the stamp moves past the newest one, nextRunAt strictly after it", () =>
     Effect.gen(function* () {
       const missionId = yield* seedMission("ann")
       const ahead = "2026-03-02T09:30:00.000Z"
@@ -246,12 +246,13 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
       })
       const iteration = serverIteration(fresh("it"))
       const result = yield* appendAt(WRITE_AT, "ann", missionId, iteration)
-      // The stamp moves past the device's; the schedule still follows the runner's clock.
-      expect(result).toMatchObject({ _tag: "Written", writtenAt: "2026-03-02T09:30:00.001Z", nextRunAt: "2026-03-02T09:00:00.000Z" })
+      // The stamp moves past the device's, and the next hourly slot is the first one after that stamp
+      // (09:00 would be before the write time the row carries: SPEC §6).
+      expect(result).toMatchObject({ _tag: "Written", writtenAt: "2026-03-02T09:30:00.001Z", nextRunAt: "2026-03-02T10:00:00.000Z" })
       const state = yield* replayedMission("ann", missionId)
       const iterations = state.record?.iterations as Array<{ id: string }>
       expect(iterations.map((i) => i.id)).toEqual(["from-the-future", iteration.id])
-      expect(state.record?.nextRunAt).toBe("2026-03-02T09:00:00.000Z")
+      expect(state.record?.nextRunAt).toBe("2026-03-02T10:00:00.000Z")
     }))
 
   it.scoped("20 concurrent appends of one iteration id from two pools write exactly one row; distinct ids all survive", () =>

@@ -167,5 +167,13 @@ it.layer(Env, { timeout: 60_000 })("runner role after sql/runner-role.sql", (it)
       // The narrow read path still shows every user's mission rows, and only those.
       expect(yield* countVisible(null, "ai")).toBe(missionsBefore)
       expect(yield* countVisible(null, "companion")).toBe(0)
+      // The rights after it are exactly the rights before: mission rows of every user, nothing else outside a scope.
+      const before = yield* countVisible(null, "ai")
+      yield* insertAs("idem-1", "idem-1", "ai", "aiMissions")
+      yield* insertAs("idem-2", "idem-2", "ai", "aiMissions")
+      yield* insertAs("idem-1", "idem-1")
+      expect(yield* countVisible(null, "ai")).toBe(before + 2)
+      expect(yield* countVisible("idem-2", "companion")).toBe(0)
+      expect(yield* countVisible("idem-1", "companion")).toBe(1)
     }))
 })

@@ -53,6 +53,8 @@ export const startManaProcess = async (options: {
   readonly env: Readonly<Record<string, string>>
   readonly cwd?: string
   readonly port?: number
+  /** `npm start` (as operators run it: the script execs Bun) instead of Bun directly. */
+  readonly viaNpmStart?: boolean
 }): Promise<ManaProcess> => {
   const port = options.port ?? (await freePort())
   const env: Record<string, string> = {}
@@ -60,7 +62,10 @@ export const startManaProcess = async (options: {
     if (v !== undefined && !OWN_VARIABLES.includes(k)) env[k] = v
   }
   Object.assign(env, { LOG_FORMAT: "json", PORT: String(port), ...options.env })
-  const child = spawn(BUN, [MAIN], { cwd: options.cwd ?? REPO_ROOT, env, stdio: ["ignore", "pipe", "pipe"] })
+  const child =
+    options.viaNpmStart === true
+      ? spawn("npm", ["start", "--silent"], { cwd: options.cwd ?? REPO_ROOT, env, stdio: ["ignore", "pipe", "pipe"] })
+      : spawn(BUN, [MAIN], { cwd: options.cwd ?? REPO_ROOT, env, stdio: ["ignore", "pipe", "pipe"] })
   let out = ""
   let err = ""
   child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {

@@ -10,7 +10,8 @@
  * the seed's (field_timestamps); vitest.config.ts runs the generation-sensitive files once per generation.
  */
 import { PgClient } from "@effect/sql-pg"
-import { Context, Effect, Layer, type Redacted, type Scope } from "effect"
+import { Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
+import pg from "pg"
 import { type SyncGeneration, SYNC_GENERATIONS } from "../../src/domain/eventLog.js"
 import { makeEmbeddedPostgres } from "../../src/layers/EmbeddedPostgres.js"
 import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
@@ -47,31 +48,45 @@ const serverDatabase = (ownerUrl: string, generation: SyncGeneration) =>
       (await db.owner.query(text, params as Array<unknown>)).rows,
   }))
 
-const pgliteDatabase = (generation: SyncGeneration) =>
-  Effect.gen(function* () {
-    const embedded = yield* makeEmbeddedPostgres({ maxConnections: 24, generation }).pipe(Effect.orDie)
-    const role = embedded.runnerRole
-    return {
-      kind: "pglite" as const,
-      generation,
-      runnerRole: role,
-      runnerUrl: embedded.url,
-      ownerQuery: async (text: string, params?: ReadonlyArray<unknown>) => {
-        // One shared backend: act as the owner for this statement only.
-        await embedded.db.exec("RESET ROLE")
-        try {
-          if (params === undefined || params.length === 0) {
-            // exec runs multi-statement scripts (query would refuse them); the last result's rows are returned.
-            const results = await embedded.db.exec(text)
-            return (results.at(-1)?.rows ?? []) as ReadonlyArray<Record<string, unknown>>
-          }
-          return (await embedded.db.query<Record<string, unknown>>(text, params as Array<unknown>)).rows
-        } finally {
-          await embedded.db.exec(`SET ROLE ${role}`)
-        }
-      },
+/**
+ * The owner is a client of the socket server like the runner's pool, with its own connection: each
+ * statement runs in a transaction that takes the owner's role only for itself (`SET LOCAL ROLE`), and
+ * the server's queue serves no other client until it ends, so no runner statement ever runs as the owner.
+ */
+const pgliteDatabase = (generation: SyncGeneration) => Effect.gen(function* () {
+  const embedded = yield* makeEmbeddedPostgres({ maxConnections: 24, ownerClient: true, generation }).pipe(Effect.orDie)
+  const ownerUrl = Option.getOrThrow(embedded.ownerUrl)
+  const owner = yield* Effect.acquireRelease(
+    Effect.promise(async () => {
+      const client = new pg.Client({ connectionString: Redacted.value(ownerUrl) })
+      await client.connect()
+      return client
+    }),
+    (client) => Effect.promise(() => client.end()).pipe(Effect.ignore),
+  )
+  // One statement of the owner's at a time on its one connection (BEGIN … COMMIT must not interleave).
+  let last: Promise<unknown> = Promise.resolve()
+  const ownerQuery = (text: string, params?: ReadonlyArray<unknown>): Promise<ReadonlyArray<Record<string, unknown>>> => {
+    const run = async () => {
+      await owner.query("BEGIN; SET LOCAL ROLE postgres")
+      try {
+        // Without parameters: the simple protocol, so multi-statement scripts run; the last result's rows count.
+        const result =
+          params === undefined || params.length === 0 ? await owner.query(text) : await owner.query(text, params as Array<unknown>)
+        await owner.query("COMMIT")
+        const last = Array.isArray(result) ? result.at(-1) : result
+        return (last?.rows ?? []) as ReadonlyArray<Record<string, unknown>>
+      } catch (error) {
+        await owner.query("ROLLBACK")
+        throw error
+      }
     }
-  })
+    const next = last.then(run, run)
+    last = next.catch(() => undefined)
+    return next
+  }
+  return { kind: "pglite" as const, generation, runnerRole: embedded.runnerRole, runnerUrl: embedded.url, ownerQuery }
+})
 
 /** A test database of the given generation (default: testGeneration()). */
 export const testDatabaseLayer = (options: { readonly generation?: SyncGeneration } = {}): Layer.Layer<TestDatabase> =>

@@ -1,0 +1,94 @@
+/**
+ * The service as operators start it: `npm start` (whose script execs Bun), against a real database as
+ * the runner role and the HTTP LLM stand-in. Empty variables count as unset (SPEC §10); a tick that
+ * outlasts Bun's default 10 s idle timeout still gets its answer (SPEC §9); SIGTERM sent to npm
+ * reaches the service, which drains, and npm exits 0 too (SPEC §8).
+ */
+import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { LlmStandIn, type LlmStandInShape } from "../support/LlmStandIn.js"
+import { eventually, type ManaProcess, request, startManaProcess } from "../support/ManaProcess.js"
+import { insertChanges, missionInsertRow } from "../support/seed.js"
+import { TestDatabase, TestDatabaseLive, type TestDatabaseShape } from "../support/TestDatabase.js"
+
+const KEY = "npm-start-service-key-0123456789"
+/** Past Bun's default idle timeout (10 s, checked in 4 s steps: a request idle 14 s is cut for sure). */
+const LLM_DELAY_MS = 16_000
+
+let scope: Scope.CloseableScope
+let db: TestDatabaseShape
+let standIn: LlmStandInShape
+let mana: ManaProcess | undefined
+
+const run = <A>(effect: Effect.Effect<A>) => Effect.runPromise(effect)
+
+beforeAll(async () => {
+  scope = await run(Scope.make())
+  const context = await run(Layer.buildWithScope(Layer.merge(TestDatabaseLive, LlmStandIn.layer), scope))
+  db = Context.get(context, TestDatabase)
+  standIn = Context.get(context, LlmStandIn)
+  await run(
+    insertChanges([missionInsertRow("npm-ana", "npm-m1", { nextRunAt: new Date(Date.now() - 60_000).toISOString() })]).pipe(
+      Effect.provideService(TestDatabase, db),
+    ),
+  )
+}, 120_000)
+
+afterAll(async () => {
+  if (mana !== undefined && mana.child.exitCode === null && mana.child.signalCode === null) mana.child.kill("SIGKILL")
+  await run(Scope.close(scope, Exit.void))
+}, 60_000)
+
+describe("npm start", () => {
+  it("starts with empty variables taken as unset: /ready turns 200", async () => {
+    mana = await startManaProcess({
+      viaNpmStart: true,
+      env: {
+        SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
+        MANA_LLM_URL: standIn.url,
+        MANA_SERVICE_KEY: KEY,
+        TICK_ENABLED: "false",
+        DB_POOL_MAX: "4",
+        SHUTDOWN_GRACE_MS: "2000",
+        LLM_TIMEOUT_MS: "30000",
+        MISSION_TIMEOUT_MS: "60000",
+        // Set but empty: each means unset (a malformed value would stop the start).
+        MANA_LLM_API_KEY: "",
+        OTEL_EXPORTER_OTLP_ENDPOINT: "",
+        TOOLS_FILE: "",
+        RESTART_WINDOW_MS: "",
+        LLM_MODEL: "",
+        USER_CONCURRENCY: "",
+      },
+    })
+    const m = mana
+    await eventually("/ready to answer 200", 60_000, async () => (await request(m, "GET", "/ready")).status === 200)
+    expect((await request(m, "GET", "/health")).body).toMatchObject({ ok: true, tick: { enabled: false } })
+  }, 90_000)
+
+  it("a tick longer than Bun's 10 s idle timeout still answers with its report", async () => {
+    const m = mana as ManaProcess
+    await run(standIn.setResponder(() => ({ delayMs: LLM_DELAY_MS })))
+    const started = Date.now()
+    const tick = await request(m, "POST", "/internal/tick", KEY)
+    const tookMs = Date.now() - started
+    expect(tick.status).toBe(200)
+    expect(tick.body).toMatchObject({ dueMissionCount: 1, plansProduced: 1, plansWrittenBack: 1, errors: [] })
+    // It really outlasted the idle timeout: the stand-in held the one LLM answer that long.
+    expect(tookMs).toBeGreaterThanOrEqual(LLM_DELAY_MS)
+    const sent = await run(standIn.requests)
+    expect(sent).toHaveLength(1)
+    // LLM_MODEL="" took the default; MANA_LLM_API_KEY="" sent no Authorization header.
+    expect((sent[0]!.body as { model: string }).model).toBe("gpt-4o-mini")
+    expect(sent[0]!.headers.authorization).toBeUndefined()
+  }, 60_000)
+
+  it("SIGTERM sent to npm reaches the service: it drains and stops, and npm exits 0", async () => {
+    const m = mana as ManaProcess
+    const exited = await m.stop("SIGTERM", 20_000)
+    expect(exited).toMatchObject({ code: 0, signal: null })
+    expect(m.logs().at(-1)?.message).toBe("mana-ai stopped")
+    // Nothing is left listening on the service's port.
+    await expect(fetch(`${m.baseUrl}/health`)).rejects.toThrow()
+  }, 30_000)
+})
