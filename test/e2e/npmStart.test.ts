@@ -52,6 +52,8 @@ describe("npm start", () => {
         SHUTDOWN_GRACE_MS: "2000",
         LLM_TIMEOUT_MS: "30000",
         MISSION_TIMEOUT_MS: "60000",
+        // One LLM request per run (tools mode would ask again after the calls), so one slow answer makes the long tick.
+        PLANNER_MODE: "json",
         // Set but empty: each means unset (a malformed value would stop the start).
         MANA_LLM_API_KEY: "",
         OTEL_EXPORTER_OTLP_ENDPOINT: "",

@@ -158,11 +158,11 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     await page.fill("#key-input", key)
     await page.click("#key-form button[type=submit]")
 
-    // The demo users, with the process panel (fields the process does not have yet say n/a).
+    // The demo users, with the process panel: the breaker closed, no tokens spent (the offline planner).
     for (const user of DEMO_USERS) await page.locator(`#actors tr[data-user="${user}"]`).waitFor({ timeout: 15_000 })
     expect(await page.locator("[data-testid=phase] dd").textContent()).toBe("ready")
-    expect(await page.locator("[data-testid=breaker] dd").textContent()).toBe("n/a")
-    expect(await page.locator("[data-testid=tokens] dd").textContent()).toBe("n/a")
+    expect(await page.locator("[data-testid=breaker] dd").textContent()).toBe("closed · consecutiveFailures 0")
+    expect(await page.locator("[data-testid=tokens] dd").textContent()).toBe("0 in 24 h")
     expect(await page.locator("[data-testid=llm-in-flight] dd").textContent()).toMatch(/^\d+$/)
     // The key is in this tab's session storage and nowhere in the page's HTML.
     expect(await page.evaluate(() => (globalThis as any).sessionStorage.getItem("mana-ai.service-key"))).toBe(key)
