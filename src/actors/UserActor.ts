@@ -7,7 +7,7 @@
  * A defect in a run fails the incarnation, which the host sees as a failed actor.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Clock, Data, Deferred, Duration, Effect, Exit, FiberSet, Metric, Option, Schedule } from "effect"
+import { Cause, Clock, Data, Deferred, Duration, Effect, Exit, FiberSet, Option, Schedule } from "effect"
 import {
   addToPart,
   emptyTickPart,
@@ -24,8 +24,7 @@ import {
 import type { Mission } from "../domain/mission.js"
 import type { RunnerConfigShape } from "../services/AppConfig.js"
 import type { MissionSnapshot, MissionStoreShape } from "../services/MissionStore.js"
-import { MissionTimeout, type MissionRunnerShape, type RunOutcome } from "../services/MissionRunner.js"
-import { missionErrorsTotal } from "../services/metrics.js"
+import type { MissionRunnerShape, MissionTimeout, RunOutcome } from "../services/MissionRunner.js"
 import { type Behaviour, describeCause, Next, nthDelay } from "./ActorHost.js"
 
 // ---------------------------------------------------------------- messages
@@ -95,9 +94,6 @@ export interface UserActorDeps {
 
 /** Timed-out, failed or skipped runs wait 30 s, doubling up to 15 min (SPEC §4). */
 const missionRetrySchedule = Schedule.exponential("30 seconds").pipe(Schedule.union(Schedule.spaced("15 minutes")))
-
-/** MissionRunner bounds planning by MISSION_TIMEOUT_MS and writes back after it: the actor's backstop allows for that. */
-const WRITE_BACK_ALLOWANCE = Duration.seconds(30)
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
 
@@ -177,31 +173,17 @@ export const behaviour = (
           ),
         )
 
-        /** How a run the actor may start ends; None: the actor's backstop ended it. */
-        const settleRun = (
-          ended: Option.Option<Exit.Exit<RunOutcome, MissionTimeout | SqlError>>,
-        ): Effect.Effect<RunResult<RunOutcome>> =>
-          Option.match(ended, {
-            onNone: () => {
-              const error = new MissionTimeout({ timeoutMs: Duration.toMillis(config.missionTimeout) })
-              // The runner counts its own failures; only the backstop's are counted here.
-              return Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag)).pipe(
-                Effect.as(RunResult.Failed({ error })),
-              )
-            },
-            onSome: (exit) =>
-              Effect.succeed(
-                Exit.isSuccess(exit)
-                  ? RunResult.Outcome({ outcome: exit.value })
-                  : Cause.isInterruptedOnly(exit.cause)
-                    ? // The drain closed the LLM permits before this run's request: it wrote nothing.
-                      RunResult.Aborted()
-                    : Option.match(Cause.failureOption(exit.cause), {
-                        onNone: () => RunResult.Defect({ reason: describeCause(exit.cause) }),
-                        onSome: (error) => RunResult.Failed({ error }),
-                      }),
-              ),
-          })
+        /** How a run the actor may start ends (MissionRunner bounds it by MISSION_TIMEOUT_MS, claim to commit). */
+        const settleRun = (exit: Exit.Exit<RunOutcome, MissionTimeout | SqlError>): RunResult<RunOutcome> =>
+          Exit.isSuccess(exit)
+            ? RunResult.Outcome({ outcome: exit.value })
+            : Cause.isInterruptedOnly(exit.cause)
+              ? // The drain closed the LLM permits before this run's request: it wrote nothing.
+                RunResult.Aborted()
+              : Option.match(Cause.failureOption(exit.cause), {
+                  onNone: () => RunResult.Defect({ reason: describeCause(exit.cause) }),
+                  onSome: (error) => RunResult.Failed({ error }),
+                })
 
         const admitted = (mission: Mission): Effect.Effect<RunResult<RunOutcome>> =>
           Effect.sync(() => {
@@ -213,12 +195,7 @@ export const behaviour = (
                 Effect.flatMap(gate.draining, (draining) =>
                   draining
                     ? Effect.succeed(RunResult.Aborted<RunOutcome>())
-                    : runner.run({ userId, mission }).pipe(
-                        Effect.exit,
-                        // MissionRunner applies the deadline itself (then writes back); this bounds a runner that hangs.
-                        Effect.timeoutOption(Duration.sum(config.missionTimeout, WRITE_BACK_ALLOWANCE)),
-                        Effect.flatMap(settleRun),
-                      ),
+                    : runner.run({ userId, mission }).pipe(Effect.exit, Effect.map(settleRun)),
                 ),
               ),
             ),

@@ -2,10 +2,11 @@
  * One run of one mission for one scheduled time (SPEC §4–§6): claim → check → resolve inputs → plan →
  * write back.
  *
- * Everything before the write-back runs under MISSION_TIMEOUT_MS; a run that outlasts it writes
- * nothing and gives its claim back, so the mission stays due and is retried. The write-back is one
- * transaction outside the deadline: interrupted, it rolls back whole. A permanent planning failure is
- * not an error of the run: it is written as a failed iteration and advances nextRunAt.
+ * MISSION_TIMEOUT_MS covers the whole run, from the claim to the commit of the write-back (SPEC §4):
+ * a run that outlasts it is interrupted and fails with MissionTimeout. The write-back is one
+ * transaction, so an interrupted one rolls back whole: nothing is written, the claim is given back,
+ * and the mission stays due and is retried. A permanent planning failure is not an error of the run:
+ * it is written as a failed iteration and advances nextRunAt.
  */
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
@@ -41,7 +42,7 @@ import { withUserScope } from "./withUserScope.js"
 export interface MissionRunnerOptions {
   /** Who holds claims: one id per process (default: host, pid and a random suffix). */
   readonly instanceId?: string
-  /** How long a claim outlives the run's deadline, covering the write-back. */
+  /** How long a claim outlives the run's deadline (which already covers the write-back): a margin for clock skew. */
   readonly claimMargin?: Duration.DurationInput
   /** How often expired claims are deleted (at most once per interval, after a run; default 1 minute). */
   readonly claimPruneEvery?: Duration.DurationInput
@@ -153,7 +154,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
     )
 
-    /** Claim, check the mission as it stands now, resolve, plan: the part the deadline bounds. */
+    /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
     const prepare = (userId: string, mission: Mission, iterationId: string, attemptId: string, claimed: Effect.Effect<void>) =>
       Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
         const key = { userId, missionId: mission.id, iterationId }
@@ -255,14 +256,9 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           Ref.get(holdsClaim),
         )
 
-        const outcome = yield* Effect.gen(function* () {
-          // While the LLM breaker is open the run waits here, before it takes its deadline (SPEC §14).
-          if (Option.isSome(breaker)) yield* breaker.value.awaitReady
-          const planned = yield* prepare(userId, mission, iterationId, attemptId, Ref.set(holdsClaim, true)).pipe(
-            Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
-            // Nothing is written after a failure before the write-back: give the claim back for the retry.
-            Effect.onError(() => giveBackClaim),
-          )
+        // Claim to commit: the part the deadline bounds.
+        const bounded = Effect.gen(function* () {
+          const planned = yield* prepare(userId, mission, iterationId, attemptId, Ref.set(holdsClaim, true))
           if (planned._tag === "Skip") {
             if (planned.release === true) yield* giveBackClaim
             return planned.outcome
@@ -294,10 +290,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             })
           }
 
-          const written = yield* writeBack.append({ userId, missionId: mission.id, iteration }).pipe(
-            Effect.withSpan("writeBack"),
-            Effect.onError(() => giveBackClaim),
-          )
+          const written = yield* writeBack.append({ userId, missionId: mission.id, iteration }).pipe(Effect.withSpan("writeBack"))
           const planProduced = planned._tag === "Plan"
           if (written._tag === "Skipped") {
             return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
@@ -319,6 +312,19 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             parseFailures,
             ...(planned._tag === "Failed" ? { failure: planned.error._tag } : {}),
           } satisfies RunOutcome
+        })
+
+        const outcome = yield* Effect.gen(function* () {
+          // While the LLM breaker is open the run waits here, before it takes its deadline (SPEC §14).
+          if (Option.isSome(breaker)) yield* breaker.value.awaitReady
+          return yield* bounded.pipe(
+            // Past the deadline the run is interrupted wherever it is; in the write-back, its
+            // transaction rolls back whole (a COMMIT already under way finishes: the retry then finds
+            // the iteration written and skips).
+            Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
+            // Failed or interrupted before its commit, the run wrote nothing: give the claim back for the retry.
+            Effect.onError(() => giveBackClaim),
+          )
         })
 
         if (outcome._tag === "Skipped") {
