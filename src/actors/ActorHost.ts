@@ -129,6 +129,24 @@ export interface ActorInfo<V> {
 
 export type SendResult = "delivered" | "no-actor" | "quarantined"
 
+export const PHASES: ReadonlyArray<Phase> = ["active", "parked", "backing-off", "quarantined", "restarting"]
+
+/**
+ * The books as of one synchronous step, for a reader that wants a few actors of 10,000s without
+ * computing every view (the operator page). Read it in the step that got it: the books move on.
+ */
+export interface Census<V> {
+  readonly size: number
+  /** Actors per phase, kept where the phase changes (no pass over the books). */
+  readonly counts: Readonly<Record<Phase, number>>
+  /** Every key, ascending (sorted again only after an actor came or went). */
+  readonly keys: ReadonlyArray<string>
+  /** The actors in these phases, each with its view: cheap when those phases hold few. */
+  readonly inPhases: (phases: ReadonlyArray<Phase>) => ReadonlyArray<ActorInfo<V>>
+  /** One actor, with its view; undefined when the key has none. */
+  readonly info: (key: string) => ActorInfo<V> | undefined
+}
+
 export interface ActorHost<M, S, V> {
   /** Adds an actor unless the key has one (false then); with a state it may park at once. */
   readonly spawn: (key: string, state: Option.Option<S>) => Effect.Effect<boolean>
@@ -143,6 +161,8 @@ export interface ActorHost<M, S, V> {
   readonly has: (key: string) => Effect.Effect<boolean>
   readonly phase: (key: string) => Effect.Effect<Option.Option<Phase>>
   readonly status: Effect.Effect<ReadonlyArray<ActorInfo<V>>>
+  /** Counts, sorted keys and reads of a few actors, without a pass over every actor's view. */
+  readonly census: Effect.Effect<Census<V>>
 }
 
 // ---------------------------------------------------------------- the host
@@ -190,7 +210,21 @@ export const make = <M, S, V, E>(
 ): Effect.Effect<ActorHost<M, S, V>, never, Scope.Scope> =>
   Effect.gen(function* () {
     const books = new Map<string, Cell<M, S>>()
-    let quarantinedCount = 0
+    /** The cells of the books by phase: counts and the few busy actors without a pass over all. */
+    const byPhase = new Map<Phase, Set<Cell<M, S>>>(PHASES.map((p) => [p, new Set()]))
+    /** Every key ascending; null after an actor came or went (sorted again on the next census). */
+    let sortedKeys: Array<string> | null = null
+    const admit = (cell: Cell<M, S>) => {
+      books.set(cell.key, cell)
+      byPhase.get(cell.phase)?.add(cell)
+      sortedKeys = null
+    }
+    const evict = (cell: Cell<M, S>) => {
+      books.delete(cell.key)
+      byPhase.get(cell.phase)?.delete(cell)
+      sortedKeys = null
+    }
+    const quarantinedCount = () => byPhase.get("quarantined")?.size ?? 0
     // Registered before the fibers' set, so it runs after they were interrupted: nobody waits for an answer forever.
     yield* Effect.addFinalizer(() =>
       Effect.forEach(books.values(), (cell) => rejectQueued(cell, "actor stopped"), { discard: true }),
@@ -206,13 +240,13 @@ export const make = <M, S, V, E>(
 
     const publishGauges = Effect.suspend(() =>
       Metric.set(options.metrics.actors, books.size).pipe(
-        Effect.zipRight(Metric.set(options.metrics.quarantined, quarantinedCount)),
+        Effect.zipRight(Metric.set(options.metrics.quarantined, quarantinedCount())),
       ),
     )
 
     const setPhase = (cell: Cell<M, S>, phase: Phase) => {
-      if (cell.phase === "quarantined") quarantinedCount--
-      if (phase === "quarantined") quarantinedCount++
+      // Only a cell in the books is in a phase's set (a cell not yet admitted moves on admission).
+      if (byPhase.get(cell.phase)?.delete(cell)) byPhase.get(phase)?.add(cell)
       cell.phase = phase
     }
 
@@ -278,7 +312,7 @@ export const make = <M, S, V, E>(
 
     const tryRetire = (cell: Cell<M, S>, turn: number): boolean => {
       if (!tryPark(cell, turn)) return false
-      books.delete(cell.key)
+      evict(cell)
       setWakeNow(cell, null)
       return true
     }
@@ -402,6 +436,15 @@ export const make = <M, S, V, E>(
         Effect.annotateLogs(options.keyName, cell.key),
       )
 
+    const infoOf = (cell: Cell<M, S>, now: number): ActorInfo<V> => ({
+      key: cell.key,
+      phase: cell.phase,
+      restarts: cell.restarts,
+      lastError: cell.lastError,
+      nextWakeAt: cell.wake?.live ? cell.wake.at : null,
+      view: cell.state === null ? null : behaviour.view(cell.state, now),
+    })
+
     const lifted = (cell: Cell<M, S>) => (options.onLift === undefined ? Effect.void : options.onLift(cell.key))
 
     /** Wakes a cell whose time has come: a letter to a running one, a fiber for a parked one, a restart. */
@@ -464,7 +507,7 @@ export const make = <M, S, V, E>(
       Effect.gen(function* () {
         if (books.has(key)) return false
         const cell = newCell(key, state)
-        books.set(key, cell)
+        admit(cell)
         const now = yield* Clock.currentTimeMillis
         // Most actors start with nothing due: they park at once and need no fiber to start.
         const parked = Option.isSome(state) ? behaviour.settle(state.value, now) : Option.none()
@@ -481,7 +524,7 @@ export const make = <M, S, V, E>(
         const cell = newCell(key, Option.none())
         cell.lastError = reason
         setPhase(cell, "quarantined")
-        books.set(key, cell)
+        admit(cell)
         return publishGauges.pipe(Effect.as(true))
       })
 
@@ -519,17 +562,20 @@ export const make = <M, S, V, E>(
       quarantined,
       has: (key) => Effect.sync(() => books.has(key)),
       phase: (key) => Effect.sync(() => Option.map(Option.fromNullable(books.get(key)), (cell) => cell.phase)),
-      status: Effect.map(Clock.currentTimeMillis, (now) =>
-        [...books.values()].map(
-          (cell): ActorInfo<V> => ({
-            key: cell.key,
-            phase: cell.phase,
-            restarts: cell.restarts,
-            lastError: cell.lastError,
-            nextWakeAt: cell.wake?.live ? cell.wake.at : null,
-            view: cell.state === null ? null : behaviour.view(cell.state, now),
-          }),
-        ),
-      ),
+      status: Effect.map(Clock.currentTimeMillis, (now) => [...books.values()].map((cell) => infoOf(cell, now))),
+      census: Effect.map(Clock.currentTimeMillis, (now): Census<V> => {
+        sortedKeys ??= [...books.keys()].sort()
+        const counts = Object.fromEntries(PHASES.map((p) => [p, byPhase.get(p)?.size ?? 0])) as Record<Phase, number>
+        return {
+          size: books.size,
+          counts,
+          keys: sortedKeys,
+          inPhases: (phases) => phases.flatMap((p) => [...(byPhase.get(p) ?? [])].map((cell) => infoOf(cell, now))),
+          info: (key) => {
+            const cell = books.get(key)
+            return cell === undefined ? undefined : infoOf(cell, now)
+          },
+        }
+      }),
     }
   })

@@ -62,6 +62,20 @@ export interface ActorStatus {
   readonly nextWakeAt: string | null
 }
 
+/**
+ * The actors as of one step, for the operator page: it reads the few actors that are not idle and
+ * the page's idle ones, never every actor's status. Read it in the step that got it.
+ */
+export interface ActorCensus {
+  readonly total: number
+  /** Every actor's user id, ascending. */
+  readonly userIds: ReadonlyArray<string>
+  /** The actors quarantined, backing off or running (any order): the ones not idle. */
+  readonly notIdle: ReadonlyArray<ActorStatus>
+  /** One user's actor; null when the user has none. */
+  readonly status: (userId: string) => ActorStatus | null
+}
+
 export interface SupervisorShape {
   /** Discovery pass, then every mission due now through its user's actor; waits for those runs. */
   readonly tick: Effect.Effect<TickReport>
@@ -71,6 +85,8 @@ export interface SupervisorShape {
   readonly status: Effect.Effect<ReadonlyArray<ActorStatus>>
   /** Every actor in no particular order: `status` without its sort, for a caller that orders (or pages) by itself. */
   readonly statusUnordered: Effect.Effect<ReadonlyArray<ActorStatus>>
+  /** Counts and a few actors' statuses without reading every actor (the operator page's poll). */
+  readonly census: Effect.Effect<ActorCensus>
   /** Lifts a quarantine and restarts the user's actor; false when the user has no actor. */
   readonly restart: (userId: string) => Effect.Effect<boolean>
   readonly tickRunning: Effect.Effect<boolean>
@@ -325,6 +341,26 @@ export const make = Effect.gen(function* () {
   /** The operator page sorts and pages itself: every actor's status, in no particular order. */
   const statusUnordered = Effect.map(host.status, (all) => all.map(toStatus))
 
+  /**
+   * A parked actor is idle (UserActor parks only with no run in flight), so the ones not idle are
+   * among the few active, restarting, backing-off or quarantined: only those are read.
+   */
+  const census = Effect.map(
+    host.census,
+    (c): ActorCensus => ({
+      total: c.size,
+      userIds: c.keys,
+      notIdle: c
+        .inPhases(["quarantined", "backing-off", "active", "restarting"])
+        .map(toStatus)
+        .filter((s) => s.state !== "idle"),
+      status: (userId) => {
+        const info = c.info(userId)
+        return info === undefined ? null : toStatus(info)
+      },
+    }),
+  )
+
   const restart = (userId: string) =>
     Effect.tap(host.restart(userId), (known) =>
       known ? Effect.logInfo("restart requested").pipe(Effect.annotateLogs({ userId })) : Effect.void,
@@ -372,6 +408,7 @@ export const make = Effect.gen(function* () {
     discover,
     status,
     statusUnordered,
+    census,
     restart,
     tickRunning: Ref.get(tickInProgress),
     draining: gate.draining,

@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs"
 import { HttpMiddleware, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Clock, Effect, Layer, Ref, Schema } from "effect"
-import { pageActors } from "./actorPage.js"
+import { pageActors, pageCensus } from "./actorPage.js"
 import { captureFailures } from "./RecentFailures.js"
 import type { ApiBackend } from "./ServerState.js"
 import { ServerState } from "./ServerState.js"
@@ -73,14 +73,24 @@ export const overview = (backend: ApiBackend) =>
   Effect.gen(function* () {
     const state = yield* ServerState
     const query = yield* HttpServerRequest.schemaSearchParams(OverviewQuery)
-    const all = state.actorOrder.byUserId(yield* (backend.actorsUnordered ?? backend.actors))
-    const page = pageActors(all, {
+    const pageQuery = {
       offset: query.offset ?? 0,
       limit: query.limit ?? DEFAULT_PAGE_SIZE,
       state: query.state === "" ? undefined : query.state,
       user: query.user,
       detail: query.detail,
-    })
+    }
+    // With a census the poll reads the page's actors and the few busy ones, not all 10,000 (issue 18 item 4).
+    const { page, actorCount } =
+      backend.actorCensus === undefined
+        ? yield* Effect.map(backend.actorsUnordered ?? backend.actors, (list) => {
+            const all = state.actorOrder.byUserId(list)
+            return { page: pageActors(all, pageQuery), actorCount: all.length }
+          })
+        : yield* Effect.map(backend.actorCensus, (census) => ({
+            page: pageCensus(census, pageQuery),
+            actorCount: census.total,
+          }))
     const tickRunning = (yield* Ref.get(state.ticksRunning)) > 0 || (yield* backend.tickRunning)
     const detail =
       query.detail === undefined
@@ -97,7 +107,7 @@ export const overview = (backend: ApiBackend) =>
         runsInFlight: page.inFlight,
         llmRequestsInFlight: yield* optionalRead(backend.llmRequestsInFlight),
         tokensInWindow: yield* optionalRead(backend.tokensInWindow),
-        actors: { total: all.length, ...page.counts },
+        actors: { total: actorCount, ...page.counts },
       },
       actors: { total: page.total, offset: page.offset, limit: page.limit, items: page.items },
       failures: { total: state.failures.total(), items: state.failures.recent(FAILURES_SHOWN) },

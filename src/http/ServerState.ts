@@ -28,6 +28,20 @@ export interface ActorView {
   readonly nextWakeAt: string | null
 }
 
+/**
+ * The actors as of one step, for the operator page's poll: the few not idle with their views, every
+ * user id in order, and a read of one actor, so a page costs its own actors rather than all of them.
+ */
+export interface ActorCensusView {
+  readonly total: number
+  /** Every actor's user id, ascending. */
+  readonly userIds: ReadonlyArray<string>
+  /** The actors not idle (quarantined, backing off, running), in any order. */
+  readonly notIdle: ReadonlyArray<ActorView>
+  /** One user's actor; null when the user has none. */
+  readonly status: (userId: string) => ActorView | null
+}
+
 /** One mission as GET /internal/missions/:userId shows it: the replayed record, every field. */
 export interface MissionView {
   readonly missionId: string
@@ -45,6 +59,8 @@ export interface ApiBackend {
   readonly actors: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
   /** The same actors in any order (cheaper with many actors); the operator page orders them itself. */
   readonly actorsUnordered?: Effect.Effect<ReadonlyArray<ActorView>, BackendError>
+  /** The actors without reading each (the operator page pages from it when present; issue 18 item 4). */
+  readonly actorCensus?: Effect.Effect<ActorCensusView, BackendError>
   /** False when the runner has no actor and no quarantine for that user. */
   readonly restart: (userId: string) => Effect.Effect<boolean, BackendError>
   readonly missions: (userId: string) => Effect.Effect<ReadonlyArray<MissionView>, BackendError>

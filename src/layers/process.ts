@@ -114,6 +114,7 @@ export const backendFor = (
   tick: supervisor.tick,
   actors: supervisor.status,
   actorsUnordered: supervisor.statusUnordered,
+  actorCensus: supervisor.census,
   restart: supervisor.restart,
   tickRunning: supervisor.tickRunning,
   missions: (userId) =>

@@ -340,3 +340,64 @@ describe("ActorHost: supervision", () => {
     }),
   )
 })
+
+describe("ActorHost: census", () => {
+  /** The census's counts, checked against a pass over `status` (the books read one by one). */
+  const countsOf = (host: ActorHost.ActorHost<Msg, Toy, { total: number }>) =>
+    Effect.gen(function* () {
+      const census = yield* host.census
+      const all = yield* host.status
+      const counted = Object.fromEntries(ActorHost.PHASES.map((p) => [p, all.filter((a) => a.phase === p).length]))
+      expect(census.counts).toEqual(counted)
+      expect(census.size).toBe(all.length)
+      expect(census.keys).toEqual(all.map((a) => a.key).sort())
+      return Object.fromEntries(Object.entries(census.counts).filter(([, n]) => n > 0))
+    })
+
+  it.scoped("keeps per-phase counts and sorted keys right through spawn, park, restart, quarantine, lift and retire", () =>
+    Effect.gen(function* () {
+      const w = yield* makeWorld({ restartMax: 2, restartWindow: Duration.minutes(1), quarantine: Option.none() })
+      for (const key of ["c", "a", "d"]) yield* w.host.spawn(key, Option.some({ ...w.fresh }))
+      yield* w.host.spawn("b", Option.none()) // no state: a turn starts it, then it parks
+      yield* settle
+      expect(yield* countsOf(w.host)).toEqual({ parked: 4 })
+      expect((yield* w.host.census).keys).toEqual(["a", "b", "c", "d"])
+
+      yield* w.host.send("b", { _tag: "Hold" })
+      yield* w.host.send("c", { _tag: "Fail" })
+      yield* settle
+      expect(yield* countsOf(w.host)).toEqual({ parked: 2, active: 1, "backing-off": 1 })
+      const busy = (yield* w.host.census).inPhases(["active", "backing-off"])
+      expect(busy.map((a) => [a.key, a.phase])).toEqual([
+        ["b", "active"],
+        ["c", "backing-off"],
+      ])
+      yield* TestClock.adjust(1_000) // c restarts after its backoff and parks
+      expect(yield* countsOf(w.host)).toEqual({ parked: 3, active: 1 })
+      yield* w.host.send("c", { _tag: "Fail" }) // the second failure within the minute
+      yield* settle
+      expect(yield* w.host.quarantined("q", "kept from an earlier process")).toBe(true)
+      expect(yield* countsOf(w.host)).toEqual({ parked: 2, active: 1, quarantined: 2 })
+      expect((yield* Metric.value(w.metrics.quarantined)).value).toBe(2)
+      expect((yield* w.host.census).keys).toEqual(["a", "b", "c", "d", "q"])
+
+      expect(yield* w.host.restart("c")).toBe(true) // lifts c's quarantine
+      expect(yield* w.host.restart("b")).toBe(true) // a fresh incarnation of the holding one: it parks
+      yield* settle
+      expect(yield* countsOf(w.host)).toEqual({ parked: 4, quarantined: 1 })
+      expect((yield* Metric.value(w.metrics.quarantined)).value).toBe(1)
+      expect((yield* w.host.census).info("c")).toMatchObject({ key: "c", phase: "parked", restarts: 2 })
+      expect((yield* w.host.census).info("nobody")).toBeUndefined()
+
+      // A quiet actor retires after idleTtl and leaves the counts and the keys.
+      yield* w.host.spawn("r", Option.some({ ...w.fresh, quiet: true }))
+      yield* w.host.send("r", { _tag: "Add", n: 1 })
+      yield* settle
+      expect(yield* countsOf(w.host)).toEqual({ parked: 5, quarantined: 1 })
+      yield* TestClock.adjust(Duration.seconds(10))
+      expect(yield* w.host.has("r")).toBe(false)
+      expect(yield* countsOf(w.host)).toEqual({ parked: 4, quarantined: 1 })
+      expect((yield* w.host.census).keys).toEqual(["a", "b", "c", "d", "q"])
+    }),
+  )
+})

@@ -8,10 +8,10 @@ import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Effect, Layer, Logger, Redacted } from "effect"
-import { makeActorOrder, pageActors } from "../../src/http/actorPage.js"
+import { makeActorOrder, pageActors, pageCensus } from "../../src/http/actorPage.js"
 import { ApiLive } from "../../src/http/Api.js"
 import { failureLogger, makeRecentFailures } from "../../src/http/RecentFailures.js"
-import { type ActorView, type ApiBackend, ServerState } from "../../src/http/ServerState.js"
+import { type ActorCensusView, type ActorView, type ApiBackend, ServerState } from "../../src/http/ServerState.js"
 
 const KEY = "page-test-service-key-0123456789"
 
@@ -73,6 +73,71 @@ describe("pageActors", () => {
     const shuffled = [actor("z", "idle"), actor("m", "idle"), actor("q", "quarantined"), actor("b", "idle")]
     const page = pageActors(makeActorOrder().byUserId(shuffled), { offset: 0, limit: 50 })
     expect(page.items.map((a) => a.userId)).toEqual(["q", "b", "m", "z"])
+  })
+})
+
+/** A census as the supervisor gives one, over a list; it counts the statuses read one by one. */
+const censusOf = (list: ReadonlyArray<ActorView>) => {
+  const byId = new Map(list.map((a) => [a.userId, a]))
+  const reads = { count: 0 }
+  const census: ActorCensusView = {
+    total: list.length,
+    userIds: list.map((a) => a.userId).sort(),
+    notIdle: list.filter((a) => a.state !== "idle"),
+    status: (userId) => {
+      reads.count++
+      return byId.get(userId) ?? null
+    },
+  }
+  return { census, reads }
+}
+
+describe("pageCensus", () => {
+  const xs = [
+    actor("k", "idle"),
+    actor("b", "running", { inFlight: 2 }),
+    actor("c", "quarantined"),
+    actor("a", "idle"),
+    actor("e", "backing-off"),
+    actor("f", "quarantined"),
+    actor("d", "idle"),
+    actor("j", "running", { inFlight: 1 }),
+    actor("h", "idle"),
+  ]
+
+  it("the same order as pageActors: quarantined, backing-off, running, idle; by user id within", () => {
+    const page = pageCensus(censusOf(xs).census, { offset: 0, limit: 50, detail: "j" })
+    expect(page.items.map((a) => a.userId)).toEqual(["c", "f", "e", "b", "j", "a", "d", "h", "k"])
+    expect(page.counts).toEqual({ quarantined: 2, "backing-off": 1, running: 2, idle: 4 })
+    expect(page.total).toBe(9)
+    expect(page.inFlight).toBe(3)
+    expect(page.detail?.userId).toBe("j")
+  })
+
+  it("agrees with pageActors on every offset, limit, state and user filter", () => {
+    const sorted = makeActorOrder().byUserId(xs)
+    const { census } = censusOf(xs)
+    for (const state of [undefined, "idle", "running", "quarantined", "backing-off"])
+      for (const user of [undefined, "", "a", "h", "zz"])
+        for (let offset = 0; offset <= 10; offset++)
+          for (const limit of [1, 2, 3, 50]) {
+            const query = { offset, limit, state, user, detail: "d" }
+            expect(pageCensus(census, query), JSON.stringify(query)).toEqual(pageActors(sorted, query))
+          }
+  })
+
+  it("with 10,000 actors: a page reads only its own idle actors, wherever it is", () => {
+    const { census, reads } = censusOf(manyActors)
+    const deep = pageCensus(census, { offset: 5_000, limit: 12 })
+    expect(reads.count).toBe(12)
+    expect(deep).toEqual(pageActors(manyActors, { offset: 5_000, limit: 12 }))
+    // Past the 110 busy: idle rank 4,890. Below user-04900 are 54 busy (49 running, 5 quarantined),
+    // so 4,846 idle; then 04900-04902 and, past the running 04903, 04904 + 41 = 04945.
+    expect(deep.items[0]?.userId).toBe("user-04945")
+    reads.count = 0
+    const first = pageCensus(census, { offset: 0, limit: 50 })
+    expect(reads.count).toBe(0) // 10 quarantined and 100 running fill it
+    expect(first.items).toHaveLength(50)
   })
 })
 
@@ -242,6 +307,26 @@ it.layer(TestServer, { timeout: 30_000 })("operator page over HTTP", (it) => {
       const users = yield* bodyOf(yield* get("/internal/overview?limit=3&user=0999", KEY))
       expect(users.actors.items.map((a: ActorView) => a.userId)).toEqual(["user-00999", "user-09990", "user-09991"])
       expect((yield* bodyOf(yield* get("/internal/overview?detail=nobody", KEY))).detail).toEqual({ userId: "nobody", actor: null, failures: [] })
+    }))
+
+  it.effect("with a census instead of a list: the same page and counts of 10,000 actors", () =>
+    Effect.gen(function* () {
+      const state = yield* ServerState
+      yield* state.provideBackend(backend({ actors: Effect.die("not read"), actorCensus: Effect.succeed(censusOf(manyActors).census) }))
+      yield* state.setPhase("ready")
+      const body = yield* bodyOf(yield* get("/internal/overview?offset=0&limit=12&detail=user-00007", KEY))
+      expect(body.process.actors).toEqual({ total: 10_000, quarantined: 10, running: 100, idle: 9_890 })
+      expect(body.process.runsInFlight).toBe(100)
+      expect(body.actors.items.map((a: ActorView) => a.userId)).toEqual([
+        "user-00007", "user-01007", "user-02007", "user-03007", "user-04007", "user-05007", "user-06007", "user-07007",
+        "user-08007", "user-09007", "user-00003", "user-00103",
+      ])
+      expect(body.detail.actor.userId).toBe("user-00007")
+      const idle = yield* bodyOf(yield* get("/internal/overview?offset=9888&limit=50&state=idle", KEY))
+      expect(idle.actors.total).toBe(9_890)
+      expect(idle.actors.items.map((a: ActorView) => a.userId)).toEqual(["user-09998", "user-09999"])
+      const users = yield* bodyOf(yield* get("/internal/overview?limit=3&user=0999", KEY))
+      expect(users.actors.items.map((a: ActorView) => a.userId)).toEqual(["user-00999", "user-09990", "user-09991"])
     }))
 
   it.effect("a bad query is a 400 with the reason; the page size is capped at 200", () =>
