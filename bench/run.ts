@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page] [--users=N] [--baseline=N] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare] [--users=N] [--baseline=N] [--fair=at-once,spread] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url"
 import { BunRuntime } from "@effect/platform-bun"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureDiscovery } from "./measure/discovery.js"
+import { type FairArrangement, measureFairShare } from "./measure/fairShare.js"
 import { measureMemory, memoryChild } from "./measure/memory.js"
 import { measurePage, pageChild } from "./measure/page.js"
 import { measurePrecision } from "./measure/precision.js"
@@ -105,6 +106,11 @@ const main = Effect.gen(function* () {
         log,
       })),
     )
+  }
+
+  if (selected("fairShare")) {
+    const arrangements = (option("fair")?.split(",") ?? ["at-once", "spread"]) as Array<FairArrangement>
+    figures.push(...(yield* measureFairShare({ ownerUrl, standIn, arrangements, log })))
   }
 
   const cpu = cpuWatch()

@@ -7,7 +7,7 @@
 import { Context, Duration, Effect, Layer, Redacted, type Scope } from "effect"
 import type { PlannerMode } from "../../src/services/AppConfig.js"
 import { appLayer, Supervisor } from "../support/app.js"
-import { makeBenchDatabase } from "../support/benchDatabase.js"
+import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
 import { runInChild } from "../support/child.js"
 import { type CpuReport, startCpuWatch } from "../support/cpu.js"
 import { type BenchLlmStandIn, connectLlmStandIn, type StandInStats } from "../support/llmStandIn.js"
@@ -32,6 +32,8 @@ export interface WorkloadOptions {
   readonly config: WorkloadConfig
   /** Missions, given the instant the seed is written (epoch ms). */
   readonly workload: (seededAt: number) => DueWorkload
+  /** Seeds instead of `workload` when given (returns the mission count). */
+  readonly seed?: (db: BenchDatabase, seededAt: number) => Effect.Effect<number>
   /** Stop once this many runs wrote an iteration… */
   readonly stopAfterWritten: number
   /** …or after this long, whichever comes first. */
@@ -120,9 +122,11 @@ export const runWorkload = (options: WorkloadOptions): Effect.Effect<WorkloadRes
     Effect.gen(function* () {
       const db = yield* makeBenchDatabase(options.ownerUrl)
       const seededAt = Date.now()
-      const workload = options.workload(seededAt)
-      const missions = yield* seedDueMissions(db, workload)
-      yield* options.log(`${options.name}: seeded ${missions} missions for ${workload.users} users`)
+      const missions =
+        options.seed === undefined
+          ? yield* seedDueMissions(db, options.workload(seededAt))
+          : yield* options.seed(db, seededAt)
+      yield* options.log(`${options.name}: seeded ${missions} missions`)
       yield* options.standIn.configure(options.latencyMs)
       const deadlineMs = Duration.toMillis(Duration.decode(options.deadline))
       const result = yield* runInChild<ChildWorkloadResult>(

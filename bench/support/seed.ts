@@ -88,3 +88,41 @@ export const seedDueMissions = (db: BenchDatabase, w: DueWorkload) =>
     yield* db.ownerQuery("ANALYZE sync_changes")
     return count
   })
+
+export interface SkewedWorkload {
+  readonly hotUsers: number
+  readonly hotPerUser: number
+  readonly quietUsers: number
+  /** Epoch ms every hot mission is due at. */
+  readonly dueAt: number
+  /** Quiet user q's one mission is due at quietFirstDueAt + q * quietSpreadMs (0: all at once). */
+  readonly quietFirstDueAt: number
+  readonly quietSpreadMs: number
+}
+
+/**
+ * A few hot users with a backlog each and many quiet users with one mission each (no inputs):
+ * users 'hot-u-<n>' and 'quiet-u-<n>'. Returns the mission count.
+ */
+export const seedSkewedDueMissions = (db: BenchDatabase, w: SkewedWorkload) =>
+  Effect.gen(function* () {
+    const hot = w.hotUsers * w.hotPerUser
+    yield* db.ownerQuery(
+      `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+       SELECT 'ai', 'aiMissions', 'hot-m-' || i, 'hot-u-' || (i % $1), 'insert',
+              ${missionObject("to_timestamp($3::float8 / 1000)", "'[]'::jsonb")},
+              '{}'::jsonb, 'browser-device', now() - interval '1 hour' + make_interval(secs => i * 3600.0 / $2)
+       FROM generate_series(0, $2::int - 1) AS i, LATERAL (SELECT i AS m) AS x`,
+      [w.hotUsers, hot, w.dueAt],
+    )
+    yield* db.ownerQuery(
+      `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+       SELECT 'ai', 'aiMissions', 'quiet-m-' || i, 'quiet-u-' || i, 'insert',
+              ${missionObject("to_timestamp(($2::float8 + i * $3::float8) / 1000)", "'[]'::jsonb")},
+              '{}'::jsonb, 'browser-device', now() - interval '1 hour'
+       FROM generate_series(0, $1::int - 1) AS i, LATERAL (SELECT i + 1000000 AS m) AS x`,
+      [w.quietUsers, w.quietFirstDueAt, w.quietSpreadMs],
+    )
+    yield* db.ownerQuery("ANALYZE sync_changes")
+    return hot + w.quietUsers
+  })

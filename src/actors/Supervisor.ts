@@ -16,7 +16,7 @@ import {
   type TickPart,
   upsert,
 } from "../domain/actorView.js"
-import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
+import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
 import { Quarantines, QuarantinesLive } from "../services/Quarantines.js"
@@ -151,7 +151,7 @@ export const make = Effect.gen(function* () {
 
   // ---- the drain: a gate every run passes, closed when the scope closes
   const gateState = yield* SubscriptionRef.make({ draining: false, inFlight: 0 })
-  const runSlots = yield* makeFairSemaphore(maxRunsAtWork(config))
+  const runSlots = yield* makeKeyedFairSemaphore(maxRunsAtWork(config))
   const gate: UserActor.RunGate = {
     withRunSlot: runSlots.withPermit,
     enter: SubscriptionRef.modify(gateState, (s) =>

@@ -25,6 +25,7 @@ import type { Mission } from "../domain/mission.js"
 import type { RunnerConfigShape } from "../services/AppConfig.js"
 import type { MissionSnapshot, MissionStoreShape } from "../services/MissionStore.js"
 import type { MissionRunnerShape, MissionTimeout, RunOutcome } from "../services/MissionRunner.js"
+import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { type Behaviour, describeCause, Next, nthDelay } from "./ActorHost.js"
 
 // ---------------------------------------------------------------- messages
@@ -77,10 +78,11 @@ export interface RunGate {
   readonly leave: Effect.Effect<void>
   readonly draining: Effect.Effect<boolean>
   /**
-   * Bounds the runs doing work at once across all users (first in, first out). Without it every
-   * admitted run's reads queue on the pool ahead of earlier runs' write-backs.
+   * Bounds the runs doing work at once across all users, granted round-robin by user (first in,
+   * first out within a user). Without it every admitted run's reads queue on the pool ahead of
+   * earlier runs' write-backs.
    */
-  readonly withRunSlot: <A, E>(self: Effect.Effect<A, E>) => Effect.Effect<A, E>
+  readonly withRunSlot: (userId: string) => <A, E>(self: Effect.Effect<A, E>) => Effect.Effect<A, E>
 }
 
 export interface UserActorDeps {
@@ -190,12 +192,17 @@ export const behaviour = (
             state.inFlight++
           }).pipe(
             Effect.zipRight(
-              gate.withRunSlot(
+              gate.withRunSlot(userId)(
                 // Admitted before the drain but still waiting for a slot: it does not start now.
                 Effect.flatMap(gate.draining, (draining) =>
                   draining
                     ? Effect.succeed(RunResult.Aborted<RunOutcome>())
-                    : runner.run({ userId, mission }).pipe(Effect.exit, Effect.map(settleRun)),
+                    : runner.run({ userId, mission }).pipe(
+                        // Its LLM requests take this user's turns at the global permits.
+                        GlobalLlmPermits.forUser(userId),
+                        Effect.exit,
+                        Effect.map(settleRun),
+                      ),
                 ),
               ),
             ),

@@ -1,7 +1,14 @@
-/** The process-wide GLOBAL_CONCURRENCY limit, held only during each LLM request (SPEC §8). */
-import { Context, Effect, Layer } from "effect"
+/**
+ * The process-wide GLOBAL_CONCURRENCY limit, held only during each LLM request (SPEC §8). Granted
+ * round-robin across users with requests waiting: the user is the fiber's `llmPermitUser`, set
+ * around a run with `GlobalLlmPermits.forUser` (requests outside any run share the key "").
+ */
+import { Context, Effect, FiberRef, Layer } from "effect"
 import { RunnerConfig } from "./AppConfig.js"
-import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
+import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
+
+/** Whose turn an LLM request takes from the permits; inherited by forked fibers. */
+export const llmPermitUser: FiberRef.FiberRef<string> = FiberRef.unsafeMake("")
 
 export interface GlobalLlmPermitsShape {
   readonly withPermit: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -16,21 +23,28 @@ export interface GlobalLlmPermitsShape {
 }
 
 export class GlobalLlmPermits extends Context.Tag("mana-ai/GlobalLlmPermits")<GlobalLlmPermits, GlobalLlmPermitsShape>() {
-  // Every run in flight may wait here at once (thousands), so the permits are handed over FIFO.
+  // Every run in flight may wait here at once (thousands): the permits are handed over one at a
+  // time, round-robin by user, so one user's backlog does not delay another user's request.
   static readonly make = (permits: number) =>
-    Effect.map(makeFairSemaphore(permits), (semaphore) => {
+    Effect.map(makeKeyedFairSemaphore(permits), (semaphore) => {
       let closed = false
       const unlessClosed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
         Effect.suspend(() => (closed ? Effect.interrupt : self))
       return GlobalLlmPermits.of({
         // Checked again once the permit is ours: a waiter handed one after the close passes it on.
-        withPermit: (self) => unlessClosed(semaphore.withPermit(unlessClosed(self))),
+        withPermit: (self) =>
+          Effect.flatMap(FiberRef.get(llmPermitUser), (user) => unlessClosed(semaphore.withPermit(user)(unlessClosed(self)))),
         inUse: semaphore.taken,
         close: Effect.sync(() => {
           closed = true
         }),
       })
     })
+  /** Runs `self` with its LLM requests taking `userId`'s turns. */
+  static readonly forUser =
+    (userId: string) =>
+    <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      Effect.locally(self, llmPermitUser, userId)
   static readonly layer = Layer.effect(
     GlobalLlmPermits,
     Effect.flatMap(RunnerConfig, (c) => GlobalLlmPermits.make(c.globalConcurrency)),

@@ -1,0 +1,151 @@
+/**
+ * A semaphore shared by many keys (users) that grants round-robin across the keys with waiters:
+ * one first-in-first-out queue per key, and a ring of the keys that have waiters. Each release
+ * hands the permit to the oldest waiter of the key at the ring's head, and that key goes to the
+ * ring's tail if it still has waiters. So a key that starts waiting while another has thousands
+ * queued is served within (keys waiting) grants, not after the whole backlog. A primitive: it knows
+ * nothing of the app (used by the supervisor's run slots and the global LLM permits, keyed by user).
+ *
+ * Like FairSemaphore, a release hands over exactly one permit (no thundering herd), and
+ * interruption is safe: a waiter interrupted after its permit was handed over passes it on; one
+ * interrupted before leaves its queue (skipped lazily), so no permit is lost or leaked.
+ */
+import { Deferred, Effect, Exit, FiberId } from "effect"
+
+export interface KeyedFairSemaphore {
+  readonly withPermit: (key: string) => <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** Permits currently held. */
+  readonly taken: Effect.Effect<number>
+  /** Fibers waiting for a permit, all keys. */
+  readonly waiting: Effect.Effect<number>
+  /** Keys with at least one fiber waiting. */
+  readonly waitingKeys: Effect.Effect<number>
+}
+
+interface Waiter {
+  readonly deferred: Deferred.Deferred<void>
+  /** Set when the permit was passed to this waiter. */
+  handed: boolean
+  /** Set when the waiter was interrupted before a permit reached it; dequeue skips it. */
+  cancelled: boolean
+}
+
+/** An array-backed FIFO; `head` avoids Array.shift's O(n) on long queues. */
+class Fifo<T> {
+  private items: Array<T> = []
+  private head = 0
+  push(item: T): void {
+    this.items.push(item)
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined
+    const item = this.items[this.head++]!
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head)
+      this.head = 0
+    }
+    return item
+  }
+}
+
+interface KeyQueue {
+  readonly waiters: Fifo<Waiter>
+  /** Waiters not cancelled and not yet handed a permit. */
+  live: number
+  /** Whether the key is in the ring (it may stay there with `live` 0 until the ring reaches it). */
+  inRing: boolean
+}
+
+export const makeKeyedFairSemaphore = (permits: number): Effect.Effect<KeyedFairSemaphore> =>
+  Effect.sync(() => {
+    let free = permits
+    let waiting = 0
+    const queues = new Map<string, KeyQueue>()
+    const ring = new Fifo<string>()
+
+    /** The next waiter round-robin: the oldest live waiter of the key at the ring's head. */
+    const next = (): Waiter | undefined => {
+      for (;;) {
+        const key = ring.shift()
+        if (key === undefined) return undefined
+        const queue = queues.get(key)!
+        queue.inRing = false
+        let waiter = queue.waiters.shift()
+        while (waiter?.cancelled) waiter = queue.waiters.shift()
+        if (waiter === undefined) {
+          queues.delete(key)
+          continue
+        }
+        queue.live--
+        if (queue.live > 0) {
+          queue.inRing = true
+          ring.push(key)
+        } else {
+          queues.delete(key)
+        }
+        return waiter
+      }
+    }
+
+    const release = Effect.sync(() => {
+      const waiter = next()
+      if (waiter === undefined) {
+        free++
+        return
+      }
+      // The permit passes straight to the waiter.
+      waiting--
+      waiter.handed = true
+      Deferred.unsafeDone(waiter.deferred, Exit.void)
+    })
+
+    const acquire = (key: string) =>
+      Effect.suspend(() => {
+        // `free > 0` only while nobody waits: a release with a live waiter hands its permit over.
+        if (free > 0) {
+          free--
+          return Effect.void
+        }
+        const waiter: Waiter = { deferred: Deferred.unsafeMake<void>(FiberId.none), handed: false, cancelled: false }
+        let queue = queues.get(key)
+        if (queue === undefined) {
+          queue = { waiters: new Fifo(), live: 0, inRing: false }
+          queues.set(key, queue)
+        }
+        queue.waiters.push(waiter)
+        queue.live++
+        if (!queue.inRing) {
+          queue.inRing = true
+          ring.push(key)
+        }
+        waiting++
+        const mine = queue
+        return Deferred.await(waiter.deferred).pipe(
+          Effect.onInterrupt(() =>
+            Effect.suspend(() => {
+              if (waiter.handed) return release // handed a permit while being interrupted: pass it on
+              waiter.cancelled = true
+              mine.live--
+              waiting--
+              return Effect.void
+            }),
+          ),
+        )
+      })
+
+    return {
+      withPermit:
+        (key: string) =>
+        <A, E, R>(self: Effect.Effect<A, E, R>) =>
+          Effect.uninterruptibleMask((restore) =>
+            Effect.zipRight(restore(acquire(key)), Effect.ensuring(restore(self), release)),
+          ),
+      taken: Effect.sync(() => permits - free),
+      waiting: Effect.sync(() => waiting),
+      waitingKeys: Effect.sync(() => {
+        let n = 0
+        for (const q of queues.values()) if (q.live > 0) n++
+        return n
+      }),
+    }
+  })

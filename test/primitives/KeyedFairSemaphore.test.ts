@@ -1,0 +1,205 @@
+import { it } from "@effect/vitest"
+import { Deferred, Effect, FastCheck as fc, Fiber, FiberId, Ref } from "effect"
+import { expect } from "vitest"
+import { type KeyedFairSemaphore, makeKeyedFairSemaphore } from "../../src/primitives/KeyedFairSemaphore.js"
+
+/**
+ * Holds the single permit, queues `arrivals` (one waiter each, in order, keyed), interrupts the
+ * waiters at `interrupted`, then lets go; returns the labels in the order the permit reached them.
+ */
+const grantOrder = (arrivals: ReadonlyArray<string>, interrupted: ReadonlySet<number> = new Set()) =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(1)
+    const gate = yield* Deferred.make<void>()
+    const order = yield* Ref.make<Array<string>>([])
+    const holder = yield* Effect.fork(semaphore.withPermit("holder")(Deferred.await(gate)))
+    yield* Effect.yieldNow()
+    const fibers: Array<Fiber.RuntimeFiber<void>> = []
+    for (const [i, key] of arrivals.entries()) {
+      fibers.push(yield* Effect.fork(semaphore.withPermit(key)(Ref.update(order, (o) => [...o, `${key}${i}`]))))
+      yield* Effect.yieldNow()
+    }
+    expect(yield* semaphore.waiting).toBe(arrivals.length)
+    yield* Fiber.interruptAll(fibers.filter((_, i) => interrupted.has(i)))
+    expect(yield* semaphore.waiting).toBe(arrivals.length - interrupted.size)
+    yield* Deferred.succeed(gate, undefined)
+    yield* Fiber.join(holder)
+    yield* Effect.forEach(
+      fibers.filter((_, i) => !interrupted.has(i)),
+      (f) => Fiber.join(f),
+    )
+    expect(yield* semaphore.taken).toBe(0)
+    expect(yield* semaphore.waiting).toBe(0)
+    expect(yield* semaphore.waitingKeys).toBe(0)
+    return yield* Ref.get(order)
+  })
+
+it.effect.each([
+  { name: "one key is plain first in, first out", arrivals: ["a", "a", "a"], expected: ["a0", "a1", "a2"] },
+  {
+    name: "keys take turns in the order they started waiting",
+    arrivals: ["a", "a", "a", "b", "c", "c"],
+    expected: ["a0", "b3", "c4", "a1", "c5", "a2"],
+  },
+  {
+    name: "a key arriving late still gets the next turn after the ring's current round",
+    arrivals: ["a", "a", "a", "a", "b"],
+    expected: ["a0", "b4", "a1", "a2", "a3"],
+  },
+  {
+    name: "interleaved arrivals",
+    arrivals: ["b", "a", "b", "a", "b"],
+    expected: ["b0", "a1", "b2", "a3", "b4"],
+  },
+])("grant order: $name", ({ arrivals, expected }) =>
+  Effect.gen(function* () {
+    expect(yield* grantOrder(arrivals)).toEqual(expected)
+  }),
+)
+
+it.effect("a quiet key waiting behind a hot key's 500 is granted on the next turn, not after the backlog", () =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(2)
+    const grants = yield* Ref.make<Array<string>>([])
+    const gate = yield* Deferred.make<void>()
+    const hot = yield* Effect.forEach(Array.from({ length: 500 }), () =>
+      Effect.fork(semaphore.withPermit("hot")(Effect.zipRight(Ref.update(grants, (g) => [...g, "hot"]), Deferred.await(gate)))),
+    )
+    yield* Effect.yieldNow()
+    // Two hot runs hold the permits; 498 wait.
+    expect(yield* semaphore.waiting).toBe(498)
+    const quiet = yield* Effect.fork(semaphore.withPermit("quiet")(Ref.update(grants, (g) => [...g, "quiet"])))
+    yield* Effect.yieldNow()
+    yield* Deferred.succeed(gate, undefined)
+    yield* Fiber.join(quiet)
+    yield* Effect.forEach(hot, Fiber.join)
+    const order = yield* Ref.get(grants)
+    // The ring holds hot then quiet: after the 2 initial holders, at most one hot grant comes first.
+    expect(order.indexOf("quiet")).toBeLessThanOrEqual(3)
+    expect(order.length).toBe(501)
+  }),
+)
+
+it.effect("never lets more than its permits through, across many keys", () =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(3)
+    const inside = yield* Ref.make(0)
+    const peak = yield* Ref.make(0)
+    const done = yield* Ref.make(0)
+    yield* Effect.forEach(
+      Array.from({ length: 300 }, (_, i) => `u${i % 7}`),
+      (key) =>
+        semaphore.withPermit(key)(
+          Effect.gen(function* () {
+            const n = yield* Ref.updateAndGet(inside, (x) => x + 1)
+            yield* Ref.update(peak, (p) => Math.max(p, n))
+            yield* Effect.yieldNow()
+            yield* Ref.update(inside, (x) => x - 1)
+            yield* Ref.update(done, (x) => x + 1)
+          }),
+        ),
+      { concurrency: "unbounded" },
+    )
+    expect(yield* Ref.get(peak)).toBe(3)
+    expect(yield* Ref.get(done)).toBe(300)
+    expect(yield* semaphore.taken).toBe(0)
+  }),
+)
+
+it.effect("waiters interrupted while queued leave; a key with all its waiters gone is skipped; no permit is lost", () =>
+  Effect.gen(function* () {
+    // b's only waiter and a's first are interrupted.
+    const order = yield* grantOrder(["a", "b", "a", "c", "a"], new Set([0, 1]))
+    expect(order).toEqual(["a2", "c3", "a4"])
+  }),
+)
+
+it.effect("a key whose waiters were all interrupted can wait again later", () =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(1)
+    const gate = yield* Deferred.make<void>()
+    const holder = yield* Effect.fork(semaphore.withPermit("h")(Deferred.await(gate)))
+    yield* Effect.yieldNow()
+    const gone = yield* Effect.fork(semaphore.withPermit("a")(Effect.void))
+    yield* Effect.yieldNow()
+    yield* Fiber.interrupt(gone)
+    expect(yield* semaphore.waitingKeys).toBe(0)
+    const again = yield* Effect.fork(semaphore.withPermit("a")(Effect.succeed("again")))
+    yield* Effect.yieldNow()
+    expect(yield* semaphore.waiting).toBe(1)
+    yield* Deferred.succeed(gate, undefined)
+    yield* Fiber.join(holder)
+    expect(yield* Fiber.join(again)).toBe("again")
+    expect(yield* semaphore.taken).toBe(0)
+    expect(yield* semaphore.withPermit("z")(Effect.succeed("ok"))).toBe("ok")
+  }),
+)
+
+it.live("a waiter interrupted in the same instant its permit arrives passes the permit on", () =>
+  Effect.gen(function* () {
+    const semaphore: KeyedFairSemaphore = yield* makeKeyedFairSemaphore(1)
+    const gate = yield* Deferred.make<void>()
+    const firstRef = yield* Ref.make<Fiber.RuntimeFiber<unknown> | null>(null)
+    // The holder interrupts `first` and then releases with no yield between: the permit is handed
+    // to `first` before it has processed the interrupt.
+    const holder = yield* Effect.fork(
+      semaphore.withPermit("h")(
+        Effect.zipRight(
+          Deferred.await(gate),
+          Effect.flatMap(Ref.get(firstRef), (f) => Effect.sync(() => f?.unsafeInterruptAsFork(FiberId.none))),
+        ),
+      ),
+    )
+    yield* Effect.yieldNow()
+    const first = yield* Effect.fork(semaphore.withPermit("a")(Effect.never))
+    yield* Ref.set(firstRef, first)
+    const second = yield* Effect.fork(semaphore.withPermit("b")(Effect.succeed("second ran")))
+    yield* Effect.yieldNow()
+    yield* Deferred.succeed(gate, undefined)
+    yield* Fiber.join(holder)
+    yield* Fiber.await(first)
+    expect(yield* Fiber.join(second).pipe(Effect.timeout("2 seconds"))).toBe("second ran")
+    expect(yield* semaphore.taken).toBe(0)
+  }),
+)
+
+/** The specification, written independently: the ring is the keys in order of their first arrival
+ * (all arrive before any grant); round r serves each key's r-th surviving waiter. */
+const roundRobinModel = (arrivals: ReadonlyArray<string>, interrupted: ReadonlySet<number>) => {
+  const ring: Array<string> = []
+  const byKey = new Map<string, Array<string>>()
+  arrivals.forEach((key, i) => {
+    if (!byKey.has(key)) {
+      ring.push(key)
+      byKey.set(key, [])
+    }
+    if (!interrupted.has(i)) byKey.get(key)!.push(`${key}${i}`)
+  })
+  const out: Array<string> = []
+  for (let round = 0; out.length < arrivals.length - interrupted.size; round++) {
+    for (const key of ring) {
+      const w = byKey.get(key)![round]
+      if (w !== undefined) out.push(w)
+    }
+  }
+  return out
+}
+
+it.effect("property: grants follow round-robin over keys, interrupted waiters never get one, all permits come back", () =>
+  Effect.promise(() =>
+    fc.assert(
+      fc.asyncProperty(
+        fc
+          .array(fc.constantFrom("a", "b", "c", "d"), { minLength: 1, maxLength: 30 })
+          .chain((arrivals) =>
+            fc.tuple(fc.constant(arrivals), fc.subarray(arrivals.map((_, i) => i))),
+          ),
+        ([arrivals, cut]) =>
+          Effect.runPromise(grantOrder(arrivals, new Set(cut))).then((order) => {
+            expect(order).toEqual(roundRobinModel(arrivals, new Set(cut)))
+          }),
+      ),
+      { numRuns: 150 },
+    ),
+  ),
+)
