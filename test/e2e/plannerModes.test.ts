@@ -8,7 +8,7 @@
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Redacted } from "effect"
+import { Either, Redacted, Schema } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   type RecordedRequest,
@@ -19,6 +19,7 @@ import {
   toolCallsCompletion,
   toolsOf,
 } from "../support/LlmStandIn.js"
+import { MissionIterationSchema } from "../support/appTypes.js"
 import { startManaProcess } from "../support/ManaProcess.js"
 import { type Rig, type RunnerRow, makeRig } from "../support/ProcessRig.js"
 import { missionInsertRow } from "../support/seed.js"
@@ -34,6 +35,10 @@ afterAll(async () => {
 }, 60_000)
 
 const past = (minutes: number) => new Date(Date.now() - minutes * 60_000).toISOString()
+
+/** A written iteration decodes as the app's own MissionIteration, no key more (test/support/appTypes.ts). */
+const expectAppIteration = (iteration: unknown) =>
+  expect(Either.isRight(Schema.decodeUnknownEither(MissionIterationSchema, { onExcessProperty: "error" })(iteration))).toBe(true)
 
 /** The one iteration written for a mission. */
 const iterationOf = (rows: ReadonlyArray<RunnerRow>, missionId: string) => {
@@ -107,12 +112,14 @@ describe("PLANNER_MODE through the real process", () => {
     const rows = await rig.runnerRows(user)
     const written = iterationOf(rows, "good")
     expect(Object.keys(written).sort()).toEqual(ITERATION_KEYS)
+    expectAppIteration(written)
     expect(written).toMatchObject({ source: "server", overallStatus: "awaiting-review", summary: "Two small steps toward the objective" })
     expectDefaultPlanSteps(written, ["create_task: Work on the mission for 30 minutes", "create_place: City library"])
 
     // PLANNER_MAX_ROUNDS=2: the model that never stops is asked twice; its two steps are the plan.
     expect(requestsAbout(requests, "marker-endless")).toHaveLength(2)
     const endlessPlan = iterationOf(rows, "endless")
+    expectAppIteration(endlessPlan)
     expect(endlessPlan.plan.map((s: any) => s.intent.params.title)).toEqual(["Task 1", "Task 2"])
     expect(endlessPlan.summary).toBe("2 steps proposed.")
 
@@ -124,6 +131,7 @@ describe("PLANNER_MODE through the real process", () => {
     expect(JSON.parse(repair?.content ?? "{}").message).toMatch(/call 1: tool "launch_rocket_x9" is not in the catalogue/)
     const failed = iterationOf(rows, "rogue")
     expect(Object.keys(failed).sort()).toEqual(FAILED_KEYS)
+    expectAppIteration(failed)
     expect(failed).toMatchObject({
       plan: [],
       overallStatus: "failed",
@@ -152,6 +160,7 @@ describe("PLANNER_MODE through the real process", () => {
     expect(messagesOf(requests[0])[0]?.content).toContain("```json")
     const written = iterationOf(await rig.runnerRows(user), "plain")
     expect(Object.keys(written).sort()).toEqual(ITERATION_KEYS)
+    expectAppIteration(written)
     expect(written).toMatchObject({ source: "server", overallStatus: "awaiting-review", summary: "Two small steps toward the objective" })
     expectDefaultPlanSteps(written, ["Block time for the next step", "Find a quiet place"])
     expect((await p.stop("SIGTERM", 15_000)).code).toBe(0)
