@@ -7,19 +7,13 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { iterationIdFor } from "../../src/domain/iteration.js"
 import { defaultResponder } from "../support/LlmStandIn.js"
-import { metricValue, request } from "../support/ManaProcess.js"
+import { eventually, metricValue, request } from "../support/ManaProcess.js"
 import { RIG_SERVICE_KEY, makeRig, type Rig } from "../support/ProcessRig.js"
 import { missionInsertRow } from "../support/seed.js"
 
 const past = (minutes: number) => new Date(Date.now() - minutes * 60_000).toISOString()
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-const until = async (what: string, timeoutMs: number, check: () => Promise<boolean>) => {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await sleep(100)
-  }
-}
+const until = (what: string, timeoutMs: number, check: () => Promise<boolean>) => eventually(what, timeoutMs, check, 100)
 
 let rig: Rig
 
