@@ -1,23 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Either, Option } from "effect"
-import { loadStartupConfig, type StartupConfig } from "../../src/layers/startupConfig.js"
-
-const load = (env: Record<string, string>) =>
-  Effect.runSync(
-    Effect.either(loadStartupConfig).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))),
-  )
-
-const refused = (env: Record<string, string>): string => {
-  const result = load(env)
-  if (Either.isRight(result)) throw new Error(`accepted ${JSON.stringify(env)}`)
-  return result.left.message
-}
-
-const accepted = (env: Record<string, string>): StartupConfig => {
-  const result = load(env)
-  if (Either.isLeft(result)) throw new Error(result.left.message)
-  return result.right
-}
+import { Option } from "effect"
+import { accepted, refused } from "../support/startupEnv.js"
 
 describe("token budgets and the LLM breaker (SPEC §10, §14)", () => {
   it.each([

@@ -1,22 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Option, Redacted } from "effect"
-import { environmentProvider, loadStartupConfig, type StartupConfig } from "../../src/layers/startupConfig.js"
-
-/** The environment as main reads it (environmentProvider: an empty value means unset). */
-const load = (env: Record<string, string>) =>
-  Effect.runSync(Effect.either(loadStartupConfig).pipe(Effect.withConfigProvider(environmentProvider(env))))
-
-const refused = (env: Record<string, string>): string => {
-  const result = load(env)
-  if (Either.isRight(result)) throw new Error(`accepted ${JSON.stringify(env)}`)
-  return result.left.message
-}
-
-const accepted = (env: Record<string, string>): StartupConfig => {
-  const result = load(env)
-  if (Either.isLeft(result)) throw new Error(result.left.message)
-  return result.right
-}
+import { Duration, Option, Redacted } from "effect"
+import { accepted, refused } from "../support/startupEnv.js"
 
 const KEY = "a-service-key-of-some-length"
 
