@@ -177,4 +177,55 @@ layer(stackWith("1 hour"), { timeout: 120_000, excludeTestServices: true })("an 
       expect((yield* missionStatus(user, missionId)).mission?.held ?? null).toBeNull()
     }),
   )
+
+  it.effect("a budget-skipped mission held for a day runs within one discovery pass once its agent's budget is raised", () =>
+    Effect.gen(function* () {
+      const db = yield* TestDatabase
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      const user = "agent-raise"
+      const missionId = "agent-raise-mission"
+      yield* insertChange({
+        user,
+        table: "agents",
+        id: "agent-r",
+        data: { name: "Saver", state: "active", policy: { tools: {}, defaultForAi: "propose" }, maxConcurrentMissions: 1, maxTokensPerDay: 1000 },
+      })
+      yield* insertChange({
+        user,
+        id: missionId,
+        data: missionData({ agentId: "agent-r", nextRunAt: new Date(Date.now() - 60_000).toISOString() }),
+      })
+      yield* Effect.promise(() =>
+        db.ownerQuery(
+          `INSERT INTO mana_ai.token_usage (user_id, agent_id, mission_id, iteration_id, answer_key, tokens, at)
+           VALUES ($1, 'agent-r', $2, 'earlier', 'earlier/0', 1000, now())`,
+          [user, missionId],
+        ),
+      )
+      const supervisor = yield* Supervisor
+      yield* supervisor.discover
+      const held = yield* eventually(
+        missionStatus(user, missionId),
+        (s) => s.mission?.held !== null && s.mission?.held !== undefined && s.actor?.inFlight === 0,
+        "the skip",
+      )
+      expect(held.mission?.held?.reason).toBe("skipped-budget")
+      expect(Date.parse(held.mission?.held?.until ?? "")).toBeGreaterThan(Date.now() + 23 * HOUR)
+      expect(yield* llmRequests).toBe(0)
+
+      const now = new Date().toISOString()
+      yield* insertChange({
+        user,
+        table: "agents",
+        id: "agent-r",
+        op: "update",
+        data: { maxTokensPerDay: 100_000 },
+        fieldTimestamps: { maxTokensPerDay: now },
+      })
+      const pass = yield* supervisor.discover
+      expect(pass.agentsChanged).toBe(1)
+      yield* eventually(runnerRowCount(user, missionId), (n) => n === 1, "the write-back after the budget was raised")
+    }),
+  )
 })
