@@ -1,8 +1,9 @@
 /**
  * The operator page in a real browser: headless Chromium from Debian's `chromium` package, driven by
  * playwright-core, against the real Bun process on the embedded default (demo workload, offline
- * planner). A quarantine is made for real: a mission whose run dies (an interval so long that its
- * next run is past the last instant a Date can hold: the write-back throws), with RESTART_MAX=1.
+ * planner). The quarantined actor is one an earlier process left: quarantines survive restarts
+ * (they live in mana_ai.actor_quarantines), so the test writes the row as that process would have,
+ * restarts the process on the same .data, and the new process holds the user quarantined.
  *
  * Screenshots go to $OPERATOR_PAGE_SCREENSHOTS (default: a directory under the OS temp dir, printed).
  */
@@ -26,8 +27,10 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ]
 const DEMO_USERS = ["demo-alice", "demo-bob", "demo-carol"]
-/** Past the last instant a JS Date can hold (8.64e15 ms) once added to now: the write-back throws. */
+/** Past the last instant a timestamp can hold (8.64e15 ms) once added to now: an unschedulable cadence. */
 const TOO_LONG_MINUTES = 150_000_000_000
+/** The reason an earlier process recorded when it quarantined demo-dave (its actor's run died). */
+const KEPT_REASON = "ActorCrashed: run of mission demo-dave-poison died: Error: poison mission"
 
 let workDir: string
 let profileDir: string
@@ -36,6 +39,11 @@ let mana: ManaProcess | undefined
 let context: BrowserContext | undefined
 let key: string
 let psqlUrl: string
+
+const psqlUrlOf = (p: ManaProcess): string => {
+  const line = p.logs().find((l) => typeof l.annotations?.psqlUrl === "string")
+  return line?.annotations?.psqlUrl as string
+}
 
 const shot = (page: Page, name: string) => page.screenshot({ path: join(shotDir, `${name}.png`), fullPage: true })
 
@@ -79,12 +87,25 @@ beforeAll(async () => {
   shotDir = process.env.OPERATOR_PAGE_SCREENSHOTS ?? join(tmpdir(), "mana-ai-operator-page")
   mkdirSync(shotDir, { recursive: true })
   console.log(`operator page screenshots: ${shotDir}`)
-  const m = await startManaProcess({ cwd: workDir, env: { RESTART_MAX: "1", TICK_INTERVAL_MS: "500" } })
+  const env = { TICK_INTERVAL_MS: "500" }
+  // The process before this one: it seeds the demo and quarantines demo-dave as its supervisor does
+  // (the row mana_ai.actor_quarantines keeps, written here on its psql URL), then stops.
+  const earlier = await startManaProcess({ cwd: workDir, env })
+  await eventually("/ready to answer 200", 60_000, async () => (await request(earlier, "GET", "/ready")).status === 200)
+  const earlierClient = new pg.Client({ connectionString: psqlUrlOf(earlier) })
+  await earlierClient.connect()
+  try {
+    await earlierClient.query("INSERT INTO mana_ai.actor_quarantines (user_id, reason) VALUES ($1, $2)", ["demo-dave", KEPT_REASON])
+  } finally {
+    await earlierClient.end()
+  }
+  expect((await earlier.stop("SIGTERM", 60_000)).code).toBe(0)
+
+  const m = await startManaProcess({ cwd: workDir, env })
   mana = m
   await eventually("/ready to answer 200", 60_000, async () => (await request(m, "GET", "/ready")).status === 200)
   key = readFileSync(join(workDir, ".data", "service-key"), "utf8").trim()
-  const line = m.logs().find((l) => typeof l.annotations?.psqlUrl === "string")
-  psqlUrl = line?.annotations?.psqlUrl as string
+  psqlUrl = psqlUrlOf(m)
   if (!existsSync(CHROMIUM)) return
   context = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM,
@@ -185,26 +206,38 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     expect(await page.evaluate(() => (globalThis as any).stillTheSamePage)).toBe(true)
     await shot(page, "3-user-detail")
 
-    // A mission whose run dies quarantines its user (RESTART_MAX=1): listed first, with the reason.
-    await writeChange("demo-dave", "demo-dave-far", "insert", mission("Far future", { kind: "interval", everyMinutes: TOO_LONG_MINUTES }))
+    // A cadence whose next run no timestamp can hold: the user's failures say it is skipped and why; the actor is not harmed.
+    await writeChange("demo-alice", "demo-alice-far", "insert", mission("Far future", { kind: "interval", everyMinutes: TOO_LONG_MINUTES }))
+    await expect
+      .poll(() => page.locator("#detail-body").textContent(), { timeout: 20_000 })
+      .toContain("Mission skipped: malformedfield cadence: everyMinutes 150000000000 puts the next run past the latest instant a timestamp can hold")
+    expect(await page.locator('[data-mission="demo-alice-far"]').textContent()).toContain("no iterations yet")
+    expect(await page.locator('#actors tr[data-user="demo-alice"] [data-testid=state]').textContent()).not.toBe("quarantined")
+
+    // demo-dave, quarantined by the earlier process, is still quarantined here: listed first, with the kept reason.
     const daveState = page.locator('#actors tr[data-user="demo-dave"] [data-testid=state]')
     await expect.poll(() => daveState.textContent().catch(() => null), { timeout: 20_000 }).toBe("quarantined")
     expect(await page.locator("#actors tbody tr").first().getAttribute("data-user")).toBe("demo-dave")
-    expect(await page.locator('#actors tr[data-user="demo-dave"]').textContent()).toContain("Invalid Date")
-    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: 10_000 }).toContain("actor quarantined")
+    expect(await page.locator('#actors tr[data-user="demo-dave"]').textContent()).toContain("poison mission")
+    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: 10_000 }).toContain("users still quarantined")
+    // A mission of its that falls due meanwhile is listed but does not run.
+    await writeChange("demo-dave", "demo-dave-due", "insert", mission("Due while quarantined", { kind: "interval", everyMinutes: 60 }))
     await page.click('#actors tr[data-user="demo-dave"] td')
-    await page.locator('[data-mission="demo-dave-far"]').waitFor({ timeout: 10_000 })
+    await page.locator('[data-mission="demo-dave-due"]').waitFor({ timeout: 10_000 })
+    // Several ticks (500 ms apart) pass: still no iteration. A wait, not a bound: it cannot fail by being slow.
+    await new Promise((resolve) => setTimeout(resolve, 2_000))
+    expect(await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').count()).toBe(0)
+    expect(await daveState.textContent()).toBe("quarantined")
     await shot(page, "4-quarantined")
 
-    // Fixed at the source, then lifted from the page: the actor comes back and the mission runs.
-    await writeChange("demo-dave", "demo-dave-far", "update", { cadence: { kind: "interval", everyMinutes: 60 } })
+    // Lifted from the page: the actor comes back and the mission runs.
     await page.click('#actors tr[data-user="demo-dave"] button[data-action=restart]')
     await expect
       .poll(() => page.locator("#answer").textContent(), { timeout: 10_000 })
       .toContain("POST /internal/actors/demo-dave/restart → 200")
     expect(await page.locator("#answer").textContent()).toContain('"restarted": true')
     await expect.poll(() => daveState.textContent(), { timeout: 20_000 }).not.toBe("quarantined")
-    await page.locator('[data-mission="demo-dave-far"] li[data-iteration]').first().waitFor({ timeout: 20_000 })
+    await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').first().waitFor({ timeout: 20_000 })
     await shot(page, "5-quarantine-lifted")
 
     // A tick from the page, with the runner's answer shown.
