@@ -255,27 +255,6 @@ describe("LlmClientLive against the LLM stand-in", () => {
       }),
     ),
   )
-
-  it.live("the permit is released during the backoff sleep: another caller's request runs meanwhile", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const standIn = yield* makeLlmStandIn
-        const who = (r: { body: unknown }) => JSON.stringify(r.body).includes("caller-A") ? "A" : "B"
-        yield* standIn.setResponder((r) =>
-          who(r) === "A" && r.index === 0 ? { status: 429, headers: { "retry-after": "1" } } : { body: completion(who(r)) },
-        )
-        const client = yield* Effect.provide(LlmClient, clientLayer(standIn, { permits: 1 }))
-        const a = client.complete([{ role: "user", content: "caller-A" }])
-        const b = Effect.zipRight(Effect.sleep(Duration.millis(100)), client.complete([{ role: "user", content: "caller-B" }]))
-        const [ra, rb] = yield* Effect.all([a, b], { concurrency: 2 })
-        expect([ra.content, rb.content]).toEqual(["A", "B"])
-        const reqs = yield* standIn.requests
-        expect(reqs.map(who)).toEqual(["A", "B", "A"])
-        // B was served while A slept out its Retry-After: B closed long before A's retry began.
-        expect((reqs[2]?.receivedAt ?? 0) - (reqs[1]?.closedAt ?? Number.POSITIVE_INFINITY)).toBeGreaterThan(500)
-      }),
-    ),
-  )
 })
 
 // ---------------------------------------------------------------- TestClock: backoff and Retry-After
@@ -297,6 +276,26 @@ const nextRetryDelay = Effect.gen(function* () {
 })
 
 describe("LlmClientLive backoff on the TestClock", () => {
+  it.scoped("the permit is released during the backoff sleep: another caller's request runs meanwhile", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      const who = (r: { body: unknown }) => (JSON.stringify(r.body).includes("caller-A") ? "A" : "B")
+      yield* standIn.setResponder((r) =>
+        who(r) === "A" && r.index === 0 ? { status: 429, headers: { "retry-after": "30" } } : { body: completion(who(r)) },
+      )
+      const client = yield* Effect.provide(LlmClient, clientLayer(standIn, { permits: 1, timeoutMs: HOUR_MS }))
+      // A sleeps out its Retry-After (30 s on the TestClock, which only the test moves) ...
+      const a = yield* Effect.fork(client.complete([{ role: "user", content: "caller-A" }]))
+      expect(yield* nextRetryDelay).toBe(30_000)
+      // ... and B, with the one permit, is served meanwhile, before the clock moves at all.
+      const rb = yield* client.complete([{ role: "user", content: "caller-B" }])
+      expect(rb.content).toBe("B")
+      yield* TestClock.adjust("30 seconds")
+      expect((yield* Fiber.join(a)).content).toBe("A")
+      expect((yield* standIn.requests).map(who)).toEqual(["A", "B", "A"])
+    }),
+  )
+
   it.scoped("waits Retry-After after a 5xx as after a 429", () =>
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
