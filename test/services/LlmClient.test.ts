@@ -7,6 +7,7 @@ import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { llmRequestsTotal, llmTokensTotal } from "../../src/services/metrics.js"
 import {
   type LlmStandInShape,
+  type RecordedRequest,
   completion,
   llmConfigFor,
   makeLlmStandIn,
@@ -154,24 +155,6 @@ describe("LlmClientLive against the LLM stand-in", () => {
     }),
   )
 
-  it.live("a request hanging past LLM_TIMEOUT_MS is an LlmTimeout, aborted and retried", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const standIn = yield* makeLlmStandIn
-        const before = yield* counter(llmRequestsTotal, "outcome", "timeout")
-        yield* standIn.enqueue({ hang: true }, { body: completion("second try") })
-        // Wide enough that the answered second request never times out on a busy machine.
-        const result = yield* complete(standIn, { timeoutMs: 2_000 })
-        expect(result.content).toBe("second try")
-        const [first, second] = yield* standIn.requests
-        expect(first?.abortedByClient).toBe(true)
-        expect((first?.closedAt ?? 0) - (first?.receivedAt ?? 0)).toBeGreaterThanOrEqual(1_950)
-        expect(second?.abortedByClient).toBe(false)
-        expect((yield* counter(llmRequestsTotal, "outcome", "timeout")) - before).toBe(1)
-      }),
-    ),
-  )
-
   it.live("transient errors are retried until the caller's deadline, with no attempt limit", () =>
     Effect.scoped(
       Effect.gen(function* () {
@@ -276,6 +259,35 @@ const nextRetryDelay = Effect.gen(function* () {
 })
 
 describe("LlmClientLive backoff on the TestClock", () => {
+  it.scoped("a request hanging past LLM_TIMEOUT_MS is an LlmTimeout at exactly that time, aborted and retried", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      const before = yield* counter(llmRequestsTotal, "outcome", "timeout")
+      yield* standIn.enqueue({ hang: true }, { body: completion("second try") })
+      const fiber = yield* Effect.fork(complete(standIn, { timeoutMs: 20_000 }))
+      /** Waits in real time (a wide 30 s bound that measures nothing) for what the stand-in sees. */
+      const seen = (check: (rs: ReadonlyArray<RecordedRequest>) => boolean) =>
+        Effect.gen(function* () {
+          for (let i = 0; i < 3_000 && !check(yield* standIn.requests); i++) yield* TestServices.provideLive(Effect.sleep("10 millis"))
+          return yield* standIn.requests
+        })
+      yield* seen((rs) => rs.length === 1)
+      // The timeout runs on the TestClock: not a millisecond early.
+      yield* TestClock.adjust("19999 millis")
+      yield* TestServices.provideLive(Effect.sleep("200 millis"))
+      expect((yield* standIn.requests)[0]?.closedAt).toBeUndefined()
+      yield* TestClock.adjust("1 millis")
+      const [first] = yield* seen((rs) => rs[0]?.closedAt !== undefined)
+      expect(first?.abortedByClient).toBe(true)
+      yield* TestClock.adjust(Duration.millis(yield* nextRetryDelay))
+      expect((yield* Fiber.join(fiber)).content).toBe("second try")
+      const requests = yield* standIn.requests
+      expect(requests).toHaveLength(2)
+      expect(requests[1]?.abortedByClient).toBe(false)
+      expect((yield* counter(llmRequestsTotal, "outcome", "timeout")) - before).toBe(1)
+    }),
+  )
+
   it.scoped("the permit is released during the backoff sleep: another caller's request runs meanwhile", () =>
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
