@@ -306,19 +306,47 @@ const titleOf = (r: RecordedRequest) => messagesOf(r).find((m) => m.role === "us
 layer(Layer.merge(TestDatabaseLive, LlmStandIn.layer), { timeout: 180_000, excludeTestServices: true })(
   "caps and the drain on the real stack",
   (it) => {
-    it.scoped("USER_CONCURRENCY=2: five due missions of one user are planned two at a time, each written once; GLOBAL_CONCURRENCY=3 caps all users' requests", () =>
+    it.scoped("USER_CONCURRENCY=2: five due missions of one user are planned two at a time while another user's run beside them, each written once", () =>
       Effect.gen(function* () {
         const standIn = yield* LlmStandIn
         yield* standIn.reset
-        // Each answer takes 2 s of real time, so the runs the caps let through overlap for certain:
+        // Each answer takes 2 s of real time, so the runs the cap lets through overlap for certain:
         // starting a run takes milliseconds, 2 s is a wide margin for a loaded machine.
         yield* standIn.setResponder((r) => ({ ...defaultResponder(r), delayMs: 2_000 }))
         const missions = [
           ...[1, 2, 3, 4, 5].map((i) => ["una", `una-${i}`, `Una task ${i}`] as const),
           ...[1, 2].map((i) => ["vic", `vic-${i}`, `Vic task ${i}`] as const),
-          ...[1, 2].map((i) => ["wes", `wes-${i}`, `Wes task ${i}`] as const),
         ]
         yield* insertChanges(missions.map(([user, id, title]) => missionInsertRow(user, id, { title })))
+        // GLOBAL_CONCURRENCY well above: only the per-user cap holds una back.
+        const p = yield* startProcess({
+          ...json,
+          missionTimeout: "60 seconds",
+          llmTimeout: "30 seconds",
+          runner: { tickEnabled: false, userConcurrency: 2, globalConcurrency: 16 },
+        })
+        const report = yield* p.supervisor.tick
+        expect(report).toMatchObject({ dueMissionCount: 7, plansProduced: 7, plansWrittenBack: 7, errors: [] })
+        for (const [user, id] of missions) expect([id, yield* runnerRowCount(user, id)]).toEqual([id, 1])
+        const requests = yield* standIn.requests
+        expect(requests).toHaveLength(7)
+        const una = requests.filter((r) => titleOf(r).includes("Una task"))
+        expect(una).toHaveLength(5)
+        expect(mostAtOnce(una)).toBe(2)
+        // Per user, not process-wide: vic's two ran beside una's two.
+        expect(mostAtOnce(requests)).toBe(4)
+        yield* p.stop
+      }),
+    )
+
+    it.scoped("GLOBAL_CONCURRENCY=3: four users' eight due runs send at most three LLM requests at once, each written once", () =>
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        // As above: 2 s per answer makes the runs the cap lets through overlap for certain.
+        yield* standIn.setResponder((r) => ({ ...defaultResponder(r), delayMs: 2_000 }))
+        const missions = ["gia", "hal", "ike", "jo"].flatMap((u) => [1, 2].map((i) => [u, `${u}-${i}`] as const))
+        yield* insertChanges(missions.map(([user, id]) => missionInsertRow(user, id, { title: `Global ${id}` })))
         const p = yield* startProcess({
           ...json,
           missionTimeout: "60 seconds",
@@ -326,14 +354,10 @@ layer(Layer.merge(TestDatabaseLive, LlmStandIn.layer), { timeout: 180_000, exclu
           runner: { tickEnabled: false, userConcurrency: 2, globalConcurrency: 3 },
         })
         const report = yield* p.supervisor.tick
-        expect(report).toMatchObject({ dueMissionCount: 9, plansProduced: 9, plansWrittenBack: 9, errors: [] })
+        expect(report).toMatchObject({ dueMissionCount: 8, plansProduced: 8, plansWrittenBack: 8, errors: [] })
         for (const [user, id] of missions) expect([id, yield* runnerRowCount(user, id)]).toEqual([id, 1])
-
-        const requests = yield* standIn.requests
-        expect(requests).toHaveLength(9)
-        const una = requests.filter((r) => titleOf(r).includes("Una task"))
-        expect(una).toHaveLength(5)
-        expect(mostAtOnce(una)).toBe(2)
+        const requests = (yield* standIn.requests).filter((r) => titleOf(r).includes("Global "))
+        expect(requests).toHaveLength(8)
         expect(mostAtOnce(requests)).toBe(3)
         expect(yield* standIn.maxInFlight).toBe(3)
         yield* p.stop
