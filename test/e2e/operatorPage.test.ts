@@ -27,6 +27,12 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ]
 const DEMO_USERS = ["demo-alice", "demo-bob", "demo-carol"]
+/**
+ * How long a step may wait for the page to show something. A wide bound, not a measure: each wait ends
+ * as soon as the page shows it (ticks are 500 ms apart, the page polls every few seconds), and 30 s
+ * leaves room for a loaded 2-core machine running other suites beside this one.
+ */
+const UI_WAIT_MS = 30_000
 /** Past the last instant a timestamp can hold (8.64e15 ms) once added to now: an unschedulable cadence. */
 const TOO_LONG_MINUTES = 150_000_000_000
 /** The reason an earlier process recorded when it quarantined demo-dave (its actor's run died). */
@@ -180,7 +186,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     await page.click("#key-form button[type=submit]")
 
     // The demo users, with the process panel: the breaker closed, no tokens spent (the offline planner).
-    for (const user of DEMO_USERS) await page.locator(`#actors tr[data-user="${user}"]`).waitFor({ timeout: 15_000 })
+    for (const user of DEMO_USERS) await page.locator(`#actors tr[data-user="${user}"]`).waitFor({ timeout: UI_WAIT_MS })
     expect(await page.locator("[data-testid=phase] dd").textContent()).toBe("ready")
     expect(await page.locator("[data-testid=breaker] dd").textContent()).toBe("closed · consecutiveFailures 0")
     expect(await page.locator("[data-testid=tokens] dd").textContent()).toBe("0 in 24 h")
@@ -191,9 +197,9 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
 
     // A user's missions with their cadence, next run and last iterations.
     await page.click('#actors tr[data-user="demo-alice"] td')
-    await page.locator('[data-mission="demo-alice-inbox"]').waitFor({ timeout: 10_000 })
+    await page.locator('[data-mission="demo-alice-inbox"]').waitFor({ timeout: UI_WAIT_MS })
     expect(await page.locator('[data-mission="demo-alice-inbox"]').textContent()).toContain("every 180 min")
-    await page.locator('[data-mission="demo-alice-inbox"] li[data-iteration]').first().waitFor({ timeout: 15_000 })
+    await page.locator('[data-mission="demo-alice-inbox"] li[data-iteration]').first().waitFor({ timeout: UI_WAIT_MS })
 
     // A new mission is written to the event log; its iteration shows up while the page stays loaded.
     await page.evaluate(() => {
@@ -201,7 +207,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     })
     await writeChange("demo-alice", "demo-alice-page-check", "insert", mission("Page check", { kind: "interval", everyMinutes: 60 }))
     const fresh = page.locator('[data-mission="demo-alice-page-check"] li[data-iteration]')
-    await fresh.first().waitFor({ timeout: 20_000 })
+    await fresh.first().waitFor({ timeout: UI_WAIT_MS })
     expect(await fresh.first().textContent()).toContain("Offline planner:")
     expect(await page.evaluate(() => (globalThis as any).stillTheSamePage)).toBe(true)
     await shot(page, "3-user-detail")
@@ -209,21 +215,21 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     // A cadence whose next run no timestamp can hold: the user's failures say it is skipped and why; the actor is not harmed.
     await writeChange("demo-alice", "demo-alice-far", "insert", mission("Far future", { kind: "interval", everyMinutes: TOO_LONG_MINUTES }))
     await expect
-      .poll(() => page.locator("#detail-body").textContent(), { timeout: 20_000 })
+      .poll(() => page.locator("#detail-body").textContent(), { timeout: UI_WAIT_MS })
       .toContain("Mission skipped: malformedfield cadence: everyMinutes 150000000000 puts the next run past the latest instant a timestamp can hold")
     expect(await page.locator('[data-mission="demo-alice-far"]').textContent()).toContain("no iterations yet")
     expect(await page.locator('#actors tr[data-user="demo-alice"] [data-testid=state]').textContent()).not.toBe("quarantined")
 
     // demo-dave, quarantined by the earlier process, is still quarantined here: listed first, with the kept reason.
     const daveState = page.locator('#actors tr[data-user="demo-dave"] [data-testid=state]')
-    await expect.poll(() => daveState.textContent().catch(() => null), { timeout: 20_000 }).toBe("quarantined")
+    await expect.poll(() => daveState.textContent().catch(() => null), { timeout: UI_WAIT_MS }).toBe("quarantined")
     expect(await page.locator("#actors tbody tr").first().getAttribute("data-user")).toBe("demo-dave")
     expect(await page.locator('#actors tr[data-user="demo-dave"]').textContent()).toContain("poison mission")
-    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: 10_000 }).toContain("users still quarantined")
+    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: UI_WAIT_MS }).toContain("users still quarantined")
     // A mission of its that falls due meanwhile is listed but does not run.
     await writeChange("demo-dave", "demo-dave-due", "insert", mission("Due while quarantined", { kind: "interval", everyMinutes: 60 }))
     await page.click('#actors tr[data-user="demo-dave"] td')
-    await page.locator('[data-mission="demo-dave-due"]').waitFor({ timeout: 10_000 })
+    await page.locator('[data-mission="demo-dave-due"]').waitFor({ timeout: UI_WAIT_MS })
     // Several ticks (500 ms apart) pass: still no iteration. A wait, not a bound: it cannot fail by being slow.
     await new Promise((resolve) => setTimeout(resolve, 2_000))
     expect(await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').count()).toBe(0)
@@ -233,11 +239,11 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     // Lifted from the page: the actor comes back and the mission runs.
     await page.click('#actors tr[data-user="demo-dave"] button[data-action=restart]')
     await expect
-      .poll(() => page.locator("#answer").textContent(), { timeout: 10_000 })
+      .poll(() => page.locator("#answer").textContent(), { timeout: UI_WAIT_MS })
       .toContain("POST /internal/actors/demo-dave/restart → 200")
     expect(await page.locator("#answer").textContent()).toContain('"restarted": true')
-    await expect.poll(() => daveState.textContent(), { timeout: 20_000 }).not.toBe("quarantined")
-    await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').first().waitFor({ timeout: 20_000 })
+    await expect.poll(() => daveState.textContent(), { timeout: UI_WAIT_MS }).not.toBe("quarantined")
+    await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').first().waitFor({ timeout: UI_WAIT_MS })
     await shot(page, "5-quarantine-lifted")
 
     // A tick from the page, with the runner's answer shown.
@@ -248,7 +254,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
 
     // Asked once: a reload in the same tab keeps the key.
     await page.reload()
-    await page.locator('#actors tr[data-user="demo-bob"]').waitFor({ timeout: 10_000 })
+    await page.locator('#actors tr[data-user="demo-bob"]').waitFor({ timeout: UI_WAIT_MS })
     expect(await page.locator("#key-panel").isHidden()).toBe(true)
 
     // The key never travelled in a URL, and every /internal request carried it as the header.
@@ -267,5 +273,5 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     // Nor did it reach the log.
     expect(mana!.stdout()).not.toContain(key)
     expect(mana!.stderr()).not.toContain(key)
-  }, 150_000)
+  }, 300_000)
 })
