@@ -368,8 +368,9 @@ layer(Layer.merge(TestDatabaseLive, LlmStandIn.layer), { timeout: 180_000, exclu
       Effect.gen(function* () {
         const standIn = yield* LlmStandIn
         yield* standIn.reset
-        // Long enough that the drain begins while the answer is out (we wait for the request first).
-        yield* standIn.setResponder((r) => ({ ...defaultResponder(r), delayMs: 3_000 }))
+        // The drain must begin while the answer is out: we wait for the request, then stop at once, which
+        // takes milliseconds; 8 s is a wide margin for a loaded machine (and well inside the 60 s grace).
+        yield* standIn.setResponder((r) => ({ ...defaultResponder(r), delayMs: 8_000 }))
         // Two due missions, one run at a time: the second waits for the user's permit when the drain begins.
         yield* insertChanges([
           missionInsertRow("xena", "xena-1", { title: "Drain one" }),
