@@ -10,7 +10,7 @@
  * view than one already delivered, and an actor's start-up read is not overtaken by a pass.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, FiberMap, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import {
   emptyTickPart,
   type MissionStatus,
@@ -187,6 +187,31 @@ export const make = Effect.gen(function* () {
     draining: SubscriptionRef.get(gateState).pipe(Effect.map((s) => s.draining)),
   }
 
+  /**
+   * A quarantine (or its lift) is written to mana_ai at once; when the database refuses, it is
+   * retried in the background until the database takes it, so a quarantine taken during an outage
+   * still survives a restart (SPEC §8). One retrying fiber per user: a newer hold or lift replaces
+   * an older one still retrying, so the last word wins.
+   */
+  const quarantineWrites = yield* FiberMap.make<string>()
+  const persistQuarantine = <E>(userId: string, write: Effect.Effect<void, E>, warning: string) =>
+    FiberMap.remove(quarantineWrites, userId).pipe(
+      Effect.zipRight(write),
+      Effect.catchAll((e) =>
+        Effect.logWarning(warning, e).pipe(
+          Effect.annotateLogs({ userId }),
+          Effect.zipRight(
+            FiberMap.run(
+              quarantineWrites,
+              userId,
+              write.pipe(Effect.retry(Schedule.exponential("500 millis").pipe(Schedule.union(Schedule.spaced("30 seconds"))))),
+            ),
+          ),
+        ),
+      ),
+      Effect.asVoid,
+    )
+
   const host = yield* ActorHost.make(
     UserActor.behaviour({
       config,
@@ -203,13 +228,9 @@ export const make = Effect.gen(function* () {
       // Until an operator lifts it, also across restarts of the process (SPEC §8).
       quarantine: Option.none(),
       onQuarantine: (userId, reason) =>
-        quarantines.hold({ userId, reason }).pipe(
-          Effect.catchAll((e) => Effect.logError("could not record the quarantine; it holds until this process stops", e)),
-        ),
+        persistQuarantine(userId, quarantines.hold({ userId, reason }), "could not record the quarantine yet; retrying"),
       onLift: (userId) =>
-        quarantines.lift(userId).pipe(
-          Effect.catchAll((e) => Effect.logError("could not record that the quarantine was lifted", e)),
-        ),
+        persistQuarantine(userId, quarantines.lift(userId), "could not record that the quarantine was lifted yet; retrying"),
       keyName: "userId",
       metrics: { actors: actorsGauge, quarantined: quarantinedGauge, restarts: actorRestartsTotal },
     },

@@ -212,10 +212,22 @@ layer(ProxiedWorld, { timeout: 180_000, excludeTestServices: true })(
           yield* until("the quarantine", Effect.map(rita, (s) => s?.state === "quarantined"))
           expect(yield* rita).toMatchObject({ restarts: 4, nextWakeAt: null, inFlight: 0 })
 
-          // The database is back, the window long past: it holds until an operator lifts it.
+          // The database is back, the window long past: it holds until an operator lifts it, and the
+          // quarantine taken while the database refused reaches mana_ai (retried), so it survives a restart.
           yield* proxy.resume
           yield* clockTo(t0 + 5 * MINUTE)
-          yield* pause(300)
+          // Each look moves the clock 30 s (the retry's longest spacing), so a retry that was still in
+          // flight when the clock last moved gets its turn too.
+          yield* until(
+            "the quarantine recorded",
+            Effect.zipRight(
+              TestClock.adjust(Duration.seconds(30)),
+              Effect.map(
+                Effect.promise(() => db.ownerQuery("SELECT user_id FROM mana_ai.actor_quarantines")),
+                (rows) => rows.length === 1 && (rows[0] as { user_id: string }).user_id === "rita",
+              ),
+            ),
+          )
           expect(yield* rita).toMatchObject({ state: "quarantined", restarts: 4 })
           // A mission that falls due meanwhile: a tick is told the user is quarantined, and nothing runs.
           yield* insertChanges([missionInsertRow("rita", "rita-now", { title: "Now mission", nextRunAt: iso(t0) })])
