@@ -157,19 +157,23 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
      * through run_claims_expires_idx, at most once per interval, so the table stays as small as the runs
      * under way. Same clock as `claim`, so TestClock drives both.
      */
-    const pruneClaims = Effect.gen(function* () {
-      const now = yield* Clock.currentTimeMillis
-      const due = yield* Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last]))
-      if (!due) return
-      const sql = sqlClient
-      const pruned = yield* sql<{ n: number }>`
-        WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
-        SELECT count(*)::int AS n FROM gone`
-      const n = Number(pruned[0]?.n ?? 0)
-      if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
-    }).pipe(
-      Effect.timeout("5 seconds"),
-      Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+    const prune = (now: number) =>
+      Effect.gen(function* () {
+        const pruned = yield* sqlClient<{ n: number }>`
+          WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
+          SELECT count(*)::int AS n FROM gone`
+        const n = Number(pruned[0]?.n ?? 0)
+        if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
+      }).pipe(
+        Effect.timeout("5 seconds"),
+        Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+      )
+    // The interval is checked first: most runs prune nothing and need no timeout (a timer fiber) for it.
+    const pruneClaims = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(
+        Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last])),
+        (due) => (due ? prune(now) : Effect.void),
+      ),
     )
 
     /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
