@@ -137,8 +137,11 @@ const readBody = (
   const declared = Number(response.headers["content-length"])
   if (Number.isFinite(declared) && declared > max) return Effect.fail(tooLarge())
   // A declared length within the limit (the usual answer): read it whole, without a Stream per chunk,
-  // which costs more CPU than the request itself (issue 16). A body longer than declared is cut by fetch.
-  if (Number.isFinite(declared) && response.headers["content-length"] !== "") {
+  // which costs more CPU than the request itself (issue 16). A body longer than declared is cut by
+  // fetch; a compressed one is not (the length is the compressed size): it is counted as it streams.
+  const encoding = response.headers["content-encoding"]
+  const identity = encoding === undefined || encoding === "" || encoding.toLowerCase() === "identity"
+  if (Number.isFinite(declared) && response.headers["content-length"] !== "" && identity) {
     return response.arrayBuffer.pipe(
       Effect.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
       Effect.map((buffer) => new Uint8Array(buffer)),
