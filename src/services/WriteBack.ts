@@ -6,6 +6,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Context, type Effect } from "effect"
 import type { Iteration } from "../domain/mission.js"
 import type { CurrentMission } from "./currentMission.js"
+import type { UsageEntry } from "./TokenLedger.js"
 
 /**
  * The mission as the run's pre-check read it (its own transaction, before the LLM call), and how many
@@ -24,6 +25,12 @@ export interface WriteRequest {
   readonly iteration: Iteration
   /** Spares the write-back its read of the mission when nothing was written to it since. */
   readonly basis?: WriteBasis
+  /**
+   * The run's LLM answers not yet recorded (SPEC §14): inserted into mana_ai.token_usage in the same
+   * transaction as the iteration, keyed per answer (one already recorded is not counted again).
+   * Only when a TokenLedger is provided; a Skipped result records nothing (the caller does).
+   */
+  readonly usage?: ReadonlyArray<UsageEntry>
 }
 
 export type WriteResult =

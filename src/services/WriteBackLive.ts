@@ -9,10 +9,12 @@
  * The row's shape follows the generation of sync_changes found at start (EventLogSchema): the seed's
  * stamps `field_timestamps` with the system actor; today's stamps `field_meta` with `origin 'agent'`,
  * `schema_version 1` and the app's AI actor (the mission's agent, or the legacy principal).
+ * The run's LLM answers not yet recorded (its last one) are inserted into mana_ai.token_usage in the
+ * same transaction (SPEC §14), so the iteration and its usage commit together or not at all.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Layer } from "effect"
+import { Clock, Effect, Either, Layer, Option } from "effect"
 import {
   AGENTS_TABLE,
   MISSIONS_APP_ID,
@@ -27,6 +29,7 @@ import { RunnerConfig } from "./AppConfig.js"
 import { type CurrentMission, nextRunFor, readCurrentMission } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
+import { TokenLedger } from "./TokenLedger.js"
 import { WriteBack, type WriteRequest, type WriteResult } from "./WriteBack.js"
 import { advisoryLock, withUserScopeFirst } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
@@ -64,6 +67,8 @@ export const makeWriteBack = Effect.gen(function* () {
   const sqlClient = yield* SqlClient.SqlClient
   const config = yield* RunnerConfig
   const eventLog = yield* EventLogSchema
+  // Optional: a stack without budgets (unit tests) writes no usage.
+  const ledger = yield* Effect.serviceOption(TokenLedger)
 
   /**
    * Inserts the append onto `current`. With `expectedRows`, one statement that inserts only while the
@@ -136,6 +141,21 @@ export const makeWriteBack = Effect.gen(function* () {
       // The lock in the scoping statement: every statement after it sees every earlier append.
       advisoryLock(sqlClient, JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])),
       (_row, sql) =>
+        Effect.tap(appendIn(sql, request), (written) => {
+          // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
+          const usage = request.usage ?? []
+          return written._tag === "Written" && usage.length > 0 && Option.isSome(ledger) ? ledger.value.insert(usage) : Effect.void
+        }),
+    ).pipe(
+      Effect.provideService(SqlClient.SqlClient, sqlClient),
+      Effect.provideService(EventLogSchema, eventLog),
+      withSpanWhenTracing("WriteBack.append", {
+        attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
+      }),
+    )
+
+  /** The append inside the locked, scoped transaction: on the basis when it still holds, else on a fresh read. */
+  const appendIn = (sql: SqlClient.SqlClient, request: WriteRequest) =>
         Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
           if (request.basis !== undefined) {
             // Nothing written since the pre-check: its replay is the mission as it stands (one statement).
@@ -158,14 +178,7 @@ export const makeWriteBack = Effect.gen(function* () {
           const written = yield* insertOnto(sql, request, current)
           // Without a row-count condition the insert always inserts.
           return written ?? { _tag: "Skipped", reason: "malformed" }
-        }),
-    ).pipe(
-      Effect.provideService(SqlClient.SqlClient, sqlClient),
-      Effect.provideService(EventLogSchema, eventLog),
-      withSpanWhenTracing("WriteBack.append", {
-        attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
-      }),
-    )
+        })
 
   return WriteBack.of({ append })
 })
