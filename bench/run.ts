@@ -134,7 +134,8 @@ const main = Effect.gen(function* () {
     missedTargets: missed.map((f) => f.id),
   })
   yield* log(`wrote ${outPath}; ${missed.length === 0 ? "every target holds" : `${missed.length} target(s) missed: ${missed.map((f) => f.id).join(", ")}`}`)
-}).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Warning))
+  // The tracer off, as the process runs without OTEL_EXPORTER_OTLP_ENDPOINT (ObservabilityLive).
+}).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Warning), Effect.withTracerEnabled(false))
 
 /** A measurement's child process (see support/child.ts): the runner under load, or the memory reading. */
 const childTasks = {
@@ -149,5 +150,6 @@ BunRuntime.runMain(
     ? main
     : (childTasks[childTask as keyof typeof childTasks] ?? Effect.dieMessage(`unknown bench child task ${childTask}`)).pipe(
         Logger.withMinimumLogLevel(LogLevel.Warning),
+        Effect.withTracerEnabled(false),
       ),
 )

@@ -107,6 +107,7 @@ export const measureStages = (options: StagesOptions) =>
         })
       }).pipe(Effect.orDie)
       yield* options.log(`stages: ${JSON.stringify(stages)}`)
+      const perSelect1 = round(stages.wholeRun / stages.sqlSelect1, 1)
       return [
         {
           id: "stages.cpuPerRun",
@@ -119,6 +120,19 @@ export const measureStages = (options: StagesOptions) =>
             llmLatencyMs: 0,
             cpuMsPerCall: stages,
             note: "CPU of this process (all threads) per call, many calls at once; plan = LLM call + prompt + parser; refreshPerRow = discovery per new mission row (every write-back is one)",
+          },
+        },
+        {
+          id: "stages.cpuPerRunInSelect1",
+          label: "1. runner CPU per run ÷ CPU of one SELECT 1 round trip",
+          value: perSelect1,
+          unit: "×",
+          target: { op: "<=", value: 12, text: "≤ 12×" },
+          detail: {
+            cpuMsPerRun: stages.wholeRun,
+            cpuMsPerSelect1: stages.sqlSelect1,
+            plannerMode: "tools (two LLM requests per run)",
+            note: "both measured in this run, the same way: many calls at once, this process's CPU per call",
           },
         },
       ] satisfies Array<Figure>

@@ -31,6 +31,7 @@ import type { MissionSnapshot, MissionStoreShape } from "../services/MissionStor
 import type { MissionRunnerShape, MissionTimeout, RunOutcome } from "../services/MissionRunner.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { type Behaviour, describeCause, Next, nthDelay } from "./ActorHost.js"
+import { withSpanWhenTracing } from "../services/tracing.js"
 
 // ---------------------------------------------------------------- messages
 
@@ -231,7 +232,7 @@ export const behaviour = (
             .pipe(
               Effect.flatMap((result) => self.tell(ActorMessage.RunDone({ missionId, slot, result }))),
               Effect.annotateLogs({ missionId }),
-              Effect.withSpan("UserActor.run", { attributes: { userId, missionId } }),
+              withSpanWhenTracing("UserActor.run", { attributes: { userId, missionId } }),
             )
 
         const launch = (missionId: string) =>

@@ -53,7 +53,8 @@ export const ObservabilityLive = (config: ObservabilityConfigShape, serviceVersi
     loggerFor(config.logFormat),
     Logger.minimumLogLevel(levelFor(config.logLevel)),
     Option.match(config.otlpEndpoint, {
-      onNone: () => Layer.empty,
+      // Nothing to export to: no spans at all, so withSpanWhenTracing costs a run nothing (issue 16).
+      onNone: () => Layer.setTracerEnabled(false),
       onSome: (endpoint) => TracingLive(endpoint, serviceVersion),
     }),
   )

@@ -15,6 +15,7 @@ import { InputResolvers, type InputResolversShape, type ResolvedInput } from "./
 import { inputsSkippedTotal } from "./metrics.js"
 import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
 import { withUserScope } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 /** Why an input is left out of the prompt; the `reason` tag of inputsSkippedTotal. */
 export type InputSkipReason = "no-resolver" | "missing" | "deleted" | "unreadable"
@@ -153,7 +154,7 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
           return resolved
         }).pipe(
           Effect.provideService(EventLogSchema, eventLog),
-          Effect.withSpan("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
+          withSpanWhenTracing("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
         )
     const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run) =>
       Effect.gen(function* () {

@@ -40,6 +40,7 @@ import {
   isTransientLlmError,
 } from "./LlmClient.js"
 import { llmRequestDuration, llmRequestsTotal, llmTokensTotal } from "./metrics.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 export interface LlmClientOptions {
   /** First backoff delay; doubles per consecutive transient failure, jittered ±20 %. */
@@ -135,6 +136,17 @@ const readBody = (
   const tooLarge = () => new LlmInvalidResponse({ reason: `the body exceeds ${max} bytes` })
   const declared = Number(response.headers["content-length"])
   if (Number.isFinite(declared) && declared > max) return Effect.fail(tooLarge())
+  // A declared length within the limit (the usual answer): read it whole, without a Stream per chunk,
+  // which costs more CPU than the request itself (issue 16). A body longer than declared is cut by
+  // fetch; a compressed one is not (the length is the compressed size): it is counted as it streams.
+  const encoding = response.headers["content-encoding"]
+  const identity = encoding === undefined || encoding === "" || encoding.toLowerCase() === "identity"
+  if (Number.isFinite(declared) && response.headers["content-length"] !== "" && identity) {
+    return response.arrayBuffer.pipe(
+      Effect.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
+      Effect.map((buffer) => new Uint8Array(buffer)),
+    )
+  }
   return response.stream.pipe(
     Stream.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
     Stream.runFoldEffect({ size: 0, chunks: [] as Array<Uint8Array> }, (acc, chunk) => {
@@ -303,7 +315,7 @@ export const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOption
               ]),
           }),
         ),
-        Effect.withSpan("LlmClient.complete", {
+        withSpanWhenTracing("LlmClient.complete", {
           attributes: { "llm.model": config.model, "llm.messages": messages.length, "llm.tools": extra.tools?.length ?? 0 },
         }),
       )

@@ -22,7 +22,7 @@ import { RunnerConfig } from "./AppConfig.js"
 import { AgentPermits } from "./AgentPermits.js"
 import { readCurrentMissionWithAgent } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
-import { InputResolvers } from "./InputResolvers.js"
+import { InputResolvers, type ResolvedInput, type UnavailableInput } from "./InputResolvers.js"
 import { type LlmError, type TokenUsage, isTransientLlmError } from "./LlmClient.js"
 import { LlmBreaker } from "./LlmBreaker.js"
 import { MissionRunner, type MissionRunnerShape, MissionTimeout, type RunOutcome, type RunRequest } from "./MissionRunner.js"
@@ -36,9 +36,11 @@ import {
   plansWrittenBackTotal,
 } from "./metrics.js"
 import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
+import { claimCte } from "./runClaims.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
-import { WriteBack } from "./WriteBack.js"
-import { withUserScope } from "./withUserScope.js"
+import { WriteBack, type WriteBasis } from "./WriteBack.js"
+import { withUserScopeFirst } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 export interface MissionRunnerOptions {
   /** Who holds claims: one id per process (default: host, pid and a random suffix). */
@@ -81,14 +83,30 @@ export const describeFailure = (error: PermanentFailure): { readonly summary: st
 
 /** The bounded part's result: a plan, or a permanent failure to write as a failed iteration. */
 type Planned =
-  | { readonly _tag: "Plan"; readonly result: PlannerResult; readonly mission: Mission }
-  | { readonly _tag: "Failed"; readonly error: PermanentFailure; readonly phase: ErrorPhase; readonly summary: string }
+  | { readonly _tag: "Plan"; readonly result: PlannerResult; readonly mission: Mission; readonly basis: WriteBasis }
+  | {
+      readonly _tag: "Failed"
+      readonly error: PermanentFailure
+      readonly phase: ErrorPhase
+      readonly summary: string
+      readonly basis: WriteBasis
+    }
   /** `release`: nothing was written and the mission stays due: give the claim back at once. */
   | { readonly _tag: "Skip"; readonly outcome: Extract<RunOutcome, { _tag: "Skipped" }>; readonly release?: boolean }
 
 type SkippedOutcome = Extract<RunOutcome, { _tag: "Skipped" }>
 
-const skipped = (reason: SkippedOutcome["reason"], parseFailures = 0): Planned => ({
+/** The first transaction's result: a skip, or the mission as read, its agent and its inputs. */
+type Checked =
+  | Extract<Planned, { _tag: "Skip" }>
+  | {
+      readonly _tag: "Ready"
+      readonly basis: WriteBasis
+      readonly agent: Agent | undefined
+      readonly inputs: { readonly resolved: ReadonlyArray<ResolvedInput>; readonly unavailable: ReadonlyArray<UnavailableInput> }
+    }
+
+const skipped = (reason: SkippedOutcome["reason"], parseFailures = 0): Extract<Planned, { _tag: "Skip" }> => ({
   _tag: "Skip",
   outcome: { _tag: "Skipped", reason, planProduced: false, parseFailures },
 })
@@ -97,7 +115,7 @@ const skipped = (reason: SkippedOutcome["reason"], parseFailures = 0): Planned =
 const agentSkip = (
   outcome: Omit<SkippedOutcome, "_tag" | "planProduced" | "parseFailures">,
   message: string,
-): Effect.Effect<Planned> => {
+): Effect.Effect<Extract<Planned, { _tag: "Skip" }>> => {
   const decision = outcome.reason
   return Effect.gen(function* () {
     if (decision !== "agent-malformed") yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", decision))
@@ -138,7 +156,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const ledger = yield* Effect.serviceOption(TokenLedger)
     const owner = options.instanceId ?? defaultInstanceId()
     const timeoutMs = Duration.toMillis(config.missionTimeout)
-    const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
+    const claimTtlMs = Duration.toMillis(Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60))))
     const pruneEveryMs = Duration.toMillis(Duration.decode(options.claimPruneEvery ?? Duration.minutes(1)))
     const lastPrune = yield* Ref.make(Number.NEGATIVE_INFINITY)
 
@@ -147,19 +165,23 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
      * through run_claims_expires_idx, at most once per interval, so the table stays as small as the runs
      * under way. Same clock as `claim`, so TestClock drives both.
      */
-    const pruneClaims = Effect.gen(function* () {
-      const now = yield* Clock.currentTimeMillis
-      const due = yield* Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last]))
-      if (!due) return
-      const sql = sqlClient
-      const pruned = yield* sql<{ n: number }>`
-        WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
-        SELECT count(*)::int AS n FROM gone`
-      const n = Number(pruned[0]?.n ?? 0)
-      if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
-    }).pipe(
-      Effect.timeout("5 seconds"),
-      Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+    const prune = (now: number) =>
+      Effect.gen(function* () {
+        const pruned = yield* sqlClient<{ n: number }>`
+          WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
+          SELECT count(*)::int AS n FROM gone`
+        const n = Number(pruned[0]?.n ?? 0)
+        if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
+      }).pipe(
+        Effect.timeout("5 seconds"),
+        Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+      )
+    // The interval is checked first: most runs prune nothing and need no timeout (a timer fiber) for it.
+    const pruneClaims = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(
+        Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last])),
+        (due) => (due ? prune(now) : Effect.void),
+      ),
     )
 
     /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
@@ -173,57 +195,69 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     ) =>
       Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
         const key = { userId, missionId: mission.id, iterationId }
-        if (!(yield* store.claim(key, owner, claimTtl))) return skipped("claimed-elsewhere")
-        yield* claimed
+        // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
+        const now = yield* Clock.currentTimeMillis
+        // One transaction, one round trip per step (issue 16): claim in the scoping statement, then the
+        // mission and its agent, then the inputs (withUserScope inside joins this scope).
+        const checked = yield* withUserScopeFirst(
+          userId,
+          { with: claimCte(sqlClient, key, owner, now, claimTtlMs), columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed` },
+          (row, sql) =>
+            Effect.gen(function* (): Effect.fn.Return<Checked, SqlError, EventLogSchema> {
+              if (Number(row.claimed) === 0) return skipped("claimed-elsewhere")
+              yield* claimed
 
-        // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
-        // rescheduled or already planned (by another instance) since. The write-back checks again.
-        // The mission's agent comes with it, in the same query (SPEC §14).
-        const { current, agent: resolution } = yield* withUserScope(userId, (sql) =>
-          readCurrentMissionWithAgent(sql, userId, mission.id, iterationId, config.defaultTimezone),
+              // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
+              // rescheduled or already planned (by another instance) since. The write-back checks again.
+              // The mission's agent comes with it, in the same query (SPEC §14).
+              const read = yield* readCurrentMissionWithAgent(sql, userId, mission.id, iterationId, config.defaultTimezone)
+              const { current, agent: resolution } = read
+              if (current._tag === "Skip") {
+                yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
+                return skipped(current.reason)
+              }
+              const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
+              if (dueAt === undefined || dueAt > now) {
+                yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
+                  Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
+                )
+                return skipped("not-due")
+              }
+              if (resolution._tag === "Malformed") {
+                return yield* agentSkip(
+                  { reason: "agent-malformed", detail: resolution.error.message },
+                  `the mission's agent record does not decode: ${resolution.error.message}`,
+                )
+              }
+              const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
+              const decision = runDecision(agent)
+              if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+
+              // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
+              // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
+              const inputs = yield* resolvers.resolveForRun(userId, current.mission.inputs, {
+                missionId: mission.id,
+                iterationId,
+                grant: current.record.grant,
+              })
+              return { _tag: "Ready", basis: { current, missionRows: read.missionRows }, agent, inputs } as const
+            }),
         ).pipe(
           Effect.provideService(SqlClient.SqlClient, sqlClient),
           Effect.provideService(EventLogSchema, eventLog),
-          Effect.withSpan("checkMission"),
+          withSpanWhenTracing("checkMission"),
         )
-        if (current._tag === "Skip") {
-          yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
-          return skipped(current.reason)
-        }
-        const now = yield* Clock.currentTimeMillis
-        const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
-        if (dueAt === undefined || dueAt > now) {
-          yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
-            Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
-          )
-          return skipped("not-due")
-        }
-        if (resolution._tag === "Malformed") {
-          return yield* agentSkip(
-            { reason: "agent-malformed", detail: resolution.error.message },
-            `the mission's agent record does not decode: ${resolution.error.message}`,
-          )
-        }
-        const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
-        const decision = runDecision(agent)
-        if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+        if (checked._tag !== "Ready") return checked
+        const { basis, agent } = checked
+        const fresh = basis.current.mission
 
-        // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
-        const fresh = current.mission
-
-        const resolveAndPlan = Effect.gen(function* () {
-          // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
-          const { resolved: resolvedInputs, unavailable: unavailableInputs } = yield* resolvers
-            .resolveForRun(userId, fresh.inputs, { missionId: mission.id, iterationId, grant: current.record.grant })
-            .pipe(Effect.withSpan("resolveInputs", { attributes: { inputs: fresh.inputs.length } }))
-          return yield* planner.plan({
-            mission: fresh,
-            resolvedInputs,
-            unavailableInputs,
-            ...(agent === undefined ? {} : { agent }),
-            // The last answer's usage is held for the write-back transaction (SPEC §14).
-            run: { userId, iterationId, attemptId, ...(Option.isSome(ledger) ? { heldUsage } : {}) },
-          })
+        const resolveAndPlan = planner.plan({
+          mission: fresh,
+          resolvedInputs: checked.inputs.resolved,
+          unavailableInputs: checked.inputs.unavailable,
+          ...(agent === undefined ? {} : { agent }),
+          // The last answer's usage is held for the write-back transaction (SPEC §14).
+          run: { userId, iterationId, attemptId, ...(Option.isSome(ledger) ? { heldUsage } : {}) },
         })
         // An agent's runs across the user's missions hold one of its maxConcurrentMissions permits.
         const capped =
@@ -232,8 +266,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             : permits.value.withPermit({ userId, agentId: agent.id, cap: agent.maxConcurrentMissions })(resolveAndPlan)
 
         return yield* capped.pipe(
-          Effect.withSpan("plan"),
-          Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh })),
+          withSpanWhenTracing("plan"),
+          Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh, basis })),
           Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout | SqlError> => {
             if (error._tag === "SqlError") return Effect.fail(error)
             if (error._tag === "BudgetExhausted") {
@@ -254,7 +288,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
               )
             }
             const { summary, phase } = describeFailure(error)
-            return Effect.succeed({ _tag: "Failed", error, phase, summary })
+            return Effect.succeed({ _tag: "Failed", error, phase, summary, basis })
           }),
         )
       })
@@ -322,8 +356,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           }
 
           const written = yield* writeBack
-            .append({ userId, missionId: mission.id, iteration, usage: yield* Ref.get(heldUsage) })
-            .pipe(Effect.withSpan("writeBack"))
+            .append({ userId, missionId: mission.id, iteration, basis: planned.basis, usage: yield* Ref.get(heldUsage) })
+            .pipe(withSpanWhenTracing("writeBack"))
           // Committed with the iteration: nothing left to record on its own.
           if (written._tag === "Written") yield* Ref.set(heldUsage, [])
           const planProduced = planned._tag === "Plan"
@@ -389,7 +423,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           ),
         ),
       ).pipe(
-        Effect.withSpan("MissionRunner.run", {
+        withSpanWhenTracing("MissionRunner.run", {
           attributes: { userId, missionId: mission.id, iterationId, scheduledFor: mission.nextRunAt ?? "none" },
         }),
         Effect.annotateLogs({ userId, missionId: mission.id, iterationId }),

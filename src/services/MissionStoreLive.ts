@@ -31,6 +31,7 @@ import {
 import { RunnerConfig, isValidTimeZone } from "./AppConfig.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { MissionStore, type MissionSnapshot, type MissionStoreShape, type RefreshResult } from "./MissionStore.js"
+import { claimCte } from "./runClaims.js"
 import { transactionLossAsError } from "./withUserScope.js"
 import {
   discoveryDuration,
@@ -795,14 +796,7 @@ export const makeMissionStore = (
       Effect.gen(function* () {
         // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
         const now = yield* Clock.currentTimeMillis
-        const rows = yield* sql`
-          INSERT INTO mana_ai.run_claims AS c (user_id, mission_id, iteration_id, owner, expires_at, claimed_at)
-          VALUES (${key.userId}, ${key.missionId}, ${key.iterationId}, ${owner},
-                  ${new Date(now + Duration.toMillis(ttl))}, ${new Date(now)})
-          ON CONFLICT (user_id, mission_id, iteration_id) DO UPDATE
-            SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at, claimed_at = EXCLUDED.claimed_at
-            WHERE c.expires_at <= ${new Date(now)} OR c.owner = EXCLUDED.owner
-          RETURNING 1 AS claimed`
+        const rows = yield* sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl))} SELECT 1 FROM claimed`
         return rows.length > 0
       })
 

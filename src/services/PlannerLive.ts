@@ -25,6 +25,7 @@ import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metric
 import { BudgetExhausted, PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
 import { TokenLedger, type UsageEntry, answerKey } from "./TokenLedger.js"
 import { ToolCatalog } from "./ToolCatalog.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 /**
  * A dropped connection under the ledger's read or write must not cost the run (nor the answer already
@@ -228,7 +229,7 @@ export const PlannerLive = Layer.effect(
     const plan = (input: PlannerInput) =>
       Effect.flatMap(Clock.currentTimeMillis, (ms) =>
         withUsage((pending) => (plannerMode === "tools" ? planTools(input, new Date(ms), pending) : planJson(input, new Date(ms), pending))),
-      ).pipe(Effect.withSpan("Planner.plan", { attributes: { "mission.id": input.mission.id, "planner.mode": plannerMode } }))
+      ).pipe(withSpanWhenTracing("Planner.plan", { attributes: { "mission.id": input.mission.id, "planner.mode": plannerMode } }))
 
     return Planner.of({ plan })
   }),
@@ -251,7 +252,7 @@ export const PlannerOffline = Layer.effect(
           })),
         )
         return { plan: draft, usage: [], planner: "offline", rejectedAnswers: 0 }
-      }).pipe(Effect.withSpan("Planner.plan", { attributes: { "mission.id": input.mission.id, planner: "offline" } }))
+      }).pipe(withSpanWhenTracing("Planner.plan", { attributes: { "mission.id": input.mission.id, planner: "offline" } }))
     return Planner.of({ plan })
   }),
 )

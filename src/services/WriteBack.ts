@@ -5,13 +5,26 @@
 import type { SqlError } from "@effect/sql/SqlError"
 import { Context, type Effect } from "effect"
 import type { Iteration } from "../domain/mission.js"
+import type { CurrentMission } from "./currentMission.js"
 import type { UsageEntry } from "./TokenLedger.js"
+
+/**
+ * The mission as the run's pre-check read it (its own transaction, before the LLM call), and how many
+ * of its rows that read saw. The write-back appends onto it in one statement when the log still
+ * holds exactly those rows under the lock; otherwise it reads the mission again, as without one.
+ */
+export interface WriteBasis {
+  readonly current: Extract<CurrentMission, { _tag: "Appendable" }>
+  readonly missionRows: number
+}
 
 export interface WriteRequest {
   readonly userId: string
   readonly missionId: string
   /** The iteration to append; its id is the run's idempotency key (iterationIdFor). */
   readonly iteration: Iteration
+  /** Spares the write-back its read of the mission when nothing was written to it since. */
+  readonly basis?: WriteBasis
   /**
    * The run's LLM answers not yet recorded (SPEC §14): inserted into mana_ai.token_usage in the same
    * transaction as the iteration, keyed per answer (one already recorded is not counted again).

@@ -26,12 +26,13 @@ import {
 } from "../domain/mission.js"
 import { type RecordState, isLive, replayOrdered } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
-import { nextRunFor, readCurrentMission } from "./currentMission.js"
+import { type CurrentMission, nextRunFor, readCurrentMission } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
 import { TokenLedger } from "./TokenLedger.js"
 import { WriteBack, type WriteRequest, type WriteResult } from "./WriteBack.js"
-import { withUserScope } from "./withUserScope.js"
+import { advisoryLock, withUserScopeFirst } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 /**
  * The write time stamped on both fields: the clock, but never at or before the time of the values
@@ -69,76 +70,115 @@ export const makeWriteBack = Effect.gen(function* () {
   // Optional: a stack without budgets (unit tests) writes no usage.
   const ledger = yield* Effect.serviceOption(TokenLedger)
 
-  const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
-    withUserScope(request.userId, (sql) =>
-      Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
-        const lockKey = JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])
-        yield* sql`SELECT pg_advisory_xact_lock(hashtextextended(${lockKey}, 0))`
-        const current = yield* readCurrentMission(
-          sql,
-          request.userId,
-          request.missionId,
-          request.iteration.id,
-          config.defaultTimezone,
+  /**
+   * Inserts the append onto `current`. With `expectedRows`, one statement that inserts only while the
+   * mission still has exactly that many rows (append-only log: the same rows the basis was replayed
+   * from); undefined when it has more, so the caller reads the mission again.
+   */
+  const insertOnto = (
+    sql: SqlClient.SqlClient,
+    request: WriteRequest,
+    current: Extract<CurrentMission, { _tag: "Appendable" }>,
+    expectedRows?: number,
+  ): Effect.Effect<WriteResult | undefined, SqlError, EventLogSchema> =>
+    Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError, EventLogSchema> {
+      const nowMs = yield* Clock.currentTimeMillis
+      const writtenMs = writeTimeFor(nowMs, current.state)
+      const writtenAt = new Date(writtenMs).toISOString()
+      // SPEC §6: strictly after the write time actually stamped, which a device clock ahead pushes later.
+      const next = nextRunFor(current.mission, new Date(writtenMs), config.defaultTimezone)
+      if (Either.isLeft(next)) {
+        yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
+          Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
         )
-        if (current._tag === "Skip") {
-          yield* Effect.logInfo(`write-back skipped: ${current.detail}`).pipe(
-            Effect.annotateLogs({ reason: current.reason, iterationId: request.iteration.id }),
-          )
-          return { _tag: "Skipped", reason: current.reason }
-        }
-        const nowMs = yield* Clock.currentTimeMillis
-        const writtenMs = writeTimeFor(nowMs, current.state)
-        const writtenAt = new Date(writtenMs).toISOString()
-        // SPEC §6: strictly after the write time actually stamped, which a device clock ahead pushes later.
-        const next = nextRunFor(current.mission, new Date(writtenMs), config.defaultTimezone)
-        if (Either.isLeft(next)) {
-          yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
-            Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
-          )
-          return { _tag: "Skipped", reason: "malformed" }
-        }
-        const nextRunAt = next.right === null ? null : next.right.toISOString()
-        // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
-        const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
-        const data = { iterations: [...existing, request.iteration], nextRunAt }
-        const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
-        const timeColumn = sql(eventLog.timeColumn)
-        if (eventLog.generation === "field_meta") {
-          const actor = aiActorFor({
-            agent: yield* readAgent(sql, request.userId, current.mission.agentId),
-            missionId: request.missionId,
-            iterationId: request.iteration.id,
-            summary: request.iteration.summary,
-          })
-          yield* sql`
-            INSERT INTO sync_changes
-              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
-            VALUES
-              (${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-               ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
-               ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN})`
-        } else {
-          yield* sql`
-            INSERT INTO sync_changes
-              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
-            VALUES
-              (${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-               ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
-               ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb)`
-        }
-        // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
-        const usage = request.usage ?? []
-        if (usage.length > 0 && Option.isSome(ledger)) yield* ledger.value.insert(usage)
-        return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
-      }),
+        return { _tag: "Skipped", reason: "malformed" }
+      }
+      const nextRunAt = next.right === null ? null : next.right.toISOString()
+      // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
+      const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
+      const data = { iterations: [...existing, request.iteration], nextRunAt }
+      const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
+      const timeColumn = sql(eventLog.timeColumn)
+      const unchanged =
+        expectedRows === undefined
+          ? sql``
+          : sql`WHERE (SELECT count(*) FROM sync_changes
+                       WHERE user_id = ${request.userId} AND app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE}
+                         AND record_id = ${request.missionId}) = ${expectedRows}`
+      let inserted: ReadonlyArray<unknown>
+      if (eventLog.generation === "field_meta") {
+        const actor = aiActorFor({
+          agent: yield* readAgent(sql, request.userId, current.mission.agentId),
+          missionId: request.missionId,
+          iterationId: request.iteration.id,
+          summary: request.iteration.summary,
+        })
+        inserted = yield* sql`
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
+          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                 ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+                 ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN}
+          ${unchanged}
+          RETURNING 1`
+      } else {
+        inserted = yield* sql`
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
+          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                 ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+                 ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
+          ${unchanged}
+          RETURNING 1`
+      }
+      if (inserted.length === 0) return undefined
+      return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
+    })
+
+  const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
+    withUserScopeFirst(
+      request.userId,
+      // The lock in the scoping statement: every statement after it sees every earlier append.
+      advisoryLock(sqlClient, JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])),
+      (_row, sql) =>
+        Effect.tap(appendIn(sql, request), (written) => {
+          // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
+          const usage = request.usage ?? []
+          return written._tag === "Written" && usage.length > 0 && Option.isSome(ledger) ? ledger.value.insert(usage) : Effect.void
+        }),
     ).pipe(
       Effect.provideService(SqlClient.SqlClient, sqlClient),
       Effect.provideService(EventLogSchema, eventLog),
-      Effect.withSpan("WriteBack.append", {
+      withSpanWhenTracing("WriteBack.append", {
         attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
       }),
     )
+
+  /** The append inside the locked, scoped transaction: on the basis when it still holds, else on a fresh read. */
+  const appendIn = (sql: SqlClient.SqlClient, request: WriteRequest) =>
+        Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
+          if (request.basis !== undefined) {
+            // Nothing written since the pre-check: its replay is the mission as it stands (one statement).
+            const written = yield* insertOnto(sql, request, request.basis.current, request.basis.missionRows)
+            if (written !== undefined) return written
+          }
+          const current = yield* readCurrentMission(
+            sql,
+            request.userId,
+            request.missionId,
+            request.iteration.id,
+            config.defaultTimezone,
+          )
+          if (current._tag === "Skip") {
+            yield* Effect.logInfo(`write-back skipped: ${current.detail}`).pipe(
+              Effect.annotateLogs({ reason: current.reason, iterationId: request.iteration.id }),
+            )
+            return { _tag: "Skipped", reason: current.reason }
+          }
+          const written = yield* insertOnto(sql, request, current)
+          // Without a row-count condition the insert always inserts.
+          return written ?? { _tag: "Skipped", reason: "malformed" }
+        })
 
   return WriteBack.of({ append })
 })

@@ -102,6 +102,11 @@ export interface CurrentMissionWithAgent {
   readonly current: CurrentMission
   /** Legacy when the mission is not appendable, names no agent, or its agent is absent or deleted. */
   readonly agent: AgentResolution
+  /**
+   * How many of the mission's rows the read saw (undecodable ones too). The log is append-only, so
+   * the same count later, under the same scope, means the same rows: the write-back's basis check.
+   */
+  readonly missionRows: number
 }
 
 const decodeChange = Schema.decodeUnknownEither(SyncChange)
@@ -149,18 +154,19 @@ export const readCurrentMissionWithAgent = (
         }
       }
       const legacy: AgentResolution = { _tag: "Legacy" }
+      const seen = missionRows.length + undecodable
       if (missionRows.length === 0 && undecodable > 0) {
-        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" }, agent: legacy }
+        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" }, agent: legacy, missionRows: seen }
       }
       if (missionRows.length > 0 && !missionRows.some(isApplicable)) {
-        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" }, agent: legacy }
+        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" }, agent: legacy, missionRows: seen }
       }
       const current = judgeMission(missionRows.length, replayOrdered(missionRows), iterationId, defaultTimezone)
-      if (current._tag !== "Appendable") return { current, agent: legacy }
+      if (current._tag !== "Appendable") return { current, agent: legacy, missionRows: seen }
       const agentId = missionAgentId(current.record)
       const rows = agentId === undefined ? [] : (agentRows.get(agentId) ?? [])
       // Never written, or deleted in the log: the legacy path (resolveAgent treats null as absent).
       const agentRecord = rows.length === 0 ? undefined : replayOrdered(rows).record
-      return { current, agent: resolveAgent(agentId, agentRecord) }
+      return { current, agent: resolveAgent(agentId, agentRecord), missionRows: seen }
     }),
   ))

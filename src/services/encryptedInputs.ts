@@ -20,6 +20,7 @@ import type { ResolvedInput, RunContext, RunInputs, UnavailableInput } from "./I
 import { decryptFailuresTotal, decryptsTotal, grantScopeViolationsTotal, grantSkipsTotal, inputsSkippedTotal } from "./metrics.js"
 import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
 import { withUserScope } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 export const isEncryptedModule = (module: string): boolean => encryptedModule(module) !== undefined
 
@@ -126,7 +127,7 @@ export const resolveEncryptedInputs = (
         yield* insertAuditRows(sql, userId, out.map((t) => t.audit))
         return out
       }),
-    ).pipe(Effect.withSpan("EncryptedInputs.resolve", { attributes: { inputs: inputs.length } }))
+    ).pipe(withSpanWhenTracing("EncryptedInputs.resolve", { attributes: { inputs: inputs.length } }))
 
     const resolved: Array<ResolvedInput> = []
     const missing: Array<UnavailableInput> = []

@@ -4,10 +4,13 @@
  * today's sync server a second, read-only policy lets members of a shared space read its rows
  * (SPEC §13): the space list is set to '' so that policy grants nothing, whatever a pooled
  * connection or a server default might hold.
+ *
+ * A withUserScope for the same user inside another one joins it (no savepoint, no second
+ * set_config): a run's claim, check and inputs are one transaction of few round trips (issue 16).
  */
-import { SqlClient } from "@effect/sql"
+import { SqlClient, type Statement } from "@effect/sql"
 import { SqlError } from "@effect/sql/SqlError"
-import { Effect, Option } from "effect"
+import { Effect, FiberRef, Option } from "effect"
 
 /**
  * @effect/sql's withTransaction turns a failed COMMIT or ROLLBACK into a defect (Effect.orDie). Both
@@ -18,15 +21,53 @@ import { Effect, Option } from "effect"
 export const transactionLossAsError = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
   Effect.catchSomeDefect(self, (defect) => (defect instanceof SqlError ? Option.some(Effect.fail(defect)) : Option.none()))
 
+/** The user whose RLS scope the current fiber's transaction holds (null: none). */
+const scopedUser = FiberRef.unsafeMake<string | null>(null)
+
+/** More for the scoping statement to do, at no extra round trip. */
+export interface ScopeStatement {
+  /** A top-level WITH list (e.g. a data-modifying CTE), without the keyword. */
+  readonly with?: Statement.Fragment
+  /** More select-list items, each preceded by a comma. */
+  readonly columns?: Statement.Fragment
+}
+
+/**
+ * withUserScope whose first statement also does `first` (a claim, a lock); the body gets that
+ * statement's one row. Always a new transaction.
+ */
+export const withUserScopeFirst = <A, E, R>(
+  userId: string,
+  first: ScopeStatement,
+  body: (row: Readonly<Record<string, unknown>>, sql: SqlClient.SqlClient) => Effect.Effect<A, E, R>,
+): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql
+      .withTransaction(
+        Effect.flatMap(
+          sql<Record<string, unknown>>`${first.with === undefined ? sql`` : sql`WITH ${first.with} `}SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)${first.columns ?? sql``}`,
+          (rows) => body(rows[0] ?? {}, sql),
+        ),
+      )
+      .pipe(transactionLossAsError, Effect.locally(scopedUser, userId)),
+  )
+
+/** An advisory lock taken in the scoping statement: `withUserScopeFirst(userId, advisoryLock(sql, key), …)`. */
+export const advisoryLock = (sql: SqlClient.SqlClient, key: string): ScopeStatement => ({
+  columns: sql`, pg_advisory_xact_lock(hashtextextended(${key}, 0))`,
+})
+
 export const withUserScope = <A, E, R>(
   userId: string,
   body: (sql: SqlClient.SqlClient) => Effect.Effect<A, E, R>,
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql.withTransaction(
-      Effect.zipRight(
-        sql`SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)`,
-        body(sql),
-      ),
-    ).pipe(transactionLossAsError),
+    Effect.flatMap(
+      Effect.all([FiberRef.get(scopedUser), Effect.serviceOption(SqlClient.TransactionConnection)]),
+      ([current, connection]) =>
+        // Already inside this user's scope (its transaction): join it.
+        current === userId && Option.isSome(connection)
+          ? body(sql)
+          : withUserScopeFirst(userId, {}, (_row, s) => body(s)),
+    ),
   )

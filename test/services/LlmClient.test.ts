@@ -1,3 +1,4 @@
+import { gzipSync } from "node:zlib"
 import { FetchHttpClient } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Either, Fiber, Layer, Logger, Metric, Option, TestClock, TestServices } from "effect"
@@ -213,6 +214,23 @@ describe("LlmClientLive against the LLM stand-in", () => {
         yield* Effect.sleep(Duration.millis(200)) // the server sees the aborted connection a moment later
         const reqs = yield* standIn.requests
         expect(reqs.map((r) => r.abortedByClient)).toEqual([true, true])
+      }),
+    ),
+  )
+
+  it.live("a gzip body whose declared (compressed) length is small but which inflates past the cap is an LlmInvalidResponse", () =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const standIn = yield* makeLlmStandIn
+        // 8 MB of a valid completion's JSON inflates from a few kilobytes: the cap counts inflated bytes.
+        const inflated = JSON.stringify(completion("x".repeat(8 * 1024 * 1024)))
+        const gz = gzipSync(Buffer.from(inflated))
+        expect(gz.byteLength).toBeLessThan(2 * 1024 * 1024)
+        yield* standIn.enqueue({ bytes: gz, headers: { "content-encoding": "gzip", "content-length": String(gz.byteLength) } })
+        const error = Either.getLeft(yield* Effect.either(complete(standIn)))
+        expect(error.pipe(Option.map((e) => e.message), Option.getOrElse(() => ""))).toMatch(
+          /LLM answer is not a chat completion: the body exceeds 2097152 bytes/,
+        )
       }),
     ),
   )

@@ -4,8 +4,10 @@ import { Context, Effect, Exit, Fiber, Layer, TestClock, TestServices } from "ef
 import { expect } from "vitest"
 import type { Iteration } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
-import { WriteBack } from "../../src/services/WriteBack.js"
+import { WriteBack, type WriteBasis } from "../../src/services/WriteBack.js"
 import { WriteBackLive, makeWriteBack } from "../../src/services/WriteBackLive.js"
+import { readCurrentMissionWithAgent } from "../../src/services/currentMission.js"
+import { withUserScope } from "../../src/services/withUserScope.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -418,5 +420,87 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
       for (const written of [iterations[0]!, iterations[2]!]) {
         expect(Object.keys(written).sort()).toEqual(["finishedAt", "id", "overallStatus", "plan", "source", "startedAt", "summary"])
       }
+    }))
+
+  // A run's pre-check hands its read to the write-back (issue 16): one statement when the mission's rows
+  // are still the ones read, the full read under the lock otherwise.
+  const basisOf = (user: string, missionId: string, iterationId: string) =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const read = yield* withUserScope(user, (s) => readCurrentMissionWithAgent(s, user, missionId, iterationId, "UTC")).pipe(
+        Effect.provideService(SqlClient.SqlClient, sql),
+      )
+      if (read.current._tag !== "Appendable") return yield* Effect.dieMessage(`not appendable: ${read.current.reason}`)
+      return { current: read.current, missionRows: read.missionRows } satisfies WriteBasis
+    }).pipe(Effect.orDie)
+
+  it.effect("an append on the pre-check's basis writes onto it when nothing was written since", () =>
+    Effect.gen(function* () {
+      const missionId = yield* seedMission("ann")
+      const iteration = serverIteration(fresh("it"))
+      const basis = yield* basisOf("ann", missionId, iteration.id)
+      yield* TestClock.setTime(Date.parse(WRITE_AT))
+      const result = yield* Effect.flatMap(WriteBack, (wb) => wb.append({ userId: "ann", missionId, iteration, basis }))
+      expect(result).toMatchObject({ _tag: "Written", nextRunAt: "2026-03-02T09:00:00.000Z", writtenAt: WRITE_AT })
+      const record = (yield* replayedMission("ann", missionId)).record!
+      expect((record.iterations as Array<{ id: string }>).map((i) => i.id)).toEqual([iteration.id])
+      expect(record.nextRunAt).toBe("2026-03-02T09:00:00.000Z")
+    }))
+
+  it.effect("a stale basis is not written onto: the user's pause and the user's own iteration written since the pre-check win", () =>
+    Effect.gen(function* () {
+      yield* TestClock.setTime(Date.parse(WRITE_AT))
+      // Paused after the pre-check read it: the write-back sees the pause and writes nothing.
+      const paused = yield* seedMission("ann")
+      const first = serverIteration(fresh("it"))
+      const stalePaused = yield* basisOf("ann", paused, first.id)
+      yield* insertChange({
+        user: "ann",
+        id: paused,
+        op: "update",
+        data: { state: "paused" },
+        fieldTimestamps: { state: "2026-03-02T08:00:10.000Z" },
+        createdAt: "2026-03-02T08:00:10.000Z",
+      })
+      const skipped = yield* Effect.flatMap(WriteBack, (wb) => wb.append({ userId: "ann", missionId: paused, iteration: first, basis: stalePaused }))
+      expect(skipped).toEqual({ _tag: "Skipped", reason: "not-active" })
+      expect(yield* runnerRows("ann", paused)).toHaveLength(0)
+
+      // The app added an iteration after the pre-check read: the append keeps it.
+      const edited = yield* seedMission("ann")
+      const second = serverIteration(fresh("it"))
+      const staleEdited = yield* basisOf("ann", edited, second.id)
+      const appIteration = { id: "app-it", startedAt: "2026-03-02T08:00:05.000Z", plan: [], overallStatus: "approved", source: "browser" }
+      yield* insertChange({
+        user: "ann",
+        id: edited,
+        op: "update",
+        data: { iterations: [appIteration] },
+        fieldTimestamps: { iterations: "2026-03-02T08:00:10.000Z" },
+        // Committed late: its created_at sorts before rows the pre-check could have seen, and still counts.
+        createdAt: "2026-03-01T00:00:00.500Z",
+      })
+      const written = yield* Effect.flatMap(WriteBack, (wb) => wb.append({ userId: "ann", missionId: edited, iteration: second, basis: staleEdited }))
+      expect(written._tag).toBe("Written")
+      const iterations = (yield* replayedMission("ann", edited)).record!.iterations as Array<{ id: string }>
+      expect(iterations.map((i) => i.id)).toEqual(["app-it", second.id])
+    }))
+
+  it.scoped("20 concurrent appends of one iteration id on one basis, from two pools, write exactly one row", () =>
+    Effect.gen(function* () {
+      const other = yield* Layer.build(RunnerSqlLive(6))
+      const wbA = yield* WriteBack
+      const wbB = yield* makeWriteBack.pipe(Effect.provideService(SqlClient.SqlClient, Context.get(other, SqlClient.SqlClient)))
+      yield* TestClock.setTime(Date.parse(WRITE_AT))
+      const missionId = yield* seedMission("ann")
+      const iteration = serverIteration(fresh("it"))
+      const basis = yield* basisOf("ann", missionId, iteration.id)
+      const results = yield* Effect.all(
+        Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? wbA : wbB).append({ userId: "ann", missionId, iteration, basis })),
+        { concurrency: "unbounded" },
+      )
+      expect(results.filter((r) => r._tag === "Written")).toHaveLength(1)
+      expect(results.filter((r) => r._tag === "Skipped" && r.reason === "already-written")).toHaveLength(19)
+      expect(yield* runnerRows("ann", missionId)).toHaveLength(1)
     }))
 })

@@ -33,6 +33,8 @@ export interface StandInReply {
   /** Answer 200 with a valid completion JSON of about this many bytes, streamed in chunks (no Content-Length unless declareLength). */
   readonly hugeBodyBytes?: number
   readonly declareLength?: boolean
+  /** Sent as these bytes, as they are (e.g. a gzip body with its Content-Encoding in `headers`). */
+  readonly bytes?: Uint8Array
 }
 
 export interface RecordedRequest {
@@ -251,6 +253,11 @@ export const makeLlmStandIn: Effect.Effect<LlmStandInShape, never, Scope.Scope> 
   const reply = (res: ServerResponse, r: StandInReply, record: RecordedRequest) => {
     if (res.destroyed) return
     if (r.hugeBodyBytes !== undefined) return writeHuge(res, r.hugeBodyBytes, r.declareLength === true)
+    if (r.bytes !== undefined) {
+      res.writeHead(r.status ?? 200, { "content-type": "application/json", ...r.headers })
+      res.end(Buffer.from(r.bytes))
+      return
+    }
     const raw = r.body === undefined ? defaultResponder(record).body : r.body
     const text = typeof raw === "string" ? raw : JSON.stringify(raw)
     res.writeHead(r.status ?? 200, { "content-type": "application/json", ...r.headers })

@@ -1,0 +1,15 @@
+/**
+ * Spans only while tracing is on. Without OTEL_EXPORTER_OTLP_ENDPOINT, ObservabilityLive turns the
+ * tracer off, and Effect.withSpan would still make a no-op span, capture a stack trace and change the
+ * context on every call: on a run's path that is a measurable share of its CPU (issue 16).
+ */
+import { Effect, FiberRef, type Tracer } from "effect"
+
+/** `Effect.withSpan(name, options)` while the tracer is enabled; `self` unchanged while it is off. */
+export const withSpanWhenTracing =
+  (name: string, options?: Tracer.SpanOptions) =>
+  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.flatMap(FiberRef.get(FiberRef.currentTracerEnabled), (enabled) =>
+      // The stack trace would name this helper, not the caller: not worth its cost.
+      enabled ? Effect.withSpan(self, name, { ...options, captureStackTrace: false }) : self,
+    )
