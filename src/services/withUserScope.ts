@@ -41,16 +41,30 @@ export const withUserScopeFirst = <A, E, R>(
   first: ScopeStatement,
   body: (row: Readonly<Record<string, unknown>>, sql: SqlClient.SqlClient) => Effect.Effect<A, E, R>,
 ): Effect.Effect<A, E | SqlError, R | SqlClient.SqlClient> =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql
+  Effect.flatMap(SqlClient.SqlClient, (sql) => {
+    const scoped = sql
       .withTransaction(
         Effect.flatMap(
           sql<Record<string, unknown>>`${first.with === undefined ? sql`` : sql`WITH ${first.with} `}SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)${first.columns ?? sql``}`,
           (rows) => body(rows[0] ?? {}, sql),
         ),
       )
-      .pipe(transactionLossAsError, Effect.locally(scopedUser, userId)),
-  )
+      .pipe(transactionLossAsError, Effect.locally(scopedUser, userId))
+    return Effect.flatMap(
+      Effect.all([FiberRef.get(scopedUser), Effect.serviceOption(SqlClient.TransactionConnection)]),
+      ([outer, connection]) =>
+        // Inside another user's transaction the inner scope is a savepoint, and a released
+        // savepoint keeps its transaction-local set_config: without this, the outer transaction
+        // would go on as the inner user. Put the outer user's scope back, whatever the inner ended with.
+        outer === null || outer === userId || Option.isNone(connection)
+          ? scoped
+          : Effect.onExit(scoped, () =>
+              sql`SELECT set_config('app.current_user_id', ${outer}, true), set_config('app.current_user_space_ids', '', true)`.pipe(
+                Effect.orDie,
+              ),
+            ),
+    )
+  })
 
 /** An advisory lock taken in the scoping statement: `withUserScopeFirst(userId, advisoryLock(sql, key), …)`. */
 export const advisoryLock = (sql: SqlClient.SqlClient, key: string): ScopeStatement => ({

@@ -94,6 +94,33 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("security", (it) =
       expect(yield* ownerCount("user_id = 'bob'", [])).toBe(2)
     })))
 
+  it.effect("a scope for another user inside a user's transaction hands the transaction back as the outer user", () =>
+    check(Effect.gen(function* () {
+      yield* insertChanges([goal("erin", "erin-goal", "Erin's goal"), goal("frank", "frank-goal", "Frank's goal")])
+      const goalsSeen = (s: SqlClient.SqlClient) =>
+        s<{ user_id: string }>`SELECT DISTINCT user_id FROM sync_changes WHERE app_id = 'companion' AND user_id IN ('erin', 'frank')`
+      const seen = yield* withUserScope("erin", (s) =>
+        Effect.gen(function* () {
+          const before = yield* goalsSeen(s)
+          const inner = yield* withUserScope("frank", goalsSeen)
+          // The inner scope failing must hand it back too.
+          const failed = yield* withUserScope("frank", (t) => Effect.zipRight(goalsSeen(t), Effect.fail("inner failure" as const))).pipe(Effect.flip)
+          const after = yield* goalsSeen(s)
+          const setting = yield* s<{ u: string }>`SELECT current_setting('app.current_user_id') AS u`
+          return { before, inner, failed, after, setting }
+        }),
+      )
+      expect(seen).toEqual({
+        before: [{ user_id: "erin" }],
+        inner: [{ user_id: "frank" }],
+        failed: "inner failure",
+        after: [{ user_id: "erin" }],
+        setting: [{ u: "erin" }],
+      })
+      fault("security:nested-cross-user-scope")
+      tally.refused += 1
+    })))
+
   it.effect("a mission whose input names another user's goal never sees it; a write-back for another user's mission writes nothing", () =>
     check(Effect.gen(function* () {
       const standIn = yield* LlmStandIn
