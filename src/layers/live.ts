@@ -3,7 +3,8 @@
  * the service key from MANA_SERVICE_KEY. Start-up config has already required both.
  */
 import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option } from "effect"
+import { clusterOwnershipLayer } from "../cluster/ClusterOwnership.js"
 import { databaseLayerFromUrl } from "../services/Database.js"
 import { processLayer } from "./process.js"
 import type { StartMode, StartupConfig } from "./startupConfig.js"
@@ -24,6 +25,7 @@ export const liveLayer = <E, R>(
           version,
           planner: "llm",
           database: databaseLayerFromUrl(mode.databaseUrl, config.database.poolMax),
+          ...(Option.isSome(config.cluster) ? { ownership: clusterOwnershipLayer(config.cluster.value, mode.databaseUrl) } : {}),
         },
         platform,
       ),

@@ -9,6 +9,7 @@ import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Metric, Option, type Redacted } from "effect"
+import { Ownership } from "../actors/Ownership.js"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { FailureCaptureLive } from "../http/OperatorPage.js"
@@ -52,6 +53,8 @@ export interface ProcessOptions {
   readonly planner: PlannerKind
   /** The runner's pool (SqlClient + PgClient as the runner role). Built after the HTTP server. */
   readonly database: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown>
+  /** Cluster mode (issue 19): which users this runner owns; built after the migrations, released after the drain. */
+  readonly ownership?: Layer.Layer<Ownership, unknown, SqlClient.SqlClient>
   /** Runs once the migrations ran, before the supervisor starts (the embedded demo seed). */
   readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient | EventLogSchema>
 }
@@ -94,7 +97,9 @@ export const backendFor = (
   ledger?: TokenLedger["Type"],
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
   processBudget: number | null = null,
+  ownership?: Ownership["Type"],
 ): ApiBackend => ({
+  ...(ownership === undefined ? {} : { cluster: ownership.view }),
   ...(permits === undefined ? {} : { llmRequestsInFlight: permits.inUse }),
   ...(breaker === undefined ? {} : { llmBreaker: breaker.state, breaker: Effect.map(breaker.state, (b): BreakerView => ({ ...b })) }),
   ...(ledger === undefined
@@ -174,6 +179,7 @@ const LifecycleLive = Layer.scopedDiscard(
         yield* LlmBreaker,
         yield* TokenLedger,
         Option.getOrNull((yield* TokenBudgetConfig).llmDailyTokens),
+        Option.getOrUndefined(yield* Effect.serviceOption(Ownership)),
       ),
     )
     yield* state.setPhase("ready")
@@ -197,6 +203,8 @@ export const processLayer = <E, R>(
     options.afterMigrations === undefined ? MigrationsLive : options.afterMigrations.pipe(Layer.provideMerge(MigrationsLive))
   return LifecycleLive.pipe(
     Layer.provideMerge(SupervisorLive),
+    // Cluster mode: the shards are released only after the supervisor drained (issue 19).
+    Layer.provideMerge(options.ownership ?? Layer.empty),
     // Token usage older than 48 h is pruned at start and periodically (SPEC §14).
     Layer.provideMerge(TokenUsagePruneLive),
     Layer.provideMerge(runnerServicesLayer(options.planner)),

@@ -1,0 +1,82 @@
+/**
+ * Cluster mode with real runner processes (issue 19): `bun src/main.ts` twice with RUNNER_ADDRESS on
+ * one database. Needs a Postgres server: the runners hold shard locks on their own sessions
+ * (advisory locks) and ping each other; PGlite serves one session at a time, so on PGlite the file is
+ * skipped.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { eventually, freePort, type ManaProcess, request } from "../support/ManaProcess.js"
+import { makeRig, RIG_SERVICE_KEY, type Rig } from "../support/ProcessRig.js"
+import { missionInsertRow } from "../support/seed.js"
+
+const onServer = process.env.TEST_DATABASE_URL !== undefined && process.env.TEST_DATABASE_URL !== ""
+
+/** Users spread over the shards; each has MISSIONS due missions (each due once: hourly cadence). */
+const USERS = 24
+const MISSIONS = 2
+
+let rig: Rig
+
+const actorsOf = async (p: ManaProcess): Promise<Set<string>> => {
+  const r = await request(p, "GET", "/internal/actors", RIG_SERVICE_KEY)
+  if (r.status !== 200) throw new Error(`/internal/actors answered ${r.status}`)
+  const list = (Array.isArray(r.body) ? r.body : r.body.actors) as ReadonlyArray<{ userId: string }>
+  return new Set(list.map((a) => a.userId))
+}
+
+const health = async (p: ManaProcess) => (await request(p, "GET", "/health")).body
+
+const runnerEnv = async (extra: Record<string, string> = {}) => ({
+  RUNNER_ADDRESS: `127.0.0.1:${await freePort()}`,
+  CLUSTER_SHARDS: "60",
+  TICK_ENABLED: "true",
+  TICK_INTERVAL_MS: "300",
+  PLANNER_MODE: "json",
+  ...extra,
+})
+
+/** Both runners hold shards, together all of them, and see each other. */
+const settled = async (runners: ReadonlyArray<ManaProcess>) => {
+  const views = await Promise.all(runners.map(health))
+  const owned = views.reduce((n, h) => n + (h.cluster?.shardsOwned ?? 0), 0)
+  return (
+    owned === 60 &&
+    views.every((h) => h.cluster.shardsOwned > 0 && h.cluster.peers.filter((p: { healthy: boolean }) => p.healthy).length === runners.length)
+  )
+}
+
+beforeAll(async () => {
+  if (onServer) rig = await makeRig()
+}, 120_000)
+
+afterAll(async () => {
+  if (rig !== undefined) await rig.close()
+}, 120_000)
+
+describe.skipIf(!onServer)("two cluster runners on one database", () => {
+  it("own disjoint users that together are all, and write every due run once", async () => {
+    const users = Array.from({ length: USERS }, (_, u) => `own-${u}`)
+    await rig.seed(users.flatMap((user) => Array.from({ length: MISSIONS }, (_, k) => missionInsertRow(user, `${user}-m${k}`))))
+    const a = await rig.startRunner(await runnerEnv())
+    const b = await rig.startRunner(await runnerEnv())
+    await eventually("both runners hold shards", 60_000, () => settled([a, b]))
+    await eventually("every due run written", 60_000, async () => (await rig.runnerRows("own-")).length >= USERS * MISSIONS)
+    await eventually("each user's actor on exactly one runner", 30_000, async () => {
+      const [onA, onB] = await Promise.all([actorsOf(a), actorsOf(b)])
+      return [...onA].every((u) => !onB.has(u)) && users.every((u) => onA.has(u) || onB.has(u))
+    })
+    const [onA, onB] = await Promise.all([actorsOf(a), actorsOf(b)])
+    expect([...onA].filter((u) => onB.has(u))).toEqual([])
+    expect(onA.size).toBeGreaterThan(0)
+    expect(onB.size).toBeGreaterThan(0)
+    expect(onA.size + onB.size).toBe(USERS)
+    const audit = await rig.audit()
+    expect(audit.duplicates).toBe(0)
+    expect((await rig.runnerRows("own-")).length).toBe(USERS * MISSIONS)
+    // The tick covers this runner's users and says so.
+    const tick = await rig.tick(a)
+    expect(tick.body.cluster).toMatchObject({ covers: "users of this runner's shards", shards: 60 })
+    await a.stop("SIGTERM", 20_000)
+    await b.stop("SIGTERM", 20_000)
+  }, 180_000)
+})
