@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { eventually, freePort, type ManaProcess, request } from "../support/ManaProcess.js"
 import { makeRig, RIG_SERVICE_KEY, type Rig } from "../support/ProcessRig.js"
-import { missionInsertRow } from "../support/seed.js"
+import { missionInsertRow, missionUpdateRow } from "../support/seed.js"
 
 const onServer = process.env.TEST_DATABASE_URL !== undefined && process.env.TEST_DATABASE_URL !== ""
 
@@ -76,6 +76,72 @@ describe.skipIf(!onServer)("two cluster runners on one database", () => {
     // The tick covers this runner's users and says so.
     const tick = await rig.tick(a)
     expect(tick.body.cluster).toMatchObject({ covers: "users of this runner's shards", shards: 60 })
+    await a.stop("SIGTERM", 20_000)
+    await b.stop("SIGTERM", 20_000)
+  }, 180_000)
+
+  it("after a SIGKILL of one runner the other writes its users' due runs within 10 s, once each", async () => {
+    const users = Array.from({ length: USERS }, (_, u) => `kill-${u}`)
+    const later = "2099-01-01T00:00:00.000Z"
+    await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`, { nextRunAt: later })))
+    const a = await rig.startRunner(await runnerEnv())
+    const b = await rig.startRunner(await runnerEnv())
+    await eventually("both runners hold shards", 60_000, () => settled([a, b]))
+    await eventually("every user has an actor on one runner", 30_000, async () => {
+      const [onA, onB] = await Promise.all([actorsOf(a), actorsOf(b)])
+      return users.every((u) => onA.has(u) !== onB.has(u))
+    })
+    const onA = [...(await actorsOf(a))].filter((u) => u.startsWith("kill-"))
+    expect(onA.length).toBeGreaterThan(0)
+    a.child.kill("SIGKILL")
+    const killedAt = Date.now()
+    await a.exited
+    // Due from now on: only the survivor can write them, the dead runner's users included.
+    await rig.seed(users.map((user) => missionUpdateRow(user, `${user}-m`, { nextRunAt: new Date(killedAt - 1000).toISOString() })))
+    await eventually("the survivor wrote every due run", 10_000 - (Date.now() - killedAt), async () => {
+      const rows = await rig.runnerRows("kill-")
+      return users.every((u) => rows.some((r) => r.user_id === u))
+    }, 100)
+    const tookMs = Date.now() - killedAt
+    expect(tookMs).toBeLessThan(10_000)
+    const rows = await rig.runnerRows("kill-")
+    expect(rows.length).toBe(USERS)
+    expect((await rig.audit()).duplicates).toBe(0)
+    const survivor = await actorsOf(b)
+    expect(onA.filter((u) => !survivor.has(u))).toEqual([])
+    const h = await health(b)
+    expect(h.cluster.shardsOwned).toBe(60)
+    process.stdout.write(`cluster failover: every due run of the killed runner's ${onA.length} users written ${tookMs} ms after the kill\n`)
+    await b.stop("SIGTERM", 20_000)
+  }, 180_000)
+
+  it("USER_CONCURRENCY=1 holds per user across the runners", async () => {
+    await rig.run(rig.standIn.reset)
+    await rig.run(rig.standIn.setResponder(() => ({ delayMs: 400 })))
+    const a = await rig.startRunner(await runnerEnv({ USER_CONCURRENCY: "1" }))
+    const b = await rig.startRunner(await runnerEnv({ USER_CONCURRENCY: "1" }))
+    await eventually("both runners hold shards", 60_000, () => settled([a, b]))
+    const users = Array.from({ length: 6 }, (_, u) => `conc-${u}`)
+    await rig.seed(
+      users.flatMap((user) =>
+        Array.from({ length: 4 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} ` })),
+      ),
+    )
+    await eventually("every due run written", 90_000, async () => (await rig.runnerRows("conc-")).length >= users.length * 4)
+    const requests = await rig.run(rig.standIn.requests)
+    const userOf = (body: unknown) => users.find((u) => JSON.stringify(body).includes(`title of ${u} `))
+    let worst = 0
+    for (const user of users) {
+      const spans = requests.filter((r) => userOf(r.body) === user).map((r) => [r.receivedAt, r.closedAt ?? Number.POSITIVE_INFINITY] as const)
+      expect(spans.length).toBeGreaterThanOrEqual(4)
+      for (const [from] of spans) worst = Math.max(worst, spans.filter(([f, t]) => f <= from && from < t).length)
+    }
+    expect(worst).toBe(1)
+    // Both runners ran some of them.
+    const [onA, onB] = await Promise.all([actorsOf(a), actorsOf(b)])
+    expect(users.filter((u) => onA.has(u)).length).toBeGreaterThan(0)
+    expect(users.filter((u) => onB.has(u)).length).toBeGreaterThan(0)
+    expect((await rig.audit()).duplicates).toBe(0)
     await a.stop("SIGTERM", 20_000)
     await b.stop("SIGTERM", 20_000)
   }, 180_000)
