@@ -412,6 +412,14 @@ export const make = <M, S, V, E>(
         const wait = quarantine ? Option.getOrNull(options.quarantine) : yield* nthDelay(options.restartBackoff, failures)
         const until = wait === null ? null : now + Duration.toMillis(wait)
         if (cell.turn !== turn || cell.phase !== "active") return
+        if (cell.leaving) {
+          // Dropped while it ran: it is another runner's now, so it is not restarted here.
+          evict(cell)
+          setWakeNow(cell, null)
+          cell.fiber = null
+          yield* rejectQueued(cell, "actor stopped")
+          return yield* publishGauges
+        }
         setPhase(cell, quarantine ? "quarantined" : "backing-off")
         cell.fiber = null
         cell.incarnated = false
