@@ -76,7 +76,15 @@ describe.skipIf(!onServer)("two cluster runners on one database", () => {
     // The tick covers this runner's users and says so.
     const tick = await rig.tick(a)
     expect(tick.body.cluster).toMatchObject({ covers: "users of this runner's shards", shards: 60 })
-    await a.stop("SIGTERM", 20_000)
+    // SIGTERM: the runner drains, stops, and its shards (and users) go to the other.
+    const stopped = await a.stop("SIGTERM", 20_000)
+    expect(stopped.code).toBe(0)
+    expect(a.logs().at(-1)?.message).toBe("mana-ai stopped")
+    await eventually("the other runner holds every shard", 30_000, async () => (await health(b)).cluster.shardsOwned === 60)
+    await eventually("and has every user's actor", 30_000, async () => {
+      const all = await actorsOf(b)
+      return users.every((u) => all.has(u))
+    })
     await b.stop("SIGTERM", 20_000)
   }, 180_000)
 
