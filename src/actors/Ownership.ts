@@ -21,7 +21,11 @@ export interface ClusterView {
 export interface OwnershipShape {
   /** Synchronous: whether this process owns the user now. */
   readonly owns: (userId: string) => boolean
-  /** One element each time the set of users this process owns changed (shards gained or lost). */
+  /**
+   * One element each time the set of users this process owns changed (shards gained or lost); `owns`
+   * answers with the new set from then on. Before it does, the run claims of runners that died are
+   * given back, so their users' runs are due here at once rather than when those claims expire.
+   */
   readonly changes: Stream.Stream<void>
   /**
    * Snapshots of owned users changed since the last call by any runner's discovery pass (the passes

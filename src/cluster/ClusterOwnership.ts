@@ -30,6 +30,7 @@ import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
 import { layerClientProtocol, layerSocketServer } from "@effect/platform-bun/BunClusterSocket"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import { SqlClient } from "@effect/sql"
+import * as Reactivity from "@effect/experimental/Reactivity"
 import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Option, Redacted, Ref, Schedule, Schema, Stream, SubscriptionRef } from "effect"
 import { type ClusterView, Ownership, type OwnershipShape } from "../actors/Ownership.js"
@@ -95,7 +96,7 @@ export const shardingLayer = (config: ClusterConfigShape, databaseUrl: Redacted.
 const ChangedKey = Schema.Struct({ user_id: Schema.String, record_id: Schema.String, changed_at: Schema.String })
 
 /** Ownership from Sharding's shards; `changedElsewhere` on the runner's own pool (mana_ai.mission_snapshots). */
-export const makeOwnership = (config: ClusterConfigShape) =>
+export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>, instanceId: string) =>
   Effect.gen(function* () {
     const sharding = yield* Sharding
     const runnerStorage = yield* RunnerStorage
@@ -136,6 +137,56 @@ export const makeOwnership = (config: ClusterConfigShape) =>
         ),
       )
       .pipe(Effect.catchAll((e) => Effect.logWarning(`could not create mana_ai.mission_snapshots_updated_idx: ${e.message}`)))
+
+    // This process's claims are live while one session of its own is: a connection held for the process's
+    // lifetime, registered with the claim owner id. A runner killed loses it with the process.
+    const liveness = yield* PgClient.make({
+      url: databaseUrl,
+      maxConnections: 1,
+      applicationName: "mana-ai-liveness",
+      connectTimeout: Duration.seconds(10),
+    }).pipe(Effect.provide(Reactivity.layer), Effect.orDie)
+    const session = yield* liveness.reserve.pipe(Effect.orDie)
+    yield* session.executeRaw("SELECT 1", []).pipe(Effect.orDie)
+    yield* sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT pg_advisory_xact_lock(${INDEX_LOCK_KEY}::bigint)`
+        yield* sql`
+          CREATE TABLE IF NOT EXISTS mana_ai.cluster_claim_owners (
+            owner text PRIMARY KEY,
+            pid integer NOT NULL,
+            backend_start timestamptz NOT NULL,
+            registered_at timestamptz NOT NULL DEFAULT now()
+          )`
+      }),
+    ).pipe(Effect.orDie)
+    const [me] = (yield* session.executeValues("SELECT pg_backend_pid(), (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())", []).pipe(
+      Effect.orDie,
+    )) as ReadonlyArray<readonly [number, string]>
+    yield* sql`
+      INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start)
+      VALUES (${instanceId}, ${me![0]}, ${me![1]}::timestamptz)
+      ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start`.pipe(Effect.orDie)
+    yield* Effect.addFinalizer(() =>
+      sql`DELETE FROM mana_ai.cluster_claim_owners WHERE owner = ${instanceId}`.pipe(Effect.ignore),
+    )
+
+    /** Deletes the claims of owners whose liveness session is gone (a runner that died); returns how many. */
+    const releaseOrphanedClaims = Effect.gen(function* () {
+      const rows = yield* sql<{ n: number }>`
+        WITH dead AS (
+          SELECT o.owner FROM mana_ai.cluster_claim_owners o
+          WHERE NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.pid AND a.backend_start = o.backend_start)
+        ), gone AS (
+          DELETE FROM mana_ai.run_claims c USING dead WHERE c.owner = dead.owner RETURNING 1
+        ), forgotten AS (
+          DELETE FROM mana_ai.cluster_claim_owners o USING dead WHERE o.owner = dead.owner
+            AND NOT EXISTS (SELECT 1 FROM mana_ai.run_claims c WHERE c.owner = dead.owner AND c.expires_at > now())
+        )
+        SELECT count(*)::int AS n FROM gone`
+      return Number(rows[0]?.n ?? 0)
+    })
 
     const nowText = Effect.map(
       sql<{ now: string }>`SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS now`,
@@ -186,12 +237,19 @@ export const makeOwnership = (config: ClusterConfigShape) =>
     })
 
     const changes = acted.changes.pipe(
-      Stream.tap((set) =>
-        Effect.sync(() => {
-          ownedNow = set
-        }),
+      Stream.mapEffect((set) =>
+        releaseOrphanedClaims.pipe(
+          Effect.tap((n) =>
+            n > 0 ? Effect.logInfo("run claims of a dead runner given back").pipe(Effect.annotateLogs({ claims: n })) : Effect.void,
+          ),
+          Effect.catchAll((e) => Effect.logWarning(`could not give back a dead runner's run claims: ${e.message}`)),
+          Effect.zipRight(
+            Effect.sync(() => {
+              ownedNow = set
+            }),
+          ),
+        ),
       ),
-      Stream.map((): void => undefined),
     )
 
     return Ownership.of({
@@ -203,5 +261,5 @@ export const makeOwnership = (config: ClusterConfigShape) =>
   })
 
 /** Ownership on a running Sharding; needs the runner's SqlClient (mission_snapshots) too. */
-export const clusterOwnershipLayer = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>) =>
-  Layer.scoped(Ownership, makeOwnership(config)).pipe(Layer.provide(shardingLayer(config, databaseUrl)))
+export const clusterOwnershipLayer = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>, instanceId: string) =>
+  Layer.scoped(Ownership, makeOwnership(config, databaseUrl, instanceId)).pipe(Layer.provide(shardingLayer(config, databaseUrl)))

@@ -5,9 +5,17 @@
 import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { Effect, Layer, Option } from "effect"
 import { clusterOwnershipLayer } from "../cluster/ClusterOwnership.js"
+import { defaultInstanceId } from "../services/MissionRunnerLive.js"
 import { databaseLayerFromUrl } from "../services/Database.js"
 import { processLayer } from "./process.js"
 import type { StartMode, StartupConfig } from "./startupConfig.js"
+
+/** Cluster mode: the ownership layer, and the claim owner id it watches (issue 19). */
+const clusterOptions = (config: StartupConfig, mode: Extract<StartMode, { _tag: "Live" }>) => {
+  if (Option.isNone(config.cluster)) return {}
+  const instanceId = defaultInstanceId()
+  return { instanceId, ownership: clusterOwnershipLayer(config.cluster.value, mode.databaseUrl, instanceId) }
+}
 
 export const liveLayer = <E, R>(
   config: StartupConfig,
@@ -25,7 +33,7 @@ export const liveLayer = <E, R>(
           version,
           planner: "llm",
           database: databaseLayerFromUrl(mode.databaseUrl, config.database.poolMax),
-          ...(Option.isSome(config.cluster) ? { ownership: clusterOwnershipLayer(config.cluster.value, mode.databaseUrl) } : {}),
+          ...clusterOptions(config, mode),
         },
         platform,
       ),

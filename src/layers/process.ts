@@ -34,7 +34,7 @@ import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
-import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
+import { MissionRunnerLive, missionRunnerLayer } from "../services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
@@ -55,6 +55,8 @@ export interface ProcessOptions {
   readonly database: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown>
   /** Cluster mode (issue 19): which users this runner owns; built after the migrations, released after the drain. */
   readonly ownership?: Layer.Layer<Ownership, unknown, SqlClient.SqlClient>
+  /** Who holds this process's run claims (cluster mode: known to the ownership layer too); default: a fresh id. */
+  readonly instanceId?: string
   /** Runs once the migrations ran, before the supervisor starts (the embedded demo seed). */
   readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient | EventLogSchema>
 }
@@ -73,7 +75,7 @@ export const configLayer = (config: StartupConfig) =>
   )
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
-export const runnerServicesLayer = (planner: PlannerKind) => {
+export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) => {
   const permits = GlobalLlmPermits.layer
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
   const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer)
@@ -81,7 +83,7 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
-  return MissionRunnerLive.pipe(
+  return (instanceId === undefined ? MissionRunnerLive : missionRunnerLayer({ instanceId })).pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.layer),
@@ -207,7 +209,7 @@ export const processLayer = <E, R>(
     Layer.provideMerge(options.ownership ?? Layer.empty),
     // Token usage older than 48 h is pruned at start and periodically (SPEC §14).
     Layer.provideMerge(TokenUsagePruneLive),
-    Layer.provideMerge(runnerServicesLayer(options.planner)),
+    Layer.provideMerge(runnerServicesLayer(options.planner, options.instanceId)),
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
     Layer.provideMerge(GrantKeyring.layer),
     Layer.provideMerge(migrated),

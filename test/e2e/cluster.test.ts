@@ -4,7 +4,7 @@
  * (advisory locks) and ping each other; PGlite serves one session at a time, so on PGlite the file is
  * skipped.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { eventually, freePort, type ManaProcess, request } from "../support/ManaProcess.js"
 import { makeRig, RIG_SERVICE_KEY, type Rig } from "../support/ProcessRig.js"
 import { missionInsertRow, missionUpdateRow } from "../support/seed.js"
@@ -17,12 +17,13 @@ const MISSIONS = 2
 
 let rig: Rig
 
-const actorsOf = async (p: ManaProcess): Promise<Set<string>> => {
+const actorList = async (p: ManaProcess): Promise<ReadonlyArray<{ userId: string; inFlight: number }>> => {
   const r = await request(p, "GET", "/internal/actors", RIG_SERVICE_KEY)
   if (r.status !== 200) throw new Error(`/internal/actors answered ${r.status}`)
-  const list = (Array.isArray(r.body) ? r.body : r.body.actors) as ReadonlyArray<{ userId: string }>
-  return new Set(list.map((a) => a.userId))
+  return Array.isArray(r.body) ? r.body : r.body.actors
 }
+
+const actorsOf = async (p: ManaProcess): Promise<Set<string>> => new Set((await actorList(p)).map((a) => a.userId))
 
 const health = async (p: ManaProcess) => (await request(p, "GET", "/health")).body
 
@@ -45,9 +46,26 @@ const settled = async (runners: ReadonlyArray<ManaProcess>) => {
   )
 }
 
+/** Runners of the current test: any still alive when it ends (a failure) is killed, so the next starts clean. */
+const started: Array<ManaProcess> = []
+const startRunner = async (env: Record<string, string>) => {
+  const p = await rig.startRunner(env)
+  started.push(p)
+  return p
+}
+
 beforeAll(async () => {
   if (onServer) rig = await makeRig()
 }, 120_000)
+
+afterEach(async () => {
+  for (const p of started.splice(0)) {
+    if (p.child.exitCode === null && p.child.signalCode === null) {
+      p.child.kill("SIGKILL")
+      await p.exited
+    }
+  }
+})
 
 afterAll(async () => {
   if (rig !== undefined) await rig.close()
@@ -57,8 +75,8 @@ describe.skipIf(!onServer)("two cluster runners on one database", () => {
   it("own disjoint users that together are all, and write every due run once", async () => {
     const users = Array.from({ length: USERS }, (_, u) => `own-${u}`)
     await rig.seed(users.flatMap((user) => Array.from({ length: MISSIONS }, (_, k) => missionInsertRow(user, `${user}-m${k}`))))
-    const a = await rig.startRunner(await runnerEnv())
-    const b = await rig.startRunner(await runnerEnv())
+    const a = await startRunner(await runnerEnv())
+    const b = await startRunner(await runnerEnv())
     await eventually("both runners hold shards", 60_000, () => settled([a, b]))
     await eventually("every due run written", 60_000, async () => (await rig.runnerRows("own-")).length >= USERS * MISSIONS)
     await eventually("each user's actor on exactly one runner", 30_000, async () => {
@@ -92,8 +110,8 @@ describe.skipIf(!onServer)("two cluster runners on one database", () => {
     const users = Array.from({ length: USERS }, (_, u) => `kill-${u}`)
     const later = "2099-01-01T00:00:00.000Z"
     await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`, { nextRunAt: later })))
-    const a = await rig.startRunner(await runnerEnv())
-    const b = await rig.startRunner(await runnerEnv())
+    const a = await startRunner(await runnerEnv())
+    const b = await startRunner(await runnerEnv())
     await eventually("both runners hold shards", 60_000, () => settled([a, b]))
     await eventually("every user has an actor on one runner", 30_000, async () => {
       const [onA, onB] = await Promise.all([actorsOf(a), actorsOf(b)])
@@ -123,11 +141,57 @@ describe.skipIf(!onServer)("two cluster runners on one database", () => {
     await b.stop("SIGTERM", 20_000)
   }, 180_000)
 
+  it("a run under way on a runner SIGKILLed is run again by the other within 10 s, and written once", async () => {
+    await rig.run(rig.standIn.reset)
+    // Slow answers until the kill, so the victim's runs are surely under way when it dies; quick ones after.
+    let slow = true
+    await rig.run(rig.standIn.setResponder(() => ({ delayMs: slow ? 3_000 : 100 })))
+    // Deadlines well beyond the slow answers: the survivor's own runs finish, none times out.
+    const deadlines = { MISSION_TIMEOUT_MS: "20000", LLM_TIMEOUT_MS: "10000" }
+    const a = await startRunner(await runnerEnv(deadlines))
+    const b = await startRunner(await runnerEnv(deadlines))
+    await eventually("both runners hold shards", 60_000, () => settled([a, b]))
+    const users = Array.from({ length: USERS }, (_, u) => `flight-${u}`)
+    await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`)))
+    // Kill the runner that has runs under way (both have, usually): its LLM requests are out, nothing written yet.
+    let victim: ManaProcess | undefined
+    await eventually("runs under way", 30_000, async () => {
+      for (const p of [a, b]) {
+        if ((await actorList(p)).some((x) => x.userId.startsWith("flight-") && x.inFlight > 0)) {
+          victim = p
+          return true
+        }
+      }
+      return false
+    }, 20)
+    const killed = victim!
+    const survivor = killed === a ? b : a
+    const running = (await actorList(killed))
+      .filter((x) => x.userId.startsWith("flight-") && x.inFlight > 0)
+      .map((x) => x.userId)
+    killed.child.kill("SIGKILL")
+    const killedAt = Date.now()
+    slow = false
+    await killed.exited
+    const writtenBefore = new Set((await rig.runnerRows("flight-")).map((r) => r.user_id))
+    const cut = running.filter((u) => !writtenBefore.has(u))
+    expect(cut.length).toBeGreaterThan(0)
+    await eventually("every due run written", 10_000 - (Date.now() - killedAt), async () => {
+      const rows = await rig.runnerRows("flight-")
+      return users.every((u) => rows.some((r) => r.user_id === u))
+    }, 100)
+    const tookMs = Date.now() - killedAt
+    expect((await rig.runnerRows("flight-")).length).toBe(USERS)
+    expect((await rig.audit()).duplicates).toBe(0)
+    process.stdout.write(`cluster failover: ${cut.length} runs cut by the kill written by the survivor ${tookMs} ms after it\n`)
+    await survivor.stop("SIGTERM", 20_000)
+  }, 180_000)
+
   it("USER_CONCURRENCY=1 holds per user across the runners", async () => {
     await rig.run(rig.standIn.reset)
     await rig.run(rig.standIn.setResponder(() => ({ delayMs: 400 })))
-    const a = await rig.startRunner(await runnerEnv({ USER_CONCURRENCY: "1" }))
-    const b = await rig.startRunner(await runnerEnv({ USER_CONCURRENCY: "1" }))
+    const a = await startRunner(await runnerEnv({ USER_CONCURRENCY: "1" }))
+    const b = await startRunner(await runnerEnv({ USER_CONCURRENCY: "1" }))
     await eventually("both runners hold shards", 60_000, () => settled([a, b]))
     const users = Array.from({ length: 6 }, (_, u) => `conc-${u}`)
     await rig.seed(
