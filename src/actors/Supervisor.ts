@@ -3,6 +3,9 @@
  * new users), the tick, and the drain. The actors run on the ActorHost, which restarts a failed one
  * with backoff and quarantines a user whose actor fails RESTART_MAX times within RESTART_WINDOW_MS.
  *
+ * A pass also reads the agents that changed (AgentDirectory, SPEC §14) and tells their users' actors,
+ * which look again at the missions those agents held.
+ *
  * `discoveryLock` lets one pass deliver snapshots at a time, so a message never carries an older
  * view than one already delivered, and an actor's start-up read is not overtaken by a pass.
  */
@@ -17,6 +20,7 @@ import {
   upsert,
 } from "../domain/actorView.js"
 import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
+import { AgentDirectory, type AgentKey } from "../services/AgentDirectory.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
 import { Quarantines, QuarantinesLive } from "../services/Quarantines.js"
@@ -50,6 +54,8 @@ export interface DiscoveryReport {
   readonly rowsRead: number
   readonly changed: number
   readonly actorsStarted: number
+  /** Agents whose record changed (SPEC §14), passed to their users' actors; 0 without an AgentDirectory. */
+  readonly agentsChanged: number
 }
 
 export type ActorState = "running" | "idle" | "backing-off" | "quarantined"
@@ -139,6 +145,16 @@ const byUser = (snapshots: ReadonlyArray<MissionSnapshot>) => {
   return groups
 }
 
+const agentsByUser = (keys: ReadonlyArray<AgentKey>) => {
+  const groups = new Map<string, Array<string>>()
+  for (const k of keys) {
+    const group = groups.get(k.userId)
+    if (group === undefined) groups.set(k.userId, [k.agentId])
+    else group.push(k.agentId)
+  }
+  return groups
+}
+
 export const make = Effect.gen(function* () {
   const config = yield* RunnerConfig
   const store = yield* MissionStore
@@ -148,6 +164,10 @@ export const make = Effect.gen(function* () {
   // Cluster mode (issue 19): only the users of this runner's shards; absent, every user.
   const ownership = Option.getOrUndefined(yield* Effect.serviceOption(Ownership))
   const owns = ownership === undefined ? () => true : ownership.owns
+  // Optional so unit stacks without it run unchanged; runnerServicesLayer provides it.
+  const agents = yield* Effect.serviceOption(AgentDirectory)
+  /** The directory's first refresh returns every agent: the actors spawned then start with nothing held. */
+  const agentsPrimed = yield* Ref.make(false)
 
   const discoveryLock = yield* Effect.makeSemaphore(1)
   const tickLock = yield* Effect.makeSemaphore(1)
@@ -225,6 +245,10 @@ export const make = Effect.gen(function* () {
 
   /** Caller holds `discoveryLock`. */
   const discoverLocked = Effect.gen(function* () {
+    // Agents first: a run started after this read sees every change it returns, so an actor spawned
+    // in this pass needs no news of them (its runs start later), and one already running gets it below.
+    const agentPass = Option.isSome(agents) ? yield* agents.value.refresh : []
+    const spawnedNow = new Set<string>()
     // Only the grouping is kept, so snapshots dropped below are not held through the pass.
     const { rowsRead, changedCount, changed } = yield* Effect.map(store.refresh, (r) => ({
       rowsRead: r.rowsRead,
@@ -249,7 +273,10 @@ export const make = Effect.gen(function* () {
       const all = yield* store.schedulable
       for (const [userId, snapshots] of byUser(all)) {
         if (!owns(userId)) continue
-        if (yield* spawn(userId, Option.some(snapshots))) actorsStarted++
+        if (yield* spawn(userId, Option.some(snapshots))) {
+          actorsStarted++
+          spawnedNow.add(userId)
+        }
       }
       yield* Ref.set(primed, true)
     }
@@ -257,13 +284,27 @@ export const make = Effect.gen(function* () {
       const sent = yield* host.send(userId, UserActor.ActorMessage.Upsert({ snapshots }))
       if (sent === "no-actor" && snapshots.some((s) => s.schedulable)) {
         // No actor means no schedulable mission was known for this user before this pass.
-        if (yield* spawn(userId, Option.some(snapshots.filter((s) => s.schedulable)))) actorsStarted++
+        if (yield* spawn(userId, Option.some(snapshots.filter((s) => s.schedulable)))) {
+          actorsStarted++
+          spawnedNow.add(userId)
+        }
       }
     }
-    if (changedCount > 0 || actorsStarted > 0) {
-      yield* Effect.logDebug("discovery pass").pipe(Effect.annotateLogs({ rowsRead, changed: changedCount, actorsStarted }))
+    // After the missions: an actor sees a mission's change before its agent's. Only users with an
+    // actor are told: a user without one has no mission waiting on an agent.
+    let agentsChanged = 0
+    if (Option.isSome(agents) && (yield* Ref.getAndSet(agentsPrimed, true))) {
+      agentsChanged = agentPass.length
+      for (const [userId, agentIds] of agentsByUser(agentPass)) {
+        if (!spawnedNow.has(userId)) yield* host.send(userId, UserActor.ActorMessage.AgentsChanged({ agentIds }))
+      }
     }
-    return { rowsRead, changed: changedCount, actorsStarted } satisfies DiscoveryReport
+    if (changedCount > 0 || actorsStarted > 0 || agentsChanged > 0) {
+      yield* Effect.logDebug("discovery pass").pipe(
+        Effect.annotateLogs({ rowsRead, changed: changedCount, actorsStarted, agentsChanged }),
+      )
+    }
+    return { rowsRead, changed: changedCount, actorsStarted, agentsChanged } satisfies DiscoveryReport
   })
 
   const discover = discoveryLock.withPermits(1)(discoverLocked).pipe(Effect.withSpan("Supervisor.discover"))

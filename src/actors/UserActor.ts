@@ -20,6 +20,10 @@ import {
   upsert,
   type View,
   dueForTick,
+  type HoldReason,
+  hold,
+  isHoldReason,
+  releaseAgents,
 } from "../domain/actorView.js"
 import type { Mission } from "../domain/mission.js"
 import type { RunnerConfigShape } from "../services/AppConfig.js"
@@ -42,6 +46,8 @@ export type ActorMessage = Data.TaggedEnum<{
   Upsert: { readonly snapshots: ReadonlyArray<MissionSnapshot> }
   RunNow: { readonly request: TickRequest }
   RunDone: { readonly missionId: string; readonly slot: number | null; readonly result: RunResult<RunOutcome> }
+  /** These agents of the user changed (discovery, SPEC §14): missions they hold are looked at again. */
+  AgentsChanged: { readonly agentIds: ReadonlyArray<string> }
 }>
 
 export const ActorMessage = Data.taggedEnum<ActorMessage>()
@@ -233,6 +239,7 @@ export const behaviour = (
             const e = view.get(missionId)
             if (e === undefined) return Effect.void
             e.running = true
+            e.newsWhileRunning = false
             return FiberSet.run(runs, runOne(e.missionId, e.mission, e.nextRunAt))
           })
 
@@ -296,6 +303,7 @@ export const behaviour = (
                       e.mission = { ...e.mission, nextRunAt: o.nextRunAt }
                       e.failures = 0
                       e.retryAt = null
+                      e.held = null
                       return Effect.logInfo("mission run wrote an iteration").pipe(
                         Effect.annotateLogs({
                           missionId,
@@ -306,6 +314,22 @@ export const behaviour = (
                         }),
                       )
                     })
+                  : isHoldReason(o.reason)
+                    ? Effect.suspend(() => {
+                        const reason = o.reason as HoldReason
+                        // SPEC §14: looked at again when the reason can have changed (a budget's window
+                        // frees at freeAt; the agent or the mission changes), not on the retry backoff.
+                        const held = hold(e, reason, parseMs(o.freeAt))
+                        return Effect.logInfo(
+                          held ? "mission held by its agent's decision" : "mission skipped; it changed meanwhile: looked at again",
+                        ).pipe(
+                          Effect.annotateLogs({
+                            missionId,
+                            reason: o.reason,
+                            until: held ? (iso(e.held?.until ?? null) ?? "a change of the mission or its agent") : "now",
+                          }),
+                        )
+                      })
                   : Effect.gen(function* () {
                       if (o.reason === "already-written") e.ranSlot = slot
                       // A skip waits for discovery to bring news, and backs off so it never loops hot.
@@ -344,6 +368,13 @@ export const behaviour = (
             }),
           RunNow: ({ request }) => onRunNow(request),
           RunDone: ({ missionId, result, slot }) => onRunDone(missionId, slot, result),
+          AgentsChanged: ({ agentIds }) =>
+            Effect.suspend(() => {
+              const released = releaseAgents(view, new Set(agentIds))
+              return released === 0
+                ? Effect.void
+                : Effect.logInfo("agents changed: held missions looked at again").pipe(Effect.annotateLogs({ released }))
+            }),
         })
 
         const next = Effect.gen(function* () {

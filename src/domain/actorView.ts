@@ -18,6 +18,22 @@ export interface ViewSnapshot {
   readonly nextRunAt: Date | null
 }
 
+/** An agent's decision that stopped the last run (SPEC §14): nothing was written, the mission stays due. */
+export type HoldReason = "skipped-paused" | "skipped-archived" | "skipped-budget" | "agent-malformed"
+
+const holdReasons: ReadonlySet<string> = new Set<HoldReason>(["skipped-paused", "skipped-archived", "skipped-budget", "agent-malformed"])
+
+export const isHoldReason = (reason: string): reason is HoldReason => holdReasons.has(reason)
+
+/**
+ * Why an entry is not started although due, and until when: a budget frees at `until` (when enough of
+ * the window has passed); `until` null: only a change of the mission or of its agent can release it.
+ */
+export interface Hold {
+  readonly reason: HoldReason
+  readonly until: number | null
+}
+
 export interface Entry {
   readonly missionId: string
   mission: Mission
@@ -32,6 +48,10 @@ export interface Entry {
   failures: number
   /** When a mission backing off after a failure or skip may run again. */
   retryAt: number | null
+  /** Held by its agent's decision (SPEC §14) until the reason can have changed; null: not held. */
+  held: Hold | null
+  /** The mission or its agent changed while a run was in flight: that run's skip does not hold it. */
+  newsWhileRunning: boolean
 }
 
 export type View = Map<string, Entry>
@@ -58,6 +78,8 @@ export const upsert = (view: View, snapshot: ViewSnapshot): void => {
       removed: false,
       failures: 0,
       retryAt: null,
+      held: null,
+      newsWhileRunning: false,
     })
     return
   }
@@ -68,6 +90,9 @@ export const upsert = (view: View, snapshot: ViewSnapshot): void => {
     return
   }
   existing.mission = mission
+  // The mission changed (its agentId, its state, …): an agent's hold is looked at again.
+  existing.held = null
+  if (existing.running) existing.newsWhileRunning = true
   if (at !== existing.nextRunAt) {
     existing.nextRunAt = at
     existing.failures = 0
@@ -78,15 +103,50 @@ export const upsert = (view: View, snapshot: ViewSnapshot): void => {
 /** When the actor may start the entry by itself; null: only news from discovery can make it due. */
 export const dueAt = (e: Entry): number | null =>
   // A slot already run stays put until discovery brings the next one (never the same slot twice).
-  e.nextRunAt === null || e.nextRunAt === e.ranSlot
+  e.nextRunAt === null || e.nextRunAt === e.ranSlot || (e.held !== null && e.held.until === null)
     ? null
-    : e.retryAt === null
-      ? e.nextRunAt
-      : Math.max(e.nextRunAt, e.retryAt)
+    : Math.max(e.nextRunAt, e.retryAt ?? Number.NEGATIVE_INFINITY, e.held?.until ?? Number.NEGATIVE_INFINITY)
 
-/** Whether a tick at `now` finds the entry due in the actor's own view (a slot already run is not). */
+/** Whether the entry is held by its agent's decision at `now` (a budget hold ends at its `until`). */
+export const heldAt = (e: Entry, now: number): boolean => e.held !== null && (e.held.until === null || e.held.until > now)
+
+/**
+ * Whether a tick at `now` finds the entry due in the actor's own view (a slot already run is not, nor
+ * one its agent holds: a tick cannot change the reason, SPEC §14).
+ */
 export const dueForTick = (e: Entry, now: number): boolean =>
-  !e.removed && !e.running && e.nextRunAt !== null && e.nextRunAt !== e.ranSlot && e.nextRunAt <= now
+  !e.removed && !e.running && e.nextRunAt !== null && e.nextRunAt !== e.ranSlot && e.nextRunAt <= now && !heldAt(e, now)
+
+/**
+ * An agent's skip (SPEC §14): the entry waits for its reason to change, not on the retry backoff.
+ * `skipped-budget` with a time: until the window frees then; otherwise until the mission or agent changes.
+ */
+export const hold = (e: Entry, reason: HoldReason, until: number | null): boolean => {
+  e.retryAt = null
+  if (e.newsWhileRunning) {
+    // The run read the mission or agent before a change that may lift the reason: look again now.
+    e.newsWhileRunning = false
+    return false
+  }
+  e.held = { reason, until: reason === "skipped-budget" ? until : null }
+  return true
+}
+
+/**
+ * Agents of this user changed (discovery): every entry held under one of them is looked at again.
+ * Returns how many were released.
+ */
+export const releaseAgents = (view: View, agentIds: ReadonlySet<string>): number => {
+  let released = 0
+  for (const e of view.values()) {
+    if (e.mission.agentId === undefined || !agentIds.has(e.mission.agentId)) continue
+    if (e.running) e.newsWhileRunning = true
+    if (e.held === null) continue
+    e.held = null
+    released++
+  }
+  return released
+}
 
 /** What a look at the view decides. */
 export interface Plan {
@@ -128,6 +188,11 @@ export interface MissionStatus {
   readonly consecutiveFailures: number
   /** When a mission backing off after a timeout or skip may run again. */
   readonly retryAt: string | null
+  /**
+   * The agent's decision holding a due mission (SPEC §14), and until when (null: until the mission or
+   * its agent changes); null when not held.
+   */
+  readonly held: { readonly reason: HoldReason; readonly until: string | null } | null
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString())
@@ -141,6 +206,7 @@ export const missionStatuses = (view: View, now: number): ReadonlyArray<MissionS
       running: e.running,
       consecutiveFailures: e.failures,
       retryAt: e.retryAt !== null && e.retryAt > now ? iso(e.retryAt) : null,
+      held: e.held !== null && heldAt(e, now) ? { reason: e.held.reason, until: iso(e.held.until) } : null,
     }))
 
 // ---------------------------------------------------------------- runs and a tick's answer

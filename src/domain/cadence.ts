@@ -23,6 +23,8 @@ export interface NextRunOptions {
 
 const MINUTE = 60_000
 const DAY = 86_400_000
+/** The last instant a Date (and so an ISO `nextRunAt`) can hold: +275760-09-13T00:00:00Z. */
+const LATEST_INSTANT_MS = 8.64e15
 /** Bounds the walk over slots that map to past instants (at most a repeated hour of minute slots). */
 const MAX_SLOT_STEPS = 10_000
 
@@ -143,10 +145,18 @@ export const nextRunAt = (cadence: Cadence, options: NextRunOptions): Either.Eit
         }
         const step = cadence.everyMinutes * MINUTE
         const previous = options.previous?.getTime()
-        if (previous === undefined || Number.isNaN(previous)) return new Date(after + step)
         // At least one step: `previous` is the slot that just ran.
-        const steps = Math.max(1, Math.floor((after - previous) / step) + 1)
-        return new Date(previous + steps * step)
+        const next =
+          previous === undefined || Number.isNaN(previous)
+            ? after + step
+            : previous + Math.max(1, Math.floor((after - previous) / step) + 1) * step
+        // No instant to write (SPEC §6 wants the cadence's own next instant, so no clamping): unschedulable.
+        if (!(next <= LATEST_INSTANT_MS)) {
+          return yield* fail(
+            `everyMinutes ${cadence.everyMinutes} puts the next run past the latest instant a timestamp can hold (${new Date(LATEST_INSTANT_MS).toISOString()})`,
+          )
+        }
+        return new Date(next)
       }
       default:
         return yield* nextLocalSlot(yield* slotsOf(cadence), zone, after)

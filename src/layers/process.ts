@@ -24,6 +24,7 @@ import {
   RunnerConfig,
   TokenBudgetConfig,
 } from "../services/AppConfig.js"
+import { AgentDirectoryLive } from "../services/AgentDirectory.js"
 import { AgentPermits } from "../services/AgentPermits.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
@@ -78,7 +79,8 @@ export const configLayer = (config: StartupConfig) =>
 export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) => {
   const permits = GlobalLlmPermits.layer
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
-  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer)
+  // AgentDirectory: the supervisor's discovery passes each user's agent changes to its actor.
+  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer, AgentDirectoryLive())
   const plannerLayer =
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))

@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule } from "effect"
 import { type Agent, runDecision } from "../domain/agent.js"
 import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
 import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
@@ -36,6 +36,7 @@ import {
   plansWrittenBackTotal,
 } from "./metrics.js"
 import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
+import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack } from "./WriteBack.js"
 import { withUserScope } from "./withUserScope.js"
 
@@ -51,6 +52,12 @@ export interface MissionRunnerOptions {
 export const defaultInstanceId = (): string => `mana-ai:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
 
 type PermanentFailure = LlmError | PlanRejected
+
+/** Recording usage the write-back did not commit: long enough to outlast a short database outage. */
+const heldUsageRetry = Schedule.exponential("100 millis").pipe(
+  Schedule.union(Schedule.spaced("2 seconds")),
+  Schedule.intersect(Schedule.recurs(8)),
+)
 
 /** What a permanent failure tells the user (short, no LLM output, no secret) and where it happened. */
 export const describeFailure = (error: PermanentFailure): { readonly summary: string; readonly phase: ErrorPhase } => {
@@ -128,6 +135,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     // Optional so a stack without them (the offline planner's unit tests) still runs: no cap, no wait.
     const permits = yield* Effect.serviceOption(AgentPermits)
     const breaker = yield* Effect.serviceOption(LlmBreaker)
+    const ledger = yield* Effect.serviceOption(TokenLedger)
     const owner = options.instanceId ?? defaultInstanceId()
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtl = Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60)))
@@ -155,7 +163,14 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     )
 
     /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
-    const prepare = (userId: string, mission: Mission, iterationId: string, attemptId: string, claimed: Effect.Effect<void>) =>
+    const prepare = (
+      userId: string,
+      mission: Mission,
+      iterationId: string,
+      attemptId: string,
+      heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>,
+      claimed: Effect.Effect<void>,
+    ) =>
       Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
         const key = { userId, missionId: mission.id, iterationId }
         if (!(yield* store.claim(key, owner, claimTtl))) return skipped("claimed-elsewhere")
@@ -206,7 +221,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             resolvedInputs,
             unavailableInputs,
             ...(agent === undefined ? {} : { agent }),
-            run: { userId, iterationId, attemptId },
+            // The last answer's usage is held for the write-back transaction (SPEC §14).
+            run: { userId, iterationId, attemptId, ...(Option.isSome(ledger) ? { heldUsage } : {}) },
           })
         })
         // An agent's runs across the user's missions hold one of its maxConcurrentMissions permits.
@@ -248,6 +264,21 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         const key = { userId, missionId: mission.id, iterationId }
         const startedAt = new Date(startMs)
         const holdsClaim = yield* Ref.make(false)
+        /** The run's answer(s) not yet recorded: they go into the write-back transaction. */
+        const heldUsage = yield* Ref.make<ReadonlyArray<UsageEntry>>([])
+        /**
+         * The write-back did not commit them (skipped, rolled back, failed, interrupted): the spend
+         * happened all the same, so they are recorded on their own. Keyed per answer, so a write-back
+         * whose COMMIT landed but whose acknowledgement was lost is not counted twice.
+         */
+        const recordHeld = Effect.gen(function* () {
+          const held = yield* Ref.getAndSet(heldUsage, [])
+          if (held.length === 0 || Option.isNone(ledger)) return
+          yield* ledger.value.record(userId, held).pipe(
+            Effect.retry(heldUsageRetry),
+            Effect.catchAll((e) => Effect.logWarning(`could not record the run's last LLM answer's token usage: ${e.message}`)),
+          )
+        })
         const giveBackClaim = Effect.whenEffect(
           store.releaseClaim(key, owner).pipe(
             Effect.timeout("5 seconds"),
@@ -258,7 +289,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
 
         // Claim to commit: the part the deadline bounds.
         const bounded = Effect.gen(function* () {
-          const planned = yield* prepare(userId, mission, iterationId, attemptId, Ref.set(holdsClaim, true))
+          const planned = yield* prepare(userId, mission, iterationId, attemptId, heldUsage, Ref.set(holdsClaim, true))
           if (planned._tag === "Skip") {
             if (planned.release === true) yield* giveBackClaim
             return planned.outcome
@@ -290,7 +321,11 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             })
           }
 
-          const written = yield* writeBack.append({ userId, missionId: mission.id, iteration }).pipe(Effect.withSpan("writeBack"))
+          const written = yield* writeBack
+            .append({ userId, missionId: mission.id, iteration, usage: yield* Ref.get(heldUsage) })
+            .pipe(Effect.withSpan("writeBack"))
+          // Committed with the iteration: nothing left to record on its own.
+          if (written._tag === "Written") yield* Ref.set(heldUsage, [])
           const planProduced = planned._tag === "Plan"
           if (written._tag === "Skipped") {
             return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
@@ -324,6 +359,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
             // Failed or interrupted before its commit, the run wrote nothing: give the claim back for the retry.
             Effect.onError(() => giveBackClaim),
+            // Outside the deadline: usage the write-back did not commit is recorded whatever the run's end.
+            Effect.ensuring(recordHeld),
           )
         })
 

@@ -3,11 +3,12 @@
  * CONTRACT — implementations: PlannerLive (LlmClient) and the deterministic offline planner.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Schema, type Effect } from "effect"
+import { Context, Schema, type Effect, type Ref } from "effect"
 import type { Agent } from "../domain/agent.js"
 import type { Mission } from "../domain/mission.js"
 import type { LlmError, TokenUsage } from "./LlmClient.js"
 import type { ResolvedInput, UnavailableInput } from "./InputResolvers.js"
+import type { UsageEntry } from "./TokenLedger.js"
 import { type PlanDraft, describeRejection, rejectionKinds } from "../domain/planParser.js"
 
 // The plan types live in the domain (the parser builds them); re-exported here for the contract's users.
@@ -59,6 +60,12 @@ export interface PlannerRunContext {
   readonly iterationId: string
   /** Fresh per run attempt: with the answer's ordinal it keys each answer's usage row. */
   readonly attemptId: string
+  /**
+   * When set, the run's latest answer is not recorded on its own but left here: a later request of
+   * the run records it first (the next budget check must see it), and the one still here when the
+   * plan ends (or fails) is the caller's to record, in its write-back transaction (SPEC §14).
+   */
+  readonly heldUsage?: Ref.Ref<ReadonlyArray<UsageEntry>>
 }
 
 export interface PlannerInput {

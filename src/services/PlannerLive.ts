@@ -5,7 +5,7 @@
  * offline planner, for embedded mode without MANA_LLM_URL.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Fiber, Layer, Metric, Option, Schedule } from "effect"
+import { Clock, Effect, Either, Fiber, Layer, Metric, Option, Ref, Schedule } from "effect"
 import { OFFLINE_SUMMARY_PREFIX, offlinePlan } from "../domain/offlinePlanner.js"
 import {
   MAX_PLAN_STEPS,
@@ -23,7 +23,7 @@ import { LlmConfig, TokenBudgetConfig } from "./AppConfig.js"
 import { type ChatMessage, type CompleteOptions, type FunctionTool, LlmClient, type TokenUsage } from "./LlmClient.js"
 import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metrics.js"
 import { BudgetExhausted, PlanRejected, Planner, type PlannerInput, type PlannerResult } from "./Planner.js"
-import { TokenLedger, answerKey } from "./TokenLedger.js"
+import { TokenLedger, type UsageEntry, answerKey } from "./TokenLedger.js"
 import { ToolCatalog } from "./ToolCatalog.js"
 
 /**
@@ -77,15 +77,23 @@ export const PlannerLive = Layer.effect(
 
     /**
      * One LLM request of a run (SPEC §14): the budget checked before it (repair turns and tool rounds
-     * alike), the answer's usage recorded right after it under a key of its own, so a retried
-     * write-back or a re-run cannot count it twice. `ordinal` counts the run's answers. The record is
-     * written beside the next request (a daemon fiber: it lands even if the run is interrupted), and
-     * awaited before the next budget check reads the window, so the check always sees it.
+     * alike), the answer's usage recorded under a key of its own, so a retried write-back or a re-run
+     * cannot count it twice. `ordinal` counts the run's answers. With `run.heldUsage` the answer is
+     * held for the write-back transaction until a next request follows it; otherwise (and once a next
+     * request follows) it is written beside that request (a daemon fiber: it lands even if the run is
+     * interrupted), awaited before the next budget check reads the window, so the check always sees it.
      */
     const ask = (input: PlannerInput, pending: Pending, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
       Effect.gen(function* () {
         const run = input.run
         if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
+        const record = (entries: ReadonlyArray<UsageEntry>) =>
+          Effect.forkDaemon(ledger.value.record(run.userId, entries).pipe(Effect.retry(ledgerRetry)))
+        // The answer held back for the write-back is followed by this request: it is recorded now.
+        if (run.heldUsage !== undefined) {
+          const held = yield* Ref.getAndSet(run.heldUsage, [])
+          if (held.length > 0) pending.push(yield* record(held))
+        }
         const verdict = budgeted(input)
           ? yield* Effect.zipRight(joinAll(pending), ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry)))
           : ({ _tag: "Ok" } as const)
@@ -99,18 +107,17 @@ export const PlannerLive = Layer.effect(
         }
         const answer = yield* llm.complete(messages, options)
         if (Option.isSome(answer.usage)) {
-          const recording = ledger.value.record(run.userId, [
-            {
-              userId: run.userId,
-              agentId: input.agent?.id ?? null,
-              missionId: input.mission.id,
-              iterationId: run.iterationId,
-              answerKey: answerKey(run.iterationId, run.attemptId, ordinal),
-              tokens: answer.usage.value.totalTokens,
-              at: new Date(yield* Clock.currentTimeMillis),
-            },
-          ]).pipe(Effect.retry(ledgerRetry))
-          pending.push(yield* Effect.forkDaemon(recording))
+          const entry: UsageEntry = {
+            userId: run.userId,
+            agentId: input.agent?.id ?? null,
+            missionId: input.mission.id,
+            iterationId: run.iterationId,
+            answerKey: answerKey(run.iterationId, run.attemptId, ordinal),
+            tokens: answer.usage.value.totalTokens,
+            at: new Date(yield* Clock.currentTimeMillis),
+          }
+          if (run.heldUsage !== undefined) yield* Ref.set(run.heldUsage, [entry])
+          else pending.push(yield* record([entry]))
         }
         return answer
       })

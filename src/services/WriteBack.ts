@@ -5,12 +5,19 @@
 import type { SqlError } from "@effect/sql/SqlError"
 import { Context, type Effect } from "effect"
 import type { Iteration } from "../domain/mission.js"
+import type { UsageEntry } from "./TokenLedger.js"
 
 export interface WriteRequest {
   readonly userId: string
   readonly missionId: string
   /** The iteration to append; its id is the run's idempotency key (iterationIdFor). */
   readonly iteration: Iteration
+  /**
+   * The run's LLM answers not yet recorded (SPEC §14): inserted into mana_ai.token_usage in the same
+   * transaction as the iteration, keyed per answer (one already recorded is not counted again).
+   * Only when a TokenLedger is provided; a Skipped result records nothing (the caller does).
+   */
+  readonly usage?: ReadonlyArray<UsageEntry>
 }
 
 export type WriteResult =

@@ -9,10 +9,12 @@
  * The row's shape follows the generation of sync_changes found at start (EventLogSchema): the seed's
  * stamps `field_timestamps` with the system actor; today's stamps `field_meta` with `origin 'agent'`,
  * `schema_version 1` and the app's AI actor (the mission's agent, or the legacy principal).
+ * The run's LLM answers not yet recorded (its last one) are inserted into mana_ai.token_usage in the
+ * same transaction (SPEC §14), so the iteration and its usage commit together or not at all.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Layer } from "effect"
+import { Clock, Effect, Either, Layer, Option } from "effect"
 import {
   AGENTS_TABLE,
   MISSIONS_APP_ID,
@@ -27,6 +29,7 @@ import { RunnerConfig } from "./AppConfig.js"
 import { nextRunFor, readCurrentMission } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
+import { TokenLedger } from "./TokenLedger.js"
 import { WriteBack, type WriteRequest, type WriteResult } from "./WriteBack.js"
 import { withUserScope } from "./withUserScope.js"
 
@@ -63,6 +66,8 @@ export const makeWriteBack = Effect.gen(function* () {
   const sqlClient = yield* SqlClient.SqlClient
   const config = yield* RunnerConfig
   const eventLog = yield* EventLogSchema
+  // Optional: a stack without budgets (unit tests) writes no usage.
+  const ledger = yield* Effect.serviceOption(TokenLedger)
 
   const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
     withUserScope(request.userId, (sql) =>
@@ -122,6 +127,9 @@ export const makeWriteBack = Effect.gen(function* () {
                ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
                ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb)`
         }
+        // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
+        const usage = request.usage ?? []
+        if (usage.length > 0 && Option.isSome(ledger)) yield* ledger.value.insert(usage)
         return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
       }),
     ).pipe(

@@ -6,6 +6,8 @@ import {
   dueForTick,
   emptyTickPart,
   type Entry,
+  hold,
+  releaseAgents,
   type OutcomeSummary,
   plan,
   renderTickError,
@@ -46,6 +48,8 @@ const entry = (over: Partial<Entry> = {}): Entry => ({
   removed: false,
   failures: 0,
   retryAt: null,
+  held: null,
+  newsWhileRunning: false,
   ...over,
 })
 
@@ -107,6 +111,11 @@ describe("dueAt", () => {
     ["a scheduled slot", entry({ nextRunAt: T(5) }), T(5)],
     ["backing off past the slot", entry({ nextRunAt: T(5), retryAt: T(8) }), T(8)],
     ["a backoff already over by the slot", entry({ nextRunAt: T(5), retryAt: T(2) }), T(5)],
+    // SPEC §14: a budget hold wakes at the window's freeAt, never earlier; a paused agent only on news.
+    ["held by a budget until later", entry({ nextRunAt: T(5), held: { reason: "skipped-budget", until: T(40) } }), T(40)],
+    ["held by a budget freed before the slot", entry({ nextRunAt: T(5), held: { reason: "skipped-budget", until: T(1) } }), T(5)],
+    ["held by a paused agent", entry({ nextRunAt: T(5), held: { reason: "skipped-paused", until: null } }), null],
+    ["held by a budget of 0 (no time frees it)", entry({ nextRunAt: T(5), held: { reason: "skipped-budget", until: null } }), null],
   ] as const)("%s → %s", (_, e, expected) => {
     expect(dueAt(e)).toBe(expected)
   })
@@ -119,8 +128,52 @@ describe("dueAt", () => {
     ["a slot already run", entry({ nextRunAt: T(5), ranSlot: T(5) }), false],
     // A tick runs what is due now even while the mission backs off by itself.
     ["backing off", entry({ nextRunAt: T(5), retryAt: T(9) }), true],
+    // A tick cannot change an agent's reason: a held entry waits for it too.
+    ["held by a budget until 10:09", entry({ nextRunAt: T(5), held: { reason: "skipped-budget", until: T(9) } }), false],
+    ["held by a budget freed at 10:05", entry({ nextRunAt: T(5), held: { reason: "skipped-budget", until: T(5) } }), true],
+    ["held by an archived agent", entry({ nextRunAt: T(5), held: { reason: "skipped-archived", until: null } }), false],
   ] as const)("a tick at 10:05 finds an entry %s due: %s", (_, e, expected) => {
     expect(dueForTick(e, T(5))).toBe(expected)
+  })
+})
+
+describe("agent holds (SPEC §14)", () => {
+  const agentMission = (agentId: string) => ({ ...mission("m", T(0)), agentId }) as Mission
+
+  it.each([
+    ["skipped-budget", T(40), { reason: "skipped-budget", until: T(40) }],
+    ["skipped-budget", null, { reason: "skipped-budget", until: null }],
+    ["skipped-paused", T(40), { reason: "skipped-paused", until: null }],
+    ["skipped-archived", null, { reason: "skipped-archived", until: null }],
+    ["agent-malformed", null, { reason: "agent-malformed", until: null }],
+  ] as const)("a %s skip (freeAt %s) holds the entry as %o and clears the retry backoff", (reason, until, held) => {
+    const e = entry({ failures: 1, retryAt: T(3) })
+    expect(hold(e, reason, until)).toBe(true)
+    expect(e).toMatchObject({ held, retryAt: null, failures: 1 })
+  })
+
+  it("a skip whose run overlapped a change of the mission or agent does not hold: it is looked at again at once", () => {
+    const e = entry({ running: true, mission: agentMission("a1") })
+    releaseAgents(viewOf(e), new Set(["a1"]))
+    expect(hold(e, "skipped-paused", null)).toBe(false)
+    expect(e.held).toBeNull()
+    expect(hold(e, "skipped-paused", null)).toBe(true)
+  })
+
+  it("a change of the entry's agent releases it; another agent's change does not", () => {
+    const mine = entry({ missionId: "m1", mission: agentMission("a1"), held: { reason: "skipped-paused", until: null } })
+    const other = entry({ missionId: "m2", mission: agentMission("a2"), held: { reason: "skipped-budget", until: T(40) } })
+    const legacy = entry({ missionId: "m3", held: { reason: "skipped-budget", until: T(40) } })
+    const view = viewOf(mine, other, legacy)
+    expect(releaseAgents(view, new Set(["a1"]))).toBe(1)
+    expect([mine.held, other.held, legacy.held]).toEqual([null, { reason: "skipped-budget", until: T(40) }, { reason: "skipped-budget", until: T(40) }])
+    expect(dueAt(mine)).toBe(T(0))
+  })
+
+  it("a new snapshot of the mission releases its hold", () => {
+    const view = viewOf(entry({ held: { reason: "skipped-archived", until: null } }))
+    upsert(view, snapshot("m", T(0)))
+    expect(view.get("m")?.held).toBeNull()
   })
 })
 

@@ -149,6 +149,8 @@ const rejections: ReadonlyArray<Rejection> = [
   ["weekly fractional hour", weekly(1, 9.5), "UTC", /atHour/],
   ["interval of 0 minutes", every(0), "UTC", /everyMinutes/],
   ["interval of 1.5 minutes", every(1.5), "UTC", /everyMinutes/],
+  // 150,000,000,000 min = 9e15 ms: past +275760-09-13, the last instant a Date or an ISO nextRunAt holds.
+  ["interval whose next run no timestamp can hold", every(150_000_000_000), "UTC", /everyMinutes 150000000000 puts the next run past the latest instant a timestamp can hold \(\+275760-09-13T00:00:00\.000Z\)/],
 ]
 
 describe("rejections", () => {
@@ -159,6 +161,24 @@ describe("rejections", () => {
     expect(result.left.reason).toMatch(reason)
     const validated = validateCadence(cadence, timeZone)
     expect(Either.isLeft(validated) ? validated.left.reason : "valid").toMatch(reason)
+  })
+
+  it("an interval that fits from 2000 but not from the write time is an error at the write, not an Invalid Date", () => {
+    // 143,980,000,000 min = 8,638,800,000,000,000 ms: 2000-01-01 plus it fits under 8.64e15 ms, 2026-01-01 plus it does not.
+    const cadence = every(143_980_000_000)
+    expect(validateCadence(cadence, "UTC")).toStrictEqual(Either.right(undefined))
+    const late = nextRunAt(cadence, { after: new Date("2026-01-01T00:00:00Z"), previous: null, timeZone: "UTC" })
+    expect(Either.isLeft(late) ? late.left.reason : "no error").toMatch(/past the latest instant/)
+    // Anchored on a previous slot the same bound holds.
+    const anchored = nextRunAt(cadence, {
+      after: new Date("2026-01-01T00:00:00Z"),
+      previous: new Date("2025-12-31T00:00:00Z"),
+      timeZone: "UTC",
+    })
+    expect(Either.isLeft(anchored)).toBe(true)
+    // Just inside the bound: a valid instant.
+    const inside = nextRunAt(every(143_900_000_000), { after: new Date("2025-01-01T00:00:00Z"), previous: null, timeZone: "UTC" })
+    expect(Either.map(inside, (d) => d?.toISOString())).toStrictEqual(Either.right("+275625-07-27T13:20:00.000Z"))
   })
 
   it("an invalid `after` is an error, not a NaN date", () => {

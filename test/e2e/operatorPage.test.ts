@@ -1,8 +1,9 @@
 /**
  * The operator page in a real browser: headless Chromium from Debian's `chromium` package, driven by
  * playwright-core, against the real Bun process on the embedded default (demo workload, offline
- * planner). A quarantine is made for real: a mission whose run dies (an interval so long that its
- * next run is past the last instant a Date can hold: the write-back throws), with RESTART_MAX=1.
+ * planner). The quarantined actor is one an earlier process left: quarantines survive restarts
+ * (they live in mana_ai.actor_quarantines), so the test writes the row as that process would have,
+ * restarts the process on the same .data, and the new process holds the user quarantined.
  *
  * Screenshots go to $OPERATOR_PAGE_SCREENSHOTS (default: a directory under the OS temp dir, printed).
  */
@@ -26,8 +27,16 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ]
 const DEMO_USERS = ["demo-alice", "demo-bob", "demo-carol"]
-/** Past the last instant a JS Date can hold (8.64e15 ms) once added to now: the write-back throws. */
+/**
+ * How long a step may wait for the page to show something. A wide bound, not a measure: each wait ends
+ * as soon as the page shows it (ticks are 500 ms apart, the page polls every few seconds), and 30 s
+ * leaves room for a loaded 2-core machine running other suites beside this one.
+ */
+const UI_WAIT_MS = 30_000
+/** Past the last instant a timestamp can hold (8.64e15 ms) once added to now: an unschedulable cadence. */
 const TOO_LONG_MINUTES = 150_000_000_000
+/** The reason an earlier process recorded when it quarantined demo-dave (its actor's run died). */
+const KEPT_REASON = "ActorCrashed: run of mission demo-dave-poison died: Error: poison mission"
 
 let workDir: string
 let profileDir: string
@@ -36,6 +45,11 @@ let mana: ManaProcess | undefined
 let context: BrowserContext | undefined
 let key: string
 let psqlUrl: string
+
+const psqlUrlOf = (p: ManaProcess): string => {
+  const line = p.logs().find((l) => typeof l.annotations?.psqlUrl === "string")
+  return line?.annotations?.psqlUrl as string
+}
 
 const shot = (page: Page, name: string) => page.screenshot({ path: join(shotDir, `${name}.png`), fullPage: true })
 
@@ -79,12 +93,25 @@ beforeAll(async () => {
   shotDir = process.env.OPERATOR_PAGE_SCREENSHOTS ?? join(tmpdir(), "mana-ai-operator-page")
   mkdirSync(shotDir, { recursive: true })
   console.log(`operator page screenshots: ${shotDir}`)
-  const m = await startManaProcess({ cwd: workDir, env: { RESTART_MAX: "1", TICK_INTERVAL_MS: "500" } })
+  const env = { TICK_INTERVAL_MS: "500" }
+  // The process before this one: it seeds the demo and quarantines demo-dave as its supervisor does
+  // (the row mana_ai.actor_quarantines keeps, written here on its psql URL), then stops.
+  const earlier = await startManaProcess({ cwd: workDir, env })
+  await eventually("/ready to answer 200", 60_000, async () => (await request(earlier, "GET", "/ready")).status === 200)
+  const earlierClient = new pg.Client({ connectionString: psqlUrlOf(earlier) })
+  await earlierClient.connect()
+  try {
+    await earlierClient.query("INSERT INTO mana_ai.actor_quarantines (user_id, reason) VALUES ($1, $2)", ["demo-dave", KEPT_REASON])
+  } finally {
+    await earlierClient.end()
+  }
+  expect((await earlier.stop("SIGTERM", 60_000)).code).toBe(0)
+
+  const m = await startManaProcess({ cwd: workDir, env })
   mana = m
   await eventually("/ready to answer 200", 60_000, async () => (await request(m, "GET", "/ready")).status === 200)
   key = readFileSync(join(workDir, ".data", "service-key"), "utf8").trim()
-  const line = m.logs().find((l) => typeof l.annotations?.psqlUrl === "string")
-  psqlUrl = line?.annotations?.psqlUrl as string
+  psqlUrl = psqlUrlOf(m)
   if (!existsSync(CHROMIUM)) return
   context = await chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM,
@@ -159,7 +186,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     await page.click("#key-form button[type=submit]")
 
     // The demo users, with the process panel: the breaker closed, no tokens spent (the offline planner).
-    for (const user of DEMO_USERS) await page.locator(`#actors tr[data-user="${user}"]`).waitFor({ timeout: 15_000 })
+    for (const user of DEMO_USERS) await page.locator(`#actors tr[data-user="${user}"]`).waitFor({ timeout: UI_WAIT_MS })
     expect(await page.locator("[data-testid=phase] dd").textContent()).toBe("ready")
     expect(await page.locator("[data-testid=breaker] dd").textContent()).toBe("closed · consecutiveFailures 0")
     expect(await page.locator("[data-testid=tokens] dd").textContent()).toBe("0 in 24 h")
@@ -170,9 +197,9 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
 
     // A user's missions with their cadence, next run and last iterations.
     await page.click('#actors tr[data-user="demo-alice"] td')
-    await page.locator('[data-mission="demo-alice-inbox"]').waitFor({ timeout: 10_000 })
+    await page.locator('[data-mission="demo-alice-inbox"]').waitFor({ timeout: UI_WAIT_MS })
     expect(await page.locator('[data-mission="demo-alice-inbox"]').textContent()).toContain("every 180 min")
-    await page.locator('[data-mission="demo-alice-inbox"] li[data-iteration]').first().waitFor({ timeout: 15_000 })
+    await page.locator('[data-mission="demo-alice-inbox"] li[data-iteration]').first().waitFor({ timeout: UI_WAIT_MS })
 
     // A new mission is written to the event log; its iteration shows up while the page stays loaded.
     await page.evaluate(() => {
@@ -180,31 +207,43 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     })
     await writeChange("demo-alice", "demo-alice-page-check", "insert", mission("Page check", { kind: "interval", everyMinutes: 60 }))
     const fresh = page.locator('[data-mission="demo-alice-page-check"] li[data-iteration]')
-    await fresh.first().waitFor({ timeout: 20_000 })
+    await fresh.first().waitFor({ timeout: UI_WAIT_MS })
     expect(await fresh.first().textContent()).toContain("Offline planner:")
     expect(await page.evaluate(() => (globalThis as any).stillTheSamePage)).toBe(true)
     await shot(page, "3-user-detail")
 
-    // A mission whose run dies quarantines its user (RESTART_MAX=1): listed first, with the reason.
-    await writeChange("demo-dave", "demo-dave-far", "insert", mission("Far future", { kind: "interval", everyMinutes: TOO_LONG_MINUTES }))
+    // A cadence whose next run no timestamp can hold: the user's failures say it is skipped and why; the actor is not harmed.
+    await writeChange("demo-alice", "demo-alice-far", "insert", mission("Far future", { kind: "interval", everyMinutes: TOO_LONG_MINUTES }))
+    await expect
+      .poll(() => page.locator("#detail-body").textContent(), { timeout: UI_WAIT_MS })
+      .toContain("Mission skipped: malformedfield cadence: everyMinutes 150000000000 puts the next run past the latest instant a timestamp can hold")
+    expect(await page.locator('[data-mission="demo-alice-far"]').textContent()).toContain("no iterations yet")
+    expect(await page.locator('#actors tr[data-user="demo-alice"] [data-testid=state]').textContent()).not.toBe("quarantined")
+
+    // demo-dave, quarantined by the earlier process, is still quarantined here: listed first, with the kept reason.
     const daveState = page.locator('#actors tr[data-user="demo-dave"] [data-testid=state]')
-    await expect.poll(() => daveState.textContent().catch(() => null), { timeout: 20_000 }).toBe("quarantined")
+    await expect.poll(() => daveState.textContent().catch(() => null), { timeout: UI_WAIT_MS }).toBe("quarantined")
     expect(await page.locator("#actors tbody tr").first().getAttribute("data-user")).toBe("demo-dave")
-    expect(await page.locator('#actors tr[data-user="demo-dave"]').textContent()).toContain("Invalid Date")
-    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: 10_000 }).toContain("actor quarantined")
+    expect(await page.locator('#actors tr[data-user="demo-dave"]').textContent()).toContain("poison mission")
+    await expect.poll(() => page.locator("#failures tbody").textContent(), { timeout: UI_WAIT_MS }).toContain("users still quarantined")
+    // A mission of its that falls due meanwhile is listed but does not run.
+    await writeChange("demo-dave", "demo-dave-due", "insert", mission("Due while quarantined", { kind: "interval", everyMinutes: 60 }))
     await page.click('#actors tr[data-user="demo-dave"] td')
-    await page.locator('[data-mission="demo-dave-far"]').waitFor({ timeout: 10_000 })
+    await page.locator('[data-mission="demo-dave-due"]').waitFor({ timeout: UI_WAIT_MS })
+    // Several ticks (500 ms apart) pass: still no iteration. A wait, not a bound: it cannot fail by being slow.
+    await new Promise((resolve) => setTimeout(resolve, 2_000))
+    expect(await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').count()).toBe(0)
+    expect(await daveState.textContent()).toBe("quarantined")
     await shot(page, "4-quarantined")
 
-    // Fixed at the source, then lifted from the page: the actor comes back and the mission runs.
-    await writeChange("demo-dave", "demo-dave-far", "update", { cadence: { kind: "interval", everyMinutes: 60 } })
+    // Lifted from the page: the actor comes back and the mission runs.
     await page.click('#actors tr[data-user="demo-dave"] button[data-action=restart]')
     await expect
-      .poll(() => page.locator("#answer").textContent(), { timeout: 10_000 })
+      .poll(() => page.locator("#answer").textContent(), { timeout: UI_WAIT_MS })
       .toContain("POST /internal/actors/demo-dave/restart → 200")
     expect(await page.locator("#answer").textContent()).toContain('"restarted": true')
-    await expect.poll(() => daveState.textContent(), { timeout: 20_000 }).not.toBe("quarantined")
-    await page.locator('[data-mission="demo-dave-far"] li[data-iteration]').first().waitFor({ timeout: 20_000 })
+    await expect.poll(() => daveState.textContent(), { timeout: UI_WAIT_MS }).not.toBe("quarantined")
+    await page.locator('[data-mission="demo-dave-due"] li[data-iteration]').first().waitFor({ timeout: UI_WAIT_MS })
     await shot(page, "5-quarantine-lifted")
 
     // A tick from the page, with the runner's answer shown.
@@ -215,7 +254,7 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
 
     // Asked once: a reload in the same tab keeps the key.
     await page.reload()
-    await page.locator('#actors tr[data-user="demo-bob"]').waitFor({ timeout: 10_000 })
+    await page.locator('#actors tr[data-user="demo-bob"]').waitFor({ timeout: UI_WAIT_MS })
     expect(await page.locator("#key-panel").isHidden()).toBe(true)
 
     // The key never travelled in a URL, and every /internal request carried it as the header.
@@ -234,5 +273,5 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
     // Nor did it reach the log.
     expect(mana!.stdout()).not.toContain(key)
     expect(mana!.stderr()).not.toContain(key)
-  }, 150_000)
+  }, 300_000)
 })

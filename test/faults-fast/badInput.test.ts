@@ -80,6 +80,12 @@ const malformedCases: ReadonlyArray<Case> = [
   { name: "interval of 0 minutes", rows: insertWith({ cadence: { kind: "interval", everyMinutes: 0 } }), reason: /cadence/ },
   { name: "interval of 1.5 minutes", rows: insertWith({ cadence: { kind: "interval", everyMinutes: 1.5 } }), reason: /cadence/ },
   { name: "interval minutes as text", rows: insertWith({ cadence: { kind: "interval", everyMinutes: "60" } }), reason: /cadence/ },
+  // 150,000,000,000 min: the next run would be past +275760-09-13, the last instant a Date or an ISO time holds.
+  {
+    name: "interval whose next run no timestamp can hold",
+    rows: insertWith({ cadence: { kind: "interval", everyMinutes: 150_000_000_000 } }),
+    reason: /field cadence: everyMinutes 150000000000 puts the next run past the latest instant a timestamp can hold/,
+  },
   { name: "daily at hour 25", rows: insertWith({ cadence: { kind: "daily", atHour: 25, atMinute: 0 } }), reason: /cadence/ },
   { name: "weekly on day 7", rows: insertWith({ cadence: { kind: "weekly", dayOfWeek: 7, atHour: 8 } }), reason: /cadence/ },
   { name: "cron with three fields", rows: insertWith({ cadence: { kind: "cron", expression: "* * *" } }), reason: /cadence/ },
@@ -216,6 +222,30 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("bad input", (it) 
       expect(Either.isRight(result) && result.right).toMatchObject({ _tag: "Skipped", reason: "malformed" })
       expect(yield* runnerRowCount(user, "m1")).toBe(0)
       expect(yield* standIn.requests).toHaveLength(0) // no LLM call spent on it
+    })))
+
+  it.effect("an interval that fits at discovery but not at the write: the run is skipped as malformed, nothing written, the actor unharmed", () =>
+    check(Effect.gen(function* () {
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      const user = "far-interval"
+      // 143,980,000,000 min = 8.6388e15 ms: checked from 2000-01-01 it fits under 8.64e15 ms, from today it does not.
+      yield* insertChanges([
+        missionInsertRow(user, "far", { nextRunAt: DUE(), cadence: { kind: "interval", everyMinutes: 143_980_000_000 } }),
+        missionInsertRow(user, "near", { nextRunAt: DUE() }),
+      ])
+      fault("input:unschedulable-at-write")
+      const supervisor = yield* Supervisor
+      const report = yield* supervisor.tick
+      tally.runs += report.dueMissionCount
+      tally.rejected++
+      expect(report).toMatchObject({ dueMissionCount: 2, plansWrittenBack: 1, errors: [] })
+      expect(yield* runnerRowCount(user, "far")).toBe(0)
+      expect(yield* runnerRowCount(user, "near")).toBe(1)
+      const actor = (yield* supervisor.status).find((s) => s.userId === user)
+      // No defect: the actor was never restarted, and the skipped mission backs off.
+      expect(actor).toMatchObject({ restarts: 0, lastError: null })
+      expect(actor?.missions.find((m) => m.missionId === "far")).toMatchObject({ consecutiveFailures: 1 })
     })))
 
   it.effect("Postgres itself refuses what the sync server could not store: NUL in jsonb or text, an unknown or missing op", () =>

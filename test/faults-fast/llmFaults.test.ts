@@ -157,7 +157,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("LLM faults throug
       const requests = yield* (yield* LlmStandIn).requests
       expect(requests).toHaveLength(2)
       expect(requests[0]!.abortedByClient).toBe(true)
-      expect((requests[0]!.closedAt ?? 0) - requests[0]!.receivedAt).toBeGreaterThanOrEqual(LLM_TIMEOUT_MS - 50)
+      // Abandoned at its timeout, not at once. Half the timeout is a wide margin: the timer starts before
+      // the request reaches the stand-in, which a loaded machine can delay (the exact instant is pinned on
+      // the TestClock in test/services/LlmClient.test.ts).
+      expect((requests[0]!.closedAt ?? 0) - requests[0]!.receivedAt).toBeGreaterThanOrEqual(LLM_TIMEOUT_MS / 2)
       expect((yield* onlyIteration(scenario)).overallStatus).toBe("awaiting-review")
       yield* rerunWritesNothing(scenario)
     })))

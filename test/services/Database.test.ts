@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Effect, Exit, Layer, Logger, Redacted, TestServices } from "effect"
+import { Chunk, Effect, Exit, Fiber, Layer, Logger, Redacted, TestClock, TestServices } from "effect"
 import { createServer } from "node:net"
 import { expect } from "vitest"
 import { databaseLayerFromUrl, describeDatabaseUrl } from "../../src/services/Database.js"
@@ -62,19 +62,42 @@ it.layer(TestDatabaseLive, { timeout: 60_000 })("Database", (it) => {
     }),
   )
 
-  it.effect("retries an unreachable server with warnings, then fails with the last error", () =>
+  it.effect("retries an unreachable server at 0, 0.5 and 1.5 s with a warning each (TestClock), then fails with the last error", () =>
     Effect.gen(function* () {
       const port = yield* freePort
       const url = Redacted.make(`postgres://runner:hunter2-secret@127.0.0.1:${port}/sync`)
-      const { exit, lines } = yield* withCapturedLogs(
-        Effect.scoped(Layer.build(databaseLayerFromUrl(url, 2, { retryFor: "1500 millis" }))),
+      const lines: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => {
+        lines.push(`${logLevel.label} ${Array.isArray(message) ? message.join(" ") : String(message)}`)
+      })
+      const warnings = () => lines.filter((l) => l.startsWith("WARN") && l.includes(`127.0.0.1:${port}`)).length
+      // The retry schedule sleeps on the TestClock; each refused attempt is real and takes milliseconds.
+      const building = yield* Effect.fork(
+        Effect.exit(Effect.scoped(Layer.build(databaseLayerFromUrl(url, 2, { retryFor: "1500 millis" })))).pipe(
+          Effect.provide(Logger.replace(Logger.defaultLogger, logger)),
+        ),
       )
+      /** Waits in real time (a wide 30 s bound that measures nothing) until the retry's sleep is registered. */
+      const retrySleep = Effect.gen(function* () {
+        for (let i = 0; i < 3_000; i++) {
+          const now = yield* TestClock.currentTimeMillis
+          // The connect timeout (10 s) of an attempt under way is told apart by its length.
+          const retry = Chunk.toReadonlyArray(yield* TestClock.sleeps()).filter((at) => at - now <= 2_000)
+          if (retry.length > 0) return Math.min(...retry) - now
+          yield* TestServices.provideLive(Effect.sleep("10 millis"))
+        }
+        return yield* Effect.dieMessage("no retry was scheduled")
+      })
+      expect(yield* retrySleep).toBe(500)
+      expect(warnings()).toBe(1)
+      yield* TestClock.adjust("500 millis")
+      expect(yield* retrySleep).toBe(1_000)
+      expect(warnings()).toBe(2)
+      yield* TestClock.adjust("1 second")
+      // The next delay (2 s) would pass the 1.5 s limit: the third attempt was the last.
+      const exit = yield* Fiber.join(building)
       expect(Exit.isFailure(exit)).toBe(true)
-      const warnings = lines.filter((l) => l.startsWith("WARN") && l.includes(`127.0.0.1:${port}`))
-      // Attempts at 0, 0.5 and 1.5 s (exponential from 500 ms, up to 1.5 s): the first retry comes 1 s before
-      // the limit, so two warnings hold on a busy machine; a third may be cut by a late scheduler.
-      expect(warnings.length).toBeGreaterThanOrEqual(2)
-      expect(warnings.length).toBeLessThanOrEqual(3)
+      expect(warnings()).toBe(3)
       expect(lines.join("\n")).not.toContain("hunter2-secret")
     }),
   )

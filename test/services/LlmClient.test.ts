@@ -7,6 +7,7 @@ import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { llmRequestsTotal, llmTokensTotal } from "../../src/services/metrics.js"
 import {
   type LlmStandInShape,
+  type RecordedRequest,
   completion,
   llmConfigFor,
   makeLlmStandIn,
@@ -154,24 +155,6 @@ describe("LlmClientLive against the LLM stand-in", () => {
     }),
   )
 
-  it.live("a request hanging past LLM_TIMEOUT_MS is an LlmTimeout, aborted and retried", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const standIn = yield* makeLlmStandIn
-        const before = yield* counter(llmRequestsTotal, "outcome", "timeout")
-        yield* standIn.enqueue({ hang: true }, { body: completion("second try") })
-        // Wide enough that the answered second request never times out on a busy machine.
-        const result = yield* complete(standIn, { timeoutMs: 2_000 })
-        expect(result.content).toBe("second try")
-        const [first, second] = yield* standIn.requests
-        expect(first?.abortedByClient).toBe(true)
-        expect((first?.closedAt ?? 0) - (first?.receivedAt ?? 0)).toBeGreaterThanOrEqual(1_950)
-        expect(second?.abortedByClient).toBe(false)
-        expect((yield* counter(llmRequestsTotal, "outcome", "timeout")) - before).toBe(1)
-      }),
-    ),
-  )
-
   it.live("transient errors are retried until the caller's deadline, with no attempt limit", () =>
     Effect.scoped(
       Effect.gen(function* () {
@@ -255,27 +238,6 @@ describe("LlmClientLive against the LLM stand-in", () => {
       }),
     ),
   )
-
-  it.live("the permit is released during the backoff sleep: another caller's request runs meanwhile", () =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const standIn = yield* makeLlmStandIn
-        const who = (r: { body: unknown }) => JSON.stringify(r.body).includes("caller-A") ? "A" : "B"
-        yield* standIn.setResponder((r) =>
-          who(r) === "A" && r.index === 0 ? { status: 429, headers: { "retry-after": "1" } } : { body: completion(who(r)) },
-        )
-        const client = yield* Effect.provide(LlmClient, clientLayer(standIn, { permits: 1 }))
-        const a = client.complete([{ role: "user", content: "caller-A" }])
-        const b = Effect.zipRight(Effect.sleep(Duration.millis(100)), client.complete([{ role: "user", content: "caller-B" }]))
-        const [ra, rb] = yield* Effect.all([a, b], { concurrency: 2 })
-        expect([ra.content, rb.content]).toEqual(["A", "B"])
-        const reqs = yield* standIn.requests
-        expect(reqs.map(who)).toEqual(["A", "B", "A"])
-        // B was served while A slept out its Retry-After: B closed long before A's retry began.
-        expect((reqs[2]?.receivedAt ?? 0) - (reqs[1]?.closedAt ?? Number.POSITIVE_INFINITY)).toBeGreaterThan(500)
-      }),
-    ),
-  )
 })
 
 // ---------------------------------------------------------------- TestClock: backoff and Retry-After
@@ -297,6 +259,55 @@ const nextRetryDelay = Effect.gen(function* () {
 })
 
 describe("LlmClientLive backoff on the TestClock", () => {
+  it.scoped("a request hanging past LLM_TIMEOUT_MS is an LlmTimeout at exactly that time, aborted and retried", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      const before = yield* counter(llmRequestsTotal, "outcome", "timeout")
+      yield* standIn.enqueue({ hang: true }, { body: completion("second try") })
+      const fiber = yield* Effect.fork(complete(standIn, { timeoutMs: 20_000 }))
+      /** Waits in real time (a wide 30 s bound that measures nothing) for what the stand-in sees. */
+      const seen = (check: (rs: ReadonlyArray<RecordedRequest>) => boolean) =>
+        Effect.gen(function* () {
+          for (let i = 0; i < 3_000 && !check(yield* standIn.requests); i++) yield* TestServices.provideLive(Effect.sleep("10 millis"))
+          return yield* standIn.requests
+        })
+      yield* seen((rs) => rs.length === 1)
+      // The timeout runs on the TestClock: not a millisecond early.
+      yield* TestClock.adjust("19999 millis")
+      yield* TestServices.provideLive(Effect.sleep("200 millis"))
+      expect((yield* standIn.requests)[0]?.closedAt).toBeUndefined()
+      yield* TestClock.adjust("1 millis")
+      const [first] = yield* seen((rs) => rs[0]?.closedAt !== undefined)
+      expect(first?.abortedByClient).toBe(true)
+      yield* TestClock.adjust(Duration.millis(yield* nextRetryDelay))
+      expect((yield* Fiber.join(fiber)).content).toBe("second try")
+      const requests = yield* standIn.requests
+      expect(requests).toHaveLength(2)
+      expect(requests[1]?.abortedByClient).toBe(false)
+      expect((yield* counter(llmRequestsTotal, "outcome", "timeout")) - before).toBe(1)
+    }),
+  )
+
+  it.scoped("the permit is released during the backoff sleep: another caller's request runs meanwhile", () =>
+    Effect.gen(function* () {
+      const standIn = yield* makeLlmStandIn
+      const who = (r: { body: unknown }) => (JSON.stringify(r.body).includes("caller-A") ? "A" : "B")
+      yield* standIn.setResponder((r) =>
+        who(r) === "A" && r.index === 0 ? { status: 429, headers: { "retry-after": "30" } } : { body: completion(who(r)) },
+      )
+      const client = yield* Effect.provide(LlmClient, clientLayer(standIn, { permits: 1, timeoutMs: HOUR_MS }))
+      // A sleeps out its Retry-After (30 s on the TestClock, which only the test moves) ...
+      const a = yield* Effect.fork(client.complete([{ role: "user", content: "caller-A" }]))
+      expect(yield* nextRetryDelay).toBe(30_000)
+      // ... and B, with the one permit, is served meanwhile, before the clock moves at all.
+      const rb = yield* client.complete([{ role: "user", content: "caller-B" }])
+      expect(rb.content).toBe("B")
+      yield* TestClock.adjust("30 seconds")
+      expect((yield* Fiber.join(a)).content).toBe("A")
+      expect((yield* standIn.requests).map(who)).toEqual(["A", "B", "A"])
+    }),
+  )
+
   it.scoped("waits Retry-After after a 5xx as after a 429", () =>
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
