@@ -3,13 +3,14 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare] [--users=N] [--baseline=N] [--fair=at-once,spread] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare,cluster] [--users=N] [--baseline=N] [--fair=at-once,spread] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
 import { fileURLToPath } from "node:url"
 import { BunRuntime } from "@effect/platform-bun"
 import { Console, Effect, Logger, LogLevel } from "effect"
+import { measureCluster } from "./measure/cluster.js"
 import { measureDiscovery } from "./measure/discovery.js"
 import { type FairArrangement, measureFairShare } from "./measure/fairShare.js"
 import { measureMemory, memoryChild } from "./measure/memory.js"
@@ -111,6 +112,10 @@ const main = Effect.gen(function* () {
   if (selected("fairShare")) {
     const arrangements = (option("fair")?.split(",") ?? ["at-once", "spread"]) as Array<FairArrangement>
     figures.push(...(yield* measureFairShare({ ownerUrl, standIn, arrangements, log })))
+  }
+
+  if (selected("cluster")) {
+    figures.push(...(yield* measureCluster({ ownerUrl, standIn, users: quick ? 300 : 1000, kills: quick ? 3 : 5, log })))
   }
 
   const cpu = cpuWatch()

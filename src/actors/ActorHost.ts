@@ -158,6 +158,11 @@ export interface ActorHost<M, S, V> {
   readonly restart: (key: string) => Effect.Effect<boolean>
   /** Adds the key's actor as quarantined (one kept from an earlier process); false when it has one. */
   readonly quarantined: (key: string, reason: string) => Effect.Effect<boolean>
+  /**
+   * Takes the key's actor off this host (its user moved to another process): at once when it has no
+   * fiber, else when its turn parks; queued messages are rejected. False when the key has none.
+   */
+  readonly drop: (key: string) => Effect.Effect<boolean>
   readonly has: (key: string) => Effect.Effect<boolean>
   readonly phase: (key: string) => Effect.Effect<Option.Option<Phase>>
   readonly status: Effect.Effect<ReadonlyArray<ActorInfo<V>>>
@@ -202,6 +207,8 @@ interface Cell<M, S> {
   /** Since when the actor answers `Retire`. */
   idleSince: number | null
   wake: WakeEntry<Cell<M, S>> | null
+  /** Dropped while its turn ran: leaves the books when the turn parks. */
+  leaving: boolean
 }
 
 export const make = <M, S, V, E>(
@@ -307,6 +314,10 @@ export const make = <M, S, V, E>(
       setPhase(cell, "parked")
       cell.mailbox = null
       cell.fiber = null
+      if (cell.leaving) {
+        evict(cell)
+        setWakeNow(cell, null)
+      }
       return true
     }
 
@@ -401,6 +412,14 @@ export const make = <M, S, V, E>(
         const wait = quarantine ? Option.getOrNull(options.quarantine) : yield* nthDelay(options.restartBackoff, failures)
         const until = wait === null ? null : now + Duration.toMillis(wait)
         if (cell.turn !== turn || cell.phase !== "active") return
+        if (cell.leaving) {
+          // Dropped while it ran: it is another runner's now, so it is not restarted here.
+          evict(cell)
+          setWakeNow(cell, null)
+          cell.fiber = null
+          yield* rejectQueued(cell, "actor stopped")
+          return yield* publishGauges
+        }
         setPhase(cell, quarantine ? "quarantined" : "backing-off")
         cell.fiber = null
         cell.incarnated = false
@@ -501,6 +520,7 @@ export const make = <M, S, V, E>(
       lastError: null,
       idleSince: null,
       wake: null,
+      leaving: false,
     })
 
     const spawn = (key: string, state: Option.Option<S>) =>
@@ -550,8 +570,27 @@ export const make = <M, S, V, E>(
         )
       })
 
+    const drop = (key: string) =>
+      Effect.suspend(() => {
+        const cell = books.get(key)
+        if (cell === undefined) return Effect.succeed(false)
+        if (cell.phase === "active" || cell.phase === "restarting") {
+          cell.leaving = true
+          return Effect.succeed(true)
+        }
+        evict(cell)
+        setWakeNow(cell, null)
+        return rejectQueued(cell, "actor stopped").pipe(
+          Effect.zipRight(publishGauges),
+          Effect.zipRight(Effect.logInfo("actor dropped: its user moved to another runner")),
+          Effect.annotateLogs(options.keyName, key),
+          Effect.as(true),
+        )
+      })
+
     return {
       spawn,
+      drop,
       send: (key, message) => post(key, message),
       wakeAt: (key, at) =>
         Effect.suspend(() => {

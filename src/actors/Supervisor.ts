@@ -36,6 +36,7 @@ import {
   ticksTotal,
 } from "../services/metrics.js"
 import * as ActorHost from "./ActorHost.js"
+import { type ClusterView, Ownership } from "./Ownership.js"
 import * as UserActor from "./UserActor.js"
 
 export interface TickReport {
@@ -45,6 +46,8 @@ export interface TickReport {
   readonly plansWrittenBack: number
   readonly parseFailures: number
   readonly errors: ReadonlyArray<string>
+  /** Cluster mode: the tick covered only the users of this runner's shards (issue 19). */
+  readonly cluster?: ClusterView & { readonly covers: "users of this runner's shards" }
 }
 
 export interface DiscoveryReport {
@@ -158,6 +161,9 @@ export const make = Effect.gen(function* () {
   const runner = yield* MissionRunner
   const llmPermits = yield* GlobalLlmPermits
   const quarantines = yield* Quarantines
+  // Cluster mode (issue 19): only the users of this runner's shards; absent, every user.
+  const ownership = Option.getOrUndefined(yield* Effect.serviceOption(Ownership))
+  const owns = ownership === undefined ? () => true : ownership.owns
   // Optional so unit stacks without it run unchanged; runnerServicesLayer provides it.
   const agents = yield* Effect.serviceOption(AgentDirectory)
   /** The directory's first refresh returns every agent: the actors spawned then start with nothing held. */
@@ -243,7 +249,7 @@ export const make = Effect.gen(function* () {
       Effect.logError("could not read the quarantined users; they may run again", e).pipe(Effect.as([])),
     ),
   )
-  for (const q of kept) yield* host.quarantined(q.userId, q.reason)
+  for (const q of kept) if (owns(q.userId)) yield* host.quarantined(q.userId, q.reason)
   if (kept.length > 0) yield* Effect.logWarning("users still quarantined").pipe(Effect.annotateLogs({ users: kept.length }))
 
   /** A new user's actor, with the snapshots of this pass as its view (saves a store read). Not while draining. */
@@ -270,6 +276,16 @@ export const make = Effect.gen(function* () {
       changedCount: r.changed.length,
       changed: byUser(r.changed),
     }))
+    if (ownership !== undefined) {
+      for (const userId of [...changed.keys()]) if (!owns(userId)) changed.delete(userId)
+      // Changes other runners' passes applied to this runner's users (the passes share one cursor).
+      const elsewhere = byUser(yield* ownership.changedElsewhere)
+      for (const [userId, snapshots] of elsewhere) {
+        const mine = changed.get(userId)
+        if (mine === undefined) changed.set(userId, snapshots)
+        else for (const s of snapshots) if (!mine.some((m) => m.missionId === s.missionId)) mine.push(s)
+      }
+    }
     let actorsStarted = 0
     if (!(yield* Ref.get(primed))) {
       // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
@@ -277,6 +293,7 @@ export const make = Effect.gen(function* () {
       for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
       const all = yield* store.schedulable
       for (const [userId, snapshots] of byUser(all)) {
+        if (!owns(userId)) continue
         if (yield* spawn(userId, Option.some(snapshots))) {
           actorsStarted++
           spawnedNow.add(userId)
@@ -350,6 +367,7 @@ export const make = Effect.gen(function* () {
         )
         const now = yield* Clock.currentTimeMillis
         const due = yield* store.due(new Date(now)).pipe(
+          Effect.map((all) => (ownership === undefined ? all : all.filter((s) => owns(s.userId)))),
           Effect.catchAll((e) =>
             Effect.sync(() => errors.push(TickError.DueQueryFailed({ message: e.message }))).pipe(Effect.as([])),
           ),
@@ -359,7 +377,10 @@ export const make = Effect.gen(function* () {
       }),
     )
     const parts = yield* Effect.forEach(replies, Deferred.await, { concurrency: "unbounded" })
-    const result = report(now, due.length, parts)
+    const result: TickReport =
+      ownership === undefined
+        ? report(now, due.length, parts)
+        : { ...report(now, due.length, parts), cluster: { ...(yield* ownership.view), covers: "users of this runner's shards" } }
     const finished = yield* Clock.currentTimeMillis
     yield* Metric.update(tickDuration, seconds(started, finished))
     yield* Effect.logInfo("tick done").pipe(
@@ -453,6 +474,38 @@ export const make = Effect.gen(function* () {
       }
     }),
   )
+
+  if (ownership !== undefined) {
+    /**
+     * The runner's shards changed: actors of users it no longer owns leave (a run under way finishes
+     * first and keeps its claim), users it now owns get theirs from the stored snapshots, and their
+     * quarantines hold here too. Each change of the set runs it once; a set seen twice changes nothing.
+     */
+    const rebalance = discoveryLock.withPermits(1)(
+      Effect.gen(function* () {
+        let dropped = 0
+        let started = 0
+        for (const userId of (yield* host.census).keys) if (!owns(userId) && (yield* host.drop(userId))) dropped++
+        if (!(yield* gate.draining)) {
+          for (const q of yield* quarantines.all) if (owns(q.userId)) yield* host.quarantined(q.userId, q.reason)
+          for (const [userId, snapshots] of byUser(yield* store.schedulable)) {
+            if (owns(userId) && !(yield* host.has(userId)) && (yield* spawn(userId, Option.some(snapshots)))) started++
+          }
+        }
+        if (dropped > 0 || started > 0) {
+          yield* Effect.logInfo("users moved with the shards").pipe(Effect.annotateLogs({ actorsDropped: dropped, actorsStarted: started }))
+        }
+      }),
+    )
+    yield* ownership.changes.pipe(
+      Stream.runForEach(() =>
+        rebalance.pipe(
+          Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("5 seconds")))),
+        ),
+      ),
+      Effect.forkScoped,
+    )
+  }
 
   if (config.tickEnabled) {
     // Forked last, so closing the scope stops discovery first.

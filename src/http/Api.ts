@@ -74,6 +74,7 @@ const health = Effect.gen(function* () {
     for (const actor of actors.right) summary[actor.state] = (summary[actor.state] ?? 0) + 1
   }
   const breaker = Option.isSome(backend) && backend.value.llmBreaker !== undefined ? yield* backend.value.llmBreaker : undefined
+  const cluster = Option.isSome(backend) && backend.value.cluster !== undefined ? yield* backend.value.cluster : undefined
   return json(200, {
     ok: actors === undefined || actors._tag === "Right",
     service: SERVICE_NAME,
@@ -82,6 +83,7 @@ const health = Effect.gen(function* () {
     tick: { enabled: state.settings.tickEnabled, running },
     actors: summary,
     ...(breaker === undefined ? {} : { llmBreaker: breaker }),
+    ...(cluster === undefined ? {} : { cluster }),
   })
 }).pipe(HttpMiddleware.withLoggerDisabled)
 

@@ -4,6 +4,7 @@
  * database so /health answers at once and /ready says 503 until migrations ran; it stops after the
  * supervisor drained so /ready says 503 while draining.
  */
+import type { ClusterView } from "../actors/Ownership.js"
 import type { TickReport } from "../actors/Supervisor.js"
 import type { AuditQuery, AuditRow } from "../services/decryptAudit.js"
 import type { LlmBreakerState } from "../services/LlmBreaker.js"
@@ -78,6 +79,8 @@ export interface ApiBackend {
   readonly llmBreaker?: Effect.Effect<LlmBreakerState>
   /** The user's tokens in the budget window (SPEC §14), joined onto /internal/actors; absent: not shown. */
   readonly spentInWindow?: (userId: string) => Effect.Effect<number, BackendError>
+  /** Cluster mode (issue 19): this runner's shards and its peers, shown in /health; absent: not shown. */
+  readonly cluster?: Effect.Effect<ClusterView>
 }
 
 /** How GET /internal/overview reports the breaker: `state` plus whatever else the breaker knows. */

@@ -9,6 +9,7 @@ import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Metric, Option, type Redacted } from "effect"
+import { Ownership } from "../actors/Ownership.js"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
 import { FailureCaptureLive } from "../http/OperatorPage.js"
@@ -34,7 +35,7 @@ import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
-import { MissionRunnerLive } from "../services/MissionRunnerLive.js"
+import { MissionRunnerLive, missionRunnerLayer } from "../services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
@@ -53,6 +54,10 @@ export interface ProcessOptions {
   readonly planner: PlannerKind
   /** The runner's pool (SqlClient + PgClient as the runner role). Built after the HTTP server. */
   readonly database: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient, unknown>
+  /** Cluster mode (issue 19): which users this runner owns; built after the migrations, released after the drain. */
+  readonly ownership?: Layer.Layer<Ownership, unknown, SqlClient.SqlClient>
+  /** Who holds this process's run claims (cluster mode: known to the ownership layer too); default: a fresh id. */
+  readonly instanceId?: string
   /** Runs once the migrations ran, before the supervisor starts (the embedded demo seed). */
   readonly afterMigrations?: Layer.Layer<never, unknown, SqlClient.SqlClient | EventLogSchema>
 }
@@ -71,7 +76,7 @@ export const configLayer = (config: StartupConfig) =>
   )
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
-export const runnerServicesLayer = (planner: PlannerKind) => {
+export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) => {
   const permits = GlobalLlmPermits.layer
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
   // AgentDirectory: the supervisor's discovery passes each user's agent changes to its actor.
@@ -80,7 +85,7 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
-  return MissionRunnerLive.pipe(
+  return (instanceId === undefined ? MissionRunnerLive : missionRunnerLayer({ instanceId })).pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.layer),
@@ -96,7 +101,9 @@ export const backendFor = (
   ledger?: TokenLedger["Type"],
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
   processBudget: number | null = null,
+  ownership?: Ownership["Type"],
 ): ApiBackend => ({
+  ...(ownership === undefined ? {} : { cluster: ownership.view }),
   ...(permits === undefined ? {} : { llmRequestsInFlight: permits.inUse }),
   ...(breaker === undefined ? {} : { llmBreaker: breaker.state, breaker: Effect.map(breaker.state, (b): BreakerView => ({ ...b })) }),
   ...(ledger === undefined
@@ -176,6 +183,7 @@ const LifecycleLive = Layer.scopedDiscard(
         yield* LlmBreaker,
         yield* TokenLedger,
         Option.getOrNull((yield* TokenBudgetConfig).llmDailyTokens),
+        Option.getOrUndefined(yield* Effect.serviceOption(Ownership)),
       ),
     )
     yield* state.setPhase("ready")
@@ -199,9 +207,11 @@ export const processLayer = <E, R>(
     options.afterMigrations === undefined ? MigrationsLive : options.afterMigrations.pipe(Layer.provideMerge(MigrationsLive))
   return LifecycleLive.pipe(
     Layer.provideMerge(SupervisorLive),
+    // Cluster mode: the shards are released only after the supervisor drained (issue 19).
+    Layer.provideMerge(options.ownership ?? Layer.empty),
     // Token usage older than 48 h is pruned at start and periodically (SPEC §14).
     Layer.provideMerge(TokenUsagePruneLive),
-    Layer.provideMerge(runnerServicesLayer(options.planner)),
+    Layer.provideMerge(runnerServicesLayer(options.planner, options.instanceId)),
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
     Layer.provideMerge(GrantKeyring.layer),
     Layer.provideMerge(migrated),

@@ -22,6 +22,7 @@ import {
   type TokenBudgetConfigShape,
   tokenBudgetConfig,
 } from "../services/AppConfig.js"
+import { type ClusterConfigShape, clusterConfig } from "../cluster/ClusterConfig.js"
 
 /** Embedded mode only: where PGlite's files, the generated service key and the seed marker live. */
 export const dataDirConfig: Config.Config<string> = Config.string("MANA_AI_DATA_DIR").pipe(
@@ -50,6 +51,8 @@ export interface StartupConfig {
   readonly grant: GrantConfigShape
   readonly tokenBudget: TokenBudgetConfigShape
   readonly llmBreaker: LlmBreakerConfigShape
+  /** RUNNER_ADDRESS set: this process is one runner of a cluster on the sync database (issue 19). */
+  readonly cluster: Option.Option<ClusterConfigShape>
   readonly mode: StartMode
 }
 
@@ -91,6 +94,14 @@ const crossCheck = (c: Omit<StartupConfig, "mode"> & { readonly dataDir: string 
       mode = { _tag: "Live", databaseUrl: c.database.url.value, llmUrl: c.llm.url.value, serviceKey: c.http.serviceKey.value }
     }
   }
+  if (Option.isSome(c.cluster) && Option.isNone(c.database.url)) {
+    problems.push(
+      ConfigError.InvalidData(
+        ["RUNNER_ADDRESS"],
+        "RUNNER_ADDRESS needs SYNC_DATABASE_URL: the runners of a cluster share one Postgres server (embedded PGlite serves one process)",
+      ),
+    )
+  }
   const [first, ...rest] = problems
   if (first !== undefined) return Either.left(rest.reduce(ConfigError.And, first))
   const { dataDir: _dataDir, ...sections } = c
@@ -107,6 +118,7 @@ export const startupConfig: Config.Config<StartupConfig> = Config.all({
   grant: grantConfig,
   tokenBudget: tokenBudgetConfig,
   llmBreaker: llmBreakerConfig,
+  cluster: clusterConfig,
   dataDir: dataDirConfig,
 }).pipe(Config.mapOrFail(crossCheck))
 

@@ -211,7 +211,7 @@ const judge = (state: RecordState, problem: string | null, defaultTimezone: stri
 
 // ---------------------------------------------------------------- snapshots as stored
 
-const SnapshotRow = Schema.Struct({
+export const SnapshotRow = Schema.Struct({
   user_id: Schema.String,
   record_id: Schema.String,
   record: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
@@ -220,10 +220,10 @@ const SnapshotRow = Schema.Struct({
   next_run_at: Schema.NullOr(Schema.DateFromSelf),
   malformed_reason: Schema.NullOr(Schema.String),
 })
-type SnapshotRow = typeof SnapshotRow.Type
+export type SnapshotRow = typeof SnapshotRow.Type
 
 /** `mission`: the record already decoded by judge (refresh), spared a second decode. */
-const toSnapshot = (row: SnapshotRow, mission?: Mission): MissionSnapshot => {
+export const toSnapshot = (row: SnapshotRow, mission?: Mission): MissionSnapshot => {
   const record = row.deleted ? null : row.record
   const decoded: Either.Either<Mission, string> =
     row.malformed_reason !== null

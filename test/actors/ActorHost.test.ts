@@ -401,3 +401,33 @@ describe("ActorHost: census", () => {
     }),
   )
 })
+
+describe("ActorHost: dropping an actor (its user moved to another runner)", () => {
+  it.scoped("a parked actor leaves at once with its wake-up; a busy one finishes its turn first, then leaves", () =>
+    Effect.gen(function* () {
+      const w = yield* makeWorld({}, { wakeAt: 5_000 })
+      yield* w.host.spawn("parked", Option.some({ ...w.fresh }))
+      yield* w.host.spawn("busy", Option.some({ ...w.fresh, wakeAt: null }))
+      yield* w.host.send("busy", { _tag: "Hold" })
+      yield* settle
+      expect(yield* w.host.phase("busy")).toEqual(Option.some("active"))
+
+      expect(yield* w.host.drop("parked")).toBe(true)
+      expect(yield* w.host.has("parked")).toBe(false)
+      expect(yield* w.host.drop("busy")).toBe(true)
+      // Still working: it stays until its turn parks.
+      expect(yield* w.host.has("busy")).toBe(true)
+      yield* w.host.send("busy", { _tag: "Add", n: 1 })
+      yield* w.host.send("busy", { _tag: "Release" })
+      yield* settle
+      expect(yield* w.host.has("busy")).toBe(false)
+      expect((yield* w.host.census).keys).toEqual([])
+      // The dropped parked actor's wake-up went with it.
+      yield* TestClock.adjust(6_000)
+      expect(w.stats.wokenAt).toEqual([])
+      expect(yield* w.host.drop("nobody")).toBe(false)
+      // The key can have an actor again (the user came back).
+      expect(yield* w.host.spawn("parked", Option.some({ ...w.fresh }))).toBe(true)
+    }),
+  )
+})

@@ -1,0 +1,265 @@
+/**
+ * Cluster mode (issue 19): this process is one runner of an `@effect/cluster` cluster on the sync
+ * database, and owns the users whose shard (of the user id, as cluster computes it) it holds.
+ *
+ * Cluster does placement, single ownership and failover: shard locks are Postgres advisory locks on
+ * a connection of this runner (SqlRunnerStorage), so a runner that dies loses them with its
+ * connection, and the runners ping each other (RunnerHealth.layerPing over BunClusterSocket's
+ * sockets) to take a dead one out of the hash ring. There is no entity: a user's actor stays today's
+ * parked actor on the ActorHost of the runner holding its shard (2 KB parked, against 22 KB for a live
+ * entity; its wake-up sits in the host's shared heap, which an entity's timer would not survive).
+ * Nothing is sent between runners, so no message is persisted (MessageStorage.layerNoop: no
+ * cluster_messages/cluster_replies to prune); a change another runner's discovery pass applied
+ * reaches this runner through mission_snapshots (`changedElsewhere`). Claims stay the exactly-once
+ * guard across a handover: a run under way on the old owner holds its claim.
+ *
+ * Cluster's tables (cluster_runners, cluster_locks when advisory locks are off) live in schema
+ * mana_ai: the cluster's own small pool connects with search_path=mana_ai, so the runner role needs
+ * no right beyond the schema it already owns.
+ */
+import * as MessageStorage from "@effect/cluster/MessageStorage"
+import * as RunnerAddress from "@effect/cluster/RunnerAddress"
+import * as RunnerHealth from "@effect/cluster/RunnerHealth"
+import * as Runners from "@effect/cluster/Runners"
+import { RunnerStorage } from "@effect/cluster/RunnerStorage"
+import * as ShardId from "@effect/cluster/ShardId"
+import { Sharding } from "@effect/cluster/Sharding"
+import * as ShardingConfig from "@effect/cluster/ShardingConfig"
+import * as SocketRunner from "@effect/cluster/SocketRunner"
+import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
+import { layerClientProtocol, layerSocketServer } from "@effect/platform-bun/BunClusterSocket"
+import * as RpcSerialization from "@effect/rpc/RpcSerialization"
+import { SqlClient } from "@effect/sql"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { PgClient } from "@effect/sql-pg"
+import { Duration, Effect, Layer, Option, Redacted, Ref, Schedule, Schema, Stream, SubscriptionRef } from "effect"
+import { type ClusterView, Ownership, type OwnershipShape } from "../actors/Ownership.js"
+import type { MissionSnapshot } from "../services/MissionStore.js"
+import { SnapshotRow, toSnapshot } from "../services/MissionStoreLive.js"
+import type { ClusterConfigShape } from "./ClusterConfig.js"
+
+/** The only shard group: users. */
+const GROUP = "default"
+
+/** How often the runner compares the shards it holds with the last set it acted on. */
+const SHARD_POLL = Duration.millis(250)
+
+/**
+ * How far behind its last read `changedElsewhere` reads again: a discovery pass stamps its snapshots
+ * with its transaction's start and may commit later than this runner's read.
+ */
+const CHANGE_OVERLAP_SECONDS = 30
+
+/** pg_advisory_xact_lock key for creating the cluster's index: the bytes of "manaclus". */
+const INDEX_LOCK_KEY = "7881696566297391475"
+
+/** The sync database URL with `search_path=mana_ai` for every connection of the cluster's pool. */
+export const clusterDatabaseUrl = (url: Redacted.Redacted<string>): Redacted.Redacted<string> => {
+  const u = new URL(Redacted.value(url))
+  const existing = u.searchParams.get("options")
+  u.searchParams.set("options", `${existing === null ? "" : `${existing} `}-c search_path=mana_ai`)
+  return Redacted.make(u.toString())
+}
+
+export const describeAddress = (a: RunnerAddress.RunnerAddress): string =>
+  a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`
+
+/** Sharding on its own pool: socket server and client, ping health checks, shard locks in Postgres. */
+export const shardingLayer = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>) => {
+  const shardingConfig = ShardingConfig.layer({
+    runnerAddress: Option.some(RunnerAddress.make(config.host, config.port)),
+    shardsPerGroup: config.shards,
+    shardLockExpiration: config.shardLockExpiration,
+    shardLockRefreshInterval: Duration.seconds(2),
+    refreshAssignmentsInterval: config.refreshAssignmentsInterval,
+    runnerHealthCheckInterval: config.runnerHealthCheckInterval,
+  })
+  // Two connections at least: SqlRunnerStorage keeps one reserved for its advisory locks.
+  const pool = PgClient.layer({
+    url: clusterDatabaseUrl(databaseUrl),
+    maxConnections: 4,
+    applicationName: "mana-ai-cluster",
+    connectTimeout: Duration.seconds(10),
+  })
+  const runnerHealth = RunnerHealth.layerPing.pipe(Layer.provide(Runners.layerRpc), Layer.provide(layerClientProtocol))
+  return SocketRunner.layer.pipe(
+    Layer.provide(runnerHealth),
+    Layer.provide([layerSocketServer, layerClientProtocol]),
+    Layer.provideMerge(SqlRunnerStorage.layer),
+    Layer.provideMerge(MessageStorage.layerNoop),
+    Layer.provide(RpcSerialization.layerMsgPack),
+    Layer.provideMerge(shardingConfig),
+    Layer.provide(pool),
+  )
+}
+
+const ChangedKey = Schema.Struct({ user_id: Schema.String, record_id: Schema.String, changed_at: Schema.String })
+
+/** Ownership from Sharding's shards; `changedElsewhere` on the runner's own pool (mana_ai.mission_snapshots). */
+export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>, instanceId: string) =>
+  Effect.gen(function* () {
+    const sharding = yield* Sharding
+    const runnerStorage = yield* RunnerStorage
+    const sql = yield* SqlClient.SqlClient
+    const self = `${config.host.includes(":") ? `[${config.host}]` : config.host}:${config.port}`
+    const shardOf = (userId: string) => sharding.getShardId(userId as never, GROUP)
+    const held = () => {
+      const ids = new Set<number>()
+      for (let i = 1; i <= config.shards; i++) if (sharding.hasShardId(ShardId.make(GROUP, i))) ids.add(i)
+      return ids
+    }
+    // The set acted on: `owns` answers from it, so a user's owner changes only when the supervisor hears.
+    const acted = yield* SubscriptionRef.make<ReadonlySet<number>>(new Set())
+    let current: ReadonlySet<number> = new Set()
+    // `owns` answers from the set the supervisor was told about (`changes` sets it as it emits).
+    let ownedNow: ReadonlySet<number> = new Set()
+    const sameSet = (a: ReadonlySet<number>, b: ReadonlySet<number>) => a.size === b.size && [...a].every((x) => b.has(x))
+    yield* Effect.suspend(() => {
+      const now = held()
+      if (sameSet(now, current)) return Effect.void
+      const gained = [...now].filter((x) => !current.has(x)).length
+      const lost = [...current].filter((x) => !now.has(x)).length
+      current = now
+      return SubscriptionRef.set(acted, now).pipe(
+        Effect.zipRight(
+          Effect.logInfo("cluster shards changed").pipe(Effect.annotateLogs({ runner: self, shards: now.size, gained, lost })),
+        ),
+      )
+    }).pipe(Effect.repeat(Schedule.spaced(SHARD_POLL)), Effect.forkScoped)
+
+    // changedElsewhere reads snapshots by updated_at: their index, created once by whichever runner gets there.
+    yield* sql
+      .withTransaction(
+        sql`SELECT pg_advisory_xact_lock(${INDEX_LOCK_KEY}::bigint)`.pipe(
+          Effect.zipRight(
+            sql`CREATE INDEX IF NOT EXISTS mission_snapshots_updated_idx ON mana_ai.mission_snapshots (updated_at)`,
+          ),
+        ),
+      )
+      .pipe(Effect.catchAll((e) => Effect.logWarning(`could not create mana_ai.mission_snapshots_updated_idx: ${e.message}`)))
+
+    // This process's claims are live while one session of its own is: a connection held for the process's
+    // lifetime, registered with the claim owner id. A runner killed loses it with the process.
+    const liveness = yield* PgClient.make({
+      url: databaseUrl,
+      maxConnections: 1,
+      applicationName: "mana-ai-liveness",
+      connectTimeout: Duration.seconds(10),
+    }).pipe(Effect.provide(Reactivity.layer), Effect.orDie)
+    const session = yield* liveness.reserve.pipe(Effect.orDie)
+    yield* session.executeRaw("SELECT 1", []).pipe(Effect.orDie)
+    yield* sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT pg_advisory_xact_lock(${INDEX_LOCK_KEY}::bigint)`
+        yield* sql`
+          CREATE TABLE IF NOT EXISTS mana_ai.cluster_claim_owners (
+            owner text PRIMARY KEY,
+            pid integer NOT NULL,
+            backend_start timestamptz NOT NULL,
+            registered_at timestamptz NOT NULL DEFAULT now()
+          )`
+      }),
+    ).pipe(Effect.orDie)
+    const [me] = (yield* session.executeValues("SELECT pg_backend_pid(), (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())", []).pipe(
+      Effect.orDie,
+    )) as ReadonlyArray<readonly [number, string]>
+    yield* sql`
+      INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start)
+      VALUES (${instanceId}, ${me![0]}, ${me![1]}::timestamptz)
+      ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start`.pipe(Effect.orDie)
+    yield* Effect.addFinalizer(() =>
+      sql`DELETE FROM mana_ai.cluster_claim_owners WHERE owner = ${instanceId}`.pipe(Effect.ignore),
+    )
+
+    /** Deletes the claims of owners whose liveness session is gone (a runner that died); returns how many. */
+    const releaseOrphanedClaims = Effect.gen(function* () {
+      const rows = yield* sql<{ n: number }>`
+        WITH dead AS (
+          SELECT o.owner FROM mana_ai.cluster_claim_owners o
+          WHERE NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.pid AND a.backend_start = o.backend_start)
+        ), gone AS (
+          DELETE FROM mana_ai.run_claims c USING dead WHERE c.owner = dead.owner RETURNING 1
+        ), forgotten AS (
+          DELETE FROM mana_ai.cluster_claim_owners o USING dead WHERE o.owner = dead.owner
+            AND NOT EXISTS (SELECT 1 FROM mana_ai.run_claims c WHERE c.owner = dead.owner AND c.expires_at > now())
+        )
+        SELECT count(*)::int AS n FROM gone`
+      return Number(rows[0]?.n ?? 0)
+    })
+
+    const nowText = Effect.map(
+      sql<{ now: string }>`SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS now`,
+      (rows) => rows[0]!.now,
+    )
+    /** Where the next read starts, and what the last reads returned inside the overlap (key → changed_at). */
+    const since = yield* Ref.make(yield* nowText.pipe(Effect.orDie))
+    const seen = new Map<string, string>()
+
+    const changedElsewhere: OwnershipShape["changedElsewhere"] = Effect.gen(function* () {
+      const from = yield* Ref.get(since)
+      const readAt = yield* nowText
+      const keys = yield* sql`
+        SELECT user_id, record_id, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS changed_at
+        FROM mana_ai.mission_snapshots
+        WHERE updated_at > ${from}::timestamptz - ${`${CHANGE_OVERLAP_SECONDS} seconds`}::interval`.pipe(
+        Effect.flatMap(Schema.decodeUnknown(Schema.Array(ChangedKey))),
+        Effect.orDie,
+      )
+      const fresh = keys.filter((k) => {
+        const key = `${k.user_id}\u0000${k.record_id}`
+        if (seen.get(key) === k.changed_at) return false
+        seen.set(key, k.changed_at)
+        return ownedNow.has(shardOf(k.user_id).id)
+      })
+      // Forget what fell out of the overlap: it will not be read again.
+      const horizon = new Date(Date.parse(from) - CHANGE_OVERLAP_SECONDS * 1000).toISOString()
+      for (const [key, at] of seen) if (at < horizon) seen.delete(key)
+      yield* Ref.set(since, readAt)
+      if (fresh.length === 0) return [] as ReadonlyArray<MissionSnapshot>
+      const wanted = JSON.stringify(fresh.map((k) => ({ user_id: k.user_id, record_id: k.record_id })))
+      const rows = yield* sql`
+        SELECT m.user_id, m.record_id, m.record, m.deleted, m.schedulable, m.next_run_at, m.malformed_reason
+        FROM mana_ai.mission_snapshots m
+        JOIN jsonb_to_recordset(${wanted}::jsonb) AS k(user_id text, record_id text)
+          ON m.user_id = k.user_id AND m.record_id = k.record_id`
+      return yield* Effect.forEach(rows, (r) => Effect.map(Schema.decodeUnknown(SnapshotRow)(r).pipe(Effect.orDie), (row) => toSnapshot(row)))
+    })
+
+    const view: Effect.Effect<ClusterView> = Effect.gen(function* () {
+      const runners = yield* runnerStorage.getRunners.pipe(Effect.orElseSucceed(() => []))
+      return {
+        runner: self,
+        shardsOwned: ownedNow.size,
+        shards: config.shards,
+        peers: runners.map(([runner, healthy]) => ({ address: describeAddress(runner.address), healthy })),
+      }
+    })
+
+    const changes = acted.changes.pipe(
+      Stream.mapEffect((set) =>
+        releaseOrphanedClaims.pipe(
+          Effect.tap((n) =>
+            n > 0 ? Effect.logInfo("run claims of a dead runner given back").pipe(Effect.annotateLogs({ claims: n })) : Effect.void,
+          ),
+          Effect.catchAll((e) => Effect.logWarning(`could not give back a dead runner's run claims: ${e.message}`)),
+          Effect.zipRight(
+            Effect.sync(() => {
+              ownedNow = set
+            }),
+          ),
+        ),
+      ),
+    )
+
+    return Ownership.of({
+      owns: (userId) => ownedNow.has(shardOf(userId).id),
+      changes,
+      changedElsewhere,
+      view,
+    })
+  })
+
+/** Ownership on a running Sharding; needs the runner's SqlClient (mission_snapshots) too. */
+export const clusterOwnershipLayer = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>, instanceId: string) =>
+  Layer.scoped(Ownership, makeOwnership(config, databaseUrl, instanceId)).pipe(Layer.provide(shardingLayer(config, databaseUrl)))
