@@ -154,6 +154,16 @@ export const nextRunAt = (cadence: Cadence, options: NextRunOptions): Either.Eit
   })
 }
 
+/** Whether the runtime knows `zone` as an IANA time zone (DEFAULT_TIMEZONE, a mission's `timezone`). */
+export const isValidTimeZone = (zone: string): boolean => {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: zone })
+    return true
+  } catch {
+    return false
+  }
+}
+
 // Any fixed instant works: a slot that exists at all recurs within the years Cron.next searches.
 const VALIDATION_INSTANT = new Date("2000-01-01T00:00:00Z")
 

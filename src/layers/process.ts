@@ -89,6 +89,8 @@ export const backendFor = (
   supervisor: Supervisor["Type"],
   sql: SqlClient.SqlClient,
   eventLog: EventLogSchema["Type"],
+  /** DEFAULT_TIMEZONE: /internal/missions judges a mission without its own zone in it, as discovery does. */
+  defaultTimezone: string,
   permits?: GlobalLlmPermits["Type"],
   breaker?: LlmBreaker["Type"],
   ledger?: TokenLedger["Type"],
@@ -118,7 +120,7 @@ export const backendFor = (
   restart: supervisor.restart,
   tickRunning: supervisor.tickRunning,
   missions: (userId) =>
-    readUserMissions(userId).pipe(
+    readUserMissions(userId, defaultTimezone).pipe(
       Effect.provideService(SqlClient.SqlClient, sql),
       Effect.provideService(EventLogSchema, eventLog),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
@@ -170,6 +172,7 @@ const LifecycleLive = Layer.scopedDiscard(
         yield* Supervisor,
         yield* SqlClient.SqlClient,
         yield* EventLogSchema,
+        (yield* RunnerConfig).defaultTimezone,
         permits,
         yield* LlmBreaker,
         yield* TokenLedger,

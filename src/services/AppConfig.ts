@@ -6,6 +6,7 @@
 import { createPrivateKey } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
+import { isValidTimeZone } from "../domain/cadence.js"
 
 /**
  * A number read from text, so a value that does not parse gets the same message as one out of range:
@@ -44,15 +45,6 @@ const bool = (name: string, fallback: boolean) =>
     }),
     Config.map((s) => ["true", "1"].includes(s.trim().toLowerCase())),
   )
-
-export const isValidTimeZone = (zone: string): boolean => {
-  try {
-    new Intl.DateTimeFormat("en-US", { timeZone: zone })
-    return true
-  } catch {
-    return false
-  }
-}
 
 const httpUrl = (name: string) =>
   Config.string(name).pipe(
