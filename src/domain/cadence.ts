@@ -83,7 +83,7 @@ const wallOf = (zone: DateTime.TimeZone.Named, epochMs: number): number => epoch
  * The instant a wall-clock time stands for: the earliest instant showing it (a repeated time runs
  * at its first occurrence), or, for a time a DST gap skips, the first instant after the gap.
  */
-export const instantOfWallTime = (zone: DateTime.TimeZone.Named, wallMs: number): number => {
+const instantOfWallTime = (zone: DateTime.TimeZone.Named, wallMs: number): number => {
   // A zone has at most one transition within a day of any wall time, so these cover every offset in play.
   const offsets = [...new Set([offsetAt(zone, wallMs - DAY), offsetAt(zone, wallMs), offsetAt(zone, wallMs + DAY)])]
   const valid = offsets.map((o) => wallMs - o).filter((t) => offsetAt(zone, t) === wallMs - t)

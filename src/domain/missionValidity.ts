@@ -28,7 +28,7 @@ const pathText = (path: ReadonlyArray<PropertyKey>): string =>
   ) || "the record"
 
 /** "field cadence.everyMinutes: expected an integer, actual 1.5; field …" (at most three fields). */
-export const describeParseError = (error: ParseResult.ParseError): string => {
+const describeParseError = (error: ParseResult.ParseError): string => {
   const groups = new Map<string, Array<ParseResult.ArrayFormatterIssue>>()
   for (const issue of ParseResult.ArrayFormatter.formatErrorSync(error)) {
     const key = pathText(issue.path)

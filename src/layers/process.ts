@@ -14,12 +14,9 @@ import { ApiLive } from "../http/Api.js"
 import { FailureCaptureLive } from "../http/OperatorPage.js"
 import { type ApiBackend, BackendError, type BreakerView, ServerState } from "../http/ServerState.js"
 import {
-  DatabaseConfig,
   GrantConfig,
-  HttpConfig,
   LlmBreakerConfig,
   LlmConfig,
-  ObservabilityConfig,
   RunnerConfig,
   TokenBudgetConfig,
 } from "../services/AppConfig.js"
@@ -57,13 +54,10 @@ export interface ProcessOptions {
 }
 
 /** The loaded configuration as the services' config tags. */
-export const configLayer = (config: StartupConfig) =>
+const configLayer = (config: StartupConfig) =>
   Layer.mergeAll(
     Layer.succeed(RunnerConfig, config.runner),
     Layer.succeed(LlmConfig, config.llm),
-    Layer.succeed(DatabaseConfig, config.database),
-    Layer.succeed(HttpConfig, config.http),
-    Layer.succeed(ObservabilityConfig, config.observability),
     Layer.succeed(GrantConfig, config.grant),
     Layer.succeed(TokenBudgetConfig, config.tokenBudget),
     Layer.succeed(LlmBreakerConfig, config.llmBreaker),

@@ -63,7 +63,7 @@ const PERIODS: Readonly<Record<string, string>> = {
  * otherwise unreadable) number or period is dropped from the line. A goal with neither a readable
  * title nor a readable value has nothing to show and is "unreadable".
  */
-export const renderGoal = (input: MissionInput, record: Readonly<Record<string, unknown>>): Either.Either<ResolvedInput, string> => {
+const renderGoal = (input: MissionInput, record: Readonly<Record<string, unknown>>): Either.Either<ResolvedInput, string> => {
   const title = readableString(record.title) ?? (isCiphertext(record.title) ? ENCRYPTED_PLACEHOLDER : undefined)
   const current = readableNumber(record.currentValue)
   const target = typeof record.target === "object" && record.target !== null ? readableNumber((record.target as Record<string, unknown>).value) : undefined
@@ -84,7 +84,7 @@ export const renderGoal = (input: MissionInput, record: Readonly<Record<string, 
   return Either.right({ id: input.id, module: input.module, table: input.table, title: title ?? "(untitled goal)", content: progress })
 }
 
-export const goalsResolver: InputResolver = { appId: "companion", render: renderGoal }
+const goalsResolver: InputResolver = { appId: "companion", render: renderGoal }
 
 /** The resolvers shipped with mana-ai. */
 export const shippedResolvers: ResolverRegistry = { goals: goalsResolver }
@@ -92,7 +92,7 @@ export const shippedResolvers: ResolverRegistry = { goals: goalsResolver }
 const CIPHERTEXT_TOKEN = /enc:1:\S*/g
 
 /** Last line of defence for resolvers added later: no ciphertext reaches the prompt, whatever they render. */
-export const scrubCiphertext = (r: ResolvedInput): ResolvedInput => ({
+const scrubCiphertext = (r: ResolvedInput): ResolvedInput => ({
   ...r,
   title: r.title.replace(CIPHERTEXT_TOKEN, ENCRYPTED_PLACEHOLDER),
   content: r.content.replace(CIPHERTEXT_TOKEN, ENCRYPTED_PLACEHOLDER),
@@ -169,7 +169,7 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
   },
   )
 
-export const makeInputResolversLayer = (registry: ResolverRegistry = shippedResolvers) =>
+const makeInputResolversLayer = (registry: ResolverRegistry = shippedResolvers) =>
   Layer.effect(InputResolvers, makeInputResolvers(registry))
 
 /** The shipped registry (goals). */

@@ -15,8 +15,8 @@ import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Schema
 import { LlmBreakerConfig } from "./AppConfig.js"
 import { llmBreakerOpenGauge } from "./metrics.js"
 
-export const BREAKER_BASE_COOLDOWN = Duration.seconds(5)
-export const BREAKER_MAX_COOLDOWN = Duration.minutes(5)
+const BREAKER_BASE_COOLDOWN = Duration.seconds(5)
+const BREAKER_MAX_COOLDOWN = Duration.minutes(5)
 
 /** No request was sent: the breaker is open (or its one probe is under way). Not an LLM failure. */
 export class LlmBreakerOpen extends Schema.TaggedError<LlmBreakerOpen>()("LlmBreakerOpen", {

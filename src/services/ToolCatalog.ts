@@ -24,7 +24,7 @@ export interface ToolCatalogShape {
   readonly source: string
 }
 
-export const loadToolsFile = (path: string): Effect.Effect<ReadonlyArray<Tool>, ToolCatalogError, FileSystem.FileSystem> =>
+const loadToolsFile = (path: string): Effect.Effect<ReadonlyArray<Tool>, ToolCatalogError, FileSystem.FileSystem> =>
   Effect.gen(function* () {
     const fs = yield* FileSystem.FileSystem
     const fail = (reason: string) => new ToolCatalogError({ path, reason })

@@ -21,7 +21,7 @@ export type CurrentMission =
   | { readonly _tag: "Skip"; readonly reason: AppendSkipReason; readonly detail: string }
 
 /** Decides from a replayed state; pure, so the write-back and the pre-check cannot disagree. */
-export const judgeMission = (
+const judgeMission = (
   rowCount: number,
   state: RecordState,
   iterationId: string,
