@@ -195,7 +195,7 @@ export type FakeRunner = Effect.Effect.Success<ReturnType<typeof makeRunner>>
 export const makeQuarantines = (kept: ReadonlyArray<Quarantine> = []) =>
   Effect.gen(function* () {
     const held = yield* Ref.make(new Map(kept.map((q) => [q.userId, q.reason])))
-    const service = Quarantines.of({
+    const service = Quarantines.make({
       all: Ref.get(held).pipe(Effect.map((m) => [...m].map(([userId, reason]) => ({ userId, reason })))),
       hold: ({ userId, reason }) => Ref.update(held, (m) => new Map(m).set(userId, reason)),
       lift: (userId) =>

@@ -13,7 +13,7 @@ import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
-import { QuarantinesLive } from "../../src/services/Quarantines.js"
+import { Quarantines } from "../../src/services/Quarantines.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 import { advance, makeRunner, makeStore } from "./doubles.js"
 
@@ -40,7 +40,7 @@ it.layer(Db, { timeout: 120_000 })("quarantine across processes", (it) => {
             // Each process has its own (its drain closes them); the runner double keeps the test's.
             Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(config.globalConcurrency)),
             Layer.succeed(RunnerConfig, config),
-            QuarantinesLive,
+            Quarantines.Default,
           ),
         ),
       )
