@@ -67,7 +67,7 @@ const configLayer = (config: StartupConfig) =>
 export const runnerServicesLayer = (planner: PlannerKind) => {
   const permits = GlobalLlmPermits.layer
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
-  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer)
+  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.Default)
   const plannerLayer =
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
