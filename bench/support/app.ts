@@ -10,7 +10,7 @@ import { Duration, Layer, Option } from "effect"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
 import { LlmConfig, type PlannerMode, type RunnerConfigShape, RunnerConfig } from "../../src/services/AppConfig.js"
 import { databaseLayerFromUrl } from "../../src/services/Database.js"
-import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../../src/services/InputResolversLive.js"
 import { LlmClientLive } from "../../src/services/LlmClientLive.js"
@@ -32,7 +32,7 @@ export const POOL_MAX = 10
 /** Pool + config, with the migrations applied before anything is handed out. */
 export const baseLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}, poolMax = POOL_MAX) =>
   Layer.provideMerge(
-    Layer.merge(MigrationsLive, EventLogSchemaLive),
+    Layer.merge(MigrationsLive, EventLogSchema.Default),
     Layer.merge(databaseLayerFromUrl(db.runnerUrl, poolMax), RunnerConfig.test(config)),
   ).pipe(
     Layer.orDie,

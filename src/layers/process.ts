@@ -23,7 +23,7 @@ import {
 import { AgentPermits } from "../services/AgentPermits.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
-import { EventLogSchema, EventLogSchemaLive } from "../services/EventLogSchema.js"
+import { EventLogSchema } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmBreaker } from "../services/LlmBreaker.js"
@@ -82,7 +82,7 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
 export const backendFor = (
   supervisor: Supervisor["Type"],
   sql: SqlClient.SqlClient,
-  eventLog: EventLogSchema["Type"],
+  eventLog: EventLogSchema,
   /** DEFAULT_TIMEZONE: /internal/missions judges a mission without its own zone in it, as discovery does. */
   defaultTimezone: string,
   permits?: GlobalLlmPermits["Type"],
@@ -201,7 +201,7 @@ export const processLayer = <E, R>(
     Layer.provideMerge(GrantKeyring.layer),
     Layer.provideMerge(migrated),
     // Before anything touches sync_changes: which generation it is (a start without one stops here).
-    Layer.provideMerge(EventLogSchemaLive),
+    Layer.provideMerge(EventLogSchema.Default),
     Layer.provideMerge(options.database),
     Layer.provideMerge(configLayer(options.config)),
     Layer.provideMerge(ApiLive),

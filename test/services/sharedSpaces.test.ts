@@ -11,7 +11,7 @@ import { it } from "@effect/vitest"
 import { Context, Effect, Layer, TestClock } from "effect"
 import { expect } from "vitest"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
-import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { InputResolversLive } from "../../src/services/InputResolversLive.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
@@ -47,7 +47,7 @@ const nameSpaceForRunner = Effect.gen(function* () {
 
 // Built after the role default is set, so every connection starts with it.
 const runnerPool = Effect.flatMap(TestDatabase, (db) =>
-  Layer.build(EventLogSchemaLive.pipe(Layer.provideMerge(PgClient.layer({ url: db.runnerUrl, maxConnections: 3 })), Layer.orDie)),
+  Layer.build(EventLogSchema.Default.pipe(Layer.provideMerge(PgClient.layer({ url: db.runnerUrl, maxConnections: 3 })), Layer.orDie)),
 )
 
 it.layer(testDatabaseLayer({ generation: "field_meta" }), { timeout: 60_000 })("shared spaces on today's sync_changes", (it) => {
