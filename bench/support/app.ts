@@ -69,7 +69,7 @@ export const servicesLayer = (
       InputResolversLive,
       WriteBackLive,
       GlobalLlmPermits.layer,
-      ToolCatalog.layer,
+      ToolCatalog.Default,
     ),
     platform,
   )

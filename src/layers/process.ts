@@ -75,7 +75,7 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
   return MissionRunnerLive.pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
-    Layer.provideMerge(ToolCatalog.layer),
+    Layer.provideMerge(ToolCatalog.Default),
   )
 }
 

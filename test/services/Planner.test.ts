@@ -134,7 +134,7 @@ describe("PlannerLive, PLANNER_MODE=json", () => {
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
       const file = yield* writeToolsFile(JSON.stringify({ tools: [logHabit] }))
-      const catalogue = ToolCatalog.layer.pipe(Layer.provide(Layer.mergeAll(toolsFileConfig(file), NodeContext.layer)))
+      const catalogue = ToolCatalog.Default.pipe(Layer.provide(Layer.mergeAll(toolsFileConfig(file), NodeContext.layer)))
       const layer = plannerLayer(standIn, {}, catalogue)
       yield* standIn.enqueue(
         {},
@@ -346,7 +346,7 @@ describe("PlannerLive, PLANNER_MODE=tools", () => {
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
       const file = yield* writeToolsFile(JSON.stringify(appCatalogue))
-      const catalogue = ToolCatalog.layer.pipe(Layer.provide(Layer.mergeAll(toolsFileConfig(file), NodeContext.layer)))
+      const catalogue = ToolCatalog.Default.pipe(Layer.provide(Layer.mergeAll(toolsFileConfig(file), NodeContext.layer)))
       yield* standIn.enqueue(
         {
           body: toolCallsCompletion([
@@ -390,7 +390,7 @@ const toolsFileConfig = (file: string | undefined) =>
   llmConfigFor({ url: "http://127.0.0.1:1" }, { toolsFile: file === undefined ? Option.none() : Option.some(file) })
 
 const loadCatalogue = (file: string | undefined) =>
-  Effect.provide(ToolCatalog, ToolCatalog.layer.pipe(Layer.provide(Layer.mergeAll(toolsFileConfig(file), NodeContext.layer))))
+  Effect.provide(ToolCatalog, ToolCatalog.Default.pipe(Layer.provide(Layer.mergeAll(toolsFileConfig(file), NodeContext.layer))))
 
 const appParam = (name: string, type = "string", required = true, description = name) => ({ name, type, required, description })
 const appTool = (name: string, defaultPolicy: string) => ({ name, module: "m", description: name, defaultPolicy, parameters: [] as Array<unknown> })
