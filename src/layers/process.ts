@@ -198,7 +198,7 @@ export const processLayer = <E, R>(
     Layer.provideMerge(TokenUsagePruneLive),
     Layer.provideMerge(runnerServicesLayer(options.planner)),
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
-    Layer.provideMerge(GrantKeyring.layer),
+    Layer.provideMerge(GrantKeyring.Default),
     Layer.provideMerge(migrated),
     // Before anything touches sync_changes: which generation it is (a start without one stops here).
     Layer.provideMerge(EventLogSchema.Default),
