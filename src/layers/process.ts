@@ -67,7 +67,7 @@ const configLayer = (config: StartupConfig) =>
 export const runnerServicesLayer = (planner: PlannerKind) => {
   const permits = GlobalLlmPermits.layer
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
-  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.Default)
+  const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedgerLive, AgentPermits.Default)
   const plannerLayer =
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
@@ -86,7 +86,7 @@ export const backendFor = (
   /** DEFAULT_TIMEZONE: /internal/missions judges a mission without its own zone in it, as discovery does. */
   defaultTimezone: string,
   permits?: GlobalLlmPermits["Type"],
-  breaker?: LlmBreaker["Type"],
+  breaker?: LlmBreaker,
   ledger?: TokenLedger["Type"],
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
   processBudget: number | null = null,

@@ -11,7 +11,7 @@
  *   is open it fails at once with LlmBreakerOpen and sends nothing; otherwise it runs the request and
  *   counts its outcome.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Schema, SynchronizedRef } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Metric, Schema, SynchronizedRef } from "effect"
 import { LlmBreakerConfig } from "./AppConfig.js"
 import { llmBreakerOpenGauge } from "./metrics.js"
 
@@ -196,10 +196,7 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
     return { awaitReady, guard, state }
   })
 
-export class LlmBreaker extends Context.Tag("mana-ai/LlmBreaker")<LlmBreaker, LlmBreakerShape>() {
-  static readonly make = makeLlmBreaker
-  static readonly layer = Layer.effect(
-    LlmBreaker,
-    Effect.flatMap(LlmBreakerConfig, (c) => makeLlmBreaker({ failures: c.failures })),
-  )
-}
+/** One per process (LLM_BREAKER_FAILURES); makeLlmBreaker builds one with other thresholds for a test. */
+export class LlmBreaker extends Effect.Service<LlmBreaker>()("mana-ai/LlmBreaker", {
+  effect: Effect.flatMap(LlmBreakerConfig, (c) => makeLlmBreaker({ failures: c.failures })),
+}) {}
