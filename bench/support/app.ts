@@ -68,7 +68,7 @@ export const servicesLayer = (
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
       InputResolversLive,
       WriteBackLive,
-      GlobalLlmPermits.layer,
+      GlobalLlmPermits.Default,
       ToolCatalog.Default,
     ),
     platform,

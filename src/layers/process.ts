@@ -65,7 +65,7 @@ const configLayer = (config: StartupConfig) =>
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
 export const runnerServicesLayer = (planner: PlannerKind) => {
-  const permits = GlobalLlmPermits.layer
+  const permits = GlobalLlmPermits.Default
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
   const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedgerLive, AgentPermits.Default)
   const plannerLayer =
@@ -85,7 +85,7 @@ export const backendFor = (
   eventLog: EventLogSchema,
   /** DEFAULT_TIMEZONE: /internal/missions judges a mission without its own zone in it, as discovery does. */
   defaultTimezone: string,
-  permits?: GlobalLlmPermits["Type"],
+  permits?: GlobalLlmPermits,
   breaker?: LlmBreaker,
   ledger?: TokenLedger["Type"],
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */

@@ -119,7 +119,7 @@ export interface RunnerTimings {
   readonly afterMs?: number
 }
 
-export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits["Type"], timings: RunnerTimings = {}) =>
+export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits, timings: RunnerTimings = {}) =>
   Effect.gen(function* () {
     const starts = yield* Ref.make<Array<RunStart>>([])
     const writes = yield* Ref.make<Array<RunStart & { readonly nextRunAt: string | null }>>([])
@@ -218,7 +218,7 @@ export const makeWorld = (
     const store = yield* makeStore
     const quarantines = yield* makeQuarantines(keptQuarantines)
     const full = { ...RunnerConfig.defaults, ...config }
-    const permits = yield* GlobalLlmPermits.make(full.globalConcurrency)
+    const permits = yield* GlobalLlmPermits.sized(full.globalConcurrency)
     const runner = yield* makeRunner(store, permits, timings)
     const layer = SupervisorLayer.pipe(
       Layer.provide(

@@ -26,7 +26,7 @@ it.layer(Db, { timeout: 120_000 })("quarantine across processes", (it) => {
     Effect.gen(function* () {
       const db = yield* TestDatabase
       const store = yield* makeStore
-      const permits = yield* GlobalLlmPermits.make(config.globalConcurrency)
+      const permits = yield* GlobalLlmPermits.sized(config.globalConcurrency)
       const runner = yield* makeRunner(store, permits, { beforeMs: 0, llmMs: 0, afterMs: 0 })
       yield* Ref.set(runner.script, (request, run) =>
         request.mission.id === "poison" ? Effect.die(new Error("poison mission")) : run,
@@ -38,7 +38,7 @@ it.layer(Db, { timeout: 120_000 })("quarantine across processes", (it) => {
             Layer.succeed(MissionStore, store.service),
             Layer.succeed(MissionRunner, runner.service),
             // Each process has its own (its drain closes them); the runner double keeps the test's.
-            Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(config.globalConcurrency)),
+            Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(config.globalConcurrency)),
             Layer.succeed(RunnerConfig, config),
             Quarantines.Default,
           ),

@@ -41,7 +41,7 @@ const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, 
 )
 // Short backoff so transient errors repeat many times within a short deadline.
 const Llm = llmClientLayer({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
-  Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.layer)),
+  Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.Default)),
 )
 const Pipeline = Layer.mergeAll(
   missionStoreLayer(),

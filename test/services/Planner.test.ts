@@ -47,7 +47,7 @@ const plannerLayer = <E = never>(
 ) => {
   const llmConfig = llmConfigFor(standIn, { requestTimeout: Duration.seconds(5), plannerMode: "json", ...config })
   const client = llmClientLayer({ baseDelay: Duration.millis(50) }).pipe(
-    Layer.provide(Layer.mergeAll(llmConfig, Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(2)), FetchHttpClient.layer)),
+    Layer.provide(Layer.mergeAll(llmConfig, Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(2)), FetchHttpClient.layer)),
   )
   return PlannerLive.pipe(Layer.provide(Layer.mergeAll(client, catalogue, llmConfig)))
 }
