@@ -12,7 +12,7 @@ import { LlmConfig, type PlannerMode, type RunnerConfigShape, RunnerConfig } fro
 import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
-import { InputResolversLive } from "../../src/services/InputResolversLive.js"
+import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { LlmClientLive } from "../../src/services/LlmClientLive.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunnerLive } from "../../src/services/MissionRunnerLive.js"
@@ -66,7 +66,7 @@ export const servicesLayer = (
   const own = Layer.provideMerge(
     Layer.mergeAll(
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
-      InputResolversLive,
+      InputResolvers.Default,
       WriteBackLive,
       GlobalLlmPermits.Default,
       ToolCatalog.Default,

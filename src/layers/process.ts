@@ -23,9 +23,9 @@ import {
 import { AgentPermits } from "../services/AgentPermits.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
+import { InputResolvers } from "../services/InputResolvers.js"
 import { EventLogSchema } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
-import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
@@ -73,7 +73,7 @@ export const runnerServicesLayer = (planner: PlannerKind) => {
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
   return MissionRunnerLive.pipe(
-    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
+    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolvers.Default, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.Default),
   )

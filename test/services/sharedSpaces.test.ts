@@ -13,7 +13,6 @@ import { expect } from "vitest"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { InputResolversLive } from "../../src/services/InputResolversLive.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
 import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
@@ -76,7 +75,7 @@ it.layer(testDatabaseLayer({ generation: "field_meta" }), { timeout: 60_000 })("
       expect(scoped).toEqual([{ n: 0 }])
 
       const services = yield* Layer.build(
-        Layer.mergeAll(InputResolversLive, WriteBackLive).pipe(
+        Layer.mergeAll(InputResolvers.Default, WriteBackLive).pipe(
           Layer.provide(Layer.mergeAll(Layer.succeedContext(context), RunnerConfig.test())),
         ),
       )
