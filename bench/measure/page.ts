@@ -22,6 +22,7 @@ import { FailureCaptureLive } from "../../src/http/OperatorPage.js"
 import { ServerState } from "../../src/http/ServerState.js"
 import { backendFor } from "../../src/layers/process.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
+import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { Supervisor, SupervisorLive, servicesLayer } from "../support/app.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
 import { withChild } from "../support/child.js"
@@ -100,6 +101,7 @@ export const pageChild = (input: PageChildInput): Effect.Effect<PageChildResult,
         supervisor,
         Context.get(services, SqlClient.SqlClient),
         Context.get(services, EventLogSchema),
+        Context.get(services, RunnerConfig).defaultTimezone,
         Context.get(services, GlobalLlmPermits),
       ),
     )

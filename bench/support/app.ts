@@ -10,9 +10,9 @@ import { Duration, Layer, Option } from "effect"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
 import { LlmConfig, type PlannerMode, type RunnerConfigShape, RunnerConfig } from "../../src/services/AppConfig.js"
 import { databaseLayerFromUrl } from "../../src/services/Database.js"
-import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
-import { InputResolversLive } from "../../src/services/InputResolversLive.js"
+import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { LlmClientLive } from "../../src/services/LlmClientLive.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunnerLive } from "../../src/services/MissionRunnerLive.js"
@@ -32,7 +32,7 @@ export const POOL_MAX = 10
 /** Pool + config, with the migrations applied before anything is handed out. */
 export const baseLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}, poolMax = POOL_MAX) =>
   Layer.provideMerge(
-    Layer.merge(MigrationsLive, EventLogSchemaLive),
+    Layer.merge(MigrationsLive, EventLogSchema.Default),
     Layer.merge(databaseLayerFromUrl(db.runnerUrl, poolMax), RunnerConfig.test(config)),
   ).pipe(
     Layer.orDie,
@@ -66,10 +66,10 @@ export const servicesLayer = (
   const own = Layer.provideMerge(
     Layer.mergeAll(
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
-      InputResolversLive,
+      InputResolvers.Default,
       WriteBackLive,
-      GlobalLlmPermits.layer,
-      ToolCatalog.layer,
+      GlobalLlmPermits.Default,
+      ToolCatalog.Default,
     ),
     platform,
   )

@@ -23,7 +23,7 @@ import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
 import { AgentDirectory, type AgentKey } from "../services/AgentDirectory.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
 import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
-import { Quarantines, QuarantinesLive } from "../services/Quarantines.js"
+import { Quarantines } from "../services/Quarantines.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { MissionRunner } from "../services/MissionRunner.js"
 import {
@@ -534,4 +534,4 @@ export const make = Effect.gen(function* () {
 export const SupervisorLayer = Layer.scoped(Supervisor, make)
 
 /** The supervisor with its quarantines kept in mana_ai. */
-export const SupervisorLive = SupervisorLayer.pipe(Layer.provide(QuarantinesLive))
+export const SupervisorLive = SupervisorLayer.pipe(Layer.provide(Quarantines.Default))

@@ -10,10 +10,6 @@ import type { Tool } from "./tools.js"
 export const AGENTS_APP_ID = "ai"
 export const AGENTS_TABLE = "agents"
 
-/** The actor on the legacy path (no agent, or one that does not exist or is deleted). */
-export const LEGACY_PRINCIPAL_ID = "legacy:ai-default"
-export const LEGACY_DISPLAY_NAME = "Mana"
-
 export const ToolPolicy = Schema.Literal("auto", "propose", "deny").annotations({
   message: () => ({ message: "must be auto, propose or deny", override: true }),
 })
@@ -21,14 +17,14 @@ export type ToolPolicy = typeof ToolPolicy.Type
 
 const PolicyMap = Schema.Record({ key: Schema.String, value: ToolPolicy })
 
-export const AgentPolicy = Schema.Struct({
+const AgentPolicy = Schema.Struct({
   tools: PolicyMap,
   defaultsByModule: Schema.optional(PolicyMap),
   defaultForAi: ToolPolicy,
 })
 export type AgentPolicy = typeof AgentPolicy.Type
 
-export const AgentState = Schema.Literal("active", "paused", "archived").annotations({
+const AgentState = Schema.Literal("active", "paused", "archived").annotations({
   message: () => ({ message: "must be active, paused or archived", override: true }),
 })
 export type AgentState = typeof AgentState.Type
@@ -101,7 +97,7 @@ export const decodeAgent = (agentId: string, record: unknown): Either.Either<Age
 }
 
 /** A deleted agent (replay removed it, or `deletedAt` is set) counts as absent: the legacy path. */
-export const isDeleted = (agent: Agent): boolean =>
+const isDeleted = (agent: Agent): boolean =>
   agent.deletedAt !== undefined && agent.deletedAt !== null && agent.deletedAt !== ""
 
 // ---------------------------------------------------------------- which agent a mission runs under
@@ -161,7 +157,7 @@ export const allowedToolNames = (tools: ReadonlyArray<Tool>, agent: Agent | unde
 // ---------------------------------------------------------------- persona
 
 /** Longest persona/memory text put into the system message (characters). */
-export const PERSONA_MAX = 4000
+const PERSONA_MAX = 4000
 
 const plainText = (value: string | null | undefined): string | undefined => {
   if (value === undefined || value === null) return undefined
@@ -200,14 +196,3 @@ export const runDecision = (agent: Agent | undefined): Extract<AgentDecision, "r
   if (agent.state === "paused") return "skipped-paused"
   return "ran"
 }
-
-export interface AiActorIdentity {
-  readonly principalId: string
-  readonly displayName: string
-}
-
-/** `principalId` / `displayName` of the write-back's AI actor (SPEC §6). */
-export const aiActorIdentity = (agent: Agent | undefined): AiActorIdentity =>
-  agent === undefined
-    ? { principalId: LEGACY_PRINCIPAL_ID, displayName: LEGACY_DISPLAY_NAME }
-    : { principalId: agent.id, displayName: agent.name.trim() === "" ? LEGACY_DISPLAY_NAME : agent.name }

@@ -85,7 +85,7 @@ const wallOf = (zone: DateTime.TimeZone.Named, epochMs: number): number => epoch
  * The instant a wall-clock time stands for: the earliest instant showing it (a repeated time runs
  * at its first occurrence), or, for a time a DST gap skips, the first instant after the gap.
  */
-export const instantOfWallTime = (zone: DateTime.TimeZone.Named, wallMs: number): number => {
+const instantOfWallTime = (zone: DateTime.TimeZone.Named, wallMs: number): number => {
   // A zone has at most one transition within a day of any wall time, so these cover every offset in play.
   const offsets = [...new Set([offsetAt(zone, wallMs - DAY), offsetAt(zone, wallMs), offsetAt(zone, wallMs + DAY)])]
   const valid = offsets.map((o) => wallMs - o).filter((t) => offsetAt(zone, t) === wallMs - t)
@@ -162,6 +162,16 @@ export const nextRunAt = (cadence: Cadence, options: NextRunOptions): Either.Eit
         return yield* nextLocalSlot(yield* slotsOf(cadence), zone, after)
     }
   })
+}
+
+/** Whether the runtime knows `zone` as an IANA time zone (DEFAULT_TIMEZONE, a mission's `timezone`). */
+export const isValidTimeZone = (zone: string): boolean => {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: zone })
+    return true
+  } catch {
+    return false
+  }
 }
 
 // Any fixed instant works: a slot that exists at all recurs within the years Cron.next searches.

@@ -19,14 +19,6 @@ export const SyncChange = Schema.Struct({
 })
 export type SyncChange = typeof SyncChange.Type
 
-/** A record's identity: two users may share a record_id. */
-export interface RecordKey {
-  readonly userId: string
-  readonly appId: string
-  readonly table: string
-  readonly recordId: string
-}
-
 /**
  * The two generations of `sync_changes` (SPEC §2, §13), named for their per-field time column:
  * `field_timestamps` (the seed's) and `field_meta` (today's sync server, with `origin` and `space_id`).

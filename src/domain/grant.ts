@@ -7,7 +7,7 @@ import { Either, ParseResult, Schema } from "effect"
 import { parseInstant } from "./replay.js"
 
 /** Why a grant is not used for a run, in the order they are checked (the first failure is the reason). */
-export const GRANT_SKIP_REASONS = ["not-configured", "expired", "mission-mismatch", "malformed", "wrap-rejected"] as const
+const GRANT_SKIP_REASONS = ["not-configured", "expired", "mission-mismatch", "malformed", "wrap-rejected"] as const
 export type GrantSkipReason = (typeof GRANT_SKIP_REASONS)[number]
 
 export interface GrantRejection {
@@ -16,7 +16,7 @@ export interface GrantRejection {
   readonly detail: string
 }
 
-export const MissionGrant = Schema.Struct({
+const MissionGrant = Schema.Struct({
   wrappedKey: Schema.String,
   derivation: Schema.Struct({
     version: Schema.Literal("v1"),
@@ -47,10 +47,8 @@ const field = (u: unknown, key: string): unknown =>
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 
 /** Standard base64 with padding, strictly (Buffer.from alone skips characters it does not know). */
-export const decodeBase64 = (s: string): Uint8Array | undefined =>
+const decodeBase64 = (s: string): Uint8Array | undefined =>
   s.length > 0 && BASE64.test(s) ? new Uint8Array(Buffer.from(s, "base64")) : undefined
-
-export const encodeBase64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString("base64")
 
 const decodeGrant = Schema.decodeUnknownEither(MissionGrant)
 
@@ -95,8 +93,8 @@ export const MISSION_KEY_BYTES = 32
 // ---------------------------------------------------------------- ciphertext
 
 export const CIPHERTEXT_PREFIX = "enc:1:"
-export const IV_BYTES = 12
-export const TAG_BYTES = 16
+const IV_BYTES = 12
+const TAG_BYTES = 16
 /** Plaintext beyond this is refused before decryption: a mission input is cut to ≤ 2,000 characters anyway. */
 export const MAX_PLAINTEXT_BYTES = 1024 * 1024
 
@@ -170,7 +168,7 @@ const taskContent = (r: Readonly<Record<string, unknown>>) =>
   ])
 
 /** SPEC §15: the six encrypted modules and their app ids, with the prompt's cut per module. */
-export const ENCRYPTED_MODULES: Readonly<Record<string, EncryptedModule>> = {
+const ENCRYPTED_MODULES: Readonly<Record<string, EncryptedModule>> = {
   notes: { appId: "notes", limit: 500, label: "Note", content: (r) => anyText(r.content) },
   tasks: { appId: "todo", limit: 500, label: "Task", content: taskContent },
   todo: { appId: "todo", limit: 500, label: "Task", content: taskContent },

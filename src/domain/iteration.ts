@@ -38,7 +38,7 @@ export const iterationIdFor = (missionId: string, scheduledFor: string | null): 
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
 }
 
-export const stepIdFor = (iterationId: string, index: number): string => `${iterationId}-${index}`
+const stepIdFor = (iterationId: string, index: number): string => `${iterationId}-${index}`
 
 const iso = (t: Date | string): string => (typeof t === "string" ? t : t.toISOString())
 

@@ -7,26 +7,26 @@ import { Schema } from "effect"
 import { parseInstant } from "./replay.js"
 
 /** An ISO-8601 instant with a zone (parsed the same way in Bun and Node); kept as the string the app wrote. */
-export const IsoInstant = Schema.String.pipe(
+const IsoInstant = Schema.String.pipe(
   Schema.filter((s) => parseInstant(s) !== undefined, { message: () => "expected an ISO-8601 date-time with a zone" }),
 )
 
 const Hour = Schema.Int.pipe(Schema.between(0, 23))
 const Minute = Schema.Int.pipe(Schema.between(0, 59))
 
-export const ManualCadence = Schema.Struct({ kind: Schema.Literal("manual") })
-export const IntervalCadence = Schema.Struct({
+const ManualCadence = Schema.Struct({ kind: Schema.Literal("manual") })
+const IntervalCadence = Schema.Struct({
   kind: Schema.Literal("interval"),
   everyMinutes: Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)),
 })
-export const DailyCadence = Schema.Struct({ kind: Schema.Literal("daily"), atHour: Hour, atMinute: Minute })
-export const WeeklyCadence = Schema.Struct({
+const DailyCadence = Schema.Struct({ kind: Schema.Literal("daily"), atHour: Hour, atMinute: Minute })
+const WeeklyCadence = Schema.Struct({
   kind: Schema.Literal("weekly"),
   dayOfWeek: Schema.Int.pipe(Schema.between(0, 6)),
   atHour: Hour,
   atMinute: Schema.optional(Minute),
 })
-export const CronCadence = Schema.Struct({
+const CronCadence = Schema.Struct({
   kind: Schema.Literal("cron"),
   expression: Schema.String.pipe(
     Schema.filter((s) => s.trim().split(/\s+/).length === 5, { message: () => "expected a five-field cron expression" }),
@@ -35,20 +35,20 @@ export const CronCadence = Schema.Struct({
 export const Cadence = Schema.Union(ManualCadence, IntervalCadence, DailyCadence, WeeklyCadence, CronCadence)
 export type Cadence = typeof Cadence.Type
 
-export const MissionState = Schema.Literal("active", "paused", "done", "archived")
+const MissionState = Schema.Literal("active", "paused", "done", "archived")
 export type MissionState = typeof MissionState.Type
 
 export const MissionInput = Schema.Struct({ module: Schema.String, table: Schema.String, id: Schema.String })
 export type MissionInput = typeof MissionInput.Type
 
-export const ToolCallIntent = Schema.Struct({
+const ToolCallIntent = Schema.Struct({
   kind: Schema.Literal("toolCall"),
   toolName: Schema.String,
   params: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
 })
-export const NoteIntent = Schema.Struct({ kind: Schema.Literal("note"), body: Schema.String })
+const NoteIntent = Schema.Struct({ kind: Schema.Literal("note"), body: Schema.String })
 
-export const PlanStepStatus = Schema.Literal("planned", "staged", "approved", "rejected", "skipped", "failed")
+const PlanStepStatus = Schema.Literal("planned", "staged", "approved", "rejected", "skipped", "failed")
 export const PlanStep = Schema.Struct({
   id: Schema.String,
   summary: Schema.String,
@@ -58,11 +58,11 @@ export const PlanStep = Schema.Struct({
 })
 export type PlanStep = typeof PlanStep.Type
 
-export const IterationStatus = Schema.Literal("running", "awaiting-review", "approved", "rejected", "failed")
-export const ErrorPhase = Schema.Literal("resolving-inputs", "calling-llm", "parsing-response", "finalizing")
-export type ErrorPhase = typeof ErrorPhase.Type
-/** The phases today's app knows (SPEC §3): the runner's four plus `staging-proposals`, which it reads but never writes. */
+const IterationStatus = Schema.Literal("running", "awaiting-review", "approved", "rejected", "failed")
+/** The phases today's app knows (SPEC §3); the runner reads them all. */
 export const IterationPhase = Schema.Literal("resolving-inputs", "calling-llm", "parsing-response", "staging-proposals", "finalizing")
+/** The phases a failed iteration of the runner names: only planning fails for good (input and write-back failures are retried or skipped). */
+export type ErrorPhase = Extract<typeof IterationPhase.Type, "calling-llm" | "parsing-response">
 
 export const Iteration = Schema.Struct({
   id: Schema.String,
@@ -123,12 +123,12 @@ export const RUNNER_CLIENT_ID = "mana-ai-runner"
 export const RUNNER_ACTOR = { kind: "system", source: "mission-runner" } as const
 
 /** Today's generation (SPEC §6): the principal and name of the AI actor when a mission has no live agent. */
-export const LEGACY_AI_PRINCIPAL = "legacy:ai-default"
-export const LEGACY_AI_NAME = "Mana"
+const LEGACY_AI_PRINCIPAL = "legacy:ai-default"
+const LEGACY_AI_NAME = "Mana"
 export const AGENTS_TABLE = "agents"
 /** `origin` of the runner's rows on today's generation: what the app derives from an `ai` actor. */
 export const RUNNER_ORIGIN = "agent"
-export const ACTOR_RATIONALE_MAX = 200
+const ACTOR_RATIONALE_MAX = 200
 
 export interface AiActor {
   readonly kind: "ai"

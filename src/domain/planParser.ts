@@ -71,7 +71,7 @@ export class PlanParseError extends Data.TaggedError("PlanParseError")<Rejection
 export const MAX_PLAN_STEPS = 5
 
 /** Quotes a name taken from the answer: printable characters only, at most 40 of them. */
-export const quoteName = (value: string): string => {
+const quoteName = (value: string): string => {
   const printable = value.replace(/[^\p{L}\p{N}\p{P}\p{S} ]/gu, "?")
   return JSON.stringify(printable.length > 40 ? `${printable.slice(0, 40)}…` : printable)
 }

@@ -45,7 +45,7 @@ export interface UnavailableInput {
 
 export const ENCRYPTED_PREFIX = "enc:1:"
 export const ENCRYPTED_PLACEHOLDER = "[encrypted]"
-export const ITERATIONS_IN_PROMPT = 3
+const ITERATIONS_IN_PROMPT = 3
 
 // Bounds keep one oversized field from crowding out the rest of the prompt.
 const LIMITS = { title: 300, objective: 2_000, concept: 8_000, input: 2_000, feedback: 1_000, step: 300, params: 600, answer: 4_000 }
@@ -75,7 +75,7 @@ const renderParam = (p: ToolParam): string => {
   return `    - ${p.name} (${facts.join(", ")}): ${p.description}`
 }
 
-export const renderCatalogue = (tools: ReadonlyArray<Tool>): string =>
+const renderCatalogue = (tools: ReadonlyArray<Tool>): string =>
   tools
     .map((t) => {
       const params = t.params.length === 0 ? ["    (no parameters)"] : t.params.map(renderParam)
@@ -174,7 +174,7 @@ export const buildPrompt = (req: PromptRequest): ReadonlyArray<PromptMessage> =>
 ]
 
 /** What the runner answers each accepted tool call with (SPEC §4): nothing ran, the user reviews it. */
-export const RECORDED_RESULT = JSON.stringify({ success: true, message: "recorded; the user will review it" })
+const RECORDED_RESULT = JSON.stringify({ success: true, message: "recorded; the user will review it" })
 
 /** The assistant's turn as sent back: its text and its calls, long arguments cut short. */
 const assistantTurn = (content: string, calls: ReadonlyArray<ToolCallLike>): PromptMessage => ({

@@ -179,7 +179,7 @@ export const applyChanges = (state: RecordState, rows: Iterable<ReplayRow>): Rec
 }
 
 /** Total order of the event log: `created_at`, then `id` (byte order, as Postgres sorts a uuid). */
-export const compareRows = (a: ReplayRow, b: ReplayRow): number => {
+const compareRows = (a: ReplayRow, b: ReplayRow): number => {
   const d = a.created_at.getTime() - b.created_at.getTime()
   if (d !== 0) return d
   return a.id < b.id ? -1 : a.id > b.id ? 1 : 0

@@ -16,13 +16,13 @@
 import { Schema } from "effect"
 
 // `override`: one readable line instead of one "Expected …" per literal.
-export const ParamType = Schema.Literal("string", "number", "boolean", "object", "array").annotations({
+const ParamType = Schema.Literal("string", "number", "boolean", "object", "array").annotations({
   message: () => ({ message: "must be one of string, number, boolean, object, array", override: true }),
 })
 export type ParamType = typeof ParamType.Type
 
 /** `date` is a calendar date YYYY-MM-DD; `date-time` an ISO-8601 instant with a time and an offset or Z. */
-export const ParamFormat = Schema.Literal("date", "date-time").annotations({
+const ParamFormat = Schema.Literal("date", "date-time").annotations({
   message: () => ({ message: "must be date or date-time", override: true }),
 })
 export type ParamFormat = typeof ParamFormat.Type
@@ -164,7 +164,7 @@ export const ToolPolicy = Schema.Literal("auto", "propose", "deny").annotations(
 })
 
 /** The app's parameter: `required` and `description` always there, no format or pattern. */
-export const AppToolParam = Schema.Struct({
+const AppToolParam = Schema.Struct({
   name: Name,
   type: ParamType,
   required: Schema.Boolean,
@@ -172,7 +172,7 @@ export const AppToolParam = Schema.Struct({
   enum: Schema.optionalWith(Schema.NonEmptyArray(Schema.Union(Schema.String, Schema.Number, Schema.Boolean)), exact),
 }).annotations({ message: () => "expected a parameter {name, type, required, description, enum?}" })
 
-export const AppTool = Schema.Struct({
+const AppTool = Schema.Struct({
   name: Name,
   module: Schema.NonEmptyTrimmedString,
   description: Schema.String,
@@ -201,7 +201,7 @@ export const fromAppTool = (t: AppTool): Tool => ({
 // ---------------------------------------------------------------- tools mode
 
 /** The parameter every offered tool gets in tools mode; the runner strips it into the step's rationale. */
-export const RATIONALE_DESCRIPTION =
+const RATIONALE_DESCRIPTION =
   "Why this step helps the mission: one or two sentences the user reads when deciding on the proposal. Required, never empty."
 
 const paramSchema = (p: ToolParam): Record<string, unknown> => ({

@@ -16,7 +16,7 @@ import { overview, pageRouter } from "./OperatorPage.js"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"
 import { type ActorView, type ApiBackend, type BackendError, ServerState } from "./ServerState.js"
 
-export const SERVICE_NAME = "mana-ai"
+const SERVICE_NAME = "mana-ai"
 
 const json = (status: number, body: unknown) => HttpServerResponse.unsafeJson(body, { status })
 
@@ -197,7 +197,7 @@ const internal = HttpRouter.empty.pipe(
   HttpRouter.use(requireServiceKey),
 )
 
-export const apiRouter = HttpRouter.empty.pipe(
+const apiRouter = HttpRouter.empty.pipe(
   HttpRouter.get("/health", health),
   HttpRouter.get("/ready", ready),
   HttpRouter.get("/metrics", metrics),
@@ -206,7 +206,7 @@ export const apiRouter = HttpRouter.empty.pipe(
 )
 
 /** The router with every failure answered as JSON `{error, reason}`. */
-export const apiApp = apiRouter.pipe(
+const apiApp = apiRouter.pipe(
   Effect.catchTags({
     RouteNotFound: () => Effect.succeed(problem(404, "not-found", "no such route")),
     ParseError: (e) => Effect.succeed(problem(400, "bad-request", e.message)),

@@ -45,7 +45,7 @@ export const pageRouter = HttpRouter.empty.pipe(
   HttpRouter.get("/page/app.css", serve(ASSETS.css, "text/css; charset=utf-8")),
 )
 
-export const MAX_PAGE_SIZE = 200
+const MAX_PAGE_SIZE = 200
 const DEFAULT_PAGE_SIZE = 50
 const FAILURES_SHOWN = 30
 

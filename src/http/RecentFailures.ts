@@ -30,7 +30,7 @@ export interface RecentFailuresShape {
   readonly capacity: number
 }
 
-export const DEFAULT_FAILURE_CAPACITY = 200
+const DEFAULT_FAILURE_CAPACITY = 200
 
 const MAX_TEXT = 500
 

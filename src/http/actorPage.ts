@@ -5,7 +5,7 @@
  */
 import type { ActorCensusView, ActorView } from "./ServerState.js"
 
-export const STATE_ORDER: ReadonlyArray<string> = ["quarantined", "backing-off", "running", "idle"]
+const STATE_ORDER: ReadonlyArray<string> = ["quarantined", "backing-off", "running", "idle"]
 
 export interface ActorPageQuery {
   readonly offset: number

@@ -6,7 +6,7 @@
  */
 import { Effect, Metric, type MetricPair, MetricState } from "effect"
 
-export const METRIC_PREFIX = "mana_ai_"
+const METRIC_PREFIX = "mana_ai_"
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 const metricName = (raw: string): string => {

@@ -48,7 +48,7 @@ export interface EmbeddedPostgres {
   readonly ownerUrl: Option.Option<Redacted.Redacted<string>>
 }
 
-export const DEFAULT_RUNNER_ROLE = "mana_ai_runner"
+const DEFAULT_RUNNER_ROLE = "mana_ai_runner"
 
 /** Extended-protocol messages that leave a sequence open until the client's Sync: Parse, Bind, Describe, Execute, Close, Flush. */
 const OPENS_SEQUENCE = new Set([0x50, 0x42, 0x44, 0x45, 0x43, 0x48])
@@ -62,7 +62,7 @@ const SYNC = 0x53
  * client's Parse). Reporting "in a transaction" from a client's first extended message until its
  * Sync makes the socket server finish that client's sequence before it serves anyone else.
  */
-export const serialiseExtendedProtocol = (db: PGlite): PGlite => {
+const serialiseExtendedProtocol = (db: PGlite): PGlite => {
   let sequenceOpen = false
   return new Proxy(db, {
     get(target, property, receiver) {
@@ -156,7 +156,7 @@ const FUNCTION_CALL = 0x46
  * anyone else that could leave the runner role is replaced by a statement the backend refuses, so
  * the client gets an ordinary error and the shared session keeps the runner role.
  */
-export const guardClients = (server: PGLiteSocketServer, ownerUser: string | null): void => {
+const guardClients = (server: PGLiteSocketServer, ownerUser: string | null): void => {
   const queue = (server as unknown as { queryQueue: { enqueue: (id: number, m: Uint8Array, onData: unknown) => Promise<number> } })
     .queryQueue
   const owners = new Set<number>()

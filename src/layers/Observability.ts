@@ -42,7 +42,7 @@ const levelFor = (level: ObservabilityConfigShape["logLevel"]): LogLevel.LogLeve
 /** OTLP/HTTP's traces path under the endpoint, as the OpenTelemetry exporter variables define it. */
 export const otlpTracesUrl = (endpoint: string): string => `${endpoint.replace(/\/+$/, "")}/v1/traces`
 
-export const TracingLive = (endpoint: string, serviceVersion: string): Layer.Layer<never> =>
+const TracingLive = (endpoint: string, serviceVersion: string): Layer.Layer<never> =>
   OtlpTracer.layer({
     url: otlpTracesUrl(endpoint),
     resource: { serviceName: "mana-ai", serviceVersion },

@@ -14,13 +14,13 @@ import { processLayer } from "./process.js"
 import { embeddedServiceKey } from "./serviceKey.js"
 import type { StartupConfig } from "./startupConfig.js"
 
-export const PGLITE_DIR = "pglite"
-export const SEEDED_MARKER = "demo-seeded"
+const PGLITE_DIR = "pglite"
+const SEEDED_MARKER = "demo-seeded"
 /** psql and a few other clients next to the pool. */
-export const EXTRA_CONNECTIONS = 4
+const EXTRA_CONNECTIONS = 4
 
 /** PGlite started, then the runner's pool on its socket; the psql URL printed. */
-export const embeddedDatabaseLayer = (dataDir: string, poolMax: number) =>
+const embeddedDatabaseLayer = (dataDir: string, poolMax: number) =>
   Layer.unwrapScoped(
     Effect.gen(function* () {
       const pgliteDir = join(dataDir, PGLITE_DIR)
@@ -35,7 +35,7 @@ export const embeddedDatabaseLayer = (dataDir: string, poolMax: number) =>
   )
 
 /** Seeds the demo workload unless an earlier start did (a marker file next to the database). */
-export const demoSeedLayer = (dataDir: string) =>
+const demoSeedLayer = (dataDir: string) =>
   Layer.effectDiscard(
     Effect.gen(function* () {
       const marker = join(dataDir, SEEDED_MARKER)

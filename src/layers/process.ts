@@ -15,22 +15,19 @@ import { ApiLive } from "../http/Api.js"
 import { FailureCaptureLive } from "../http/OperatorPage.js"
 import { type ApiBackend, BackendError, type BreakerView, ServerState } from "../http/ServerState.js"
 import {
-  DatabaseConfig,
   GrantConfig,
-  HttpConfig,
   LlmBreakerConfig,
   LlmConfig,
-  ObservabilityConfig,
   RunnerConfig,
   TokenBudgetConfig,
 } from "../services/AppConfig.js"
-import { AgentDirectoryLive } from "../services/AgentDirectory.js"
+import { AgentDirectory } from "../services/AgentDirectory.js"
 import { AgentPermits } from "../services/AgentPermits.js"
 import { readAudit } from "../services/decryptAudit.js"
 import { GrantKeyring } from "../services/GrantKeyring.js"
-import { EventLogSchema, EventLogSchemaLive } from "../services/EventLogSchema.js"
+import { InputResolvers } from "../services/InputResolvers.js"
+import { EventLogSchema } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
-import { InputResolversLive } from "../services/InputResolversLive.js"
 import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
@@ -63,13 +60,10 @@ export interface ProcessOptions {
 }
 
 /** The loaded configuration as the services' config tags. */
-export const configLayer = (config: StartupConfig) =>
+const configLayer = (config: StartupConfig) =>
   Layer.mergeAll(
     Layer.succeed(RunnerConfig, config.runner),
     Layer.succeed(LlmConfig, config.llm),
-    Layer.succeed(DatabaseConfig, config.database),
-    Layer.succeed(HttpConfig, config.http),
-    Layer.succeed(ObservabilityConfig, config.observability),
     Layer.succeed(GrantConfig, config.grant),
     Layer.succeed(TokenBudgetConfig, config.tokenBudget),
     Layer.succeed(LlmBreakerConfig, config.llmBreaker),
@@ -77,27 +71,29 @@ export const configLayer = (config: StartupConfig) =>
 
 /** Everything a run needs, on a SqlClient; the planner is the LLM one or the deterministic offline one. */
 export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) => {
-  const permits = GlobalLlmPermits.layer
+  const permits = GlobalLlmPermits.Default
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
   // AgentDirectory: the supervisor's discovery passes each user's agent changes to its actor.
-  const agentServices = Layer.mergeAll(LlmBreaker.layer, TokenLedgerLive, AgentPermits.layer, AgentDirectoryLive())
+  const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedgerLive, AgentPermits.Default, AgentDirectory.Default)
   const plannerLayer =
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
   return (instanceId === undefined ? MissionRunnerLive : missionRunnerLayer({ instanceId })).pipe(
-    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolversLive, plannerLayer, permits)),
+    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolvers.Default, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
-    Layer.provideMerge(ToolCatalog.layer),
+    Layer.provideMerge(ToolCatalog.Default),
   )
 }
 
 export const backendFor = (
   supervisor: Supervisor["Type"],
   sql: SqlClient.SqlClient,
-  eventLog: EventLogSchema["Type"],
-  permits?: GlobalLlmPermits["Type"],
-  breaker?: LlmBreaker["Type"],
+  eventLog: EventLogSchema,
+  /** DEFAULT_TIMEZONE: /internal/missions judges a mission without its own zone in it, as discovery does. */
+  defaultTimezone: string,
+  permits?: GlobalLlmPermits,
+  breaker?: LlmBreaker,
   ledger?: TokenLedger["Type"],
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
   processBudget: number | null = null,
@@ -127,7 +123,7 @@ export const backendFor = (
   restart: supervisor.restart,
   tickRunning: supervisor.tickRunning,
   missions: (userId) =>
-    readUserMissions(userId).pipe(
+    readUserMissions(userId, defaultTimezone).pipe(
       Effect.provideService(SqlClient.SqlClient, sql),
       Effect.provideService(EventLogSchema, eventLog),
       Effect.mapError(() => new BackendError({ reason: "the database did not answer; see the runner's log" })),
@@ -179,6 +175,7 @@ const LifecycleLive = Layer.scopedDiscard(
         yield* Supervisor,
         yield* SqlClient.SqlClient,
         yield* EventLogSchema,
+        (yield* RunnerConfig).defaultTimezone,
         permits,
         yield* LlmBreaker,
         yield* TokenLedger,
@@ -213,10 +210,10 @@ export const processLayer = <E, R>(
     Layer.provideMerge(TokenUsagePruneLive),
     Layer.provideMerge(runnerServicesLayer(options.planner, options.instanceId)),
     // The input resolvers open Mission Grants with it (SPEC §15); it says once whether grants are on.
-    Layer.provideMerge(GrantKeyring.layer),
+    Layer.provideMerge(GrantKeyring.Default),
     Layer.provideMerge(migrated),
     // Before anything touches sync_changes: which generation it is (a start without one stops here).
-    Layer.provideMerge(EventLogSchemaLive),
+    Layer.provideMerge(EventLogSchema.Default),
     Layer.provideMerge(options.database),
     Layer.provideMerge(configLayer(options.config)),
     Layer.provideMerge(ApiLive),

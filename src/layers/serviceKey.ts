@@ -8,7 +8,7 @@ import { join } from "node:path"
 import { Effect, Option, Redacted } from "effect"
 import { StartupError } from "./startupConfig.js"
 
-export const SERVICE_KEY_FILE = "service-key"
+const SERVICE_KEY_FILE = "service-key"
 
 export interface ServiceKeySource {
   readonly key: Redacted.Redacted<string>

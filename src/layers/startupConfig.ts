@@ -25,7 +25,7 @@ import {
 import { type ClusterConfigShape, clusterConfig } from "../cluster/ClusterConfig.js"
 
 /** Embedded mode only: where PGlite's files, the generated service key and the seed marker live. */
-export const dataDirConfig: Config.Config<string> = Config.string("MANA_AI_DATA_DIR").pipe(
+const dataDirConfig: Config.Config<string> = Config.string("MANA_AI_DATA_DIR").pipe(
   Config.withDefault(".data"),
   Config.validate({ message: "MANA_AI_DATA_DIR must be a directory path", validation: (s) => s.trim().length > 0 }),
 )

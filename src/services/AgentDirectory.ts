@@ -14,7 +14,7 @@
 import { EventLogSchema } from "./EventLogSchema.js"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Duration, Effect, Either, Layer, Metric, Option, Ref, Schema } from "effect"
+import { Duration, Effect, Either, Metric, Option, Ref, Schema } from "effect"
 import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, resolveAgent } from "../domain/agent.js"
 import { type RecordState, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
 import { malformedRowsTotal } from "./metrics.js"
@@ -34,8 +34,6 @@ export interface AgentDirectoryShape {
   /** Every live agent of the user (for /internal). */
   readonly agentsOf: (userId: string) => Effect.Effect<ReadonlyArray<Readonly<Record<string, unknown>>>>
 }
-
-export class AgentDirectory extends Context.Tag("mana-ai/AgentDirectory")<AgentDirectory, AgentDirectoryShape>() {}
 
 export interface AgentDirectoryOptions {
   /** How far behind the cursor each refresh re-reads: longer than any sync-server transaction lasts. */
@@ -167,8 +165,8 @@ export const makeAgentDirectory = (options: AgentDirectoryOptions = {}) =>
         return out
       })
 
-    return AgentDirectory.of({ refresh, record, resolve, agentsOf })
+    return { refresh, record, resolve, agentsOf } satisfies AgentDirectoryShape
   })
 
-export const AgentDirectoryLive = (options: AgentDirectoryOptions = {}) =>
-  Layer.effect(AgentDirectory, makeAgentDirectory(options))
+/** The supervisor's discovery passes each user's agent changes to its actor; makeAgentDirectory builds one with another look-back. */
+export class AgentDirectory extends Effect.Service<AgentDirectory>()("mana-ai/AgentDirectory", { effect: makeAgentDirectory() }) {}

@@ -4,7 +4,7 @@
  * released when none has used it for a while. A changed cap resizes it for the next acquisition;
  * runs already holding a permit finish.
  */
-import { Context, Duration, Effect, Layer, RcMap, type Scope } from "effect"
+import { Duration, Effect, RcMap, type Scope } from "effect"
 
 export interface AgentPermitKey {
   readonly userId: string
@@ -18,26 +18,25 @@ export interface AgentPermitsShape {
   readonly withPermit: (key: AgentPermitKey) => <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
 
-export class AgentPermits extends Context.Tag("mana-ai/AgentPermits")<AgentPermits, AgentPermitsShape>() {
-  static readonly make = (idleTimeToLive: Duration.DurationInput = Duration.minutes(5)): Effect.Effect<AgentPermitsShape, never, Scope.Scope> =>
-    Effect.gen(function* () {
-      const semaphores = yield* RcMap.make({
-        // Created at 1 and resized to the cap on every acquisition.
-        lookup: (_key: string) => Effect.makeSemaphore(1),
-        idleTimeToLive,
-      })
-      const withPermit =
-        (key: AgentPermitKey) =>
-        <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-          Effect.scoped(
-            Effect.gen(function* () {
-              const semaphore = yield* RcMap.get(semaphores, JSON.stringify([key.userId, key.agentId]))
-              yield* semaphore.resize(Math.max(1, Math.floor(key.cap)))
-              return yield* semaphore.withPermits(1)(self)
-            }),
-          )
-      return AgentPermits.of({ withPermit })
+/** The permits, semaphores dropped after `idleTimeToLive` unused; lives as long as the scope. */
+export const makeAgentPermits = (idleTimeToLive: Duration.DurationInput = Duration.minutes(5)): Effect.Effect<AgentPermitsShape, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const semaphores = yield* RcMap.make({
+      // Created at 1 and resized to the cap on every acquisition.
+      lookup: (_key: string) => Effect.makeSemaphore(1),
+      idleTimeToLive,
     })
+    const withPermit =
+      (key: AgentPermitKey) =>
+      <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const semaphore = yield* RcMap.get(semaphores, JSON.stringify([key.userId, key.agentId]))
+            yield* semaphore.resize(Math.max(1, Math.floor(key.cap)))
+            return yield* semaphore.withPermits(1)(self)
+          }),
+        )
+    return { withPermit }
+  })
 
-  static readonly layer = Layer.scoped(AgentPermits, AgentPermits.make())
-}
+export class AgentPermits extends Effect.Service<AgentPermits>()("mana-ai/AgentPermits", { scoped: makeAgentPermits() }) {}

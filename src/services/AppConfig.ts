@@ -6,6 +6,7 @@
 import { createPrivateKey } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
+import { isValidTimeZone } from "../domain/cadence.js"
 
 /**
  * A number read from text, so a value that does not parse gets the same message as one out of range:
@@ -44,15 +45,6 @@ const bool = (name: string, fallback: boolean) =>
     }),
     Config.map((s) => ["true", "1"].includes(s.trim().toLowerCase())),
   )
-
-export const isValidTimeZone = (zone: string): boolean => {
-  try {
-    new Intl.DateTimeFormat("en-US", { timeZone: zone })
-    return true
-  } catch {
-    return false
-  }
-}
 
 const httpUrl = (name: string) =>
   Config.string(name).pipe(
@@ -190,8 +182,6 @@ export const databaseConfig: Config.Config<DatabaseConfigShape> = Config.all({
   poolMax: positiveInt("DB_POOL_MAX", 10),
 })
 
-export class DatabaseConfig extends Context.Tag("mana-ai/DatabaseConfig")<DatabaseConfig, DatabaseConfigShape>() {}
-
 // ---------------------------------------------------------------- HTTP
 
 export interface HttpConfigShape {
@@ -211,8 +201,6 @@ export const httpConfig: Config.Config<HttpConfigShape> = Config.all({
     ),
   ),
 })
-
-export class HttpConfig extends Context.Tag("mana-ai/HttpConfig")<HttpConfig, HttpConfigShape>() {}
 
 // ---------------------------------------------------------------- observability
 
@@ -245,11 +233,6 @@ export const observabilityConfig: Config.Config<ObservabilityConfigShape> = Conf
   otlpEndpoint: Config.option(httpUrl("OTEL_EXPORTER_OTLP_ENDPOINT")),
 })
 
-export class ObservabilityConfig extends Context.Tag("mana-ai/ObservabilityConfig")<
-  ObservabilityConfig,
-  ObservabilityConfigShape
->() {}
-
 // ---------------------------------------------------------------- Mission Grant key (SPEC §15)
 
 export type GrantKeyVariable = "MANA_AI_PRIVATE_KEY_FILE" | "MANA_AI_PRIVATE_KEY_PEM"
@@ -262,7 +245,7 @@ export interface GrantConfigShape {
 const GRANT_KEY_FORM = "a PKCS#8 PEM RSA-2048 private key (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048)"
 
 /** Parses and checks a PEM; the message names the variable and never quotes the key. */
-export const parseGrantKey = (name: GrantKeyVariable, pem: string): Either.Either<Uint8Array, ConfigError.ConfigError> => {
+const parseGrantKey = (name: GrantKeyVariable, pem: string): Either.Either<Uint8Array, ConfigError.ConfigError> => {
   const invalid = (why: string) => Either.left(ConfigError.InvalidData([name], `${name} must hold ${GRANT_KEY_FORM}: ${why}`))
   if (!pem.includes("-----BEGIN PRIVATE KEY-----")) return invalid("no PKCS#8 PEM block (-----BEGIN PRIVATE KEY-----) found")
   let key: ReturnType<typeof createPrivateKey>
@@ -324,9 +307,7 @@ export const grantConfig: Config.Config<GrantConfigShape> = Config.all({
   }),
 )
 
-export class GrantConfig extends Context.Tag("mana-ai/GrantConfig")<GrantConfig, GrantConfigShape>() {
-  static readonly off: GrantConfigShape = { runnerKey: Option.none() }
-}
+export class GrantConfig extends Context.Tag("mana-ai/GrantConfig")<GrantConfig, GrantConfigShape>() {}
 
 // ---------------------------------------------------------------- token budgets and the LLM breaker (SPEC §14)
 

@@ -5,10 +5,7 @@
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
-import { Data, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
-import { DatabaseConfig } from "./AppConfig.js"
-
-export class DatabaseUrlMissing extends Data.TaggedError("DatabaseUrlMissing")<{ readonly message: string }> {}
+import { Duration, Effect, Layer, Redacted, Schedule } from "effect"
 
 /** `postgres://user@host:port/db` — never the password, never query parameters (they may hold one). */
 export const describeDatabaseUrl = (url: Redacted.Redacted<string>): string => {
@@ -66,21 +63,3 @@ export const databaseLayerFromUrl = (
     ),
   )
 }
-
-/** The pool on SYNC_DATABASE_URL; without it, fails: the embedded layers use databaseLayerFromUrl instead. */
-export const DatabaseLive: Layer.Layer<
-  PgClient.PgClient | SqlClient.SqlClient,
-  SqlError | DatabaseUrlMissing,
-  DatabaseConfig
-> = Layer.unwrapEffect(
-  Effect.gen(function* () {
-    const config = yield* DatabaseConfig
-    return Option.match(config.url, {
-      onNone: (): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError | DatabaseUrlMissing> =>
-        Layer.fail(
-          new DatabaseUrlMissing({ message: "SYNC_DATABASE_URL is not set; the embedded database layer serves that case" }),
-        ),
-      onSome: (url) => databaseLayerFromUrl(url, config.poolMax),
-    })
-  }),
-)

@@ -5,7 +5,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Data, Effect, Layer } from "effect"
+import { Data, Effect } from "effect"
 import { type SyncGeneration, generationOf } from "../domain/eventLog.js"
 
 export interface EventLogSchemaShape {
@@ -13,12 +13,6 @@ export interface EventLogSchemaShape {
   readonly generation: SyncGeneration
   /** That column (`field_meta` today, `field_timestamps` in the seed's table); use with `sql(…)`. */
   readonly timeColumn: SyncGeneration
-}
-
-export class EventLogSchema extends Context.Tag("mana-ai/EventLogSchema")<EventLogSchema, EventLogSchemaShape>() {
-  static readonly make = (generation: SyncGeneration): EventLogSchemaShape => ({ generation, timeColumn: generation })
-  /** A fixed generation, for tests that need no database. */
-  static readonly layer = (generation: SyncGeneration) => Layer.succeed(EventLogSchema, EventLogSchema.make(generation))
 }
 
 /** The start stops: the database holds no event log this runner can serve. */
@@ -55,8 +49,8 @@ export const detectEventLogSchema: Effect.Effect<EventLogSchemaShape, EventLogSc
         ? "Event log: today's sync_changes (field_meta, origin, space_id)"
         : "Event log: the seed's sync_changes (field_timestamps)",
     ).pipe(Effect.annotateLogs({ generation }))
-    return EventLogSchema.make(generation)
+    return { generation, timeColumn: generation }
   }).pipe(Effect.withSpan("EventLogSchema.detect"))
 
-export const EventLogSchemaLive: Layer.Layer<EventLogSchema, EventLogSchemaUnknown | SqlError, SqlClient.SqlClient> =
-  Layer.effect(EventLogSchema, detectEventLogSchema)
+/** Read once when the layer is built (at start, after the pool and before the migrations' users). */
+export class EventLogSchema extends Effect.Service<EventLogSchema>()("mana-ai/EventLogSchema", { effect: detectEventLogSchema }) {}

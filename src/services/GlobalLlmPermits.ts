@@ -3,7 +3,7 @@
  * round-robin across users with requests waiting: the user is the fiber's `llmPermitUser`, set
  * around a run with `GlobalLlmPermits.forUser` (requests outside any run share the key "").
  */
-import { Context, Effect, FiberRef, Layer } from "effect"
+import { Effect, FiberRef } from "effect"
 import { RunnerConfig } from "./AppConfig.js"
 import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
 
@@ -22,31 +22,32 @@ export interface GlobalLlmPermitsShape {
   readonly close: Effect.Effect<void>
 }
 
-export class GlobalLlmPermits extends Context.Tag("mana-ai/GlobalLlmPermits")<GlobalLlmPermits, GlobalLlmPermitsShape>() {
-  // Every run in flight may wait here at once (thousands): the permits are handed over one at a
-  // time, round-robin by user, so one user's backlog does not delay another user's request.
-  static readonly make = (permits: number) =>
-    Effect.map(makeKeyedFairSemaphore(permits), (semaphore) => {
-      let closed = false
-      const unlessClosed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
-        Effect.suspend(() => (closed ? Effect.interrupt : self))
-      return GlobalLlmPermits.of({
-        // Checked again once the permit is ours: a waiter handed one after the close passes it on.
-        withPermit: (self) =>
-          Effect.flatMap(FiberRef.get(llmPermitUser), (user) => unlessClosed(semaphore.withPermit(user)(unlessClosed(self)))),
-        inUse: semaphore.taken,
-        close: Effect.sync(() => {
-          closed = true
-        }),
-      })
-    })
+// Every run in flight may wait here at once (thousands): the permits are handed over one at a
+// time, round-robin by user, so one user's backlog does not delay another user's request.
+const makePermits = (permits: number): Effect.Effect<GlobalLlmPermitsShape> =>
+  Effect.map(makeKeyedFairSemaphore(permits), (semaphore) => {
+    let closed = false
+    const unlessClosed = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.suspend(() => (closed ? Effect.interrupt : self))
+    return {
+      // Checked again once the permit is ours: a waiter handed one after the close passes it on.
+      withPermit: (self) =>
+        Effect.flatMap(FiberRef.get(llmPermitUser), (user) => unlessClosed(semaphore.withPermit(user)(unlessClosed(self)))),
+      inUse: semaphore.taken,
+      close: Effect.sync(() => {
+        closed = true
+      }),
+    }
+  })
+
+/** GLOBAL_CONCURRENCY permits, one set per process. */
+export class GlobalLlmPermits extends Effect.Service<GlobalLlmPermits>()("mana-ai/GlobalLlmPermits", {
+  effect: Effect.flatMap(RunnerConfig, (c) => makePermits(c.globalConcurrency)),
+}) {
+  /** A set of `permits` outside the process's composition (tests, doubles). */
+  static readonly sized = (permits: number): Effect.Effect<GlobalLlmPermits> => Effect.map(makePermits(permits), GlobalLlmPermits.make)
   /** Runs `self` with its LLM requests taking `userId`'s turns. */
   static readonly forUser =
     (userId: string) =>
     <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
       Effect.locally(self, llmPermitUser, userId)
-  static readonly layer = Layer.effect(
-    GlobalLlmPermits,
-    Effect.flatMap(RunnerConfig, (c) => GlobalLlmPermits.make(c.globalConcurrency)),
-  )
 }

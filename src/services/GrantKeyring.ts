@@ -3,9 +3,9 @@
  * SPEC order (not-configured, expired, mission-mismatch, malformed, wrap-rejected); an open grant
  * yields the mission data key as a non-extractable CryptoKey that the caller holds for that run only.
  */
-import { Clock, Context, Data, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Clock, Data, Effect, Either, Option, Redacted } from "effect"
 import { type GrantSkipReason, checkGrantClaims } from "../domain/grant.js"
-import { GrantConfig, type GrantConfigShape } from "./AppConfig.js"
+import { GrantConfig } from "./AppConfig.js"
 import { type CryptoKey, importRunnerKey, unwrapMissionKey } from "./grantCrypto.js"
 
 export type GrantOpening =
@@ -25,42 +25,33 @@ const rejected = (reason: GrantSkipReason, detail: string): GrantOpening => ({ _
 
 export const makeGrantKeyring = (runnerKey: Option.Option<CryptoKey>): GrantKeyringShape => ({
   configured: Option.isSome(runnerKey),
-  open: (grant, missionId) =>
-    Effect.gen(function* () {
-      if (Option.isNone(runnerKey)) {
-        return rejected("not-configured", "the mission has a grant but no MANA_AI_PRIVATE_KEY_FILE / MANA_AI_PRIVATE_KEY_PEM is configured")
-      }
-      const claims = checkGrantClaims(grant, missionId, yield* Clock.currentTimeMillis)
-      if (Either.isLeft(claims)) return rejected(claims.left.reason, claims.left.detail)
-      const key = yield* Effect.either(unwrapMissionKey(runnerKey.value, claims.right.wrappedKey))
-      if (Either.isLeft(key)) return rejected(key.left.reason, key.left.detail)
-      return { _tag: "Open", key: key.right, allowed: claims.right.allowed } satisfies GrantOpening
-    }).pipe(Effect.withSpan("GrantKeyring.open")),
+  open: Effect.fn("GrantKeyring.open")(function* (grant: unknown, missionId: string) {
+    if (Option.isNone(runnerKey)) {
+      return rejected("not-configured", "the mission has a grant but no MANA_AI_PRIVATE_KEY_FILE / MANA_AI_PRIVATE_KEY_PEM is configured")
+    }
+    const claims = checkGrantClaims(grant, missionId, yield* Clock.currentTimeMillis)
+    if (Either.isLeft(claims)) return rejected(claims.left.reason, claims.left.detail)
+    const key = yield* Effect.either(unwrapMissionKey(runnerKey.value, claims.right.wrappedKey))
+    if (Either.isLeft(key)) return rejected(key.left.reason, key.left.detail)
+    return { _tag: "Open", key: key.right, allowed: claims.right.allowed } satisfies GrantOpening
+  }),
 })
 
-export class GrantKeyring extends Context.Tag("mana-ai/GrantKeyring")<GrantKeyring, GrantKeyringShape>() {
-  /** From a loaded GrantConfig; says once at start whether grants are on. */
-  static readonly fromConfig = (config: GrantConfigShape): Layer.Layer<GrantKeyring, GrantKeyError> =>
-    Layer.effect(
-      GrantKeyring,
-      Effect.gen(function* () {
-        if (Option.isNone(config.runnerKey)) {
-          yield* Effect.logInfo(
-            "Mission Grants: off (neither MANA_AI_PRIVATE_KEY_FILE nor MANA_AI_PRIVATE_KEY_PEM is set); encrypted inputs stay unread",
-          )
-          return makeGrantKeyring(Option.none())
-        }
-        const { source, pkcs8 } = config.runnerKey.value
-        const key = yield* importRunnerKey(Redacted.value(pkcs8)).pipe(
-          Effect.mapError(() => new GrantKeyError({ message: `${source} must hold a PKCS#8 PEM RSA-2048 key usable for RSA-OAEP/SHA-256` })),
-        )
-        yield* Effect.logInfo(`Mission Grants: on (RSA key from ${source})`)
-        return makeGrantKeyring(Option.some(key))
-      }),
+/** Reads GrantConfig; says once at start whether grants are on. */
+export class GrantKeyring extends Effect.Service<GrantKeyring>()("mana-ai/GrantKeyring", {
+  effect: Effect.gen(function* () {
+    const config = yield* GrantConfig
+    if (Option.isNone(config.runnerKey)) {
+      yield* Effect.logInfo(
+        "Mission Grants: off (neither MANA_AI_PRIVATE_KEY_FILE nor MANA_AI_PRIVATE_KEY_PEM is set); encrypted inputs stay unread",
+      )
+      return makeGrantKeyring(Option.none())
+    }
+    const { source, pkcs8 } = config.runnerKey.value
+    const key = yield* importRunnerKey(Redacted.value(pkcs8)).pipe(
+      Effect.mapError(() => new GrantKeyError({ message: `${source} must hold a PKCS#8 PEM RSA-2048 key usable for RSA-OAEP/SHA-256` })),
     )
-
-  /** Reads GrantConfig from the context. */
-  static readonly layer: Layer.Layer<GrantKeyring, GrantKeyError, GrantConfig> = Layer.unwrapEffect(
-    Effect.map(GrantConfig, GrantKeyring.fromConfig),
-  )
-}
+    yield* Effect.logInfo(`Mission Grants: on (RSA key from ${source})`)
+    return makeGrantKeyring(Option.some(key))
+  }),
+}) {}

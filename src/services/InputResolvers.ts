@@ -1,11 +1,21 @@
 /**
- * Input resolvers (SPEC §5): a registry keyed by module; each replays one record under the user's
- * RLS scope and renders it for the prompt.
- * CONTRACT — implementation: InputResolversLive (goals shipped).
+ * Input resolvers (SPEC §5): a registry keyed by module maps a module to the record it reads (app +
+ * table) and how it renders that record for the prompt; developers add modules by passing their own
+ * entries to `makeInputResolvers`. All inputs of one mission are read with one query in one
+ * transaction scoped to the user, so RLS decides what is visible.
  */
+import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, type Effect } from "effect"
+import { Effect, Either, Metric, Option } from "effect"
 import type { MissionInput } from "../domain/mission.js"
+import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"
+import { resolveEncryptedInputs, isEncryptedModule } from "./encryptedInputs.js"
+import { EventLogSchema } from "./EventLogSchema.js"
+import { GrantKeyring, makeGrantKeyring } from "./GrantKeyring.js"
+import { inputsSkippedTotal } from "./metrics.js"
+import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
+import { withUserScope } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 export interface ResolvedInput {
   readonly id: string
@@ -60,4 +70,160 @@ export interface InputResolversShape {
   ) => Effect.Effect<RunInputs, SqlError>
 }
 
-export class InputResolvers extends Context.Tag("mana-ai/InputResolvers")<InputResolvers, InputResolversShape>() {}
+/** Why an input is left out of the prompt; the `reason` tag of inputsSkippedTotal. */
+export type InputSkipReason = "no-resolver" | "missing" | "deleted" | "unreadable"
+
+export interface InputResolver {
+  /** The app whose records this module reads (the input's `table` names the table). */
+  readonly appId: string
+  /**
+   * Renders a live record (replayed, not deleted). Left: why it cannot be shown (logged, counted as
+   * "unreadable"). Strings starting `enc:1:` must not be rendered; the service scrubs them anyway.
+   */
+  readonly render: (input: MissionInput, record: Readonly<Record<string, unknown>>) => Either.Either<ResolvedInput, string>
+}
+
+export type ResolverRegistry = Readonly<Record<string, InputResolver>>
+
+export const CIPHERTEXT_PREFIX = "enc:1:"
+export const ENCRYPTED_PLACEHOLDER = "[encrypted]"
+
+export const isCiphertext = (u: unknown): boolean => typeof u === "string" && u.startsWith(CIPHERTEXT_PREFIX)
+
+const readableString = (u: unknown): string | undefined =>
+  typeof u === "string" && !isCiphertext(u) && u.trim().length > 0 ? u.trim() : undefined
+
+const readableNumber = (u: unknown): number | undefined => {
+  if (typeof u === "number" && Number.isFinite(u)) return u
+  // Some clients store numbers as numeric strings; ciphertext is never a number.
+  if (typeof u === "string" && u.trim() !== "" && !isCiphertext(u) && Number.isFinite(Number(u))) return Number(u)
+  return undefined
+}
+
+const PERIODS: Readonly<Record<string, string>> = {
+  day: "day",
+  daily: "day",
+  week: "week",
+  weekly: "week",
+  month: "month",
+  monthly: "month",
+  year: "year",
+  yearly: "year",
+}
+
+/**
+ * A goal (companion app): the title, and a progress line from currentValue, target.value and period,
+ * e.g. "Progress: 3 / 10 per week". An encrypted title becomes "[encrypted]"; an encrypted (or
+ * otherwise unreadable) number or period is dropped from the line. A goal with neither a readable
+ * title nor a readable value has nothing to show and is "unreadable".
+ */
+const renderGoal = (input: MissionInput, record: Readonly<Record<string, unknown>>): Either.Either<ResolvedInput, string> => {
+  const title = readableString(record.title) ?? (isCiphertext(record.title) ? ENCRYPTED_PLACEHOLDER : undefined)
+  const current = readableNumber(record.currentValue)
+  const target = typeof record.target === "object" && record.target !== null ? readableNumber((record.target as Record<string, unknown>).value) : undefined
+  const periodRaw = readableString(record.period)
+  const period = periodRaw === undefined ? undefined : (PERIODS[periodRaw.toLowerCase()] ?? periodRaw)
+  if (title === undefined && current === undefined && target === undefined) {
+    return Either.left("the goal has no readable title, currentValue or target")
+  }
+  const amount =
+    current !== undefined && target !== undefined
+      ? `${current} / ${target}`
+      : current !== undefined
+        ? `${current} (no target)`
+        : target !== undefined
+          ? `? / ${target}`
+          : "not recorded"
+  const progress = `Progress: ${amount}${period !== undefined && (current !== undefined || target !== undefined) ? ` per ${period}` : ""}`
+  return Either.right({ id: input.id, module: input.module, table: input.table, title: title ?? "(untitled goal)", content: progress })
+}
+
+const goalsResolver: InputResolver = { appId: "companion", render: renderGoal }
+
+/** The resolvers shipped with mana-ai. */
+export const shippedResolvers: ResolverRegistry = { goals: goalsResolver }
+
+const CIPHERTEXT_TOKEN = /enc:1:\S*/g
+
+/** Last line of defence for resolvers added later: no ciphertext reaches the prompt, whatever they render. */
+const scrubCiphertext = (r: ResolvedInput): ResolvedInput => ({
+  ...r,
+  title: r.title.replace(CIPHERTEXT_TOKEN, ENCRYPTED_PLACEHOLDER),
+  content: r.content.replace(CIPHERTEXT_TOKEN, ENCRYPTED_PLACEHOLDER),
+})
+
+const skip = (input: MissionInput, reason: InputSkipReason, detail: string) =>
+  Effect.logWarning(`mission input left out of the prompt: ${detail}`).pipe(
+    Effect.annotateLogs({ inputModule: input.module, inputTable: input.table, inputId: input.id, reason }),
+    Effect.zipRight(Metric.increment(Metric.tagged(inputsSkippedTotal, "reason", reason))),
+  )
+
+/** Without a GrantKeyring in the context, grants count as not configured (SPEC §15). */
+const grantsOff = makeGrantKeyring(Option.none())
+
+export const makeInputResolvers = (registry: ResolverRegistry) =>
+  Effect.map(
+    Effect.all([SqlClient.SqlClient, EventLogSchema, Effect.serviceOption(GrantKeyring)]),
+    ([sqlClient, eventLog, keyringOption]) => {
+    const keyring = Option.getOrElse(keyringOption, () => grantsOff)
+    const resolve: InputResolversShape["resolve"] = (userId, inputs) =>
+        Effect.gen(function* () {
+          const routed: Array<{ input: MissionInput; resolver: InputResolver; ref: RecordRef }> = []
+          for (const input of inputs) {
+            const resolver = Object.hasOwn(registry, input.module) ? registry[input.module] : undefined
+            if (resolver === undefined) {
+              yield* skip(input, "no-resolver", `no resolver for module "${input.module}"`)
+              continue
+            }
+            routed.push({ input, resolver, ref: { appId: resolver.appId, table: input.table, recordId: input.id } })
+          }
+          if (routed.length === 0) return []
+          const byRef = yield* withUserScope(userId, (sql) =>
+            readRecordRows(sql, userId, routed.map((r) => r.ref)),
+          ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient))
+          const resolved: Array<ResolvedInput> = []
+          for (const { input, resolver, ref } of routed) {
+            const found = byRef.get(recordRefKey(ref))
+            if (found === undefined || (found.rows.length === 0 && found.undecodable === 0)) {
+              yield* skip(input, "missing", "no such record in the user's event log")
+              continue
+            }
+            if (found.rows.length === 0 || !found.rows.some(isApplicable)) {
+              yield* skip(input, "unreadable", "the record's rows carry no readable data")
+              continue
+            }
+            const state = replayOrdered(found.rows)
+            if (!isLive(state) || state.record === null) {
+              yield* skip(input, "deleted", "the record is deleted")
+              continue
+            }
+            const rendered = resolver.render(input, state.record)
+            if (Either.isLeft(rendered)) {
+              yield* skip(input, "unreadable", rendered.left)
+              continue
+            }
+            resolved.push(scrubCiphertext(rendered.right))
+          }
+          return resolved
+        }).pipe(
+          Effect.provideService(EventLogSchema, eventLog),
+          withSpanWhenTracing("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
+        )
+    const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run) =>
+      Effect.gen(function* () {
+        const encrypted = inputs.filter((i) => isEncryptedModule(i.module))
+        const plain = yield* resolve(userId, inputs.filter((i) => !isEncryptedModule(i.module)))
+        const granted = yield* resolveEncryptedInputs(keyring, userId, encrypted, run).pipe(
+          Effect.provideService(SqlClient.SqlClient, sqlClient),
+          Effect.provideService(EventLogSchema, eventLog),
+        )
+        return { resolved: [...plain, ...granted.resolved.map(scrubCiphertext)], unavailable: granted.unavailable }
+      })
+    return { resolve, resolveForRun } satisfies InputResolversShape
+  },
+  )
+
+/** The shipped registry (goals); a build with more modules provides `makeInputResolvers(registry)` under this tag. */
+export class InputResolvers extends Effect.Service<InputResolvers>()("mana-ai/InputResolvers", {
+  effect: makeInputResolvers(shippedResolvers),
+}) {}

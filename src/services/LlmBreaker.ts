@@ -11,12 +11,12 @@
  *   is open it fails at once with LlmBreakerOpen and sends nothing; otherwise it runs the request and
  *   counts its outcome.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Metric, Schema, SynchronizedRef } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Metric, Schema, SynchronizedRef } from "effect"
 import { LlmBreakerConfig } from "./AppConfig.js"
 import { llmBreakerOpenGauge } from "./metrics.js"
 
-export const BREAKER_BASE_COOLDOWN = Duration.seconds(5)
-export const BREAKER_MAX_COOLDOWN = Duration.minutes(5)
+const BREAKER_BASE_COOLDOWN = Duration.seconds(5)
+const BREAKER_MAX_COOLDOWN = Duration.minutes(5)
 
 /** No request was sent: the breaker is open (or its one probe is under way). Not an LLM failure. */
 export class LlmBreakerOpen extends Schema.TaggedError<LlmBreakerOpen>()("LlmBreakerOpen", {
@@ -196,10 +196,7 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
     return { awaitReady, guard, state }
   })
 
-export class LlmBreaker extends Context.Tag("mana-ai/LlmBreaker")<LlmBreaker, LlmBreakerShape>() {
-  static readonly make = makeLlmBreaker
-  static readonly layer = Layer.effect(
-    LlmBreaker,
-    Effect.flatMap(LlmBreakerConfig, (c) => makeLlmBreaker({ failures: c.failures })),
-  )
-}
+/** One per process (LLM_BREAKER_FAILURES); makeLlmBreaker builds one with other thresholds for a test. */
+export class LlmBreaker extends Effect.Service<LlmBreaker>()("mana-ai/LlmBreaker", {
+  effect: Effect.flatMap(LlmBreakerConfig, (c) => makeLlmBreaker({ failures: c.failures })),
+}) {}

@@ -13,7 +13,7 @@ import tokenUsage from "../migrations/0003_token_usage.js"
 import actorQuarantines from "../migrations/0004_actor_quarantines.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
-export const MIGRATIONS_TABLE = "mana_ai.migrations"
+const MIGRATIONS_TABLE = "mana_ai.migrations"
 
 /** pg_advisory_xact_lock key for the migration run: the bytes of "manamigr". */
 const MIGRATION_LOCK_KEY = "7881696566318225266"

@@ -14,10 +14,10 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Duration, Effect, Either, Layer, Metric, ParseResult, Ref, Schema } from "effect"
-import { validateCadence } from "../domain/cadence.js"
+import { Clock, Duration, Effect, Either, Layer, Metric, Ref, Schema } from "effect"
 import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
-import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
+import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
+import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"
 import {
   type RecordState,
   type ReplayRow,
@@ -28,7 +28,7 @@ import {
   isLive,
   parseInstant,
 } from "../domain/replay.js"
-import { RunnerConfig, isValidTimeZone } from "./AppConfig.js"
+import { RunnerConfig } from "./AppConfig.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { MissionStore, type MissionSnapshot, type MissionStoreShape, type RefreshResult } from "./MissionStore.js"
 import { claimCte } from "./runClaims.js"
@@ -134,78 +134,27 @@ interface Judgement {
   readonly mission?: Mission
 }
 
-const decodeMission = Schema.decodeUnknownEither(Mission, { errors: "all" })
-const decodeMissionQuiet = Schema.decodeUnknownEither(Mission)
-
-const shortExpectation = (e: string): string =>
-  e.startsWith("ReadonlyArray<") ? "an array" : e.startsWith("{ ") ? "an object" : e.length > 60 ? `${e.slice(0, 57)}…` : e
-
-const pathText = (path: ReadonlyArray<PropertyKey>): string =>
-  path.reduce<string>(
-    (acc, key) => (typeof key === "number" ? `${acc}[${key}]` : acc === "" ? String(key) : `${acc}.${String(key)}`),
-    "",
-  ) || "the record"
-
-/** "field cadence.everyMinutes: expected an integer, actual 1.5; field …" (at most three fields). */
-export const describeParseError = (error: ParseResult.ParseError): string => {
-  const groups = new Map<string, Array<ParseResult.ArrayFormatterIssue>>()
-  for (const issue of ParseResult.ArrayFormatter.formatErrorSync(error)) {
-    const key = pathText(issue.path)
-    groups.set(key, [...(groups.get(key) ?? []), issue])
-  }
-  const parts = [...groups.entries()].slice(0, 3).map(([field, issues]) => {
-    const refinement = issues.find((i) => i._tag === "Refinement")
-    const typed = issues
-      .filter((i) => i._tag === "Type")
-      .map((i) => /^Expected ([\s\S]+), actual ([\s\S]+)$/.exec(i.message))
-      .filter((m) => m !== null)
-    const actual = typed[0]?.[2]
-    if (refinement !== undefined) {
-      return `field ${field}: ${refinement.message}${actual !== undefined && !refinement.message.includes("actual") ? `, actual ${actual}` : ""}`
-    }
-    const expected = typed.map((m) => m[1]!).filter((e) => e !== "undefined")
-    if (typed.length === issues.length && expected.length > 0) {
-      return `field ${field}: expected ${expected.map(shortExpectation).join(" or ")}, actual ${actual}`
-    }
-    return `field ${field}: ${issues[0]!.message}`
-  })
-  return parts.join("; ") + (groups.size > 3 ? ` (and ${groups.size - 3} more)` : "")
-}
-
 const judge = (state: RecordState, problem: string | null, defaultTimezone: string): Judgement => {
   const gone = { deleted: true, state: null, nextRunAt: null, schedulable: false } as const
   if (state.record === null) return { ...gone, malformedReason: problem }
   if (!isLive(state)) return { ...gone, malformedReason: null }
-  const malformed = (reason: string): Judgement => ({
-    deleted: false,
-    state: typeof state.record?.state === "string" ? state.record.state : null,
-    nextRunAt: null,
-    schedulable: false,
-    malformedReason: reason,
-  })
-  const decoded = decodeMission(state.record)
-  if (Either.isLeft(decoded)) return malformed(`the mission does not decode: ${describeParseError(decoded.left)}`)
-  const mission = decoded.right
-  if (mission.timezone !== undefined && !isValidTimeZone(mission.timezone)) {
-    return malformed(`field timezone: ${JSON.stringify(mission.timezone)} is not an IANA time zone`)
-  }
-  const cadence = validateCadence(mission.cadence, mission.timezone ?? defaultTimezone)
-  if (Either.isLeft(cadence)) return malformed(`field cadence: ${cadence.left.reason}`)
-  let nextRunAt: string | null = null
-  if (mission.nextRunAt !== null) {
-    const ms = parseInstant(mission.nextRunAt)
-    if (ms === undefined) {
-      return malformed(`field nextRunAt: ${JSON.stringify(mission.nextRunAt)} is not an ISO-8601 instant`)
+  const valid = missionValidity(state.record, defaultTimezone)
+  if (Either.isLeft(valid)) {
+    return {
+      deleted: false,
+      state: typeof state.record.state === "string" ? state.record.state : null,
+      nextRunAt: null,
+      schedulable: false,
+      malformedReason: valid.left,
     }
-    nextRunAt = new Date(ms).toISOString()
   }
   return {
     deleted: false,
-    state: mission.state,
-    nextRunAt,
-    schedulable: mission.state === "active" && nextRunAt !== null,
+    state: valid.right.mission.state,
+    nextRunAt: valid.right.nextRunAt,
+    schedulable: isSchedulable(valid.right),
     malformedReason: null,
-    mission,
+    mission: valid.right.mission,
   }
 }
 
@@ -232,7 +181,7 @@ export const toSnapshot = (row: SnapshotRow, mission?: Mission): MissionSnapshot
         ? Either.left("the mission is deleted")
         : mission !== undefined
           ? Either.right(mission)
-          : Either.mapLeft(decodeMissionQuiet(record), (e) => `the mission does not decode: ${describeParseError(e)}`)
+          : decodeMissionRecord(record)
   return {
     userId: row.user_id,
     missionId: row.record_id,

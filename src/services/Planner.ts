@@ -18,8 +18,6 @@ export interface PlannerResult {
   readonly plan: PlanDraft
   /** One entry per LLM answer that reported usage (the repair turn included). */
   readonly usage: ReadonlyArray<TokenUsage>
-  /** "offline" for the deterministic planner, shown to the user in the iteration summary. */
-  readonly planner: "llm" | "offline"
   /** How many answers the parser rejected before this one (0 or up to PLANNER_REPAIR_ATTEMPTS). */
   readonly rejectedAnswers: number
 }

@@ -35,7 +35,7 @@ import { withSpanWhenTracing } from "./tracing.js"
 const ledgerRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
 /** The agent's persona (plain text only, SPEC §14) appended to the system message. */
-export const withPersona = (prompt: ReadonlyArray<PromptMessage>, persona: string | undefined): ReadonlyArray<PromptMessage> =>
+const withPersona = (prompt: ReadonlyArray<PromptMessage>, persona: string | undefined): ReadonlyArray<PromptMessage> =>
   persona === undefined
     ? prompt
     : prompt.map((m, i) => (i === 0 && m.role === "system" ? { ...m, content: `${m.content}\n\n${persona}` } : m))
@@ -154,7 +154,7 @@ export const PlannerLive = Layer.effect(
           if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
           const parsed = parsePlan(answer.content, tools)
           if (Either.isRight(parsed)) {
-            return { plan: parsed.right, usage, planner: "llm", rejectedAnswers: rejected } satisfies PlannerResult
+            return { plan: parsed.right, usage, rejectedAnswers: rejected } satisfies PlannerResult
           }
           yield* rejectedAnswer(input.mission.id, parsed.left, rejected)
           // Each repair turn builds on the original prompt and the latest answer only, so it stays small.
@@ -223,7 +223,7 @@ export const PlannerLive = Layer.effect(
           summary: summary !== "" ? summary : steps.length === 0 ? "Nothing to propose." : `${steps.length === 1 ? "One step" : `${steps.length} steps`} proposed.`,
           steps,
         }
-        return { plan, usage, planner: "llm", rejectedAnswers: rejected } satisfies PlannerResult
+        return { plan, usage, rejectedAnswers: rejected } satisfies PlannerResult
       })
 
     const plan = (input: PlannerInput) =>
@@ -251,7 +251,7 @@ export const PlannerOffline = Layer.effect(
             steps: [],
           })),
         )
-        return { plan: draft, usage: [], planner: "offline", rejectedAnswers: 0 }
+        return { plan: draft, usage: [], rejectedAnswers: 0 }
       }).pipe(withSpanWhenTracing("Planner.plan", { attributes: { "mission.id": input.mission.id, planner: "offline" } }))
     return Planner.of({ plan })
   }),

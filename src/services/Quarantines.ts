@@ -5,7 +5,7 @@
  */
 import { SqlClient, SqlSchema } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Effect, Layer, Schema } from "effect"
+import { Effect, Schema } from "effect"
 
 export interface Quarantine {
   readonly userId: string
@@ -19,20 +19,17 @@ export interface QuarantinesShape {
   readonly lift: (userId: string) => Effect.Effect<void, SqlError>
 }
 
-export class Quarantines extends Context.Tag("mana-ai/Quarantines")<Quarantines, QuarantinesShape>() {}
-
 const Row = Schema.Struct({ user_id: Schema.String, reason: Schema.String })
 
-export const QuarantinesLive = Layer.effect(
-  Quarantines,
-  Effect.gen(function* () {
+export class Quarantines extends Effect.Service<Quarantines>()("mana-ai/Quarantines", {
+  effect: Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const rows = SqlSchema.findAll({
       Request: Schema.Void,
       Result: Row,
       execute: () => sql`SELECT user_id, reason FROM mana_ai.actor_quarantines ORDER BY user_id`,
     })
-    return Quarantines.of({
+    const service: QuarantinesShape = {
       all: rows(undefined).pipe(
         Effect.map((found) => found.map((r) => ({ userId: r.user_id, reason: r.reason }))),
         // A row that does not decode is a defect of our own table, not bad input.
@@ -43,6 +40,7 @@ export const QuarantinesLive = Layer.effect(
           INSERT INTO mana_ai.actor_quarantines (user_id, reason) VALUES (${userId}, ${reason})
           ON CONFLICT (user_id) DO UPDATE SET reason = EXCLUDED.reason, quarantined_at = now()`.pipe(Effect.asVoid),
       lift: (userId) => sql`DELETE FROM mana_ai.actor_quarantines WHERE user_id = ${userId}`.pipe(Effect.asVoid),
-    })
+    }
+    return service
   }),
-)
+}) {}

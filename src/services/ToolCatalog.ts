@@ -4,7 +4,7 @@
  * tools are kept). A bad file stops the start with a message naming TOOLS_FILE and its first problem.
  */
 import { FileSystem } from "@effect/platform"
-import { Context, Effect, Layer, Option, ParseResult, Schema } from "effect"
+import { Effect, Layer, Option, ParseResult, Schema } from "effect"
 import { RATIONALE_PARAM } from "../domain/planParser.js"
 import { AppToolCatalogFile, type Tool, Tool as ToolSchema, ToolCatalogFile, defaultTools, fromAppTool } from "../domain/tools.js"
 import { LlmConfig } from "./AppConfig.js"
@@ -24,7 +24,7 @@ export interface ToolCatalogShape {
   readonly source: string
 }
 
-export const loadToolsFile = (path: string): Effect.Effect<ReadonlyArray<Tool>, ToolCatalogError, FileSystem.FileSystem> =>
+const loadToolsFile = (path: string): Effect.Effect<ReadonlyArray<Tool>, ToolCatalogError, FileSystem.FileSystem> =>
   Effect.gen(function* () {
     const fs = yield* FileSystem.FileSystem
     const fail = (reason: string) => new ToolCatalogError({ path, reason })
@@ -81,22 +81,20 @@ const firstIssue = (error: ParseResult.ParseError, prefix: ReadonlyArray<Propert
   return at === "" ? message : `at ${at}: ${message}`
 }
 
-export class ToolCatalog extends Context.Tag("mana-ai/ToolCatalog")<ToolCatalog, ToolCatalogShape>() {
-  /** Reads LlmConfig.toolsFile; needs a FileSystem (BunContext.layer / NodeContext.layer). */
-  static readonly layer = Layer.effect(
-    ToolCatalog,
-    Effect.gen(function* () {
-      const { toolsFile } = yield* LlmConfig
-      if (Option.isNone(toolsFile)) return { tools: defaultTools, source: "builtin" }
-      const tools = yield* loadToolsFile(toolsFile.value)
-      yield* Effect.logInfo("tool catalogue loaded").pipe(
-        Effect.annotateLogs({ toolsFile: toolsFile.value, tools: tools.map((t) => t.name).join(",") }),
-      )
-      return { tools, source: toolsFile.value }
-    }),
-  )
+/** Reads LlmConfig.toolsFile; needs a FileSystem (BunContext.layer / NodeContext.layer). */
+export class ToolCatalog extends Effect.Service<ToolCatalog>()("mana-ai/ToolCatalog", {
+  effect: Effect.gen(function* (): Effect.fn.Return<ToolCatalogShape, ToolCatalogError, LlmConfig | FileSystem.FileSystem> {
+    const { toolsFile } = yield* LlmConfig
+    if (Option.isNone(toolsFile)) return { tools: defaultTools, source: "builtin" }
+    const tools = yield* loadToolsFile(toolsFile.value)
+    yield* Effect.logInfo("tool catalogue loaded").pipe(
+      Effect.annotateLogs({ toolsFile: toolsFile.value, tools: tools.map((t) => t.name).join(",") }),
+    )
+    return { tools, source: toolsFile.value }
+  }),
+}) {
+  static readonly fromTools = (tools: ReadonlyArray<Tool>, source = "test"): Layer.Layer<ToolCatalog> =>
+    Layer.succeed(ToolCatalog, ToolCatalog.make({ tools, source }))
 
-  static readonly fromTools = (tools: ReadonlyArray<Tool>, source = "test") => Layer.succeed(ToolCatalog, { tools, source })
-
-  static readonly builtin = ToolCatalog.fromTools(defaultTools, "builtin")
+  static readonly builtin: Layer.Layer<ToolCatalog> = ToolCatalog.fromTools(defaultTools, "builtin")
 }

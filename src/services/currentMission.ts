@@ -5,14 +5,14 @@
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, ParseResult, Schema } from "effect"
-import { type CadenceError, nextRunAt, validateCadence } from "../domain/cadence.js"
-import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
+import { Effect, Either } from "effect"
+import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, missionAgentId, resolveAgent } from "../domain/agent.js"
+import { type CadenceError, nextRunAt } from "../domain/cadence.js"
+import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
+import { missionValidity } from "../domain/missionValidity.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
 import { EventLogSchema } from "./EventLogSchema.js"
-import { readRecordRows, recordRefKey } from "./recordRows.js"
-import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, missionAgentId, resolveAgent } from "../domain/agent.js"
-import { SyncChange } from "../domain/eventLog.js"
+import { type RecordRows, groupRecordRows, readRecordRows, recordRefKey, syncChangeColumns } from "./recordRows.js"
 
 export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
 
@@ -20,10 +20,8 @@ export type CurrentMission =
   | { readonly _tag: "Appendable"; readonly state: RecordState; readonly record: Readonly<Record<string, unknown>>; readonly mission: Mission }
   | { readonly _tag: "Skip"; readonly reason: AppendSkipReason; readonly detail: string }
 
-const decodeMission = Schema.decodeUnknownEither(Mission)
-
 /** Decides from a replayed state; pure, so the write-back and the pre-check cannot disagree. */
-export const judgeMission = (
+const judgeMission = (
   rowCount: number,
   state: RecordState,
   iterationId: string,
@@ -33,31 +31,29 @@ export const judgeMission = (
   const record = state.record
   if (record === null) return { _tag: "Skip", reason: "deleted", detail: "the mission is deleted" }
   if (!isLive(state)) return { _tag: "Skip", reason: "deleted", detail: "the mission has deletedAt set" }
-  // A missing iterations field means none yet (SPEC §3).
-  if (record.iterations !== undefined && !Array.isArray(record.iterations)) {
-    return { _tag: "Skip", reason: "malformed", detail: "the mission's iterations is not an array" }
-  }
-  const decoded = decodeMission(record)
-  if (Either.isLeft(decoded)) {
-    return {
-      _tag: "Skip",
-      reason: "malformed",
-      detail: `the mission does not decode: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`,
-    }
-  }
-  const mission = decoded.right
+  // The rule discovery judges by, so a run skips a mission for the reason the store logged.
+  const valid = missionValidity(record, defaultTimezone)
+  if (Either.isLeft(valid)) return { _tag: "Skip", reason: "malformed", detail: valid.left }
+  const mission = valid.right.mission
   if (mission.iterations.some((it) => it.id === iterationId)) {
     return { _tag: "Skip", reason: "already-written", detail: `the mission already holds iteration ${iterationId}` }
   }
   if (mission.state !== "active") {
     return { _tag: "Skip", reason: "not-active", detail: `the mission is ${mission.state}` }
   }
-  // A cadence that cannot be scheduled (bad zone, cron that never fires) would leave it due forever.
-  const schedulable = validateCadence(mission.cadence, mission.timezone ?? defaultTimezone)
-  if (Either.isLeft(schedulable)) {
-    return { _tag: "Skip", reason: "malformed", detail: `the mission's cadence cannot be scheduled: ${schedulable.left.reason}` }
-  }
   return { _tag: "Appendable", state, record, mission }
+}
+
+/** Judges one mission from its rows as readRecordRows / groupRecordRows give them. */
+const judgeRows = (found: RecordRows | undefined, iterationId: string, defaultTimezone: string): CurrentMission => {
+  const rows = found?.rows ?? []
+  if (rows.length === 0 && (found?.undecodable ?? 0) > 0) {
+    return { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" }
+  }
+  if (rows.length > 0 && !rows.some(isApplicable)) {
+    return { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" }
+  }
+  return judgeMission(rows.length, replayOrdered(rows), iterationId, defaultTimezone)
 }
 
 /** Reads and judges one mission; must run inside withUserScope(userId) (and inside the write lock to be decisive). */
@@ -69,18 +65,9 @@ export const readCurrentMission = (
   defaultTimezone: string,
 ): Effect.Effect<CurrentMission, SqlError, EventLogSchema> => {
   const ref = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
-  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => {
-    const found = byRef.get(recordRefKey(ref))
-    const rows = found?.rows ?? []
-    const undecodable = found?.undecodable ?? 0
-    if (rows.length === 0 && undecodable > 0) {
-      return { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" } as const
-    }
-    if (rows.length > 0 && !rows.some(isApplicable)) {
-      return { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" } as const
-    }
-    return judgeMission(rows.length, replayOrdered(rows), iterationId, defaultTimezone)
-  })
+  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) =>
+    judgeRows(byRef.get(recordRefKey(ref)), iterationId, defaultTimezone),
+  )
 }
 
 /** The mission's next run strictly after `after`, in its own zone or the default one. */
@@ -109,8 +96,6 @@ export interface CurrentMissionWithAgent {
   readonly missionRows: number
 }
 
-const decodeChange = Schema.decodeUnknownEither(SyncChange)
-
 /**
  * `readCurrentMission` plus the mission's agent, in one query (the run's pre-check, inside
  * withUserScope(userId)): the mission's rows and the rows of every agent any of its rows names
@@ -124,9 +109,8 @@ export const readCurrentMissionWithAgent = (
   iterationId: string,
   defaultTimezone: string,
 ): Effect.Effect<CurrentMissionWithAgent, SqlError, EventLogSchema> =>
-  // The per-field time column of the event log's generation (SPEC §13), read as field_timestamps.
-  Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql`
-    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps, created_at
+  Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
+    SELECT ${syncChangeColumns(sql, timeColumn)}
     FROM sync_changes
     WHERE user_id = ${userId} AND (
       (app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE} AND record_id = ${missionId})
@@ -136,35 +120,15 @@ export const readCurrentMissionWithAgent = (
           AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL)))
     ORDER BY created_at, id`.pipe(
     Effect.map((raw): CurrentMissionWithAgent => {
-      const missionRows: Array<SyncChange> = []
-      const agentRows = new Map<string, Array<SyncChange>>()
-      let undecodable = 0
-      for (const row of raw) {
-        const isMission = String(row.table_name) === MISSIONS_TABLE && String(row.app_id) === MISSIONS_APP_ID
-        const decoded = decodeChange(row)
-        if (Either.isLeft(decoded)) {
-          if (isMission) undecodable++
-          continue
-        }
-        if (isMission) missionRows.push(decoded.right)
-        else {
-          const list = agentRows.get(decoded.right.record_id)
-          if (list === undefined) agentRows.set(decoded.right.record_id, [decoded.right])
-          else list.push(decoded.right)
-        }
-      }
-      const legacy: AgentResolution = { _tag: "Legacy" }
-      const seen = missionRows.length + undecodable
-      if (missionRows.length === 0 && undecodable > 0) {
-        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows do not decode" }, agent: legacy, missionRows: seen }
-      }
-      if (missionRows.length > 0 && !missionRows.some(isApplicable)) {
-        return { current: { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" }, agent: legacy, missionRows: seen }
-      }
-      const current = judgeMission(missionRows.length, replayOrdered(missionRows), iterationId, defaultTimezone)
-      if (current._tag !== "Appendable") return { current, agent: legacy, missionRows: seen }
+      const byRef = groupRecordRows(raw)
+      const missionRef = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
+      const found = byRef.get(recordRefKey(missionRef))
+      const seen = (found?.rows.length ?? 0) + (found?.undecodable ?? 0)
+      const current = judgeRows(found, iterationId, defaultTimezone)
+      if (current._tag !== "Appendable") return { current, agent: { _tag: "Legacy" }, missionRows: seen }
       const agentId = missionAgentId(current.record)
-      const rows = agentId === undefined ? [] : (agentRows.get(agentId) ?? [])
+      const rows =
+        agentId === undefined ? [] : (byRef.get(recordRefKey({ appId: AGENTS_APP_ID, table: AGENTS_TABLE, recordId: agentId }))?.rows ?? [])
       // Never written, or deleted in the log: the legacy path (resolveAgent treats null as absent).
       const agentRecord = rows.length === 0 ? undefined : replayOrdered(rows).record
       return { current, agent: resolveAgent(agentId, agentRecord), missionRows: seen }

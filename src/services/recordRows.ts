@@ -7,7 +7,7 @@
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either, Schema } from "effect"
-import { SyncChange } from "../domain/eventLog.js"
+import { SyncChange, type SyncGeneration } from "../domain/eventLog.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 
 export interface RecordRef {
@@ -27,6 +27,32 @@ export interface RecordRows {
 
 const decodeRow = Schema.decodeUnknownEither(SyncChange)
 
+/** The columns a SyncChange decodes from, the generation's per-field time column read as `field_timestamps`. */
+export const syncChangeColumns = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration) =>
+  sql`id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps, created_at`
+
+/**
+ * Decodes raw sync_changes rows (selected with syncChangeColumns, in replay order) and groups them
+ * by record (recordRefKey); a row that does not decode is counted against its record.
+ */
+export const groupRecordRows = (
+  raw: ReadonlyArray<Record<string, unknown>>,
+  into: Map<string, { rows: Array<SyncChange>; undecodable: number }> = new Map(),
+): Map<string, RecordRows> => {
+  for (const row of raw) {
+    const key = recordRefKey({ appId: String(row.app_id), table: String(row.table_name), recordId: String(row.record_id) })
+    let entry = into.get(key)
+    if (entry === undefined) {
+      entry = { rows: [], undecodable: 0 }
+      into.set(key, entry)
+    }
+    const decoded = decodeRow(row)
+    if (Either.isRight(decoded)) entry.rows.push(decoded.right)
+    else entry.undecodable++
+  }
+  return into
+}
+
 /** One query for any number of records of one user; the map holds every requested ref, possibly with no rows. */
 export const readRecordRows = (
   sql: SqlClient.SqlClient,
@@ -38,27 +64,10 @@ export const readRecordRows = (
     refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`),
   )
   return Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
-    SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps,
-           created_at
+    SELECT ${syncChangeColumns(sql, timeColumn)}
     FROM sync_changes
     WHERE user_id = ${userId} AND ${wanted}
     ORDER BY created_at, id`).pipe(
-    Effect.map((raw) => {
-      const byKey = new Map<string, { rows: Array<SyncChange>; undecodable: number }>()
-      for (const ref of refs) byKey.set(recordRefKey(ref), { rows: [], undecodable: 0 })
-      for (const row of raw) {
-        const key = recordRefKey({
-          appId: String(row.app_id),
-          table: String(row.table_name),
-          recordId: String(row.record_id),
-        })
-        const entry = byKey.get(key)
-        if (entry === undefined) continue
-        const decoded = decodeRow(row)
-        if (Either.isRight(decoded)) entry.rows.push(decoded.right)
-        else entry.undecodable++
-      }
-      return byKey
-    }),
+    Effect.map((raw) => groupRecordRows(raw, new Map(refs.map((ref) => [recordRefKey(ref), { rows: [], undecodable: 0 }])))),
   )
 }

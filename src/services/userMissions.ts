@@ -5,57 +5,43 @@
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, ParseResult, Schema } from "effect"
-import { SyncChange } from "../domain/eventLog.js"
-import { MISSIONS_APP_ID, MISSIONS_TABLE, Mission } from "../domain/mission.js"
+import { Effect, Either } from "effect"
+import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../domain/mission.js"
+import { missionValidity } from "../domain/missionValidity.js"
 import { isLive, replayOrdered } from "../domain/replay.js"
 import { EventLogSchema } from "./EventLogSchema.js"
+import { groupRecordRows, syncChangeColumns } from "./recordRows.js"
 import { withUserScope } from "./withUserScope.js"
 
 export interface UserMission {
   readonly missionId: string
   /** The replayed record with every field, unknown ones and iterations included. */
   readonly record: Readonly<Record<string, unknown>>
-  /** Why the runner skips it (does not decode as a mission), or null. */
+  /** Why the runner skips it (missionValidity's reason, as discovery logs it), or null. */
   readonly malformed: string | null
 }
 
-const decodeRow = Schema.decodeUnknownEither(SyncChange)
-const decodeMission = Schema.decodeUnknownEither(Mission)
-
-/** Live (not deleted) missions of `userId`, ordered by id. */
+/** Live (not deleted) missions of `userId`, ordered by id; judged by the rule discovery uses (`defaultTimezone` for missions without one). */
 export const readUserMissions = (
   userId: string,
+  defaultTimezone: string,
 ): Effect.Effect<ReadonlyArray<UserMission>, SqlError, SqlClient.SqlClient | EventLogSchema> =>
   withUserScope(userId, (sql) =>
     Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
-      SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps,
-             created_at
+      SELECT ${syncChangeColumns(sql, timeColumn)}
       FROM sync_changes
       WHERE user_id = ${userId} AND app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE}
       ORDER BY created_at, id`),
   ).pipe(
     Effect.map((raw) => {
-      const byMission = new Map<string, Array<SyncChange>>()
-      for (const row of raw) {
-        const decoded = decodeRow(row)
-        if (Either.isLeft(decoded)) continue
-        const rows = byMission.get(decoded.right.record_id)
-        if (rows === undefined) byMission.set(decoded.right.record_id, [decoded.right])
-        else rows.push(decoded.right)
-      }
       const missions: Array<UserMission> = []
-      for (const [missionId, rows] of [...byMission].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      for (const { rows } of groupRecordRows(raw).values()) {
         const state = replayOrdered(rows)
         if (state.record === null || !isLive(state)) continue
-        const mission = decodeMission(state.record)
-        missions.push({
-          missionId,
-          record: state.record,
-          malformed: Either.isLeft(mission) ? ParseResult.TreeFormatter.formatErrorSync(mission.left) : null,
-        })
+        const valid = missionValidity(state.record, defaultTimezone)
+        missions.push({ missionId: rows[0]!.record_id, record: state.record, malformed: Either.isLeft(valid) ? valid.left : null })
       }
-      return missions
+      return missions.sort((a, b) => (a.missionId < b.missionId ? -1 : a.missionId > b.missionId ? 1 : 0))
     }),
     Effect.withSpan("userMissions.read", { attributes: { userId } }),
   )

@@ -36,9 +36,9 @@ describe("fair share", () => {
         }
         const store = yield* makeStore
         const quarantines = yield* makeQuarantines()
-        const permits = yield* GlobalLlmPermits.make(PERMITS)
+        const permits = yield* GlobalLlmPermits.sized(PERMITS)
         const grants = yield* Ref.make<Array<{ readonly user: string; readonly at: number }>>([])
-        const recording = GlobalLlmPermits.of({
+        const recording = GlobalLlmPermits.make({
           ...permits,
           withPermit: (self) =>
             permits.withPermit(

@@ -4,8 +4,8 @@
  * records starts, LLM concurrency and completed writes, and writes the next nextRunAt back to the
  * store as the real write-back would.
  */
-import { Clock, Context, Effect, Either, Fiber, Layer, Option, Ref, Schema, TestClock } from "effect"
-import { Mission } from "../../src/domain/mission.js"
+import { Clock, Context, Effect, Either, Fiber, Layer, Option, Ref, TestClock } from "effect"
+import { isSchedulable, missionValidity } from "../../src/domain/missionValidity.js"
 import { RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { MissionRunner, type MissionTimeout, type RunOutcome, type RunRequest } from "../../src/services/MissionRunner.js"
@@ -34,20 +34,17 @@ const record = (m: MissionSeed): Record<string, unknown> => ({
   iterations: [],
 })
 
+/** Judged by the rule the real store uses (missionValidity), so a double cannot schedule what discovery skips. */
 const snapshotOf = (userId: string, missionId: string, rec: Record<string, unknown> | null): MissionSnapshot => {
-  const decoded =
-    rec === null
-      ? Either.left("deleted")
-      : Either.mapLeft(Schema.decodeUnknownEither(Mission)(rec), (e) => e.message)
-  const mission = Either.getOrNull(decoded)
-  const nextRunAt = mission?.nextRunAt ? new Date(mission.nextRunAt) : null
+  const valid = rec === null ? Either.left("the mission is deleted") : missionValidity(rec, RunnerConfig.defaults.defaultTimezone)
+  const live = Either.isRight(valid) && !valid.right.mission.deletedAt ? valid.right : null
   return {
     userId,
     missionId,
     record: rec,
-    decoded,
-    schedulable: mission !== null && mission.state === "active" && !mission.deletedAt && nextRunAt !== null,
-    nextRunAt,
+    decoded: Either.map(valid, (v) => v.mission),
+    schedulable: live !== null && isSchedulable(live),
+    nextRunAt: live?.nextRunAt ? new Date(live.nextRunAt) : null,
   }
 }
 
@@ -122,7 +119,7 @@ export interface RunnerTimings {
   readonly afterMs?: number
 }
 
-export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits["Type"], timings: RunnerTimings = {}) =>
+export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits, timings: RunnerTimings = {}) =>
   Effect.gen(function* () {
     const starts = yield* Ref.make<Array<RunStart>>([])
     const writes = yield* Ref.make<Array<RunStart & { readonly nextRunAt: string | null }>>([])
@@ -198,7 +195,7 @@ export type FakeRunner = Effect.Effect.Success<ReturnType<typeof makeRunner>>
 export const makeQuarantines = (kept: ReadonlyArray<Quarantine> = []) =>
   Effect.gen(function* () {
     const held = yield* Ref.make(new Map(kept.map((q) => [q.userId, q.reason])))
-    const service = Quarantines.of({
+    const service = Quarantines.make({
       all: Ref.get(held).pipe(Effect.map((m) => [...m].map(([userId, reason]) => ({ userId, reason })))),
       hold: ({ userId, reason }) => Ref.update(held, (m) => new Map(m).set(userId, reason)),
       lift: (userId) =>
@@ -221,7 +218,7 @@ export const makeWorld = (
     const store = yield* makeStore
     const quarantines = yield* makeQuarantines(keptQuarantines)
     const full = { ...RunnerConfig.defaults, ...config }
-    const permits = yield* GlobalLlmPermits.make(full.globalConcurrency)
+    const permits = yield* GlobalLlmPermits.sized(full.globalConcurrency)
     const runner = yield* makeRunner(store, permits, timings)
     const layer = SupervisorLayer.pipe(
       Layer.provide(

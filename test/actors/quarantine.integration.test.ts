@@ -13,7 +13,7 @@ import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
-import { QuarantinesLive } from "../../src/services/Quarantines.js"
+import { Quarantines } from "../../src/services/Quarantines.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 import { advance, makeRunner, makeStore } from "./doubles.js"
 
@@ -26,7 +26,7 @@ it.layer(Db, { timeout: 120_000 })("quarantine across processes", (it) => {
     Effect.gen(function* () {
       const db = yield* TestDatabase
       const store = yield* makeStore
-      const permits = yield* GlobalLlmPermits.make(config.globalConcurrency)
+      const permits = yield* GlobalLlmPermits.sized(config.globalConcurrency)
       const runner = yield* makeRunner(store, permits, { beforeMs: 0, llmMs: 0, afterMs: 0 })
       yield* Ref.set(runner.script, (request, run) =>
         request.mission.id === "poison" ? Effect.die(new Error("poison mission")) : run,
@@ -38,9 +38,9 @@ it.layer(Db, { timeout: 120_000 })("quarantine across processes", (it) => {
             Layer.succeed(MissionStore, store.service),
             Layer.succeed(MissionRunner, runner.service),
             // Each process has its own (its drain closes them); the runner double keeps the test's.
-            Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(config.globalConcurrency)),
+            Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(config.globalConcurrency)),
             Layer.succeed(RunnerConfig, config),
-            QuarantinesLive,
+            Quarantines.Default,
           ),
         ),
       )

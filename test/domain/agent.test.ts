@@ -2,7 +2,6 @@ import { Either } from "effect"
 import { describe, expect, it } from "vitest"
 import {
   type Agent,
-  aiActorIdentity,
   allowedToolNames,
   catalogueFor,
   decodeAgent,
@@ -199,7 +198,7 @@ describe("personaText", () => {
   })
 })
 
-describe("runDecision and the actor identity", () => {
+describe("runDecision", () => {
   it.each([
     ["legacy", undefined, "ran"],
     ["active", "active", "ran"],
@@ -207,13 +206,5 @@ describe("runDecision and the actor identity", () => {
     ["archived", "archived", "skipped-archived"],
   ] as const)("%s → %s", (_name, state, expected) => {
     expect(runDecision(state === undefined ? undefined : accepted(record({ state })))).toBe(expected)
-  })
-
-  it("legacy: legacy:ai-default / Mana", () => {
-    expect(aiActorIdentity(undefined)).toEqual({ principalId: "legacy:ai-default", displayName: "Mana" })
-  })
-
-  it("an agent: its id and name", () => {
-    expect(aiActorIdentity(accepted(record()))).toEqual({ principalId: "agent-1", displayName: "Researcher" })
   })
 })

@@ -2,7 +2,7 @@ import { FetchHttpClient, HttpClient, HttpClientRequest } from "@effect/platform
 import { it } from "@effect/vitest"
 import { Effect, Fiber, Ref, TestClock } from "effect"
 import { describe, expect } from "vitest"
-import { AgentPermits } from "../../src/services/AgentPermits.js"
+import { makeAgentPermits } from "../../src/services/AgentPermits.js"
 import { type RecordedRequest, makeLlmStandIn } from "../support/LlmStandIn.js"
 
 /** The largest number of intervals [start, end) open at once. */
@@ -21,7 +21,7 @@ const maxOverlap = (intervals: ReadonlyArray<readonly [number, number]>): number
 describe("AgentPermits", () => {
   it.scoped("each agent runs at most maxConcurrentMissions missions at once; agents and users are apart", () =>
     Effect.gen(function* () {
-      const permits = yield* AgentPermits.make()
+      const permits = yield* makeAgentPermits()
       const inFlight = yield* Ref.make(new Map<string, number>())
       const maxSeen = yield* Ref.make(new Map<string, number>())
       const run = (userId: string, agentId: string, cap: number) =>
@@ -49,7 +49,7 @@ describe("AgentPermits", () => {
 
   it.scoped("a raised cap takes effect for the next runs", () =>
     Effect.gen(function* () {
-      const permits = yield* AgentPermits.make()
+      const permits = yield* makeAgentPermits()
       const active = yield* Ref.make(0)
       const max = yield* Ref.make(0)
       const body = Effect.gen(function* () {
@@ -74,7 +74,7 @@ describe("AgentPermits", () => {
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
       yield* standIn.setResponder(() => ({ delayMs: 60 }))
-      const permits = yield* AgentPermits.make()
+      const permits = yield* makeAgentPermits()
       const http = yield* HttpClient.HttpClient
       const ask = (agentId: string, cap: number) =>
         permits.withPermit({ userId: "ann", agentId, cap })(

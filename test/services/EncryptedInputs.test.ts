@@ -20,7 +20,7 @@ import { SqlClient } from "@effect/sql"
 const runner = await generateRunnerKeyPair()
 const stranger = await generateRunnerKeyPair()
 const der = new Uint8Array(Buffer.from(runner.privatePem.replace(/-----[^-]+-----|\s/g, ""), "base64"))
-const Keyring = GrantKeyring.layer.pipe(
+const Keyring = GrantKeyring.Default.pipe(
   Layer.provide(Layer.succeed(GrantConfig, { runnerKey: Option.some({ source: "MANA_AI_PRIVATE_KEY_PEM" as const, pkcs8: Redacted.make(der) }) })),
 )
 // json: one LLM request per run, so the tests can count the prompts that carried a plaintext.

@@ -2,14 +2,13 @@ import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
 import { Effect, Either, Layer, Metric } from "effect"
 import { expect } from "vitest"
-import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { InputResolversLive, makeInputResolvers, shippedResolvers } from "../../src/services/InputResolversLive.js"
+import { InputResolvers, makeInputResolvers, shippedResolvers } from "../../src/services/InputResolvers.js"
 import { inputsSkippedTotal } from "../../src/services/metrics.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const Db = Layer.provideMerge(RunnerSqlLive(4), TestDatabaseLive)
-const L = Layer.provideMerge(InputResolversLive, Db)
+const L = Layer.provideMerge(InputResolvers.Default, Db)
 
 let seq = 0
 /** A change as the sync server writes it (as the owner), at a distinct created_at per call. */

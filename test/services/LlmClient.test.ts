@@ -32,7 +32,7 @@ const clientLayer = (standIn: LlmStandInShape, o: ClientOptions = {}) =>
           { url: o.url ?? standIn.url },
           { ...(o.apiKey === undefined ? {} : { apiKey: o.apiKey }), requestTimeout: Duration.millis(o.timeoutMs ?? 5_000) },
         ),
-        Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(o.permits ?? 4)),
+        Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(o.permits ?? 4)),
         FetchHttpClient.layer,
       ),
     ),

@@ -12,7 +12,7 @@ import { iterationIdFor } from "../../src/domain/iteration.js"
 import type { Mission } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
-import { InputResolversLive } from "../../src/services/InputResolversLive.js"
+import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
@@ -41,11 +41,11 @@ const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, 
 )
 // Short backoff so transient errors repeat many times within a short deadline.
 const Llm = llmClientLayer({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
-  Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.layer)),
+  Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.Default)),
 )
 const Pipeline = Layer.mergeAll(
   missionStoreLayer(),
-  InputResolversLive,
+  InputResolvers.Default,
   WriteBackLive,
   PlannerLive.pipe(Layer.provide(Layer.merge(Llm, ToolCatalog.builtin))),
 )

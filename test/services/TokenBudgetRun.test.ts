@@ -29,7 +29,7 @@ const clientFor = Layer.unwrapEffect(
   Effect.map(LlmStandIn, (standIn) =>
     llmClientLayer({ baseDelay: Duration.millis(50), maxDelay: Duration.millis(200) }).pipe(
       Layer.provide(
-        Layer.mergeAll(llmConfigFor(standIn), Layer.effect(GlobalLlmPermits, GlobalLlmPermits.make(16)), FetchHttpClient.layer),
+        Layer.mergeAll(llmConfigFor(standIn), Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(16)), FetchHttpClient.layer),
       ),
     ),
   ),

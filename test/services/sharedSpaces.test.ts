@@ -11,9 +11,8 @@ import { it } from "@effect/vitest"
 import { Context, Effect, Layer, TestClock } from "effect"
 import { expect } from "vitest"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
-import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { InputResolversLive } from "../../src/services/InputResolversLive.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
 import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
@@ -47,7 +46,7 @@ const nameSpaceForRunner = Effect.gen(function* () {
 
 // Built after the role default is set, so every connection starts with it.
 const runnerPool = Effect.flatMap(TestDatabase, (db) =>
-  Layer.build(EventLogSchemaLive.pipe(Layer.provideMerge(PgClient.layer({ url: db.runnerUrl, maxConnections: 3 })), Layer.orDie)),
+  Layer.build(EventLogSchema.Default.pipe(Layer.provideMerge(PgClient.layer({ url: db.runnerUrl, maxConnections: 3 })), Layer.orDie)),
 )
 
 it.layer(testDatabaseLayer({ generation: "field_meta" }), { timeout: 60_000 })("shared spaces on today's sync_changes", (it) => {
@@ -76,7 +75,7 @@ it.layer(testDatabaseLayer({ generation: "field_meta" }), { timeout: 60_000 })("
       expect(scoped).toEqual([{ n: 0 }])
 
       const services = yield* Layer.build(
-        Layer.mergeAll(InputResolversLive, WriteBackLive).pipe(
+        Layer.mergeAll(InputResolvers.Default, WriteBackLive).pipe(
           Layer.provide(Layer.mergeAll(Layer.succeedContext(context), RunnerConfig.test())),
         ),
       )

@@ -21,7 +21,7 @@ import {
   TokenBudgetConfig,
   type TokenBudgetConfigShape,
 } from "../../src/services/AppConfig.js"
-import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
 import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
@@ -68,7 +68,7 @@ export const runnerServices = <R = TestDatabase>(options: StackOptions<R> = {}) 
     // The generation of sync_changes, detected on the pool as the process does at start.
     Layer.provideMerge(
       Layer.mergeAll(
-        EventLogSchemaLive.pipe(Layer.provideMerge(sql)),
+        EventLogSchema.Default.pipe(Layer.provideMerge(sql)),
         runnerConfig,
         llmConfig,
         FetchHttpClient.layer,

@@ -14,7 +14,7 @@ import { Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
 import pg from "pg"
 import { type SyncGeneration, SYNC_GENERATIONS } from "../../src/domain/eventLog.js"
 import { makeEmbeddedPostgres } from "../../src/layers/EmbeddedPostgres.js"
-import { EventLogSchemaLive } from "../../src/services/EventLogSchema.js"
+import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { provisionServerDatabase } from "./provisionServerDatabase.js"
 
 export interface TestDatabaseShape {
@@ -106,7 +106,7 @@ export const TestDatabaseLive: Layer.Layer<TestDatabase> = testDatabaseLayer()
  * generation detected from the catalog as the process does at start (EventLogSchema).
  */
 export const RunnerSqlLive = (maxConnections = 8) =>
-  EventLogSchemaLive.pipe(
+  EventLogSchema.Default.pipe(
     Layer.provideMerge(
       Layer.unwrapEffect(Effect.map(TestDatabase, (db) => PgClient.layer({ url: db.runnerUrl, maxConnections }))),
     ),
