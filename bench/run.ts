@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare] [--users=N] [--baseline=N] [--fair=at-once,spread] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -77,7 +77,7 @@ const main = Effect.gen(function* () {
     const db = yield* makeBenchDatabase(ownerUrl)
     figures.push(
       ...(yield* measureDiscovery(db, {
-        sizes: quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000],
+        sizes: option("sizes")?.split(",").map(Number) ?? (quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000]),
         samples: quick ? 10 : 30,
         log,
       })),
