@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare] [--history=N] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -12,7 +12,7 @@ import { BunRuntime } from "@effect/platform-bun"
 import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureDiscovery } from "./measure/discovery.js"
 import { type FairArrangement, measureFairShare } from "./measure/fairShare.js"
-import { measureMemory, memoryChild } from "./measure/memory.js"
+import { measureMemory, measureProcessMemory, memoryChild } from "./measure/memory.js"
 import { measurePage, pageChild } from "./measure/page.js"
 import { measurePrecision } from "./measure/precision.js"
 import { measureStages } from "./measure/stages.js"
@@ -92,6 +92,19 @@ const main = Effect.gen(function* () {
         startDeadline: quick ? "40 seconds" : "90 seconds",
         log,
       })))
+  }
+
+  if (selected("memory") || selected("processMemory")) {
+    figures.push(
+      ...(yield* measureProcessMemory({
+        ownerUrl,
+        standIn,
+        runsPerRound: quick ? 200 : 1000,
+        rounds: quick ? 5 : 10,
+        historyRows: Number(option("history") ?? (quick ? 100_000 : 1_000_000)),
+        log,
+      })),
+    )
   }
 
   if (selected("page")) {
