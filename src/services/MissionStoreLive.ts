@@ -550,6 +550,9 @@ export const makeMissionStore = (
         const upTo = bounds?.up_to ?? null
         const keepAfter = bounds?.keep_after ?? null
         if (upTo === null || keepAfter === null) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
+        // The cursor sorts every new row by record: on a first discovery or a burst that sort spills to
+        // disk, and with the default 4 MB it merges in many more passes (this transaction only).
+        yield* sql`SET LOCAL work_mem = '64MB'`
         yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
 
         const changed: Array<MissionSnapshot> = []
