@@ -110,17 +110,25 @@ const rowHasProblem = (row: LogRow): boolean =>
 
 /** A row as the discovery cursor sends it inside its record's array (newMissionRowsQuery). */
 const rowFromArray = (userId: unknown, recordId: unknown, r: unknown): Record<string, unknown> =>
-  Array.isArray(r)
-    ? { id: r[0], user_id: userId, record_id: recordId, op: r[1], data: r[2], field_timestamps: r[3], at: r[4], ms: r[5] }
-    : {}
+  Array.isArray(r) ? { id: r[0], user_id: userId, record_id: recordId, op: r[1], data: r[2], field_timestamps: r[3], at: r[4] } : {}
 
-const toReplayRow = (row: LogRow & { readonly ms?: unknown }): ReplayRow => ({
+/**
+ * Epoch ms of exactUtc's text (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), the fraction truncated as parseInstant
+ * truncates it, read by position: a million rows in a first discovery. Any other shape (a year
+ * outside 1000–9999) goes through parseInstant.
+ */
+const exactUtcMillis = (at: string): number => {
+  if (at.length !== 27 || at.charCodeAt(0) === 48 /* "0": a year before 1000 */) return parseInstant(at) ?? Number.NaN
+  const n = (from: number, to: number) => Number(at.slice(from, to))
+  return Date.UTC(n(0, 4), n(5, 7) - 1, n(8, 10), n(11, 13), n(14, 16), n(17, 19), n(20, 23))
+}
+
+const toReplayRow = (row: LogRow): ReplayRow => ({
   id: row.id,
   op: row.op,
   data: row.data,
   field_timestamps: row.field_timestamps,
-  // The cursor sends created_at's epoch ms (floored, as parseInstant truncates the text): no parse per row.
-  created_at: new Date(typeof row.ms === "number" ? row.ms : (parseInstant(row.at) ?? Number.NaN)),
+  created_at: new Date(exactUtcMillis(row.at)),
   record_id: row.record_id,
 })
 
@@ -286,7 +294,7 @@ const canonicalJson = (u: unknown): string =>
 /**
  * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, one result row per record
  * (`user_id`, `record_id`, `rows`: a json array of its rows in log order, each
- * `[id, op, data, field times, created_at as exact UTC text, created_at's epoch ms floored]`), sorted
+ * `[id, op, data, field times, created_at as exact UTC text]`), sorted
  * by record: the order one pass folds them in. A first discovery reads a million rows; sent one
  * record at a time, the driver decodes two values and one JSON text per record, not seven values per
  * row. Served by the partial index sync_changes_ai_missions_created_idx even under the runner's RLS
@@ -304,8 +312,7 @@ export const newMissionRowsQuery = (
   },
 ) => sql<Record<string, unknown>>`
   SELECT s.user_id, s.record_id,
-         json_agg(json_build_array(s.id::text, s.op, s.data, ${sql(`s.${options.timeColumn}`)}, ${exactUtc(sql, "s.created_at")},
-                                   floor(extract(epoch FROM s.created_at) * 1000))
+         json_agg(json_build_array(s.id::text, s.op, s.data, ${sql(`s.${options.timeColumn}`)}, ${exactUtc(sql, "s.created_at")})
                   ORDER BY s.created_at, s.id) AS rows
   FROM sync_changes s
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
