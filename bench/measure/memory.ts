@@ -230,7 +230,9 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string) =>
  * The runner as operators start it (`bun src/main.ts`, the runner role, TICK_ENABLED=false so only
  * the bench's ticks do work, PLANNER_MODE=json, otherwise defaults) and its RSS as the OS sees it,
  * read 5 s after each step with nothing forced: idle after start-up; after the first tick of
- * `runsPerRound` runs; after `rounds` such ticks. Then another process on another database holding
+ * `runsPerRound` runs (as many users, one mission each); after `rounds` such ticks of the same
+ * missions made due again (the same actors, so the growth is what runs leave behind). Then
+ * another process on another database holding
  * `historyRows` rows of mission history: RSS after the tick whose first discovery reads them all.
  * MIMALLOC_* and other variables of the bench's environment pass through to both processes.
  */
@@ -247,17 +249,25 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
         const rssAfterRound: Array<number> = []
         let written = 0
         for (let round_ = 1; round_ <= options.rounds; round_++) {
+          // The same users and missions every round (the same actors): round 1 inserts them, later
+          // rounds make them due again with an update stamped now, newer than the runner's write-back.
           yield* db.ownerQuery(
-            `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
-             SELECT 'ai', 'aiMissions', 'mem-m-' || $1::int || '-' || i, 'mem-u-' || $1::int || '-' || i, 'insert',
-                    jsonb_build_object('title', 'Memory mission ' || i, 'objective', 'Keep mission ' || i || ' moving',
-                      'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
-                      'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
-                      'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                      'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
-                    '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
-             FROM generate_series(1, $2::int) AS i`,
-            [round_, options.runsPerRound],
+            round_ === 1
+              ? `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+                 SELECT 'ai', 'aiMissions', 'mem-m-' || i, 'mem-u-' || i, 'insert',
+                        jsonb_build_object('title', 'Memory mission ' || i, 'objective', 'Keep mission ' || i || ' moving',
+                          'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
+                          'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
+                          'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                          'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
+                        '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
+                 FROM generate_series(1, $1::int) AS i`
+              : `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+                 SELECT 'ai', 'aiMissions', 'mem-m-' || i, 'mem-u-' || i, 'update',
+                        jsonb_build_object('nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
+                        '{}'::jsonb, 'browser-device', clock_timestamp()
+                 FROM generate_series(1, $1::int) AS i`,
+            [options.runsPerRound],
           )
           const t = yield* mana.tick
           written += t.written
