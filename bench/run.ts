@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,page,fairShare,cluster] [--users=N] [--baseline=N] [--fair=at-once,spread] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -13,7 +13,7 @@ import { Console, Effect, Logger, LogLevel } from "effect"
 import { measureCluster } from "./measure/cluster.js"
 import { measureDiscovery } from "./measure/discovery.js"
 import { type FairArrangement, measureFairShare } from "./measure/fairShare.js"
-import { measureMemory, memoryChild } from "./measure/memory.js"
+import { measureMemory, measureProcessMemory, memoryChild } from "./measure/memory.js"
 import { measurePage, pageChild } from "./measure/page.js"
 import { measurePrecision } from "./measure/precision.js"
 import { measureStages } from "./measure/stages.js"
@@ -78,7 +78,7 @@ const main = Effect.gen(function* () {
     const db = yield* makeBenchDatabase(ownerUrl)
     figures.push(
       ...(yield* measureDiscovery(db, {
-        sizes: quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000],
+        sizes: option("sizes")?.split(",").map(Number) ?? (quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000]),
         samples: quick ? 10 : 30,
         log,
       })),
@@ -93,6 +93,19 @@ const main = Effect.gen(function* () {
         startDeadline: quick ? "40 seconds" : "90 seconds",
         log,
       })))
+  }
+
+  if (selected("memory") || selected("processMemory")) {
+    figures.push(
+      ...(yield* measureProcessMemory({
+        ownerUrl,
+        standIn,
+        runsPerRound: quick ? 200 : 1000,
+        rounds: quick ? 5 : 10,
+        historyRows: Number(option("history") ?? (quick ? 100_000 : 1_000_000)),
+        log,
+      })),
+    )
   }
 
   if (selected("page")) {

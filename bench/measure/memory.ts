@@ -5,15 +5,18 @@
  * actor is up and idle (or at the start-up deadline). Both after forced full collections and a
  * pause (RSS right after start-up still holds its garbage's pages).
  */
+import { randomUUID } from "node:crypto"
+import { readFileSync } from "node:fs"
 import { Context, Duration, Effect, Layer, Redacted, type Scope } from "effect"
+import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
 import { Supervisor, SupervisorLive, servicesLayer } from "../support/app.js"
-import { makeBenchDatabase } from "../support/benchDatabase.js"
+import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
 import { runInChild } from "../support/child.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import { benchLog } from "../support/log.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
-import { seedDueMissions } from "../support/seed.js"
+import { seedDueMissions, seedMissionHistory } from "../support/seed.js"
 import { nowMs, round } from "../support/stats.js"
 
 export interface MemoryOptions {
@@ -152,3 +155,178 @@ export const measureMemory = (options: MemoryOptions) =>
       ] satisfies Array<Figure>
     }),
   )
+
+// ---------------------------------------------------------------- the process's RSS (issue 16 item 5)
+
+export interface ProcessMemoryOptions {
+  readonly ownerUrl: string
+  readonly standIn: BenchLlmStandIn
+  /** Runs per tick: each round seeds this many new missions, due now, one per user, and ticks once. */
+  readonly runsPerRound: number
+  readonly rounds: number
+  /** Mission rows of history discovered at the end (missions due in two days: nothing runs). */
+  readonly historyRows: number
+  readonly log: (line: string) => Effect.Effect<void>
+}
+
+/** The process's resident set now, from /proc (Linux; 0 elsewhere). */
+const rssOf = (pid: number): number => {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS:"))
+    return line === undefined ? 0 : Number(line.replace(/\D+/g, "")) * 1024
+  } catch {
+    return 0
+  }
+}
+
+const mb = (bytes: number) => round(bytes / 2 ** 20, 1)
+
+/**
+ * The runner as operators start it (`bun src/main.ts`, the runner role, TICK_ENABLED=false so only
+ * the bench's ticks do work, PLANNER_MODE=json, otherwise defaults) and its RSS as the OS sees it,
+ * read 5 s after each step with nothing forced: idle after start-up; after the first tick of
+ * `runsPerRound` runs; after `rounds` such ticks; after a tick whose discovery reads `historyRows`
+ * rows of history.
+ */
+const startRunnerProcess = (db: BenchDatabase, standInUrl: string) =>
+  Effect.gen(function* () {
+    const key = `bench-key-${randomUUID()}`
+    const mana = yield* Effect.acquireRelease(
+      Effect.promise(() =>
+        startManaProcess({
+          env: {
+            SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
+            MANA_LLM_URL: standInUrl,
+            MANA_SERVICE_KEY: key,
+            TICK_ENABLED: "false",
+            PLANNER_MODE: "json",
+            LOG_LEVEL: "warn",
+          },
+        }),
+      ),
+      (p) => Effect.promise(() => p.stop("SIGKILL", 10_000).catch(() => undefined)),
+    )
+    yield* Effect.promise(() =>
+      eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200),
+    )
+    const pid = mana.child.pid ?? 0
+    return {
+      /** RSS 5 s after the step before, nothing forced. */
+      settle: Effect.sleep("5 seconds").pipe(Effect.map(() => rssOf(pid))),
+      tick: Effect.promise(async () => {
+        const t0 = nowMs()
+        const r = await request(mana, "POST", "/internal/tick", key)
+        return {
+          status: r.status,
+          written: Number(r.body?.plansWrittenBack ?? 0),
+          errors: (r.body?.errors ?? []) as ReadonlyArray<string>,
+          seconds: (nowMs() - t0) / 1000,
+        }
+      }),
+    }
+  })
+
+/**
+ * The runner as operators start it (`bun src/main.ts`, the runner role, TICK_ENABLED=false so only
+ * the bench's ticks do work, PLANNER_MODE=json, otherwise defaults) and its RSS as the OS sees it,
+ * read 5 s after each step with nothing forced: idle after start-up; after the first tick of
+ * `runsPerRound` runs (as many users, one mission each); after `rounds` such ticks of the same
+ * missions made due again (the same actors, so the growth is what runs leave behind). Then
+ * another process on another database holding
+ * `historyRows` rows of mission history: RSS after the tick whose first discovery reads them all.
+ * MIMALLOC_* and other variables of the bench's environment pass through to both processes.
+ */
+export const measureProcessMemory = (options: ProcessMemoryOptions) =>
+  Effect.gen(function* () {
+    const runs = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n))
+    const { idle, rssAfterRound, written } = yield* Effect.scoped(
+      Effect.gen(function* () {
+        const db = yield* makeBenchDatabase(options.ownerUrl)
+        const mana = yield* startRunnerProcess(db, options.standIn.url)
+        yield* mana.tick
+        const idle = yield* mana.settle
+        yield* options.log(`process memory: idle ${mb(idle)} MB`)
+        const rssAfterRound: Array<number> = []
+        let written = 0
+        for (let round_ = 1; round_ <= options.rounds; round_++) {
+          // The same users and missions every round (the same actors): round 1 inserts them, later
+          // rounds make them due again with an update stamped now, newer than the runner's write-back.
+          yield* db.ownerQuery(
+            round_ === 1
+              ? `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+                 SELECT 'ai', 'aiMissions', 'mem-m-' || i, 'mem-u-' || i, 'insert',
+                        jsonb_build_object('title', 'Memory mission ' || i, 'objective', 'Keep mission ' || i || ' moving',
+                          'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
+                          'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
+                          'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                          'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
+                        '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
+                 FROM generate_series(1, $1::int) AS i`
+              : `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+                 SELECT 'ai', 'aiMissions', 'mem-m-' || i, 'mem-u-' || i, 'update',
+                        jsonb_build_object('nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
+                        '{}'::jsonb, 'browser-device', clock_timestamp()
+                 FROM generate_series(1, $1::int) AS i`,
+            [options.runsPerRound],
+          )
+          const t = yield* mana.tick
+          written += t.written
+          const rss = yield* mana.settle
+          rssAfterRound.push(rss)
+          yield* options.log(
+            `process memory: tick ${round_} wrote ${t.written} plans in ${round(t.seconds, 1)} s (${t.errors.length} errors); RSS ${mb(rss)} MB`,
+          )
+        }
+        return { idle, rssAfterRound, written }
+      }),
+    )
+    const first = rssAfterRound[0] ?? 0
+    const last = rssAfterRound[rssAfterRound.length - 1] ?? 0
+
+    const discovery = yield* Effect.scoped(
+      Effect.gen(function* () {
+        const db = yield* makeBenchDatabase(options.ownerUrl)
+        yield* seedMissionHistory(db, { rows: options.historyRows, rowsPerMission: 20, endingSecondsAgo: 600 })
+        const mana = yield* startRunnerProcess(db, options.standIn.url)
+        const before = yield* mana.settle
+        const t = yield* mana.tick
+        const after = yield* mana.settle
+        yield* options.log(
+          `process memory: first discovery of ${options.historyRows} rows in ${round(t.seconds, 1)} s; RSS ${mb(before)} -> ${mb(after)} MB`,
+        )
+        return { before, after, seconds: t.seconds, errors: t.errors }
+      }),
+    )
+    return [
+      {
+        id: "memory.process.idle",
+        label: "5. process RSS, idle after start",
+        value: mb(idle),
+        unit: "MB",
+        target: { op: "<=", value: 64, text: "≤ 64 MB" },
+      },
+      {
+        id: "memory.process.afterRuns",
+        label: `5. process RSS after ${runs(options.runsPerRound)} runs (one tick)`,
+        value: mb(first),
+        unit: "MB",
+        target: { op: "<=", value: 100, text: "≤ 100 MB" },
+      },
+      {
+        id: "memory.process.growth",
+        label: `5. process RSS after ${runs(options.runsPerRound * options.rounds)} runs ÷ after ${runs(options.runsPerRound)}`,
+        value: first === 0 ? 0 : last / first,
+        unit: "×",
+        target: { op: "<=", value: 1.1, text: "≤ 1.1×" },
+        detail: { rssAfterEachTickMb: rssAfterRound.map(mb), plansWrittenBack: written },
+      },
+      {
+        id: "memory.process.afterDiscovery",
+        label: `5. process RSS after discovering ${options.historyRows >= 1_000_000 ? `${options.historyRows / 1_000_000}M` : runs(options.historyRows)} rows`,
+        value: mb(discovery.after),
+        unit: "MB",
+        target: { op: "<=", value: 150, text: "≤ 150 MB" },
+        detail: { rssBeforeMb: mb(discovery.before), discoverySeconds: round(discovery.seconds, 1), tickErrors: discovery.errors },
+      },
+    ] satisfies Array<Figure>
+  })

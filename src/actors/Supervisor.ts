@@ -10,7 +10,7 @@
  * view than one already delivered, and an actor's start-up read is not overtaken by a pass.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Context, Deferred, Duration, Effect, FiberMap, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Fiber, FiberMap, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import {
   emptyTickPart,
   type MissionStatus,
@@ -170,6 +170,12 @@ export const make = Effect.gen(function* () {
   const agentsPrimed = yield* Ref.make(false)
 
   const discoveryLock = yield* Effect.makeSemaphore(1)
+  /**
+   * Held by whoever runs a discovery pass (the loop, a tick, `discover`) for the whole pass. A tick
+   * that finds it taken answers overlap-skipped at once (SPEC §9) instead of waiting out a pass that
+   * may take minutes (a first discovery, a burst); `discoveryLock` alone is also taken briefly by actors.
+   */
+  const discoveryPass = yield* Effect.makeSemaphore(1)
   const tickLock = yield* Effect.makeSemaphore(1)
   const tickInProgress = yield* Ref.make(false)
   /** The first discovery pass also starts actors for every schedulable mission already stored. */
@@ -328,7 +334,9 @@ export const make = Effect.gen(function* () {
     return { rowsRead, changed: changedCount, actorsStarted, agentsChanged } satisfies DiscoveryReport
   })
 
-  const discover = discoveryLock.withPermits(1)(discoverLocked).pipe(Effect.withSpan("Supervisor.discover"))
+  const discover = discoveryPass
+    .withPermits(1)(discoveryLock.withPermits(1)(discoverLocked))
+    .pipe(Effect.withSpan("Supervisor.discover"))
 
   /** Hands a user's due missions to its actor (spawning one if needed); the reply comes when its runs end. */
   const dispatch = (userId: string, snapshots: ReadonlyArray<MissionSnapshot>, now: number) =>
@@ -344,8 +352,8 @@ export const make = Effect.gen(function* () {
       return reply
     })
 
+  /** None: a discovery pass is under way (the tick is skipped). */
   const tickOnce = Effect.gen(function* () {
-    yield* Metric.increment(ticksTotal)
     const started = yield* Clock.currentTimeMillis
     const errors: Array<TickError> = []
     const report = (scannedAt: number, due: number, parts: ReadonlyArray<TickPart>): TickReport => ({
@@ -357,11 +365,13 @@ export const make = Effect.gen(function* () {
       errors: [...errors, ...parts.flatMap((p) => p.errors)].map(renderTickError),
     })
     if (yield* gate.draining) {
+      yield* Metric.increment(ticksTotal)
       errors.push(TickError.ShuttingDown())
-      return report(started, 0, [])
+      return Option.some(report(started, 0, []))
     }
-    const { now, due, replies } = yield* discoveryLock.withPermits(1)(
-      Effect.gen(function* () {
+    const pass = yield* discoveryPass.withPermitsIfAvailable(1)(
+      discoveryLock.withPermits(1)(Effect.gen(function* () {
+        yield* Metric.increment(ticksTotal)
         yield* discoverLocked.pipe(
           Effect.catchAll((e) => Effect.sync(() => errors.push(TickError.DiscoveryFailed({ message: e.message })))),
         )
@@ -374,8 +384,10 @@ export const make = Effect.gen(function* () {
         )
         const replies = yield* Effect.forEach(byUser(due), ([userId, snapshots]) => dispatch(userId, snapshots, now))
         return { now, due, replies }
-      }),
+      })),
     )
+    if (Option.isNone(pass)) return Option.none<TickReport>()
+    const { now, due, replies } = pass.value
     const parts = yield* Effect.forEach(replies, Deferred.await, { concurrency: "unbounded" })
     const result: TickReport =
       ownership === undefined
@@ -392,10 +404,10 @@ export const make = Effect.gen(function* () {
         errors: result.errors.length,
       }),
     )
-    return result
+    return Option.some(result)
   })
 
-  const tick = Effect.gen(function* () {
+  const tickHere = Effect.gen(function* () {
     const attempted = yield* Clock.currentTimeMillis
     const ran = yield* tickLock.withPermitsIfAvailable(1)(
       Effect.acquireUseRelease(
@@ -404,7 +416,7 @@ export const make = Effect.gen(function* () {
         () => Ref.set(tickInProgress, false),
       ),
     )
-    if (Option.isSome(ran)) return ran.value
+    if (Option.isSome(ran) && Option.isSome(ran.value)) return ran.value.value
     yield* Metric.increment(tickOverlapsTotal)
     yield* Effect.logInfo("tick skipped: one is under way")
     return {
@@ -416,6 +428,13 @@ export const make = Effect.gen(function* () {
       errors: [renderTickError(TickError.OverlapSkipped())],
     } satisfies TickReport
   }).pipe(Effect.withSpan("Supervisor.tick"))
+
+  // A tick runs in the supervisor's scope, not in its caller's fiber: a caller that goes away (an HTTP
+  // client that hung up) stops waiting for the report, but the pass is not cut in the middle of its
+  // transaction, and the tick holds its lock until it ends, so the next tick answers overlap-skipped
+  // at once instead of queueing behind a rollback.
+  const scope = yield* Effect.scope
+  const tick = Effect.flatMap(Effect.forkIn(tickHere, scope), Fiber.join)
 
   const status = Effect.map(host.status, (all) =>
     all.map(toStatus).sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0)),

@@ -14,7 +14,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Duration, Effect, Either, Layer, Metric, Ref, Schema } from "effect"
+import { Clock, Duration, Effect, Either, Fiber, Layer, Metric, Ref, Schema } from "effect"
 import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"
@@ -54,6 +54,8 @@ export interface MissionStoreOptions {
 
 export const DEFAULT_LOOKBACK = Duration.minutes(2)
 export const DEFAULT_BATCH_SIZE = 1000
+/** Records (each with all its new rows) per FETCH of the discovery cursor. */
+const FETCH_RECORDS = 1000
 export const DEFAULT_RECONCILE_CHUNK = 500
 /** Rows applied between two ANALYZEs of mission_snapshots (see analyzeIfDue). */
 export const ANALYZE_AFTER_ROWS = 10_000
@@ -107,12 +109,27 @@ const rowHasProblem = (row: LogRow): boolean =>
       ? true
       : fieldTimesProblem(row.field_timestamps, row.data) !== null
 
+/** A row as the discovery cursor sends it inside its record's array (newMissionRowsQuery). */
+const rowFromArray = (userId: unknown, recordId: unknown, r: unknown): Record<string, unknown> =>
+  Array.isArray(r) ? { id: r[0], user_id: userId, record_id: recordId, op: r[1], data: r[2], field_timestamps: r[3], at: r[4] } : {}
+
+/**
+ * Epoch ms of exactUtc's text (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), the fraction truncated as parseInstant
+ * truncates it, read by position: a million rows in a first discovery. Any other shape (a year
+ * outside 1000–9999) goes through parseInstant.
+ */
+const exactUtcMillis = (at: string): number => {
+  if (at.length !== 27 || at.charCodeAt(0) === 48 /* "0": a year before 1000 */) return parseInstant(at) ?? Number.NaN
+  const n = (from: number, to: number) => Number(at.slice(from, to))
+  return Date.UTC(n(0, 4), n(5, 7) - 1, n(8, 10), n(11, 13), n(14, 16), n(17, 19), n(20, 23))
+}
+
 const toReplayRow = (row: LogRow): ReplayRow => ({
   id: row.id,
   op: row.op,
   data: row.data,
   field_timestamps: row.field_timestamps,
-  created_at: new Date(parseInstant(row.at) ?? Number.NaN),
+  created_at: new Date(exactUtcMillis(row.at)),
   record_id: row.record_id,
 })
 
@@ -225,10 +242,13 @@ const canonicalJson = (u: unknown): string =>
 // ---------------------------------------------------------------- the store
 
 /**
- * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, sorted by record and then in
- * log order (the order one pass folds them in). Served by the partial index
- * sync_changes_ai_missions_created_idx even under the runner's RLS policies (see the EXPLAIN test),
- * so a refresh with no new rows costs the window, not the history.
+ * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, one result row per record
+ * (`user_id`, `record_id`, `rows`: a json array of its rows in log order, each
+ * `[id, op, data, field times, created_at as exact UTC text]`), sorted
+ * by record: the order one pass folds them in. A first discovery reads a million rows; sent one
+ * record at a time, the driver decodes two values and one JSON text per record, not seven values per
+ * row. Served by the partial index sync_changes_ai_missions_created_idx even under the runner's RLS
+ * policies (see the EXPLAIN test), so a refresh with no new rows costs the window, not the history.
  */
 export const newMissionRowsQuery = (
   sql: SqlClient.SqlClient,
@@ -241,14 +261,16 @@ export const newMissionRowsQuery = (
     readonly timeColumn: SyncGeneration
   },
 ) => sql<Record<string, unknown>>`
-  SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${options.timeColumn}`)} AS field_timestamps,
-         ${exactUtc(sql, "s.created_at")} AS at
+  SELECT s.user_id, s.record_id,
+         json_agg(json_build_array(s.id::text, s.op, s.data, ${sql(`s.${options.timeColumn}`)}, ${exactUtc(sql, "s.created_at")})
+                  ORDER BY s.created_at, s.id) AS rows
   FROM sync_changes s
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
     AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
     AND s.created_at <= ${options.upTo}::timestamptz
     AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
-  ORDER BY s.user_id, s.record_id, s.created_at, s.id`
+  GROUP BY s.user_id, s.record_id
+  ORDER BY s.user_id, s.record_id`
 
 export const makeMissionStore = (
   options: MissionStoreOptions = {},
@@ -485,47 +507,43 @@ export const makeMissionStore = (
         const upTo = bounds?.up_to ?? null
         const keepAfter = bounds?.keep_after ?? null
         if (upTo === null || keepAfter === null) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
+        // The cursor sorts every new row by record: on a first discovery or a burst that sort spills to
+        // disk, and with the default 4 MB it merges in many more passes (this transaction only).
+        yield* sql`SET LOCAL work_mem = '64MB'`
         yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
 
         const changed: Array<MissionSnapshot> = []
         let rowsRead = 0
-        let records: Array<Array<LogRow>> = []
-        let current: Array<LogRow> = []
+        // The count of a FETCH cannot be a parameter: a constant of the text.
+        const fetchPage = sql<{ user_id: unknown; record_id: unknown; rows: unknown }>`
+          FETCH FORWARD ${sql.literal(String(FETCH_RECORDS))} FROM mana_ai_discovery`
+        // The next page is asked for before this one is folded (same connection, queued ahead of this
+        // page's writes), so Postgres produces it while Bun folds, judges and encodes.
+        let pending = yield* Effect.fork(fetchPage)
         for (;;) {
-          // The count of a FETCH cannot be a parameter: a constant of the text.
-          const raw = yield* sql<Record<string, unknown>>`FETCH FORWARD 5000 FROM mana_ai_discovery`
-          rowsRead += raw.length
+          const page = yield* Fiber.join(pending)
+          const done = page.length < FETCH_RECORDS
+          if (!done) pending = yield* Effect.fork(fetchPage)
           const ids: Array<string> = []
           const ats: Array<string> = []
-          // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
-          for (const r of raw) {
-            const at = String(r.at)
-            if (at > keepAfter) {
-              ids.push(String(r.id))
-              ats.push(at)
+          const records: Array<Array<LogRow>> = []
+          for (const record of page) {
+            const raw = Array.isArray(record.rows) ? record.rows.map((r) => rowFromArray(record.user_id, record.record_id, r)) : []
+            rowsRead += raw.length
+            // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+            for (const r of raw) {
+              const at = String(r.at)
+              if (at > keepAfter) {
+                ids.push(String(r.id))
+                ats.push(at)
+              }
             }
+            const rows = yield* decodeRows(raw)
+            for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
+            if (rows.length > 0) records.push(rows)
           }
-          for (const row of yield* decodeRows(raw)) {
-            if (rowHasProblem(row)) yield* noteRowProblems(row)
-            const head = current[0]
-            if (head !== undefined && (head.user_id !== row.user_id || head.record_id !== row.record_id)) {
-              records.push(current)
-              current = []
-            }
-            current.push(row)
-            if (records.length >= batchSize) {
-              changed.push(...(yield* applyRecords(records)))
-              records = []
-            }
-          }
-          const done = raw.length < 5000
-          if (done && current.length > 0) {
-            records.push(current)
-            current = []
-          }
-          if (done) {
-            changed.push(...(yield* applyRecords(records)))
-            records = []
+          for (let i = 0; i < records.length; i += batchSize) {
+            changed.push(...(yield* applyRecords(records.slice(i, i + batchSize))))
           }
           yield* markApplied(ids, ats)
           if (done) break
