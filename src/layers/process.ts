@@ -36,8 +36,7 @@ import { MissionRunnerLive, missionRunnerLayer } from "../services/MissionRunner
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
-import { TokenLedger } from "../services/TokenLedger.js"
-import { TokenLedgerLive, TokenUsagePruneLive } from "../services/TokenLedgerLive.js"
+import { TokenLedger, TokenUsagePruneLive } from "../services/TokenLedger.js"
 import { readUserMissions } from "../services/userMissions.js"
 import { WriteBackLive } from "../services/WriteBackLive.js"
 import type { StartupConfig } from "./startupConfig.js"
@@ -74,7 +73,7 @@ export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) =
   const permits = GlobalLlmPermits.Default
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
   // AgentDirectory: the supervisor's discovery passes each user's agent changes to its actor.
-  const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedgerLive, AgentPermits.Default, AgentDirectory.Default)
+  const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedger.Default, AgentPermits.Default, AgentDirectory.Default)
   const plannerLayer =
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
@@ -94,7 +93,7 @@ export const backendFor = (
   defaultTimezone: string,
   permits?: GlobalLlmPermits,
   breaker?: LlmBreaker,
-  ledger?: TokenLedger["Type"],
+  ledger?: TokenLedger,
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
   processBudget: number | null = null,
   ownership?: Ownership["Type"],

@@ -13,7 +13,6 @@ import { LlmClient } from "../../src/services/LlmClient.js"
 import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { runMigrations } from "../../src/services/Migrations.js"
 import { answerKey, TokenLedger } from "../../src/services/TokenLedger.js"
-import { TokenLedgerLive } from "../../src/services/TokenLedgerLive.js"
 import { LlmStandIn, completion, llmConfigFor } from "../support/LlmStandIn.js"
 import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -21,7 +20,7 @@ const USAGE = { prompt_tokens: 150, completion_tokens: 50 } // 200 tokens per an
 
 const Db = Layer.provideMerge(RunnerSqlLive(8), TestDatabaseLive)
 const Env = Layer.mergeAll(
-  Layer.provideMerge(TokenLedgerLive, Layer.merge(Layer.succeed(TokenBudgetConfig, TokenBudgetConfig.none), Layer.provideMerge(Layer.effectDiscard(runMigrations), Db))),
+  Layer.provideMerge(TokenLedger.Default, Layer.merge(Layer.succeed(TokenBudgetConfig, TokenBudgetConfig.none), Layer.provideMerge(Layer.effectDiscard(runMigrations), Db))),
   LlmStandIn.layer,
 )
 
