@@ -19,7 +19,7 @@ import { MissionRunnerLive } from "../../src/services/MissionRunnerLive.js"
 import { MissionStoreLive } from "../../src/services/MissionStoreLive.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
-import { WriteBackLive } from "../../src/services/WriteBackLive.js"
+import { WriteBack } from "../../src/services/WriteBack.js"
 import type { BenchDatabase } from "./benchDatabase.js"
 
 /** What the runner needs of the database: its own URL. */
@@ -67,7 +67,7 @@ export const servicesLayer = (
     Layer.mergeAll(
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
       InputResolvers.Default,
-      WriteBackLive,
+      WriteBack.Default,
       GlobalLlmPermits.Default,
       ToolCatalog.Default,
     ),

@@ -38,7 +38,7 @@ import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
 import { TokenLedger, TokenUsagePruneLive } from "../services/TokenLedger.js"
 import { readUserMissions } from "../services/userMissions.js"
-import { WriteBackLive } from "../services/WriteBackLive.js"
+import { WriteBack } from "../services/WriteBack.js"
 import type { StartupConfig } from "./startupConfig.js"
 
 export type PlannerKind = "llm" | "offline"
@@ -79,7 +79,7 @@ export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) =
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
   return (instanceId === undefined ? MissionRunnerLive : missionRunnerLayer({ instanceId })).pipe(
-    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolvers.Default, plannerLayer, permits)),
+    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBack.Default, InputResolvers.Default, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.Default),
   )

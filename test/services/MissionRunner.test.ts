@@ -22,7 +22,7 @@ import { missionStoreLayer } from "../../src/services/MissionStoreLive.js"
 import { missionsSkippedTotal, plansProducedTotal, plansWrittenBackTotal } from "../../src/services/metrics.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
-import { WriteBackLive } from "../../src/services/WriteBackLive.js"
+import { WriteBack } from "../../src/services/WriteBack.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
 import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf, planAnswer } from "../support/LlmStandIn.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
@@ -46,7 +46,7 @@ const Llm = llmClientLayer({ baseDelay: Duration.millis(20), maxDelay: Duration.
 const Pipeline = Layer.mergeAll(
   missionStoreLayer(),
   InputResolvers.Default,
-  WriteBackLive,
+  WriteBack.Default,
   PlannerLive.pipe(Layer.provide(Layer.merge(Llm, ToolCatalog.builtin))),
 )
 const Runner = missionRunnerLayer({ instanceId: INSTANCE }).pipe(Layer.provideMerge(Pipeline))
