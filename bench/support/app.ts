@@ -15,7 +15,7 @@ import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { LlmClientLive } from "../../src/services/LlmClientLive.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { MissionRunnerLive } from "../../src/services/MissionRunnerLive.js"
+import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStoreLive } from "../../src/services/MissionStoreLive.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
@@ -75,7 +75,7 @@ export const servicesLayer = (
   )
   const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClientLive)), own)
   const planner = Layer.provideMerge(PlannerLive, llm)
-  return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunnerLive)), planner).pipe(Layer.orDie)
+  return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunner.Default)), planner).pipe(Layer.orDie)
 }
 
 /** The whole runner: discovery starts at once when tickEnabled. */

@@ -46,7 +46,7 @@ export const timedRunner = (recorder: Recorder) =>
   Layer.effect(
     MissionRunner,
     Effect.map(MissionRunner, (inner) =>
-      MissionRunner.of({
+      MissionRunner.make({
         run: (request) =>
           Effect.suspend(() => {
             const ms = request.mission.nextRunAt === null ? Number.NaN : Date.parse(request.mission.nextRunAt)

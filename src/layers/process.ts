@@ -32,7 +32,7 @@ import { LlmBreaker } from "../services/LlmBreaker.js"
 import { LlmClientLive } from "../services/LlmClientLive.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
-import { MissionRunnerLive, missionRunnerLayer } from "../services/MissionRunnerLive.js"
+import { MissionRunner } from "../services/MissionRunner.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
@@ -78,7 +78,7 @@ export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) =
     planner === "llm"
       ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
-  return (instanceId === undefined ? MissionRunnerLive : missionRunnerLayer({ instanceId })).pipe(
+  return (instanceId === undefined ? MissionRunner.Default : MissionRunner.withOptions({ instanceId })).pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBack.Default, InputResolvers.Default, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.Default),

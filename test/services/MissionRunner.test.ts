@@ -15,8 +15,7 @@ import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { MissionRunner } from "../../src/services/MissionRunner.js"
-import { makeMissionRunner, missionRunnerLayer } from "../../src/services/MissionRunnerLive.js"
+import { MissionRunner, makeMissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { missionStoreLayer } from "../../src/services/MissionStoreLive.js"
 import { missionsSkippedTotal, plansProducedTotal, plansWrittenBackTotal } from "../../src/services/metrics.js"
@@ -49,7 +48,7 @@ const Pipeline = Layer.mergeAll(
   WriteBack.Default,
   PlannerLive.pipe(Layer.provide(Layer.merge(Llm, ToolCatalog.builtin))),
 )
-const Runner = missionRunnerLayer({ instanceId: INSTANCE }).pipe(Layer.provideMerge(Pipeline))
+const Runner = MissionRunner.withOptions({ instanceId: INSTANCE }).pipe(Layer.provideMerge(Pipeline))
 const L = Runner.pipe(Layer.provideMerge(LlmCfg), Layer.provideMerge(Base)).pipe(Layer.orDie)
 
 const SCHEDULED = "2026-03-02T08:00:00.000Z"
