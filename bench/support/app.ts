@@ -13,7 +13,7 @@ import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { LlmClientLive } from "../../src/services/LlmClientLive.js"
+import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStoreLive } from "../../src/services/MissionStoreLive.js"
@@ -73,7 +73,7 @@ export const servicesLayer = (
     ),
     platform,
   )
-  const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClientLive)), own)
+  const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClient.Default)), own)
   const planner = Layer.provideMerge(PlannerLive, llm)
   return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunner.Default)), planner).pipe(Layer.orDie)
 }

@@ -88,7 +88,7 @@ export const timedRunner = (recorder: Recorder) =>
 export const timedLlm = Layer.effect(
   LlmClient,
   Effect.map(LlmClient, (inner) =>
-    LlmClient.of({
+    LlmClient.make({
       // The options carry tools mode's `tools`: dropping them would quietly plan in text mode.
       complete: (messages, options) =>
         Effect.flatMap(FiberRef.get(currentRun), (record) => {

@@ -29,7 +29,7 @@ import { InputResolvers } from "../services/InputResolvers.js"
 import { EventLogSchema } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { LlmBreaker } from "../services/LlmBreaker.js"
-import { LlmClientLive } from "../services/LlmClientLive.js"
+import { LlmClient } from "../services/LlmClient.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
 import { MissionRunner } from "../services/MissionRunner.js"
@@ -76,7 +76,7 @@ export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) =
   const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedger.Default, AgentPermits.Default, AgentDirectory.Default)
   const plannerLayer =
     planner === "llm"
-      ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
+      ? PlannerLive.pipe(Layer.provide(LlmClient.Default), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
   return (instanceId === undefined ? MissionRunner.Default : MissionRunner.withOptions({ instanceId })).pipe(
     Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBack.Default, InputResolvers.Default, plannerLayer, permits)),

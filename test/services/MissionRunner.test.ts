@@ -13,7 +13,7 @@ import type { Mission } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { llmClientLayer } from "../../src/services/LlmClientLive.js"
+import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, makeMissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
@@ -39,7 +39,7 @@ const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, 
   Layer.provideMerge(StandIn),
 )
 // Short backoff so transient errors repeat many times within a short deadline.
-const Llm = llmClientLayer({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
+const Llm = LlmClient.withOptions({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
   Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.Default)),
 )
 const Pipeline = Layer.mergeAll(

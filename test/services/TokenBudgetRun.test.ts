@@ -10,7 +10,6 @@ import { expect } from "vitest"
 import { TokenBudgetConfig } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
-import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { runMigrations } from "../../src/services/Migrations.js"
 import { answerKey, TokenLedger } from "../../src/services/TokenLedger.js"
 import { LlmStandIn, completion, llmConfigFor } from "../support/LlmStandIn.js"
@@ -26,7 +25,7 @@ const Env = Layer.mergeAll(
 
 const clientFor = Layer.unwrapEffect(
   Effect.map(LlmStandIn, (standIn) =>
-    llmClientLayer({ baseDelay: Duration.millis(50), maxDelay: Duration.millis(200) }).pipe(
+    LlmClient.withOptions({ baseDelay: Duration.millis(50), maxDelay: Duration.millis(200) }).pipe(
       Layer.provide(
         Layer.mergeAll(llmConfigFor(standIn), Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(16)), FetchHttpClient.layer),
       ),
