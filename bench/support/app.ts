@@ -13,13 +13,13 @@ import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { LlmClientLive } from "../../src/services/LlmClientLive.js"
+import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { MissionRunnerLive } from "../../src/services/MissionRunnerLive.js"
+import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStoreLive } from "../../src/services/MissionStoreLive.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
-import { WriteBackLive } from "../../src/services/WriteBackLive.js"
+import { WriteBack } from "../../src/services/WriteBack.js"
 import type { BenchDatabase } from "./benchDatabase.js"
 
 /** What the runner needs of the database: its own URL. */
@@ -67,15 +67,15 @@ export const servicesLayer = (
     Layer.mergeAll(
       timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
       InputResolvers.Default,
-      WriteBackLive,
+      WriteBack.Default,
       GlobalLlmPermits.Default,
       ToolCatalog.Default,
     ),
     platform,
   )
-  const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClientLive)), own)
+  const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClient.Default)), own)
   const planner = Layer.provideMerge(PlannerLive, llm)
-  return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunnerLive)), planner).pipe(Layer.orDie)
+  return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunner.Default)), planner).pipe(Layer.orDie)
 }
 
 /** The whole runner: discovery starts at once when tickEnabled. */

@@ -46,7 +46,7 @@ export const timedRunner = (recorder: Recorder) =>
   Layer.effect(
     MissionRunner,
     Effect.map(MissionRunner, (inner) =>
-      MissionRunner.of({
+      MissionRunner.make({
         run: (request) =>
           Effect.suspend(() => {
             const ms = request.mission.nextRunAt === null ? Number.NaN : Date.parse(request.mission.nextRunAt)
@@ -88,7 +88,7 @@ export const timedRunner = (recorder: Recorder) =>
 export const timedLlm = Layer.effect(
   LlmClient,
   Effect.map(LlmClient, (inner) =>
-    LlmClient.of({
+    LlmClient.make({
       // The options carry tools mode's `tools`: dropping them would quietly plan in text mode.
       complete: (messages, options) =>
         Effect.flatMap(FiberRef.get(currentRun), (record) => {

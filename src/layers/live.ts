@@ -5,7 +5,7 @@
 import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { Effect, Layer, Option } from "effect"
 import { clusterOwnershipLayer } from "../cluster/ClusterOwnership.js"
-import { defaultInstanceId } from "../services/MissionRunnerLive.js"
+import { defaultInstanceId } from "../services/MissionRunner.js"
 import { databaseLayerFromUrl } from "../services/Database.js"
 import { processLayer } from "./process.js"
 import type { StartMode, StartupConfig } from "./startupConfig.js"

@@ -29,17 +29,16 @@ import { InputResolvers } from "../services/InputResolvers.js"
 import { EventLogSchema } from "../services/EventLogSchema.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { LlmBreaker } from "../services/LlmBreaker.js"
-import { LlmClientLive } from "../services/LlmClientLive.js"
+import { LlmClient } from "../services/LlmClient.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
-import { MissionRunnerLive, missionRunnerLayer } from "../services/MissionRunnerLive.js"
+import { MissionRunner } from "../services/MissionRunner.js"
 import { MissionStoreLive } from "../services/MissionStoreLive.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
-import { TokenLedger } from "../services/TokenLedger.js"
-import { TokenLedgerLive, TokenUsagePruneLive } from "../services/TokenLedgerLive.js"
+import { TokenLedger, TokenUsagePruneLive } from "../services/TokenLedger.js"
 import { readUserMissions } from "../services/userMissions.js"
-import { WriteBackLive } from "../services/WriteBackLive.js"
+import { WriteBack } from "../services/WriteBack.js"
 import type { StartupConfig } from "./startupConfig.js"
 
 export type PlannerKind = "llm" | "offline"
@@ -74,13 +73,13 @@ export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) =
   const permits = GlobalLlmPermits.Default
   // SPEC §14: one breaker, one ledger and one set of agent permits per process, shared by every run.
   // AgentDirectory: the supervisor's discovery passes each user's agent changes to its actor.
-  const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedgerLive, AgentPermits.Default, AgentDirectory.Default)
+  const agentServices = Layer.mergeAll(LlmBreaker.Default, TokenLedger.Default, AgentPermits.Default, AgentDirectory.Default)
   const plannerLayer =
     planner === "llm"
-      ? PlannerLive.pipe(Layer.provide(LlmClientLive), Layer.provide(permits), Layer.provide(agentServices))
+      ? PlannerLive.pipe(Layer.provide(LlmClient.Default), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
-  return (instanceId === undefined ? MissionRunnerLive : missionRunnerLayer({ instanceId })).pipe(
-    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBackLive, InputResolvers.Default, plannerLayer, permits)),
+  return (instanceId === undefined ? MissionRunner.Default : MissionRunner.withOptions({ instanceId })).pipe(
+    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBack.Default, InputResolvers.Default, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.Default),
   )
@@ -94,7 +93,7 @@ export const backendFor = (
   defaultTimezone: string,
   permits?: GlobalLlmPermits,
   breaker?: LlmBreaker,
-  ledger?: TokenLedger["Type"],
+  ledger?: TokenLedger,
   /** LLM_DAILY_TOKEN_BUDGET, shown beside the process's spend on the operator page. */
   processBudget: number | null = null,
   ownership?: Ownership["Type"],

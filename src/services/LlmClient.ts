@@ -1,8 +1,30 @@
 /**
- * OpenAI-compatible chat client (SPEC §4 "LLM").
- * CONTRACT — implementation: LlmClientLive (HttpClient from @effect/platform).
+ * The live LlmClient (SPEC §4 "LLM"): POST {MANA_LLM_URL}/v1/chat/completions over @effect/platform's
+ * HttpClient. Each HTTP attempt holds one GlobalLlmPermits permit and has its own LLM_TIMEOUT_MS;
+ * transient failures are retried with jittered exponential backoff (at least Retry-After) with no
+ * attempt limit, so the caller's deadline is what ends a run of bad luck.
+ * Needs an HttpClient: the composition provides FetchHttpClient.layer (Bun and Node alike).
  */
-import { Context, Schema, type Effect, type Option } from "effect"
+import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
+import {
+  Clock,
+  ConfigError,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Metric,
+  Option,
+  ParseResult,
+  Schedule,
+  Schema,
+  Stream,
+} from "effect"
+import { LlmConfig } from "./AppConfig.js"
+import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
+import { LlmBreaker } from "./LlmBreaker.js"
+import { llmRequestDuration, llmRequestsTotal, llmTokensTotal } from "./metrics.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 export interface ChatMessage {
   readonly role: "system" | "user" | "assistant" | "tool"
@@ -120,4 +142,318 @@ export interface LlmClientShape {
   readonly complete: (messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) => Effect.Effect<Completion, LlmError>
 }
 
-export class LlmClient extends Context.Tag("mana-ai/LlmClient")<LlmClient, LlmClientShape>() {}
+export interface LlmClientOptions {
+  /** First backoff delay; doubles per consecutive transient failure, jittered ±20 %. */
+  readonly baseDelay: Duration.DurationInput
+  /** Cap of the backoff before jitter (a longer Retry-After still wins). */
+  readonly maxDelay: Duration.DurationInput
+  /** Largest response body read; a larger one is an LlmInvalidResponse, not a memory spike. */
+  readonly maxBodyBytes: number
+}
+
+const defaultLlmClientOptions: LlmClientOptions = {
+  baseDelay: Duration.millis(500),
+  maxDelay: Duration.seconds(30),
+  maxBodyBytes: 2 * 1024 * 1024,
+}
+
+// ---------------------------------------------------------------- response decoding
+
+// Name and arguments stay unknown: they are the model's text, judged by the planner's strict checks
+// (with a repair turn), not a broken reply.
+const WireToolCall = Schema.Struct({
+  id: Schema.optional(Schema.String),
+  function: Schema.Struct({ name: Schema.optional(Schema.Unknown), arguments: Schema.optional(Schema.Unknown) }),
+})
+
+const ChatCompletionBody = Schema.Struct({
+  choices: Schema.NonEmptyArray(
+    Schema.Struct({
+      message: Schema.Struct({
+        content: Schema.optional(Schema.NullOr(Schema.String)),
+        tool_calls: Schema.optional(Schema.NullOr(Schema.Array(WireToolCall))),
+      }),
+    }),
+  ),
+  usage: Schema.optional(Schema.Unknown),
+})
+
+const Count = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+const UsageBody = Schema.Struct({
+  prompt_tokens: Count,
+  completion_tokens: Count,
+  total_tokens: Schema.optional(Count),
+})
+
+const decodeBody = Schema.decodeUnknownEither(ChatCompletionBody)
+const decodeUsage = Schema.decodeUnknownOption(UsageBody)
+
+/** Names the fields that are wrong, never their values (they are LLM output). */
+const fieldsAt = (error: ParseResult.ParseError): string =>
+  [...new Set(ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => i.path.join(".") || "(body)"))].join(", ")
+
+const toCompletion = (bytes: Uint8Array): Effect.Effect<Completion, LlmInvalidResponse> => {
+  let json: unknown
+  try {
+    json = JSON.parse(new TextDecoder().decode(bytes))
+  } catch {
+    return Effect.fail(new LlmInvalidResponse({ reason: "the body is not JSON" }))
+  }
+  const body = decodeBody(json)
+  if (body._tag === "Left") {
+    return Effect.fail(
+      new LlmInvalidResponse({
+        reason: `expected choices[0].message with content as a string or tool_calls; wrong or missing: ${fieldsAt(body.left)}`,
+      }),
+    )
+  }
+  const message = body.right.choices[0].message
+  const toolCalls = (message.tool_calls ?? []).map(
+    (c, i): ToolCall => ({ id: c.id ?? `call_${i}`, name: c.function.name, arguments: c.function.arguments }),
+  )
+  if (typeof message.content !== "string" && toolCalls.length === 0) {
+    return Effect.fail(
+      new LlmInvalidResponse({ reason: "expected choices[0].message with content as a string or tool_calls; neither is there" }),
+    )
+  }
+  const usage = decodeUsage(body.right.usage).pipe(
+    Option.map(
+      (u): TokenUsage => ({
+        promptTokens: u.prompt_tokens,
+        completionTokens: u.completion_tokens,
+        totalTokens: u.total_tokens ?? u.prompt_tokens + u.completion_tokens,
+      }),
+    ),
+  )
+  return Effect.succeed({ content: message.content ?? "", toolCalls, usage })
+}
+
+/** Reads at most `max` bytes; a longer body fails early and aborts the transfer. */
+const readBody = (
+  response: HttpClientResponse.HttpClientResponse,
+  max: number,
+): Effect.Effect<Uint8Array, LlmInvalidResponse | LlmTransportError> => {
+  const tooLarge = () => new LlmInvalidResponse({ reason: `the body exceeds ${max} bytes` })
+  const declared = Number(response.headers["content-length"])
+  if (Number.isFinite(declared) && declared > max) return Effect.fail(tooLarge())
+  // A declared length within the limit (the usual answer): read it whole, without a Stream per chunk,
+  // which costs more CPU than the request itself (issue 16). A body longer than declared is cut by
+  // fetch; a compressed one is not (the length is the compressed size): it is counted as it streams.
+  const encoding = response.headers["content-encoding"]
+  const identity = encoding === undefined || encoding === "" || encoding.toLowerCase() === "identity"
+  if (Number.isFinite(declared) && response.headers["content-length"] !== "" && identity) {
+    return response.arrayBuffer.pipe(
+      Effect.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
+      Effect.map((buffer) => new Uint8Array(buffer)),
+    )
+  }
+  return response.stream.pipe(
+    Stream.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
+    Stream.runFoldEffect({ size: 0, chunks: [] as Array<Uint8Array> }, (acc, chunk) => {
+      if (acc.size + chunk.byteLength > max) return Effect.fail(tooLarge())
+      acc.chunks.push(chunk) // local accumulator: avoids copying every chunk on each step
+      acc.size += chunk.byteLength
+      return Effect.succeed(acc)
+    }),
+    Effect.map(({ size, chunks }) => {
+      const out = new Uint8Array(size)
+      let offset = 0
+      for (const c of chunks) {
+        out.set(c, offset)
+        offset += c.byteLength
+      }
+      return out
+    }),
+  )
+}
+
+/** Retry-After as delta-seconds or an HTTP date, in milliseconds from `now`. */
+const parseRetryAfter = (value: string | undefined, now: number): number | undefined => {
+  if (value === undefined) return undefined
+  const trimmed = value.trim()
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.round(Number(trimmed) * 1000)
+  const date = Date.parse(trimmed)
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now)
+}
+
+const outcomeOf = (exit: Exit.Exit<Completion, LlmError>): string => {
+  if (Exit.isSuccess(exit)) return "success"
+  const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
+  if (failure === undefined) return "interrupted"
+  switch (failure._tag) {
+    case "LlmTimeout":
+      return "timeout"
+    case "LlmRateLimited":
+      return "rate_limited"
+    case "LlmHttpError":
+      return failure.status >= 500 ? "http_5xx" : "http_4xx"
+    case "LlmTransportError":
+      return "transport_error"
+    case "LlmInvalidResponse":
+      return "invalid_response"
+    case "LlmRequestInvalid":
+      return "request_invalid"
+  }
+}
+
+const retryAfterOf = (e: LlmError): number =>
+  (e._tag === "LlmRateLimited" || e._tag === "LlmHttpError" ? e.retryAfterMs : undefined) ?? 0
+
+// ---------------------------------------------------------------- the client
+
+const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
+  Effect.gen(function* () {
+    const config = yield* LlmConfig
+    const permits = yield* GlobalLlmPermits
+    // One per process (runnerServicesLayer); without it (unit tests of the client) nothing is guarded.
+    const breaker = yield* Effect.serviceOption(LlmBreaker)
+    if (Option.isNone(config.url)) {
+      return yield* Effect.fail(
+        ConfigError.MissingData(["MANA_LLM_URL"], "MANA_LLM_URL must be set to use the LLM planner, e.g. http://localhost:3025"),
+      )
+    }
+    // withScope: the request is aborted when each attempt's scope closes, whatever its outcome.
+    const http = HttpClient.withScope(yield* HttpClient.HttpClient)
+    const endpoint = `${config.url.value.replace(/\/+$/, "")}/v1/chat/completions`
+    const timeoutMs = Duration.toMillis(config.requestTimeout)
+    const withAuth = Option.match(config.apiKey, {
+      onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
+      onSome: (key) => HttpClientRequest.bearerToken(key),
+    })
+
+    const send = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const request = yield* HttpClientRequest.post(endpoint).pipe(
+            withAuth,
+            HttpClientRequest.acceptJson,
+            HttpClientRequest.bodyJson({
+              model: config.model,
+              temperature: config.temperature,
+              messages: messages.map(wireMessage),
+              ...(extra.tools === undefined ? {} : { tools: extra.tools, tool_choice: "auto" }),
+            }),
+            Effect.mapError(() => new LlmRequestInvalid({ reason: "the request body cannot be encoded as JSON" })),
+          )
+          // Only a transport failure is worth a retry; an unusable URL or body stays so (never a defect).
+          const response = yield* http.execute(request).pipe(
+            Effect.catchAll((e): Effect.Effect<never, LlmTransportError | LlmRequestInvalid> =>
+              e._tag === "RequestError" && e.reason === "Transport"
+                ? Effect.fail(new LlmTransportError({ reason: transportReason(e.cause) }))
+                : Effect.fail(new LlmRequestInvalid({ reason: `${e._tag} ${e.reason}` })),
+            ),
+          )
+          const status = response.status
+          if (status === 429 || status >= 500) {
+            const retryAfterMs = parseRetryAfter(response.headers["retry-after"], yield* Clock.currentTimeMillis)
+            const fields = retryAfterMs === undefined ? {} : { retryAfterMs }
+            return yield* status === 429 ? new LlmRateLimited(fields) : new LlmHttpError({ status, ...fields })
+          }
+          if (status < 200 || status >= 300) return yield* new LlmHttpError({ status })
+          return yield* Effect.flatMap(readBody(response, options.maxBodyBytes), toCompletion)
+        }),
+      ).pipe(Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }))
+
+    /** One HTTP attempt, holding a global permit only while it runs, measured and counted. */
+    const measured = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions) =>
+      permits.withPermit(
+        Effect.flatMap(Clock.currentTimeMillis, (start) =>
+          send(messages, extra).pipe(
+            Effect.onExit((exit) =>
+              Effect.flatMap(Clock.currentTimeMillis, (end) =>
+                Effect.all([
+                  Metric.update(llmRequestDuration, (end - start) / 1000),
+                  Metric.increment(Metric.tagged(llmRequestsTotal, "outcome", outcomeOf(exit))),
+                ]),
+              ),
+            ),
+          ),
+        ),
+      )
+
+    /**
+     * The attempt under the process's breaker (SPEC §14): its outcome counts toward opening it; while
+     * it is open no request is sent, the call waits (under the caller's deadline) until the cool-down
+     * ends, and tries again, then as the probe or behind it. The wait is not a failure, so the
+     * retry schedule below never sees it.
+     */
+    const attempt = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> => {
+      if (Option.isNone(breaker)) return measured(messages, extra)
+      const b = breaker.value
+      const guarded: Effect.Effect<Completion, LlmError> = b.guard(measured(messages, extra), isTransientLlmError).pipe(
+        Effect.catchTag("LlmBreakerOpen", () => Effect.zipRight(b.awaitReady, Effect.suspend(() => guarded))),
+      )
+      return guarded
+    }
+
+    const schedule = Schedule.identity<LlmError>().pipe(
+      Schedule.intersect(
+        Schedule.exponential(options.baseDelay).pipe(Schedule.union(Schedule.spaced(options.maxDelay)), Schedule.jittered),
+      ),
+      Schedule.modifyDelayEffect(([error], delay) => {
+        const wait = Duration.max(delay, Duration.millis(retryAfterOf(error)))
+        // Effect.retry consults the schedule before its `while`, so a permanent error gets here too.
+        if (!isTransientLlmError(error)) return Effect.succeed(wait)
+        return Effect.logWarning("LLM request failed; retrying").pipe(
+          Effect.annotateLogs({ error: error._tag, detail: error.message, retryInMs: Math.round(Duration.toMillis(wait)) }),
+          Effect.as(wait),
+        )
+      }),
+    )
+
+    const complete = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions = {}): Effect.Effect<Completion, LlmError> =>
+      attempt(messages, extra).pipe(
+        Effect.retry({ schedule, while: isTransientLlmError }),
+        Effect.tap(({ usage }) =>
+          Option.match(usage, {
+            onNone: () => Effect.void,
+            onSome: (u) =>
+              Effect.all([
+                Metric.incrementBy(Metric.tagged(llmTokensTotal, "kind", "prompt"), u.promptTokens),
+                Metric.incrementBy(Metric.tagged(llmTokensTotal, "kind", "completion"), u.completionTokens),
+                Effect.annotateCurrentSpan({ "llm.prompt_tokens": u.promptTokens, "llm.completion_tokens": u.completionTokens }),
+              ]),
+          }),
+        ),
+        withSpanWhenTracing("LlmClient.complete", {
+          attributes: { "llm.model": config.model, "llm.messages": messages.length, "llm.tools": extra.tools?.length ?? 0 },
+        }),
+      )
+
+    return { complete } satisfies LlmClientShape
+  })
+
+/** A message as the OpenAI wire format has it; `content` is always a plain string (SPEC §4). */
+const wireMessage = (m: ChatMessage) => {
+  if (m.role === "tool") return { role: "tool", tool_call_id: m.toolCallId ?? "", content: m.content }
+  if (m.toolCalls !== undefined && m.toolCalls.length > 0) {
+    return {
+      role: m.role,
+      content: m.content,
+      tool_calls: m.toolCalls.map((c) => ({
+        id: c.id,
+        type: "function",
+        function: {
+          name: typeof c.name === "string" ? c.name : String(c.name ?? ""),
+          arguments: typeof c.arguments === "string" ? c.arguments : (JSON.stringify(c.arguments) ?? ""),
+        },
+      })),
+    }
+  }
+  return { role: m.role, content: m.content }
+}
+
+/** The cause of a fetch failure in a few words (e.g. ECONNREFUSED), without the request. */
+const transportReason = (cause: unknown): string => {
+  const inner = cause instanceof Error && cause.cause instanceof Error ? cause.cause : cause
+  const code = typeof inner === "object" && inner !== null && "code" in inner ? String(inner.code) : undefined
+  const message = inner instanceof Error ? inner.message : String(inner)
+  return (code ?? message).slice(0, 200)
+}
+
+/** Needs LlmConfig, GlobalLlmPermits and an HttpClient (FetchHttpClient.layer); no dependencies, so tests give their own. */
+export class LlmClient extends Effect.Service<LlmClient>()("mana-ai/LlmClient", { effect: makeLlmClient() }) {
+  /** With other backoff bounds or body cap (tests). */
+  static readonly withOptions = (options: Partial<LlmClientOptions>) =>
+    Layer.effect(LlmClient, Effect.map(makeLlmClient({ ...defaultLlmClientOptions, ...options }), LlmClient.make))
+}

@@ -1,10 +1,45 @@
 /**
- * One run of one mission for one scheduled time (SPEC §4–§6): claim → resolve inputs → plan → write back.
- * CONTRACT — implementation: MissionRunnerLive.
+ * One run of one mission for one scheduled time (SPEC §4–§6): claim → check → resolve inputs → plan →
+ * write back.
+ *
+ * MISSION_TIMEOUT_MS covers the whole run, from the claim to the commit of the write-back (SPEC §4):
+ * a run that outlasts it is interrupted and fails with MissionTimeout. The write-back is one
+ * transaction, so an interrupted one rolls back whole: nothing is written, the claim is given back,
+ * and the mission stays due and is retried. A permanent planning failure is not an error of the run:
+ * it is written as a failed iteration and advances nextRunAt.
  */
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Schema, type Effect } from "effect"
-import type { Mission } from "../domain/mission.js"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Schema } from "effect"
+import { type Agent, runDecision } from "../domain/agent.js"
+import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
+import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
+import { parseInstant } from "../domain/replay.js"
+import { describeRejection } from "../domain/planParser.js"
+import { RunnerConfig } from "./AppConfig.js"
+import { AgentPermits } from "./AgentPermits.js"
+import { readCurrentMissionWithAgent } from "./currentMission.js"
+import { EventLogSchema } from "./EventLogSchema.js"
+import { InputResolvers, type ResolvedInput, type UnavailableInput } from "./InputResolvers.js"
+import { type LlmError, type TokenUsage, isTransientLlmError } from "./LlmClient.js"
+import { LlmBreaker } from "./LlmBreaker.js"
+import { MissionStore } from "./MissionStore.js"
+import {
+  agentDecisionsTotal,
+  missionErrorsTotal,
+  missionRunDuration,
+  missionsSkippedTotal,
+  plansProducedTotal,
+  plansWrittenBackTotal,
+} from "./metrics.js"
+import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
+import { claimCte } from "./runClaims.js"
+import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
+import { WriteBack, type WriteBasis } from "./WriteBack.js"
+import { withUserScopeFirst } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 /** The run's transient errors outlasted MISSION_TIMEOUT_MS: nothing written, the mission stays due. */
 export class MissionTimeout extends Schema.TaggedError<MissionTimeout>()("MissionTimeout", {
@@ -62,4 +97,406 @@ export interface MissionRunnerShape {
   readonly run: (request: RunRequest) => Effect.Effect<RunOutcome, MissionTimeout | SqlError>
 }
 
-export class MissionRunner extends Context.Tag("mana-ai/MissionRunner")<MissionRunner, MissionRunnerShape>() {}
+export interface MissionRunnerOptions {
+  /** Who holds claims: one id per process (default: host, pid and a random suffix). */
+  readonly instanceId?: string
+  /** How long a claim outlives the run's deadline (which already covers the write-back): a margin for clock skew. */
+  readonly claimMargin?: Duration.DurationInput
+  /** How often expired claims are deleted (at most once per interval, after a run; default 1 minute). */
+  readonly claimPruneEvery?: Duration.DurationInput
+}
+
+export const defaultInstanceId = (): string => `mana-ai:${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
+
+type PermanentFailure = LlmError | PlanRejected
+
+/** Recording usage the write-back did not commit: long enough to outlast a short database outage. */
+const heldUsageRetry = Schedule.exponential("100 millis").pipe(
+  Schedule.union(Schedule.spaced("2 seconds")),
+  Schedule.intersect(Schedule.recurs(8)),
+)
+
+/** What a permanent failure tells the user (short, no LLM output, no secret) and where it happened. */
+export const describeFailure = (error: PermanentFailure): { readonly summary: string; readonly phase: ErrorPhase } => {
+  // Never the parser's reason nor the model's text: the kind of failure only (SPEC §6); the detail is logged.
+  switch (error._tag) {
+    case "PlanRejected":
+      return {
+        summary: `Planning failed: the model's answer was rejected ${error.attempts === 1 ? "once" : `${error.attempts} times`} (${describeRejection(error.kind)}).`,
+        phase: "parsing-response",
+      }
+    case "LlmHttpError":
+      return { summary: `Planning failed: the language model refused the request (HTTP ${error.status}).`, phase: "calling-llm" }
+    case "LlmInvalidResponse":
+      return { summary: "Planning failed: the language model's reply was not a valid chat completion.", phase: "calling-llm" }
+    case "LlmRequestInvalid":
+      return { summary: "Planning failed: the request to the language model could not be built.", phase: "calling-llm" }
+    default:
+      return { summary: "Planning failed: the language model could not be reached.", phase: "calling-llm" }
+  }
+}
+
+/** The bounded part's result: a plan, or a permanent failure to write as a failed iteration. */
+type Planned =
+  | { readonly _tag: "Plan"; readonly result: PlannerResult; readonly mission: Mission; readonly basis: WriteBasis }
+  | {
+      readonly _tag: "Failed"
+      readonly error: PermanentFailure
+      readonly phase: ErrorPhase
+      readonly summary: string
+      readonly basis: WriteBasis
+    }
+  /** `release`: nothing was written and the mission stays due: give the claim back at once. */
+  | { readonly _tag: "Skip"; readonly outcome: Extract<RunOutcome, { _tag: "Skipped" }>; readonly release?: boolean }
+
+type SkippedOutcome = Extract<RunOutcome, { _tag: "Skipped" }>
+
+/** The first transaction's result: a skip, or the mission as read, its agent and its inputs. */
+type Checked =
+  | Extract<Planned, { _tag: "Skip" }>
+  | {
+      readonly _tag: "Ready"
+      readonly basis: WriteBasis
+      readonly agent: Agent | undefined
+      readonly inputs: { readonly resolved: ReadonlyArray<ResolvedInput>; readonly unavailable: ReadonlyArray<UnavailableInput> }
+    }
+
+const skipped = (reason: SkippedOutcome["reason"], parseFailures = 0): Extract<Planned, { _tag: "Skip" }> => ({
+  _tag: "Skip",
+  outcome: { _tag: "Skipped", reason, planProduced: false, parseFailures },
+})
+
+/** An agent's skip (SPEC §14): typed, counted, logged; the claim goes back, the mission stays due. */
+const agentSkip = (
+  outcome: Omit<SkippedOutcome, "_tag" | "planProduced" | "parseFailures">,
+  message: string,
+): Effect.Effect<Extract<Planned, { _tag: "Skip" }>> => {
+  const decision = outcome.reason
+  return Effect.gen(function* () {
+    if (decision !== "agent-malformed") yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", decision))
+    yield* Effect.logInfo(`run skipped: ${message}`).pipe(
+      Effect.annotateLogs({
+        reason: decision,
+        ...(outcome.freeAt === undefined ? {} : { freeAt: outcome.freeAt ?? "never by time" }),
+        ...(outcome.budget === undefined ? {} : { budget: outcome.budget }),
+      }),
+    )
+    return { _tag: "Skip", release: true, outcome: { _tag: "Skipped", planProduced: false, parseFailures: 0, ...outcome } } as const
+  })
+}
+
+/** The run's token usage over every LLM answer that reported it (repair turns included). */
+const tokensOf = (usage: ReadonlyArray<TokenUsage>) => ({
+  llmAnswersWithUsage: usage.length,
+  promptTokens: usage.reduce((n, u) => n + u.promptTokens, 0),
+  completionTokens: usage.reduce((n, u) => n + u.completionTokens, 0),
+  totalTokens: usage.reduce((n, u) => n + u.totalTokens, 0),
+})
+
+const errorKind = (cause: Cause.Cause<MissionTimeout | SqlError>): string =>
+  Option.match(Cause.failureOption(cause), { onNone: () => (Cause.isInterruptedOnly(cause) ? "Interrupted" : "Defect"), onSome: (e) => e._tag })
+
+export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
+  Effect.gen(function* () {
+    const store = yield* MissionStore
+    const resolvers = yield* InputResolvers
+    const planner = yield* Planner
+    const writeBack = yield* WriteBack
+    const config = yield* RunnerConfig
+    const sqlClient = yield* SqlClient.SqlClient
+    const eventLog = yield* EventLogSchema
+    // Optional so a stack without them (the offline planner's unit tests) still runs: no cap, no wait.
+    const permits = yield* Effect.serviceOption(AgentPermits)
+    const breaker = yield* Effect.serviceOption(LlmBreaker)
+    const ledger = yield* Effect.serviceOption(TokenLedger)
+    const owner = options.instanceId ?? defaultInstanceId()
+    const timeoutMs = Duration.toMillis(config.missionTimeout)
+    const claimTtlMs = Duration.toMillis(Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60))))
+    const pruneEveryMs = Duration.toMillis(Duration.decode(options.claimPruneEvery ?? Duration.minutes(1)))
+    const lastPrune = yield* Ref.make(Number.NEGATIVE_INFINITY)
+
+    /**
+     * A claim kept after its write-back (or by a crashed instance) is useless once expired: delete those
+     * through run_claims_expires_idx, at most once per interval, so the table stays as small as the runs
+     * under way. Same clock as `claim`, so TestClock drives both.
+     */
+    const prune = (now: number) =>
+      Effect.gen(function* () {
+        const pruned = yield* sqlClient<{ n: number }>`
+          WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
+          SELECT count(*)::int AS n FROM gone`
+        const n = Number(pruned[0]?.n ?? 0)
+        if (n > 0) yield* Effect.logDebug("expired run claims pruned").pipe(Effect.annotateLogs({ pruned: n }))
+      }).pipe(
+        Effect.timeout("5 seconds"),
+        Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
+      )
+    // The interval is checked first: most runs prune nothing and need no timeout (a timer fiber) for it.
+    const pruneClaims = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.flatMap(
+        Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last])),
+        (due) => (due ? prune(now) : Effect.void),
+      ),
+    )
+
+    /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
+    const prepare = (
+      userId: string,
+      mission: Mission,
+      iterationId: string,
+      attemptId: string,
+      heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>,
+      claimed: Effect.Effect<void>,
+    ) =>
+      Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
+        const key = { userId, missionId: mission.id, iterationId }
+        // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
+        const now = yield* Clock.currentTimeMillis
+        // One transaction, one round trip per step (issue 16): claim in the scoping statement, then the
+        // mission and its agent, then the inputs (withUserScope inside joins this scope).
+        const checked = yield* withUserScopeFirst(
+          userId,
+          { with: claimCte(sqlClient, key, owner, now, claimTtlMs), columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed` },
+          (row, sql) =>
+            Effect.gen(function* (): Effect.fn.Return<Checked, SqlError, EventLogSchema> {
+              if (Number(row.claimed) === 0) return skipped("claimed-elsewhere")
+              yield* claimed
+
+              // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
+              // rescheduled or already planned (by another instance) since. The write-back checks again.
+              // The mission's agent comes with it, in the same query (SPEC §14).
+              const read = yield* readCurrentMissionWithAgent(sql, userId, mission.id, iterationId, config.defaultTimezone)
+              const { current, agent: resolution } = read
+              if (current._tag === "Skip") {
+                yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
+                return skipped(current.reason)
+              }
+              const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
+              if (dueAt === undefined || dueAt > now) {
+                yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
+                  Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
+                )
+                return skipped("not-due")
+              }
+              if (resolution._tag === "Malformed") {
+                return yield* agentSkip(
+                  { reason: "agent-malformed", detail: resolution.error.message },
+                  `the mission's agent record does not decode: ${resolution.error.message}`,
+                )
+              }
+              const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
+              const decision = runDecision(agent)
+              if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+
+              // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
+              // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
+              const inputs = yield* resolvers.resolveForRun(userId, current.mission.inputs, {
+                missionId: mission.id,
+                iterationId,
+                grant: current.record.grant,
+              })
+              return { _tag: "Ready", basis: { current, missionRows: read.missionRows }, agent, inputs } as const
+            }),
+        ).pipe(
+          Effect.provideService(SqlClient.SqlClient, sqlClient),
+          Effect.provideService(EventLogSchema, eventLog),
+          withSpanWhenTracing("checkMission"),
+        )
+        if (checked._tag !== "Ready") return checked
+        const { basis, agent } = checked
+        const fresh = basis.current.mission
+
+        const resolveAndPlan = planner.plan({
+          mission: fresh,
+          resolvedInputs: checked.inputs.resolved,
+          unavailableInputs: checked.inputs.unavailable,
+          ...(agent === undefined ? {} : { agent }),
+          // The last answer's usage is held for the write-back transaction (SPEC §14).
+          run: { userId, iterationId, attemptId, ...(Option.isSome(ledger) ? { heldUsage } : {}) },
+        })
+        // An agent's runs across the user's missions hold one of its maxConcurrentMissions permits.
+        const capped =
+          agent === undefined || Option.isNone(permits)
+            ? resolveAndPlan
+            : permits.value.withPermit({ userId, agentId: agent.id, cap: agent.maxConcurrentMissions })(resolveAndPlan)
+
+        return yield* capped.pipe(
+          withSpanWhenTracing("plan"),
+          Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh, basis })),
+          Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout | SqlError> => {
+            if (error._tag === "SqlError") return Effect.fail(error)
+            if (error._tag === "BudgetExhausted") {
+              return agentSkip(
+                {
+                  reason: "skipped-budget",
+                  budget: error.budget,
+                  freeAt: error.freeAtMs === undefined ? null : new Date(error.freeAtMs).toISOString(),
+                },
+                error.message,
+              )
+            }
+            if (error._tag !== "PlanRejected" && isTransientLlmError(error)) {
+              // The client retries transient errors until the deadline; one that surfaces anyway is
+              // treated as an exhausted deadline: nothing written, the mission stays due.
+              return Effect.logWarning(`the LLM client gave up on a transient error: ${error.message}`).pipe(
+                Effect.zipRight(Effect.fail(new MissionTimeout({ timeoutMs }))),
+              )
+            }
+            const { summary, phase } = describeFailure(error)
+            return Effect.succeed({ _tag: "Failed", error, phase, summary, basis })
+          }),
+        )
+      })
+
+    const runFrom = ({ userId, mission }: RunRequest, iterationId: string, startMs: number, attemptId: string) =>
+      Effect.gen(function* () {
+        const key = { userId, missionId: mission.id, iterationId }
+        const startedAt = new Date(startMs)
+        const holdsClaim = yield* Ref.make(false)
+        /** The run's answer(s) not yet recorded: they go into the write-back transaction. */
+        const heldUsage = yield* Ref.make<ReadonlyArray<UsageEntry>>([])
+        /**
+         * The write-back did not commit them (skipped, rolled back, failed, interrupted): the spend
+         * happened all the same, so they are recorded on their own. Keyed per answer, so a write-back
+         * whose COMMIT landed but whose acknowledgement was lost is not counted twice.
+         */
+        const recordHeld = Effect.gen(function* () {
+          const held = yield* Ref.getAndSet(heldUsage, [])
+          if (held.length === 0 || Option.isNone(ledger)) return
+          yield* ledger.value.record(userId, held).pipe(
+            Effect.retry(heldUsageRetry),
+            Effect.catchAll((e) => Effect.logWarning(`could not record the run's last LLM answer's token usage: ${e.message}`)),
+          )
+        })
+        const giveBackClaim = Effect.whenEffect(
+          store.releaseClaim(key, owner).pipe(
+            Effect.timeout("5 seconds"),
+            Effect.catchAll((e) => Effect.logWarning(`could not release the run's claim: ${String(e)}`)),
+          ),
+          Ref.get(holdsClaim),
+        )
+
+        // Claim to commit: the part the deadline bounds.
+        const bounded = Effect.gen(function* () {
+          const planned = yield* prepare(userId, mission, iterationId, attemptId, heldUsage, Ref.set(holdsClaim, true))
+          if (planned._tag === "Skip") {
+            if (planned.release === true) yield* giveBackClaim
+            return planned.outcome
+          }
+
+          const finishedAt = new Date(yield* Clock.currentTimeMillis)
+          let iteration: Iteration
+          let parseFailures: number
+          if (planned._tag === "Plan") {
+            yield* Metric.increment(plansProducedTotal)
+            const { plan, rejectedAnswers } = planned.result
+            parseFailures = rejectedAnswers
+            iteration = plannedIteration({ id: iterationId, startedAt, finishedAt, summary: plan.summary, steps: plan.steps })
+          } else {
+            const { error, phase, summary } = planned
+            parseFailures = error._tag === "PlanRejected" ? error.attempts : 0
+            yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag))
+            yield* Effect.logWarning(`planning failed for good; writing a failed iteration: ${error.message}`).pipe(
+              Effect.annotateLogs({ error: error._tag, phase }),
+            )
+            iteration = failedIteration({
+              id: iterationId,
+              startedAt,
+              finishedAt,
+              summary,
+              errorName: error._tag,
+              errorMessage: error.message,
+              phase,
+            })
+          }
+
+          const written = yield* writeBack
+            .append({ userId, missionId: mission.id, iteration, basis: planned.basis, usage: yield* Ref.get(heldUsage) })
+            .pipe(withSpanWhenTracing("writeBack"))
+          // Committed with the iteration: nothing left to record on its own.
+          if (written._tag === "Written") yield* Ref.set(heldUsage, [])
+          const planProduced = planned._tag === "Plan"
+          if (written._tag === "Skipped") {
+            return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
+          }
+          yield* Metric.increment(plansWrittenBackTotal)
+          yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", "ran"))
+          yield* Effect.logInfo("iteration written back").pipe(
+            Effect.annotateLogs({ overallStatus: iteration.overallStatus, steps: iteration.plan.length, nextRunAt: written.nextRunAt ?? "none" }),
+            // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
+            Effect.annotateLogs(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
+          )
+          return {
+            _tag: "Written",
+            iterationId,
+            overallStatus: iteration.overallStatus === "failed" ? "failed" : iteration.plan.length === 0 ? "approved" : "awaiting-review",
+            steps: iteration.plan.length,
+            nextRunAt: written.nextRunAt,
+            planProduced,
+            parseFailures,
+            ...(planned._tag === "Failed" ? { failure: planned.error._tag } : {}),
+          } satisfies RunOutcome
+        })
+
+        const outcome = yield* Effect.gen(function* () {
+          // While the LLM breaker is open the run waits here, before it takes its deadline (SPEC §14).
+          if (Option.isSome(breaker)) yield* breaker.value.awaitReady
+          return yield* bounded.pipe(
+            // Past the deadline the run is interrupted wherever it is; in the write-back, its
+            // transaction rolls back whole (a COMMIT already under way finishes: the retry then finds
+            // the iteration written and skips).
+            Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
+            // Failed or interrupted before its commit, the run wrote nothing: give the claim back for the retry.
+            Effect.onError(() => giveBackClaim),
+            // Outside the deadline: usage the write-back did not commit is recorded whatever the run's end.
+            Effect.ensuring(recordHeld),
+          )
+        })
+
+        if (outcome._tag === "Skipped") {
+          yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", outcome.reason))
+        }
+        return outcome as RunOutcome
+      })
+
+    const run: MissionRunnerShape["run"] = (request) => {
+      const { userId, mission } = request
+      const iterationId = iterationIdFor(mission.id, mission.nextRunAt)
+      return Effect.flatMap(Clock.currentTimeMillis, (startMs) =>
+        runFrom(request, iterationId, startMs, randomUUID()).pipe(
+          Effect.tap(pruneClaims),
+          Effect.onExit((exit) =>
+            Effect.gen(function* () {
+              const end = yield* Clock.currentTimeMillis
+              yield* Metric.update(missionRunDuration, Math.max(0, end - startMs) / 1000)
+              if (Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)) {
+                const kind = errorKind(exit.cause)
+                yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", kind))
+                yield* Effect.logWarning(`mission run failed: ${kind}`).pipe(Effect.annotateLogs({ error: kind }))
+              }
+            }),
+          ),
+        ),
+      ).pipe(
+        withSpanWhenTracing("MissionRunner.run", {
+          attributes: { userId, missionId: mission.id, iterationId, scheduledFor: mission.nextRunAt ?? "none" },
+        }),
+        Effect.annotateLogs({ userId, missionId: mission.id, iterationId }),
+      )
+    }
+
+    return { run } satisfies MissionRunnerShape
+  })
+
+export class MissionRunner extends Effect.Service<MissionRunner>()("mana-ai/MissionRunner", { effect: makeMissionRunner() }) {
+  /** With another instance id (cluster mode), claim margin or prune interval (tests). */
+  static readonly withOptions = (
+    options: MissionRunnerOptions,
+  ): Layer.Layer<
+    MissionRunner,
+    never,
+    MissionStore | InputResolvers | Planner | WriteBack | RunnerConfig | SqlClient.SqlClient | EventLogSchema
+  > =>
+    // AgentPermits and LlmBreaker are taken when present (runnerServicesLayer provides both).
+    Layer.effect(MissionRunner, Effect.map(makeMissionRunner(options), MissionRunner.make))
+}

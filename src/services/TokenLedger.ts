@@ -1,15 +1,20 @@
 /**
  * Token usage and budgets (SPEC §14): every LLM answer's usage lands once in `mana_ai.token_usage`,
  * and before each LLM request `budgetCheck` says whether the run may ask, or when it may ask again.
- * CONTRACT — implementation: TokenLedgerLive. The verdict itself is pure (`budgetVerdict`).
+ * The verdict itself is pure (`budgetVerdict`). The ledger runs on the runner's own tables (migration
+ * 0003_token_usage). Per-user sums run inside the user's RLS scope; the process-wide sum reads
+ * `token_usage_process`, which holds no user data (see the migration for why there is no cross-user
+ * read of token_usage). Window times come from Effect's Clock, so tests move them with TestClock.
  */
+import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, type Effect, Option } from "effect"
+import { Clock, Duration, Effect, Layer, Metric, Option, Schedule, Schema } from "effect"
+import { TokenBudgetConfig } from "./AppConfig.js"
+import { tokensUsedTotal } from "./metrics.js"
+import { transactionLossAsError, withUserScope } from "./withUserScope.js"
 
 /** The rolling window every budget sums over. */
 export const BUDGET_WINDOW_MS = 24 * 60 * 60 * 1000
-/** Rows older than this are pruned. */
-export const RETENTION_MS = 48 * 60 * 60 * 1000
 
 /** One LLM answer's usage (prompt + completion), repair turns and rejected answers included. */
 export interface UsageEntry {
@@ -72,7 +77,7 @@ export interface BudgetReading {
 }
 
 /** At or over the limit stops the run; the verdict names the budget that frees last. */
-export const budgetVerdict = (readings: ReadonlyArray<BudgetReading>): BudgetVerdict => {
+const budgetVerdict = (readings: ReadonlyArray<BudgetReading>): BudgetVerdict => {
   const spent = readings.filter((r) => r.window.spent >= r.limit)
   if (spent.length === 0) return { _tag: "Ok" }
   const later = (a: BudgetReading, b: BudgetReading): BudgetReading => {
@@ -116,4 +121,156 @@ export interface TokenLedgerShape {
   readonly prune: Effect.Effect<{ readonly usage: number; readonly process: number }, SqlError>
 }
 
-export class TokenLedger extends Context.Tag("mana-ai/TokenLedger")<TokenLedger, TokenLedgerShape>() {}
+// float8: pg returns bigint sums as strings; a day's tokens fit a double exactly.
+const WindowRow = Schema.Struct({ spent: Schema.Number, frees_at: Schema.NullOr(Schema.DateFromSelf) })
+const decodeWindowRow = Schema.decodeUnknown(WindowRow)
+const CountRow = Schema.Struct({ n: Schema.Number })
+const decodeCountRow = Schema.decodeUnknown(CountRow)
+
+export const makeTokenLedger = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const budgets = yield* TokenBudgetConfig
+
+  const since = Effect.map(Clock.currentTimeMillis, (now) => new Date(now - BUDGET_WINDOW_MS))
+
+  const insert = (entries: ReadonlyArray<UsageEntry>): Effect.Effect<number, SqlError> => {
+    if (entries.length === 0) return Effect.succeed(0)
+    const rows = entries.map((e) => ({
+      user_id: e.userId,
+      agent_id: e.agentId,
+      mission_id: e.missionId,
+      iteration_id: e.iterationId,
+      answer_key: e.answerKey,
+      tokens: Math.max(0, Math.round(e.tokens)),
+      at: e.at,
+    }))
+    // The process row is added by the same statement, only for a usage row that is new here.
+    return sql`
+      WITH fresh AS (
+        INSERT INTO mana_ai.token_usage ${sql.insert(rows)}
+        ON CONFLICT (user_id, answer_key) DO NOTHING
+        RETURNING at, tokens)
+      INSERT INTO mana_ai.token_usage_process (at, tokens)
+      SELECT at, tokens FROM fresh
+      RETURNING tokens`.pipe(
+      Effect.map((inserted) => inserted.reduce((sum, r) => sum + Number(r.tokens), 0)),
+      // Counted when the statement succeeds: a write-back transaction that then rolls back over-counts
+      // the metric (never the table), which is rare and errs towards showing spend.
+      Effect.tap((tokens) => Metric.incrementBy(tokensUsedTotal, tokens)),
+      Effect.withSpan("TokenLedger.insert", { attributes: { "usage.entries": entries.length } }),
+    )
+  }
+
+  const inUserScope = <A>(userId: string, body: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
+    withUserScope(userId, () => body).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+
+  const record = (userId: string, entries: ReadonlyArray<UsageEntry>) =>
+    entries.length === 0 ? Effect.succeed(0) : inUserScope(userId, insert(entries))
+
+  const windowQuery = (scope: BudgetScope, from: Date, limit: number) => {
+    const source =
+      scope._tag === "Process"
+        ? sql`SELECT at, tokens FROM mana_ai.token_usage_process WHERE at > ${from}`
+        : scope._tag === "User"
+          ? sql`SELECT at, tokens FROM mana_ai.token_usage WHERE user_id = ${scope.userId} AND at > ${from}`
+          : sql`SELECT at, tokens FROM mana_ai.token_usage
+                WHERE user_id = ${scope.userId} AND agent_id = ${scope.agentId} AND at > ${from}`
+    // frees_at: the time of the oldest row whose leaving (with all older ones) takes the spend below the limit.
+    return sql`
+      WITH w AS (
+        SELECT at,
+               sum(tokens) OVER (ORDER BY at ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS upto,
+               sum(tokens) OVER () AS total
+        FROM (${source}) AS s)
+      SELECT coalesce(max(total), 0)::float8 AS spent,
+             min(at) FILTER (WHERE total - upto < ${limit}) AS frees_at
+      FROM w`.pipe(
+      Effect.flatMap((rows) => decodeWindowRow(rows[0])),
+      Effect.orDie,
+      Effect.map(
+        ({ spent, frees_at }): WindowSpend => ({
+          spent,
+          freeAt:
+            spent < limit || frees_at === null ? Option.none() : Option.some(new Date(frees_at.getTime() + BUDGET_WINDOW_MS)),
+        }),
+      ),
+    )
+  }
+
+  /** Per-user scopes read inside the user's RLS scope; the process scope needs none. */
+  const scoped = <A>(scope: BudgetScope, body: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
+    scope._tag === "Process" ? body : inUserScope(scope.userId, body)
+
+  const window = (scope: BudgetScope, limit: number) =>
+    Effect.flatMap(since, (from) => scoped(scope, windowQuery(scope, from, limit))).pipe(
+      Effect.withSpan("TokenLedger.window", { attributes: { "budget.scope": scope._tag } }),
+    )
+
+  // A limit no sum reaches: the spend without computing when it frees.
+  const spentInWindow = (scope: BudgetScope) =>
+    Effect.map(window(scope, Number.MAX_SAFE_INTEGER), (w) => w.spent)
+
+  const budgetCheck = (run: { readonly userId: string; readonly agent: { readonly id: string; readonly maxTokensPerDay?: number | null | undefined } | undefined }) =>
+    Effect.gen(function* () {
+      const from = yield* since
+      const agentLimit = run.agent?.maxTokensPerDay
+      const own: Option.Option<{ budget: "agent" | "user"; scope: BudgetScope; limit: number }> =
+        run.agent !== undefined && agentLimit !== undefined && agentLimit !== null
+          ? Option.some({ budget: "agent", scope: { _tag: "Agent", userId: run.userId, agentId: run.agent.id }, limit: agentLimit })
+          : Option.map(budgets.userDailyTokens, (limit) => ({ budget: "user", scope: { _tag: "User", userId: run.userId }, limit }))
+      const readings: Array<BudgetReading> = []
+      if (Option.isSome(own)) {
+        const { budget, scope, limit } = own.value
+        readings.push({ budget, limit, window: yield* scoped(scope, windowQuery(scope, from, limit)) })
+      }
+      if (Option.isSome(budgets.llmDailyTokens)) {
+        const limit = budgets.llmDailyTokens.value
+        readings.push({ budget: "process", limit, window: yield* windowQuery({ _tag: "Process" }, from, limit) })
+      }
+      return budgetVerdict(readings)
+    }).pipe(Effect.withSpan("TokenLedger.budgetCheck"))
+
+  // Outside any user scope (the setting is cleared for this transaction), so the user policy matches
+  // no row and only the DELETE-only retention policy applies: every user's rows past 48 h, nothing else.
+  // No WHERE on purpose: a WHERE would need a cross-user read, which the runner does not have.
+  const prune = sql
+    .withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT set_config('app.current_user_id', '', true)`
+        const usage = yield* sql`WITH d AS (DELETE FROM mana_ai.token_usage RETURNING 1) SELECT count(*)::float8 AS n FROM d`
+        const processRows = yield* sql`
+          WITH d AS (DELETE FROM mana_ai.token_usage_process WHERE at < now() - interval '48 hours' RETURNING 1)
+          SELECT count(*)::float8 AS n FROM d`
+        const [u, p] = yield* Effect.all([decodeCountRow(usage[0]), decodeCountRow(processRows[0])]).pipe(Effect.orDie)
+        return { usage: u.n, process: p.n }
+      }),
+    )
+    .pipe(
+      transactionLossAsError,
+      Effect.tap(({ usage, process }) =>
+        usage + process > 0 ? Effect.logDebug("Token usage pruned").pipe(Effect.annotateLogs({ usage, process })) : Effect.void,
+      ),
+      Effect.withSpan("TokenLedger.prune"),
+    )
+
+  return { insert, record, spentInWindow, window, budgetCheck, prune } satisfies TokenLedgerShape
+})
+
+export class TokenLedger extends Effect.Service<TokenLedger>()("mana-ai/TokenLedger", { effect: makeTokenLedger }) {}
+
+/** How often expired token usage is pruned (and once at start). */
+const PRUNE_INTERVAL = Duration.hours(1)
+
+/**
+ * Prunes token usage older than 48 h at start and every PRUNE_INTERVAL, in the background of the
+ * layer's scope. A failed prune (database away) is logged and tried again on the next round.
+ */
+export const TokenUsagePruneLive: Layer.Layer<never, never, TokenLedger> = Layer.scopedDiscard(
+  Effect.flatMap(TokenLedger, (ledger) =>
+    ledger.prune.pipe(
+      Effect.catchAllCause((cause) => Effect.logWarning("Pruning token usage failed; trying again later", cause)),
+      Effect.repeat(Schedule.spaced(PRUNE_INTERVAL)),
+      Effect.forkScoped,
+    ),
+  ),
+)

@@ -1,12 +1,38 @@
 /**
- * Write-back (SPEC §6): appends one iteration as one RLS-scoped `sync_changes` row.
- * CONTRACT — implementation: WriteBackLive.
+ * Write-back (SPEC §6): one run appends one iteration as one `update` row, under the owner's RLS
+ * scope, to the mission as it stands inside the write transaction.
+ *
+ * The per-mission advisory lock serialises concurrent runners and instances; once it is held, the
+ * replay below sees every earlier append, so "already holds this iteration id" is decisive and a
+ * retry, restart or second instance never produces a duplicate. The row carries only `iterations`
+ * and `nextRunAt`, so every other field (a user's edit, fields the runner does not know) survives.
+ * The row's shape follows the generation of sync_changes found at start (EventLogSchema): the seed's
+ * stamps `field_timestamps` with the system actor; today's stamps `field_meta` with `origin 'agent'`,
+ * `schema_version 1` and the app's AI actor (the mission's agent, or the legacy principal).
+ * The run's LLM answers not yet recorded (its last one) are inserted into mana_ai.token_usage in the
+ * same transaction (SPEC §14), so the iteration and its usage commit together or not at all.
  */
+import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, type Effect } from "effect"
-import type { Iteration } from "../domain/mission.js"
-import type { CurrentMission } from "./currentMission.js"
-import type { UsageEntry } from "./TokenLedger.js"
+import { Clock, Effect, Either, Option } from "effect"
+import {
+  AGENTS_TABLE,
+  MISSIONS_APP_ID,
+  MISSIONS_TABLE,
+  RUNNER_ACTOR,
+  RUNNER_CLIENT_ID,
+  RUNNER_ORIGIN,
+  type Iteration,
+  aiActorFor,
+} from "../domain/mission.js"
+import { type RecordState, isLive, replayOrdered } from "../domain/replay.js"
+import { RunnerConfig } from "./AppConfig.js"
+import { type CurrentMission, nextRunFor, readCurrentMission } from "./currentMission.js"
+import { EventLogSchema } from "./EventLogSchema.js"
+import { readRecordRows, recordRefKey } from "./recordRows.js"
+import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
+import { advisoryLock, withUserScopeFirst } from "./withUserScope.js"
+import { withSpanWhenTracing } from "./tracing.js"
 
 /**
  * The mission as the run's pre-check read it (its own transaction, before the LLM call), and how many
@@ -50,4 +76,153 @@ export interface WriteBackShape {
   readonly append: (request: WriteRequest) => Effect.Effect<WriteResult, SqlError>
 }
 
-export class WriteBack extends Context.Tag("mana-ai/WriteBack")<WriteBack, WriteBackShape>() {}
+/**
+ * The write time stamped on both fields: the clock, but never at or before the time of the values
+ * being replaced. A device whose clock runs ahead may have stamped `iterations` in our future; an
+ * older stamp would make the replay drop this append silently (LWW), so it moves just past the
+ * newest one instead; nextRunAt is then computed after that stamp, so it stays strictly after it.
+ */
+const writeTimeFor = (nowMs: number, state: RecordState): number => {
+  const held = Math.max(state.times.iterations ?? Number.NEGATIVE_INFINITY, state.times.nextRunAt ?? Number.NEGATIVE_INFINITY)
+  return Math.max(nowMs, held + 1)
+}
+
+const CIPHERTEXT_PREFIX = "enc:1:"
+
+/**
+ * The mission's agent as the actor names it (SPEC §14): a live `ai/agents` record of the same user,
+ * read in the write transaction; null (the legacy path) when there is no agentId or no such agent.
+ */
+const readAgent = (sql: SqlClient.SqlClient, userId: string, agentId: string | undefined) => {
+  if (agentId === undefined) return Effect.succeed(null)
+  const ref = { appId: MISSIONS_APP_ID, table: AGENTS_TABLE, recordId: agentId }
+  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => {
+    const state = replayOrdered(byRef.get(recordRefKey(ref))?.rows ?? [])
+    if (state.record === null || !isLive(state)) return null
+    const name = state.record.name
+    const readable = typeof name === "string" && name.trim() !== "" && !name.startsWith(CIPHERTEXT_PREFIX)
+    return { id: agentId, name: readable ? name : "Mana" }
+  })
+}
+
+export const makeWriteBack = Effect.gen(function* () {
+  const sqlClient = yield* SqlClient.SqlClient
+  const config = yield* RunnerConfig
+  const eventLog = yield* EventLogSchema
+  // Optional: a stack without budgets (unit tests) writes no usage.
+  const ledger = yield* Effect.serviceOption(TokenLedger)
+
+  /**
+   * Inserts the append onto `current`. With `expectedRows`, one statement that inserts only while the
+   * mission still has exactly that many rows (append-only log: the same rows the basis was replayed
+   * from); undefined when it has more, so the caller reads the mission again.
+   */
+  const insertOnto = (
+    sql: SqlClient.SqlClient,
+    request: WriteRequest,
+    current: Extract<CurrentMission, { _tag: "Appendable" }>,
+    expectedRows?: number,
+  ): Effect.Effect<WriteResult | undefined, SqlError, EventLogSchema> =>
+    Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError, EventLogSchema> {
+      const nowMs = yield* Clock.currentTimeMillis
+      const writtenMs = writeTimeFor(nowMs, current.state)
+      const writtenAt = new Date(writtenMs).toISOString()
+      // SPEC §6: strictly after the write time actually stamped, which a device clock ahead pushes later.
+      const next = nextRunFor(current.mission, new Date(writtenMs), config.defaultTimezone)
+      if (Either.isLeft(next)) {
+        yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
+          Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
+        )
+        return { _tag: "Skipped", reason: "malformed" }
+      }
+      const nextRunAt = next.right === null ? null : next.right.toISOString()
+      // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
+      const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
+      const data = { iterations: [...existing, request.iteration], nextRunAt }
+      const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
+      const timeColumn = sql(eventLog.timeColumn)
+      const unchanged =
+        expectedRows === undefined
+          ? sql``
+          : sql`WHERE (SELECT count(*) FROM sync_changes
+                       WHERE user_id = ${request.userId} AND app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE}
+                         AND record_id = ${request.missionId}) = ${expectedRows}`
+      let inserted: ReadonlyArray<unknown>
+      if (eventLog.generation === "field_meta") {
+        const actor = aiActorFor({
+          agent: yield* readAgent(sql, request.userId, current.mission.agentId),
+          missionId: request.missionId,
+          iterationId: request.iteration.id,
+          summary: request.iteration.summary,
+        })
+        inserted = yield* sql`
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
+          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                 ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+                 ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN}
+          ${unchanged}
+          RETURNING 1`
+      } else {
+        inserted = yield* sql`
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
+          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                 ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+                 ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
+          ${unchanged}
+          RETURNING 1`
+      }
+      if (inserted.length === 0) return undefined
+      return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
+    })
+
+  const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
+    withUserScopeFirst(
+      request.userId,
+      // The lock in the scoping statement: every statement after it sees every earlier append.
+      advisoryLock(sqlClient, JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])),
+      (_row, sql) =>
+        Effect.tap(appendIn(sql, request), (written) => {
+          // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
+          const usage = request.usage ?? []
+          return written._tag === "Written" && usage.length > 0 && Option.isSome(ledger) ? ledger.value.insert(usage) : Effect.void
+        }),
+    ).pipe(
+      Effect.provideService(SqlClient.SqlClient, sqlClient),
+      Effect.provideService(EventLogSchema, eventLog),
+      withSpanWhenTracing("WriteBack.append", {
+        attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
+      }),
+    )
+
+  /** The append inside the locked, scoped transaction: on the basis when it still holds, else on a fresh read. */
+  const appendIn = (sql: SqlClient.SqlClient, request: WriteRequest) =>
+        Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
+          if (request.basis !== undefined) {
+            // Nothing written since the pre-check: its replay is the mission as it stands (one statement).
+            const written = yield* insertOnto(sql, request, request.basis.current, request.basis.missionRows)
+            if (written !== undefined) return written
+          }
+          const current = yield* readCurrentMission(
+            sql,
+            request.userId,
+            request.missionId,
+            request.iteration.id,
+            config.defaultTimezone,
+          )
+          if (current._tag === "Skip") {
+            yield* Effect.logInfo(`write-back skipped: ${current.detail}`).pipe(
+              Effect.annotateLogs({ reason: current.reason, iterationId: request.iteration.id }),
+            )
+            return { _tag: "Skipped", reason: current.reason }
+          }
+          const written = yield* insertOnto(sql, request, current)
+          // Without a row-count condition the insert always inserts.
+          return written ?? { _tag: "Skipped", reason: "malformed" }
+        })
+
+  return { append } satisfies WriteBackShape
+})
+
+export class WriteBack extends Effect.Service<WriteBack>()("mana-ai/WriteBack", { effect: makeWriteBack }) {}

@@ -25,7 +25,7 @@ const runsOf = (missionId: string) => runs.get(missionId) ?? 0
 const CountingRunner = Layer.effect(
   MissionRunner,
   Effect.map(MissionRunner, (real) =>
-    MissionRunner.of({
+    MissionRunner.make({
       run: (request) =>
         Effect.suspend(() => {
           runs.set(request.mission.id, runsOf(request.mission.id) + 1)

@@ -168,7 +168,7 @@ export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits, timings:
         } as const
       })
 
-    const service = MissionRunner.of({
+    const service = MissionRunner.make({
       run: (request) =>
         Effect.gen(function* () {
           const start: RunStart = {

@@ -4,7 +4,6 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Either, Fiber, Layer, Logger, Metric, Option, TestClock, TestServices } from "effect"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
-import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { llmRequestsTotal, llmTokensTotal } from "../../src/services/metrics.js"
 import {
   type LlmStandInShape,
@@ -25,7 +24,7 @@ interface ClientOptions {
 
 /** The real client over fetch against the stand-in; a short backoff base keeps the file fast. */
 const clientLayer = (standIn: LlmStandInShape, o: ClientOptions = {}) =>
-  llmClientLayer({ baseDelay: Duration.millis(100), maxDelay: Duration.seconds(2) }).pipe(
+  LlmClient.withOptions({ baseDelay: Duration.millis(100), maxDelay: Duration.seconds(2) }).pipe(
     Layer.provide(
       Layer.mergeAll(
         llmConfigFor(
@@ -49,7 +48,7 @@ const complete = (standIn: LlmStandInShape, o: ClientOptions = {}, msgs: Readonl
 const counter = (metric: typeof llmRequestsTotal, key: string, value: string) =>
   Effect.map(Metric.value(Metric.tagged(metric, key, value)), (s) => s.count)
 
-describe("LlmClientLive against the LLM stand-in", () => {
+describe("LlmClient against the LLM stand-in", () => {
   it.scoped("returns choices[0].message.content and the usage, and sends model, temperature and messages", () =>
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
@@ -276,7 +275,7 @@ const nextRetryDelay = Effect.gen(function* () {
   return yield* Effect.dieMessage("the client never slept for a retry")
 })
 
-describe("LlmClientLive backoff on the TestClock", () => {
+describe("LlmClient backoff on the TestClock", () => {
   it.scoped("a request hanging past LLM_TIMEOUT_MS is an LlmTimeout at exactly that time, aborted and retried", () =>
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn
@@ -365,7 +364,7 @@ describe("LlmClientLive backoff on the TestClock", () => {
   )
 })
 
-describe("LlmClientLive, more branches", () => {
+describe("LlmClient, more branches", () => {
   it.scoped("usage without total_tokens counts prompt + completion", () =>
     Effect.gen(function* () {
       const standIn = yield* makeLlmStandIn

@@ -13,16 +13,15 @@ import type { Mission } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
-import { llmClientLayer } from "../../src/services/LlmClientLive.js"
+import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { MissionRunner } from "../../src/services/MissionRunner.js"
-import { makeMissionRunner, missionRunnerLayer } from "../../src/services/MissionRunnerLive.js"
+import { MissionRunner, makeMissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { missionStoreLayer } from "../../src/services/MissionStoreLive.js"
 import { missionsSkippedTotal, plansProducedTotal, plansWrittenBackTotal } from "../../src/services/metrics.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
-import { WriteBackLive } from "../../src/services/WriteBackLive.js"
+import { WriteBack } from "../../src/services/WriteBack.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
 import { LlmStandIn, completion, defaultPlan, llmConfigFor, messagesOf, planAnswer } from "../support/LlmStandIn.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
@@ -40,16 +39,16 @@ const LlmCfg = Layer.unwrapEffect(Effect.map(LlmStandIn, (s) => llmConfigFor(s, 
   Layer.provideMerge(StandIn),
 )
 // Short backoff so transient errors repeat many times within a short deadline.
-const Llm = llmClientLayer({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
+const Llm = LlmClient.withOptions({ baseDelay: Duration.millis(20), maxDelay: Duration.millis(100) }).pipe(
   Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.Default)),
 )
 const Pipeline = Layer.mergeAll(
   missionStoreLayer(),
   InputResolvers.Default,
-  WriteBackLive,
+  WriteBack.Default,
   PlannerLive.pipe(Layer.provide(Layer.merge(Llm, ToolCatalog.builtin))),
 )
-const Runner = missionRunnerLayer({ instanceId: INSTANCE }).pipe(Layer.provideMerge(Pipeline))
+const Runner = MissionRunner.withOptions({ instanceId: INSTANCE }).pipe(Layer.provideMerge(Pipeline))
 const L = Runner.pipe(Layer.provideMerge(LlmCfg), Layer.provideMerge(Base)).pipe(Layer.orDie)
 
 const SCHEDULED = "2026-03-02T08:00:00.000Z"

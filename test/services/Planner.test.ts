@@ -7,7 +7,7 @@ import { OFFLINE_SUMMARY_PREFIX } from "../../src/domain/offlinePlanner.js"
 import { type Tool, defaultTools } from "../../src/domain/tools.js"
 import type { LlmConfigShape } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
-import { llmClientLayer } from "../../src/services/LlmClientLive.js"
+import { LlmClient } from "../../src/services/LlmClient.js"
 import { parseFailuresTotal } from "../../src/services/metrics.js"
 import { Planner } from "../../src/services/Planner.js"
 import { PlannerLive, PlannerOffline } from "../../src/services/PlannerLive.js"
@@ -46,7 +46,7 @@ const plannerLayer = <E = never>(
   catalogue: Layer.Layer<ToolCatalog, E> = ToolCatalog.builtin,
 ) => {
   const llmConfig = llmConfigFor(standIn, { requestTimeout: Duration.seconds(5), plannerMode: "json", ...config })
-  const client = llmClientLayer({ baseDelay: Duration.millis(50) }).pipe(
+  const client = LlmClient.withOptions({ baseDelay: Duration.millis(50) }).pipe(
     Layer.provide(Layer.mergeAll(llmConfig, Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(2)), FetchHttpClient.layer)),
   )
   return PlannerLive.pipe(Layer.provide(Layer.mergeAll(client, catalogue, llmConfig)))

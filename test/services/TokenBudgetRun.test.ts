@@ -10,10 +10,8 @@ import { expect } from "vitest"
 import { TokenBudgetConfig } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
-import { llmClientLayer } from "../../src/services/LlmClientLive.js"
 import { runMigrations } from "../../src/services/Migrations.js"
 import { answerKey, TokenLedger } from "../../src/services/TokenLedger.js"
-import { TokenLedgerLive } from "../../src/services/TokenLedgerLive.js"
 import { LlmStandIn, completion, llmConfigFor } from "../support/LlmStandIn.js"
 import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -21,13 +19,13 @@ const USAGE = { prompt_tokens: 150, completion_tokens: 50 } // 200 tokens per an
 
 const Db = Layer.provideMerge(RunnerSqlLive(8), TestDatabaseLive)
 const Env = Layer.mergeAll(
-  Layer.provideMerge(TokenLedgerLive, Layer.merge(Layer.succeed(TokenBudgetConfig, TokenBudgetConfig.none), Layer.provideMerge(Layer.effectDiscard(runMigrations), Db))),
+  Layer.provideMerge(TokenLedger.Default, Layer.merge(Layer.succeed(TokenBudgetConfig, TokenBudgetConfig.none), Layer.provideMerge(Layer.effectDiscard(runMigrations), Db))),
   LlmStandIn.layer,
 )
 
 const clientFor = Layer.unwrapEffect(
   Effect.map(LlmStandIn, (standIn) =>
-    llmClientLayer({ baseDelay: Duration.millis(50), maxDelay: Duration.millis(200) }).pipe(
+    LlmClient.withOptions({ baseDelay: Duration.millis(50), maxDelay: Duration.millis(200) }).pipe(
       Layer.provide(
         Layer.mergeAll(llmConfigFor(standIn), Layer.effect(GlobalLlmPermits, GlobalLlmPermits.sized(16)), FetchHttpClient.layer),
       ),

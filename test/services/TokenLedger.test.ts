@@ -4,8 +4,7 @@ import { Effect, Either, Exit, Layer, Option, Schedule, TestClock, TestServices 
 import { expect } from "vitest"
 import { TokenBudgetConfig, type TokenBudgetConfigShape } from "../../src/services/AppConfig.js"
 import { runMigrations } from "../../src/services/Migrations.js"
-import { answerKey, BUDGET_WINDOW_MS, TokenLedger, type UsageEntry } from "../../src/services/TokenLedger.js"
-import { makeTokenLedger, TokenUsagePruneLive } from "../../src/services/TokenLedgerLive.js"
+import { answerKey, BUDGET_WINDOW_MS, makeTokenLedger, TokenLedger, TokenUsagePruneLive, type UsageEntry } from "../../src/services/TokenLedger.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -264,7 +263,7 @@ it.layer(L, { timeout: 120_000 })("TokenUsagePruneLive", (it) => {
           Effect.repeat(count, { until: (c) => c === n, schedule: Schedule.spaced("20 millis").pipe(Schedule.upTo("10 seconds")) }),
         ).pipe(Effect.zipRight(count))
       yield* expired(1)
-      yield* Layer.build(TokenUsagePruneLive.pipe(Layer.provide(Layer.succeed(TokenLedger, ledger))))
+      yield* Layer.build(TokenUsagePruneLive.pipe(Layer.provide(Layer.succeed(TokenLedger, TokenLedger.make(ledger)))))
       expect(yield* eventually(0)).toBe(0)
       yield* expired(2)
       yield* TestClock.adjust("59 minutes")

@@ -4,8 +4,7 @@ import { Context, Effect, Exit, Fiber, Layer, TestClock, TestServices } from "ef
 import { expect } from "vitest"
 import type { Iteration } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
-import { WriteBack, type WriteBasis } from "../../src/services/WriteBack.js"
-import { WriteBackLive, makeWriteBack } from "../../src/services/WriteBackLive.js"
+import { WriteBack, type WriteBasis, makeWriteBack } from "../../src/services/WriteBack.js"
 import { readCurrentMissionWithAgent } from "../../src/services/currentMission.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { insertChange, missionData, replayedMission, runnerRows } from "../support/eventLogRows.js"
@@ -14,7 +13,7 @@ import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDa
 const Db = Layer.provideMerge(RunnerSqlLive(6), TestDatabaseLive)
 // Missions without a timezone fall back to this, so the nextRunAt table proves the default is used.
 const Config = RunnerConfig.test({ defaultTimezone: "Europe/Berlin" })
-const L = Layer.provideMerge(WriteBackLive, Layer.merge(Db, Config))
+const L = Layer.provideMerge(WriteBack.Default, Layer.merge(Db, Config))
 
 const T0 = "2026-03-01T00:00:00.000Z"
 const WRITE_AT = "2026-03-02T08:00:30.000Z"

@@ -14,7 +14,6 @@ import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
-import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { insertChange, missionData, runnerRows } from "../support/eventLogRows.js"
 import { TestDatabase, testDatabaseLayer } from "../support/TestDatabase.js"
@@ -75,7 +74,7 @@ it.layer(testDatabaseLayer({ generation: "field_meta" }), { timeout: 60_000 })("
       expect(scoped).toEqual([{ n: 0 }])
 
       const services = yield* Layer.build(
-        Layer.mergeAll(InputResolvers.Default, WriteBackLive).pipe(
+        Layer.mergeAll(InputResolvers.Default, WriteBack.Default).pipe(
           Layer.provide(Layer.mergeAll(Layer.succeedContext(context), RunnerConfig.test())),
         ),
       )

@@ -11,7 +11,6 @@ import { failedIteration, plannedIteration } from "../../src/domain/iteration.js
 import type { Iteration } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
-import { WriteBackLive } from "../../src/services/WriteBackLive.js"
 import {
   AiActorSchema,
   LegacySystemActorSchema,
@@ -21,7 +20,7 @@ import {
 import { insertChange, missionData, runnerRows } from "../support/eventLogRows.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
-const L = Layer.provideMerge(WriteBackLive, Layer.mergeAll(Layer.provideMerge(RunnerSqlLive(4), TestDatabaseLive), RunnerConfig.test()))
+const L = Layer.provideMerge(WriteBack.Default, Layer.mergeAll(Layer.provideMerge(RunnerSqlLive(4), TestDatabaseLive), RunnerConfig.test()))
 
 // Compile time: what the runner builds is assignable to the app's type (tsc checks this file).
 const asAppIteration = (it: Iteration): MissionIteration => it
