@@ -16,7 +16,7 @@ import { InputResolvers } from "../../src/services/InputResolvers.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
-import { MissionStoreLive } from "../../src/services/MissionStoreLive.js"
+import { MissionStore } from "../../src/services/MissionStore.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
 import { WriteBack } from "../../src/services/WriteBack.js"
@@ -39,7 +39,7 @@ export const baseLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape>
   )
 
 export const storeLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}) =>
-  Layer.provideMerge(MissionStoreLive, baseLayer(db, config))
+  Layer.provideMerge(MissionStore.Default, baseLayer(db, config))
 
 const llmConfigLayer = (url: string, plannerMode: PlannerMode = "tools") =>
   Layer.succeed(LlmConfig, {
@@ -65,7 +65,7 @@ export const servicesLayer = (
   const platform = Layer.mergeAll(llmConfigLayer(llmUrl, plannerMode), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
   const own = Layer.provideMerge(
     Layer.mergeAll(
-      timedStore(recorder).pipe(Layer.provide(MissionStoreLive)),
+      timedStore(recorder).pipe(Layer.provide(MissionStore.Default)),
       InputResolvers.Default,
       WriteBack.Default,
       GlobalLlmPermits.Default,

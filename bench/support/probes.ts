@@ -114,7 +114,7 @@ export const timedStore = (recorder: Recorder) =>
   Layer.effect(
     MissionStore,
     Effect.map(MissionStore, (inner) =>
-      MissionStore.of({
+      MissionStore.make({
         ...inner,
         refresh: Effect.suspend(() => {
           const t0 = nowMs()

@@ -34,8 +34,7 @@ import * as Reactivity from "@effect/experimental/Reactivity"
 import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Option, Redacted, Ref, Schedule, Schema, Stream, SubscriptionRef } from "effect"
 import { type ClusterView, Ownership, type OwnershipShape } from "../actors/Ownership.js"
-import type { MissionSnapshot } from "../services/MissionStore.js"
-import { SnapshotRow, toSnapshot } from "../services/MissionStoreLive.js"
+import { type MissionSnapshot, SnapshotRow, toSnapshot } from "../services/MissionStore.js"
 import type { ClusterConfigShape } from "./ClusterConfig.js"
 
 /** The only shard group: users. */

@@ -1,6 +1,6 @@
 /**
  * The one rule for "this replayed record is a valid mission, and may be scheduled" (SPEC §3), with
- * the one sentence that says why not. Discovery (MissionStoreLive), the run's pre-check and the
+ * the one sentence that says why not. Discovery (MissionStore), the run's pre-check and the
  * write-back (currentMission), GET /internal/missions (userMissions) and the test doubles all judge
  * a record here, so the log, the stored snapshot and the API give the same reason.
  */

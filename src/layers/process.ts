@@ -33,7 +33,7 @@ import { LlmClient } from "../services/LlmClient.js"
 import { MigrationsLive } from "../services/Migrations.js"
 import * as metrics from "../services/metrics.js"
 import { MissionRunner } from "../services/MissionRunner.js"
-import { MissionStoreLive } from "../services/MissionStoreLive.js"
+import { MissionStore } from "../services/MissionStore.js"
 import { PlannerLive, PlannerOffline } from "../services/PlannerLive.js"
 import { ToolCatalog } from "../services/ToolCatalog.js"
 import { TokenLedger, TokenUsagePruneLive } from "../services/TokenLedger.js"
@@ -79,7 +79,7 @@ export const runnerServicesLayer = (planner: PlannerKind, instanceId?: string) =
       ? PlannerLive.pipe(Layer.provide(LlmClient.Default), Layer.provide(permits), Layer.provide(agentServices))
       : PlannerOffline
   return (instanceId === undefined ? MissionRunner.Default : MissionRunner.withOptions({ instanceId })).pipe(
-    Layer.provideMerge(Layer.mergeAll(MissionStoreLive, WriteBack.Default, InputResolvers.Default, plannerLayer, permits)),
+    Layer.provideMerge(Layer.mergeAll(MissionStore.Default, WriteBack.Default, InputResolvers.Default, plannerLayer, permits)),
     Layer.provideMerge(agentServices),
     Layer.provideMerge(ToolCatalog.Default),
   )

@@ -1,10 +1,44 @@
 /**
- * Mission snapshots kept incrementally in schema mana_ai (SPEC §2, §7, §8).
- * CONTRACT — implementation: MissionStoreLive (SqlClient; tables created by the migrations).
+ * MissionStore on the runner's own tables in schema mana_ai (SPEC §2, §7, §8).
+ *
+ * refresh reads mission rows newer than the cursor minus a look-back window, skipping ids already
+ * applied, so a row whose transaction committed late (an earlier created_at) is still seen; each
+ * record is replayed incrementally from its snapshot, or again from the log when a row sorts before
+ * what the snapshot already holds. One refresh is one pass over one server-side cursor sorted by
+ * record, so the first discovery of a long history and a burst of rows cost one read of their rows.
+ * Timestamps travel as exact UTC text (microseconds): a JS Date would round them and break the
+ * (created_at, id) order. Each pass is one transaction holding an
+ * advisory lock, so two runner instances never apply the same rows twice. The cursor never runs
+ * ahead of the database's now(), and a periodic reconciliation catches rows committed after the
+ * window had passed them.
  */
+import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, type Duration, type Effect, type Either } from "effect"
-import type { Mission } from "../domain/mission.js"
+import { Clock, Duration, Effect, Either, Fiber, Metric, Ref, Schema } from "effect"
+import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
+import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
+import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"
+import {
+  type RecordState,
+  type ReplayRow,
+  applyChanges,
+  fieldTimesProblem,
+  initialState,
+  isApplicable,
+  isLive,
+  parseInstant,
+} from "../domain/replay.js"
+import { RunnerConfig } from "./AppConfig.js"
+import { EventLogSchema } from "./EventLogSchema.js"
+import { claimCte } from "./runClaims.js"
+import { transactionLossAsError } from "./withUserScope.js"
+import {
+  discoveryDuration,
+  discoveryReconciledTotal,
+  discoveryRowsRead,
+  malformedRowsTotal,
+  missionsSkippedTotal,
+} from "./metrics.js"
 
 export interface MissionSnapshot {
   readonly userId: string
@@ -55,4 +89,739 @@ export interface MissionStoreShape {
   ) => Effect.Effect<void, SqlError>
 }
 
-export class MissionStore extends Context.Tag("mana-ai/MissionStore")<MissionStore, MissionStoreShape>() {}
+export interface MissionStoreOptions {
+  /** How far behind the cursor each refresh re-reads (default: DISCOVERY_LOOKBACK_MS). */
+  readonly lookback?: Duration.DurationInput
+  /** Mission records loaded, judged and written per statement within a refresh's one pass. */
+  readonly batchSize?: number
+  /** How often a refresh also reconciles every mission with the log (default: DISCOVERY_RECONCILE_INTERVAL_MS). */
+  readonly reconcileInterval?: Duration.DurationInput
+  /** Mission records per reconciliation transaction. */
+  readonly reconcileChunk?: number
+}
+
+const DEFAULT_BATCH_SIZE = 1000
+/** Records (each with all its new rows) per FETCH of the discovery cursor. */
+const FETCH_RECORDS = 1000
+const DEFAULT_RECONCILE_CHUNK = 500
+/** Rows applied between two ANALYZEs of mission_snapshots (see analyzeIfDue). */
+const ANALYZE_AFTER_ROWS = 10_000
+
+/** pg_advisory_xact_lock key for a refresh batch: the bytes of "manadisc". */
+export const REFRESH_LOCK_KEY = "7881696566315094371"
+
+/** created_at as exact UTC text, `YYYY-MM-DDTHH:MM:SS.ffffffZ`: fixed width, so it sorts as it reads. */
+const exactUtc = (sql: SqlClient.SqlClient, column: string) =>
+  sql`to_char(${sql(column)} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
+
+// ---------------------------------------------------------------- rows and positions
+
+/** A position in the event log's total order. */
+interface Position {
+  readonly at: string
+  readonly id: string
+}
+
+// Fixed-width UTC text and lower-case uuid text both sort as Postgres sorts timestamptz and uuid.
+const comparePositions = (a: Position, b: Position): number =>
+  a.at < b.at ? -1 : a.at > b.at ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+
+const LogRow = Schema.Struct({
+  id: Schema.String,
+  user_id: Schema.String,
+  record_id: Schema.String,
+  op: ChangeOp,
+  data: Schema.Unknown,
+  field_timestamps: Schema.Unknown,
+  at: Schema.String,
+})
+type LogRow = typeof LogRow.Type
+const decodeLogRow = Schema.decodeUnknownEither(LogRow)
+
+/** What LogRow's schema accepts, checked without building a parse result (see decodeRows). */
+const isLogRowShape = (r: Record<string, unknown>): r is Record<string, unknown> & LogRow =>
+  typeof r.id === "string" &&
+  typeof r.user_id === "string" &&
+  typeof r.record_id === "string" &&
+  typeof r.at === "string" &&
+  (r.op === "insert" || r.op === "update" || r.op === "delete") &&
+  "data" in r &&
+  "field_timestamps" in r
+
+/** Whether noteRowProblems has anything to say about a row (most rows: no). */
+const rowHasProblem = (row: LogRow): boolean =>
+  row.op === "delete"
+    ? fieldTimesProblem(row.field_timestamps, row.data) !== null
+    : typeof row.data !== "object" || row.data === null || Array.isArray(row.data)
+      ? true
+      : fieldTimesProblem(row.field_timestamps, row.data) !== null
+
+/** A row as the discovery cursor sends it inside its record's array (newMissionRowsQuery). */
+const rowFromArray = (userId: unknown, recordId: unknown, r: unknown): Record<string, unknown> =>
+  Array.isArray(r) ? { id: r[0], user_id: userId, record_id: recordId, op: r[1], data: r[2], field_timestamps: r[3], at: r[4] } : {}
+
+/**
+ * Epoch ms of exactUtc's text (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), the fraction truncated as parseInstant
+ * truncates it, read by position: a million rows in a first discovery. Any other shape (a year
+ * outside 1000–9999) goes through parseInstant.
+ */
+const exactUtcMillis = (at: string): number => {
+  if (at.length !== 27 || at.charCodeAt(0) === 48 /* "0": a year before 1000 */) return parseInstant(at) ?? Number.NaN
+  const n = (from: number, to: number) => Number(at.slice(from, to))
+  return Date.UTC(n(0, 4), n(5, 7) - 1, n(8, 10), n(11, 13), n(14, 16), n(17, 19), n(20, 23))
+}
+
+const toReplayRow = (row: LogRow): ReplayRow => ({
+  id: row.id,
+  op: row.op,
+  data: row.data,
+  field_timestamps: row.field_timestamps,
+  created_at: new Date(exactUtcMillis(row.at)),
+  record_id: row.record_id,
+})
+
+const describeValue = (u: unknown): string => (u === null ? "null" : Array.isArray(u) ? "an array" : `a ${typeof u}`)
+
+const rowProblem = (row: LogRow): string =>
+  `change ${row.id} (${row.op}) carries data that is not an object (${describeValue(row.data)})`
+
+// ---------------------------------------------------------------- judging a replayed record
+
+interface Judgement {
+  readonly deleted: boolean
+  readonly state: string | null
+  readonly nextRunAt: string | null
+  readonly schedulable: boolean
+  /** Why the mission is skipped: a sentence naming the field and what was wrong. */
+  readonly malformedReason: string | null
+  /** The record decoded while judging, so the snapshot handed on need not decode it again. */
+  readonly mission?: Mission
+}
+
+const judge = (state: RecordState, problem: string | null, defaultTimezone: string): Judgement => {
+  const gone = { deleted: true, state: null, nextRunAt: null, schedulable: false } as const
+  if (state.record === null) return { ...gone, malformedReason: problem }
+  if (!isLive(state)) return { ...gone, malformedReason: null }
+  const valid = missionValidity(state.record, defaultTimezone)
+  if (Either.isLeft(valid)) {
+    return {
+      deleted: false,
+      state: typeof state.record.state === "string" ? state.record.state : null,
+      nextRunAt: null,
+      schedulable: false,
+      malformedReason: valid.left,
+    }
+  }
+  return {
+    deleted: false,
+    state: valid.right.mission.state,
+    nextRunAt: valid.right.nextRunAt,
+    schedulable: isSchedulable(valid.right),
+    malformedReason: null,
+    mission: valid.right.mission,
+  }
+}
+
+// ---------------------------------------------------------------- snapshots as stored
+
+export const SnapshotRow = Schema.Struct({
+  user_id: Schema.String,
+  record_id: Schema.String,
+  record: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  deleted: Schema.Boolean,
+  schedulable: Schema.Boolean,
+  next_run_at: Schema.NullOr(Schema.DateFromSelf),
+  malformed_reason: Schema.NullOr(Schema.String),
+})
+export type SnapshotRow = typeof SnapshotRow.Type
+
+/** `mission`: the record already decoded by judge (refresh), spared a second decode. */
+export const toSnapshot = (row: SnapshotRow, mission?: Mission): MissionSnapshot => {
+  const record = row.deleted ? null : row.record
+  const decoded: Either.Either<Mission, string> =
+    row.malformed_reason !== null
+      ? Either.left(row.malformed_reason)
+      : record === null
+        ? Either.left("the mission is deleted")
+        : mission !== undefined
+          ? Either.right(mission)
+          : decodeMissionRecord(record)
+  return {
+    userId: row.user_id,
+    missionId: row.record_id,
+    record,
+    decoded,
+    schedulable: row.schedulable && Either.isRight(decoded),
+    nextRunAt: row.next_run_at,
+  }
+}
+
+/** A snapshot's state as refresh carries it between rows. */
+interface Working {
+  readonly userId: string
+  readonly recordId: string
+  readonly state: RecordState
+  readonly last: Position | null
+  /** The latest row problem since the record last existed: explains a record that never came to be. */
+  readonly problem: string | null
+}
+
+const StoredWorking = Schema.Struct({
+  user_id: Schema.String,
+  record_id: Schema.String,
+  record: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown })),
+  field_times: Schema.Record({ key: Schema.String, value: Schema.Number }),
+  last_at: Schema.String,
+  last_id: Schema.String,
+  malformed_reason: Schema.NullOr(Schema.String),
+})
+
+const keyOf = (userId: string, recordId: string) => JSON.stringify([userId, recordId])
+
+/** JSON with object keys sorted: a record read back from jsonb has its keys in jsonb's order. */
+const canonicalJson = (u: unknown): string =>
+  JSON.stringify(u, (_key, value: unknown) =>
+    typeof value === "object" && value !== null && !Array.isArray(value)
+      ? Object.fromEntries(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : value,
+  )
+
+// ---------------------------------------------------------------- the store
+
+/**
+ * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, one result row per record
+ * (`user_id`, `record_id`, `rows`: a json array of its rows in log order, each
+ * `[id, op, data, field times, created_at as exact UTC text]`), sorted
+ * by record: the order one pass folds them in. A first discovery reads a million rows; sent one
+ * record at a time, the driver decodes two values and one JSON text per record, not seven values per
+ * row. Served by the partial index sync_changes_ai_missions_created_idx even under the runner's RLS
+ * policies (see the EXPLAIN test), so a refresh with no new rows costs the window, not the history.
+ */
+export const newMissionRowsQuery = (
+  sql: SqlClient.SqlClient,
+  options: {
+    readonly cursorAt: string
+    readonly lookback: string
+    /** The newest created_at this pass reads (exact UTC text). */
+    readonly upTo: string
+    /** The per-field time column of the generation found (EventLogSchema). */
+    readonly timeColumn: SyncGeneration
+  },
+) => sql<Record<string, unknown>>`
+  SELECT s.user_id, s.record_id,
+         json_agg(json_build_array(s.id::text, s.op, s.data, ${sql(`s.${options.timeColumn}`)}, ${exactUtc(sql, "s.created_at")})
+                  ORDER BY s.created_at, s.id) AS rows
+  FROM sync_changes s
+  WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+    AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
+    AND s.created_at <= ${options.upTo}::timestamptz
+    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
+  GROUP BY s.user_id, s.record_id
+  ORDER BY s.user_id, s.record_id`
+
+export const makeMissionStore = (
+  options: MissionStoreOptions = {},
+): Effect.Effect<MissionStoreShape, never, SqlClient.SqlClient | RunnerConfig | EventLogSchema> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const config = yield* RunnerConfig
+    const { timeColumn } = yield* EventLogSchema
+    const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? config.discoveryLookback)) * 1000)
+    const lookback = `${lookbackMicros} microseconds`
+    const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
+
+    const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
+
+    /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
+    const readRecord = (userId: string, recordId: string, upTo: Position) =>
+      sql<Record<string, unknown>>`
+        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
+               ${exactUtc(sql, "s.created_at")} AS at
+        FROM sync_changes s
+        WHERE s.user_id = ${userId} AND s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+          AND s.record_id = ${recordId}
+          AND (s.created_at, s.id) <= (${upTo.at}::timestamptz, ${upTo.id}::uuid)
+        ORDER BY s.created_at, s.id`
+
+    const decodeRows = (raw: ReadonlyArray<Record<string, unknown>>) =>
+      Effect.gen(function* () {
+        const rows: Array<LogRow> = []
+        for (const r of raw) {
+          // The shape checked by hand first (a million rows in a first discovery); the schema only
+          // decides, and explains, a row that fails the check.
+          if (isLogRowShape(r)) {
+            rows.push(r)
+            continue
+          }
+          const decoded = decodeLogRow(r)
+          if (Either.isRight(decoded)) rows.push(decoded.right)
+          else {
+            yield* countRow("undecodable")
+            yield* Effect.logWarning("Event-log row skipped: it does not decode").pipe(
+              Effect.annotateLogs({ changeId: String(r.id), userId: String(r.user_id), missionId: String(r.record_id) }),
+            )
+          }
+        }
+        return rows
+      })
+
+    /** Folds rows onto a working snapshot; rows that cannot change a record are noted, not applied. */
+    const fold = (start: Working, rows: ReadonlyArray<LogRow>): Working => {
+      const last = rows[rows.length - 1]
+      if (last === undefined) return start
+      // The problem is the last row's: an applicable row clears it, any other row sets it.
+      const problem = isApplicable(toReplayRow(last)) ? null : rowProblem(last)
+      return { ...start, state: applyChanges(start.state, rows.map(toReplayRow)), last: { at: last.at, id: last.id }, problem }
+    }
+
+    const loadWorking = (keys: ReadonlyArray<{ user_id: string; record_id: string }>) =>
+      Effect.gen(function* () {
+        const raw = yield* sql<Record<string, unknown>>`
+          SELECT m.user_id, m.record_id, m.record, m.field_times, ${exactUtc(sql, "m.last_created_at")} AS last_at,
+                 m.last_change_id::text AS last_id, m.malformed_reason
+          FROM mana_ai.mission_snapshots m
+          JOIN jsonb_to_recordset(${JSON.stringify(keys)}::jsonb) AS k(user_id text, record_id text)
+            ON k.user_id = m.user_id AND k.record_id = m.record_id`
+        const byKey = new Map<string, Working>()
+        for (const r of raw) {
+          // Our own table: a row that does not decode is a bug, and replaying from scratch would hide it.
+          const s = yield* Schema.decodeUnknown(StoredWorking)(r).pipe(Effect.orDie)
+          byKey.set(keyOf(s.user_id, s.record_id), {
+            userId: s.user_id,
+            recordId: s.record_id,
+            state: { record: s.record, times: s.field_times },
+            last: { at: s.last_at, id: s.last_id },
+            problem: s.record === null ? s.malformed_reason : null,
+          })
+        }
+        return byKey
+      })
+
+    const judgeAndLog = (working: Working) =>
+      Effect.gen(function* () {
+        const judgement = judge(working.state, working.problem, config.defaultTimezone)
+        if (judgement.malformedReason !== null) {
+          yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", "malformed"))
+          yield* Effect.logWarning("Mission skipped: malformed").pipe(
+            Effect.annotateLogs({ userId: working.userId, missionId: working.recordId, reason: judgement.malformedReason }),
+          )
+        }
+        return judgement
+      })
+
+    /** Writes judged snapshots (one statement). */
+    const saveSnapshots = (results: ReadonlyArray<{ readonly working: Working; readonly judgement: Judgement }>) =>
+      Effect.gen(function* () {
+        const snapshots = results.map(({ working, judgement }) => ({
+          user_id: working.userId,
+          record_id: working.recordId,
+          record: working.state.record,
+          field_times: working.state.times,
+          last_at: working.last!.at,
+          last_id: working.last!.id,
+          deleted: judgement.deleted,
+          state: judgement.state,
+          next_run_at: judgement.nextRunAt,
+          schedulable: judgement.schedulable,
+          malformed_reason: judgement.malformedReason,
+        }))
+        yield* sql`
+          INSERT INTO mana_ai.mission_snapshots AS m
+            (user_id, record_id, record, field_times, last_created_at, last_change_id, deleted, state, next_run_at,
+             schedulable, malformed_reason, updated_at)
+          SELECT x.user_id, x.record_id, NULLIF(x.record, 'null'::jsonb), x.field_times, x.last_at::timestamptz,
+                 x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, now()
+          FROM jsonb_to_recordset(${JSON.stringify(snapshots)}::jsonb) AS x(
+            user_id text, record_id text, record jsonb, field_times jsonb, last_at text, last_id text, deleted boolean,
+            state text, next_run_at text, schedulable boolean, malformed_reason text)
+          ON CONFLICT (user_id, record_id) DO UPDATE SET
+            record = EXCLUDED.record, field_times = EXCLUDED.field_times, last_created_at = EXCLUDED.last_created_at,
+            last_change_id = EXCLUDED.last_change_id, deleted = EXCLUDED.deleted, state = EXCLUDED.state,
+            next_run_at = EXCLUDED.next_run_at, schedulable = EXCLUDED.schedulable,
+            malformed_reason = EXCLUDED.malformed_reason, updated_at = now()`
+      })
+
+    /** Snapshots handed on as changed. */
+    const changedSnapshots = (results: ReadonlyArray<{ readonly working: Working; readonly judgement: Judgement }>) =>
+      results.map(({ working, judgement }) =>
+        toSnapshot(
+          {
+            user_id: working.userId,
+            record_id: working.recordId,
+            record: working.state.record,
+            deleted: judgement.deleted,
+            schedulable: judgement.schedulable,
+            next_run_at: judgement.nextRunAt === null ? null : new Date(judgement.nextRunAt),
+            malformed_reason: judgement.malformedReason,
+          },
+          judgement.mission,
+        ),
+      )
+
+    /** Counts and logs what is wrong with one row (the row is applied or noted all the same, as before). */
+    const noteRowProblems = (row: LogRow) =>
+      Effect.gen(function* () {
+        if (!isApplicable(toReplayRow(row))) {
+          yield* countRow("data-not-object")
+          yield* Effect.logWarning("Mission row not applied: its data is not an object").pipe(
+            Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: rowProblem(row) }),
+          )
+        } else {
+          // Applied all the same: the row's created_at stands in for the times it lacks (SPEC §2).
+          const problem = fieldTimesProblem(row.field_timestamps, row.data)
+          if (problem !== null) {
+            yield* countRow(problem.reason)
+            yield* Effect.logWarning(`Mission row's ${timeColumn} ignored where unusable: ${problem.detail}`).pipe(
+              Effect.annotateLogs({ userId: row.user_id, missionId: row.record_id, changeId: row.id, reason: problem.reason }),
+            )
+          }
+        }
+      })
+
+    /**
+     * Applies the new rows of some records (each list: one record's rows, in log order) onto their
+     * stored snapshots, judges each record once and writes the snapshots in one statement.
+     */
+    const applyRecords = (records: ReadonlyArray<ReadonlyArray<LogRow>>) =>
+      Effect.gen(function* () {
+        if (records.length === 0) return [] as Array<MissionSnapshot>
+        const stored = yield* loadWorking(records.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
+        const results: Array<{ working: Working; judgement: Judgement }> = []
+        for (const list of records) {
+          const first = list[0]!
+          const base: Working = stored.get(keyOf(first.user_id, first.record_id)) ?? {
+            userId: first.user_id,
+            recordId: first.record_id,
+            state: initialState,
+            last: null,
+            problem: null,
+          }
+          const baseLast = base.last
+          const late = baseLast !== null && list.some((row) => comparePositions(row, baseLast) <= 0)
+          let working: Working
+          if (late) {
+            // A row committed late sorts inside what the snapshot holds: replay the record again, up to
+            // the newest row the snapshot or this pass holds (later ones arrive as ordinary new rows).
+            const newest = list[list.length - 1]!
+            const upTo = comparePositions(newest, baseLast) > 0 ? newest : baseLast
+            const history = yield* decodeRows(yield* readRecord(first.user_id, first.record_id, upTo))
+            working = fold({ ...base, state: initialState, last: null, problem: null }, history)
+            yield* Effect.logDebug("Mission replayed again after a late row").pipe(
+              Effect.annotateLogs({ userId: first.user_id, missionId: first.record_id, rows: history.length }),
+            )
+          } else {
+            working = fold(base, list)
+          }
+          results.push({ working, judgement: yield* judgeAndLog(working) })
+        }
+        yield* saveSnapshots(results)
+        return changedSnapshots(results)
+      })
+
+    /** Marks rows applied: only those still inside the window after this pass (older ones are never re-read). */
+    const markApplied = (ids: ReadonlyArray<string>, ats: ReadonlyArray<string>) =>
+      ids.length === 0
+        ? Effect.void
+        : sql`
+            INSERT INTO mana_ai.applied_changes (change_id, created_at)
+            SELECT x.id::uuid, x.at::timestamptz
+            FROM unnest(string_to_array(${ids.join(",")}, ','), string_to_array(${ats.join(",")}, ',')) AS x(id, at)
+            ON CONFLICT (change_id) DO NOTHING`.pipe(Effect.asVoid)
+
+    /**
+     * One refresh: every new mission row in one pass, in one transaction serialised between runner
+     * instances. The rows come from one server-side cursor sorted by record, so each record is loaded,
+     * folded, judged and written once per pass however many rows it got: the first discovery of a long
+     * history and a burst inside the look-back window cost one sort and one read of their rows, not one
+     * re-scan of the window per page (SPEC §2: the same field-level replay as row by row; a test
+     * compares both on the same rows).
+     */
+    const refreshPass = sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
+        const cursor = yield* sql<{ at: string }>`
+          SELECT ${exactUtc(sql, "created_at")} AS at FROM mana_ai.discovery_cursor`
+        const cursorAt = cursor[0]?.at ?? "-infinity"
+        // The newest mission row now (the partial index's last entry): the pass reads up to it, rows
+        // committed meanwhile wait for the next refresh. The cursor will be `next` (never beyond now(),
+        // which is fixed for the transaction), so rows after `keepAfter` are the ones to mark applied.
+        const [bounds] = yield* sql<{ up_to: string | null; keep_after: string | null }>`
+          SELECT ${exactUtc(sql, "x.m")} AS up_to,
+                 ${exactUtc(sql, "x.next")} AS keep_after
+          FROM (SELECT m, LEAST(GREATEST(${cursorAt}::timestamptz, m), now()) - ${lookback}::interval AS next
+                FROM (SELECT max(s.created_at) AS m FROM sync_changes s
+                      WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}) y) x`
+        const upTo = bounds?.up_to ?? null
+        const keepAfter = bounds?.keep_after ?? null
+        if (upTo === null || keepAfter === null) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
+        // The cursor sorts every new row by record: on a first discovery or a burst that sort spills to
+        // disk, and with the default 4 MB it merges in many more passes (this transaction only).
+        yield* sql`SET LOCAL work_mem = '64MB'`
+        yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
+
+        const changed: Array<MissionSnapshot> = []
+        let rowsRead = 0
+        // The count of a FETCH cannot be a parameter: a constant of the text.
+        const fetchPage = sql<{ user_id: unknown; record_id: unknown; rows: unknown }>`
+          FETCH FORWARD ${sql.literal(String(FETCH_RECORDS))} FROM mana_ai_discovery`
+        // The next page is asked for before this one is folded (same connection, queued ahead of this
+        // page's writes), so Postgres produces it while Bun folds, judges and encodes.
+        let pending = yield* Effect.fork(fetchPage)
+        for (;;) {
+          const page = yield* Fiber.join(pending)
+          const done = page.length < FETCH_RECORDS
+          if (!done) pending = yield* Effect.fork(fetchPage)
+          const ids: Array<string> = []
+          const ats: Array<string> = []
+          const records: Array<Array<LogRow>> = []
+          for (const record of page) {
+            const raw = Array.isArray(record.rows) ? record.rows.map((r) => rowFromArray(record.user_id, record.record_id, r)) : []
+            rowsRead += raw.length
+            // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+            for (const r of raw) {
+              const at = String(r.at)
+              if (at > keepAfter) {
+                ids.push(String(r.id))
+                ats.push(at)
+              }
+            }
+            const rows = yield* decodeRows(raw)
+            for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
+            if (rows.length > 0) records.push(rows)
+          }
+          for (let i = 0; i < records.length; i += batchSize) {
+            changed.push(...(yield* applyRecords(records.slice(i, i + batchSize))))
+          }
+          yield* markApplied(ids, ats)
+          if (done) break
+        }
+        yield* sql`CLOSE mana_ai_discovery`
+        if (rowsRead === 0) return { rowsRead, changed }
+
+        // The cursor never runs ahead of the database's now(): one row stamped in the future must not
+        // carry it past rows still to commit (they would fall behind the window); a future row stays in
+        // the window, skipped as applied, until its time.
+        yield* sql`
+          INSERT INTO mana_ai.discovery_cursor AS c (singleton, created_at)
+          VALUES (true, LEAST(${upTo}::timestamptz, now()))
+          ON CONFLICT (singleton) DO UPDATE
+            SET created_at = LEAST(GREATEST(c.created_at, EXCLUDED.created_at), now()), updated_at = now()`
+        // Ids older than the window are never read again.
+        yield* sql`
+          DELETE FROM mana_ai.applied_changes
+          WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
+        return { rowsRead, changed }
+      }),
+    ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect
+    // ------------------------------------------------------------ reconciliation
+    // The incremental path sees a row only while it is inside the look-back window; a sync transaction
+    // open longer than the window commits rows the window has already passed. Reconciliation replays
+    // every mission from the log, in chunks of records, up to the window's start (and up to what each
+    // snapshot already holds), and corrects any snapshot that differs: rows newer than that are the
+    // incremental path's, so the two never apply one row on top of the other.
+
+    const reconcileChunk = Math.max(1, options.reconcileChunk ?? DEFAULT_RECONCILE_CHUNK)
+
+    interface ReconcileKey {
+      readonly user_id: string
+      readonly record_id: string
+    }
+
+    /** Where the look-back window starts (cursor − lookback, exact UTC text); undefined before the first refresh. */
+    const windowStart = Effect.map(
+      sql<{ boundary: string }>`
+        SELECT ${exactUtc(sql, "b")} AS boundary
+        FROM (SELECT created_at - ${lookback}::interval AS b FROM mana_ai.discovery_cursor) x`,
+      (rows) => rows[0]?.boundary,
+    )
+
+    /** Mission records in the log (older than the window) that have no snapshot at all. */
+    const unknownRecords = (boundary: string) =>
+      sql<ReconcileKey>`
+        SELECT DISTINCT s.user_id, s.record_id FROM sync_changes s
+        WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE} AND s.created_at <= ${boundary}::timestamptz
+          AND NOT EXISTS (
+            SELECT 1 FROM mana_ai.mission_snapshots m WHERE m.user_id = s.user_id AND m.record_id = s.record_id)
+        ORDER BY 1, 2`
+
+    /** One chunk: re-replays `keys` (from scratch) and corrects the snapshots that differ. */
+    const reconcileKeys = (keys: ReadonlyArray<ReconcileKey>) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          yield* sql`SELECT pg_advisory_xact_lock(${REFRESH_LOCK_KEY}::bigint)`
+          const boundary = yield* windowStart
+          if (boundary === undefined) return [] as Array<MissionSnapshot>
+          const stored = yield* loadWorking(keys)
+          const bounds = keys.map((k) => {
+            const last = stored.get(keyOf(k.user_id, k.record_id))?.last ?? null
+            return { user_id: k.user_id, record_id: k.record_id, last_at: last?.at ?? null, last_id: last?.id ?? null }
+          })
+          const raw = yield* sql<Record<string, unknown>>`
+            SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
+                   ${exactUtc(sql, "s.created_at")} AS at
+            FROM sync_changes s
+            JOIN jsonb_to_recordset(${JSON.stringify(bounds)}::jsonb) AS k(user_id text, record_id text, last_at text, last_id text)
+              ON s.user_id = k.user_id AND s.record_id = k.record_id
+            WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+              AND (s.created_at <= ${boundary}::timestamptz
+                   OR (k.last_at IS NOT NULL AND (s.created_at, s.id) <= (k.last_at::timestamptz, k.last_id::uuid)))
+            ORDER BY s.user_id, s.record_id, s.created_at, s.id`
+          const rows = yield* decodeRows(raw)
+          const byRecord = new Map<string, Array<LogRow>>()
+          for (const row of rows) {
+            const key = keyOf(row.user_id, row.record_id)
+            const list = byRecord.get(key)
+            if (list === undefined) byRecord.set(key, [row])
+            else list.push(row)
+          }
+          const results: Array<{ working: Working; judgement: Judgement }> = []
+          for (const [key, list] of byRecord) {
+            const first = list[0]!
+            const before = stored.get(key)
+            const replayed = fold(
+              { userId: first.user_id, recordId: first.record_id, state: initialState, last: null, problem: null },
+              list,
+            )
+            if (
+              before !== undefined &&
+              canonicalJson(before.state.record) === canonicalJson(replayed.state.record) &&
+              canonicalJson(before.state.times) === canonicalJson(replayed.state.times)
+            ) {
+              continue
+            }
+            // Keep the newest position either side holds, so the incremental path's late-row check stays right.
+            const last =
+              before?.last != null && replayed.last !== null && comparePositions(before.last, replayed.last) > 0
+                ? before.last
+                : replayed.last
+            const working: Working = { ...replayed, last }
+            yield* Metric.increment(discoveryReconciledTotal)
+            yield* Effect.logWarning("Reconciliation applied mission rows the incremental discovery missed").pipe(
+              Effect.annotateLogs({ userId: working.userId, missionId: working.recordId, rows: list.length }),
+            )
+            results.push({ working, judgement: yield* judgeAndLog(working) })
+          }
+          if (results.length === 0) return [] as Array<MissionSnapshot>
+          yield* saveSnapshots(results)
+          return changedSnapshots(results)
+        }),
+      ).pipe(transactionLossAsError)
+
+    /** The next chunk of snapshot keys after `after`, in key order (the primary key serves it). */
+    const snapshotKeysAfter = (after: ReconcileKey | null) => {
+      const from = after === null ? sql`TRUE` : sql`(user_id, record_id) > (${after.user_id}, ${after.record_id})`
+      return sql<ReconcileKey>`
+        SELECT user_id, record_id FROM mana_ai.mission_snapshots
+        WHERE ${from}
+        ORDER BY user_id, record_id LIMIT ${reconcileChunk}`
+    }
+
+    /** Every mission record, chunk by chunk; returns the snapshots it corrected. */
+    const reconcile = Effect.gen(function* () {
+      const changed: Array<MissionSnapshot> = []
+      const boundary = yield* windowStart
+      if (boundary === undefined) return changed
+      let after: ReconcileKey | null = null
+      for (;;) {
+        const keys: ReadonlyArray<ReconcileKey> = yield* snapshotKeysAfter(after)
+        if (keys.length === 0) break
+        changed.push(...(yield* reconcileKeys(keys)))
+        after = keys[keys.length - 1]!
+        if (keys.length < reconcileChunk) break
+      }
+      const unknown = yield* unknownRecords(boundary)
+      for (let i = 0; i < unknown.length; i += reconcileChunk) {
+        changed.push(...(yield* reconcileKeys(unknown.slice(i, i + reconcileChunk))))
+      }
+      yield* Effect.logDebug("Mission snapshots reconciled with the event log").pipe(
+        Effect.annotateLogs({ corrected: changed.length }),
+      )
+      return changed
+    }).pipe(Effect.withSpan("MissionStore.reconcile"))
+    const reconcileAll: Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError> = reconcile
+
+    const reconcileEvery = Duration.toMillis(Duration.decode(options.reconcileInterval ?? config.reconcileInterval))
+    // The first refresh bootstraps from the whole log; the first reconciliation comes one interval later.
+    const lastReconciled = yield* Ref.make(yield* Clock.currentTimeMillis)
+    const reconcileIfDue = Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const due = yield* Ref.modify(lastReconciled, (last) => (now - last >= reconcileEvery ? [true, now] : [false, last]))
+      return due ? yield* reconcileAll : []
+    })
+
+    // The due query's plan rests on mission_snapshots' statistics. Autovacuum may be off or lagging (it
+    // is off on the bench's server: after a 1M-row bootstrap the never-analysed table got a parallel
+    // seq-scan plan, 290 ms instead of 0.02 ms), so the store analyses its own table after many rows.
+    const rowsSinceAnalyze = yield* Ref.make(0)
+    const analyzeIfDue = (rowsRead: number) =>
+      Ref.modify(rowsSinceAnalyze, (n) => (n + rowsRead >= ANALYZE_AFTER_ROWS ? [true, 0] : [false, n + rowsRead])).pipe(
+        Effect.flatMap((due) =>
+          due
+            ? sql`ANALYZE mana_ai.mission_snapshots`.pipe(
+                Effect.catchAll((e) => Effect.logWarning(`could not analyse mana_ai.mission_snapshots: ${e.message}`)),
+              )
+            : Effect.void,
+        ),
+      )
+
+    const refresh: Effect.Effect<RefreshResult, SqlError> = Effect.gen(function* () {
+      const changed = new Map<string, MissionSnapshot>()
+      const pass = yield* refreshPass
+      const rowsRead = pass.rowsRead
+      for (const s of pass.changed) changed.set(keyOf(s.userId, s.missionId), s)
+      for (const s of yield* reconcileIfDue) changed.set(keyOf(s.userId, s.missionId), s)
+      yield* analyzeIfDue(rowsRead)
+      yield* Metric.incrementBy(discoveryRowsRead, rowsRead)
+      if (rowsRead > 0) {
+        yield* Effect.logDebug("Mission snapshots refreshed").pipe(
+          Effect.annotateLogs({ rowsRead, missionsChanged: changed.size }),
+        )
+      }
+      return { rowsRead, changed: [...changed.values()] }
+    }).pipe(
+      Metric.trackDuration(discoveryDuration.pipe(Metric.mapInput((d: Duration.Duration) => Duration.toSeconds(d)))),
+      Effect.withSpan("MissionStore.refresh"),
+    )
+
+    const readSnapshots = (query: Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError>) =>
+      Effect.flatMap(query, (raw) =>
+        Effect.forEach(raw, (r) => Effect.map(Schema.decodeUnknown(SnapshotRow)(r).pipe(Effect.orDie), toSnapshot)),
+      )
+
+    const snapshotColumns = sql`user_id, record_id, record, deleted, schedulable, next_run_at, malformed_reason`
+
+    const schedulable = readSnapshots(
+      sql`SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots WHERE schedulable ORDER BY user_id, record_id`,
+    )
+
+    const due = (now: Date) =>
+      readSnapshots(sql`
+        SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+        WHERE schedulable AND next_run_at <= ${now}
+        ORDER BY next_run_at, user_id, record_id`)
+
+    const forUser = (userId: string) =>
+      readSnapshots(sql`
+        SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+        WHERE user_id = ${userId} AND NOT deleted
+        ORDER BY record_id`)
+
+    const claim: MissionStoreShape["claim"] = (key, owner, ttl) =>
+      Effect.gen(function* () {
+        // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
+        const now = yield* Clock.currentTimeMillis
+        const rows = yield* sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl))} SELECT 1 FROM claimed`
+        return rows.length > 0
+      })
+
+    const releaseClaim: MissionStoreShape["releaseClaim"] = (key, owner) =>
+      sql`
+        DELETE FROM mana_ai.run_claims
+        WHERE user_id = ${key.userId} AND mission_id = ${key.missionId} AND iteration_id = ${key.iterationId}
+          AND owner = ${owner}`.pipe(Effect.asVoid)
+
+    return { refresh, schedulable, due, forUser, claim, releaseClaim }
+  })
+
+/** The store on the pool's SqlClient; the migrations must have run. makeMissionStore(options) for other batch sizes or windows. */
+export class MissionStore extends Effect.Service<MissionStore>()("mana-ai/MissionStore", { effect: makeMissionStore() }) {}

@@ -68,7 +68,7 @@ export const makeStore = Effect.gen(function* () {
       const base = current?.record ?? {}
       yield* Ref.update(pending, (p) => [...p, snapshotOf(userId, missionId, { ...base, nextRunAt })])
     })
-  const service = MissionStore.of({
+  const service = MissionStore.make({
     refresh: Effect.gen(function* () {
       yield* Ref.update(refreshes, (n) => n + 1)
       const changed = yield* Ref.getAndSet(pending, [])

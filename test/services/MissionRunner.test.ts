@@ -17,7 +17,6 @@ import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, makeMissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
-import { missionStoreLayer } from "../../src/services/MissionStoreLive.js"
 import { missionsSkippedTotal, plansProducedTotal, plansWrittenBackTotal } from "../../src/services/metrics.js"
 import { PlannerLive } from "../../src/services/PlannerLive.js"
 import { ToolCatalog } from "../../src/services/ToolCatalog.js"
@@ -43,7 +42,7 @@ const Llm = LlmClient.withOptions({ baseDelay: Duration.millis(20), maxDelay: Du
   Layer.provide(Layer.mergeAll(FetchHttpClient.layer, GlobalLlmPermits.Default)),
 )
 const Pipeline = Layer.mergeAll(
-  missionStoreLayer(),
+  MissionStore.Default,
   InputResolvers.Default,
   WriteBack.Default,
   PlannerLive.pipe(Layer.provide(Layer.merge(Llm, ToolCatalog.builtin))),

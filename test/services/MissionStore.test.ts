@@ -4,8 +4,13 @@ import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, Option, TestC
 import { expect } from "vitest"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { MissionStore, type MissionSnapshot } from "../../src/services/MissionStore.js"
-import { REFRESH_LOCK_KEY, makeMissionStore, missionStoreLayer, newMissionRowsQuery } from "../../src/services/MissionStoreLive.js"
+import {
+  MissionStore,
+  type MissionSnapshot,
+  REFRESH_LOCK_KEY,
+  makeMissionStore,
+  newMissionRowsQuery,
+} from "../../src/services/MissionStore.js"
 import { discoveryReconciledTotal, malformedRowsTotal, missionsSkippedTotal } from "../../src/services/metrics.js"
 import {
   insertChanges,
@@ -22,7 +27,7 @@ const onServer = process.env.TEST_DATABASE_URL !== undefined
 
 const Db = Layer.provideMerge(RunnerSqlLive(8), TestDatabaseLive)
 const Migrated = Layer.provideMerge(MigrationsLive, Layer.merge(Db, RunnerConfig.test()))
-const StoreLive = Layer.provideMerge(missionStoreLayer(), Migrated)
+const StoreLive = Layer.provideMerge(MissionStore.Default, Migrated)
 
 const one = (snapshots: ReadonlyArray<MissionSnapshot>, userId: string, missionId: string) => {
   const found = snapshots.filter((s) => s.userId === userId && s.missionId === missionId)

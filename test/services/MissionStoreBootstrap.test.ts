@@ -11,7 +11,7 @@ import { expect } from "vitest"
 import { type ReplayRow, isLive, replayOrdered } from "../../src/domain/replay.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { makeMissionStore } from "../../src/services/MissionStoreLive.js"
+import { makeMissionStore } from "../../src/services/MissionStore.js"
 import { type Change, insertChanges, missionFields } from "../support/seed.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 

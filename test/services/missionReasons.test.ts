@@ -1,6 +1,6 @@
 /**
  * One bad mission record, one reason everywhere: what discovery logs and stores
- * (MissionStoreLive), what GET /internal/missions shows (readUserMissions, the backend's `missions`)
+ * (MissionStore), what GET /internal/missions shows (readUserMissions, the backend's `missions`)
  * and why a run skips it (readCurrentMission) are the same sentence of missionValidity. Real
  * Postgres or PGlite, as the runner role.
  */
@@ -12,7 +12,6 @@ import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { readCurrentMission } from "../../src/services/currentMission.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
-import { missionStoreLayer } from "../../src/services/MissionStoreLive.js"
 import { readUserMissions } from "../../src/services/userMissions.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { insertChanges, missionFields, missionInsertRow } from "../support/seed.js"
@@ -20,7 +19,7 @@ import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const Db = Layer.provideMerge(RunnerSqlLive(4), TestDatabaseLive)
 const Migrated = Layer.provideMerge(MigrationsLive, Layer.merge(Db, RunnerConfig.test()))
-const StoreLive = Layer.provideMerge(missionStoreLayer(), Migrated)
+const StoreLive = Layer.provideMerge(MissionStore.Default, Migrated)
 
 const USER = "u-reasons"
 
