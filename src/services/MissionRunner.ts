@@ -222,7 +222,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
      */
     const prune = (now: number) =>
       Effect.gen(function* () {
-        const pruned = yield* sqlClient<{ n: number }>`
+        const sql = sqlClient
+        const pruned = yield* sql<{ n: number }>`
           WITH gone AS (DELETE FROM mana_ai.run_claims WHERE expires_at <= ${new Date(now)} RETURNING 1)
           SELECT count(*)::int AS n FROM gone`
         const n = Number(pruned[0]?.n ?? 0)

@@ -101,7 +101,10 @@ export interface MissionStoreOptions {
 }
 
 const DEFAULT_BATCH_SIZE = 1000
-/** Records (each with all its new rows) per FETCH of the discovery cursor. */
+/**
+ * Records (each with all its new rows) per FETCH of the discovery cursor. The FETCH count is text of
+ * the statement (it cannot be a parameter, and sql.literal is kept out of src/): keep both at 1000.
+ */
 const FETCH_RECORDS = 1000
 const DEFAULT_RECONCILE_CHUNK = 500
 /** Rows applied between two ANALYZEs of mission_snapshots (see analyzeIfDue). */
@@ -563,7 +566,7 @@ export const makeMissionStore = (
         let rowsRead = 0
         // The count of a FETCH cannot be a parameter: a constant of the text.
         const fetchPage = sql<{ user_id: unknown; record_id: unknown; rows: unknown }>`
-          FETCH FORWARD ${sql.literal(String(FETCH_RECORDS))} FROM mana_ai_discovery`
+          FETCH FORWARD 1000 FROM mana_ai_discovery`
         // The next page is asked for before this one is folded (same connection, queued ahead of this
         // page's writes), so Postgres produces it while Bun folds, judges and encodes.
         let pending = yield* Effect.fork(fetchPage)
