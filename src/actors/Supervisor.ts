@@ -10,7 +10,7 @@
  * view than one already delivered, and an actor's start-up read is not overtaken by a pass.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Context, Deferred, Duration, Effect, Fiber, FiberMap, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Fiber, FiberMap, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import {
   emptyTickPart,
   type MissionStatus,
@@ -155,6 +155,9 @@ const agentsByUser = (keys: ReadonlyArray<AgentKey>) => {
   return groups
 }
 
+/** How long a tick waits for a discovery pass under way before it answers overlap-skipped. */
+const TICK_PASS_WAIT = Duration.seconds(2)
+
 export const make = Effect.gen(function* () {
   const config = yield* RunnerConfig
   const store = yield* MissionStore
@@ -172,10 +175,23 @@ export const make = Effect.gen(function* () {
   const discoveryLock = yield* Effect.makeSemaphore(1)
   /**
    * Held by whoever runs a discovery pass (the loop, a tick, `discover`) for the whole pass. A tick
-   * that finds it taken answers overlap-skipped at once (SPEC §9) instead of waiting out a pass that
-   * may take minutes (a first discovery, a burst); `discoveryLock` alone is also taken briefly by actors.
+   * that finds it taken waits TICK_PASS_WAIT for it (the loop's incremental passes take milliseconds,
+   * and a tick asked just then should run, not be refused), then answers overlap-skipped (SPEC §9)
+   * instead of waiting out a pass that may take minutes (a first discovery, a burst);
+   * `discoveryLock` alone is also taken briefly by actors.
    */
   const discoveryPass = yield* Effect.makeSemaphore(1)
+  /** Semaphore permits held by a pass: `withPermitsIfAvailable`, but willing to wait `wait` for them. */
+  const withPassWithin =
+    (wait: Duration.DurationInput) =>
+    <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<Option.Option<A>, E, R> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(Effect.timeoutOption(discoveryPass.take(1), wait)), (taken) =>
+          Option.isNone(taken)
+            ? Effect.succeedNone
+            : restore(self).pipe(Effect.map(Option.some), Effect.ensuring(discoveryPass.release(1))),
+        ),
+      )
   const tickLock = yield* Effect.makeSemaphore(1)
   const tickInProgress = yield* Ref.make(false)
   /** The first discovery pass also starts actors for every schedulable mission already stored. */
@@ -369,7 +385,7 @@ export const make = Effect.gen(function* () {
       errors.push(TickError.ShuttingDown())
       return Option.some(report(started, 0, []))
     }
-    const pass = yield* discoveryPass.withPermitsIfAvailable(1)(
+    const pass = yield* withPassWithin(TICK_PASS_WAIT)(
       discoveryLock.withPermits(1)(Effect.gen(function* () {
         yield* Metric.increment(ticksTotal)
         yield* discoverLocked.pipe(
@@ -434,7 +450,17 @@ export const make = Effect.gen(function* () {
   // transaction, and the tick holds its lock until it ends, so the next tick answers overlap-skipped
   // at once instead of queueing behind a rollback.
   const scope = yield* Effect.scope
-  const tick = Effect.flatMap(Effect.forkIn(tickHere, scope), Fiber.join)
+  // While draining the supervisor's scope is closing, and a fiber forked into it would be interrupted
+  // before it answers: a tick then answers shutting-down in the caller's fiber (it runs no pass).
+  const tick = Effect.flatMap(gate.draining, (draining) =>
+    draining
+      ? tickHere
+      : Effect.flatMap(Effect.forkIn(tickHere, scope), Fiber.join).pipe(
+          Effect.catchAllCause((cause) =>
+            Effect.flatMap(gate.draining, (now) => (now && Cause.isInterruptedOnly(cause) ? tickHere : Effect.failCause(cause))),
+          ),
+        ),
+  )
 
   const status = Effect.map(host.status, (all) =>
     all.map(toStatus).sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0)),

@@ -7,12 +7,12 @@ import { layer } from "@effect/vitest"
 import { Duration, Effect, Layer, Schedule } from "effect"
 import { expect } from "vitest"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
-import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { LlmStandIn, messagesOf } from "../support/LlmStandIn.js"
 import { runnerRowCount, runnerServices } from "../support/RunnerStack.js"
 import { insertChanges, missionInsertRow } from "../support/seed.js"
-import { TcpProxy, targetOf } from "../support/TcpProxy.js"
-import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+import { TcpProxy } from "../support/TcpProxy.js"
+import { TestDatabaseLive } from "../support/TestDatabase.js"
+import { ProxiedPool, ProxiedWorld } from "../support/ProxiedDatabase.js"
 
 const Stack = SupervisorLive.pipe(
   Layer.provideMerge(runnerServices({ missionTimeout: "20 seconds", runner: { tickEnabled: false, userConcurrency: 2 } })),
@@ -103,23 +103,12 @@ layer(SelfScheduling, { timeout: 120_000, excludeTestServices: true })("Supervis
   )
 })
 
-// The runner's pool goes through a TCP proxy, so the database can be taken away from outside.
-const ProxiedPool = Layer.unwrapEffect(
-  Effect.gen(function* () {
-    const db = yield* TestDatabase
-    const proxy = yield* TcpProxy
-    return databaseLayerFromUrl(proxy.rewrite(db.runnerUrl), 4)
-  }),
-)
 const Proxied = SupervisorLive.pipe(
   Layer.provideMerge(
     runnerServices({ sql: ProxiedPool, missionTimeout: "20 seconds", runner: { tickEnabled: false, userConcurrency: 2 } }),
   ),
   Layer.provideMerge(
-    Layer.provideMerge(
-      Layer.unwrapEffect(Effect.map(TestDatabase, (db) => TcpProxy.layer(targetOf(db.runnerUrl)))),
-      Layer.merge(TestDatabaseLive, LlmStandIn.layer),
-    ),
+    ProxiedWorld,
   ),
 )
 

@@ -13,12 +13,12 @@ import { layer } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Layer, Scope, TestClock, TestContext, TestServices } from "effect"
 import { expect } from "vitest"
 import { type ActorStatus, Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
-import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { defaultResponder, LlmStandIn, messagesOf, type RecordedRequest } from "../support/LlmStandIn.js"
 import { runnerRowCount, runnerServices, type StackOptions } from "../support/RunnerStack.js"
 import { insertChanges, missionInsertRow, missionUpdateRow } from "../support/seed.js"
-import { TcpProxy, targetOf } from "../support/TcpProxy.js"
+import { TcpProxy } from "../support/TcpProxy.js"
 import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+import { ProxiedPool, ProxiedWorld } from "../support/ProxiedDatabase.js"
 
 const SECOND = 1_000
 const MINUTE = 60_000
@@ -139,18 +139,6 @@ layer(Layer.merge(TestDatabaseLive, LlmStandIn.layer), { timeout: 180_000, exclu
 
 // ---------------------------------------------------------------- restart backoff, quarantine, lift
 
-// The runner's pool goes through a TCP proxy, so the database can be taken away from outside.
-const ProxiedPool = Layer.unwrapEffect(
-  Effect.gen(function* () {
-    const db = yield* TestDatabase
-    const proxy = yield* TcpProxy
-    return databaseLayerFromUrl(proxy.rewrite(db.runnerUrl), 4)
-  }),
-)
-const ProxiedWorld = Layer.provideMerge(
-  Layer.unwrapEffect(Effect.map(TestDatabase, (db) => TcpProxy.layer(targetOf(db.runnerUrl)))),
-  Layer.merge(TestDatabaseLive, LlmStandIn.layer),
-)
 
 layer(ProxiedWorld, { timeout: 180_000, excludeTestServices: true })(
   "restart backoff and quarantine on the real stack (TestClock, database refused)",

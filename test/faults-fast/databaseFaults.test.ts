@@ -13,7 +13,6 @@ import { Duration, Effect, Either, Fiber, Layer, Redacted, Schedule } from "effe
 import pg from "pg"
 import { expect } from "vitest"
 import type { Mission } from "../../src/domain/mission.js"
-import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { MissionRunner, type RunOutcome } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { audited } from "../support/auditedTest.js"
@@ -22,23 +21,13 @@ import { LlmStandIn } from "../support/LlmStandIn.js"
 import { runnerRows } from "../support/eventLogRows.js"
 import { missionOf, runnerRowCount, runnerServices, snapshotOf } from "../support/RunnerStack.js"
 import { insertChanges, missionFields, missionInsertRow } from "../support/seed.js"
-import { TcpProxy, targetOf } from "../support/TcpProxy.js"
-import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+import { TcpProxy } from "../support/TcpProxy.js"
+import { TestDatabase } from "../support/TestDatabase.js"
+import { ProxiedPool, ProxiedWorld } from "../support/ProxiedDatabase.js"
 
 const ON_SERVER = (process.env.TEST_DATABASE_URL ?? "") !== ""
 
-const ProxiedPool = Layer.unwrapEffect(
-  Effect.gen(function* () {
-    const db = yield* TestDatabase
-    const proxy = yield* TcpProxy
-    return databaseLayerFromUrl(proxy.rewrite(db.runnerUrl), 4)
-  }),
-)
-
-const Base = Layer.provideMerge(
-  Layer.unwrapEffect(Effect.map(TestDatabase, (db) => TcpProxy.layer(targetOf(db.runnerUrl)))),
-  Layer.merge(TestDatabaseLive, LlmStandIn.layer),
-)
+const Base = ProxiedWorld
 const Stack = runnerServices({ sql: ProxiedPool, missionTimeout: "6 seconds", llmTimeout: "2 seconds" }).pipe(
   Layer.provideMerge(Base),
 )

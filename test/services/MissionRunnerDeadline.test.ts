@@ -11,29 +11,18 @@
 import { layer } from "@effect/vitest"
 import { Duration, Effect, Either, Fiber, Layer } from "effect"
 import { expect } from "vitest"
-import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { LlmStandIn } from "../support/LlmStandIn.js"
 import { missionOf, runnerRowCount, runnerServices, snapshotOf } from "../support/RunnerStack.js"
 import { insertChanges, missionInsertRow } from "../support/seed.js"
-import { TcpProxy, targetOf } from "../support/TcpProxy.js"
-import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+import { TcpProxy } from "../support/TcpProxy.js"
+import { TestDatabase } from "../support/TestDatabase.js"
+import { ProxiedPool, ProxiedWorld } from "../support/ProxiedDatabase.js"
 
 const DEADLINE_MS = 3_000
 
-const ProxiedPool = Layer.unwrapEffect(
-  Effect.gen(function* () {
-    const db = yield* TestDatabase
-    const proxy = yield* TcpProxy
-    return databaseLayerFromUrl(proxy.rewrite(db.runnerUrl), 4)
-  }),
-)
-
-const Base = Layer.provideMerge(
-  Layer.unwrapEffect(Effect.map(TestDatabase, (db) => TcpProxy.layer(targetOf(db.runnerUrl)))),
-  Layer.merge(TestDatabaseLive, LlmStandIn.layer),
-)
+const Base = ProxiedWorld
 const Stack = runnerServices({ sql: ProxiedPool, missionTimeout: Duration.millis(DEADLINE_MS), llmTimeout: "2 seconds" }).pipe(
   Layer.provideMerge(Base),
 )

@@ -12,29 +12,18 @@
 import { layer } from "@effect/vitest"
 import { Duration, Effect, Either, Layer } from "effect"
 import { expect } from "vitest"
-import { databaseLayerFromUrl } from "../../src/services/Database.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { insertChange, missionData, runnerRows } from "../support/eventLogRows.js"
 import { LlmStandIn, completion, defaultPlan, planAnswer } from "../support/LlmStandIn.js"
 import { missionOf, runnerServices, snapshotOf } from "../support/RunnerStack.js"
-import { TcpProxy, targetOf } from "../support/TcpProxy.js"
-import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+import { TcpProxy } from "../support/TcpProxy.js"
+import { TestDatabase } from "../support/TestDatabase.js"
+import { ProxiedPool, ProxiedWorld } from "../support/ProxiedDatabase.js"
 
 const REJECTED = { prompt_tokens: 150, completion_tokens: 50 } // 200 tokens
 const ACCEPTED = { prompt_tokens: 250, completion_tokens: 50 } // 300 tokens
 
-const ProxiedPool = Layer.unwrapEffect(
-  Effect.gen(function* () {
-    const db = yield* TestDatabase
-    const proxy = yield* TcpProxy
-    return databaseLayerFromUrl(proxy.rewrite(db.runnerUrl), 4)
-  }),
-)
-
-const Base = Layer.provideMerge(
-  Layer.unwrapEffect(Effect.map(TestDatabase, (db) => TcpProxy.layer(targetOf(db.runnerUrl)))),
-  Layer.merge(TestDatabaseLive, LlmStandIn.layer),
-)
+const Base = ProxiedWorld
 // json: one request per answer, each with a scripted usage, so the tokens are counted exactly.
 const Stack = runnerServices({
   sql: ProxiedPool,
