@@ -7,7 +7,6 @@
  * Latencies here include the machine's load; the throughput ratio is taken within one run.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
 import { Effect, Redacted, type Scope } from "effect"
 import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
@@ -15,6 +14,7 @@ import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import type { Figure } from "../support/report.js"
 import { seedDueMissions } from "../support/seed.js"
 import { percentile, round } from "../support/stats.js"
+import { freePort } from "../../test/support/ManaProcess.js"
 
 export interface ClusterOptions {
   readonly ownerUrl: string
@@ -28,17 +28,6 @@ export interface ClusterOptions {
 const MAIN = fileURLToPath(new URL("../../src/main.ts", import.meta.url))
 const SERVICE_KEY = "bench-cluster-service-key-0123456789"
 const SHARDS = 60
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
-    })
-  })
 
 interface Runner {
   readonly child: ChildProcess
