@@ -15,6 +15,14 @@ const PER_USER = 5
 const LLM_MS = 300
 /** A request or claim sent just before the process took the signal may land a little after its log line. */
 const SIGNAL_MARGIN_MS = 250
+/**
+ * Runs at work at once: max(2 × GLOBAL_CONCURRENCY, USER_CONCURRENCY) = 8. A run already at work when
+ * the signal came started before it, yet on a loaded machine its claim or first request can land
+ * later than any fixed margin (a pool connection, BEGIN, the statement). So at most this many may
+ * land late; a run started after the signal would make it one of hundreds (155 with the drain check
+ * removed).
+ */
+const RUNS_AT_WORK = 8
 
 let rig: Rig
 
@@ -76,8 +84,10 @@ describe("the drain under load", () => {
     // A run's first request starts it; in tools mode a run already under way sends its summary request
     // once its tool calls are answered, which is finishing that run, not starting one.
     const firstRequests = requests.filter((r) => !messagesOf(r).some((m) => m.role === "tool"))
-    expect(firstRequests.filter((r) => r.receivedAt > after).map((r) => r.receivedAt - drainAt)).toEqual([])
-    expect(claims.filter((c) => Number(c.at) > after).map((c) => c.mission_id)).toEqual([])
+    const lateRequests = firstRequests.filter((r) => r.receivedAt > after).map((r) => r.receivedAt - drainAt)
+    const lateClaims = claims.filter((c) => Number(c.at) > after).map((c) => c.mission_id)
+    expect(lateRequests.length, `first requests after the signal: ${lateRequests.join(", ")} ms`).toBeLessThanOrEqual(RUNS_AT_WORK)
+    expect(lateClaims.length, `claims after the signal: ${lateClaims.join(", ")}`).toBeLessThanOrEqual(RUNS_AT_WORK)
     // Whatever was written was planned by a request sent before the signal.
     const rows = await rig.runnerRows("drain-")
     expect(rows.length).toBeLessThanOrEqual(requests.length)
