@@ -54,7 +54,13 @@ const psqlUrlOf = (p: ManaProcess): string => {
 const shot = (page: Page, name: string) => page.screenshot({ path: join(shotDir, `${name}.png`), fullPage: true })
 
 /** As the sync server writes: one transaction scoped to the user (the runner role may insert there). */
-const writeChange = async (userId: string, recordId: string, op: "insert" | "update", data: Record<string, unknown>) => {
+const writeChange = async (
+  userId: string,
+  recordId: string,
+  op: "insert" | "update",
+  data: Record<string, unknown>,
+  tableName = "aiMissions",
+) => {
   const client = new pg.Client({ connectionString: psqlUrl })
   await client.connect()
   try {
@@ -62,8 +68,8 @@ const writeChange = async (userId: string, recordId: string, op: "insert" | "upd
     await client.query("SELECT set_config('app.current_user_id', $1, true)", [userId])
     await client.query(
       `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, client_id)
-       VALUES ('ai', 'aiMissions', $1, $2, $3, $4::jsonb, 'operator-page-test')`,
-      [recordId, userId, op, JSON.stringify(data)],
+       VALUES ('ai', $5, $1, $2, $3, $4::jsonb, 'operator-page-test')`,
+      [recordId, userId, op, JSON.stringify(data), tableName],
     )
     await client.query("COMMIT")
   } finally {
@@ -219,6 +225,23 @@ describe.skipIf(!existsSync(CHROMIUM))("the operator page in headless Chromium",
       .toContain("Mission skipped: malformedfield cadence: everyMinutes 150000000000 puts the next run past the latest instant a timestamp can hold")
     expect(await page.locator('[data-mission="demo-alice-far"]').textContent()).toContain("no iterations yet")
     expect(await page.locator('#actors tr[data-user="demo-alice"] [data-testid=state]').textContent()).not.toBe("quarantined")
+
+    // A mission whose agent is paused is held, not run, and the page says why (SPEC §14).
+    await writeChange(
+      "demo-alice",
+      "agent-page-paused",
+      "insert",
+      { name: "Resting", state: "paused", policy: { tools: {}, defaultForAi: "propose" }, maxConcurrentMissions: 1 },
+      "agents",
+    )
+    await writeChange("demo-alice", "demo-alice-held", "insert", {
+      ...mission("Held by its agent", { kind: "interval", everyMinutes: 60 }),
+      agentId: "agent-page-paused",
+    })
+    await expect
+      .poll(() => page.locator('[data-mission="demo-alice-held"]').textContent().catch(() => null), { timeout: UI_WAIT_MS })
+      .toContain("held: its agent is paused, until the mission or its agent changes")
+    expect(await page.locator('[data-mission="demo-alice-held"] li[data-iteration]').count()).toBe(0)
 
     // demo-dave, quarantined by the earlier process, is still quarantined here: listed first, with the kept reason.
     const daveState = page.locator('#actors tr[data-user="demo-dave"] [data-testid=state]')

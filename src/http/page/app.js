@@ -253,6 +253,16 @@ const renderIteration = (it) =>
       : null,
   )
 
+/** Why the mission's agent holds it (SPEC §14) and until when: `/internal/actors`' `held`. */
+const HOLD_TEXT = {
+  "skipped-paused": "its agent is paused",
+  "skipped-archived": "its agent is archived",
+  "skipped-budget": "its agent's token budget is spent",
+  "agent-malformed": "its agent's record is malformed",
+}
+const heldText = (held) =>
+  `held: ${HOLD_TEXT[held.reason] ?? held.reason}, ${held.until === null ? "until the mission or its agent changes" : `until ${timeCell(held.until)}`}`
+
 const renderDetail = (detail, missions) => {
   $("detail").hidden = false
   $("detail-user").textContent = detail.userId
@@ -283,7 +293,7 @@ const renderDetail = (detail, missions) => {
               `${m.state ?? "?"} · ${cadenceText(m.cadence)} · next run ${timeCell(m.nextRunAt)} · ${Array.isArray(m.iterations) ? m.iterations.length : 0} iterations`,
               live === undefined
                 ? ""
-                : ` · actor: ${live.running ? "running now" : "waiting"}${live.consecutiveFailures > 0 ? `, ${live.consecutiveFailures} failed in a row, retry ${timeCell(live.retryAt)}` : ""}`,
+                : ` · actor: ${live.running ? "running now" : live.held ? heldText(live.held) : "waiting"}${live.consecutiveFailures > 0 ? `, ${live.consecutiveFailures} failed in a row, retry ${timeCell(live.retryAt)}` : ""}`,
             ),
             iterations.length === 0
               ? el("div", { className: "muted" }, "no iterations yet")
