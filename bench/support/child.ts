@@ -19,6 +19,17 @@ export const runInChild = <O>(task: string, input: unknown, timeout: Duration.Du
  * As runInChild, but `use` runs while the child is still alive (it is killed afterwards): for a
  * measurement taken from outside the child, e.g. the CPU its HTTP server spends on requests.
  */
+/**
+ * `BENCH_CPU_PROF=<dir>`: each child runs under Bun's CPU profiler (`--cpu-prof-md`, a markdown
+ * profile named after the task in <dir>) and exits once its result is out, so the profile is written.
+ * For finding where a figure's CPU goes; its figures are taken with the profiler's cost in them.
+ */
+const cpuProfileDir = process.env.BENCH_CPU_PROF
+const profileArgs = (task: string): Array<string> =>
+  cpuProfileDir === undefined || cpuProfileDir === ""
+    ? []
+    : ["--cpu-prof-md", `--cpu-prof-dir=${cpuProfileDir}`, `--cpu-prof-name=${task}-${Date.now()}.md`]
+
 export const withChild = <O, A>(
   task: string,
   input: unknown,
@@ -26,7 +37,7 @@ export const withChild = <O, A>(
   use: (result: O, pid: number) => Effect.Effect<A>,
 ): Effect.Effect<A> =>
   Effect.acquireUseRelease(
-    Effect.sync(() => spawn(process.execPath, [runScript, `--child=${task}`], { stdio: ["pipe", "pipe", "inherit"] })),
+    Effect.sync(() => spawn(process.execPath, [...profileArgs(task), runScript, `--child=${task}`], { stdio: ["pipe", "pipe", "inherit"] })),
     (child) =>
       Effect.async<O>((resume) => {
         let buffered = ""
@@ -63,7 +74,12 @@ export const withChild = <O, A>(
       Effect.async<void>((resume) => {
         if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
         child.once("exit", () => resume(Effect.void))
-        child.kill("SIGKILL")
+        // A profiled child is asked to exit, so that it writes its profile (killed after 60 s all the same).
+        if (cpuProfileDir === undefined || cpuProfileDir === "") child.kill("SIGKILL")
+        else {
+          child.kill("SIGTERM")
+          setTimeout(() => child.kill("SIGKILL"), 60_000).unref()
+        }
       }),
   )
 
@@ -80,5 +96,7 @@ export const serveChild = <I, O>(task: (input: I) => Effect.Effect<O, never, Sco
     })
     const output = yield* task(JSON.parse(text) as I)
     yield* Effect.sync(() => process.stdout.write(`${RESULT}${JSON.stringify(output)}\n`))
+    // Under BENCH_CPU_PROF the profile is written on a normal exit only: the parent asks with SIGTERM.
+    if (cpuProfileDir !== undefined && cpuProfileDir !== "") yield* Effect.sync(() => process.once("SIGTERM", () => process.exit(0)))
     yield* Effect.never
   }))
