@@ -266,7 +266,15 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
               // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
               // rescheduled or already planned (by another instance) since. The write-back checks again.
               // The mission's agent comes with it, in the same query (SPEC §14).
-              const read = yield* readCurrentMissionWithAgent(sql, userId, mission.id, iterationId, config.defaultTimezone)
+              // The inputs the snapshot names come in the same query (issue 16); inputs changed since are read on their own.
+              const read = yield* readCurrentMissionWithAgent(
+                sql,
+                userId,
+                mission.id,
+                iterationId,
+                config.defaultTimezone,
+                resolvers.plainRefs(mission.inputs),
+              )
               const { current, agent: resolution } = read
               if (current._tag === "Skip") {
                 yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
@@ -291,11 +299,12 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
 
               // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
               // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
-              const inputs = yield* resolvers.resolveForRun(userId, current.mission.inputs, {
-                missionId: mission.id,
-                iterationId,
-                grant: current.record.grant,
-              })
+              const inputs = yield* resolvers.resolveForRun(
+                userId,
+                current.mission.inputs,
+                { missionId: mission.id, iterationId, grant: current.record.grant },
+                read.records,
+              )
               return { _tag: "Ready", basis: { current, missionRows: read.missionRows }, agent, inputs } as const
             }),
         ).pipe(

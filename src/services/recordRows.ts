@@ -53,6 +53,10 @@ export const groupRecordRows = (
   return into
 }
 
+/** `(… OR …)`: rows of any of `refs` (at least one). */
+export const recordRefsWhere = (sql: SqlClient.SqlClient, refs: ReadonlyArray<RecordRef>) =>
+  sql.or(refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`))
+
 /** One query for any number of records of one user; the map holds every requested ref, possibly with no rows. */
 export const readRecordRows = (
   sql: SqlClient.SqlClient,
@@ -60,9 +64,7 @@ export const readRecordRows = (
   refs: ReadonlyArray<RecordRef>,
 ): Effect.Effect<ReadonlyMap<string, RecordRows>, SqlError, EventLogSchema> => {
   if (refs.length === 0) return Effect.succeed(new Map())
-  const wanted = sql.or(
-    refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`),
-  )
+  const wanted = recordRefsWhere(sql, refs)
   return Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
     SELECT ${syncChangeColumns(sql, timeColumn)}
     FROM sync_changes
