@@ -383,6 +383,16 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
       ...Option.match(config.apiKey, { onNone: () => ({}), onSome: (key) => ({ authorization: `Bearer ${Redacted.value(key)}` }) }),
     }
 
+    const serialisedTools = new WeakMap<ReadonlyArray<FunctionTool>, string>()
+    const toolsJson = (tools: ReadonlyArray<FunctionTool>): string => {
+      let json = serialisedTools.get(tools)
+      if (json === undefined) {
+        json = JSON.stringify(tools)
+        serialisedTools.set(tools, json)
+      }
+      return json
+    }
+
     /**
      * One HTTP exchange on the runtime's own fetch (issue 16: @effect/platform's HttpClient cost
      * several times the request's own CPU). Interruption (LLM_TIMEOUT_MS, the run's deadline, a drain)
@@ -424,12 +434,9 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
       if (!endpointValid) return Effect.fail(new LlmRequestInvalid({ reason: "the URL is not valid" }))
       let body: string
       try {
-        body = JSON.stringify({
-          model: config.model,
-          temperature: config.temperature,
-          messages: messages.map(wireMessage),
-          ...(extra.tools === undefined ? {} : { tools: extra.tools, tool_choice: "auto" }),
-        })
+        const head = JSON.stringify({ model: config.model, temperature: config.temperature, messages: messages.map(wireMessage) })
+        // The tool catalogue is the same array request after request: serialised once (issue 16).
+        body = extra.tools === undefined ? head : `${head.slice(0, -1)},"tools":${toolsJson(extra.tools)},"tool_choice":"auto"}`
       } catch {
         return Effect.fail(new LlmRequestInvalid({ reason: "the request body cannot be encoded as JSON" }))
       }
