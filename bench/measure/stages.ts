@@ -32,6 +32,13 @@ export interface StagesOptions {
 
 const CONCURRENCY = 64
 
+/** A full, synchronous collection where the runtime offers one (Bun; Node with --expose-gc). */
+const fullGc = (): void => {
+  const bun = (globalThis as { Bun?: { gc: (force: boolean) => void } }).Bun
+  if (bun !== undefined) bun.gc(true)
+  else (globalThis as { gc?: () => void }).gc?.()
+}
+
 export const measureStages = (options: StagesOptions) =>
   Effect.scoped(
     Effect.gen(function* () {
@@ -56,6 +63,8 @@ export const measureStages = (options: StagesOptions) =>
       const due = all.slice(warmUp.length)
       const cpuMsPerCall = <A, E>(f: (d: (typeof due)[number], i: number) => Effect.Effect<A, E>) =>
         Effect.suspend(() => {
+          // Each step starts after a full collection, so it does not pay for the garbage of the one before.
+          fullGc()
           const c0 = process.cpuUsage()
           return Effect.forEach(due, f, { concurrency: CONCURRENCY, discard: true }).pipe(
             Effect.orDie,
@@ -100,6 +109,7 @@ export const measureStages = (options: StagesOptions) =>
       )
       stages.sqlSelect1 = yield* cpuMsPerCall(() => sql`SELECT 1`)
       stages.refreshPerRow = yield* Effect.suspend(() => {
+        fullGc()
         const c0 = process.cpuUsage()
         return Effect.map(store.refresh, (r) => {
           const c = process.cpuUsage(c0)

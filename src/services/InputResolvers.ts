@@ -13,7 +13,7 @@ import { resolveEncryptedInputs, isEncryptedModule } from "./encryptedInputs.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { GrantKeyring, makeGrantKeyring } from "./GrantKeyring.js"
 import { inputsSkippedTotal } from "./metrics.js"
-import { type RecordRef, readRecordRows, recordRefKey } from "./recordRows.js"
+import { type RecordRef, type RecordRows, readRecordRows, recordRefKey } from "./recordRows.js"
 import { withUserScope } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
@@ -67,7 +67,14 @@ export interface InputResolversShape {
     userId: string,
     inputs: ReadonlyArray<MissionInput>,
     run: RunContext,
+    prefetched?: ReadonlyMap<string, RecordRows>,
   ) => Effect.Effect<RunInputs, SqlError>
+  /**
+   * The records the plain (not encrypted) inputs with a resolver read, so a caller can read them in
+   * a query of its own (the run's mission read, issue 16) and hand the rows to resolveForRun as
+   * `prefetched`, keyed by recordRefKey.
+   */
+  readonly plainRefs: (inputs: ReadonlyArray<MissionInput>) => ReadonlyArray<RecordRef>
 }
 
 /** Why an input is left out of the prompt; the `reason` tag of inputsSkippedTotal. */
@@ -166,7 +173,15 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
     Effect.all([SqlClient.SqlClient, EventLogSchema, Effect.serviceOption(GrantKeyring)]),
     ([sqlClient, eventLog, keyringOption]) => {
     const keyring = Option.getOrElse(keyringOption, () => grantsOff)
-    const resolve: InputResolversShape["resolve"] = (userId, inputs) =>
+    const plainRefs: InputResolversShape["plainRefs"] = (inputs) => {
+      const refs: Array<RecordRef> = []
+      for (const input of inputs) {
+        if (isEncryptedModule(input.module) || !Object.hasOwn(registry, input.module)) continue
+        refs.push({ appId: registry[input.module]!.appId, table: input.table, recordId: input.id })
+      }
+      return refs
+    }
+    const resolveFrom = (userId: string, inputs: ReadonlyArray<MissionInput>, prefetched?: ReadonlyMap<string, RecordRows>) =>
         Effect.gen(function* () {
           const routed: Array<{ input: MissionInput; resolver: InputResolver; ref: RecordRef }> = []
           for (const input of inputs) {
@@ -178,9 +193,13 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
             routed.push({ input, resolver, ref: { appId: resolver.appId, table: input.table, recordId: input.id } })
           }
           if (routed.length === 0) return []
-          const byRef = yield* withUserScope(userId, (sql) =>
-            readRecordRows(sql, userId, routed.map((r) => r.ref)),
-          ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient))
+          // Rows the caller already read (all of them, or the query below reads them all).
+          const byRef =
+            prefetched !== undefined && routed.every((r) => prefetched.has(recordRefKey(r.ref)))
+              ? prefetched
+              : yield* withUserScope(userId, (sql) => readRecordRows(sql, userId, routed.map((r) => r.ref))).pipe(
+                  Effect.provideService(SqlClient.SqlClient, sqlClient),
+                )
           const resolved: Array<ResolvedInput> = []
           for (const { input, resolver, ref } of routed) {
             const found = byRef.get(recordRefKey(ref))
@@ -209,17 +228,18 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
           Effect.provideService(EventLogSchema, eventLog),
           withSpanWhenTracing("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
         )
-    const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run) =>
+    const resolve: InputResolversShape["resolve"] = (userId, inputs) => resolveFrom(userId, inputs)
+    const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run, prefetched) =>
       Effect.gen(function* () {
         const encrypted = inputs.filter((i) => isEncryptedModule(i.module))
-        const plain = yield* resolve(userId, inputs.filter((i) => !isEncryptedModule(i.module)))
+        const plain = yield* resolveFrom(userId, inputs.filter((i) => !isEncryptedModule(i.module)), prefetched)
         const granted = yield* resolveEncryptedInputs(keyring, userId, encrypted, run).pipe(
           Effect.provideService(SqlClient.SqlClient, sqlClient),
           Effect.provideService(EventLogSchema, eventLog),
         )
         return { resolved: [...plain, ...granted.resolved.map(scrubCiphertext)], unavailable: granted.unavailable }
       })
-    return { resolve, resolveForRun } satisfies InputResolversShape
+    return { resolve, resolveForRun, plainRefs } satisfies InputResolversShape
   },
   )
 

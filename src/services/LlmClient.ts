@@ -1,11 +1,9 @@
 /**
- * The live LlmClient (SPEC §4 "LLM"): POST {MANA_LLM_URL}/v1/chat/completions over @effect/platform's
- * HttpClient. Each HTTP attempt holds one GlobalLlmPermits permit and has its own LLM_TIMEOUT_MS;
+ * The live LlmClient (SPEC §4 "LLM"): POST {MANA_LLM_URL}/v1/chat/completions over the runtime's
+ * fetch (Bun and Node alike). Each HTTP attempt holds one GlobalLlmPermits permit and has its own LLM_TIMEOUT_MS;
  * transient failures are retried with jittered exponential backoff (at least Retry-After) with no
  * attempt limit, so the caller's deadline is what ends a run of bad luck.
- * Needs an HttpClient: the composition provides FetchHttpClient.layer (Bun and Node alike).
  */
-import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
 import {
   Clock,
   ConfigError,
@@ -15,10 +13,10 @@ import {
   Layer,
   Metric,
   Option,
+  Redacted,
   ParseResult,
   Schedule,
   Schema,
-  Stream,
 } from "effect"
 import { LlmConfig } from "./AppConfig.js"
 import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
@@ -178,36 +176,78 @@ const ChatCompletionBody = Schema.Struct({
   usage: Schema.optional(Schema.Unknown),
 })
 
-const Count = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
-const UsageBody = Schema.Struct({
-  prompt_tokens: Count,
-  completion_tokens: Count,
-  total_tokens: Schema.optional(Count),
-})
-
 const decodeBody = Schema.decodeUnknownEither(ChatCompletionBody)
-const decodeUsage = Schema.decodeUnknownOption(UsageBody)
 
 /** Names the fields that are wrong, never their values (they are LLM output). */
 const fieldsAt = (error: ParseResult.ParseError): string =>
   [...new Set(ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => i.path.join(".") || "(body)"))].join(", ")
 
+type Body = typeof ChatCompletionBody.Type
+
+const isPlainObject = (u: unknown): u is Readonly<Record<string, unknown>> =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * The usual answer checked by hand (issue 16: the Schema decode cost more than the request): only
+ * bodies it is sure ChatCompletionBody accepts, unchanged; anything else is left to the Schema, which
+ * gives the verdict and names the wrong fields.
+ */
+const plainBody = (json: unknown): Body | undefined => {
+  if (!isPlainObject(json)) return undefined
+  const choices = json.choices
+  if (!Array.isArray(choices) || choices.length === 0) return undefined
+  for (const choice of choices) {
+    if (!isPlainObject(choice) || !isPlainObject(choice.message)) return undefined
+    const { content, tool_calls } = choice.message
+    if (content !== undefined && content !== null && typeof content !== "string") return undefined
+    if (tool_calls !== undefined && tool_calls !== null) {
+      if (!Array.isArray(tool_calls)) return undefined
+      for (const call of tool_calls) {
+        if (!isPlainObject(call) || !isPlainObject(call.function)) return undefined
+        if (call.id !== undefined && typeof call.id !== "string") return undefined
+      }
+    }
+  }
+  return json as unknown as Body
+}
+
+const isCount = (u: unknown): u is number => typeof u === "number" && Number.isInteger(u) && u >= 0
+
+/** UsageBody by hand, for the same reason: None unless both counts (and a total, when given) are counts. */
+const usageOf = (u: unknown): Option.Option<TokenUsage> => {
+  if (!isPlainObject(u)) return Option.none()
+  const { prompt_tokens, completion_tokens, total_tokens } = u
+  if (!isCount(prompt_tokens) || !isCount(completion_tokens)) return Option.none()
+  if (total_tokens !== undefined && !isCount(total_tokens)) return Option.none()
+  return Option.some({
+    promptTokens: prompt_tokens,
+    completionTokens: completion_tokens,
+    totalTokens: total_tokens ?? prompt_tokens + completion_tokens,
+  })
+}
+
+const utf8 = new TextDecoder()
+
 const toCompletion = (bytes: Uint8Array): Effect.Effect<Completion, LlmInvalidResponse> => {
   let json: unknown
   try {
-    json = JSON.parse(new TextDecoder().decode(bytes))
+    json = JSON.parse(utf8.decode(bytes))
   } catch {
     return Effect.fail(new LlmInvalidResponse({ reason: "the body is not JSON" }))
   }
-  const body = decodeBody(json)
-  if (body._tag === "Left") {
-    return Effect.fail(
-      new LlmInvalidResponse({
-        reason: `expected choices[0].message with content as a string or tool_calls; wrong or missing: ${fieldsAt(body.left)}`,
-      }),
-    )
+  let body = plainBody(json)
+  if (body === undefined) {
+    const decoded = decodeBody(json)
+    if (decoded._tag === "Left") {
+      return Effect.fail(
+        new LlmInvalidResponse({
+          reason: `expected choices[0].message with content as a string or tool_calls; wrong or missing: ${fieldsAt(decoded.left)}`,
+        }),
+      )
+    }
+    body = decoded.right
   }
-  const message = body.right.choices[0].message
+  const message = body.choices[0].message
   const toolCalls = (message.tool_calls ?? []).map(
     (c, i): ToolCall => ({ id: c.id ?? `call_${i}`, name: c.function.name, arguments: c.function.arguments }),
   )
@@ -216,55 +256,63 @@ const toCompletion = (bytes: Uint8Array): Effect.Effect<Completion, LlmInvalidRe
       new LlmInvalidResponse({ reason: "expected choices[0].message with content as a string or tool_calls; neither is there" }),
     )
   }
-  const usage = decodeUsage(body.right.usage).pipe(
-    Option.map(
-      (u): TokenUsage => ({
-        promptTokens: u.prompt_tokens,
-        completionTokens: u.completion_tokens,
-        totalTokens: u.total_tokens ?? u.prompt_tokens + u.completion_tokens,
-      }),
-    ),
-  )
-  return Effect.succeed({ content: message.content ?? "", toolCalls, usage })
+  return Effect.succeed({ content: message.content ?? "", toolCalls, usage: usageOf(body.usage) })
 }
 
-/** Reads at most `max` bytes; a longer body fails early and aborts the transfer. */
-const readBody = (
-  response: HttpClientResponse.HttpClientResponse,
-  max: number,
-): Effect.Effect<Uint8Array, LlmInvalidResponse | LlmTransportError> => {
-  const tooLarge = () => new LlmInvalidResponse({ reason: `the body exceeds ${max} bytes` })
-  const declared = Number(response.headers["content-length"])
-  if (Number.isFinite(declared) && declared > max) return Effect.fail(tooLarge())
-  // A declared length within the limit (the usual answer): read it whole, without a Stream per chunk,
-  // which costs more CPU than the request itself (issue 16). A body longer than declared is cut by
-  // fetch; a compressed one is not (the length is the compressed size): it is counted as it streams.
-  const encoding = response.headers["content-encoding"]
-  const identity = encoding === undefined || encoding === "" || encoding.toLowerCase() === "identity"
-  if (Number.isFinite(declared) && response.headers["content-length"] !== "" && identity) {
-    return response.arrayBuffer.pipe(
-      Effect.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
-      Effect.map((buffer) => new Uint8Array(buffer)),
-    )
+/** What one HTTP exchange came to, before it is judged (statuses) and decoded (the body). */
+type Exchange =
+  | { readonly _tag: "Body"; readonly bytes: Uint8Array }
+  | { readonly _tag: "Status"; readonly status: number; readonly retryAfter: string | undefined }
+  | { readonly _tag: "TooLarge" }
+
+/** Thrown inside the exchange when reading the body failed after the headers came. */
+class BodyReadFailed {
+  readonly _tag = "BodyReadFailed"
+}
+
+/**
+ * Reads at most `max` bytes of the body; a longer one stops early and aborts the transfer (the
+ * caller's controller). A declared length within the limit (the usual answer) is read whole; a body
+ * longer than declared is cut by fetch; a compressed one is not (the length is the compressed size):
+ * it is counted as it streams, so a gzip bomb stops at the cap.
+ */
+const readBody = async (response: Response, max: number, controller: AbortController): Promise<Exchange> => {
+  const lengthHeader = response.headers.get("content-length")
+  const declared = lengthHeader === null || lengthHeader === "" ? Number.NaN : Number(lengthHeader)
+  if (Number.isFinite(declared) && declared > max) {
+    controller.abort()
+    return { _tag: "TooLarge" }
   }
-  return response.stream.pipe(
-    Stream.mapError(() => new LlmTransportError({ reason: "reading the response body failed" })),
-    Stream.runFoldEffect({ size: 0, chunks: [] as Array<Uint8Array> }, (acc, chunk) => {
-      if (acc.size + chunk.byteLength > max) return Effect.fail(tooLarge())
-      acc.chunks.push(chunk) // local accumulator: avoids copying every chunk on each step
-      acc.size += chunk.byteLength
-      return Effect.succeed(acc)
-    }),
-    Effect.map(({ size, chunks }) => {
-      const out = new Uint8Array(size)
-      let offset = 0
-      for (const c of chunks) {
-        out.set(c, offset)
-        offset += c.byteLength
+  const encoding = response.headers.get("content-encoding")
+  const identity = encoding === null || encoding === "" || encoding.toLowerCase() === "identity"
+  try {
+    if (Number.isFinite(declared) && identity) return { _tag: "Body", bytes: new Uint8Array(await response.arrayBuffer()) }
+    const reader = response.body?.getReader()
+    if (reader === undefined) return { _tag: "Body", bytes: new Uint8Array(0) }
+    const chunks: Array<Uint8Array> = []
+    let size = 0
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) break
+      if (size + value.byteLength > max) {
+        controller.abort()
+        return { _tag: "TooLarge" }
       }
-      return out
-    }),
-  )
+      chunks.push(value)
+      size += value.byteLength
+    }
+    const out = new Uint8Array(size)
+    let offset = 0
+    for (const c of chunks) {
+      out.set(c, offset)
+      offset += c.byteLength
+    }
+    return { _tag: "Body", bytes: out }
+  } catch (cause) {
+    // Our own abort after a cut is not a read failure; anything else is.
+    if (controller.signal.aborted) throw cause
+    throw new BodyReadFailed()
+  }
 }
 
 /** Retry-After as delta-seconds or an HTTP date, in milliseconds from `now`. */
@@ -296,6 +344,19 @@ const outcomeOf = (exit: Exit.Exit<Completion, LlmError>): string => {
   }
 }
 
+// Tagged once: Metric.tagged builds and hashes a new key on every call (issue 16).
+const promptTokensTotal = Metric.tagged(llmTokensTotal, "kind", "prompt")
+const completionTokensTotal = Metric.tagged(llmTokensTotal, "kind", "completion")
+const requestsByOutcome = new Map<string, typeof llmRequestsTotal>()
+const requestsBy = (outcome: string): typeof llmRequestsTotal => {
+  let metric = requestsByOutcome.get(outcome)
+  if (metric === undefined) {
+    metric = Metric.tagged(llmRequestsTotal, "outcome", outcome)
+    requestsByOutcome.set(outcome, metric)
+  }
+  return metric
+}
+
 const retryAfterOf = (e: LlmError): number =>
   (e._tag === "LlmRateLimited" || e._tag === "LlmHttpError" ? e.retryAfterMs : undefined) ?? 0
 
@@ -312,47 +373,90 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
         ConfigError.MissingData(["MANA_LLM_URL"], "MANA_LLM_URL must be set to use the LLM planner, e.g. http://localhost:3025"),
       )
     }
-    // withScope: the request is aborted when each attempt's scope closes, whatever its outcome.
-    const http = HttpClient.withScope(yield* HttpClient.HttpClient)
     const endpoint = `${config.url.value.replace(/\/+$/, "")}/v1/chat/completions`
+    // Checked once: a URL no parser accepts fails every request as LlmRequestInvalid (never a defect).
+    const endpointValid = URL.canParse(endpoint)
     const timeoutMs = Duration.toMillis(config.requestTimeout)
-    const withAuth = Option.match(config.apiKey, {
-      onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
-      onSome: (key) => HttpClientRequest.bearerToken(key),
-    })
+    const headers: Record<string, string> = {
+      accept: "application/json",
+      "content-type": "application/json",
+      ...Option.match(config.apiKey, { onNone: () => ({}), onSome: (key) => ({ authorization: `Bearer ${Redacted.value(key)}` }) }),
+    }
 
-    const send = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          const request = yield* HttpClientRequest.post(endpoint).pipe(
-            withAuth,
-            HttpClientRequest.acceptJson,
-            HttpClientRequest.bodyJson({
-              model: config.model,
-              temperature: config.temperature,
-              messages: messages.map(wireMessage),
-              ...(extra.tools === undefined ? {} : { tools: extra.tools, tool_choice: "auto" }),
-            }),
-            Effect.mapError(() => new LlmRequestInvalid({ reason: "the request body cannot be encoded as JSON" })),
-          )
-          // Only a transport failure is worth a retry; an unusable URL or body stays so (never a defect).
-          const response = yield* http.execute(request).pipe(
-            Effect.catchAll((e): Effect.Effect<never, LlmTransportError | LlmRequestInvalid> =>
-              e._tag === "RequestError" && e.reason === "Transport"
-                ? Effect.fail(new LlmTransportError({ reason: transportReason(e.cause) }))
-                : Effect.fail(new LlmRequestInvalid({ reason: `${e._tag} ${e.reason}` })),
-            ),
-          )
-          const status = response.status
-          if (status === 429 || status >= 500) {
-            const retryAfterMs = parseRetryAfter(response.headers["retry-after"], yield* Clock.currentTimeMillis)
-            const fields = retryAfterMs === undefined ? {} : { retryAfterMs }
-            return yield* status === 429 ? new LlmRateLimited(fields) : new LlmHttpError({ status, ...fields })
+    const serialisedTools = new WeakMap<ReadonlyArray<FunctionTool>, string>()
+    const toolsJson = (tools: ReadonlyArray<FunctionTool>): string => {
+      let json = serialisedTools.get(tools)
+      if (json === undefined) {
+        json = JSON.stringify(tools)
+        serialisedTools.set(tools, json)
+      }
+      return json
+    }
+
+    /**
+     * One HTTP exchange on the runtime's own fetch (issue 16: @effect/platform's HttpClient cost
+     * several times the request's own CPU). Interruption (LLM_TIMEOUT_MS, the run's deadline, a drain)
+     * aborts the request; so does a body cut at the cap.
+     */
+    const exchange = (body: string): Effect.Effect<Exchange, LlmTransportError> =>
+      Effect.async<Exchange, LlmTransportError>((resume) => {
+        const controller = new AbortController()
+        const started = (() => {
+          try {
+            return fetch(endpoint, { method: "POST", headers, body, signal: controller.signal })
+          } catch (cause) {
+            return Promise.reject(cause)
           }
-          if (status < 200 || status >= 300) return yield* new LlmHttpError({ status })
-          return yield* Effect.flatMap(readBody(response, options.maxBodyBytes), toCompletion)
+        })()
+        started
+          .then((response): Exchange | Promise<Exchange> => {
+            const status = response.status
+            if (status >= 200 && status < 300) return readBody(response, options.maxBodyBytes, controller)
+            // The body of a refusal is not read: the connection is given up.
+            controller.abort()
+            return { _tag: "Status", status, retryAfter: response.headers.get("retry-after") ?? undefined }
+          })
+          .then(
+            (exchanged) => resume(Effect.succeed(exchanged)),
+            (cause) =>
+              resume(
+                Effect.fail(
+                  new LlmTransportError({
+                    reason: cause instanceof BodyReadFailed ? "reading the response body failed" : transportReason(cause),
+                  }),
+                ),
+              ),
+          )
+        return Effect.sync(() => controller.abort())
+      })
+
+    const send = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> => {
+      if (!endpointValid) return Effect.fail(new LlmRequestInvalid({ reason: "the URL is not valid" }))
+      let body: string
+      try {
+        const head = JSON.stringify({ model: config.model, temperature: config.temperature, messages: messages.map(wireMessage) })
+        // The tool catalogue is the same array request after request: serialised once (issue 16).
+        body = extra.tools === undefined ? head : `${head.slice(0, -1)},"tools":${toolsJson(extra.tools)},"tool_choice":"auto"}`
+      } catch {
+        return Effect.fail(new LlmRequestInvalid({ reason: "the request body cannot be encoded as JSON" }))
+      }
+      return exchange(body).pipe(
+        Effect.flatMap((exchanged): Effect.Effect<Completion, LlmError> => {
+          if (exchanged._tag === "Body") return toCompletion(exchanged.bytes)
+          if (exchanged._tag === "TooLarge") {
+            return Effect.fail(new LlmInvalidResponse({ reason: `the body exceeds ${options.maxBodyBytes} bytes` }))
+          }
+          const status = exchanged.status
+          if (status !== 429 && status < 500) return Effect.fail(new LlmHttpError({ status }))
+          return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+            const retryAfterMs = parseRetryAfter(exchanged.retryAfter, now)
+            const fields = retryAfterMs === undefined ? {} : { retryAfterMs }
+            return Effect.fail(status === 429 ? new LlmRateLimited(fields) : new LlmHttpError({ status, ...fields }))
+          })
         }),
-      ).pipe(Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }))
+        Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }),
+      )
+    }
 
     /** One HTTP attempt, holding a global permit only while it runs, measured and counted. */
     const measured = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions) =>
@@ -363,7 +467,7 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
               Effect.flatMap(Clock.currentTimeMillis, (end) =>
                 Effect.all([
                   Metric.update(llmRequestDuration, (end - start) / 1000),
-                  Metric.increment(Metric.tagged(llmRequestsTotal, "outcome", outcomeOf(exit))),
+                  Metric.increment(requestsBy(outcomeOf(exit))),
                 ]),
               ),
             ),
@@ -409,8 +513,8 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
             onNone: () => Effect.void,
             onSome: (u) =>
               Effect.all([
-                Metric.incrementBy(Metric.tagged(llmTokensTotal, "kind", "prompt"), u.promptTokens),
-                Metric.incrementBy(Metric.tagged(llmTokensTotal, "kind", "completion"), u.completionTokens),
+                Metric.incrementBy(promptTokensTotal, u.promptTokens),
+                Metric.incrementBy(completionTokensTotal, u.completionTokens),
                 Effect.annotateCurrentSpan({ "llm.prompt_tokens": u.promptTokens, "llm.completion_tokens": u.completionTokens }),
               ]),
           }),
@@ -451,7 +555,7 @@ const transportReason = (cause: unknown): string => {
   return (code ?? message).slice(0, 200)
 }
 
-/** Needs LlmConfig, GlobalLlmPermits and an HttpClient (FetchHttpClient.layer); no dependencies, so tests give their own. */
+/** Needs LlmConfig and GlobalLlmPermits (and takes LlmBreaker when present); no dependencies, so tests give their own. */
 export class LlmClient extends Effect.Service<LlmClient>()("mana-ai/LlmClient", { effect: makeLlmClient() }) {
   /** With other backoff bounds or body cap (tests). */
   static readonly withOptions = (options: Partial<LlmClientOptions>) =>

@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Ref, Schedule, Schema } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, FiberRef, Layer, LogLevel, Metric, Option, Ref, Schedule, Schema } from "effect"
 import { type Agent, runDecision } from "../domain/agent.js"
 import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
 import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
@@ -40,6 +40,13 @@ import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack, type WriteBasis } from "./WriteBack.js"
 import { withUserScopeFirst } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
+
+// Tagged once: Metric.tagged builds and hashes a new key on every call.
+const ranDecisions = Metric.tagged(agentDecisionsTotal, "decision", "ran")
+
+/** Whether a line at `level` would be written (the minimum level in force lets it through). */
+const logsAt = (level: LogLevel.LogLevel): Effect.Effect<boolean> =>
+  Effect.map(FiberRef.get(FiberRef.currentMinimumLogLevel), (minimum) => LogLevel.greaterThanEqual(level, minimum))
 
 /** The run's transient errors outlasted MISSION_TIMEOUT_MS: nothing written, the mission stays due. */
 export class MissionTimeout extends Schema.TaggedError<MissionTimeout>()("MissionTimeout", {
@@ -266,7 +273,15 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
               // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
               // rescheduled or already planned (by another instance) since. The write-back checks again.
               // The mission's agent comes with it, in the same query (SPEC §14).
-              const read = yield* readCurrentMissionWithAgent(sql, userId, mission.id, iterationId, config.defaultTimezone)
+              // The inputs the snapshot names come in the same query (issue 16); inputs changed since are read on their own.
+              const read = yield* readCurrentMissionWithAgent(
+                sql,
+                userId,
+                mission.id,
+                iterationId,
+                config.defaultTimezone,
+                resolvers.plainRefs(mission.inputs),
+              )
               const { current, agent: resolution } = read
               if (current._tag === "Skip") {
                 yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
@@ -291,11 +306,12 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
 
               // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
               // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
-              const inputs = yield* resolvers.resolveForRun(userId, current.mission.inputs, {
-                missionId: mission.id,
-                iterationId,
-                grant: current.record.grant,
-              })
+              const inputs = yield* resolvers.resolveForRun(
+                userId,
+                current.mission.inputs,
+                { missionId: mission.id, iterationId, grant: current.record.grant },
+                read.records,
+              )
               return { _tag: "Ready", basis: { current, missionRows: read.missionRows }, agent, inputs } as const
             }),
         ).pipe(
@@ -421,12 +437,19 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
           }
           yield* Metric.increment(plansWrittenBackTotal)
-          yield* Metric.increment(Metric.tagged(agentDecisionsTotal, "decision", "ran"))
-          yield* Effect.logInfo("iteration written back").pipe(
-            Effect.annotateLogs({ overallStatus: iteration.overallStatus, steps: iteration.plan.length, nextRunAt: written.nextRunAt ?? "none" }),
-            // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
-            Effect.annotateLogs(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
-          )
+          yield* Metric.increment(ranDecisions)
+          // Built only when it is written: its annotations cost a run more than the check (issue 16).
+          if (yield* logsAt(LogLevel.Info)) {
+            yield* Effect.logInfo("iteration written back").pipe(
+              Effect.annotateLogs({
+                overallStatus: iteration.overallStatus,
+                steps: iteration.plan.length,
+                nextRunAt: written.nextRunAt ?? "none",
+                // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
+                ...(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
+              }),
+            )
+          }
           return {
             _tag: "Written",
             iterationId,

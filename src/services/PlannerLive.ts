@@ -18,7 +18,7 @@ import {
 } from "../domain/planParser.js"
 import { catalogueFor, personaText } from "../domain/agent.js"
 import { type PromptMessage, buildPrompt, recordedRound, repairMessages, toolRepairRound } from "../domain/prompt.js"
-import { functionTools } from "../domain/tools.js"
+import { type Tool, functionTools } from "../domain/tools.js"
 import { LlmConfig, TokenBudgetConfig } from "./AppConfig.js"
 import { type ChatMessage, type CompleteOptions, type FunctionTool, LlmClient, type TokenUsage } from "./LlmClient.js"
 import { parseFailuresTotal, planRejectionsTotal, plannerRounds } from "./metrics.js"
@@ -49,6 +49,17 @@ export const PlannerLive = Layer.effect(
     const { repairAttempts, plannerMode, maxRounds } = yield* LlmConfig
     const ledger = yield* Effect.serviceOption(TokenLedger)
     const budgets = yield* Effect.serviceOption(TokenBudgetConfig)
+    // The same catalogue (no agent, or an agent's filtered copy) is offered as the same array every
+    // time, built once: the LLM client then serialises it once too (issue 16).
+    const offeredTools = new WeakMap<ReadonlyArray<Tool>, ReadonlyArray<FunctionTool>>()
+    const offeredFor = (tools: ReadonlyArray<Tool>): ReadonlyArray<FunctionTool> => {
+      let offered = offeredTools.get(tools)
+      if (offered === undefined) {
+        offered = functionTools(tools)
+        offeredTools.set(tools, offered)
+      }
+      return offered
+    }
 
     /** Whether any budget applies to this run (unknown configuration: assume so). */
     const budgeted = (input: PlannerInput): boolean =>
@@ -170,7 +181,7 @@ export const PlannerLive = Layer.effect(
     const planTools = (input: PlannerInput, now: Date, pending: Pending) =>
       Effect.gen(function* () {
         const tools = catalogueFor(allTools, input.agent)
-        const offered: ReadonlyArray<FunctionTool> = functionTools(tools)
+        const offered: ReadonlyArray<FunctionTool> = offeredFor(tools)
         let messages = withPersona(buildPrompt({
           mission: input.mission,
           resolvedInputs: input.resolvedInputs,

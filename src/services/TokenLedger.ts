@@ -11,6 +11,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Duration, Effect, Layer, Metric, Option, Schedule, Schema } from "effect"
 import { TokenBudgetConfig } from "./AppConfig.js"
 import { tokensUsedTotal } from "./metrics.js"
+import { withSpanWhenTracing } from "./tracing.js"
 import { transactionLossAsError, withUserScope } from "./withUserScope.js"
 
 /** The rolling window every budget sums over. */
@@ -157,7 +158,7 @@ export const makeTokenLedger = Effect.gen(function* () {
       // Counted when the statement succeeds: a write-back transaction that then rolls back over-counts
       // the metric (never the table), which is rare and errs towards showing spend.
       Effect.tap((tokens) => Metric.incrementBy(tokensUsedTotal, tokens)),
-      Effect.withSpan("TokenLedger.insert", { attributes: { "usage.entries": entries.length } }),
+      withSpanWhenTracing("TokenLedger.insert", { attributes: { "usage.entries": entries.length } }),
     )
   }
 
@@ -203,7 +204,7 @@ export const makeTokenLedger = Effect.gen(function* () {
 
   const window = (scope: BudgetScope, limit: number) =>
     Effect.flatMap(since, (from) => scoped(scope, windowQuery(scope, from, limit))).pipe(
-      Effect.withSpan("TokenLedger.window", { attributes: { "budget.scope": scope._tag } }),
+      withSpanWhenTracing("TokenLedger.window", { attributes: { "budget.scope": scope._tag } }),
     )
 
   // A limit no sum reaches: the spend without computing when it frees.
@@ -228,7 +229,7 @@ export const makeTokenLedger = Effect.gen(function* () {
         readings.push({ budget: "process", limit, window: yield* windowQuery({ _tag: "Process" }, from, limit) })
       }
       return budgetVerdict(readings)
-    }).pipe(Effect.withSpan("TokenLedger.budgetCheck"))
+    }).pipe(withSpanWhenTracing("TokenLedger.budgetCheck"))
 
   // Outside any user scope (the setting is cleared for this transaction), so the user policy matches
   // no row and only the DELETE-only retention policy applies: every user's rows past 48 h, nothing else.

@@ -12,7 +12,15 @@ import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission
 import { missionValidity } from "../domain/missionValidity.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
 import { EventLogSchema } from "./EventLogSchema.js"
-import { type RecordRows, groupRecordRows, readRecordRows, recordRefKey, syncChangeColumns } from "./recordRows.js"
+import {
+  type RecordRef,
+  type RecordRows,
+  groupRecordRows,
+  readRecordRows,
+  recordRefKey,
+  recordRefsWhere,
+  syncChangeColumns,
+} from "./recordRows.js"
 
 export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
 
@@ -94,13 +102,16 @@ export interface CurrentMissionWithAgent {
    * the same count later, under the same scope, means the same rows: the write-back's basis check.
    */
   readonly missionRows: number
+  /** The rows of the records asked for with `also` (e.g. the mission's inputs), each one present. */
+  readonly records?: ReadonlyMap<string, RecordRows>
 }
 
 /**
  * `readCurrentMission` plus the mission's agent, in one query (the run's pre-check, inside
  * withUserScope(userId)): the mission's rows and the rows of every agent any of its rows names
  * (`data->>'agentId'`), so the agent costs no extra round trip. The replayed mission's own
- * `agentId` picks the agent; RLS keeps it to the same user.
+ * `agentId` picks the agent; RLS keeps it to the same user. `also`: more records read in the same
+ * query (the run's inputs as the snapshot names them, issue 16), returned in `records`.
  */
 export const readCurrentMissionWithAgent = (
   sql: SqlClient.SqlClient,
@@ -108,6 +119,7 @@ export const readCurrentMissionWithAgent = (
   missionId: string,
   iterationId: string,
   defaultTimezone: string,
+  also: ReadonlyArray<RecordRef> = [],
 ): Effect.Effect<CurrentMissionWithAgent, SqlError, EventLogSchema> =>
   Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
     SELECT ${syncChangeColumns(sql, timeColumn)}
@@ -117,20 +129,22 @@ export const readCurrentMissionWithAgent = (
       OR (app_id = ${AGENTS_APP_ID} AND table_name = ${AGENTS_TABLE} AND record_id IN (
         SELECT m.data->>'agentId' FROM sync_changes m
         WHERE m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID} AND m.table_name = ${MISSIONS_TABLE}
-          AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL)))
+          AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL))${also.length === 0 ? sql`` : sql` OR ${recordRefsWhere(sql, also)}`})
     ORDER BY created_at, id`.pipe(
     Effect.map((raw): CurrentMissionWithAgent => {
-      const byRef = groupRecordRows(raw)
+      // Every record asked for in `also` is in the map, with no rows when it has none (as readRecordRows).
+      const byRef = groupRecordRows(raw, new Map(also.map((ref) => [recordRefKey(ref), { rows: [], undecodable: 0 }])))
+      const records = also.length === 0 ? undefined : new Map(also.map((ref) => [recordRefKey(ref), byRef.get(recordRefKey(ref))!]))
       const missionRef = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
       const found = byRef.get(recordRefKey(missionRef))
       const seen = (found?.rows.length ?? 0) + (found?.undecodable ?? 0)
       const current = judgeRows(found, iterationId, defaultTimezone)
-      if (current._tag !== "Appendable") return { current, agent: { _tag: "Legacy" }, missionRows: seen }
+      if (current._tag !== "Appendable") return { current, agent: { _tag: "Legacy" }, missionRows: seen, ...(records === undefined ? {} : { records }) }
       const agentId = missionAgentId(current.record)
       const rows =
         agentId === undefined ? [] : (byRef.get(recordRefKey({ appId: AGENTS_APP_ID, table: AGENTS_TABLE, recordId: agentId }))?.rows ?? [])
       // Never written, or deleted in the log: the legacy path (resolveAgent treats null as absent).
       const agentRecord = rows.length === 0 ? undefined : replayOrdered(rows).record
-      return { current, agent: resolveAgent(agentId, agentRecord), missionRows: seen }
+      return { current, agent: resolveAgent(agentId, agentRecord), missionRows: seen, ...(records === undefined ? {} : { records }) }
     }),
   ))

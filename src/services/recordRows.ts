@@ -25,7 +25,30 @@ export interface RecordRows {
   readonly undecodable: number
 }
 
-const decodeRow = Schema.decodeUnknownEither(SyncChange)
+const decodeSyncChange = Schema.decodeUnknownEither(SyncChange)
+
+/**
+ * SyncChange.decode for a row as pg gives it, checked by hand (issue 16: the Schema decode was a
+ * visible share of a run's mission read); anything unusual goes through the Schema, which decides.
+ */
+const decodeRow = (row: Readonly<Record<string, unknown>>): Either.Either<SyncChange, unknown> => {
+  const { id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at } = row
+  if (
+    typeof id === "string" &&
+    typeof app_id === "string" &&
+    typeof table_name === "string" &&
+    typeof record_id === "string" &&
+    typeof user_id === "string" &&
+    (op === "insert" || op === "update" || op === "delete") &&
+    data !== undefined &&
+    field_timestamps !== undefined &&
+    created_at instanceof Date &&
+    !Number.isNaN(created_at.getTime())
+  ) {
+    return Either.right({ id, app_id, table_name, record_id, user_id, op, data, field_timestamps, created_at })
+  }
+  return decodeSyncChange(row)
+}
 
 /** The columns a SyncChange decodes from, the generation's per-field time column read as `field_timestamps`. */
 export const syncChangeColumns = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration) =>
@@ -53,6 +76,10 @@ export const groupRecordRows = (
   return into
 }
 
+/** `(… OR …)`: rows of any of `refs` (at least one). */
+export const recordRefsWhere = (sql: SqlClient.SqlClient, refs: ReadonlyArray<RecordRef>) =>
+  sql.or(refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`))
+
 /** One query for any number of records of one user; the map holds every requested ref, possibly with no rows. */
 export const readRecordRows = (
   sql: SqlClient.SqlClient,
@@ -60,9 +87,7 @@ export const readRecordRows = (
   refs: ReadonlyArray<RecordRef>,
 ): Effect.Effect<ReadonlyMap<string, RecordRows>, SqlError, EventLogSchema> => {
   if (refs.length === 0) return Effect.succeed(new Map())
-  const wanted = sql.or(
-    refs.map((r) => sql`(app_id = ${r.appId} AND table_name = ${r.table} AND record_id = ${r.recordId})`),
-  )
+  const wanted = recordRefsWhere(sql, refs)
   return Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
     SELECT ${syncChangeColumns(sql, timeColumn)}
     FROM sync_changes

@@ -382,7 +382,7 @@ describe("LlmClient, more branches", () => {
       expect(exit._tag === "Failure" && exit.cause._tag).toBe("Fail")
       const error = exit._tag === "Failure" && exit.cause._tag === "Fail" ? exit.cause.error : undefined
       expect(error?._tag).toBe("LlmRequestInvalid")
-      expect(error?.message).toBe("LLM request could not be built: RequestError InvalidUrl")
+      expect(error?.message).toBe("LLM request could not be built: the URL is not valid")
       expect((yield* counter(llmRequestsTotal, "outcome", "request_invalid")) - before).toBe(1)
     }),
   )

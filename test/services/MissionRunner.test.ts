@@ -12,7 +12,7 @@ import { iterationIdFor } from "../../src/domain/iteration.js"
 import type { Mission } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
-import { InputResolvers } from "../../src/services/InputResolvers.js"
+import { InputResolvers, makeInputResolvers, shippedResolvers } from "../../src/services/InputResolvers.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { MissionRunner, makeMissionRunner } from "../../src/services/MissionRunner.js"
@@ -355,6 +355,58 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
         expect(yield* standIn.requests).toHaveLength(0)
         expect(yield* runnerRows("ann", paused.id)).toHaveLength(0)
         expect(yield* runnerRows("ann", moved.id)).toHaveLength(0)
+      }),
+    ))
+
+  it.effect("the inputs the snapshot names are read with the mission (no query of the resolvers' own); inputs changed since are read on their own", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        // The resolvers on a client that counts the statements they issue themselves.
+        const sql = yield* SqlClient.SqlClient
+        const used = { statements: 0 }
+        const watched = new Proxy(sql, {
+          apply: (target, self, args) => {
+            used.statements++
+            return Reflect.apply(target as never, self, args)
+          },
+        })
+        const resolvers = yield* makeInputResolvers(shippedResolvers).pipe(Effect.provideService(SqlClient.SqlClient, watched))
+        const runner = yield* makeMissionRunner({ instanceId: INSTANCE }).pipe(
+          Effect.provideService(InputResolvers, InputResolvers.make(resolvers)),
+        )
+
+        const current = yield* dueMission("ann")
+        expect(yield* runner.run({ userId: "ann", mission: current })).toMatchObject({ _tag: "Written" })
+        expect(used.statements).toBe(0)
+        const prompt = messagesOf((yield* standIn.requests)[0]).map((m) => m.content).join("\n")
+        expect(prompt).toContain("Run 5k")
+        expect(prompt).toContain("Progress: 3 / 10 per week")
+
+        // The user pointed the mission at another goal after the snapshot: the run reads that one.
+        const changed = yield* dueMission("ann")
+        const otherGoal = fresh("goal")
+        yield* insertChange({
+          user: "ann",
+          app: "companion",
+          table: "companionGoals",
+          id: otherGoal,
+          data: { title: "Swim 2k", currentValue: 1, target: { value: 4 }, period: "month" },
+        })
+        yield* insertChange({
+          user: "ann",
+          id: changed.id,
+          op: "update",
+          data: { inputs: [{ module: "goals", table: "companionGoals", id: otherGoal }] },
+        })
+        yield* standIn.reset
+        expect(yield* runner.run({ userId: "ann", mission: changed })).toMatchObject({ _tag: "Written" })
+        expect(used.statements).toBeGreaterThan(0)
+        const second = messagesOf((yield* standIn.requests)[0]).map((m) => m.content).join("\n")
+        expect(second).toContain("Swim 2k")
+        expect(second).toContain("Progress: 1 / 4 per month")
+        expect(second).not.toContain("Run 5k")
       }),
     ))
 
