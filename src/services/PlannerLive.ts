@@ -91,8 +91,9 @@ export const PlannerLive = Layer.effect(
      * One LLM request of a run (SPEC §14): the budget checked before it (repair turns and tool rounds
      * alike), the answer's usage recorded under a key of its own, so a retried write-back or a re-run
      * cannot count it twice. `ordinal` counts the run's answers. With `run.heldUsage` the answer is
-     * held for the write-back transaction until a next request follows it; otherwise (and once a next
-     * request follows) it is written beside that request (a daemon fiber: it lands even if the run is
+     * held for the write-back transaction (with a budget: until a next request follows it; without one:
+     * with the run's other answers); otherwise (and once a next budgeted request follows) it is written
+     * beside that request (a daemon fiber: it lands even if the run is
      * interrupted), awaited before the next budget check reads the window, so the check always sees it.
      */
     const ask = (input: PlannerInput, pending: Pending, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
@@ -101,12 +102,16 @@ export const PlannerLive = Layer.effect(
         if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
         const record = (entries: ReadonlyArray<UsageEntry>) =>
           Effect.forkDaemon(ledger.value.record(run.userId, entries).pipe(Effect.retry(ledgerRetry)))
-        // The answer held back for the write-back is followed by this request: it is recorded now.
-        if (run.heldUsage !== undefined) {
+        const isBudgeted = budgeted(input)
+        // The answer held back for the write-back is followed by this request: with a budget it is
+        // recorded now, so the check below sees it. Without one nothing reads the window before the
+        // write-back, so every answer of the run waits for the write-back transaction (a tools-mode
+        // run saves a transaction of its own per answer).
+        if (run.heldUsage !== undefined && isBudgeted) {
           const held = yield* Ref.getAndSet(run.heldUsage, [])
           if (held.length > 0) pending.push(yield* record(held))
         }
-        const verdict = budgeted(input)
+        const verdict = isBudgeted
           ? yield* Effect.zipRight(joinAll(pending), ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry)))
           : ({ _tag: "Ok" } as const)
         if (verdict._tag === "Exhausted") {
@@ -128,7 +133,7 @@ export const PlannerLive = Layer.effect(
             tokens: answer.usage.value.totalTokens,
             at: new Date(yield* Clock.currentTimeMillis),
           }
-          if (run.heldUsage !== undefined) yield* Ref.set(run.heldUsage, [entry])
+          if (run.heldUsage !== undefined) yield* Ref.update(run.heldUsage, (held) => [...held, entry])
           else pending.push(yield* record([entry]))
         }
         return answer

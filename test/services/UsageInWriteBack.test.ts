@@ -10,7 +10,7 @@
  * attempt with answers of its own, each counted once.
  */
 import { layer } from "@effect/vitest"
-import { Duration, Effect, Either, Layer } from "effect"
+import { Duration, Effect, Either, Layer, Option } from "effect"
 import { expect } from "vitest"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { insertChange, missionData, runnerRows } from "../support/eventLogRows.js"
@@ -25,13 +25,18 @@ const ACCEPTED = { prompt_tokens: 250, completion_tokens: 50 } // 300 tokens
 
 const Base = ProxiedWorld
 // json: one request per answer, each with a scripted usage, so the tokens are counted exactly.
-const Stack = runnerServices({
-  sql: ProxiedPool,
-  plannerMode: "json",
-  repairAttempts: 1,
-  missionTimeout: Duration.seconds(6),
-  llmTimeout: "2 seconds",
-}).pipe(Layer.provideMerge(Base))
+const stack = (tokenBudget?: { readonly userDailyTokens: Option.Option<number> }) =>
+  runnerServices({
+    sql: ProxiedPool,
+    plannerMode: "json",
+    repairAttempts: 1,
+    missionTimeout: Duration.seconds(6),
+    llmTimeout: "2 seconds",
+    ...(tokenBudget === undefined ? {} : { tokenBudget }),
+  }).pipe(Layer.provideMerge(Base))
+const Stack = stack()
+/** A user budget far from spent: every request of a run is checked against the window first. */
+const BudgetedStack = stack({ userDailyTokens: Option.some(1_000_000_000) })
 
 let n = 0
 const fresh = (prefix: string) => `${prefix}-${++n}-${Math.random().toString(36).slice(2, 8)}`
@@ -76,7 +81,7 @@ const iterationTx = (user: string, missionId: string) =>
   )
 
 layer(Stack, { timeout: 120_000, excludeTestServices: true })("token usage and the write-back transaction", (it) => {
-  it.effect("the last answer's usage commits in the write-back's transaction; the rejected answer before it on its own; each once", () =>
+  it.effect("without a budget every answer's usage commits in the write-back's transaction, the rejected one too; each once", () =>
     Effect.gen(function* () {
       const standIn = yield* LlmStandIn
       yield* standIn.reset
@@ -94,10 +99,10 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("token usage and t
       const [written] = yield* iterationTx(user, missionId)
       const usage = yield* usageRows(user, missionId)
       expect(usage.map((u) => u.tokens)).toEqual([200, 300])
-      // The accepted answer was inserted by the transaction that appended the iteration.
+      // No budget applies, so nothing read the window between the answers: both were inserted by the
+      // transaction that appended the iteration (no transaction of their own).
+      expect(usage[0]?.tx).toBe(written)
       expect(usage[1]?.tx).toBe(written)
-      // The rejected one was recorded before the repair turn's budget check, on its own.
-      expect(usage[0]?.tx).not.toBe(written)
       expect(new Set(usage.map((u) => u.answer_key)).size).toBe(2)
     }),
   )
@@ -139,6 +144,33 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("token usage and t
       expect(third._tag).toBe("Skipped")
       expect(served).toBe(2)
       expect(yield* usageRows(user, missionId)).toHaveLength(2)
+    }),
+  )
+})
+
+layer(BudgetedStack, { timeout: 120_000, excludeTestServices: true })("token usage and the write-back transaction, with a budget", (it) => {
+  it.effect("a rejected answer is recorded on its own before the repair turn's budget check; the accepted one in the write-back transaction", () =>
+    Effect.gen(function* () {
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      const user = fresh("wb-budget")
+      const missionId = yield* insertMission(user)
+      yield* standIn.enqueue(
+        { body: completion("not a plan", REJECTED) },
+        { body: completion(planAnswer(defaultPlan), ACCEPTED) },
+      )
+      const runner = yield* MissionRunner
+      const outcome = yield* runner.run({ userId: user, mission: missionOf(yield* snapshotOf(user, missionId)) })
+      expect(outcome).toMatchObject({ _tag: "Written", parseFailures: 1 })
+      expect((yield* standIn.requests).length).toBe(2)
+
+      const [written] = yield* iterationTx(user, missionId)
+      const usage = yield* usageRows(user, missionId)
+      expect(usage.map((u) => u.tokens)).toEqual([200, 300])
+      expect(usage[1]?.tx).toBe(written)
+      // The budget check before the repair turn had to see the rejected answer: recorded on its own.
+      expect(usage[0]?.tx).not.toBe(written)
+      expect(new Set(usage.map((u) => u.answer_key)).size).toBe(2)
     }),
   )
 })
