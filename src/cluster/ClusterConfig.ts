@@ -64,3 +64,17 @@ export const clusterConfig: Config.Config<Option.Option<ClusterConfigShape>> = C
     )
   }),
 )
+
+/**
+ * The shard of a user id among `shards`, as `Sharding.getShardId(userId, group)` computes it in
+ * @effect/cluster 0.60 (its internal string hash, the same as effect's `Hash.string`). Kept here, free
+ * of cluster's modules, so the store can stamp `mission_snapshots.shard` on write; cluster start
+ * checks that it still agrees with Sharding (`makeOwnership`).
+ */
+export const shardOf = (userId: string, shards: number): number => {
+  let h = 5381
+  let i = userId.length
+  while (i) h = (h * 33) ^ userId.charCodeAt(--i)
+  const hash = (h & 0xbfffffff) | ((h >>> 1) & 0x40000000)
+  return Math.abs(hash % shards) + 1
+}

@@ -27,6 +27,15 @@ const actorsOf = async (p: ManaProcess): Promise<Set<string>> => new Set((await 
 
 const health = async (p: ManaProcess) => (await request(p, "GET", "/health")).body
 
+/** A user's LLM requests at the stand-in, as [received, closed] (the prompt carries "title of <user> "). */
+const userRequests = (
+  user: string,
+  requests: ReadonlyArray<{ readonly body: unknown; readonly receivedAt: number; readonly closedAt: number | undefined }>,
+) =>
+  requests
+    .filter((r) => JSON.stringify(r.body).includes(`title of ${user} `))
+    .map((r) => [r.receivedAt, r.closedAt ?? Number.POSITIVE_INFINITY] as const)
+
 const runnerEnv = async (extra: Record<string, string> = {}) => ({
   RUNNER_ADDRESS: `127.0.0.1:${await freePort()}`,
   CLUSTER_SHARDS: "60",
@@ -195,6 +204,54 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     process.stdout.write(`cluster failover: ${cut.length} runs cut by the kill written by the survivor ${tookMs} ms after it\n`)
     await survivor.stop("SIGTERM", 20_000)
   }, 180_000)
+
+  it("USER_CONCURRENCY=1 holds per user during a handover: a runner joining while a user's run is under way elsewhere waits for it", async () => {
+    await rig.run(rig.standIn.reset)
+    // Slow answers: each user's 3 runs take 3 × 5 s on the runner that starts them, one at a time.
+    await rig.run(rig.standIn.setResponder(() => ({ delayMs: 5_000 })))
+    const env = { USER_CONCURRENCY: "1", GLOBAL_CONCURRENCY: "16", MISSION_TIMEOUT_MS: "30000", LLM_TIMEOUT_MS: "20000" }
+    const a = await startRunner(await runnerEnv(env))
+    await eventually("the first runner holds every shard", 60_000, async () => (await health(a)).cluster?.shardsOwned === 60)
+    const users = Array.from({ length: 16 }, (_, u) => `hand-${u}`)
+    await rig.seed(
+      users.flatMap((user) =>
+        Array.from({ length: 3 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} ` })),
+      ),
+    )
+    // Every user has a run under way on the first runner; then the second joins and takes half the shards.
+    await eventually("runs under way on the first runner", 30_000, async () =>
+      (await actorList(a)).filter((x) => x.userId.startsWith("hand-") && x.inFlight > 0).length === users.length,
+    )
+    const b = await startRunner(await runnerEnv(env))
+    await eventually("both runners hold shards", 60_000, () => settled([a, b]))
+    const settledAt = Date.now()
+    const movedWhileRunning = async () => {
+      const onB = await actorsOf(b)
+      return users.filter((u) => onB.has(u))
+    }
+    await eventually("every due run written", 120_000, async () => (await rig.runnerRows("hand-")).length >= users.length * 3, 200)
+    const requests = await rig.run(rig.standIn.requests)
+    // The handover happened while there was work: a user now on the second runner had a request in
+    // flight when both runners held their shards, and more of its runs came after.
+    const moved = await movedWhileRunning()
+    expect(
+      moved.some((u) => {
+        const spans = userRequests(u, requests)
+        return spans.some(([f, t]) => f <= settledAt && settledAt < t) && spans.some(([f]) => f > settledAt)
+      }),
+    ).toBe(true)
+    let worst = 0
+    for (const user of users) {
+      const spans = userRequests(user, requests)
+      expect(spans.length).toBeGreaterThanOrEqual(3)
+      for (const [from] of spans) worst = Math.max(worst, spans.filter(([f, t]) => f <= from && from < t).length)
+    }
+    expect(worst).toBe(1)
+    expect((await rig.runnerRows("hand-")).length).toBe(users.length * 3)
+    expect((await rig.audit()).duplicates).toBe(0)
+    await a.stop("SIGTERM", 30_000)
+    await b.stop("SIGTERM", 30_000)
+  }, 240_000)
 
   it("USER_CONCURRENCY=1 holds per user across the runners", async () => {
     await rig.run(rig.standIn.reset)

@@ -15,11 +15,14 @@ const tablesIn = (schema: string) =>
 const EXPECTED_TABLES = [
   "actor_quarantines",
   "applied_changes",
+  "cluster_claim_owners",
+  "cluster_user_leases",
   "decrypt_audit",
   "discovery_cursor",
   "migrations",
   "mission_snapshots",
   "run_claims",
+  "snapshot_shards",
   "token_usage",
   "token_usage_process",
 ]
@@ -32,10 +35,10 @@ it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starti
         [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
         { concurrency: "unbounded" },
       )
-      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines"])
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines", "5_cluster"])
       const db = yield* TestDatabase
       const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations ORDER BY 1"))
-      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
+      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }, { migration_id: 5 }])
       expect(yield* Effect.provide(tablesIn("mana_ai"), RunnerSqlLive(1))).toEqual(EXPECTED_TABLES)
     }),
   )
@@ -45,7 +48,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
   it.effect("a second run applies nothing and changes nothing", () =>
     Effect.gen(function* () {
       const first = yield* runMigrations
-      expect(first.length).toBe(4)
+      expect(first.length).toBe(5)
       const again = yield* runMigrations
       expect(again).toEqual([])
       expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)
