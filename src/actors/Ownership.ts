@@ -33,6 +33,8 @@ export interface OwnershipShape {
    */
   readonly changedElsewhere: Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
   readonly view: Effect.Effect<ClusterView>
+  /** The shard of a user (cluster's hash of the user id). */
+  readonly shardOf: (userId: string) => number
   /** The shards `owns` answers from now (ascending): the store reads only their snapshots. */
   readonly shards: () => ReadonlyArray<number>
   /**

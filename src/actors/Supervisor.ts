@@ -175,9 +175,19 @@ export const make = Effect.gen(function* () {
    * actor here, and the tick leaves them out, until that runner gave them back (issue 19).
    */
   const waitingForLease = new Set<string>()
-  const owns = ownership === undefined ? () => true : (userId: string) => ownership.owns(userId) && !waitingForLease.has(userId)
-  /** One process: every schedulable snapshot; a cluster runner: its own shards' (mission_snapshots.shard). */
-  const schedulableHere = ownership === undefined ? store.schedulable : Effect.suspend(() => store.schedulableIn(ownership.shards()))
+  /**
+   * The shards the last rebalance acted on. A user of a shard just gained is not this runner's for
+   * discovery and ticks until the rebalance gave it its actor from all its stored snapshots (a pass
+   * in between would spawn it from the few snapshots that pass changed).
+   */
+  let actedShards: ReadonlySet<number> = new Set()
+  const owns =
+    ownership === undefined
+      ? () => true
+      : (userId: string) =>
+          ownership.owns(userId) && actedShards.has(ownership.shardOf(userId)) && !waitingForLease.has(userId)
+  /** One process: every schedulable snapshot; a cluster runner: those of the shards it acted on (mission_snapshots.shard). */
+  const schedulableHere = ownership === undefined ? store.schedulable : Effect.suspend(() => store.schedulableIn([...actedShards]))
   // Optional so unit stacks without it run unchanged; runnerServicesLayer provides it.
   const agents = yield* Effect.serviceOption(AgentDirectory)
   /** The directory's first refresh returns every agent: the actors spawned then start with nothing held. */
@@ -404,7 +414,7 @@ export const make = Effect.gen(function* () {
           Effect.catchAll((e) => Effect.sync(() => errors.push(TickError.DiscoveryFailed({ message: e.message })))),
         )
         const now = yield* Clock.currentTimeMillis
-        const due = yield* (ownership === undefined ? store.due(new Date(now)) : store.due(new Date(now), ownership.shards())).pipe(
+        const due = yield* (ownership === undefined ? store.due(new Date(now)) : store.due(new Date(now), [...actedShards])).pipe(
           Effect.map((all) => (ownership === undefined ? all : all.filter((s) => owns(s.userId)))),
           Effect.catchAll((e) =>
             Effect.sync(() => errors.push(TickError.DueQueryFailed({ message: e.message }))).pipe(Effect.as([])),
@@ -533,8 +543,6 @@ export const make = Effect.gen(function* () {
   )
 
   if (ownership !== undefined) {
-    /** The shards the last rebalance acted on: a change reads only the snapshots of the shards gained. */
-    let lastShards: ReadonlySet<number> = new Set()
     /** Users dropped here whose leases this runner may still hold: given back once their actors left. */
     let giveBackPending = false
 
@@ -561,8 +569,8 @@ export const make = Effect.gen(function* () {
     const rebalance = discoveryLock.withPermits(1)(
       Effect.gen(function* () {
         const shardsNow = new Set(ownership.shards())
-        const gained = [...shardsNow].filter((x) => !lastShards.has(x))
-        const lost = [...lastShards].filter((x) => !shardsNow.has(x)).length
+        const gained = [...shardsNow].filter((x) => !actedShards.has(x))
+        const lost = [...actedShards].filter((x) => !shardsNow.has(x)).length
         let dropped = 0
         for (const userId of (yield* host.census).keys) {
           if (!ownership.owns(userId) && (yield* host.drop(userId))) dropped++
@@ -580,7 +588,7 @@ export const make = Effect.gen(function* () {
           started = outcome.started
           waiting = outcome.waiting
         }
-        lastShards = shardsNow
+        actedShards = shardsNow
         yield* Metric.incrementBy(clusterSnapshotsReadTotal, snapshotsRead)
         yield* Effect.logInfo("users moved with the shards").pipe(
           Effect.annotateLogs({

@@ -57,8 +57,12 @@ export const clusterConfig: Config.Config<Option.Option<ClusterConfigShape>> = C
         ...parsed.right,
         shards: n,
         // The issue's measurements: with these, a SIGKILLed runner's users move in 4–7 s (defaults: ~30 s).
+        // A dead runner is now found through its liveness session (ClusterOwnership's watchPeers) and
+        // marked unhealthy at once; the assignment refresh then takes it out within half a second. The
+        // lock expiry (and the refresh of the locks every expiry / 3, which gives up on a runner whose
+        // refresh takes longer) stays at 6 s: shorter, a loaded machine drops live runners' shards.
         shardLockExpiration: Duration.seconds(6),
-        refreshAssignmentsInterval: Duration.seconds(1),
+        refreshAssignmentsInterval: Duration.millis(500),
         runnerHealthCheckInterval: Duration.seconds(2),
       }),
     )

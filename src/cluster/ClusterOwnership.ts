@@ -41,7 +41,10 @@ import { type ClusterConfigShape, shardOf as shardOfCount } from "./ClusterConfi
 const GROUP = "default"
 
 /** How often the runner compares the shards it holds with the last set it acted on. */
-const SHARD_POLL = Duration.millis(250)
+const SHARD_POLL = Duration.millis(100)
+
+/** How often a runner looks for runners whose liveness session is gone (dead: failover starts then). */
+const PEER_POLL = Duration.millis(250)
 
 /**
  * How far behind its last read `changedElsewhere` reads again: a discovery pass stamps its snapshots
@@ -185,9 +188,10 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       Effect.orDie,
     )) as ReadonlyArray<readonly [number, string]>
     yield* sql`
-      INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start)
-      VALUES (${instanceId}, ${me![0]}, ${me![1]}::timestamptz)
-      ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start`.pipe(Effect.orDie)
+      INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start, runner_host, runner_port)
+      VALUES (${instanceId}, ${me![0]}, ${me![1]}::timestamptz, ${config.host}, ${config.port})
+      ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start,
+        runner_host = EXCLUDED.runner_host, runner_port = EXCLUDED.runner_port`.pipe(Effect.orDie)
     // Runs after the supervisor's drain (the supervisor is built on this layer): no run of ours is left,
     // so the users' leases go back before the shards do, and the new owners start their runs at once.
     yield* Effect.addFinalizer(() =>
@@ -202,24 +206,59 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       Effect.forkScoped,
     )
 
-    /** Deletes the claims of owners whose liveness session is gone (a runner that died); returns how many. */
+    /**
+     * Runners whose liveness session is gone (a runner that died: Postgres ends a killed process's
+     * sessions at once): their claims and user leases are given back and their owner row goes, in one
+     * statement, so each dead runner is handled once; returns how many claims and the dead runners.
+     */
     const releaseOrphanedClaims = Effect.gen(function* () {
-      const rows = yield* sql<{ n: number }>`
+      const rows = yield* sql<{ runner_host: string | null; runner_port: number | null; claims: number }>`
         WITH dead AS (
-          SELECT o.owner FROM mana_ai.cluster_claim_owners o
-          WHERE NOT EXISTS (
+          SELECT o.owner, o.runner_host, o.runner_port FROM mana_ai.cluster_claim_owners o
+          WHERE o.owner <> ${instanceId} AND NOT EXISTS (
             SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.pid AND a.backend_start = o.backend_start)
         ), gone AS (
           DELETE FROM mana_ai.run_claims c USING dead WHERE c.owner = dead.owner RETURNING 1
         ), unleased AS (
           DELETE FROM mana_ai.cluster_user_leases l USING dead WHERE l.owner = dead.owner RETURNING 1
         ), forgotten AS (
-          DELETE FROM mana_ai.cluster_claim_owners o USING dead WHERE o.owner = dead.owner
-            AND NOT EXISTS (SELECT 1 FROM mana_ai.run_claims c WHERE c.owner = dead.owner AND c.expires_at > now())
+          DELETE FROM mana_ai.cluster_claim_owners o USING dead WHERE o.owner = dead.owner RETURNING 1
         )
-        SELECT count(*)::int AS n FROM gone`
-      return Number(rows[0]?.n ?? 0)
+        SELECT dead.runner_host, dead.runner_port, (SELECT count(*)::int FROM gone) AS claims FROM dead`
+      return {
+        claims: rows.length === 0 ? 0 : Number(rows[0]!.claims),
+        runners: rows.flatMap((r) =>
+          r.runner_host === null || r.runner_port === null ? [] : [RunnerAddress.make(r.runner_host, Number(r.runner_port))],
+        ),
+      }
     })
+
+    /**
+     * Failover (issue 19, item 4): a runner whose liveness session is gone is dead, so its claims go
+     * back and the cluster is told at once (setRunnerHealth false: out of the hash ring at the next
+     * assignment refresh), instead of waiting for a ping singleton that may have lived on the dead
+     * runner, or for its heartbeat to expire (shardLockExpiration). A live runner marked so by mistake
+     * (its liveness connection dropped) loses nothing: its shards stay under its advisory locks, and
+     * the health check marks it healthy again when it answers a ping.
+     */
+    const watchPeers = Effect.gen(function* () {
+      const { claims, runners } = yield* releaseOrphanedClaims
+      for (const address of runners) {
+        yield* runnerStorage.setRunnerHealth(address, false).pipe(
+          Effect.catchAll((e) => Effect.logWarning(`could not mark a dead runner unhealthy: ${String(e)}`)),
+        )
+      }
+      if (runners.length > 0 || claims > 0) {
+        yield* Effect.logInfo("a runner died: its run claims given back, the cluster told").pipe(
+          Effect.annotateLogs({ claims, runners: runners.map(describeAddress).join(", ") }),
+        )
+      }
+    })
+    yield* watchPeers.pipe(
+      Effect.catchAll((e) => Effect.logWarning(`could not look for dead runners: ${e.message}`)),
+      Effect.repeat(Schedule.spaced(PEER_POLL)),
+      Effect.forkScoped,
+    )
 
     const nowText = Effect.map(
       sql<{ now: string }>`SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS now`,
@@ -273,8 +312,8 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
     const changes = acted.changes.pipe(
       Stream.mapEffect((set) =>
         releaseOrphanedClaims.pipe(
-          Effect.tap((n) =>
-            n > 0 ? Effect.logInfo("run claims of a dead runner given back").pipe(Effect.annotateLogs({ claims: n })) : Effect.void,
+          Effect.tap(({ claims }) =>
+            claims > 0 ? Effect.logInfo("run claims of a dead runner given back").pipe(Effect.annotateLogs({ claims })) : Effect.void,
           ),
           Effect.catchAll((e) => Effect.logWarning(`could not give back a dead runner's run claims: ${e.message}`)),
           Effect.zipRight(
@@ -319,6 +358,7 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       changes,
       changedElsewhere,
       view,
+      shardOf: (userId) => shardOf(userId).id,
       shards: () => [...ownedNow].sort((a, b) => a - b),
       leasedElsewhere,
       leasedHere,

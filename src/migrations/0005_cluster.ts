@@ -19,6 +19,9 @@ export default Effect.gen(function* () {
       backend_start timestamptz NOT NULL,
       registered_at timestamptz NOT NULL DEFAULT now()
     )`
+  // Where that runner listens (RUNNER_ADDRESS): a survivor tells the cluster at once when it died.
+  yield* sql`ALTER TABLE mana_ai.cluster_claim_owners ADD COLUMN IF NOT EXISTS runner_host text`
+  yield* sql`ALTER TABLE mana_ai.cluster_claim_owners ADD COLUMN IF NOT EXISTS runner_port integer`
 
   // Another runner's discovery pass reaches a user's owner through the snapshots it changed (changedElsewhere).
   yield* sql`

@@ -142,10 +142,16 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     await a.exited
     // Due from now on: only the survivor can write them, the dead runner's users included.
     await rig.seed(users.map((user) => missionUpdateRow(user, `${user}-m`, { nextRunAt: new Date(killedAt - 1000).toISOString() })))
+    try {
     await eventually("the survivor wrote every due run", 10_000 - (Date.now() - killedAt), async () => {
       const rows = await rig.runnerRows("kill-")
       return users.every((u) => rows.some((r) => r.user_id === u))
     }, 100)
+    } catch (e) {
+      console.log("DEBUG killedAt", new Date(killedAt).toISOString())
+      console.log("DEBUG LOGS", JSON.stringify(b.logs().filter((l) => !/actor started|iteration written|wrote an iteration/.test(String(l.message))).slice(-60)))
+      throw e
+    }
     const tookMs = Date.now() - killedAt
     expect(tookMs).toBeLessThan(10_000)
     const rows = await rig.runnerRows("kill-")
