@@ -17,6 +17,13 @@ const MISSIONS = 2
 
 let rig: Rig
 
+/**
+ * Due a minute ago, so the next slot of the hourly cadence is 59 minutes away. The seed's default
+ * (2026-03-02T08:00Z) puts every next slot on the full hour: a test running across one ran its
+ * missions twice (51 and 76 rows for 48 missions, 0 duplicate ids).
+ */
+const dueNow = () => ({ nextRunAt: new Date(Date.now() - 60_000).toISOString() })
+
 const actorList = async (p: ManaProcess): Promise<ReadonlyArray<{ userId: string; inFlight: number }>> => {
   const r = await request(p, "GET", "/internal/actors", RIG_SERVICE_KEY)
   if (r.status !== 200) throw new Error(`/internal/actors answered ${r.status}`)
@@ -83,7 +90,7 @@ afterAll(async () => {
 describe.skipIf(!onServer)("cluster runners on one database", () => {
   it.each([2, 3])("%i runners own disjoint users that together are all, and write every due run once", async (count) => {
     const users = Array.from({ length: USERS }, (_, u) => `own${count}-${u}`)
-    await rig.seed(users.flatMap((user) => Array.from({ length: MISSIONS }, (_, k) => missionInsertRow(user, `${user}-m${k}`))))
+    await rig.seed(users.flatMap((user) => Array.from({ length: MISSIONS }, (_, k) => missionInsertRow(user, `${user}-m${k}`, dueNow()))))
     const runners: Array<ManaProcess> = []
     for (let i = 0; i < count; i++) runners.push(await startRunner(await runnerEnv()))
     await eventually("every runner holds shards", 60_000, () => settled(runners))
@@ -182,7 +189,7 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     const b = await startRunner(await runnerEnv(deadlines))
     await eventually("both runners hold shards", 60_000, () => settled([a, b]))
     const users = Array.from({ length: USERS }, (_, u) => `flight-${u}`)
-    await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`)))
+    await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`, dueNow())))
     // Kill the runner that has runs under way (both have, usually): its LLM requests are out, nothing written yet.
     let victim: ManaProcess | undefined
     await eventually("runs under way", 30_000, async () => {
@@ -228,7 +235,7 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     const users = Array.from({ length: 16 }, (_, u) => `hand-${u}`)
     await rig.seed(
       users.flatMap((user) =>
-        Array.from({ length: 4 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} ` })),
+        Array.from({ length: 4 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} `, ...dueNow() })),
       ),
     )
     // Every user has a run under way on the first runner; then the second joins and takes half the shards.
@@ -283,7 +290,7 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     const users = Array.from({ length: 16 }, (_, u) => `conc-${u}`)
     await rig.seed(
       users.flatMap((user) =>
-        Array.from({ length: 3 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} ` })),
+        Array.from({ length: 3 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} `, ...dueNow() })),
       ),
     )
     await eventually("every due run written", 90_000, async () => (await rig.runnerRows("conc-")).length >= users.length * 3)
