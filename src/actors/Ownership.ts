@@ -33,6 +33,19 @@ export interface OwnershipShape {
    */
   readonly changedElsewhere: Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
   readonly view: Effect.Effect<ClusterView>
+  /** The shard of a user (cluster's hash of the user id). */
+  readonly shardOf: (userId: string) => number
+  /** The shards `owns` answers from now (ascending): the store reads only their snapshots. */
+  readonly shards: () => ReadonlyArray<number>
+  /**
+   * Of these users, the ones whose runs another runner holds now (its live lease, issue 19): their
+   * actors wait here until it gave them back, so a user's runs never overlap across a handover.
+   */
+  readonly leasedElsewhere: (userIds: ReadonlyArray<string>) => Effect.Effect<ReadonlySet<string>, SqlError>
+  /** Users whose lease this runner holds now (live). */
+  readonly leasedHere: Effect.Effect<ReadonlyArray<string>, SqlError>
+  /** Gives back this runner's leases of these users (their runs here are done); how many it held. */
+  readonly giveBack: (userIds: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
 }
 
 export class Ownership extends Context.Tag("mana-ai/Ownership")<Ownership, OwnershipShape>() {}

@@ -29,6 +29,7 @@ import { MissionRunner } from "../services/MissionRunner.js"
 import {
   actorRestartsTotal,
   actorsGauge,
+  clusterSnapshotsReadTotal,
   quarantinedGauge,
   runsInFlightGauge,
   tickDuration,
@@ -155,6 +156,9 @@ const agentsByUser = (keys: ReadonlyArray<AgentKey>) => {
   return groups
 }
 
+/** Cluster mode: how often a runner looks at users waiting for a lease and at leases to give back. */
+const LEASE_POLL = Duration.millis(250)
+
 /** How long a tick waits for a discovery pass under way before it answers overlap-skipped. */
 const TICK_PASS_WAIT = Duration.seconds(2)
 
@@ -166,7 +170,24 @@ export const make = Effect.gen(function* () {
   const quarantines = yield* Quarantines
   // Cluster mode (issue 19): only the users of this runner's shards; absent, every user.
   const ownership = Option.getOrUndefined(yield* Effect.serviceOption(Ownership))
-  const owns = ownership === undefined ? () => true : ownership.owns
+  /**
+   * Users of this runner's shards whose runs another runner still holds (its live lease): they get no
+   * actor here, and the tick leaves them out, until that runner gave them back (issue 19).
+   */
+  const waitingForLease = new Set<string>()
+  /**
+   * The shards the last rebalance acted on. A user of a shard just gained is not this runner's for
+   * discovery and ticks until the rebalance gave it its actor from all its stored snapshots (a pass
+   * in between would spawn it from the few snapshots that pass changed).
+   */
+  let actedShards: ReadonlySet<number> = new Set()
+  const owns =
+    ownership === undefined
+      ? () => true
+      : (userId: string) =>
+          ownership.owns(userId) && actedShards.has(ownership.shardOf(userId)) && !waitingForLease.has(userId)
+  /** One process: every schedulable snapshot; a cluster runner: those of the shards it acted on (mission_snapshots.shard). */
+  const schedulableHere = ownership === undefined ? store.schedulable : Effect.suspend(() => store.schedulableIn([...actedShards]))
   // Optional so unit stacks without it run unchanged; runnerServicesLayer provides it.
   const agents = yield* Effect.serviceOption(AgentDirectory)
   /** The directory's first refresh returns every agent: the actors spawned then start with nothing held. */
@@ -299,7 +320,6 @@ export const make = Effect.gen(function* () {
       changed: byUser(r.changed),
     }))
     if (ownership !== undefined) {
-      for (const userId of [...changed.keys()]) if (!owns(userId)) changed.delete(userId)
       // Changes other runners' passes applied to this runner's users (the passes share one cursor).
       const elsewhere = byUser(yield* ownership.changedElsewhere)
       for (const [userId, snapshots] of elsewhere) {
@@ -307,13 +327,15 @@ export const make = Effect.gen(function* () {
         if (mine === undefined) changed.set(userId, snapshots)
         else for (const s of snapshots) if (!mine.some((m) => m.missionId === s.missionId)) mine.push(s)
       }
+      // Users waiting for their lease are left out too: they start from the store once it is theirs.
+      for (const userId of [...changed.keys()]) if (!owns(userId)) changed.delete(userId)
     }
     let actorsStarted = 0
     if (!(yield* Ref.get(primed))) {
       // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
       // changes are already in that view (redelivering them would wake every new actor at once).
       for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
-      const all = yield* store.schedulable
+      const all = yield* schedulableHere
       for (const [userId, snapshots] of byUser(all)) {
         if (!owns(userId)) continue
         if (yield* spawn(userId, Option.some(snapshots))) {
@@ -392,7 +414,7 @@ export const make = Effect.gen(function* () {
           Effect.catchAll((e) => Effect.sync(() => errors.push(TickError.DiscoveryFailed({ message: e.message })))),
         )
         const now = yield* Clock.currentTimeMillis
-        const due = yield* store.due(new Date(now)).pipe(
+        const due = yield* (ownership === undefined ? store.due(new Date(now)) : store.due(new Date(now), [...actedShards])).pipe(
           Effect.map((all) => (ownership === undefined ? all : all.filter((s) => owns(s.userId)))),
           Effect.catchAll((e) =>
             Effect.sync(() => errors.push(TickError.DueQueryFailed({ message: e.message }))).pipe(Effect.as([])),
@@ -521,25 +543,64 @@ export const make = Effect.gen(function* () {
   )
 
   if (ownership !== undefined) {
+    /** Users dropped here whose leases this runner may still hold: given back once their actors left. */
+    let giveBackPending = false
+
+    /** Spawns owned users without an actor, or has them wait while another runner holds their runs. */
+    const startOwned = (groups: ReadonlyMap<string, ReadonlyArray<MissionSnapshot>>) =>
+      Effect.gen(function* () {
+        const candidates: Array<string> = []
+        for (const userId of groups.keys()) if (ownership.owns(userId) && !(yield* host.has(userId))) candidates.push(userId)
+        const busy = yield* ownership.leasedElsewhere(candidates)
+        let started = 0
+        for (const userId of candidates) {
+          if (busy.has(userId)) waitingForLease.add(userId)
+          else if (yield* spawn(userId, Option.some(groups.get(userId) ?? []))) started++
+        }
+        return { started, waiting: busy.size }
+      })
+
     /**
      * The runner's shards changed: actors of users it no longer owns leave (a run under way finishes
-     * first and keeps its claim), users it now owns get theirs from the stored snapshots, and their
-     * quarantines hold here too. Each change of the set runs it once; a set seen twice changes nothing.
+     * first and keeps its claim and its user's lease), users it now owns get theirs from the stored
+     * snapshots of the shards gained (only those: `mission_snapshots.shard`), and their quarantines
+     * hold here too. A gained user whose runs the old owner still holds waits for its lease.
      */
     const rebalance = discoveryLock.withPermits(1)(
       Effect.gen(function* () {
+        const shardsNow = new Set(ownership.shards())
+        const gained = [...shardsNow].filter((x) => !actedShards.has(x))
+        const lost = [...actedShards].filter((x) => !shardsNow.has(x)).length
         let dropped = 0
+        for (const userId of (yield* host.census).keys) {
+          if (!ownership.owns(userId) && (yield* host.drop(userId))) dropped++
+        }
+        for (const userId of waitingForLease) if (!ownership.owns(userId)) waitingForLease.delete(userId)
+        if (dropped > 0 || lost > 0) giveBackPending = true
         let started = 0
-        for (const userId of (yield* host.census).keys) if (!owns(userId) && (yield* host.drop(userId))) dropped++
+        let waiting = 0
+        let snapshotsRead = 0
         if (!(yield* gate.draining)) {
-          for (const q of yield* quarantines.all) if (owns(q.userId)) yield* host.quarantined(q.userId, q.reason)
-          for (const [userId, snapshots] of byUser(yield* store.schedulable)) {
-            if (owns(userId) && !(yield* host.has(userId)) && (yield* spawn(userId, Option.some(snapshots)))) started++
-          }
+          for (const q of yield* quarantines.all) if (ownership.owns(q.userId)) yield* host.quarantined(q.userId, q.reason)
+          const gainedSnapshots = yield* store.schedulableIn(gained)
+          snapshotsRead = gainedSnapshots.length
+          const outcome = yield* startOwned(byUser(gainedSnapshots))
+          started = outcome.started
+          waiting = outcome.waiting
         }
-        if (dropped > 0 || started > 0) {
-          yield* Effect.logInfo("users moved with the shards").pipe(Effect.annotateLogs({ actorsDropped: dropped, actorsStarted: started }))
-        }
+        actedShards = shardsNow
+        yield* Metric.incrementBy(clusterSnapshotsReadTotal, snapshotsRead)
+        yield* Effect.logInfo("users moved with the shards").pipe(
+          Effect.annotateLogs({
+            shards: shardsNow.size,
+            shardsGained: gained.length,
+            shardsLost: lost,
+            snapshotsRead,
+            actorsDropped: dropped,
+            actorsStarted: started,
+            waitingForLease: waiting,
+          }),
+        )
       }),
     )
     yield* ownership.changes.pipe(
@@ -548,6 +609,48 @@ export const make = Effect.gen(function* () {
           Effect.retry(Schedule.exponential("200 millis").pipe(Schedule.union(Schedule.spaced("5 seconds")))),
         ),
       ),
+      Effect.forkScoped,
+    )
+
+    /**
+     * Leases across a handover (issue 19), cluster mode only: a gained user waiting for its lease gets
+     * its actor once the old owner gave it back (or died, or the lease expired); a dropped user's lease
+     * goes back once its actor here left (its runs done), so its new owner can start at once.
+     */
+    const keepLeases = Effect.gen(function* () {
+      if (waitingForLease.size > 0) {
+        const waiting = [...waitingForLease].filter((u) => ownership.owns(u))
+        const busy = yield* ownership.leasedElsewhere(waiting)
+        const free = waiting.filter((u) => !busy.has(u))
+        if (free.length > 0) {
+          yield* discoveryLock.withPermits(1)(
+            Effect.gen(function* () {
+              const groups = new Map<string, ReadonlyArray<MissionSnapshot>>()
+              for (const userId of free) {
+                waitingForLease.delete(userId)
+                groups.set(userId, (yield* store.forUser(userId)).filter((x) => x.schedulable))
+              }
+              const { started } = yield* startOwned(groups)
+              yield* Effect.logInfo("users' leases given back elsewhere: actors started").pipe(
+                Effect.annotateLogs({ actorsStarted: started, stillWaiting: waitingForLease.size }),
+              )
+            }),
+          )
+        }
+      }
+      if (giveBackPending) {
+        const held = yield* ownership.leasedHere
+        const notMine = held.filter((u) => !ownership.owns(u))
+        const gone: Array<string> = []
+        for (const userId of notMine) if (!(yield* host.has(userId))) gone.push(userId)
+        const given = yield* ownership.giveBack(gone)
+        if (given > 0) yield* Effect.logInfo("leases of users moved away given back").pipe(Effect.annotateLogs({ users: given }))
+        if (gone.length === notMine.length) giveBackPending = false
+      }
+    })
+    yield* keepLeases.pipe(
+      Effect.catchAll((e) => Effect.logWarning(`could not check the users' leases: ${e.message}`)),
+      Effect.repeat(Schedule.spaced(LEASE_POLL)),
       Effect.forkScoped,
     )
   }

@@ -57,10 +57,28 @@ export const clusterConfig: Config.Config<Option.Option<ClusterConfigShape>> = C
         ...parsed.right,
         shards: n,
         // The issue's measurements: with these, a SIGKILLed runner's users move in 4–7 s (defaults: ~30 s).
+        // A dead runner is now found through its liveness session (ClusterOwnership's watchPeers) and
+        // marked unhealthy at once; the assignment refresh then takes it out within half a second. The
+        // lock expiry (and the refresh of the locks every expiry / 3, which gives up on a runner whose
+        // refresh takes longer) stays at 6 s: shorter, a loaded machine drops live runners' shards.
         shardLockExpiration: Duration.seconds(6),
-        refreshAssignmentsInterval: Duration.seconds(1),
+        refreshAssignmentsInterval: Duration.millis(500),
         runnerHealthCheckInterval: Duration.seconds(2),
       }),
     )
   }),
 )
+
+/**
+ * The shard of a user id among `shards`, as `Sharding.getShardId(userId, group)` computes it in
+ * @effect/cluster 0.60 (its internal string hash, the same as effect's `Hash.string`). Kept here, free
+ * of cluster's modules, so the store can stamp `mission_snapshots.shard` on write; cluster start
+ * checks that it still agrees with Sharding (`makeOwnership`).
+ */
+export const shardOf = (userId: string, shards: number): number => {
+  let h = 5381
+  let i = userId.length
+  while (i) h = (h * 33) ^ userId.charCodeAt(--i)
+  const hash = (h & 0xbfffffff) | ((h >>> 1) & 0x40000000)
+  return Math.abs(hash % shards) + 1
+}

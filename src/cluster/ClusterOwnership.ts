@@ -35,13 +35,16 @@ import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Option, Redacted, Ref, Schedule, Schema, Stream, SubscriptionRef } from "effect"
 import { type ClusterView, Ownership, type OwnershipShape } from "../actors/Ownership.js"
 import { type MissionSnapshot, SnapshotRow, toSnapshot } from "../services/MissionStore.js"
-import type { ClusterConfigShape } from "./ClusterConfig.js"
+import { type ClusterConfigShape, shardOf as shardOfCount } from "./ClusterConfig.js"
 
 /** The only shard group: users. */
 const GROUP = "default"
 
 /** How often the runner compares the shards it holds with the last set it acted on. */
-const SHARD_POLL = Duration.millis(250)
+const SHARD_POLL = Duration.millis(100)
+
+/** How often a runner looks for runners whose liveness session is gone (dead: failover starts then). */
+const PEER_POLL = Duration.millis(250)
 
 /**
  * How far behind its last read `changedElsewhere` reads again: a discovery pass stamps its snapshots
@@ -49,8 +52,14 @@ const SHARD_POLL = Duration.millis(250)
  */
 const CHANGE_OVERLAP_SECONDS = 30
 
-/** pg_advisory_xact_lock key for creating the cluster's index: the bytes of "manaclus". */
-const INDEX_LOCK_KEY = "7881696566297391475"
+/** pg_advisory_xact_lock key for stamping snapshots with their shard at start: the bytes of "manaclus". */
+const STAMP_LOCK_KEY = "7881696566297391475"
+
+/** Users whose snapshots one statement stamps with their shard. */
+const STAMP_BATCH = 5_000
+
+/** How often expired user leases are deleted (a lease outlives its user's last claim by the claim TTL). */
+const LEASE_PRUNE_EVERY = Duration.minutes(1)
 
 /** The sync database URL with `search_path=mana_ai` for every connection of the cluster's pool. */
 export const clusterDatabaseUrl = (url: Redacted.Redacted<string>): Redacted.Redacted<string> => {
@@ -92,6 +101,9 @@ export const shardingLayer = (config: ClusterConfigShape, databaseUrl: Redacted.
   )
 }
 
+/** A Postgres array literal of shard numbers, sent as one parameter. */
+const shardArray = (shards: ReadonlySet<number>) => `{${[...shards].join(",")}}`
+
 const ChangedKey = Schema.Struct({ user_id: Schema.String, record_id: Schema.String, changed_at: Schema.String })
 
 /** Ownership from Sharding's shards; `changedElsewhere` on the runner's own pool (mana_ai.mission_snapshots). */
@@ -126,16 +138,40 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       )
     }).pipe(Effect.repeat(Schedule.spaced(SHARD_POLL)), Effect.forkScoped)
 
-    // changedElsewhere reads snapshots by updated_at: their index, created once by whichever runner gets there.
-    yield* sql
-      .withTransaction(
-        sql`SELECT pg_advisory_xact_lock(${INDEX_LOCK_KEY}::bigint)`.pipe(
-          Effect.zipRight(
-            sql`CREATE INDEX IF NOT EXISTS mission_snapshots_updated_idx ON mana_ai.mission_snapshots (updated_at)`,
-          ),
-        ),
-      )
-      .pipe(Effect.catchAll((e) => Effect.logWarning(`could not create mana_ai.mission_snapshots_updated_idx: ${e.message}`)))
+    // The store stamps mission_snapshots.shard with ClusterConfig's shardOf: it must be cluster's own.
+    for (const sample of ["", "a", "user-1", "ünïcode-ß", "😀-emoji", "e5f1c2a0-4b3d-4e8f-9a7b-123456789abc"]) {
+      if (shardOfCount(sample, config.shards) !== shardOf(sample).id) {
+        return yield* Effect.dieMessage(
+          `cluster's shard of ${JSON.stringify(sample)} is ${shardOf(sample).id}, the store's ${shardOfCount(sample, config.shards)}: mission_snapshots.shard would be wrong`,
+        )
+      }
+    }
+    // Snapshots written by one process (shard NULL) or with another CLUSTER_SHARDS get this count's shard.
+    yield* sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql`SELECT pg_advisory_xact_lock(${STAMP_LOCK_KEY}::bigint)`
+        const [recorded] = yield* sql<{ shards: number }>`SELECT shards FROM mana_ai.snapshot_shards`
+        const all = recorded === undefined || Number(recorded.shards) !== config.shards
+        const users = (yield* (all
+          ? sql<{ user_id: string }>`SELECT DISTINCT user_id FROM mana_ai.mission_snapshots`
+          : sql<{ user_id: string }>`SELECT DISTINCT user_id FROM mana_ai.mission_snapshots WHERE shard IS NULL`)).map((r) => r.user_id)
+        for (let i = 0; i < users.length; i += STAMP_BATCH) {
+          const batch = users.slice(i, i + STAMP_BATCH).map((u) => ({ user_id: u, shard: shardOfCount(u, config.shards) }))
+          yield* sql`
+            UPDATE mana_ai.mission_snapshots m SET shard = x.shard
+            FROM jsonb_to_recordset(${JSON.stringify(batch)}::jsonb) AS x(user_id text, shard integer)
+            WHERE m.user_id = x.user_id AND m.shard IS DISTINCT FROM x.shard`
+        }
+        yield* sql`
+          INSERT INTO mana_ai.snapshot_shards (singleton, shards) VALUES (true, ${config.shards})
+          ON CONFLICT (singleton) DO UPDATE SET shards = EXCLUDED.shards, stamped_at = now()`
+        if (users.length > 0) {
+          yield* Effect.logInfo("snapshots stamped with their cluster shard").pipe(
+            Effect.annotateLogs({ users: users.length, shards: config.shards, reason: all ? "shard count changed" : "written by one process" }),
+          )
+        }
+      }),
+    ).pipe(Effect.orDie)
 
     // This process's claims are live while one session of its own is: a connection held for the process's
     // lifetime, registered with the claim owner id. A runner killed loses it with the process.
@@ -147,45 +183,82 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
     }).pipe(Effect.provide(Reactivity.layer), Effect.orDie)
     const session = yield* liveness.reserve.pipe(Effect.orDie)
     yield* session.executeRaw("SELECT 1", []).pipe(Effect.orDie)
-    yield* sql.withTransaction(
-      Effect.gen(function* () {
-        yield* sql`SELECT pg_advisory_xact_lock(${INDEX_LOCK_KEY}::bigint)`
-        yield* sql`
-          CREATE TABLE IF NOT EXISTS mana_ai.cluster_claim_owners (
-            owner text PRIMARY KEY,
-            pid integer NOT NULL,
-            backend_start timestamptz NOT NULL,
-            registered_at timestamptz NOT NULL DEFAULT now()
-          )`
-      }),
-    ).pipe(Effect.orDie)
+    // mana_ai.cluster_claim_owners, cluster_user_leases: migration 0005_cluster.
     const [me] = (yield* session.executeValues("SELECT pg_backend_pid(), (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())", []).pipe(
       Effect.orDie,
     )) as ReadonlyArray<readonly [number, string]>
     yield* sql`
-      INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start)
-      VALUES (${instanceId}, ${me![0]}, ${me![1]}::timestamptz)
-      ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start`.pipe(Effect.orDie)
+      INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start, runner_host, runner_port)
+      VALUES (${instanceId}, ${me![0]}, ${me![1]}::timestamptz, ${config.host}, ${config.port})
+      ON CONFLICT (owner) DO UPDATE SET pid = EXCLUDED.pid, backend_start = EXCLUDED.backend_start,
+        runner_host = EXCLUDED.runner_host, runner_port = EXCLUDED.runner_port`.pipe(Effect.orDie)
+    // Runs after the supervisor's drain (the supervisor is built on this layer): no run of ours is left,
+    // so the users' leases go back before the shards do, and the new owners start their runs at once.
     yield* Effect.addFinalizer(() =>
-      sql`DELETE FROM mana_ai.cluster_claim_owners WHERE owner = ${instanceId}`.pipe(Effect.ignore),
+      sql`DELETE FROM mana_ai.cluster_user_leases WHERE owner = ${instanceId}`.pipe(
+        Effect.zipRight(sql`DELETE FROM mana_ai.cluster_claim_owners WHERE owner = ${instanceId}`),
+        Effect.ignore,
+      ),
+    )
+    yield* sql`DELETE FROM mana_ai.cluster_user_leases WHERE expires_at <= now()`.pipe(
+      Effect.catchAll((e) => Effect.logWarning(`could not prune expired user leases: ${e.message}`)),
+      Effect.repeat(Schedule.spaced(LEASE_PRUNE_EVERY)),
+      Effect.forkScoped,
     )
 
-    /** Deletes the claims of owners whose liveness session is gone (a runner that died); returns how many. */
+    /**
+     * Runners whose liveness session is gone (a runner that died: Postgres ends a killed process's
+     * sessions at once): their claims and user leases are given back and their owner row goes, in one
+     * statement, so each dead runner is handled once; returns how many claims and the dead runners.
+     */
     const releaseOrphanedClaims = Effect.gen(function* () {
-      const rows = yield* sql<{ n: number }>`
+      const rows = yield* sql<{ runner_host: string | null; runner_port: number | null; claims: number }>`
         WITH dead AS (
-          SELECT o.owner FROM mana_ai.cluster_claim_owners o
-          WHERE NOT EXISTS (
+          SELECT o.owner, o.runner_host, o.runner_port FROM mana_ai.cluster_claim_owners o
+          WHERE o.owner <> ${instanceId} AND NOT EXISTS (
             SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.pid AND a.backend_start = o.backend_start)
         ), gone AS (
           DELETE FROM mana_ai.run_claims c USING dead WHERE c.owner = dead.owner RETURNING 1
+        ), unleased AS (
+          DELETE FROM mana_ai.cluster_user_leases l USING dead WHERE l.owner = dead.owner RETURNING 1
         ), forgotten AS (
-          DELETE FROM mana_ai.cluster_claim_owners o USING dead WHERE o.owner = dead.owner
-            AND NOT EXISTS (SELECT 1 FROM mana_ai.run_claims c WHERE c.owner = dead.owner AND c.expires_at > now())
+          DELETE FROM mana_ai.cluster_claim_owners o USING dead WHERE o.owner = dead.owner RETURNING 1
         )
-        SELECT count(*)::int AS n FROM gone`
-      return Number(rows[0]?.n ?? 0)
+        SELECT dead.runner_host, dead.runner_port, (SELECT count(*)::int FROM gone) AS claims FROM dead`
+      return {
+        claims: rows.length === 0 ? 0 : Number(rows[0]!.claims),
+        runners: rows.flatMap((r) =>
+          r.runner_host === null || r.runner_port === null ? [] : [RunnerAddress.make(r.runner_host, Number(r.runner_port))],
+        ),
+      }
     })
+
+    /**
+     * Failover (issue 19, item 4): a runner whose liveness session is gone is dead, so its claims go
+     * back and the cluster is told at once (setRunnerHealth false: out of the hash ring at the next
+     * assignment refresh), instead of waiting for a ping singleton that may have lived on the dead
+     * runner, or for its heartbeat to expire (shardLockExpiration). A live runner marked so by mistake
+     * (its liveness connection dropped) loses nothing: its shards stay under its advisory locks, and
+     * the health check marks it healthy again when it answers a ping.
+     */
+    const watchPeers = Effect.gen(function* () {
+      const { claims, runners } = yield* releaseOrphanedClaims
+      for (const address of runners) {
+        yield* runnerStorage.setRunnerHealth(address, false).pipe(
+          Effect.catchAll((e) => Effect.logWarning(`could not mark a dead runner unhealthy: ${String(e)}`)),
+        )
+      }
+      if (runners.length > 0 || claims > 0) {
+        yield* Effect.logInfo("a runner died: its run claims given back, the cluster told").pipe(
+          Effect.annotateLogs({ claims, runners: runners.map(describeAddress).join(", ") }),
+        )
+      }
+    })
+    yield* watchPeers.pipe(
+      Effect.catchAll((e) => Effect.logWarning(`could not look for dead runners: ${e.message}`)),
+      Effect.repeat(Schedule.spaced(PEER_POLL)),
+      Effect.forkScoped,
+    )
 
     const nowText = Effect.map(
       sql<{ now: string }>`SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS now`,
@@ -201,7 +274,8 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       const keys = yield* sql`
         SELECT user_id, record_id, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS changed_at
         FROM mana_ai.mission_snapshots
-        WHERE updated_at > ${from}::timestamptz - ${`${CHANGE_OVERLAP_SECONDS} seconds`}::interval`.pipe(
+        WHERE updated_at > ${from}::timestamptz - ${`${CHANGE_OVERLAP_SECONDS} seconds`}::interval
+          AND shard = ANY(${shardArray(ownedNow)}::int[])`.pipe(
         Effect.flatMap(Schema.decodeUnknown(Schema.Array(ChangedKey))),
         Effect.orDie,
       )
@@ -238,8 +312,8 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
     const changes = acted.changes.pipe(
       Stream.mapEffect((set) =>
         releaseOrphanedClaims.pipe(
-          Effect.tap((n) =>
-            n > 0 ? Effect.logInfo("run claims of a dead runner given back").pipe(Effect.annotateLogs({ claims: n })) : Effect.void,
+          Effect.tap(({ claims }) =>
+            claims > 0 ? Effect.logInfo("run claims of a dead runner given back").pipe(Effect.annotateLogs({ claims })) : Effect.void,
           ),
           Effect.catchAll((e) => Effect.logWarning(`could not give back a dead runner's run claims: ${e.message}`)),
           Effect.zipRight(
@@ -251,11 +325,44 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       ),
     )
 
+    const leasedElsewhere: OwnershipShape["leasedElsewhere"] = (userIds) =>
+      userIds.length === 0
+        ? Effect.succeed(new Set<string>())
+        : Effect.map(
+            sql<{ user_id: string }>`
+              SELECT user_id FROM mana_ai.cluster_user_leases
+              WHERE user_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(userIds)}::jsonb))
+                AND owner <> ${instanceId} AND expires_at > now()`,
+            (rows) => new Set(rows.map((r) => r.user_id)),
+          )
+    const leasedHere: OwnershipShape["leasedHere"] = Effect.map(
+      sql<{ user_id: string }>`
+        SELECT user_id FROM mana_ai.cluster_user_leases WHERE owner = ${instanceId} AND expires_at > now()`,
+      (rows) => rows.map((r) => r.user_id),
+    )
+    const giveBack: OwnershipShape["giveBack"] = (userIds) =>
+      userIds.length === 0
+        ? Effect.succeed(0)
+        : Effect.map(
+            sql<{ n: number }>`
+              WITH gone AS (
+                DELETE FROM mana_ai.cluster_user_leases
+                WHERE owner = ${instanceId} AND user_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(userIds)}::jsonb))
+                RETURNING 1)
+              SELECT count(*)::int AS n FROM gone`,
+            (rows) => Number(rows[0]?.n ?? 0),
+          )
+
     return Ownership.of({
       owns: (userId) => ownedNow.has(shardOf(userId).id),
       changes,
       changedElsewhere,
       view,
+      shardOf: (userId) => shardOf(userId).id,
+      shards: () => [...ownedNow].sort((a, b) => a - b),
+      leasedElsewhere,
+      leasedHere,
+      giveBack,
     })
   })
 

@@ -9,6 +9,7 @@ import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import type { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Metric, Option, type Redacted } from "effect"
+import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { Ownership } from "../actors/Ownership.js"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"
 import { ApiLive } from "../http/Api.js"
@@ -61,6 +62,8 @@ export interface ProcessOptions {
 /** The loaded configuration as the services' config tags. */
 const configLayer = (config: StartupConfig) =>
   Layer.mergeAll(
+    // Cluster mode (issue 19): the store stamps snapshots with their shard, a claim takes the user's lease.
+    Option.isSome(config.cluster) ? Layer.succeed(ClusterConfig, config.cluster.value) : Layer.empty,
     Layer.succeed(RunnerConfig, config.runner),
     Layer.succeed(LlmConfig, config.llm),
     Layer.succeed(GrantConfig, config.grant),

@@ -11,6 +11,7 @@ import missionStore from "../migrations/0001_mission_store.js"
 import decryptAudit from "../migrations/0002_decrypt_audit.js"
 import tokenUsage from "../migrations/0003_token_usage.js"
 import actorQuarantines from "../migrations/0004_actor_quarantines.js"
+import cluster from "../migrations/0005_cluster.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -23,6 +24,7 @@ export const migrations = {
   "0002_decrypt_audit": decryptAudit,
   "0003_token_usage": tokenUsage,
   "0004_actor_quarantines": actorQuarantines,
+  "0005_cluster": cluster,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

@@ -36,6 +36,7 @@ import {
 } from "./metrics.js"
 import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
 import { claimCte } from "./runClaims.js"
+import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack, type WriteBasis } from "./WriteBack.js"
 import { withUserScopeFirst } from "./withUserScope.js"
@@ -217,6 +218,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const breaker = yield* Effect.serviceOption(LlmBreaker)
     const ledger = yield* Effect.serviceOption(TokenLedger)
     const owner = options.instanceId ?? defaultInstanceId()
+    // Cluster mode: the claim takes the user's lease too (USER_CONCURRENCY across runners, issue 19).
+    const inCluster = Option.isSome(yield* Effect.serviceOption(ClusterConfig))
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtlMs = Duration.toMillis(Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60))))
     const pruneEveryMs = Duration.toMillis(Duration.decode(options.claimPruneEvery ?? Duration.minutes(1)))
@@ -264,7 +267,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         // mission and its agent, then the inputs (withUserScope inside joins this scope).
         const checked = yield* withUserScopeFirst(
           userId,
-          { with: claimCte(sqlClient, key, owner, now, claimTtlMs), columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed` },
+          { with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster), columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed` },
           (row, sql) =>
             Effect.gen(function* (): Effect.fn.Return<Checked, SqlError, EventLogSchema> {
               if (Number(row.claimed) === 0) return skipped("claimed-elsewhere")

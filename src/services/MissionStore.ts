@@ -14,7 +14,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Duration, Effect, Either, Fiber, Metric, Ref, Schema } from "effect"
+import { Clock, Duration, Effect, Either, Fiber, Metric, Option, Ref, Schema } from "effect"
 import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"
@@ -28,6 +28,7 @@ import {
   isLive,
   parseInstant,
 } from "../domain/replay.js"
+import { ClusterConfig, shardOf } from "../cluster/ClusterConfig.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { claimCte } from "./runClaims.js"
@@ -70,8 +71,13 @@ export interface MissionStoreShape {
   readonly refresh: Effect.Effect<RefreshResult, SqlError>
   /** Every stored snapshot that is schedulable, across users (supervisor start-up). */
   readonly schedulable: Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
-  /** Schedulable snapshots with nextRunAt <= now. */
-  readonly due: (now: Date) => Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
+  /**
+   * Every schedulable snapshot of users in the given cluster shards (`mission_snapshots.shard`, issue
+   * 19): what a runner primes from and reads again for the shards it gained. Cost follows those shards.
+   */
+  readonly schedulableIn: (shards: ReadonlyArray<number>) => Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
+  /** Schedulable snapshots with nextRunAt <= now; with `shards`, only those of users in them (cluster mode). */
+  readonly due: (now: Date, shards?: ReadonlyArray<number>) => Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
   /** All of one user's snapshots, deleted ones excluded (for /internal/missions/:userId). */
   readonly forUser: (userId: string) => Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
   /**
@@ -332,6 +338,10 @@ export const makeMissionStore = (
     const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? config.discoveryLookback)) * 1000)
     const lookback = `${lookbackMicros} microseconds`
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
+    // Cluster mode stamps each snapshot with its user's shard; one process writes NULL (it reads all).
+    const shardCount = Option.map(yield* Effect.serviceOption(ClusterConfig), (c) => c.shards)
+    const shardColumn = (userId: string): number | null =>
+      Option.isSome(shardCount) ? shardOf(userId, shardCount.value) : null
 
     const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
 
@@ -427,21 +437,22 @@ export const makeMissionStore = (
           next_run_at: judgement.nextRunAt,
           schedulable: judgement.schedulable,
           malformed_reason: judgement.malformedReason,
+          shard: shardColumn(working.userId),
         }))
         yield* sql`
           INSERT INTO mana_ai.mission_snapshots AS m
             (user_id, record_id, record, field_times, last_created_at, last_change_id, deleted, state, next_run_at,
-             schedulable, malformed_reason, updated_at)
+             schedulable, malformed_reason, shard, updated_at)
           SELECT x.user_id, x.record_id, NULLIF(x.record, 'null'::jsonb), x.field_times, x.last_at::timestamptz,
-                 x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, now()
+                 x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, x.shard, now()
           FROM jsonb_to_recordset(${JSON.stringify(snapshots)}::jsonb) AS x(
             user_id text, record_id text, record jsonb, field_times jsonb, last_at text, last_id text, deleted boolean,
-            state text, next_run_at text, schedulable boolean, malformed_reason text)
+            state text, next_run_at text, schedulable boolean, malformed_reason text, shard integer)
           ON CONFLICT (user_id, record_id) DO UPDATE SET
             record = EXCLUDED.record, field_times = EXCLUDED.field_times, last_created_at = EXCLUDED.last_created_at,
             last_change_id = EXCLUDED.last_change_id, deleted = EXCLUDED.deleted, state = EXCLUDED.state,
             next_run_at = EXCLUDED.next_run_at, schedulable = EXCLUDED.schedulable,
-            malformed_reason = EXCLUDED.malformed_reason, updated_at = now()`
+            malformed_reason = EXCLUDED.malformed_reason, shard = EXCLUDED.shard, updated_at = now()`
       })
 
     /** Snapshots handed on as changed. */
@@ -797,11 +808,27 @@ export const makeMissionStore = (
       sql`SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots WHERE schedulable ORDER BY user_id, record_id`,
     )
 
-    const due = (now: Date) =>
-      readSnapshots(sql`
-        SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
-        WHERE schedulable AND next_run_at <= ${now}
-        ORDER BY next_run_at, user_id, record_id`)
+    // Through mission_snapshots_shard_due_idx (shard, next_run_at) WHERE schedulable: only those shards' rows.
+    const schedulableIn = (shards: ReadonlyArray<number>) =>
+      shards.length === 0
+        ? Effect.succeed([] as ReadonlyArray<MissionSnapshot>)
+        : readSnapshots(sql`
+            SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+            WHERE schedulable AND shard = ANY(${`{${shards.join(",")}}`}::int[])
+            ORDER BY user_id, record_id`)
+
+    const due = (now: Date, shards?: ReadonlyArray<number>) =>
+      shards === undefined
+        ? readSnapshots(sql`
+            SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+            WHERE schedulable AND next_run_at <= ${now}
+            ORDER BY next_run_at, user_id, record_id`)
+        : shards.length === 0
+          ? Effect.succeed([] as ReadonlyArray<MissionSnapshot>)
+          : readSnapshots(sql`
+              SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+              WHERE schedulable AND next_run_at <= ${now} AND shard = ANY(${`{${shards.join(",")}}`}::int[])
+              ORDER BY next_run_at, user_id, record_id`)
 
     const forUser = (userId: string) =>
       readSnapshots(sql`
@@ -813,7 +840,7 @@ export const makeMissionStore = (
       Effect.gen(function* () {
         // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
         const now = yield* Clock.currentTimeMillis
-        const rows = yield* sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl))} SELECT 1 FROM claimed`
+        const rows = yield* sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl), Option.isSome(shardCount))} SELECT 1 FROM claimed`
         return rows.length > 0
       })
 
@@ -823,7 +850,7 @@ export const makeMissionStore = (
         WHERE user_id = ${key.userId} AND mission_id = ${key.missionId} AND iteration_id = ${key.iterationId}
           AND owner = ${owner}`.pipe(Effect.asVoid)
 
-    return { refresh, schedulable, due, forUser, claim, releaseClaim }
+    return { refresh, schedulable, schedulableIn, due, forUser, claim, releaseClaim }
   })
 
 /** The store on the pool's SqlClient; the migrations must have run. makeMissionStore(options) for other batch sizes or windows. */

@@ -9,6 +9,7 @@ export const tickDuration = Metric.histogram("mana_ai_tick_duration_seconds", se
 
 export const discoveryRowsRead = Metric.counter("mana_ai_discovery_rows_read_total", { description: "Event-log rows read by discovery" })
 export const discoveryDuration = Metric.histogram("mana_ai_discovery_duration_seconds", seconds, "Duration of one incremental refresh")
+export const clusterSnapshotsReadTotal = Metric.counter("mana_ai_cluster_snapshots_read_total", { description: "Cluster mode: mission snapshots read after the runner's shards changed (those of the shards gained)" })
 
 export const plansProducedTotal = Metric.counter("mana_ai_plans_produced_total", { description: "Valid plans returned by the planner" })
 export const plansWrittenBackTotal = Metric.counter("mana_ai_plans_written_back_total", { description: "Iterations appended to sync_changes" })

@@ -2,6 +2,13 @@
  * The claim on one run (SPEC §8) as one statement's WITH item, shared by MissionStore.claim and the
  * runner's first transaction (claim, scope, check and inputs in one round trip each, issue 16). A
  * claim is taken when there is none, when it expired, or when the caller already holds it.
+ *
+ * Cluster mode (issue 19) adds the user's lease to the same statement: a claim is taken only while
+ * the caller holds `mana_ai.cluster_user_leases`' row of the user, or can take it (none, expired, or
+ * given back). A runner that lost the user's shard keeps the row while its runs of that user are under
+ * way, so the new owner cannot start one beside them: USER_CONCURRENCY holds across the handover. The
+ * check reads only the row it upserts (ON CONFLICT … WHERE is evaluated on the row's latest version
+ * under its lock), so two runners claiming at once cannot both pass. One process adds nothing.
  */
 import type { SqlClient, Statement } from "@effect/sql"
 
@@ -12,11 +19,42 @@ export interface ClaimKey {
 }
 
 /** `claimed AS (INSERT … RETURNING 1)`: one row in `claimed` when the caller holds the claim. */
-export const claimCte = (sql: SqlClient.SqlClient, key: ClaimKey, owner: string, nowMs: number, ttlMs: number): Statement.Fragment => sql`
+export const claimCte = (
+  sql: SqlClient.SqlClient,
+  key: ClaimKey,
+  owner: string,
+  nowMs: number,
+  ttlMs: number,
+  /** Cluster mode: take or extend the user's lease too, and claim only with it. */
+  cluster = false,
+): Statement.Fragment => {
+  const now = new Date(nowMs)
+  const until = new Date(nowMs + ttlMs)
+  if (!cluster) {
+    return sql`
   claimed AS (
     INSERT INTO mana_ai.run_claims AS c (user_id, mission_id, iteration_id, owner, expires_at, claimed_at)
-    VALUES (${key.userId}, ${key.missionId}, ${key.iterationId}, ${owner}, ${new Date(nowMs + ttlMs)}, ${new Date(nowMs)})
+    VALUES (${key.userId}, ${key.missionId}, ${key.iterationId}, ${owner}, ${until}, ${now})
     ON CONFLICT (user_id, mission_id, iteration_id) DO UPDATE
       SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at, claimed_at = EXCLUDED.claimed_at
-      WHERE c.expires_at <= ${new Date(nowMs)} OR c.owner = EXCLUDED.owner
+      WHERE c.expires_at <= ${now} OR c.owner = EXCLUDED.owner
     RETURNING 1)`
+  }
+  return sql`
+  leased AS (
+    INSERT INTO mana_ai.cluster_user_leases AS l (user_id, owner, expires_at)
+    VALUES (${key.userId}, ${owner}, ${until})
+    ON CONFLICT (user_id) DO UPDATE
+      SET owner = EXCLUDED.owner,
+          expires_at = CASE WHEN l.owner = EXCLUDED.owner THEN GREATEST(l.expires_at, EXCLUDED.expires_at) ELSE EXCLUDED.expires_at END
+      WHERE l.owner = EXCLUDED.owner OR l.expires_at <= ${now}::timestamptz
+    RETURNING 1),
+  claimed AS (
+    INSERT INTO mana_ai.run_claims AS c (user_id, mission_id, iteration_id, owner, expires_at, claimed_at)
+    SELECT ${key.userId}::text, ${key.missionId}::text, ${key.iterationId}::text, ${owner}::text, ${until}::timestamptz, ${now}::timestamptz
+    FROM leased
+    ON CONFLICT (user_id, mission_id, iteration_id) DO UPDATE
+      SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at, claimed_at = EXCLUDED.claimed_at
+      WHERE c.expires_at <= ${now}::timestamptz OR c.owner = EXCLUDED.owner
+    RETURNING 1)`
+}

@@ -5,6 +5,7 @@
  * store as the real write-back would.
  */
 import { Clock, Context, Effect, Either, Fiber, Layer, Option, Ref, TestClock } from "effect"
+import { shardOf } from "../../src/cluster/ClusterConfig.js"
 import { isSchedulable, missionValidity } from "../../src/domain/missionValidity.js"
 import { RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits } from "../../src/services/GlobalLlmPermits.js"
@@ -14,6 +15,9 @@ import { Quarantines, type Quarantine } from "../../src/services/Quarantines.js"
 import { Supervisor, SupervisorLayer } from "../../src/actors/Supervisor.js"
 
 export const MIN = 60_000
+
+/** The shard count the in-memory store's shard reads assume. */
+export const DOUBLE_SHARDS = 60
 
 export interface MissionSeed {
   readonly userId: string
@@ -80,10 +84,21 @@ export const makeStore = Effect.gen(function* () {
       return { changed, rowsRead: changed.length }
     }),
     schedulable: Ref.get(applied).pipe(Effect.map((m) => ordered(m.values()).filter((s) => s.schedulable))),
-    due: (now) =>
+    // Shards as a cluster of DOUBLE_SHARDS would compute them (the real store reads its `shard` column).
+    schedulableIn: (shards) =>
+      Ref.get(applied).pipe(
+        Effect.map((m) => ordered(m.values()).filter((s) => s.schedulable && shards.includes(shardOf(s.userId, DOUBLE_SHARDS)))),
+      ),
+    due: (now, shards) =>
       Ref.get(applied).pipe(
         Effect.map((m) =>
-          ordered(m.values()).filter((s) => s.schedulable && s.nextRunAt !== null && s.nextRunAt <= now),
+          ordered(m.values()).filter(
+            (s) =>
+              s.schedulable &&
+              s.nextRunAt !== null &&
+              s.nextRunAt <= now &&
+              (shards === undefined || shards.includes(shardOf(s.userId, DOUBLE_SHARDS))),
+          ),
         ),
       ),
     forUser: (userId) =>

@@ -17,6 +17,13 @@ const MISSIONS = 2
 
 let rig: Rig
 
+/**
+ * Due a minute ago, so the next slot of the hourly cadence is 59 minutes away. The seed's default
+ * (2026-03-02T08:00Z) puts every next slot on the full hour: a test running across one ran its
+ * missions twice (51 and 76 rows for 48 missions, 0 duplicate ids).
+ */
+const dueNow = () => ({ nextRunAt: new Date(Date.now() - 60_000).toISOString() })
+
 const actorList = async (p: ManaProcess): Promise<ReadonlyArray<{ userId: string; inFlight: number }>> => {
   const r = await request(p, "GET", "/internal/actors", RIG_SERVICE_KEY)
   if (r.status !== 200) throw new Error(`/internal/actors answered ${r.status}`)
@@ -26,6 +33,15 @@ const actorList = async (p: ManaProcess): Promise<ReadonlyArray<{ userId: string
 const actorsOf = async (p: ManaProcess): Promise<Set<string>> => new Set((await actorList(p)).map((a) => a.userId))
 
 const health = async (p: ManaProcess) => (await request(p, "GET", "/health")).body
+
+/** A user's LLM requests at the stand-in, as [received, closed] (the prompt carries "title of <user> "). */
+const userRequests = (
+  user: string,
+  requests: ReadonlyArray<{ readonly body: unknown; readonly receivedAt: number; readonly closedAt: number | undefined }>,
+) =>
+  requests
+    .filter((r) => JSON.stringify(r.body).includes(`title of ${user} `))
+    .map((r) => [r.receivedAt, r.closedAt ?? Number.POSITIVE_INFINITY] as const)
 
 const runnerEnv = async (extra: Record<string, string> = {}) => ({
   RUNNER_ADDRESS: `127.0.0.1:${await freePort()}`,
@@ -74,7 +90,7 @@ afterAll(async () => {
 describe.skipIf(!onServer)("cluster runners on one database", () => {
   it.each([2, 3])("%i runners own disjoint users that together are all, and write every due run once", async (count) => {
     const users = Array.from({ length: USERS }, (_, u) => `own${count}-${u}`)
-    await rig.seed(users.flatMap((user) => Array.from({ length: MISSIONS }, (_, k) => missionInsertRow(user, `${user}-m${k}`))))
+    await rig.seed(users.flatMap((user) => Array.from({ length: MISSIONS }, (_, k) => missionInsertRow(user, `${user}-m${k}`, dueNow()))))
     const runners: Array<ManaProcess> = []
     for (let i = 0; i < count; i++) runners.push(await startRunner(await runnerEnv()))
     await eventually("every runner holds shards", 60_000, () => settled(runners))
@@ -119,7 +135,8 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     const users = Array.from({ length: USERS }, (_, u) => `kill-${u}`)
     const later = "2099-01-01T00:00:00.000Z"
     await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`, { nextRunAt: later })))
-    const a = await startRunner(await runnerEnv())
+    const envA = await runnerEnv()
+    const a = await startRunner(envA)
     const b = await startRunner(await runnerEnv())
     await eventually("both runners hold shards", 60_000, () => settled([a, b]))
     await eventually("every user has an actor on one runner", 30_000, async () => {
@@ -133,6 +150,15 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     await a.exited
     // Due from now on: only the survivor can write them, the dead runner's users included.
     await rig.seed(users.map((user) => missionUpdateRow(user, `${user}-m`, { nextRunAt: new Date(killedAt - 1000).toISOString() })))
+    // The survivor finds the dead runner by its liveness session and tells the cluster at once.
+    await eventually("the survivor found the dead runner", 5_000, async () =>
+      b.logs().some(
+        (l) =>
+          l.message === "a runner died: its run claims given back, the cluster told" &&
+          String(l.annotations?.runners ?? "") === envA.RUNNER_ADDRESS,
+      ),
+    50)
+    const foundMs = Date.now() - killedAt
     await eventually("the survivor wrote every due run", 10_000 - (Date.now() - killedAt), async () => {
       const rows = await rig.runnerRows("kill-")
       return users.every((u) => rows.some((r) => r.user_id === u))
@@ -146,7 +172,9 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     expect(onA.filter((u) => !survivor.has(u))).toEqual([])
     const h = await health(b)
     expect(h.cluster.shardsOwned).toBe(60)
-    process.stdout.write(`cluster failover: every due run of the killed runner's ${onA.length} users written ${tookMs} ms after the kill\n`)
+    process.stdout.write(
+      `cluster failover: the dead runner found ${foundMs} ms and every due run of its ${onA.length} users written ${tookMs} ms after the kill\n`,
+    )
     await b.stop("SIGTERM", 20_000)
   }, 180_000)
 
@@ -161,7 +189,7 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     const b = await startRunner(await runnerEnv(deadlines))
     await eventually("both runners hold shards", 60_000, () => settled([a, b]))
     const users = Array.from({ length: USERS }, (_, u) => `flight-${u}`)
-    await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`)))
+    await rig.seed(users.map((user) => missionInsertRow(user, `${user}-m`, dueNow())))
     // Kill the runner that has runs under way (both have, usually): its LLM requests are out, nothing written yet.
     let victim: ManaProcess | undefined
     await eventually("runs under way", 30_000, async () => {
@@ -196,6 +224,63 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     await survivor.stop("SIGTERM", 20_000)
   }, 180_000)
 
+  it("USER_CONCURRENCY=1 holds per user during a handover: a runner joining while a user's run is under way elsewhere waits for it", async () => {
+    await rig.run(rig.standIn.reset)
+    // Slow answers: each user's 4 runs take 4 × 6 s on the runner that starts them, one at a time, so
+    // the second runner (its start takes seconds on a loaded machine) joins while they are under way.
+    await rig.run(rig.standIn.setResponder(() => ({ delayMs: 6_000 })))
+    const env = { USER_CONCURRENCY: "1", GLOBAL_CONCURRENCY: "16", MISSION_TIMEOUT_MS: "30000", LLM_TIMEOUT_MS: "20000" }
+    const a = await startRunner(await runnerEnv(env))
+    await eventually("the first runner holds every shard", 60_000, async () => (await health(a)).cluster?.shardsOwned === 60)
+    const users = Array.from({ length: 16 }, (_, u) => `hand-${u}`)
+    await rig.seed(
+      users.flatMap((user) =>
+        Array.from({ length: 4 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} `, ...dueNow() })),
+      ),
+    )
+    // Every user has a run under way on the first runner; then the second joins and takes half the shards.
+    await eventually("runs under way on the first runner", 30_000, async () =>
+      (await actorList(a)).filter((x) => x.userId.startsWith("hand-") && x.inFlight > 0).length === users.length,
+    )
+    const b = await startRunner(await runnerEnv(env))
+    await eventually("both runners hold shards", 60_000, () => settled([a, b]))
+    const settledAt = Date.now()
+    const movedWhileRunning = async () => {
+      const onB = await actorsOf(b)
+      return users.filter((u) => onB.has(u))
+    }
+    await eventually("every due run written", 120_000, async () => (await rig.runnerRows("hand-")).length >= users.length * 4, 200)
+    const requests = await rig.run(rig.standIn.requests)
+    const t0 = Math.min(...requests.map((r) => r.receivedAt))
+    process.stdout.write(`cluster handover: the second runner held its shards ${settledAt - t0} ms after the first request\n`)
+    // The users the second runner took start there once the first gave their leases back.
+    await eventually("each user's actor on exactly one runner", 30_000, async () => {
+      const [onA, onB] = await Promise.all([actorsOf(a), actorsOf(b)])
+      return users.every((u) => onA.has(u) !== onB.has(u))
+    })
+    // The handover happened in the middle of the users' work: a user now on the second runner had
+    // requests before both runners held their shards, and more after.
+    const moved = await movedWhileRunning()
+    expect(moved.length).toBeGreaterThan(0)
+    expect(
+      moved.some((u) => {
+        const spans = userRequests(u, requests)
+        return spans.some(([f]) => f < settledAt) && spans.some(([f]) => f > settledAt)
+      }),
+    ).toBe(true)
+    let worst = 0
+    for (const user of users) {
+      const spans = userRequests(user, requests)
+      expect(spans.length).toBeGreaterThanOrEqual(4)
+      for (const [from] of spans) worst = Math.max(worst, spans.filter(([f, t]) => f <= from && from < t).length)
+    }
+    expect(worst).toBe(1)
+    expect((await rig.runnerRows("hand-")).length).toBe(users.length * 4)
+    expect((await rig.audit()).duplicates).toBe(0)
+    await a.stop("SIGTERM", 30_000)
+    await b.stop("SIGTERM", 30_000)
+  }, 240_000)
+
   it("USER_CONCURRENCY=1 holds per user across the runners", async () => {
     await rig.run(rig.standIn.reset)
     await rig.run(rig.standIn.setResponder(() => ({ delayMs: 400 })))
@@ -205,7 +290,7 @@ describe.skipIf(!onServer)("cluster runners on one database", () => {
     const users = Array.from({ length: 16 }, (_, u) => `conc-${u}`)
     await rig.seed(
       users.flatMap((user) =>
-        Array.from({ length: 3 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} ` })),
+        Array.from({ length: 3 }, (_, k) => missionInsertRow(user, `${user}-m${k}`, { title: `title of ${user} `, ...dueNow() })),
       ),
     )
     await eventually("every due run written", 90_000, async () => (await rig.runnerRows("conc-")).length >= users.length * 3)

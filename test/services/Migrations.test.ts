@@ -2,7 +2,8 @@ import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { expect } from "vitest"
-import { runMigrations } from "../../src/services/Migrations.js"
+import { PgMigrator } from "@effect/sql-pg"
+import { migrations, runMigrations } from "../../src/services/Migrations.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const tablesIn = (schema: string) =>
@@ -15,11 +16,14 @@ const tablesIn = (schema: string) =>
 const EXPECTED_TABLES = [
   "actor_quarantines",
   "applied_changes",
+  "cluster_claim_owners",
+  "cluster_user_leases",
   "decrypt_audit",
   "discovery_cursor",
   "migrations",
   "mission_snapshots",
   "run_claims",
+  "snapshot_shards",
   "token_usage",
   "token_usage_process",
 ]
@@ -32,11 +36,44 @@ it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starti
         [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
         { concurrency: "unbounded" },
       )
-      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines"])
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines", "5_cluster"])
       const db = yield* TestDatabase
       const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations ORDER BY 1"))
-      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }])
+      expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }, { migration_id: 5 }])
       expect(yield* Effect.provide(tablesIn("mana_ai"), RunnerSqlLive(1))).toEqual(EXPECTED_TABLES)
+    }),
+  )
+})
+
+it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_000 })("migrations on a cluster database from before 0005", (it) => {
+  it.effect("the table and index cluster start used to create are kept and completed", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      // As the earlier release left it: 0001–0004 applied, then cluster start created its table, index and a row.
+      yield* sql`
+        CREATE TABLE mana_ai.migrations (
+          migration_id integer PRIMARY KEY, created_at timestamp with time zone NOT NULL DEFAULT now(), name text NOT NULL)`
+      const { "0005_cluster": _, ...before } = migrations
+      const applied = yield* PgMigrator.make({})({ loader: PgMigrator.fromRecord(before), table: "mana_ai.migrations" })
+      expect(applied.length).toBe(4)
+      yield* sql`
+        CREATE TABLE mana_ai.cluster_claim_owners (
+          owner text PRIMARY KEY, pid integer NOT NULL, backend_start timestamptz NOT NULL,
+          registered_at timestamptz NOT NULL DEFAULT now())`
+      yield* sql`CREATE INDEX mission_snapshots_updated_idx ON mana_ai.mission_snapshots (updated_at)`
+      yield* sql`INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start) VALUES ('old', 1, now())`
+      const rest = yield* runMigrations
+      expect(rest.map(([id, name]) => `${id}_${name}`)).toEqual(["5_cluster"])
+      const columns = yield* sql<{ name: string }>`
+        SELECT column_name AS name FROM information_schema.columns
+        WHERE table_schema = 'mana_ai' AND table_name = 'cluster_claim_owners' ORDER BY ordinal_position`
+      expect(columns.map((c) => c.name)).toEqual(["owner", "pid", "backend_start", "registered_at", "runner_host", "runner_port"])
+      expect(yield* sql`SELECT owner FROM mana_ai.cluster_claim_owners`).toEqual([{ owner: "old" }])
+      const shard = yield* sql<{ name: string }>`
+        SELECT column_name AS name FROM information_schema.columns
+        WHERE table_schema = 'mana_ai' AND table_name = 'mission_snapshots' AND column_name = 'shard'`
+      expect(shard).toEqual([{ name: "shard" }])
+      expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)
     }),
   )
 })
@@ -45,7 +82,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
   it.effect("a second run applies nothing and changes nothing", () =>
     Effect.gen(function* () {
       const first = yield* runMigrations
-      expect(first.length).toBe(4)
+      expect(first.length).toBe(5)
       const again = yield* runMigrations
       expect(again).toEqual([])
       expect(yield* tablesIn("mana_ai")).toEqual(EXPECTED_TABLES)
