@@ -14,10 +14,13 @@
 import { Duration, Effect, Layer, Metric, Schedule } from "effect"
 import { runsInFlightGauge } from "../services/metrics.js"
 
-const CHECK_EVERY = Duration.seconds(2)
+const CHECK_EVERY = Duration.seconds(1)
 /** Garbage left over when the process goes quiet that is worth a collection. */
 export const QUIET_GROWTH_BYTES = 4 * 2 ** 20
-/** A change under this between two checks counts as a still heap (timers and polls allocate a little). */
+/**
+ * Growth under this between two checks counts as a still heap (timers and polls allocate a little);
+ * a heap that shrank is still too (JSC's own collector at work).
+ */
 export const STILL_CHANGE_BYTES = 2 ** 20
 
 interface BunGc {
@@ -26,7 +29,7 @@ interface BunGc {
 
 /**
  * The decision, apart from the clock and the runtime: collect when `busy` says no run is under way,
- * the heap changed less than STILL_CHANGE since the last check, and it grew `quietGrowth` past the
+ * the heap grew less than STILL_CHANGE since the last check, and it holds `quietGrowth` more than the
  * floor (the size the last collection left, or the lowest seen). Returns whether it collected.
  */
 export const makeTrimmer = (heapSize: () => number, collect: () => void, quietGrowth = QUIET_GROWTH_BYTES) => {
@@ -34,7 +37,7 @@ export const makeTrimmer = (heapSize: () => number, collect: () => void, quietGr
   let previous = floor
   return (busy: boolean): boolean => {
     const size = heapSize()
-    const still = Math.abs(size - previous) < STILL_CHANGE_BYTES
+    const still = size - previous < STILL_CHANGE_BYTES
     previous = size
     floor = Math.min(floor, size)
     if (busy || !still || size - floor < quietGrowth) return false
