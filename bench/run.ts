@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--runs=N] [--rounds=N] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -100,8 +100,8 @@ const main = Effect.gen(function* () {
       ...(yield* measureProcessMemory({
         ownerUrl,
         standIn,
-        runsPerRound: quick ? 200 : 1000,
-        rounds: quick ? 5 : 10,
+        runsPerRound: Number(option("runs") ?? (quick ? 200 : 1000)),
+        rounds: Number(option("rounds") ?? (quick ? 5 : 10)),
         historyRows: Number(option("history") ?? (quick ? 100_000 : 1_000_000)),
         log,
       })),

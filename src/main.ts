@@ -2,13 +2,13 @@
  * mana-ai's resident process. Reads and checks every setting first (a bad one stops the start with
  * one line on stderr), then launches the live or the embedded composition on Bun's HTTP server.
  * SIGTERM/SIGINT interrupt the launch: the layers drain in reverse order and the exit code is 0.
+ * Only the chosen mode's modules are imported (issue 16): PGlite for the embedded default, the
+ * cluster modules for RUNNER_ADDRESS, the OTLP tracer for OTEL_EXPORTER_OTLP_ENDPOINT.
  */
 import { FetchHttpClient } from "@effect/platform"
 import { BunHttpServer, BunRuntime } from "@effect/platform-bun"
 import { Cause, ConfigError, Effect, Layer } from "effect"
 import { packageVersion } from "./http/ServerState.js"
-import { embeddedLayer } from "./layers/embedded.js"
-import { liveLayer } from "./layers/live.js"
 import { ObservabilityLive } from "./layers/Observability.js"
 import { describeConfigError, environmentProvider, loadStartupConfig } from "./layers/startupConfig.js"
 
@@ -35,8 +35,13 @@ const program = Effect.gen(function* () {
   )
   const app =
     config.mode._tag === "Live"
-      ? liveLayer(config, config.mode, version, platform)
-      : embeddedLayer(config, config.mode.dataDir, version, platform)
+      ? (yield* Effect.promise(() => import("./layers/live.js"))).liveLayer(config, config.mode, version, platform)
+      : (yield* Effect.promise(() => import("./layers/embedded.js"))).embeddedLayer(
+          config,
+          config.mode.dataDir,
+          version,
+          platform,
+        )
   const mode = config.mode._tag === "Live" ? "sync database" : "embedded"
   return yield* Effect.logInfo(`mana-ai ${version} starting (${mode} mode)`).pipe(
     Effect.zipRight(Layer.launch(app)),

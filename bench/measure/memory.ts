@@ -6,7 +6,7 @@
  * pause (RSS right after start-up still holds its garbage's pages).
  */
 import { randomUUID } from "node:crypto"
-import { readFileSync } from "node:fs"
+import { readdirSync, readFileSync } from "node:fs"
 import { Context, Duration, Effect, Layer, Redacted, type Scope } from "effect"
 import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
 import { Supervisor, SupervisorLive, servicesLayer } from "../support/app.js"
@@ -14,6 +14,7 @@ import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.
 import { runInChild } from "../support/child.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import { benchLog } from "../support/log.js"
+import { processTicks } from "../support/cpu.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import { seedDueMissions, seedMissionHistory } from "../support/seed.js"
@@ -179,6 +180,30 @@ const rssOf = (pid: number): number => {
   }
 }
 
+/** Bun under `npm start` (npm → sh → exec bun, or bun directly): the first descendant named bun. */
+const bunProcessUnder = (root: number): number | undefined => {
+  const queue = [root]
+  while (queue.length > 0) {
+    const pid = queue.shift()!
+    if (processTicks(String(pid))?.comm === "bun") return pid
+    try {
+      for (const task of readdirSync(`/proc/${pid}/task`)) {
+        const children = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim()
+        if (children !== "") queue.push(...children.split(/\s+/).map(Number))
+      }
+    } catch {}
+  }
+  return undefined
+}
+
+const commandLineOf = (pid: number): string => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter((a) => a !== "").join(" ")
+  } catch {
+    return "?"
+  }
+}
+
 const mb = (bytes: number) => round(bytes / 2 ** 20, 1)
 
 /**
@@ -188,7 +213,7 @@ const mb = (bytes: number) => round(bytes / 2 ** 20, 1)
  * `runsPerRound` runs; after `rounds` such ticks; after a tick whose discovery reads `historyRows`
  * rows of history.
  */
-const startRunnerProcess = (db: BenchDatabase, standInUrl: string) =>
+const startRunnerProcess = (db: BenchDatabase, standInUrl: string, log: (line: string) => Effect.Effect<void>) =>
   Effect.gen(function* () {
     const key = `bench-key-${randomUUID()}`
     const mana = yield* Effect.acquireRelease(
@@ -202,25 +227,41 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string) =>
             PLANNER_MODE: "json",
             LOG_LEVEL: "warn",
           },
+          // As operators start it: whatever flags `npm start` passes to Bun are measured too.
+          viaNpmStart: true,
         }),
       ),
-      (p) => Effect.promise(() => p.stop("SIGKILL", 10_000).catch(() => undefined)),
+      // SIGKILL does not reach Bun through npm: Bun first, then npm.
+      (p) =>
+        Effect.promise(async () => {
+          const bun = bunProcessUnder(p.child.pid ?? 0)
+          if (bun !== undefined) {
+            try {
+              process.kill(bun, "SIGKILL")
+            } catch {}
+          }
+          await p.stop("SIGKILL", 10_000).catch(() => undefined)
+        }),
     )
     yield* Effect.promise(() =>
       eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200),
     )
-    const pid = mana.child.pid ?? 0
+    const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
+    yield* log(`process memory: runner pid ${pid}: ${commandLineOf(pid)}`)
     return {
       /** RSS 5 s after the step before, nothing forced. */
       settle: Effect.sleep("5 seconds").pipe(Effect.map(() => rssOf(pid))),
       tick: Effect.promise(async () => {
         const t0 = nowMs()
+        const cpu0 = processTicks(String(pid))?.ticks ?? 0
         const r = await request(mana, "POST", "/internal/tick", key)
         return {
           status: r.status,
           written: Number(r.body?.plansWrittenBack ?? 0),
           errors: (r.body?.errors ?? []) as ReadonlyArray<string>,
           seconds: (nowMs() - t0) / 1000,
+          /** The runner's CPU (utime + stime) over the tick, in ms (clock ticks of 10 ms). */
+          cpuMs: ((processTicks(String(pid))?.ticks ?? 0) - cpu0) * 10,
         }
       }),
     }
@@ -239,14 +280,15 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string) =>
 export const measureProcessMemory = (options: ProcessMemoryOptions) =>
   Effect.gen(function* () {
     const runs = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n))
-    const { idle, rssAfterRound, written } = yield* Effect.scoped(
+    const { idle, rssAfterRound, written, cpuMsPerRun } = yield* Effect.scoped(
       Effect.gen(function* () {
         const db = yield* makeBenchDatabase(options.ownerUrl)
-        const mana = yield* startRunnerProcess(db, options.standIn.url)
+        const mana = yield* startRunnerProcess(db, options.standIn.url, options.log)
         yield* mana.tick
         const idle = yield* mana.settle
         yield* options.log(`process memory: idle ${mb(idle)} MB`)
         const rssAfterRound: Array<number> = []
+        const cpuMsPerRun: Array<number> = []
         let written = 0
         for (let round_ = 1; round_ <= options.rounds; round_++) {
           // The same users and missions every round (the same actors): round 1 inserts them, later
@@ -271,23 +313,25 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
           )
           const t = yield* mana.tick
           written += t.written
+          cpuMsPerRun.push(t.cpuMs / Math.max(1, t.written))
           const rss = yield* mana.settle
           rssAfterRound.push(rss)
           yield* options.log(
-            `process memory: tick ${round_} wrote ${t.written} plans in ${round(t.seconds, 1)} s (${t.errors.length} errors); RSS ${mb(rss)} MB`,
+            `process memory: tick ${round_} wrote ${t.written} plans in ${round(t.seconds, 1)} s (${t.errors.length} errors), runner CPU ${round(t.cpuMs / Math.max(1, t.written), 2)} ms per run; RSS ${mb(rss)} MB`,
           )
         }
-        return { idle, rssAfterRound, written }
+        return { idle, rssAfterRound, written, cpuMsPerRun }
       }),
     )
     const first = rssAfterRound[0] ?? 0
     const last = rssAfterRound[rssAfterRound.length - 1] ?? 0
 
-    const discovery = yield* Effect.scoped(
+    // --history=0: no discovery reading (a shorter run while working on the other three).
+    const discovery = options.historyRows <= 0 ? undefined : yield* Effect.scoped(
       Effect.gen(function* () {
         const db = yield* makeBenchDatabase(options.ownerUrl)
         yield* seedMissionHistory(db, { rows: options.historyRows, rowsPerMission: 20, endingSecondsAgo: 600 })
-        const mana = yield* startRunnerProcess(db, options.standIn.url)
+        const mana = yield* startRunnerProcess(db, options.standIn.url, options.log)
         const before = yield* mana.settle
         const t = yield* mana.tick
         const after = yield* mana.settle
@@ -318,15 +362,19 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
         value: first === 0 ? 0 : last / first,
         unit: "×",
         target: { op: "<=", value: 1.1, text: "≤ 1.1×" },
-        detail: { rssAfterEachTickMb: rssAfterRound.map(mb), plansWrittenBack: written },
+        detail: {
+          rssAfterEachTickMb: rssAfterRound.map(mb),
+          plansWrittenBack: written,
+          runnerCpuMsPerRunEachTick: cpuMsPerRun.map((ms) => round(ms, 2)),
+        },
       },
-      {
+      ...(discovery === undefined ? [] : [{
         id: "memory.process.afterDiscovery",
         label: `5. process RSS after discovering ${options.historyRows >= 1_000_000 ? `${options.historyRows / 1_000_000}M` : runs(options.historyRows)} rows`,
         value: mb(discovery.after),
         unit: "MB",
         target: { op: "<=", value: 150, text: "≤ 150 MB" },
         detail: { rssBeforeMb: mb(discovery.before), discoverySeconds: round(discovery.seconds, 1), tickErrors: discovery.errors },
-      },
+      } satisfies Figure]),
     ] satisfies Array<Figure>
   })

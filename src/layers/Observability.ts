@@ -1,12 +1,11 @@
 /**
  * Logs and traces (SPEC §10 LOG_LEVEL, LOG_FORMAT, OTEL_EXPORTER_OTLP_ENDPOINT). Every format prints
  * the log annotations, so a run's userId and missionId reach each of its lines. Spans go out over
- * OTLP/HTTP (JSON) through @effect/opentelemetry's Otlp tracer: no OpenTelemetry SDK is loaded.
+ * OTLP/HTTP (JSON) through @effect/opentelemetry's Otlp tracer: no OpenTelemetry SDK is loaded, and
+ * the tracer's modules are imported only when OTEL_EXPORTER_OTLP_ENDPOINT is set (issue 16: a
+ * process without it does not carry them).
  */
-import * as OtlpSerialization from "@effect/opentelemetry/OtlpSerialization"
-import * as OtlpTracer from "@effect/opentelemetry/OtlpTracer"
-import { FetchHttpClient } from "@effect/platform"
-import { Layer, Logger, LogLevel, Option } from "effect"
+import { Effect, Layer, Logger, LogLevel, Option } from "effect"
 import type { LogFormat, ObservabilityConfigShape } from "../services/AppConfig.js"
 
 const loggerFor = (format: LogFormat): Layer.Layer<never> => {
@@ -43,10 +42,19 @@ const levelFor = (level: ObservabilityConfigShape["logLevel"]): LogLevel.LogLeve
 export const otlpTracesUrl = (endpoint: string): string => `${endpoint.replace(/\/+$/, "")}/v1/traces`
 
 const TracingLive = (endpoint: string, serviceVersion: string): Layer.Layer<never> =>
-  OtlpTracer.layer({
-    url: otlpTracesUrl(endpoint),
-    resource: { serviceName: "mana-ai", serviceVersion },
-  }).pipe(Layer.provide(OtlpSerialization.layerJson), Layer.provide(FetchHttpClient.layer))
+  Layer.unwrapEffect(
+    Effect.promise(async () => {
+      const [OtlpSerialization, OtlpTracer, { FetchHttpClient }] = await Promise.all([
+        import("@effect/opentelemetry/OtlpSerialization"),
+        import("@effect/opentelemetry/OtlpTracer"),
+        import("@effect/platform"),
+      ])
+      return OtlpTracer.layer({
+        url: otlpTracesUrl(endpoint),
+        resource: { serviceName: "mana-ai", serviceVersion },
+      }).pipe(Layer.provide(OtlpSerialization.layerJson), Layer.provide(FetchHttpClient.layer))
+    }),
+  )
 
 export const ObservabilityLive = (config: ObservabilityConfigShape, serviceVersion: string): Layer.Layer<never> =>
   Layer.mergeAll(

@@ -1,0 +1,65 @@
+/**
+ * Hands the garbage of finished runs back to the OS once the process is quiet (issue 16 item 5).
+ * JavaScriptCore starts a full collection only when the heap has grown by a factor it judges against
+ * the machine's RAM, and never while the process sits idle: after a tick of 1,000 runs the heap
+ * held 171 MB of which 31 MB was live, and the RSS stayed at 330 MB until something allocated
+ * again. Every CHECK_EVERY this layer reads the heap's size (a counter) and the runs in flight
+ * (the gauge); when no run is under way, the heap has stopped changing and it holds QUIET_GROWTH
+ * more than the last collection left, it collects (`Bun.gc(true)`: a full collection, then mimalloc
+ * hands the freed pages back). While runs are under way it leaves the collector alone: a full
+ * collection stops the event loop (100–500 ms measured on the loaded 2-core machine), which runs
+ * at work would feel; the idle process pays it once per quiet spell.
+ * Outside Bun (the Node test layers) it does nothing.
+ */
+import { Duration, Effect, Layer, Metric, Schedule } from "effect"
+import { runsInFlightGauge } from "../services/metrics.js"
+
+const CHECK_EVERY = Duration.seconds(1)
+/** Garbage left over when the process goes quiet that is worth a collection. */
+export const QUIET_GROWTH_BYTES = 4 * 2 ** 20
+/**
+ * Growth under this between two checks counts as a still heap (timers and polls allocate a little);
+ * a heap that shrank is still too (JSC's own collector at work).
+ */
+export const STILL_CHANGE_BYTES = 2 ** 20
+
+interface BunGc {
+  readonly gc: (force: boolean) => void
+}
+
+/**
+ * The decision, apart from the clock and the runtime: collect when `busy` says no run is under way,
+ * the heap grew less than STILL_CHANGE since the last check, and it holds `quietGrowth` more than the
+ * floor (the size the last collection left, or the lowest seen). Returns whether it collected.
+ */
+export const makeTrimmer = (heapSize: () => number, collect: () => void, quietGrowth = QUIET_GROWTH_BYTES) => {
+  let floor = heapSize()
+  let previous = floor
+  return (busy: boolean): boolean => {
+    const size = heapSize()
+    const still = size - previous < STILL_CHANGE_BYTES
+    previous = size
+    floor = Math.min(floor, size)
+    if (busy || !still || size - floor < quietGrowth) return false
+    collect()
+    floor = heapSize()
+    previous = floor
+    return true
+  }
+}
+
+export const MemoryTrimLive: Layer.Layer<never> = Layer.scopedDiscard(
+  Effect.gen(function* () {
+    const bun = (globalThis as { Bun?: BunGc }).Bun
+    if (bun === undefined) return
+    // A variable specifier: the type checker has no declarations for Bun's own modules.
+    const specifier = "bun:jsc"
+    const { heapSize } = (yield* Effect.promise(() => import(specifier))) as { heapSize: () => number }
+    const check = makeTrimmer(heapSize, () => bun.gc(true))
+    yield* Metric.value(runsInFlightGauge).pipe(
+      Effect.flatMap(({ value }) => Effect.sync(() => check(value > 0))),
+      Effect.repeat(Schedule.spaced(CHECK_EVERY)),
+      Effect.forkScoped,
+    )
+  }),
+)

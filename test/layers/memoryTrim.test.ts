@@ -1,0 +1,81 @@
+import { describe, expect, it } from "vitest"
+import { makeTrimmer, QUIET_GROWTH_BYTES, STILL_CHANGE_BYTES } from "../../src/layers/memoryTrim.js"
+
+const MB = 2 ** 20
+
+/** A heap whose size the test sets; a collection brings it back to the live size. */
+const fakeHeap = (live: number) => {
+  const heap = { size: live, live, collections: 0 }
+  const trimmer = makeTrimmer(
+    () => heap.size,
+    () => {
+      heap.collections++
+      heap.size = heap.live
+    },
+  )
+  return { heap, check: trimmer }
+}
+
+describe("the memory trimmer (issue 16 item 5)", () => {
+  it("collects once the runs are over and the heap holds their garbage", () => {
+    const { heap, check } = fakeHeap(30 * MB)
+    // A tick's runs: the heap grows while runs are under way; nothing is collected meanwhile.
+    for (const size of [60, 110, 170]) {
+      heap.size = size * MB
+      expect(check(true)).toBe(false)
+    }
+    // Runs waiting on the LLM: the heap is still, but a collection would stop their event loop.
+    expect(check(true)).toBe(false)
+    expect(check(true)).toBe(false)
+    expect(heap.collections).toBe(0)
+    // The runs are over, the heap is still: the garbage goes.
+    expect(check(false)).toBe(true)
+    expect(heap.collections).toBe(1)
+    expect(heap.size).toBe(30 * MB)
+    // Quiet and nothing new: no further collection.
+    expect(check(false)).toBe(false)
+    expect(check(false)).toBe(false)
+    expect(heap.collections).toBe(1)
+  })
+
+  it("waits while the heap is still changing (a discovery pass, a request) even with no run under way", () => {
+    const { heap, check } = fakeHeap(30 * MB)
+    heap.size = 80 * MB
+    expect(check(false)).toBe(false)
+    heap.size = 80 * MB + 2 * STILL_CHANGE_BYTES
+    expect(check(false)).toBe(false)
+    // Still now.
+    expect(check(false)).toBe(true)
+  })
+
+  it("a heap that shrank since the last check (JSC's own collector at work) counts as still", () => {
+    const { heap, check } = fakeHeap(30 * MB)
+    heap.size = 120 * MB
+    expect(check(false)).toBe(false)
+    heap.size = 100 * MB
+    expect(check(false)).toBe(true)
+    expect(heap.size).toBe(30 * MB)
+  })
+
+  it("leaves a little garbage alone: an idle process's timers do not cause a collection every check", () => {
+    const { heap, check } = fakeHeap(30 * MB)
+    heap.size = 30 * MB + QUIET_GROWTH_BYTES / 2
+    expect(check(false)).toBe(false)
+    expect(check(false)).toBe(false)
+    expect(heap.collections).toBe(0)
+  })
+
+  it("a live set that grew (more actors) becomes the new floor after its collection", () => {
+    const { heap, check } = fakeHeap(30 * MB)
+    heap.live = 60 * MB
+    heap.size = 90 * MB
+    expect(check(false)).toBe(false)
+    expect(check(false)).toBe(true)
+    expect(heap.size).toBe(60 * MB)
+    // The 60 MB that stayed live is the floor now: no collection for it.
+    expect(check(false)).toBe(false)
+    expect(check(false)).toBe(false)
+    expect(check(false)).toBe(false)
+    expect(heap.collections).toBe(1)
+  })
+})
