@@ -36,7 +36,9 @@ const templatesOf = (source: string): ReadonlyArray<Template> => {
   // Parses the template starting at backtick `i`; returns the index after its closing backtick.
   const parseTemplate = (i: number): number => {
     const before = source.slice(Math.max(0, i - 80), i)
-    const tag = /([A-Za-z_$][\w$]*)\s*(<[^`]*>)?\s*$/.exec(before)?.[1] ?? ""
+    // The type arguments hold no parentheses: otherwise an earlier `new Set<string>()` in the window
+    // would be taken for the tag (the leftmost match) of `sql<{…}>` right before the backtick.
+    const tag = /([A-Za-z_$][\w$]*)\s*(<[^`()]*>)?\s*$/.exec(before)?.[1] ?? ""
     let text = ""
     const holes: Array<string> = []
     let j = i + 1
