@@ -368,11 +368,19 @@ export const newMissionRowsQuery = (
 
 /**
  * For a discovery pass's transaction: its pages must come straight from the partial index, in its
- * order. Under the runner's RLS policies the planner underestimates the rows of a page's range (the
- * policies' OR filter), and for a first discovery it then picks a bitmap scan and a sort: every page
- * would sort every mission row after it. No statement of the pass needs a sort, so none is planned.
+ * order, and skip applied ids by probing applied_changes' key. The planner's estimates mislead it
+ * twice here: under the runner's RLS policies it underestimates a first discovery's range (the
+ * policies' OR filter) and picks a bitmap scan and a sort, so every page would sort every mission row
+ * after it; and applied_changes grows by a page's ids within the pass (a burst inside the window
+ * marks every row), unanalysed, so a hash anti-join would read the whole table again for every page.
+ * Every statement of the pass is an ordered range read or key lookups: no sort, hash or merge join is
+ * planned.
  */
-export const inLogOrderSettings = (sql: SqlClient.SqlClient) => sql`SET LOCAL enable_sort = off`.pipe(Effect.asVoid)
+export const inLogOrderSettings = (sql: SqlClient.SqlClient) =>
+  Effect.zipRight(
+    sql`SET LOCAL enable_sort = off`,
+    Effect.zipRight(sql`SET LOCAL enable_hashjoin = off`, sql`SET LOCAL enable_mergejoin = off`),
+  ).pipe(Effect.asVoid)
 
 export const makeMissionStore = (
   options: MissionStoreOptions = {},
