@@ -187,41 +187,6 @@ export const applyChanges = (state: RecordState, rows: Iterable<ReplayRow>): Rec
   return current
 }
 
-/** A record state whose holder may change it in place (one discovery pass's working copy of a record). */
-export interface OwnedRecordState {
-  record: Record<string, unknown> | null
-  times: Record<string, number>
-}
-
-/** A copy of `state` that the caller owns (applyChangeInPlace may then change it). */
-export const ownedState = (state: RecordState): OwnedRecordState => {
-  if (state.record !== null) return copyState(state)
-  const times: Record<string, number> = {}
-  for (const [k, v] of Object.entries(state.times)) put(times, k, v)
-  return { record: null, times }
-}
-
-/**
- * applyChange on a state the caller owns, changed in place: the same result as
- * `applyChange(state, row)`. A pass that folds a long history in log order, many records interleaved,
- * keeps one working copy per record instead of copying the record for every row.
- */
-export const applyChangeInPlace = (state: OwnedRecordState, row: ReplayRow): void => {
-  if (row.op === "delete") {
-    state.record = null
-    state.times = {}
-    return
-  }
-  const data = row.data
-  if (!isPlainObject(data)) return
-  if (state.record === null) {
-    state.record = {}
-    state.times = {}
-    put(state.record, "id", row.record_id)
-  }
-  mergeFields(state.record, state.times, row, data)
-}
-
 /** Total order of the event log: `created_at`, then `id` (byte order, as Postgres sorts a uuid). */
 const compareRows = (a: ReplayRow, b: ReplayRow): number => {
   const d = a.created_at.getTime() - b.created_at.getTime()

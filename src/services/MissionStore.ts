@@ -19,16 +19,13 @@ import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"
 import {
-  type OwnedRecordState,
   type RecordState,
   type ReplayRow,
-  applyChangeInPlace,
   applyChanges,
   fieldTimesProblem,
   initialState,
   isApplicable,
   isLive,
-  ownedState,
   parseInstant,
 } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
@@ -104,8 +101,11 @@ export interface MissionStoreOptions {
 }
 
 const DEFAULT_BATCH_SIZE = 1000
-/** Mission rows per page of a discovery pass (newMissionRowsQuery): one json value of about 1 MB. */
-const PAGE_ROWS = 5000
+/**
+ * Records (each with all its new rows) per FETCH of the discovery cursor. The FETCH count is text of
+ * the statement (it cannot be a parameter, and sql.literal is kept out of src/): keep both at 1000.
+ */
+const FETCH_RECORDS = 1000
 const DEFAULT_RECONCILE_CHUNK = 500
 /** Rows applied between two ANALYZEs of mission_snapshots (see analyzeIfDue). */
 const ANALYZE_AFTER_ROWS = 10_000
@@ -159,36 +159,9 @@ const rowHasProblem = (row: LogRow): boolean =>
       ? true
       : fieldTimesProblem(row.field_timestamps, row.data) !== null
 
-/** A row as a discovery page sends it (newMissionRowsQuery's array). */
-type PageRow = readonly [id: string, userId: unknown, recordId: unknown, op: unknown, data: unknown, fieldTimes: unknown, at: string]
-
-const positionOf = (r: PageRow): Position => ({ at: r[6], id: r[0] })
-
-const comparePageRows = (a: PageRow, b: PageRow) => comparePositions(positionOf(a), positionOf(b))
-
-/**
- * A page's rows in log order. json_agg keeps its subquery's order in practice but PostgreSQL does not
- * promise it: checked in one linear pass, and sorted should it ever differ. Id and created_at are
- * text written by the query itself.
- */
-const pageRows = (rows: unknown): ReadonlyArray<PageRow> => {
-  if (!Array.isArray(rows)) return []
-  const page = rows as Array<PageRow>
-  for (let i = 1; i < page.length; i++) {
-    if (comparePageRows(page[i - 1]!, page[i]!) > 0) return page.sort(comparePageRows)
-  }
-  return page
-}
-
-const rowFromArray = (r: PageRow): Record<string, unknown> => ({
-  id: r[0],
-  user_id: r[1],
-  record_id: r[2],
-  op: r[3],
-  data: r[4],
-  field_timestamps: r[5],
-  at: r[6],
-})
+/** A row as the discovery cursor sends it inside its record's array (newMissionRowsQuery). */
+const rowFromArray = (userId: unknown, recordId: unknown, r: unknown): Record<string, unknown> =>
+  Array.isArray(r) ? { id: r[0], user_id: userId, record_id: recordId, op: r[1], data: r[2], field_timestamps: r[3], at: r[4] } : {}
 
 /**
  * Epoch ms of exactUtc's text (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), the fraction truncated as parseInstant
@@ -328,16 +301,13 @@ const canonicalJson = (u: unknown): string =>
 // ---------------------------------------------------------------- the store
 
 /**
- * One page of the mission rows after `cursorAt - lookback` up to `upTo` not applied yet, in log order
- * (created_at, id) after `after` (the previous page's last row; null on the first page), at most
- * `limit` rows. The rows are read straight from the partial index sync_changes_ai_missions_created_idx
- * in its order (no sort), even under the runner's RLS policies (see the EXPLAIN test), so a refresh
- * with no new rows costs the window, not the history, and each page starts where the last one ended.
- * The page is one value, `rows`: a json array of rows, each `[id, user_id, record_id, op, data,
- * field times, created_at as exact UTC text]`, so the driver decodes one value per page (a first
- * discovery reads a million rows; decoding them one result row each cost more than folding them).
- * json_agg keeps the subquery's order in practice, not by guarantee: refreshPass checks it.
- * The comment names the statement for tests that hold a pass at its first page (tickDuringDiscovery).
+ * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, one result row per record
+ * (`user_id`, `record_id`, `rows`: a json array of its rows in log order, each
+ * `[id, op, data, field times, created_at as exact UTC text]`), sorted
+ * by record: the order one pass folds them in. A first discovery reads a million rows; sent one
+ * record at a time, the driver decodes two values and one JSON text per record, not seven values per
+ * row. Served by the partial index sync_changes_ai_missions_created_idx even under the runner's RLS
+ * policies (see the EXPLAIN test), so a refresh with no new rows costs the window, not the history.
  */
 export const newMissionRowsQuery = (
   sql: SqlClient.SqlClient,
@@ -348,39 +318,18 @@ export const newMissionRowsQuery = (
     readonly upTo: string
     /** The per-field time column of the generation found (EventLogSchema). */
     readonly timeColumn: SyncGeneration
-    /** Where the previous page ended (exact UTC text and uuid text); null: the first page. */
-    readonly after: Position | null
-    readonly limit: number
   },
-) => sql<{ rows: unknown }>`
-  SELECT /* mana_ai_discovery page */ json_agg(x.r) AS rows
-  FROM (
-    SELECT json_build_array(s.id::text, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${options.timeColumn}`)},
-                            ${exactUtc(sql, "s.created_at")}) AS r
-    FROM sync_changes s
-    WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
-      AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
-      AND s.created_at <= ${options.upTo}::timestamptz
-      AND ${options.after === null ? sql`TRUE` : sql`(s.created_at, s.id) > (${options.after.at}::timestamptz, ${options.after.id}::uuid)`}
-      AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
-    ORDER BY s.created_at, s.id
-    LIMIT ${options.limit}) x`
-
-/**
- * For a discovery pass's transaction: its pages must come straight from the partial index, in its
- * order, and skip applied ids by probing applied_changes' key. The planner's estimates mislead it
- * twice here: under the runner's RLS policies it underestimates a first discovery's range (the
- * policies' OR filter) and picks a bitmap scan and a sort, so every page would sort every mission row
- * after it; and applied_changes grows by a page's ids within the pass (a burst inside the window
- * marks every row), unanalysed, so a hash anti-join would read the whole table again for every page.
- * Every statement of the pass is an ordered range read or key lookups: no sort, hash or merge join is
- * planned.
- */
-export const inLogOrderSettings = (sql: SqlClient.SqlClient) =>
-  Effect.zipRight(
-    sql`SET LOCAL enable_sort = off`,
-    Effect.zipRight(sql`SET LOCAL enable_hashjoin = off`, sql`SET LOCAL enable_mergejoin = off`),
-  ).pipe(Effect.asVoid)
+) => sql<Record<string, unknown>>`
+  SELECT s.user_id, s.record_id,
+         json_agg(json_build_array(s.id::text, s.op, s.data, ${sql(`s.${options.timeColumn}`)}, ${exactUtc(sql, "s.created_at")})
+                  ORDER BY s.created_at, s.id) AS rows
+  FROM sync_changes s
+  WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+    AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
+    AND s.created_at <= ${options.upTo}::timestamptz
+    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
+  GROUP BY s.user_id, s.record_id
+  ORDER BY s.user_id, s.record_id`
 
 export const makeMissionStore = (
   options: MissionStoreOptions = {},
@@ -541,6 +490,46 @@ export const makeMissionStore = (
         }
       })
 
+    /**
+     * Applies the new rows of some records (each list: one record's rows, in log order) onto their
+     * stored snapshots, judges each record once and writes the snapshots in one statement.
+     */
+    const applyRecords = (records: ReadonlyArray<ReadonlyArray<LogRow>>) =>
+      Effect.gen(function* () {
+        if (records.length === 0) return [] as Array<MissionSnapshot>
+        const stored = yield* loadWorking(records.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
+        const results: Array<{ working: Working; judgement: Judgement }> = []
+        for (const list of records) {
+          const first = list[0]!
+          const base: Working = stored.get(keyOf(first.user_id, first.record_id)) ?? {
+            userId: first.user_id,
+            recordId: first.record_id,
+            state: initialState,
+            last: null,
+            problem: null,
+          }
+          const baseLast = base.last
+          const late = baseLast !== null && list.some((row) => comparePositions(row, baseLast) <= 0)
+          let working: Working
+          if (late) {
+            // A row committed late sorts inside what the snapshot holds: replay the record again, up to
+            // the newest row the snapshot or this pass holds (later ones arrive as ordinary new rows).
+            const newest = list[list.length - 1]!
+            const upTo = comparePositions(newest, baseLast) > 0 ? newest : baseLast
+            const history = yield* decodeRows(yield* readRecord(first.user_id, first.record_id, upTo))
+            working = fold({ ...base, state: initialState, last: null, problem: null }, history)
+            yield* Effect.logDebug("Mission replayed again after a late row").pipe(
+              Effect.annotateLogs({ userId: first.user_id, missionId: first.record_id, rows: history.length }),
+            )
+          } else {
+            working = fold(base, list)
+          }
+          results.push({ working, judgement: yield* judgeAndLog(working) })
+        }
+        yield* saveSnapshots(results)
+        return changedSnapshots(results)
+      })
+
     /** Marks rows applied: only those still inside the window after this pass (older ones are never re-read). */
     const markApplied = (ids: ReadonlyArray<string>, ats: ReadonlyArray<string>) =>
       ids.length === 0
@@ -552,98 +541,11 @@ export const makeMissionStore = (
             ON CONFLICT (change_id) DO NOTHING`.pipe(Effect.asVoid)
 
     /**
-     * One record's working state within one pass: folded in place, row by row, as the cursor hands
-     * rows on in log order (many records interleaved).
-     */
-    interface PassRecord {
-      readonly userId: string
-      readonly recordId: string
-      /** Where the stored snapshot stands; a row at or before it came late. */
-      readonly storedLast: Position | null
-      readonly state: OwnedRecordState
-      last: Position | null
-      problem: string | null
-      /** A row sorted inside what the snapshot holds: the record is replayed again from the log. */
-      late: boolean
-    }
-
-    /** The pass's own key of a record (text cannot hold NUL, so the pair reads back unambiguously). */
-    const passKey = (userId: string, recordId: string) => `${userId}\u0000${recordId}`
-
-    /** The records of `rows` this pass holds no state for yet, from their stored snapshots (one query). */
-    const startRecords = (records: Map<string, PassRecord>, rows: ReadonlyArray<LogRow>, keys: ReadonlyArray<string>) =>
-      Effect.gen(function* () {
-        const wanted = new Map<string, { user_id: string; record_id: string }>()
-        for (let i = 0; i < rows.length; i++) {
-          const key = keys[i]!
-          if (!records.has(key) && !wanted.has(key)) wanted.set(key, { user_id: rows[i]!.user_id, record_id: rows[i]!.record_id })
-        }
-        if (wanted.size === 0) return
-        const stored = yield* loadWorking([...wanted.values()])
-        for (const [key, k] of wanted) {
-          const base = stored.get(keyOf(k.user_id, k.record_id))
-          records.set(key, {
-            userId: k.user_id,
-            recordId: k.record_id,
-            storedLast: base?.last ?? null,
-            state: ownedState(base?.state ?? initialState),
-            last: base?.last ?? null,
-            problem: base?.problem ?? null,
-            late: false,
-          })
-        }
-      })
-
-    /** Folds one row onto its record's working state (rows in log order; the record is started). */
-    const foldRow = (record: PassRecord, row: LogRow) => {
-      const position = { at: row.at, id: row.id }
-      if (!record.late && record.storedLast !== null && comparePositions(position, record.storedLast) <= 0) record.late = true
-      if (record.late) {
-        // Replayed again from the log at the end, up to the newest row the snapshot or this pass holds.
-        if (comparePositions(position, record.last!) > 0) record.last = position
-        return
-      }
-      const replayRow = toReplayRow(row)
-      applyChangeInPlace(record.state, replayRow)
-      record.last = position
-      // The problem is the last row's: an applicable row clears it, any other row sets it.
-      record.problem = isApplicable(replayRow) ? null : rowProblem(row)
-    }
-
-    /** Judges some records folded by a pass; a late record is replayed again from the log first. */
-    const judgeRecords = (records: ReadonlyArray<PassRecord>) =>
-      Effect.gen(function* () {
-        const results: Array<{ working: Working; judgement: Judgement }> = []
-        for (const record of records) {
-          let working: Working = {
-            userId: record.userId,
-            recordId: record.recordId,
-            state: record.state,
-            last: record.last,
-            problem: record.problem,
-          }
-          if (record.late) {
-            // A row committed late sorts inside what the snapshot holds: replay the record again, up to
-            // the newest row the snapshot or this pass holds (later ones arrive as ordinary new rows).
-            const history = yield* decodeRows(yield* readRecord(record.userId, record.recordId, record.last!))
-            working = fold({ ...working, state: initialState, last: null, problem: null }, history)
-            yield* Effect.logDebug("Mission replayed again after a late row").pipe(
-              Effect.annotateLogs({ userId: record.userId, missionId: record.recordId, rows: history.length }),
-            )
-          }
-          results.push({ working, judgement: yield* judgeAndLog(working) })
-        }
-        return results
-      })
-
-    /**
      * One refresh: every new mission row in one pass, in one transaction serialised between runner
-     * instances. The rows come from one server-side cursor in log order, read straight from the
-     * partial index (no sort), and are folded in place onto one working state per record, loaded from
-     * its snapshot when the record first appears; at the end each record is judged and written once
-     * per pass however many rows it got, in batches, its working state dropped once written. The first
-     * discovery of a long history and a burst inside the look-back window cost one read of their rows,
-     * not one re-scan of the window per page (SPEC §2: the same field-level replay as row by row; a test
+     * instances. The rows come from one server-side cursor sorted by record, so each record is loaded,
+     * folded, judged and written once per pass however many rows it got: the first discovery of a long
+     * history and a burst inside the look-back window cost one sort and one read of their rows, not one
+     * re-scan of the window per page (SPEC §2: the same field-level replay as row by row; a test
      * compares both on the same rows).
      */
     const refreshPass = sql.withTransaction(
@@ -664,65 +566,49 @@ export const makeMissionStore = (
         const upTo = bounds?.up_to ?? null
         const keepAfter = bounds?.keep_after ?? null
         if (upTo === null || keepAfter === null) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
-        yield* inLogOrderSettings(sql)
-        const records = new Map<string, PassRecord>()
+        // The cursor sorts every new row by record: on a first discovery or a burst that sort spills to
+        // disk, and with the default 4 MB it merges in many more passes (this transaction only).
+        yield* sql`SET LOCAL work_mem = '64MB'`
+        yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
+
+        const changed: Array<MissionSnapshot> = []
         let rowsRead = 0
-        const fetchPage = (after: Position | null) =>
-          Effect.map(
-            newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn, after, limit: PAGE_ROWS }),
-            (result) => pageRows(result[0]?.rows),
-          )
+        // The count of a FETCH cannot be a parameter: a constant of the text.
+        const fetchPage = sql<{ user_id: unknown; record_id: unknown; rows: unknown }>`
+          FETCH FORWARD 1000 FROM mana_ai_discovery`
         // The next page is asked for before this one is folded (same connection, queued ahead of this
-        // page's writes), so Postgres produces it while Bun folds.
-        let pending = yield* Effect.fork(fetchPage(null))
+        // page's writes), so Postgres produces it while Bun folds, judges and encodes.
+        let pending = yield* Effect.fork(fetchPage)
         for (;;) {
           const page = yield* Fiber.join(pending)
-          const done = page.length < PAGE_ROWS
-          if (!done) pending = yield* Effect.fork(fetchPage(positionOf(page[page.length - 1]!)))
-          rowsRead += page.length
-          const raw = page.map(rowFromArray)
-          // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+          const done = page.length < FETCH_RECORDS
+          if (!done) pending = yield* Effect.fork(fetchPage)
           const ids: Array<string> = []
           const ats: Array<string> = []
-          for (const r of raw) {
-            if (typeof r.at === "string" && typeof r.id === "string" && r.at > keepAfter) {
-              ids.push(r.id)
-              ats.push(r.at)
+          const records: Array<Array<LogRow>> = []
+          for (const record of page) {
+            const raw = Array.isArray(record.rows) ? record.rows.map((r) => rowFromArray(record.user_id, record.record_id, r)) : []
+            rowsRead += raw.length
+            // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+            for (const r of raw) {
+              const at = String(r.at)
+              if (at > keepAfter) {
+                ids.push(String(r.id))
+                ats.push(at)
+              }
             }
+            const rows = yield* decodeRows(raw)
+            for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
+            if (rows.length > 0) records.push(rows)
           }
-          const rows = yield* decodeRows(raw)
-          for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
-          const keys = rows.map((row) => passKey(row.user_id, row.record_id))
-          yield* startRecords(records, rows, keys)
-          for (let i = 0; i < rows.length; i++) foldRow(records.get(keys[i]!)!, rows[i]!)
+          for (let i = 0; i < records.length; i += batchSize) {
+            changed.push(...(yield* applyRecords(records.slice(i, i + batchSize))))
+          }
           yield* markApplied(ids, ats)
           if (done) break
         }
-        if (rowsRead === 0) return { rowsRead, changed: [] as Array<MissionSnapshot> }
-
-        // Each record judged and written once, in batches (one statement each), its working state
-        // dropped from the pass once judged. A batch is written while the next one is judged (one
-        // write in flight on the transaction's connection), so Postgres and Bun work side by side.
-        const changed: Array<MissionSnapshot> = []
-        let saving: Fiber.RuntimeFiber<void, SqlError> | undefined
-        const finish = (batch: ReadonlyArray<PassRecord>) =>
-          Effect.gen(function* () {
-            const results = yield* judgeRecords(batch)
-            if (saving !== undefined) yield* Fiber.join(saving)
-            saving = yield* Effect.fork(saveSnapshots(results))
-            changed.push(...changedSnapshots(results))
-          })
-        let batch: Array<PassRecord> = []
-        for (const [key, record] of records) {
-          batch.push(record)
-          records.delete(key)
-          if (batch.length >= batchSize) {
-            yield* finish(batch)
-            batch = []
-          }
-        }
-        if (batch.length > 0) yield* finish(batch)
-        if (saving !== undefined) yield* Fiber.join(saving)
+        yield* sql`CLOSE mana_ai_discovery`
+        if (rowsRead === 0) return { rowsRead, changed }
 
         // The cursor never runs ahead of the database's now(): one row stamped in the future must not
         // carry it past rows still to commit (they would fall behind the window); a future row stays in

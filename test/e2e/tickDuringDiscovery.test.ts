@@ -1,9 +1,8 @@
 /**
  * A tick during a long discovery pass (SPEC §9; issue 16 item 7), on the real Bun process against a
  * real database (server or PGlite) as the runner role. The pass is made long by a TcpProxy in front of
- * the database that holds back the pass's first page of rows (the statement commented
- * "mana_ai_discovery page") until the test lets it go, so the pass sits inside its transaction for as
- * long as the test likes.
+ * the database that holds back the discovery cursor's DECLARE until the test lets it go, so the pass
+ * sits inside its transaction for as long as the test likes.
  * - The discovery loop's pass is under way: a tick answers overlap-skipped at once, not after the pass.
  * - A tick's own pass is under way and its HTTP client hangs up: the next tick answers overlap-skipped
  *   at once, and once the pass ends a tick runs normally again.
@@ -32,7 +31,7 @@ const tickAnswered = (p: Parameters<typeof request>[0], what: string) =>
 
 beforeAll(async () => {
   rig = await makeRig()
-  // Not due: the passes below have rows to read (so they ask for a first page) and nothing to run.
+  // Not due: the passes below have rows to read (so they DECLARE their cursor) and nothing to run.
   await rig.seed([missionInsertRow("tick-u1", "tick-m1", { nextRunAt: future(600) })])
 }, 120_000)
 
@@ -43,7 +42,7 @@ afterAll(async () => {
 describe("a tick during a long discovery pass", () => {
   it("while the discovery loop's pass is under way, a tick answers overlap-skipped at once", async () => {
     const { run, proxy } = rig
-    const hold = await run(proxy.holdClientMessage({ match: "mana_ai_discovery page" }))
+    const hold = await run(proxy.holdClientMessage({ match: "DECLARE mana_ai_discovery" }))
     // The loop's first pass starts with the process; a long interval keeps it the only one.
     const p = await rig.startRunner({ TICK_ENABLED: "true", TICK_INTERVAL_MS: "600000" }, { viaProxy: true })
     await run(hold.caught.pipe(Effect.timeout("60 seconds"), Effect.orDie))
@@ -65,7 +64,7 @@ describe("a tick during a long discovery pass", () => {
     const { run, proxy } = rig
     await rig.seed([missionInsertRow("tick-u2", "tick-m2", { nextRunAt: future(600) })])
     const p = await rig.startRunner({}, { viaProxy: true }) // TICK_ENABLED=false: only ticks discover
-    const hold = await run(proxy.holdClientMessage({ match: "mana_ai_discovery page" }))
+    const hold = await run(proxy.holdClientMessage({ match: "DECLARE mana_ai_discovery" }))
 
     const gone = new AbortController()
     const first = fetch(`${p.baseUrl}/internal/tick`, {
