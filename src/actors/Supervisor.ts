@@ -545,6 +545,12 @@ export const make = Effect.gen(function* () {
   if (ownership !== undefined) {
     /** Users dropped here whose leases this runner may still hold: given back once their actors left. */
     let giveBackPending = false
+    /**
+     * Users whose actors were told to leave (a run under way finishes first). If the user's shard
+     * comes back before the actor has left, the rebalance finds it still here and starts nothing;
+     * once it has left, the user is started again from the store (through the lease wait below).
+     */
+    const leaving = new Set<string>()
 
     /** Spawns owned users without an actor, or has them wait while another runner holds their runs. */
     const startOwned = (groups: ReadonlyMap<string, ReadonlyArray<MissionSnapshot>>) =>
@@ -573,7 +579,10 @@ export const make = Effect.gen(function* () {
         const lost = [...actedShards].filter((x) => !shardsNow.has(x)).length
         let dropped = 0
         for (const userId of (yield* host.census).keys) {
-          if (!ownership.owns(userId) && (yield* host.drop(userId))) dropped++
+          if (!ownership.owns(userId) && (yield* host.drop(userId))) {
+            dropped++
+            leaving.add(userId)
+          }
         }
         for (const userId of waitingForLease) if (!ownership.owns(userId)) waitingForLease.delete(userId)
         if (dropped > 0 || lost > 0) giveBackPending = true
@@ -618,6 +627,12 @@ export const make = Effect.gen(function* () {
      * goes back once its actor here left (its runs done), so its new owner can start at once.
      */
     const keepLeases = Effect.gen(function* () {
+      for (const userId of [...leaving]) {
+        if (yield* host.has(userId)) continue
+        leaving.delete(userId)
+        // Its shard came back while the actor was leaving: it is this runner's again.
+        if (ownership.owns(userId)) waitingForLease.add(userId)
+      }
       if (waitingForLease.size > 0) {
         const waiting = [...waitingForLease].filter((u) => ownership.owns(u))
         const busy = yield* ownership.leasedElsewhere(waiting)

@@ -6,14 +6,14 @@
  * in test/e2e/cluster.test.ts); everything else is the real stack.
  */
 import { layer } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Metric, Schedule, Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Metric, Schedule, Stream, SubscriptionRef } from "effect"
 import { expect } from "vitest"
 import { Ownership } from "../../src/actors/Ownership.js"
 import { Supervisor, SupervisorLive } from "../../src/actors/Supervisor.js"
 import { ClusterConfig, shardOf } from "../../src/cluster/ClusterConfig.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { clusterSnapshotsReadTotal } from "../../src/services/metrics.js"
-import { LlmStandIn } from "../support/LlmStandIn.js"
+import { defaultResponder, LlmStandIn } from "../support/LlmStandIn.js"
 import { runnerServices } from "../support/RunnerStack.js"
 import { insertChanges, missionInsertRow } from "../support/seed.js"
 import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
@@ -119,6 +119,51 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("a cluster runner 
       const due = yield* store.due(new Date(Date.now() + 7_200_000), range(11, 20))
       expect(due.map((s) => s.userId).sort()).toEqual(left)
       expect((yield* store.due(new Date(Date.now() + 7_200_000))).length).toBe(USERS)
+    }),
+  )
+
+  it.effect("a shard that comes back while its user's actor is still leaving (a run under way): the user gets its actor again once it left", () =>
+    Effect.gen(function* () {
+      const owned = yield* OwnedShards
+      const standIn = yield* LlmStandIn
+      // A run that takes 3 s (two requests in tools mode, inside the 5 s deadline): the actor leaves only after it.
+      yield* standIn.setResponder((request) => ({ ...defaultResponder(request), delayMs: 1_500 }))
+      const user = Array.from({ length: 500 }, (_, i) => `bounce-user-${i}`).find((u) => shardOf(u, SHARDS) === 30)!
+      yield* SubscriptionRef.set(owned, new Set(range(21, 40)))
+      yield* insertChanges([missionInsertRow(user, `${user}-m`, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })])
+      const supervisor = yield* Supervisor
+      yield* supervisor.discover
+      // Without the loop's ticks (tickEnabled false) a tick starts the due run.
+      yield* actorUsers.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (got) => got.includes(user) }),
+        Effect.timeout("20 seconds"),
+      )
+      // A tick answers once its runs ended: it runs beside the test.
+      const ticking = yield* Effect.fork(supervisor.tick)
+      yield* standIn.inFlight.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (n) => n > 0 }),
+        Effect.timeout("20 seconds"),
+      )
+      // Shard 30 goes (the actor is told to leave, its run goes on) and comes back at once.
+      yield* SubscriptionRef.set(owned, new Set([...range(21, 40)].filter((x) => x !== 30)))
+      yield* Effect.sleep("300 millis")
+      expect(yield* supervisor.tickRunning).toBe(true) // its run is still under way
+      yield* SubscriptionRef.set(owned, new Set(range(21, 40)))
+      // The run ends, the actor leaves, and the user (owned again) is started from the store.
+      yield* standIn.inFlight.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (n) => n === 0 }),
+        Effect.timeout("20 seconds"),
+      )
+      const answer = yield* Fiber.join(ticking)
+      expect(answer.plansWrittenBack).toBe(1)
+      // The status lists no actor that is leaving; the user's actor is back within a few lease polls.
+      yield* actorUsers.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (got) => got.includes(user) }),
+        Effect.timeout("10 seconds"),
+        Effect.ignore,
+      )
+      expect(yield* actorUsers).toContain(user)
+      yield* standIn.reset
     }),
   )
 })
