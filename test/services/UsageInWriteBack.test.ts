@@ -80,25 +80,32 @@ const iterationTx = (user: string, missionId: string) =>
     }),
   )
 
+/** One run: a rejected answer (200 tokens), then an accepted one (300); its usage rows and the iteration's transaction. */
+const rejectedThenAccepted = (prefix: string) =>
+  Effect.gen(function* () {
+    const standIn = yield* LlmStandIn
+    yield* standIn.reset
+    const user = fresh(prefix)
+    const missionId = yield* insertMission(user)
+    yield* standIn.enqueue(
+      { body: completion("not a plan", REJECTED) },
+      { body: completion(planAnswer(defaultPlan), ACCEPTED) },
+    )
+    const runner = yield* MissionRunner
+    const outcome = yield* runner.run({ userId: user, mission: missionOf(yield* snapshotOf(user, missionId)) })
+    expect(outcome).toMatchObject({ _tag: "Written", parseFailures: 1 })
+    expect((yield* standIn.requests).length).toBe(2)
+
+    const [written] = yield* iterationTx(user, missionId)
+    const usage = yield* usageRows(user, missionId)
+    expect(usage.map((u) => u.tokens)).toEqual([200, 300])
+    return { usage, written }
+  })
+
 layer(Stack, { timeout: 120_000, excludeTestServices: true })("token usage and the write-back transaction", (it) => {
   it.effect("without a budget every answer's usage commits in the write-back's transaction, the rejected one too; each once", () =>
     Effect.gen(function* () {
-      const standIn = yield* LlmStandIn
-      yield* standIn.reset
-      const user = fresh("wb-tx")
-      const missionId = yield* insertMission(user)
-      yield* standIn.enqueue(
-        { body: completion("not a plan", REJECTED) },
-        { body: completion(planAnswer(defaultPlan), ACCEPTED) },
-      )
-      const runner = yield* MissionRunner
-      const outcome = yield* runner.run({ userId: user, mission: missionOf(yield* snapshotOf(user, missionId)) })
-      expect(outcome).toMatchObject({ _tag: "Written", parseFailures: 1 })
-      expect((yield* standIn.requests).length).toBe(2)
-
-      const [written] = yield* iterationTx(user, missionId)
-      const usage = yield* usageRows(user, missionId)
-      expect(usage.map((u) => u.tokens)).toEqual([200, 300])
+      const { usage, written } = yield* rejectedThenAccepted("wb-tx")
       // No budget applies, so nothing read the window between the answers: both were inserted by the
       // transaction that appended the iteration (no transaction of their own).
       expect(usage[0]?.tx).toBe(written)
@@ -151,22 +158,7 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("token usage and t
 layer(BudgetedStack, { timeout: 120_000, excludeTestServices: true })("token usage and the write-back transaction, with a budget", (it) => {
   it.effect("a rejected answer is recorded on its own before the repair turn's budget check; the accepted one in the write-back transaction", () =>
     Effect.gen(function* () {
-      const standIn = yield* LlmStandIn
-      yield* standIn.reset
-      const user = fresh("wb-budget")
-      const missionId = yield* insertMission(user)
-      yield* standIn.enqueue(
-        { body: completion("not a plan", REJECTED) },
-        { body: completion(planAnswer(defaultPlan), ACCEPTED) },
-      )
-      const runner = yield* MissionRunner
-      const outcome = yield* runner.run({ userId: user, mission: missionOf(yield* snapshotOf(user, missionId)) })
-      expect(outcome).toMatchObject({ _tag: "Written", parseFailures: 1 })
-      expect((yield* standIn.requests).length).toBe(2)
-
-      const [written] = yield* iterationTx(user, missionId)
-      const usage = yield* usageRows(user, missionId)
-      expect(usage.map((u) => u.tokens)).toEqual([200, 300])
+      const { usage, written } = yield* rejectedThenAccepted("wb-budget")
       expect(usage[1]?.tx).toBe(written)
       // The budget check before the repair turn had to see the rejected answer: recorded on its own.
       expect(usage[0]?.tx).not.toBe(written)
