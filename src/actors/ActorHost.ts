@@ -65,6 +65,8 @@ export interface ActorContext<M> {
   readonly tell: (message: M) => Effect.Effect<void>
   /** Shows an error to the operator (the actor's `lastError`) without failing the actor. */
   readonly noteError: (reason: string) => Effect.Effect<void>
+  /** Told to leave (`drop`: its key moved elsewhere): finish what is under way, start nothing new. */
+  readonly leaving: Effect.Effect<boolean>
 }
 
 /** Why a message will never be handled. */
@@ -335,6 +337,7 @@ export const make = <M, S, V, E>(
         Effect.sync(() => {
           cell.lastError = reason
         }),
+      leaving: Effect.sync(() => cell.leaving),
     })
 
     /** One turn: a new incarnation when needed, then messages until the behaviour parks or retires. */

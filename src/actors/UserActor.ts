@@ -200,11 +200,14 @@ export const behaviour = (
           }).pipe(
             Effect.zipRight(
               gate.withRunSlot(userId)(
-                // Admitted before the drain but still waiting for a slot: it does not start now.
-                Effect.flatMap(gate.draining, (draining) =>
+                // Admitted before the drain, or before the user moved to another runner (cluster), but
+                // still waiting for a slot: it does not start here now (the new owner runs it).
+                Effect.flatMap(Effect.zip(gate.draining, self.leaving), ([draining, leaving]) =>
                   draining
                     ? Effect.succeed(RunResult.Aborted<RunOutcome>())
-                    : runner.run({ userId, mission }).pipe(
+                    : leaving
+                      ? Effect.succeed(RunResult.Moved<RunOutcome>())
+                      : runner.run({ userId, mission }).pipe(
                         // Its LLM requests take this user's turns at the global permits.
                         GlobalLlmPermits.forUser(userId),
                         Effect.exit,
@@ -347,8 +350,9 @@ export const behaviour = (
                     Effect.annotateLogs({ missionId, error: error._tag, retryAt: iso(e.retryAt) ?? "" }),
                   )
                 }),
-              // Not started (the drain): it backs off too, so nothing can re-launch it in a hot loop.
+              // Not started (the drain, or the user moved): it backs off too, so nothing can re-launch it in a hot loop.
               Aborted: () => backOff,
+              Moved: () => backOff,
               Defect: () => Effect.void,
             })
             const waiting = waiters.get(missionId) ?? []

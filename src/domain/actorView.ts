@@ -234,6 +234,8 @@ export type RunResult<O extends OutcomeSummary = OutcomeSummary> = Data.TaggedEn
   Failed: { readonly error: RunError }
   /** Not started: the run gate was closed (draining). */
   Aborted: {}
+  /** Not started: the actor was told to leave, its user moved to another runner (cluster mode). */
+  Moved: {}
   /** The run died: the actor fails with it. */
   Defect: { readonly reason: string }
 }>
@@ -252,6 +254,8 @@ export type TickError = Data.TaggedEnum<{
   RunFailed: { readonly missionId: string; readonly error: string }
   /** The run was not started: shutting down. */
   NotStarted: { readonly missionId: string }
+  /** The run was not started here: its user moved to another runner, which runs it. */
+  NotStartedMoved: { readonly missionId: string }
   RunDefect: { readonly missionId: string }
   /** The user's actor did not take or finish the request. */
   ActorUnavailable: {
@@ -272,6 +276,7 @@ export const renderTickError: (error: TickError) => string = TickError.$match({
   IterationFailed: ({ missionId, failure }) => `mission ${missionId}: ${failure}`,
   RunFailed: ({ missionId, error }) => `mission ${missionId}: ${error}`,
   NotStarted: ({ missionId }) => `mission ${missionId}: not started, shutting down`,
+  NotStartedMoved: ({ missionId }) => `mission ${missionId}: not started here, its user moved to another runner`,
   RunDefect: ({ missionId }) => `mission ${missionId}: defect`,
   ActorUnavailable: ({ userId, reason }) => `user ${userId}: ${reason}`,
   ActorFailed: ({ userId, reason }) => `user ${userId}: actor failed (${reason})`,
@@ -314,5 +319,6 @@ export const addToPart = <O extends OutcomeSummary>(part: TickPart, result: RunR
       errors: [...part.errors, TickError.RunFailed({ missionId, error: error._tag })],
     }),
     Aborted: () => ({ ...part, errors: [...part.errors, TickError.NotStarted({ missionId })] }),
+    Moved: () => ({ ...part, errors: [...part.errors, TickError.NotStartedMoved({ missionId })] }),
     Defect: () => ({ ...part, ran: part.ran + 1, errors: [...part.errors, TickError.RunDefect({ missionId })] }),
   })

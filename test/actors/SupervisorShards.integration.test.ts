@@ -166,4 +166,41 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("a cluster runner 
       yield* standIn.reset
     }),
   )
+  it.effect("an actor told to leave finishes the runs under way and starts none of its user's runs still waiting for a permit", () =>
+    Effect.gen(function* () {
+      const owned = yield* OwnedShards
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      // Runs of 3 s (two requests of 1.5 s in tools mode); USER_CONCURRENCY is 2, so 2 of the 4 due runs wait.
+      yield* standIn.setResponder((request) => ({ ...defaultResponder(request), delayMs: 1_500 }))
+      const user = Array.from({ length: 500 }, (_, i) => `leave-user-${i}`).find((u) => shardOf(u, SHARDS) === 32)!
+      yield* SubscriptionRef.set(owned, new Set(range(21, 40)))
+      const missions = [1, 2, 3, 4].map((n) => `${user}-m${n}`)
+      yield* insertChanges(missions.map((id) => missionInsertRow(user, id, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })))
+      const supervisor = yield* Supervisor
+      yield* supervisor.discover
+      yield* actorUsers.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (got) => got.includes(user) }),
+        Effect.timeout("20 seconds"),
+      )
+      const ticking = yield* Effect.fork(supervisor.tick)
+      yield* standIn.inFlight.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (n) => n >= 2 }),
+        Effect.timeout("20 seconds"),
+      )
+      // Shard 32 goes to another runner while two runs are under way and two wait for the user's permits.
+      yield* SubscriptionRef.set(owned, new Set([...range(21, 40)].filter((x) => x !== 32)))
+      const answer = yield* Fiber.join(ticking)
+      // The two under way are written; the two waiting never start here (their new owner runs them).
+      expect(answer.plansWrittenBack).toBe(2)
+      expect(answer.errors.filter((e) => e.endsWith("not started here, its user moved to another runner")).length).toBe(2)
+      // Two requests per run (tools mode): two runs asked the LLM, not four.
+      expect((yield* standIn.requests).length).toBe(4)
+      yield* actorUsers.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (got) => !got.includes(user) }),
+        Effect.timeout("10 seconds"),
+      )
+      yield* standIn.reset
+    }),
+  )
 })
