@@ -31,6 +31,7 @@ import type { MissionSnapshot, MissionStoreShape } from "../services/MissionStor
 import type { MissionRunnerShape, MissionTimeout, RunOutcome } from "../services/MissionRunner.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { type Behaviour, describeCause, Next, nthDelay } from "./ActorHost.js"
+import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import { withSpanWhenTracing } from "../services/tracing.js"
 
 // ---------------------------------------------------------------- messages
@@ -164,7 +165,9 @@ export const behaviour = (
         /** Tick requests waiting for a mission's run. */
         const waiters = new Map<string, Array<OpenTick>>()
         // A turn parks only with no run in flight, so these need not outlive it.
-        const userPermits = yield* Effect.makeSemaphore(config.userConcurrency)
+        // FIFO hand-off: Effect's semaphore wakes every waiter on each release, and a user with
+        // hundreds due has hundreds of runs waiting here (FairSemaphore.ts says why).
+        const userPermits = yield* makeFairSemaphore(config.userConcurrency)
         const runs = yield* FiberSet.make<void, never>()
 
         // Whatever happens to this turn, nobody waits for an answer forever.
@@ -225,7 +228,7 @@ export const behaviour = (
 
         const runOne = (missionId: string, mission: Mission, slot: number | null) =>
           userPermits
-            .withPermits(1)(
+            .withPermit(
               Effect.acquireUseRelease(
                 gate.enter,
                 (entered) => (entered ? admitted(mission) : Effect.succeed(RunResult.Aborted())),
