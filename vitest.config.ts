@@ -17,7 +17,7 @@ export default defineConfig({
           globalSetup: ["test/support/faultLedgerSetup.ts"],
           // Every file but the slow fault suite (test/faults: npm run test:faults). No project-level
           // exclude, so a command-line --exclude (as in .ci/run) still applies.
-          include: ["test/{actors,ci,domain,e2e,faults-fast,http,layers,primitives,services,sql}/**/*.test.ts"],
+          include: ["test/{actors,ci,cluster,domain,e2e,faults-fast,http,layers,primitives,services,sql}/**/*.test.ts"],
           env: { TEST_SYNC_GENERATION: "field_meta" },
         },
       },

@@ -72,6 +72,17 @@ export const clusterDatabaseUrl = (url: Redacted.Redacted<string>): Redacted.Red
 export const describeAddress = (a: RunnerAddress.RunnerAddress): string =>
   a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`
 
+/**
+ * SqlRunnerStorage, whose start creates cluster_runners and its locks table with CREATE TABLE IF NOT
+ * EXISTS: two runners starting at once on a new database race on those (one fails with "Failed to
+ * execute statement", a catalog unique violation), so a failed start is tried again, and the second
+ * attempt finds the tables the other runner made.
+ */
+export const runnerStorageLayer = Layer.retry(
+  SqlRunnerStorage.layer,
+  Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
+)
+
 /** Sharding on its own pool: socket server and client, ping health checks, shard locks in Postgres. */
 export const shardingLayer = (config: ClusterConfigShape, databaseUrl: Redacted.Redacted<string>) => {
   const shardingConfig = ShardingConfig.layer({
@@ -93,7 +104,7 @@ export const shardingLayer = (config: ClusterConfigShape, databaseUrl: Redacted.
   return SocketRunner.layer.pipe(
     Layer.provide(runnerHealth),
     Layer.provide([layerSocketServer, layerClientProtocol]),
-    Layer.provideMerge(SqlRunnerStorage.layer),
+    Layer.provideMerge(runnerStorageLayer),
     Layer.provideMerge(MessageStorage.layerNoop),
     Layer.provide(RpcSerialization.layerMsgPack),
     Layer.provideMerge(shardingConfig),
