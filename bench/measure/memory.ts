@@ -17,7 +17,8 @@ import { benchLog } from "../support/log.js"
 import { processTicks } from "../support/cpu.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
-import { seedDueMissions, seedMissionHistory } from "../support/seed.js"
+import type { HistoryTemplates } from "../support/historyTemplate.js"
+import { seedDueMissions } from "../support/seed.js"
 import { nowMs, round } from "../support/stats.js"
 
 export interface MemoryOptions {
@@ -167,6 +168,8 @@ export interface ProcessMemoryOptions {
   readonly rounds: number
   /** Mission rows of history discovered at the end (missions due in two days: nothing runs). */
   readonly historyRows: number
+  /** Where that history comes from: seeded once for the bench, copied here. */
+  readonly histories: HistoryTemplates
   readonly log: (line: string) => Effect.Effect<void>
 }
 
@@ -329,8 +332,8 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
     // --history=0: no discovery reading (a shorter run while working on the other three).
     const discovery = options.historyRows <= 0 ? undefined : yield* Effect.scoped(
       Effect.gen(function* () {
-        const db = yield* makeBenchDatabase(options.ownerUrl)
-        yield* seedMissionHistory(db, { rows: options.historyRows, rowsPerMission: 20, endingSecondsAgo: 600 })
+        // The same history discovery measured (seeded once, a copy of its own here).
+        const db = yield* options.histories.copy(options.historyRows)
         const mana = yield* startRunnerProcess(db, options.standIn.url, options.log)
         const before = yield* mana.settle
         const t = yield* mana.tick
