@@ -138,6 +138,7 @@ const main = Effect.gen(function* () {
         standIn,
         actors: quick ? 1_000 : 10_000,
         windowSeconds: quick ? 10 : 20,
+        idleWindowSeconds: 10,
         rounds: quick ? 2 : 3,
         startDeadline: quick ? "40 seconds" : "90 seconds",
         log,
