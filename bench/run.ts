@@ -165,6 +165,9 @@ const main = Effect.gen(function* () {
       `CPU over the run (${cpus().length} cores): bench ${cpu.cores.bench}, LLM stand-in ${cpu.cores.standIn}, postgres (all sessions) ${cpu.cores.postgres}, other processes ${others} cores on average\n`,
     )
   }
+  yield* Console.log(
+    `Wall time by part: ${Object.entries(partSeconds).map(([name, seconds]) => `${name} ${seconds} s`).join(", ")}; whole run ${round((nowMs() - started) / 1000, 1)} s\n`,
+  )
   const missed = figures.filter((f) => holds(f) === false)
   writeJson(outPath, {
     finishedAt: new Date().toISOString(),
