@@ -102,11 +102,8 @@ const runnerRows = (db: BenchDatabase) =>
 const throughputWith = (options: ClusterOptions, count: number): Effect.Effect<number, never, Scope.Scope> =>
   Effect.gen(function* () {
     const db = yield* makeBenchDatabase(options.ownerUrl)
-    // Started together: each waits for its own /ready; the clock starts once they share the shards.
-    const runners = yield* Effect.all(
-      Array.from({ length: count }, () => startRunner(db, options.standIn)),
-      { concurrency: "unbounded" },
-    )
+    const runners: Array<Runner> = []
+    for (let i = 0; i < count; i++) runners.push(yield* startRunner(db, options.standIn))
     yield* Effect.promise(() => settled(runners))
     const t0 = Date.now()
     yield* seedDueMissions(db, { users: options.users, missionsPerUser: 1, firstDueAt: Date.now() - 60_000, spreadMs: 0, withGoal: false })
@@ -120,8 +117,8 @@ const throughputWith = (options: ClusterOptions, count: number): Effect.Effect<n
 const failoverOnce = (options: ClusterOptions, round_: number): Effect.Effect<number, never, Scope.Scope> =>
   Effect.gen(function* () {
     const db = yield* makeBenchDatabase(options.ownerUrl)
-    // Started together (the kill comes only once both hold shards and every actor is up).
-    const [a, b] = yield* Effect.all([startRunner(db, options.standIn), startRunner(db, options.standIn)], { concurrency: 2 })
+    const a = yield* startRunner(db, options.standIn)
+    const b = yield* startRunner(db, options.standIn)
     yield* Effect.promise(() => settled([a, b]))
     const users = 40
     yield* seedDueMissions(db, { users, missionsPerUser: 1, firstDueAt: Date.now() + 86_400_000, spreadMs: 0, withGoal: false })
