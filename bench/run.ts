@@ -21,7 +21,8 @@ import { measureThroughput } from "./measure/throughput.js"
 import { workloadChild } from "./measure/workload.js"
 import { startCpuWatch } from "./support/cpu.js"
 import { startLlmStandIn } from "./support/llmStandIn.js"
-import { DEFAULT_OWNER_URL, makeBenchDatabase } from "./support/benchDatabase.js"
+import { DEFAULT_OWNER_URL } from "./support/benchDatabase.js"
+import { makeHistoryTemplates } from "./support/historyTemplate.js"
 import { type Figure, holds, renderTable, writeJson } from "./support/report.js"
 import { serveChild } from "./support/child.js"
 import { benchLog } from "./support/log.js"
@@ -44,25 +45,39 @@ const log = benchLog
 
 const main = Effect.gen(function* () {
   const figures: Array<Figure> = []
+  /** Each part's wall time (seconds), in the order run: where a full run's time goes. */
+  const partSeconds: Record<string, number> = {}
+  const part = <E, R>(name: string, measure: Effect.Effect<ReadonlyArray<Figure>, E, R>) =>
+    Effect.gen(function* () {
+      const t0 = nowMs()
+      figures.push(...(yield* measure))
+      partSeconds[name] = round((nowMs() - t0) / 1000, 1)
+      yield* log(`part ${name} took ${partSeconds[name]} s`)
+    })
   yield* log(`mode ${quick ? "quick" : "full"}; runtime ${runtime}`)
 
   const standIn = yield* startLlmStandIn(200)
   yield* log(`LLM stand-in at ${standIn.url}`)
   const cpuWatch = startCpuWatch(standIn.pid)
+  // Mission history seeded once per size for the whole run: discovery and the process-memory reading
+  // each read their own copy of the 1M rows (support/historyTemplate.ts).
+  const histories = yield* makeHistoryTemplates(ownerUrl, log)
 
   if (selected("throughput")) {
-    figures.push(
-      ...(yield* measureThroughput({ ownerUrl, standIn, users: Number(option("users") ?? (quick ? 200 : 1000)), baselineSample: Number(option("baseline") ?? (quick ? 10 : 25)), log })),
+    yield* part(
+      "throughput",
+      measureThroughput({ ownerUrl, standIn, users: Number(option("users") ?? (quick ? 200 : 1000)), baselineSample: Number(option("baseline") ?? (quick ? 10 : 25)), log }),
     )
   }
 
   if (selected("throughput") || selected("stages")) {
-    figures.push(...(yield* measureStages({ ownerUrl, standIn, missions: quick ? 500 : 1000, log })))
+    yield* part("stages", measureStages({ ownerUrl, standIn, missions: quick ? 500 : 1000, log }))
   }
 
   if (selected("precision")) {
-    figures.push(
-      ...(yield* measurePrecision({
+    yield* part(
+      "precision",
+      measurePrecision({
         ownerUrl,
         standIn,
         missions: quick ? 400 : 2000,
@@ -70,65 +85,74 @@ const main = Effect.gen(function* () {
         spreadMs: quick ? 20_000 : 60_000,
         leadMs: quick ? 8_000 : 15_000,
         log,
-      })),
+      }),
     )
   }
 
   if (selected("discovery")) {
-    const db = yield* makeBenchDatabase(ownerUrl)
-    figures.push(
-      ...(yield* measureDiscovery(db, {
+    yield* part(
+      "discovery",
+      measureDiscovery({
+        ownerUrl,
+        histories,
         sizes: option("sizes")?.split(",").map(Number) ?? (quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000]),
         samples: quick ? 10 : 30,
         log,
-      })),
+      }),
     )
   }
 
   if (selected("memory")) {
-    figures.push(...(yield* measureMemory({
+    yield* part(
+      "memory",
+      measureMemory({
         ownerUrl,
         standIn,
         actors: quick ? 1_000 : 10_000,
         startDeadline: quick ? "40 seconds" : "90 seconds",
         log,
-      })))
+      }),
+    )
   }
 
   if (selected("memory") || selected("processMemory")) {
-    figures.push(
-      ...(yield* measureProcessMemory({
+    yield* part(
+      "processMemory",
+      measureProcessMemory({
         ownerUrl,
         standIn,
         runsPerRound: Number(option("runs") ?? (quick ? 200 : 1000)),
         rounds: Number(option("rounds") ?? (quick ? 5 : 10)),
         historyRows: Number(option("history") ?? (quick ? 100_000 : 1_000_000)),
+        histories,
         log,
-      })),
+      }),
     )
   }
 
   if (selected("page")) {
-    figures.push(
-      ...(yield* measurePage({
+    yield* part(
+      "page",
+      measurePage({
         ownerUrl,
         standIn,
         actors: quick ? 1_000 : 10_000,
         windowSeconds: quick ? 10 : 20,
+        idleWindowSeconds: 10,
         rounds: quick ? 2 : 3,
         startDeadline: quick ? "40 seconds" : "90 seconds",
         log,
-      })),
+      }),
     )
   }
 
   if (selected("fairShare")) {
     const arrangements = (option("fair")?.split(",") ?? ["at-once", "spread"]) as Array<FairArrangement>
-    figures.push(...(yield* measureFairShare({ ownerUrl, standIn, arrangements, log })))
+    yield* part("fairShare", measureFairShare({ ownerUrl, standIn, arrangements, log }))
   }
 
   if (selected("cluster")) {
-    figures.push(...(yield* measureCluster({ ownerUrl, standIn, users: quick ? 300 : 1000, kills: quick ? 3 : 5, log })))
+    yield* part("cluster", measureCluster({ ownerUrl, standIn, users: quick ? 300 : 1000, kills: quick ? 3 : 5, log }))
   }
 
   const cpu = cpuWatch()
@@ -141,11 +165,15 @@ const main = Effect.gen(function* () {
       `CPU over the run (${cpus().length} cores): bench ${cpu.cores.bench}, LLM stand-in ${cpu.cores.standIn}, postgres (all sessions) ${cpu.cores.postgres}, other processes ${others} cores on average\n`,
     )
   }
+  yield* Console.log(
+    `Wall time by part: ${Object.entries(partSeconds).map(([name, seconds]) => `${name} ${seconds} s`).join(", ")}; whole run ${round((nowMs() - started) / 1000, 1)} s\n`,
+  )
   const missed = figures.filter((f) => holds(f) === false)
   writeJson(outPath, {
     finishedAt: new Date().toISOString(),
     mode: quick ? "quick" : "full",
     durationSeconds: round((nowMs() - started) / 1000, 1),
+    partSeconds,
     machine: { cpus: cpus().length, memoryMb: Math.round(totalmem() / 2 ** 20), runtime },
     cpuCoresOverRun: cpu === undefined ? null : { ...cpu, otherProcesses: others },
     figures,

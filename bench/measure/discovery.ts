@@ -1,14 +1,16 @@
 /**
  * 2. Discovery: the steady-state refresh plus due query with no new rows, at several sizes of
- * mission history, and the first (bootstrap) refresh at each size. One database; each size
- * starts from an empty event log and empty runner tables; at the largest, one reconciliation pass
- * over the stored history. Then a burst: as many rows as the largest size arriving at once, all
- * inside the look-back window, after a first discovery.
+ * mission history, and the first (bootstrap) refresh at each size. Each size on a database of its
+ * own, a copy of that size's seeded history (support/historyTemplate.ts; the process-memory reading
+ * copies the 1M one again), with empty runner tables; at the largest, one reconciliation pass over
+ * the stored history. Then a burst on a fresh database: as many rows as the largest size arriving at
+ * once, all inside the look-back window, after a first discovery.
  */
 import { Context, Duration, Effect, Layer } from "effect"
 import { MissionStore } from "../../src/services/MissionStore.js"
 import { storeLayer } from "../support/app.js"
-import type { BenchDatabase } from "../support/benchDatabase.js"
+import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
+import { HISTORY_ENDING_SECONDS_AGO, HISTORY_ROWS_PER_MISSION, type HistoryTemplates } from "../support/historyTemplate.js"
 import type { Figure } from "../support/report.js"
 import { seedMissionHistory } from "../support/seed.js"
 import { nowMs, round, roundSummary, summarize } from "../support/stats.js"
@@ -47,97 +49,103 @@ const seedMissionBurst = (db: BenchDatabase, rows: number, rowsPerMission: numbe
 }
 
 export interface DiscoveryOptions {
+  readonly ownerUrl: string
+  /** Each size's history, seeded once and copied. */
+  readonly histories: HistoryTemplates
   readonly sizes: ReadonlyArray<number>
   /** Steady-state samples per size. */
   readonly samples: number
   readonly log: (line: string) => Effect.Effect<void>
 }
 
-const ROWS_PER_MISSION = 20
+const ROWS_PER_MISSION = HISTORY_ROWS_PER_MISSION
 
 const label = (n: number) => (n >= 1_000_000 ? `${n / 1_000_000}M` : n >= 1000 ? `${n / 1000}k` : String(n))
 
-export const measureDiscovery = (db: BenchDatabase, options: DiscoveryOptions) =>
+export const measureDiscovery = (options: DiscoveryOptions) =>
   Effect.gen(function* () {
     const figures: Array<Figure> = []
     const steadyBySize = new Map<number, number>()
     const bootstrapBySize = new Map<number, number>()
     for (const size of options.sizes) {
-      yield* db.ownerQuery(
-        "TRUNCATE sync_changes; DROP SCHEMA mana_ai CASCADE; CREATE SCHEMA mana_ai AUTHORIZATION " + `"${db.runnerRole}"`,
-      )
-      const t0 = nowMs()
-      const missions = yield* seedMissionHistory(db, { rows: size, rowsPerMission: ROWS_PER_MISSION, endingSecondsAgo: 600 })
-      yield* options.log(`discovery ${label(size)}: seeded ${size} rows (${missions} missions) in ${round((nowMs() - t0) / 1000, 1)} s`)
+      // This size's history on a database of its own, with empty runner tables; dropped after the size.
+      yield* Effect.scoped(Effect.gen(function* () {
+        const db = yield* options.histories.copy(size)
+        const missions = db.missions
 
-      const result = yield* Effect.scoped(
-        Effect.gen(function* () {
-          const ctx = yield* Layer.build(storeLayer(db))
-          const store = Context.get(ctx, MissionStore)
-          const b0 = nowMs()
-          const boot = yield* store.refresh
-          const bootstrapMs = nowMs() - b0
-          yield* options.log(`discovery ${label(size)}: bootstrap read ${boot.rowsRead} rows in ${round(bootstrapMs / 1000, 2)} s`)
-          const refreshMs: Array<number> = []
-          const dueMs: Array<number> = []
-          const totalMs: Array<number> = []
-          let rowsRead = 0
-          let dueFound = 0
-          for (let i = 0; i < options.samples; i++) {
-            const s0 = nowMs()
-            const r = yield* store.refresh
-            const s1 = nowMs()
-            const due = yield* store.due(new Date())
-            const s2 = nowMs()
-            rowsRead += r.rowsRead
-            dueFound += due.length
-            refreshMs.push(s1 - s0)
-            dueMs.push(s2 - s1)
-            totalMs.push(s2 - s0)
-          }
-          return { bootstrapMs, bootRows: boot.rowsRead, bootChanged: boot.changed.length, refreshMs, dueMs, totalMs, rowsRead, dueFound }
-        }),
-      ).pipe(Effect.orDie)
-      const isTop = size === Math.max(...options.sizes)
-      const reconcileFigure = isTop ? yield* measureReconcile(db, size, missions, options.log) : undefined
+        const result = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const ctx = yield* Layer.build(storeLayer(db))
+            const store = Context.get(ctx, MissionStore)
+            const b0 = nowMs()
+            const boot = yield* store.refresh
+            const bootstrapMs = nowMs() - b0
+            yield* options.log(`discovery ${label(size)}: bootstrap read ${boot.rowsRead} rows in ${round(bootstrapMs / 1000, 2)} s`)
+            const refreshMs: Array<number> = []
+            const dueMs: Array<number> = []
+            const totalMs: Array<number> = []
+            let rowsRead = 0
+            let dueFound = 0
+            for (let i = 0; i < options.samples; i++) {
+              const s0 = nowMs()
+              const r = yield* store.refresh
+              const s1 = nowMs()
+              const due = yield* store.due(new Date())
+              const s2 = nowMs()
+              rowsRead += r.rowsRead
+              dueFound += due.length
+              refreshMs.push(s1 - s0)
+              dueMs.push(s2 - s1)
+              totalMs.push(s2 - s0)
+            }
+            return { bootstrapMs, bootRows: boot.rowsRead, bootChanged: boot.changed.length, refreshMs, dueMs, totalMs, rowsRead, dueFound }
+          }),
+        ).pipe(Effect.orDie)
+        const isTop = size === Math.max(...options.sizes)
+        const reconcileFigure = isTop ? yield* measureReconcile(db, size, missions, options.log) : undefined
 
-      const total = summarize(result.totalMs)
-      steadyBySize.set(size, total.p50)
-      bootstrapBySize.set(size, result.bootstrapMs / 1000)
-      figures.push({
-        id: `discovery.steady.${size}`,
-        label: `2. discovery steady refresh+due, ${label(size)} rows (p50)`,
-        value: total.p50,
-        unit: "ms",
-        ...(isTop ? { target: { op: "<", value: 50, text: "< 50 ms" } } : {}),
-        detail: {
-          historyRows: size,
-          missions,
-          samples: options.samples,
-          totalMs: roundSummary(total),
-          refreshMs: roundSummary(summarize(result.refreshMs)),
-          dueMs: roundSummary(summarize(result.dueMs)),
-          rowsReadInSteadyState: result.rowsRead,
-          dueFound: result.dueFound,
-        },
-      })
-      figures.push({
-        id: `discovery.bootstrap.${size}`,
-        label: `2. discovery bootstrap refresh, ${label(size)} rows`,
-        value: result.bootstrapMs / 1000,
-        unit: "s",
-        ...(isTop ? { target: { op: "<=", value: 10, text: "≤ 10 s" } } : {}),
-        detail: {
-          historyRows: size,
-          rowsRead: result.bootRows,
-          missions: result.bootChanged,
-          rowsPerSecond: round(result.bootRows / (result.bootstrapMs / 1000), 0),
-        },
-      })
-      if (reconcileFigure !== undefined) figures.push(reconcileFigure)
+        const total = summarize(result.totalMs)
+        steadyBySize.set(size, total.p50)
+        bootstrapBySize.set(size, result.bootstrapMs / 1000)
+        figures.push({
+          id: `discovery.steady.${size}`,
+          label: `2. discovery steady refresh+due, ${label(size)} rows (p50)`,
+          value: total.p50,
+          unit: "ms",
+          ...(isTop ? { target: { op: "<", value: 50, text: "< 50 ms" } } : {}),
+          detail: {
+            historyRows: size,
+            missions,
+            samples: options.samples,
+            totalMs: roundSummary(total),
+            refreshMs: roundSummary(summarize(result.refreshMs)),
+            dueMs: roundSummary(summarize(result.dueMs)),
+            rowsReadInSteadyState: result.rowsRead,
+            dueFound: result.dueFound,
+          },
+        })
+        figures.push({
+          id: `discovery.bootstrap.${size}`,
+          label: `2. discovery bootstrap refresh, ${label(size)} rows`,
+          value: result.bootstrapMs / 1000,
+          unit: "s",
+          ...(isTop ? { target: { op: "<=", value: 10, text: "≤ 10 s" } } : {}),
+          detail: {
+            historyRows: size,
+            rowsRead: result.bootRows,
+            missions: result.bootChanged,
+            rowsPerSecond: round(result.bootRows / (result.bootstrapMs / 1000), 0),
+          },
+        })
+        if (reconcileFigure !== undefined) figures.push(reconcileFigure)
+      }))
     }
     const largestSize = Math.max(...options.sizes)
-    figures.push(...(yield* measureBurst(db, largestSize, bootstrapBySize.get(largestSize)!, options.log)))
+    figures.push(
+      ...(yield* Effect.scoped(
+        Effect.flatMap(makeBenchDatabase(options.ownerUrl), (db) => measureBurst(db, largestSize, bootstrapBySize.get(largestSize)!, options.log)),
+      )),
+    )
 
     const sizes = [...options.sizes].sort((a, b) => a - b)
     if (sizes.length >= 2) {
@@ -195,10 +203,7 @@ const measureReconcile = (db: BenchDatabase, size: number, missions: number, log
  */
 const measureBurst = (db: BenchDatabase, size: number, bootstrapSeconds: number, log: DiscoveryOptions["log"]) =>
   Effect.gen(function* () {
-    yield* db.ownerQuery(
-      "TRUNCATE sync_changes; DROP SCHEMA mana_ai CASCADE; CREATE SCHEMA mana_ai AUTHORIZATION " + `"${db.runnerRole}"`,
-    )
-    yield* seedMissionHistory(db, { rows: 100, rowsPerMission: ROWS_PER_MISSION, endingSecondsAgo: 600 })
+    yield* seedMissionHistory(db, { rows: 100, rowsPerMission: ROWS_PER_MISSION, endingSecondsAgo: HISTORY_ENDING_SECONDS_AGO })
     const result = yield* Effect.scoped(
       Effect.gen(function* () {
         const ctx = yield* Layer.build(storeLayer(db))

@@ -17,7 +17,8 @@ import { benchLog } from "../support/log.js"
 import { processTicks } from "../support/cpu.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
-import { seedDueMissions, seedMissionHistory } from "../support/seed.js"
+import type { HistoryTemplates } from "../support/historyTemplate.js"
+import { seedDueMissions } from "../support/seed.js"
 import { nowMs, round } from "../support/stats.js"
 
 export interface MemoryOptions {
@@ -167,6 +168,8 @@ export interface ProcessMemoryOptions {
   readonly rounds: number
   /** Mission rows of history discovered at the end (missions due in two days: nothing runs). */
   readonly historyRows: number
+  /** Where that history comes from: seeded once for the bench, copied here. */
+  readonly histories: HistoryTemplates
   readonly log: (line: string) => Effect.Effect<void>
 }
 
@@ -205,6 +208,16 @@ const commandLineOf = (pid: number): string => {
 }
 
 const mb = (bytes: number) => round(bytes / 2 ** 20, 1)
+
+/** Every figure's RSS is read this long after its step, nothing forced. */
+const SETTLE_SECONDS = 5
+/**
+ * Between two ticks whose RSS is no figure (ticks 2 … rounds − 1), only long enough for the process to
+ * be as quiet as after a figure's settle before the next tick: the memory trimmer
+ * (src/layers/memoryTrim.ts) checks every second and collects at the first check that finds no run
+ * under way and the heap still, so within 2 s of the tick's end; 3 s leave one check to spare.
+ */
+const BETWEEN_TICKS_SECONDS = 3
 
 /**
  * The runner as operators start it (`bun src/main.ts`, the runner role, TICK_ENABLED=false so only
@@ -249,8 +262,8 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string, log: (line: s
     const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
     yield* log(`process memory: runner pid ${pid}: ${commandLineOf(pid)}`)
     return {
-      /** RSS 5 s after the step before, nothing forced. */
-      settle: Effect.sleep("5 seconds").pipe(Effect.map(() => rssOf(pid))),
+      /** RSS 5 s (or `seconds`) after the step before, nothing forced. */
+      settle: (seconds = SETTLE_SECONDS) => Effect.sleep(Duration.seconds(seconds)).pipe(Effect.map(() => rssOf(pid))),
       tick: Effect.promise(async () => {
         const t0 = nowMs()
         const cpu0 = processTicks(String(pid))?.ticks ?? 0
@@ -285,7 +298,7 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
         const db = yield* makeBenchDatabase(options.ownerUrl)
         const mana = yield* startRunnerProcess(db, options.standIn.url, options.log)
         yield* mana.tick
-        const idle = yield* mana.settle
+        const idle = yield* mana.settle()
         yield* options.log(`process memory: idle ${mb(idle)} MB`)
         const rssAfterRound: Array<number> = []
         const cpuMsPerRun: Array<number> = []
@@ -314,7 +327,9 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
           const t = yield* mana.tick
           written += t.written
           cpuMsPerRun.push(t.cpuMs / Math.max(1, t.written))
-          const rss = yield* mana.settle
+          // The figures' readings (after the first and the last tick) 5 s after; the ticks between only
+          // need the process quiet again before the next one, which the trimmer makes it within 2 s.
+          const rss = yield* mana.settle(round_ === 1 || round_ === options.rounds ? SETTLE_SECONDS : BETWEEN_TICKS_SECONDS)
           rssAfterRound.push(rss)
           yield* options.log(
             `process memory: tick ${round_} wrote ${t.written} plans in ${round(t.seconds, 1)} s (${t.errors.length} errors), runner CPU ${round(t.cpuMs / Math.max(1, t.written), 2)} ms per run; RSS ${mb(rss)} MB`,
@@ -329,12 +344,12 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
     // --history=0: no discovery reading (a shorter run while working on the other three).
     const discovery = options.historyRows <= 0 ? undefined : yield* Effect.scoped(
       Effect.gen(function* () {
-        const db = yield* makeBenchDatabase(options.ownerUrl)
-        yield* seedMissionHistory(db, { rows: options.historyRows, rowsPerMission: 20, endingSecondsAgo: 600 })
+        // The same history discovery measured (seeded once, a copy of its own here).
+        const db = yield* options.histories.copy(options.historyRows)
         const mana = yield* startRunnerProcess(db, options.standIn.url, options.log)
-        const before = yield* mana.settle
+        const before = yield* mana.settle()
         const t = yield* mana.tick
-        const after = yield* mana.settle
+        const after = yield* mana.settle()
         yield* options.log(
           `process memory: first discovery of ${options.historyRows} rows in ${round(t.seconds, 1)} s; RSS ${mb(before)} -> ${mb(after)} MB`,
         )
@@ -364,6 +379,7 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
         target: { op: "<=", value: 1.1, text: "≤ 1.1×" },
         detail: {
           rssAfterEachTickMb: rssAfterRound.map(mb),
+          rssReadSecondsAfterEachTick: rssAfterRound.map((_, i) => (i === 0 || i === rssAfterRound.length - 1 ? SETTLE_SECONDS : BETWEEN_TICKS_SECONDS)),
           plansWrittenBack: written,
           runnerCpuMsPerRunEachTick: cpuMsPerRun.map((ms) => round(ms, 2)),
         },

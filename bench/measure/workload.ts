@@ -36,9 +36,16 @@ export interface WorkloadOptions {
   readonly seed?: (db: BenchDatabase, seededAt: number) => Effect.Effect<number>
   /** Stop once this many runs wrote an iteration… */
   readonly stopAfterWritten: number
+  /** …or once this many runs of the users whose id starts with `userPrefix` did… */
+  readonly stopAfterWrittenFor?: StopAfterWrittenFor
   /** …or after this long, whichever comes first. */
   readonly deadline: Duration.DurationInput
   readonly log: (line: string) => Effect.Effect<void>
+}
+
+export interface StopAfterWrittenFor {
+  readonly userPrefix: string
+  readonly count: number
 }
 
 /** What the child measured; its clocks (t0, t1, appStartedAt) are its own performance clock. */
@@ -69,6 +76,7 @@ export interface WorkloadChildInput {
   readonly standInPid: number | undefined
   readonly config: WorkloadConfig
   readonly stopAfterWritten: number
+  readonly stopAfterWrittenFor: StopAfterWrittenFor | null
   readonly deadlineMs: number
 }
 
@@ -90,8 +98,13 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       yield* Effect.forkScoped(sampleEventLoopLag(lagMs))
       const deadlineAt = nowMs() + input.deadlineMs
       let lastLog = nowMs()
+      const stopFor = input.stopAfterWrittenFor
+      const enough = () =>
+        recorder.written >= input.stopAfterWritten ||
+        (stopFor !== null &&
+          recorder.runs.filter((r) => r.userId.startsWith(stopFor.userPrefix) && r.outcome.startsWith("Written")).length >= stopFor.count)
       // Bounded: ends at the deadline whatever happens.
-      while (recorder.written < input.stopAfterWritten && nowMs() < deadlineAt) {
+      while (!enough() && nowMs() < deadlineAt) {
         yield* Effect.sleep("100 millis")
         if (nowMs() - lastLog > 5000) {
           lastLog = nowMs()
@@ -103,7 +116,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const wallMs = nowMs() - appStartedAt
       const cpuReport = cpuWatch()
       const cpuMs = (cpu.user + cpu.system) / 1000
-      const timedOut = recorder.written < input.stopAfterWritten
+      const timedOut = !enough()
       yield* log(`${input.name}: ${recorder.written} written in ${round(wallMs / 1000, 1)} s${timedOut ? " (deadline reached)" : ""}`)
       return {
         recorder,
@@ -138,6 +151,7 @@ export const runWorkload = (options: WorkloadOptions): Effect.Effect<WorkloadRes
           standInPid: options.standIn.pid,
           config: options.config,
           stopAfterWritten: options.stopAfterWritten,
+          stopAfterWrittenFor: options.stopAfterWrittenFor ?? null,
           deadlineMs,
         } satisfies WorkloadChildInput,
         Duration.millis(deadlineMs + 60_000),
