@@ -171,6 +171,7 @@ export const makeWriteBack = Effect.gen(function* () {
       // schedulable exactly when nextRunAt is set) and whose newest row sorts before this one (so no
       // delete of the snapshot's can come after it). Its times are the write time, newer than any the
       // snapshot's rows hold for both fields (they are among the rows this append was checked against).
+      // The mark has no conflict target: the row is new, whatever key applied_changes has.
       const folded = !foldIntoSnapshot
         ? sql``
         : sql`,
@@ -188,7 +189,7 @@ export const makeWriteBack = Effect.gen(function* () {
           marked AS (
             INSERT INTO mana_ai.applied_changes (change_id, created_at)
             SELECT ins.id, ins.created_at FROM ins WHERE EXISTS (SELECT 1 FROM snap)
-            ON CONFLICT (change_id) DO NOTHING)`
+            ON CONFLICT DO NOTHING)`
       const unchanged =
         expectedRows === undefined
           ? sql``
