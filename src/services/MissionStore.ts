@@ -619,7 +619,9 @@ export const makeMissionStore = (
           if (done) break
         }
         yield* sql`CLOSE mana_ai_discovery`
-        if (rowsRead === 0) return { rowsRead, changed }
+        // Nothing new and nothing to move: rows the write-back marked applied (the runner's own) are new
+        // rows all the same, so the cursor moves past them and the window does not grow behind them.
+        if (rowsRead === 0 && cursorAt !== "-infinity" && upTo <= cursorAt) return { rowsRead, changed }
 
         // The cursor never runs ahead of the database's now(): one row stamped in the future must not
         // carry it past rows still to commit (they would fall behind the window); a future row stays in

@@ -11,6 +11,13 @@
  * `schema_version 1` and the app's AI actor (the mission's agent, or the legacy principal).
  * The run's LLM answers not yet recorded (its last one) are inserted into mana_ai.token_usage in the
  * same transaction (SPEC §14), so the iteration and its usage commit together or not at all.
+ *
+ * Discovery's share of the append (issue 16): the same statement folds the row into the mission's
+ * snapshot and marks it applied, so discovery does not read and replay the runner's own rows. It
+ * does so only under a shared try-lock on discovery's lock (never inside a discovery pass, and every
+ * pass committed before it is in the rows the append was checked against), only onto a live, valid,
+ * active snapshot that the row sorts after: there, LWW makes "the snapshot plus this row" exactly the
+ * replay of the snapshot's rows and this one. Anything else is left to discovery, as before.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -29,6 +36,7 @@ import { type RecordState, isLive, replayOrdered } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { type CurrentMission, nextRunFor, readCurrentMission } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
+import { REFRESH_LOCK_KEY } from "./MissionStore.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { advisoryLock, withUserScopeFirst } from "./withUserScope.js"
@@ -105,12 +113,28 @@ const readAgent = (sql: SqlClient.SqlClient, userId: string, agentId: string | u
   })
 }
 
+/**
+ * The scoping statement's locks: the mission's write lock (waited for), and discovery's lock shared,
+ * taken only when free at once (`snapshot_lock`): held, no discovery pass runs until this commits, and
+ * every pass before it committed first, so its rows are among those the append is checked against.
+ */
+const snapshotLocks = (sql: SqlClient.SqlClient, request: WriteRequest, withSnapshot: boolean) => {
+  const mission = advisoryLock(sql, JSON.stringify(["mana-ai/write-back", request.userId, request.missionId]))
+  return withSnapshot
+    ? { columns: sql`${mission.columns}, pg_try_advisory_xact_lock_shared(${REFRESH_LOCK_KEY}::bigint) AS snapshot_lock` }
+    : mission
+}
+
 export const makeWriteBack = Effect.gen(function* () {
   const sqlClient = yield* SqlClient.SqlClient
   const config = yield* RunnerConfig
   const eventLog = yield* EventLogSchema
   // Optional: a stack without budgets (unit tests) writes no usage.
   const ledger = yield* Effect.serviceOption(TokenLedger)
+  // The store's snapshots, when this database has them (a stack without migrations, as in unit tests, has not).
+  const [tables] = yield* sqlClient<{ present: boolean }>`
+    SELECT to_regclass('mana_ai.mission_snapshots') IS NOT NULL AND to_regclass('mana_ai.applied_changes') IS NOT NULL AS present`.pipe(Effect.orDie)
+  const snapshotsPresent = tables?.present === true
 
   /**
    * Inserts the append onto `current`. With `expectedRows`, one statement that inserts only while the
@@ -121,6 +145,7 @@ export const makeWriteBack = Effect.gen(function* () {
     sql: SqlClient.SqlClient,
     request: WriteRequest,
     current: Extract<CurrentMission, { _tag: "Appendable" }>,
+    foldIntoSnapshot: boolean,
     expectedRows?: number,
   ): Effect.Effect<WriteResult | undefined, SqlError, EventLogSchema> =>
     Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError, EventLogSchema> {
@@ -141,6 +166,30 @@ export const makeWriteBack = Effect.gen(function* () {
       const data = { iterations: [...existing, request.iteration], nextRunAt }
       const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
       const timeColumn = sql(eventLog.timeColumn)
+      // The row folded into the mission's snapshot and marked applied (see the header): only onto a
+      // snapshot that is live, valid and active (so the row's two valid fields keep it valid and
+      // schedulable exactly when nextRunAt is set) and whose newest row sorts before this one (so no
+      // delete of the snapshot's can come after it). Its times are the write time, newer than any the
+      // snapshot's rows hold for both fields (they are among the rows this append was checked against).
+      // The mark has no conflict target: the row is new, whatever key applied_changes has.
+      const folded = !foldIntoSnapshot
+        ? sql``
+        : sql`,
+          snap AS (
+            UPDATE mana_ai.mission_snapshots m
+            SET record = m.record || ins.data,
+                field_times = m.field_times || jsonb_build_object('iterations', ${writtenMs}::bigint, 'nextRunAt', ${writtenMs}::bigint),
+                last_created_at = ins.created_at, last_change_id = ins.id,
+                next_run_at = ${nextRunAt}::timestamptz, schedulable = ${nextRunAt !== null}, updated_at = now()
+            FROM ins
+            WHERE m.user_id = ${request.userId} AND m.record_id = ${request.missionId}
+              AND m.record IS NOT NULL AND NOT m.deleted AND m.malformed_reason IS NULL AND m.state = 'active'
+              AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
+            RETURNING 1),
+          marked AS (
+            INSERT INTO mana_ai.applied_changes (change_id, created_at)
+            SELECT ins.id, ins.created_at FROM ins WHERE EXISTS (SELECT 1 FROM snap)
+            ON CONFLICT DO NOTHING)`
       const unchanged =
         expectedRows === undefined
           ? sql``
@@ -156,22 +205,26 @@ export const makeWriteBack = Effect.gen(function* () {
           summary: request.iteration.summary,
         })
         inserted = yield* sql`
-          INSERT INTO sync_changes
-            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
-          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-                 ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
-                 ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN}
-          ${unchanged}
-          RETURNING 1`
+          WITH ins AS (
+            INSERT INTO sync_changes
+              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
+            SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                   ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+                   ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN}
+            ${unchanged}
+            RETURNING id, created_at, data)${folded}
+          SELECT 1 FROM ins`
       } else {
         inserted = yield* sql`
-          INSERT INTO sync_changes
-            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
-          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-                 ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
-                 ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
-          ${unchanged}
-          RETURNING 1`
+          WITH ins AS (
+            INSERT INTO sync_changes
+              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
+            SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                   ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
+                   ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
+            ${unchanged}
+            RETURNING id, created_at, data)${folded}
+          SELECT 1 FROM ins`
       }
       if (inserted.length === 0) return undefined
       return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
@@ -180,10 +233,11 @@ export const makeWriteBack = Effect.gen(function* () {
   const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
     withUserScopeFirst(
       request.userId,
-      // The lock in the scoping statement: every statement after it sees every earlier append.
-      advisoryLock(sqlClient, JSON.stringify(["mana-ai/write-back", request.userId, request.missionId])),
-      (_row, sql) =>
-        Effect.tap(appendIn(sql, request), (written) => {
+      // The lock in the scoping statement: every statement after it sees every earlier append. Discovery's
+      // lock, shared and only if free at once: a run never waits for a discovery pass (issue 16 item 4).
+      snapshotLocks(sqlClient, request, snapshotsPresent),
+      (row, sql) =>
+        Effect.tap(appendIn(sql, request, snapshotsPresent && row.snapshot_lock === true), (written) => {
           // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
           const usage = request.usage ?? []
           return written._tag === "Written" && usage.length > 0 && Option.isSome(ledger) ? ledger.value.insert(usage) : Effect.void
@@ -197,11 +251,11 @@ export const makeWriteBack = Effect.gen(function* () {
     )
 
   /** The append inside the locked, scoped transaction: on the basis when it still holds, else on a fresh read. */
-  const appendIn = (sql: SqlClient.SqlClient, request: WriteRequest) =>
+  const appendIn = (sql: SqlClient.SqlClient, request: WriteRequest, foldIntoSnapshot: boolean) =>
         Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
           if (request.basis !== undefined) {
             // Nothing written since the pre-check: its replay is the mission as it stands (one statement).
-            const written = yield* insertOnto(sql, request, request.basis.current, request.basis.missionRows)
+            const written = yield* insertOnto(sql, request, request.basis.current, foldIntoSnapshot, request.basis.missionRows)
             if (written !== undefined) return written
           }
           const current = yield* readCurrentMission(
@@ -217,7 +271,7 @@ export const makeWriteBack = Effect.gen(function* () {
             )
             return { _tag: "Skipped", reason: current.reason }
           }
-          const written = yield* insertOnto(sql, request, current)
+          const written = yield* insertOnto(sql, request, current, foldIntoSnapshot)
           // Without a row-count condition the insert always inserts.
           return written ?? { _tag: "Skipped", reason: "malformed" }
         })

@@ -3,7 +3,7 @@
  * a run for a given iteration id may still be appended to it. Shared by the write-back (the decisive
  * check, inside the write transaction) and the runner (a cheap check before spending an LLM call).
  */
-import type { SqlClient } from "@effect/sql"
+import type { SqlClient, Statement } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Either } from "effect"
 import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, missionAgentId, resolveAgent } from "../domain/agent.js"
@@ -11,6 +11,7 @@ import { type CadenceError, nextRunAt } from "../domain/cadence.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { missionValidity } from "../domain/missionValidity.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
+import type { SyncGeneration } from "../domain/eventLog.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import {
   type RecordRef,
@@ -92,6 +93,40 @@ export const nextRunFor = (
   })
 }
 
+/**
+ * An ISO instant as `Date#toISOString` writes it (years 1000–9999, a valid date): for these, text
+ * order is instant order, and parseInstant reads exactly that instant. A day past its month's end
+ * is ruled out without a cast that could fail.
+ */
+const TO_ISO_STRING = "^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9][.][0-9]{3}Z$"
+
+/**
+ * `rows` (syncChangeColumns) with `dominated`: true for a mission row whose `iterations` can never be
+ * the replayed value, so it need not be sent (issue 16: each runner row carries the whole list, so the
+ * bytes of a mission's rows grew with the square of its runs). Replay keeps, per field, the value of
+ * the row with the greatest (time, log position) since the record's last delete; a row is dominated
+ * when another row since the same delete holds `iterations` with a greater (time, position), both
+ * times in toISOString's form (every runner row's are; any other row is never dominated nor dominates).
+ */
+const withDominatedIterations = (sql: SqlClient.SqlClient, rows: Statement.Fragment) => sql`
+  SELECT r.*, coalesce(r.candidate AND r.id <> first_value(r.id) OVER (
+           PARTITION BY r.app_id, r.table_name, r.record_id, r.since_delete, r.candidate
+           ORDER BY r.iterations_at COLLATE "C" DESC, r.created_at DESC, r.id DESC), false) AS dominated
+  FROM (
+    SELECT q.*,
+           count(*) FILTER (WHERE q.op = 'delete') OVER (
+             PARTITION BY q.app_id, q.table_name, q.record_id ORDER BY q.created_at, q.id) AS since_delete,
+           q.field_timestamps->>'iterations' AS iterations_at,
+           coalesce(q.app_id = ${MISSIONS_APP_ID} AND q.table_name = ${MISSIONS_TABLE} AND q.op <> 'delete'
+             AND jsonb_typeof(q.data) = 'object' AND q.data->'iterations' IS NOT NULL
+             AND jsonb_typeof(q.field_timestamps) = 'object' AND jsonb_typeof(q.field_timestamps->'iterations') = 'string'
+             AND CASE WHEN q.field_timestamps->>'iterations' ~ ${TO_ISO_STRING}
+                   THEN substr(q.field_timestamps->>'iterations', 9, 2)::int <= extract(day FROM
+                          (substr(q.field_timestamps->>'iterations', 1, 8) || '01')::date + interval '1 month' - interval '1 day')
+                   ELSE false END, false) AS candidate
+    FROM (${rows}) q
+  ) r`
+
 /** The mission as it stands now and the agent it runs under (SPEC §14), read together. */
 export interface CurrentMissionWithAgent {
   readonly current: CurrentMission
@@ -105,6 +140,33 @@ export interface CurrentMissionWithAgent {
   /** The rows of the records asked for with `also` (e.g. the mission's inputs), each one present. */
   readonly records?: ReadonlyMap<string, RecordRows>
 }
+
+/**
+ * The rows the run's pre-check replays: the mission's, its agents', and those of `also`, in replay
+ * order, each mission row's `iterations` left out where another row's wins it anyway.
+ */
+export const runReadQuery = (
+  sql: SqlClient.SqlClient,
+  timeColumn: SyncGeneration,
+  userId: string,
+  missionId: string,
+  also: ReadonlyArray<RecordRef>,
+) => sql<Record<string, unknown>>`
+    SELECT id, app_id, table_name, record_id, user_id, op,
+           CASE WHEN dominated THEN data - 'iterations' ELSE data END AS data, field_timestamps, created_at
+    FROM (${withDominatedIterations(
+      sql,
+      sql`
+      SELECT ${syncChangeColumns(sql, timeColumn)}
+      FROM sync_changes
+      WHERE user_id = ${userId} AND (
+        (app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE} AND record_id = ${missionId})
+        OR (app_id = ${AGENTS_APP_ID} AND table_name = ${AGENTS_TABLE} AND record_id IN (
+          SELECT m.data->>'agentId' FROM sync_changes m
+          WHERE m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID} AND m.table_name = ${MISSIONS_TABLE}
+            AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL))${also.length === 0 ? sql`` : sql` OR ${recordRefsWhere(sql, also)}`})`,
+    )}) x
+    ORDER BY created_at, id`
 
 /**
  * `readCurrentMission` plus the mission's agent, in one query (the run's pre-check, inside
@@ -121,16 +183,7 @@ export const readCurrentMissionWithAgent = (
   defaultTimezone: string,
   also: ReadonlyArray<RecordRef> = [],
 ): Effect.Effect<CurrentMissionWithAgent, SqlError, EventLogSchema> =>
-  Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
-    SELECT ${syncChangeColumns(sql, timeColumn)}
-    FROM sync_changes
-    WHERE user_id = ${userId} AND (
-      (app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE} AND record_id = ${missionId})
-      OR (app_id = ${AGENTS_APP_ID} AND table_name = ${AGENTS_TABLE} AND record_id IN (
-        SELECT m.data->>'agentId' FROM sync_changes m
-        WHERE m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID} AND m.table_name = ${MISSIONS_TABLE}
-          AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL))${also.length === 0 ? sql`` : sql` OR ${recordRefsWhere(sql, also)}`})
-    ORDER BY created_at, id`.pipe(
+  Effect.flatMap(EventLogSchema, ({ timeColumn }) => runReadQuery(sql, timeColumn, userId, missionId, also).pipe(
     Effect.map((raw): CurrentMissionWithAgent => {
       // Every record asked for in `also` is in the map, with no rows when it has none (as readRecordRows).
       const byRef = groupRecordRows(raw, new Map(also.map((ref) => [recordRefKey(ref), { rows: [], undecodable: 0 }])))

@@ -1,0 +1,72 @@
+/**
+ * CPU of a run and of discovery as a mission's history grows (issue 16): `--missions=N` missions (one
+ * per user) run `--rounds=R` times each, made due again before each round by a device's update, as
+ * the process-memory figure does. Each round: one discovery pass (store.refresh: the device's updates
+ * and whatever the runner's own rows cost it), then every mission's run (MissionRunner.run called
+ * directly, 64 at a time, LLM 0 ms, json mode). Prints this process's CPU (utime + stime) per run for
+ * both parts, per round, and the rows the pass read.
+ *
+ *   bun bench/tools/historyRuns.ts --missions=300 --rounds=30
+ */
+import { BunRuntime } from "@effect/platform-bun"
+import { Context, Effect, Either, Layer, Logger, LogLevel } from "effect"
+import { MissionRunner } from "../../src/services/MissionRunner.js"
+import { MissionStore } from "../../src/services/MissionStore.js"
+import { servicesLayer } from "../support/app.js"
+import { DEFAULT_OWNER_URL, makeBenchDatabase } from "../support/benchDatabase.js"
+import { startLlmStandIn } from "../support/llmStandIn.js"
+import { makeRecorder } from "../support/probes.js"
+
+const option = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1] ?? fallback)
+const missions = option("missions", 300)
+const rounds = option("rounds", 30)
+const CONCURRENCY = 64
+
+const cpuMs = () => {
+  const c = process.cpuUsage()
+  return (c.user + c.system) / 1000
+}
+
+const main = Effect.scoped(
+  Effect.gen(function* () {
+    const standIn = yield* startLlmStandIn(0)
+    const db = yield* makeBenchDatabase(process.env.BENCH_OWNER_URL ?? DEFAULT_OWNER_URL)
+    const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: CONCURRENCY }, standIn.url, makeRecorder(), "json"))
+    const store = Context.get(ctx, MissionStore)
+    const runner = Context.get(ctx, MissionRunner)
+    for (let round = 1; round <= rounds; round++) {
+      yield* db.ownerQuery(
+        round === 1
+          ? `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+             SELECT 'ai', 'aiMissions', 'h-m-' || i, 'h-u-' || i, 'insert',
+                    jsonb_build_object('title', 'History mission ' || i, 'objective', 'Keep mission ' || i || ' moving',
+                      'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
+                      'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
+                      'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                      'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
+                    '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
+             FROM generate_series(1, $1::int) AS i`
+          : `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+             SELECT 'ai', 'aiMissions', 'h-m-' || i, 'h-u-' || i, 'update',
+                    jsonb_build_object('nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
+                    '{}'::jsonb, 'browser-device', clock_timestamp()
+             FROM generate_series(1, $1::int) AS i`,
+        [missions],
+      )
+      const c0 = cpuMs()
+      const pass = yield* store.refresh
+      const c1 = cpuMs()
+      const due = (yield* store.due(new Date())).flatMap((s) =>
+        Either.isRight(s.decoded) ? [{ userId: s.userId, mission: s.decoded.right }] : [],
+      )
+      const c2 = cpuMs()
+      const outcomes = yield* Effect.forEach(due, (d) => runner.run(d), { concurrency: CONCURRENCY }).pipe(Effect.orDie)
+      const c3 = cpuMs()
+      const written = outcomes.filter((o) => o._tag === "Written").length
+      const line = `round ${round}: ${written} written; discovery read ${pass.rowsRead} rows, ${((c1 - c0) / Math.max(1, written)).toFixed(3)} ms CPU per run; run ${((c3 - c2) / Math.max(1, written)).toFixed(3)} ms CPU per run`
+      yield* Effect.logWarning(line)
+    }
+  }),
+)
+
+main.pipe(Logger.withMinimumLogLevel(LogLevel.Warning), Effect.withTracerEnabled(false), BunRuntime.runMain)
