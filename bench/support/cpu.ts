@@ -82,3 +82,33 @@ export const startCpuWatch = (standInPid: number | undefined) => {
     }
   }
 }
+
+/**
+ * CPU seconds (utime + stime) of this process and of the postgres backends connected to one database
+ * (pg_stat_activity's pids, read from /proc) over an effect: a measurement's own parties, apart from
+ * whatever else loads the machine. A backend that exits meanwhile (a parallel worker) is not counted.
+ */
+export const partyCpu = (listPids: () => Promise<ReadonlyArray<number>>) => {
+  const ticksOf = (pids: ReadonlyArray<number>) => {
+    const byPid = new Map<number, number>()
+    for (const pid of pids) {
+      const p = processTicks(String(pid))
+      if (p !== undefined) byPid.set(pid, p.ticks)
+    }
+    return byPid
+  }
+  return async () => {
+    const cpu0 = process.cpuUsage()
+    const before = ticksOf(await listPids())
+    return async (): Promise<{ bunCpuSeconds: number; postgresCpuSeconds: number }> => {
+      const cpu = process.cpuUsage(cpu0)
+      const after = ticksOf(await listPids())
+      let ticks = 0
+      for (const [pid, t] of after) ticks += t - (before.get(pid) ?? 0)
+      return {
+        bunCpuSeconds: Number(((cpu.user + cpu.system) / 1e6).toFixed(2)),
+        postgresCpuSeconds: Number((ticks / TICKS_PER_SECOND).toFixed(2)),
+      }
+    }
+  }
+}
