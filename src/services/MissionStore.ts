@@ -333,7 +333,7 @@ export const newMissionRowsQuery = (
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
     AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
     AND s.created_at <= ${options.upTo}::timestamptz
-    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
+    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.created_at = s.created_at AND a.change_id = s.id)
   GROUP BY s.user_id, s.record_id
   ORDER BY s.user_id, s.record_id`
 
@@ -546,7 +546,7 @@ export const makeMissionStore = (
             INSERT INTO mana_ai.applied_changes (change_id, created_at)
             SELECT x.id::uuid, x.at::timestamptz
             FROM unnest(string_to_array(${ids.join(",")}, ','), string_to_array(${ats.join(",")}, ',')) AS x(id, at)
-            ON CONFLICT (change_id) DO NOTHING`.pipe(Effect.asVoid)
+            ON CONFLICT (created_at, change_id) DO NOTHING`.pipe(Effect.asVoid)
 
     /**
      * One refresh: every new mission row in one pass, in one transaction serialised between runner
