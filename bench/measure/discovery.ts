@@ -11,6 +11,7 @@ import { MissionStore } from "../../src/services/MissionStore.js"
 import { storeLayer } from "../support/app.js"
 import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
 import { HISTORY_ENDING_SECONDS_AGO, HISTORY_ROWS_PER_MISSION, type HistoryTemplates } from "../support/historyTemplate.js"
+import { partyCpu } from "../support/cpu.js"
 import type { Figure } from "../support/report.js"
 import { seedMissionHistory } from "../support/seed.js"
 import { nowMs, round, roundSummary, summarize } from "../support/stats.js"
@@ -31,7 +32,7 @@ const burstMission = {
  * `rows` mission rows (`rowsPerMission` each, interleaved as in seedMissionHistory) stamped within the
  * last `withinSeconds` (under the look-back window): a sync server's burst, e.g. a bulk import.
  */
-const seedMissionBurst = (db: BenchDatabase, rows: number, rowsPerMission: number, withinSeconds: number) => {
+export const seedMissionBurst = (db: BenchDatabase, rows: number, rowsPerMission: number, withinSeconds: number) => {
   const missions = Math.max(1, Math.floor(rows / rowsPerMission))
   return db
     .ownerQuery(
@@ -60,6 +61,22 @@ export interface DiscoveryOptions {
 
 const ROWS_PER_MISSION = HISTORY_ROWS_PER_MISSION
 
+/**
+ * Around an effect: the bench process's CPU (the store runs in it) and that of the postgres backends
+ * on the bench database, in seconds, so a pass's time splits into Bun, Postgres and waiting.
+ */
+const withPartyCpu = <A, E, R>(db: BenchDatabase, effect: Effect.Effect<A, E, R>) => {
+  const start = partyCpu(async () =>
+    (await db.owner.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).rows.map((r) => Number(r.pid)),
+  )
+  return Effect.gen(function* () {
+    const stop = yield* Effect.promise(start)
+    const a = yield* effect
+    const cpu = yield* Effect.promise(stop)
+    return [a, cpu] as const
+  })
+}
+
 const label = (n: number) => (n >= 1_000_000 ? `${n / 1_000_000}M` : n >= 1000 ? `${n / 1000}k` : String(n))
 
 export const measureDiscovery = (options: DiscoveryOptions) =>
@@ -78,9 +95,11 @@ export const measureDiscovery = (options: DiscoveryOptions) =>
             const ctx = yield* Layer.build(storeLayer(db))
             const store = Context.get(ctx, MissionStore)
             const b0 = nowMs()
-            const boot = yield* store.refresh
+            const [boot, bootCpu] = yield* withPartyCpu(db, store.refresh)
             const bootstrapMs = nowMs() - b0
-            yield* options.log(`discovery ${label(size)}: bootstrap read ${boot.rowsRead} rows in ${round(bootstrapMs / 1000, 2)} s`)
+            yield* options.log(
+              `discovery ${label(size)}: bootstrap read ${boot.rowsRead} rows in ${round(bootstrapMs / 1000, 2)} s (CPU: Bun ${bootCpu.bunCpuSeconds} s, postgres ${bootCpu.postgresCpuSeconds} s)`,
+            )
             const refreshMs: Array<number> = []
             const dueMs: Array<number> = []
             const totalMs: Array<number> = []
@@ -98,7 +117,7 @@ export const measureDiscovery = (options: DiscoveryOptions) =>
               dueMs.push(s2 - s1)
               totalMs.push(s2 - s0)
             }
-            return { bootstrapMs, bootRows: boot.rowsRead, bootChanged: boot.changed.length, refreshMs, dueMs, totalMs, rowsRead, dueFound }
+            return { bootstrapMs, bootCpu, bootRows: boot.rowsRead, bootChanged: boot.changed.length, refreshMs, dueMs, totalMs, rowsRead, dueFound }
           }),
         ).pipe(Effect.orDie)
         const isTop = size === Math.max(...options.sizes)
@@ -135,6 +154,7 @@ export const measureDiscovery = (options: DiscoveryOptions) =>
             rowsRead: result.bootRows,
             missions: result.bootChanged,
             rowsPerSecond: round(result.bootRows / (result.bootstrapMs / 1000), 0),
+            ...result.bootCpu,
           },
         })
         if (reconcileFigure !== undefined) figures.push(reconcileFigure)
@@ -173,12 +193,12 @@ const measureReconcile = (db: BenchDatabase, size: number, missions: number, log
     Effect.gen(function* () {
       const ctx = yield* Layer.build(storeLayer(db, { reconcileInterval: Duration.zero }))
       const store = Context.get(ctx, MissionStore)
-      const cpu0 = process.cpuUsage()
       const t0 = nowMs()
-      const r = yield* store.refresh
+      const [r, cpu] = yield* withPartyCpu(db, store.refresh)
       const ms = nowMs() - t0
-      const cpu = process.cpuUsage(cpu0)
-      yield* log(`discovery ${label(size)}: reconciliation pass over ${missions} missions in ${round(ms / 1000, 2)} s (corrected ${r.changed.length})`)
+      yield* log(
+        `discovery ${label(size)}: reconciliation pass over ${missions} missions in ${round(ms / 1000, 2)} s (corrected ${r.changed.length}; CPU: Bun ${cpu.bunCpuSeconds} s, postgres ${cpu.postgresCpuSeconds} s)`,
+      )
       return {
         id: `discovery.reconcile.${size}`,
         label: `2. discovery reconciliation pass, ${label(size)} rows (every DISCOVERY_RECONCILE_INTERVAL_MS)`,
@@ -189,7 +209,8 @@ const measureReconcile = (db: BenchDatabase, size: number, missions: number, log
           missions,
           corrected: r.changed.length,
           rowsReadIncremental: r.rowsRead,
-          benchCpuSeconds: round((cpu.user + cpu.system) / 1e6, 2),
+          benchCpuSeconds: cpu.bunCpuSeconds,
+          ...cpu,
           rowsPerSecond: round(size / (ms / 1000), 0),
         },
       } satisfies Figure
@@ -213,13 +234,15 @@ const measureBurst = (db: BenchDatabase, size: number, bootstrapSeconds: number,
         const missions = yield* seedMissionBurst(db, size, ROWS_PER_MISSION, 60)
         yield* log(`discovery burst ${label(size)}: seeded ${size} rows (${missions} missions) within 60 s in ${round((nowMs() - t0) / 1000, 1)} s`)
         const b0 = nowMs()
-        const burst = yield* store.refresh
+        const [burst, burstCpu] = yield* withPartyCpu(db, store.refresh)
         const burstMs = nowMs() - b0
-        yield* log(`discovery burst ${label(size)}: refresh read ${burst.rowsRead} rows in ${round(burstMs / 1000, 2)} s`)
+        yield* log(
+          `discovery burst ${label(size)}: refresh read ${burst.rowsRead} rows in ${round(burstMs / 1000, 2)} s (CPU: Bun ${burstCpu.bunCpuSeconds} s, postgres ${burstCpu.postgresCpuSeconds} s)`,
+        )
         const a0 = nowMs()
         const after = yield* store.refresh
         const afterMs = nowMs() - a0
-        return { missions, burstMs, rowsRead: burst.rowsRead, changed: burst.changed.length, afterMs, afterRows: after.rowsRead }
+        return { missions, burstMs, burstCpu, rowsRead: burst.rowsRead, changed: burst.changed.length, afterMs, afterRows: after.rowsRead }
       }),
     ).pipe(Effect.orDie)
     const seconds = result.burstMs / 1000
@@ -235,6 +258,7 @@ const measureBurst = (db: BenchDatabase, size: number, bootstrapSeconds: number,
           rowsRead: result.rowsRead,
           missionsChanged: result.changed,
           rowsPerSecond: round(result.rowsRead / seconds, 0),
+          ...result.burstCpu,
           nextRefreshMs: round(result.afterMs, 1),
           nextRefreshRows: result.afterRows,
         },

@@ -82,3 +82,44 @@ export const startCpuWatch = (standInPid: number | undefined) => {
     }
   }
 }
+
+/**
+ * CPU seconds (utime + stime) of this process and of the postgres backends connected to one database
+ * (pg_stat_activity's pids, read from /proc) over an effect: a measurement's own parties, apart from
+ * whatever else loads the machine. The pids are read again every 250 ms, so a parallel worker that
+ * lives through a sort is counted up to its last sample (what it used after that is missed).
+ */
+export const partyCpu = (listPids: () => Promise<ReadonlyArray<number>>) => {
+  const ticksOf = (pids: ReadonlyArray<number>) => {
+    const byPid = new Map<number, number>()
+    for (const pid of pids) {
+      const p = processTicks(String(pid))
+      if (p !== undefined) byPid.set(pid, p.ticks)
+    }
+    return byPid
+  }
+  return async () => {
+    const cpu0 = process.cpuUsage()
+    const before = ticksOf(await listPids())
+    const latest = new Map(before)
+    let sampling = Promise.resolve()
+    const sample = async () => {
+      for (const [pid, t] of ticksOf(await listPids())) latest.set(pid, t)
+    }
+    const timer = setInterval(() => {
+      sampling = sampling.then(sample, sample)
+    }, 250)
+    return async (): Promise<{ bunCpuSeconds: number; postgresCpuSeconds: number }> => {
+      clearInterval(timer)
+      await sampling
+      const cpu = process.cpuUsage(cpu0)
+      await sample()
+      let ticks = 0
+      for (const [pid, t] of latest) ticks += t - (before.get(pid) ?? 0)
+      return {
+        bunCpuSeconds: Number(((cpu.user + cpu.system) / 1e6).toFixed(2)),
+        postgresCpuSeconds: Number((ticks / TICKS_PER_SECOND).toFixed(2)),
+      }
+    }
+  }
+}

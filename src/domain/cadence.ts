@@ -166,13 +166,20 @@ export const nextRunAt = (cadence: Cadence, options: NextRunOptions): Either.Eit
 
 /** Whether the runtime knows `zone` as an IANA time zone (DEFAULT_TIMEZONE, a mission's `timezone`). */
 export const isValidTimeZone = (zone: string): boolean => {
+  // Asked once per mission judged that names a zone; building a formatter costs more than the rest.
+  if (knownZones.has(zone)) return true
   try {
     new Intl.DateTimeFormat("en-US", { timeZone: zone })
-    return true
   } catch {
     return false
   }
+  if (knownZones.size >= KNOWN_ZONES_MAX) knownZones.clear()
+  knownZones.add(zone)
+  return true
 }
+
+const KNOWN_ZONES_MAX = 1_000
+const knownZones = new Set<string>()
 
 // Any fixed instant works: a slot that exists at all recurs within the years Cron.next searches.
 const VALIDATION_INSTANT = new Date("2000-01-01T00:00:00Z")
@@ -181,5 +188,18 @@ const VALIDATION_INSTANT = new Date("2000-01-01T00:00:00Z")
  * Right when the cadence can be scheduled in `timeZone` (known zone, parseable cron that fires,
  * in-range fields); a mission that fails this is malformed.
  */
-export const validateCadence = (cadence: Cadence, timeZone: string): Either.Either<void, CadenceError> =>
-  nextRunAt(cadence, { after: VALIDATION_INSTANT, previous: null, timeZone }).pipe(Either.map((): void => undefined))
+export const validateCadence = (cadence: Cadence, timeZone: string): Either.Either<void, CadenceError> => {
+  // A pure function of its two arguments, asked once per mission judged: a first discovery judges
+  // tens of thousands of missions that share a handful of cadences (a zone lookup and, for a slot
+  // cadence, a cron parse each time). The answers are kept per cadence and zone, a bounded number.
+  const key = `${timeZone}\u0000${JSON.stringify(cadence)}`
+  const known = validatedCadences.get(key)
+  if (known !== undefined) return known
+  const answer = nextRunAt(cadence, { after: VALIDATION_INSTANT, previous: null, timeZone }).pipe(Either.map((): void => undefined))
+  if (validatedCadences.size >= VALIDATED_CADENCES_MAX) validatedCadences.clear()
+  validatedCadences.set(key, answer)
+  return answer
+}
+
+const VALIDATED_CADENCES_MAX = 10_000
+const validatedCadences = new Map<string, Either.Either<void, CadenceError>>()

@@ -8,6 +8,7 @@ import { Either, ParseResult, Schema } from "effect"
 import { isValidTimeZone, validateCadence } from "./cadence.js"
 import { Mission } from "./mission.js"
 import { parseInstant } from "./replay.js"
+import { decodeUsualMission } from "./usualMission.js"
 
 /** A record that passed the rule: the decoded mission and its nextRunAt as a normalised ISO instant. */
 export interface ValidMission {
@@ -57,8 +58,12 @@ const describeParseError = (error: ParseResult.ParseError): string => {
  * The rule's first step alone: does the record decode as the app's mission type. For records the
  * rule already passed (a stored snapshot read back), where the cadence need not be checked again.
  */
-export const decodeMissionRecord = (record: unknown): Either.Either<Mission, string> =>
-  Either.mapLeft(decode(record), (e) => `the mission does not decode: ${describeParseError(e)}`)
+export const decodeMissionRecord = (record: unknown): Either.Either<Mission, string> => {
+  // The usual shape checked by hand (the same Mission); the Schema decides, and explains, the rest.
+  const usual = decodeUsualMission(record)
+  if (usual !== undefined) return Either.right(usual)
+  return Either.mapLeft(decode(record), (e) => `the mission does not decode: ${describeParseError(e)}`)
+}
 
 /**
  * Right when the record decodes as a mission whose time zone exists and whose cadence can be

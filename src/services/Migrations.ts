@@ -12,6 +12,7 @@ import decryptAudit from "../migrations/0002_decrypt_audit.js"
 import tokenUsage from "../migrations/0003_token_usage.js"
 import actorQuarantines from "../migrations/0004_actor_quarantines.js"
 import cluster from "../migrations/0005_cluster.js"
+import appliedChangesByTime from "../migrations/0006_applied_changes_by_time.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -25,6 +26,7 @@ export const migrations = {
   "0003_token_usage": tokenUsage,
   "0004_actor_quarantines": actorQuarantines,
   "0005_cluster": cluster,
+  "0006_applied_changes_by_time": appliedChangesByTime,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

@@ -333,7 +333,7 @@ export const newMissionRowsQuery = (
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
     AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
     AND s.created_at <= ${options.upTo}::timestamptz
-    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.change_id = s.id)
+    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.created_at = s.created_at AND a.change_id = s.id)
   GROUP BY s.user_id, s.record_id
   ORDER BY s.user_id, s.record_id`
 
@@ -503,12 +503,10 @@ export const makeMissionStore = (
 
     /**
      * Applies the new rows of some records (each list: one record's rows, in log order) onto their
-     * stored snapshots, judges each record once and writes the snapshots in one statement.
+     * stored snapshots (`stored`, loadWorking's), judging each record once; the caller writes them.
      */
-    const applyRecords = (records: ReadonlyArray<ReadonlyArray<LogRow>>) =>
+    const foldRecords = (records: ReadonlyArray<ReadonlyArray<LogRow>>, stored: ReadonlyMap<string, Working>) =>
       Effect.gen(function* () {
-        if (records.length === 0) return [] as Array<MissionSnapshot>
-        const stored = yield* loadWorking(records.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
         const results: Array<{ working: Working; judgement: Judgement }> = []
         for (const list of records) {
           const first = list[0]!
@@ -537,8 +535,7 @@ export const makeMissionStore = (
           }
           results.push({ working, judgement: yield* judgeAndLog(working) })
         }
-        yield* saveSnapshots(results)
-        return changedSnapshots(results)
+        return results
       })
 
     /** Marks rows applied: only those still inside the window after this pass (older ones are never re-read). */
@@ -549,7 +546,7 @@ export const makeMissionStore = (
             INSERT INTO mana_ai.applied_changes (change_id, created_at)
             SELECT x.id::uuid, x.at::timestamptz
             FROM unnest(string_to_array(${ids.join(",")}, ','), string_to_array(${ats.join(",")}, ',')) AS x(id, at)
-            ON CONFLICT (change_id) DO NOTHING`.pipe(Effect.asVoid)
+            ON CONFLICT (created_at, change_id) DO NOTHING`.pipe(Effect.asVoid)
 
     /**
      * One refresh: every new mission row in one pass, in one transaction serialised between runner
@@ -587,13 +584,19 @@ export const makeMissionStore = (
         // The count of a FETCH cannot be a parameter: a constant of the text.
         const fetchPage = sql<{ user_id: unknown; record_id: unknown; rows: unknown }>`
           FETCH FORWARD 1000 FROM mana_ai_discovery`
-        // The next page is asked for before this one is folded (same connection, queued ahead of this
-        // page's writes), so Postgres produces it while Bun folds, judges and encodes.
-        let pending = yield* Effect.fork(fetchPage)
-        for (;;) {
+        // Bun and Postgres take turns as little as possible (one connection, statements in the order
+        // they are sent): a batch's stored snapshots are loaded, then the next page is asked for, so
+        // Postgres produces it while Bun folds, judges and encodes the batch; the batch's writes are
+        // sent without waiting and run while Bun decodes the next page. A write's failure surfaces at
+        // the next batch's load at the latest, and before the cursor moves.
+        let pending: Fiber.Fiber<ReadonlyArray<{ user_id: unknown; record_id: unknown; rows: unknown }>, SqlError> | null =
+          yield* Effect.fork(fetchPage)
+        const writing: Array<Fiber.Fiber<void, SqlError>> = []
+        const written = Effect.suspend(() => Effect.forEach(writing.splice(0), Fiber.join, { discard: true }))
+        while (pending !== null) {
           const page = yield* Fiber.join(pending)
+          pending = null
           const done = page.length < FETCH_RECORDS
-          if (!done) pending = yield* Effect.fork(fetchPage)
           const ids: Array<string> = []
           const ats: Array<string> = []
           const records: Array<Array<LogRow>> = []
@@ -612,12 +615,22 @@ export const makeMissionStore = (
             for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
             if (rows.length > 0) records.push(rows)
           }
-          for (let i = 0; i < records.length; i += batchSize) {
-            changed.push(...(yield* applyRecords(records.slice(i, i + batchSize))))
+          for (let i = 0; i < records.length || (i === 0 && !done); i += batchSize) {
+            const batch = records.slice(i, i + batchSize)
+            yield* written
+            const stored =
+              batch.length === 0
+                ? new Map<string, Working>()
+                : yield* loadWorking(batch.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
+            if (i === 0 && !done) pending = yield* Effect.fork(fetchPage)
+            if (batch.length === 0) continue
+            const results = yield* foldRecords(batch, stored)
+            writing.push(yield* Effect.fork(saveSnapshots(results)))
+            changed.push(...changedSnapshots(results))
           }
-          yield* markApplied(ids, ats)
-          if (done) break
+          if (ids.length > 0) writing.push(yield* Effect.fork(markApplied(ids, ats)))
         }
+        yield* written
         yield* sql`CLOSE mana_ai_discovery`
         // Nothing new and nothing to move: rows the write-back marked applied (the runner's own) are new
         // rows all the same, so the cursor moves past them and the window does not grow behind them.

@@ -1,6 +1,6 @@
 import { Either } from "effect"
 import { describe, expect, it } from "vitest"
-import { nextRunAt, validateCadence } from "../../src/domain/cadence.js"
+import { isValidTimeZone, nextRunAt, validateCadence } from "../../src/domain/cadence.js"
 import type { Cadence } from "../../src/domain/mission.js"
 
 // Transitions used below (checked against Intl):
@@ -190,5 +190,21 @@ describe("rejections", () => {
     const cadence = { kind: "daily", atHour: 7 } as unknown as Cadence
     const result = nextRunAt(cadence, { after: new Date("2025-01-01T00:00:00Z"), previous: null, timeZone: "UTC" })
     expect(Either.map(result, (d) => d?.toISOString())).toStrictEqual(Either.right("2025-01-01T07:00:00.000Z"))
+  })
+})
+
+describe("validateCadence and isValidTimeZone keep their answers per cadence and zone", () => {
+  it("asked again, each answers for its own arguments, not the last ones asked", () => {
+    const daily = { kind: "daily", atHour: 8, atMinute: 0 } as const
+    expect(Either.isRight(validateCadence(daily, "UTC"))).toBe(true)
+    expect(Either.isLeft(validateCadence(daily, "Mars/Olympus_Mons"))).toBe(true)
+    expect(Either.isRight(validateCadence(daily, "UTC"))).toBe(true)
+    expect(Either.isLeft(validateCadence({ ...daily, atMinute: 60 }, "UTC"))).toBe(true)
+    expect(Either.isLeft(validateCadence({ kind: "cron", expression: "0 8 30 2 *" }, "UTC"))).toBe(true)
+    expect(Either.isRight(validateCadence({ kind: "cron", expression: "0 8 28 2 *" }, "UTC"))).toBe(true)
+    expect(isValidTimeZone("Europe/Berlin")).toBe(true)
+    expect(isValidTimeZone("Europe/Berlin")).toBe(true)
+    expect(isValidTimeZone("Mars/Olympus_Mons")).toBe(false)
+    expect(isValidTimeZone("Mars/Olympus_Mons")).toBe(false)
   })
 })
