@@ -108,12 +108,18 @@ export const measureStages = (options: StagesOptions) =>
         }),
       )
       stages.sqlSelect1 = yield* cpuMsPerCall(() => sql`SELECT 1`)
+      // Per row written since the first refresh (every run above and every write-back stage wrote one):
+      // the write-back folds the runner's own rows into their snapshots, so the pass reads only what it
+      // must; dividing by the rows it read would charge the pass's fixed cost to those few.
+      const rowsWritten = all.length + due.length
+      let refreshRowsRead = 0
       stages.refreshPerRow = yield* Effect.suspend(() => {
         fullGc()
         const c0 = process.cpuUsage()
         return Effect.map(store.refresh, (r) => {
           const c = process.cpuUsage(c0)
-          return round((c.user + c.system) / 1000 / Math.max(1, r.rowsRead), 3)
+          refreshRowsRead = r.rowsRead
+          return round((c.user + c.system) / 1000 / rowsWritten, 3)
         })
       }).pipe(Effect.orDie)
       yield* options.log(`stages: ${JSON.stringify(stages)}`)
@@ -129,7 +135,9 @@ export const measureStages = (options: StagesOptions) =>
             concurrency: CONCURRENCY,
             llmLatencyMs: 0,
             cpuMsPerCall: stages,
-            note: "CPU of this process (all threads) per call, many calls at once; plan = LLM call + prompt + parser; refreshPerRow = discovery per new mission row (every write-back is one)",
+            refreshRowsWritten: rowsWritten,
+            refreshRowsRead,
+            note: "CPU of this process (all threads) per call, many calls at once; plan = LLM call + prompt + parser; refreshPerRow = the discovery pass after the runs, per mission row they wrote (each run and write-back stage wrote one; the write-back folds its own row into the snapshot, so the pass reads few of them: refreshRowsRead)",
           },
         },
         {
