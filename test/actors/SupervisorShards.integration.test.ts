@@ -71,6 +71,35 @@ const usersIn = (shards: ReadonlyArray<number>) => users.filter((u) => shards.in
 const actorUsers = Effect.map(Effect.flatMap(Supervisor, (s) => s.status), (all) => all.map((a) => a.userId).sort())
 const readCount = Effect.map(Metric.value(clusterSnapshotsReadTotal), (s) => s.count)
 
+/**
+ * Owns shards 21–40, seeds `missions` due missions of a user of `shard` (runs of 3 s: two stand-in
+ * requests of 1.5 s in tools mode), discovers, and starts a tick beside the test (without the loop's
+ * ticks, tickEnabled false, a tick starts the due runs); returns once `inFlight` requests are out.
+ */
+const tickWithRunsUnderWay = (prefix: string, shard: number, missions: number, inFlight: number) =>
+  Effect.gen(function* () {
+    const owned = yield* OwnedShards
+    const standIn = yield* LlmStandIn
+    yield* standIn.setResponder((request) => ({ ...defaultResponder(request), delayMs: 1_500 }))
+    const user = Array.from({ length: 500 }, (_, i) => `${prefix}-${i}`).find((u) => shardOf(u, SHARDS) === shard)!
+    yield* SubscriptionRef.set(owned, new Set(range(21, 40)))
+    const ids = missions === 1 ? [`${user}-m`] : Array.from({ length: missions }, (_, n) => `${user}-m${n + 1}`)
+    yield* insertChanges(ids.map((id) => missionInsertRow(user, id, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })))
+    const supervisor = yield* Supervisor
+    yield* supervisor.discover
+    yield* actorUsers.pipe(
+      Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (got) => got.includes(user) }),
+      Effect.timeout("20 seconds"),
+    )
+    // A tick answers once its runs ended: it runs beside the test.
+    const ticking = yield* Effect.fork(supervisor.tick)
+    yield* standIn.inFlight.pipe(
+      Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (n) => n >= inFlight }),
+      Effect.timeout("20 seconds"),
+    )
+    return { user, ticking, owned, standIn, supervisor }
+  })
+
 layer(Stack, { timeout: 120_000, excludeTestServices: true })("a cluster runner reads only its own shards", (it) => {
   it.effect("snapshots carry their user's shard; priming, a shard change and the due query read only those shards' rows", () =>
     Effect.gen(function* () {
@@ -124,26 +153,8 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("a cluster runner 
 
   it.effect("a shard that comes back while its user's actor is still leaving (a run under way): the user gets its actor again once it left", () =>
     Effect.gen(function* () {
-      const owned = yield* OwnedShards
-      const standIn = yield* LlmStandIn
-      // A run that takes 3 s (two requests in tools mode, inside the 5 s deadline): the actor leaves only after it.
-      yield* standIn.setResponder((request) => ({ ...defaultResponder(request), delayMs: 1_500 }))
-      const user = Array.from({ length: 500 }, (_, i) => `bounce-user-${i}`).find((u) => shardOf(u, SHARDS) === 30)!
-      yield* SubscriptionRef.set(owned, new Set(range(21, 40)))
-      yield* insertChanges([missionInsertRow(user, `${user}-m`, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })])
-      const supervisor = yield* Supervisor
-      yield* supervisor.discover
-      // Without the loop's ticks (tickEnabled false) a tick starts the due run.
-      yield* actorUsers.pipe(
-        Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (got) => got.includes(user) }),
-        Effect.timeout("20 seconds"),
-      )
-      // A tick answers once its runs ended: it runs beside the test.
-      const ticking = yield* Effect.fork(supervisor.tick)
-      yield* standIn.inFlight.pipe(
-        Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (n) => n > 0 }),
-        Effect.timeout("20 seconds"),
-      )
+      // A run that takes 3 s (inside the 5 s deadline): the actor leaves only after it.
+      const { user, ticking, owned, standIn, supervisor } = yield* tickWithRunsUnderWay("bounce-user", 30, 1, 1)
       // Shard 30 goes (the actor is told to leave, its run goes on) and comes back at once.
       yield* SubscriptionRef.set(owned, new Set([...range(21, 40)].filter((x) => x !== 30)))
       yield* Effect.sleep("300 millis")
@@ -168,26 +179,9 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("a cluster runner 
   )
   it.effect("an actor told to leave finishes the runs under way and starts none of its user's runs still waiting for a permit", () =>
     Effect.gen(function* () {
-      const owned = yield* OwnedShards
-      const standIn = yield* LlmStandIn
-      yield* standIn.reset
-      // Runs of 3 s (two requests of 1.5 s in tools mode); USER_CONCURRENCY is 2, so 2 of the 4 due runs wait.
-      yield* standIn.setResponder((request) => ({ ...defaultResponder(request), delayMs: 1_500 }))
-      const user = Array.from({ length: 500 }, (_, i) => `leave-user-${i}`).find((u) => shardOf(u, SHARDS) === 32)!
-      yield* SubscriptionRef.set(owned, new Set(range(21, 40)))
-      const missions = [1, 2, 3, 4].map((n) => `${user}-m${n}`)
-      yield* insertChanges(missions.map((id) => missionInsertRow(user, id, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })))
-      const supervisor = yield* Supervisor
-      yield* supervisor.discover
-      yield* actorUsers.pipe(
-        Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (got) => got.includes(user) }),
-        Effect.timeout("20 seconds"),
-      )
-      const ticking = yield* Effect.fork(supervisor.tick)
-      yield* standIn.inFlight.pipe(
-        Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (n) => n >= 2 }),
-        Effect.timeout("20 seconds"),
-      )
+      yield* Effect.flatMap(LlmStandIn, (standIn) => standIn.reset)
+      // USER_CONCURRENCY is 2, so 2 of the 4 due runs are under way and 2 wait for the user's permits.
+      const { user, ticking, owned, standIn } = yield* tickWithRunsUnderWay("leave-user", 32, 4, 2)
       // Shard 32 goes to another runner while two runs are under way and two wait for the user's permits.
       yield* SubscriptionRef.set(owned, new Set([...range(21, 40)].filter((x) => x !== 32)))
       const answer = yield* Fiber.join(ticking)
