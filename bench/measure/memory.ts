@@ -18,7 +18,7 @@ import { processTicks } from "../support/cpu.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import type { HistoryTemplates } from "../support/historyTemplate.js"
-import { seedDueMissions } from "../support/seed.js"
+import { missionsDueAgain, seedDueMissions } from "../support/seed.js"
 import { nowMs, round } from "../support/stats.js"
 
 export interface MemoryOptions {
@@ -304,26 +304,8 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
         const cpuMsPerRun: Array<number> = []
         let written = 0
         for (let round_ = 1; round_ <= options.rounds; round_++) {
-          // The same users and missions every round (the same actors): round 1 inserts them, later
-          // rounds make them due again with an update stamped now, newer than the runner's write-back.
-          yield* db.ownerQuery(
-            round_ === 1
-              ? `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
-                 SELECT 'ai', 'aiMissions', 'mem-m-' || i, 'mem-u-' || i, 'insert',
-                        jsonb_build_object('title', 'Memory mission ' || i, 'objective', 'Keep mission ' || i || ' moving',
-                          'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
-                          'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
-                          'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                          'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
-                        '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
-                 FROM generate_series(1, $1::int) AS i`
-              : `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
-                 SELECT 'ai', 'aiMissions', 'mem-m-' || i, 'mem-u-' || i, 'update',
-                        jsonb_build_object('nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
-                        '{}'::jsonb, 'browser-device', clock_timestamp()
-                 FROM generate_series(1, $1::int) AS i`,
-            [options.runsPerRound],
-          )
+          // The same users and missions every round (the same actors).
+          yield* missionsDueAgain(db, "mem", "Memory mission", round_, options.runsPerRound)
           const t = yield* mana.tick
           written += t.written
           cpuMsPerRun.push(t.cpuMs / Math.max(1, t.written))

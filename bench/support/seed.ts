@@ -126,3 +126,28 @@ export const seedSkewedDueMissions = (db: BenchDatabase, w: SkewedWorkload) =>
     yield* db.ownerQuery("ANALYZE sync_changes")
     return hot + w.quietUsers
   })
+
+/**
+ * One round of the same `n` missions (one per user, `${prefix}-m-i` of `${prefix}-u-i`) made due now:
+ * round 1 inserts them, later rounds make them due again with an update stamped now, newer than the
+ * runner's write-back, so the same actors run the same missions and their history grows each round.
+ */
+export const missionsDueAgain = (db: BenchDatabase, prefix: string, title: string, round: number, n: number) =>
+  db.ownerQuery(
+    round === 1
+      ? `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+         SELECT 'ai', 'aiMissions', '${prefix}-m-' || i, '${prefix}-u-' || i, 'insert',
+                jsonb_build_object('title', '${title} ' || i, 'objective', 'Keep mission ' || i || ' moving',
+                  'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
+                  'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
+                  'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                  'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
+                '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
+         FROM generate_series(1, $1::int) AS i`
+      : `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+         SELECT 'ai', 'aiMissions', '${prefix}-m-' || i, '${prefix}-u-' || i, 'update',
+                jsonb_build_object('nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
+                '{}'::jsonb, 'browser-device', clock_timestamp()
+         FROM generate_series(1, $1::int) AS i`,
+    [n],
+  )

@@ -16,6 +16,7 @@ import { servicesLayer } from "../support/app.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "../support/benchDatabase.js"
 import { startLlmStandIn } from "../support/llmStandIn.js"
 import { makeRecorder } from "../support/probes.js"
+import { missionsDueAgain } from "../support/seed.js"
 
 const option = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1] ?? fallback)
 const missions = option("missions", 300)
@@ -35,24 +36,7 @@ const main = Effect.scoped(
     const store = Context.get(ctx, MissionStore)
     const runner = Context.get(ctx, MissionRunner)
     for (let round = 1; round <= rounds; round++) {
-      yield* db.ownerQuery(
-        round === 1
-          ? `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
-             SELECT 'ai', 'aiMissions', 'h-m-' || i, 'h-u-' || i, 'insert',
-                    jsonb_build_object('title', 'History mission ' || i, 'objective', 'Keep mission ' || i || ' moving',
-                      'conceptMarkdown', 'Small steps.', 'state', 'active', 'inputs', '[]'::jsonb, 'iterations', '[]'::jsonb,
-                      'cadence', jsonb_build_object('kind', 'interval', 'everyMinutes', 60),
-                      'nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                      'createdAt', '2026-01-01T00:00:00.000Z', 'updatedAt', '2026-01-01T00:00:00.000Z'),
-                    '{}'::jsonb, 'browser-device', now() - interval '2 minutes'
-             FROM generate_series(1, $1::int) AS i`
-          : `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
-             SELECT 'ai', 'aiMissions', 'h-m-' || i, 'h-u-' || i, 'update',
-                    jsonb_build_object('nextRunAt', to_char((now() - interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
-                    '{}'::jsonb, 'browser-device', clock_timestamp()
-             FROM generate_series(1, $1::int) AS i`,
-        [missions],
-      )
+      yield* missionsDueAgain(db, "h", "History mission", round, missions)
       const c0 = cpuMs()
       const pass = yield* store.refresh
       const c1 = cpuMs()
