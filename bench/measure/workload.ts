@@ -11,8 +11,9 @@ import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.
 import { runInChild } from "../support/child.js"
 import { type CpuReport, startCpuWatch } from "../support/cpu.js"
 import { type BenchLlmStandIn, connectLlmStandIn, type StandInStats } from "../support/llmStandIn.js"
-import { makeRecorder, type Recorder, sampleEventLoopLag } from "../support/probes.js"
+import { mainThreadSchedstat, makeRecorder, type Recorder, sampleEventLoopLag } from "../support/probes.js"
 import { type DueWorkload, seedDueMissions } from "../support/seed.js"
+import { startTrace } from "../support/trace.js"
 import { benchLog } from "../support/log.js"
 import { nowMs, round } from "../support/stats.js"
 
@@ -63,6 +64,8 @@ export interface ChildWorkloadResult {
   readonly cpu: CpuReport | undefined
   /** Event-loop lag samples (ms) taken in the runner's process while it ran. */
   readonly lagMs: ReadonlyArray<number>
+  /** The runner's main thread while it ran (seconds): on a core, runnable but waiting for one (Linux). */
+  readonly mainThread: { readonly onCoreS: number; readonly runQueueS: number; readonly wallS: number }
 }
 
 export interface WorkloadResult extends ChildWorkloadResult {
@@ -89,7 +92,9 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const lagMs: Array<number> = []
       const appStartedAt = nowMs()
       const cpu0 = process.cpuUsage()
+      const sched0 = mainThreadSchedstat()
       const cpuWatch = startCpuWatch(input.standInPid)
+      const finishTrace = yield* Effect.promise(() => startTrace(new URL(input.runnerUrl).pathname.slice(1), input.runnerUrl))
       const { plannerMode, ...runnerConfig } = input.config
       const ctx = yield* Layer.build(
         appLayer({ runnerUrl: Redacted.make(input.runnerUrl) }, runnerConfig, input.standInUrl, recorder, plannerMode),
@@ -113,10 +118,12 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
         }
       }
       const cpu = process.cpuUsage(cpu0)
+      const sched1 = mainThreadSchedstat()
       const wallMs = nowMs() - appStartedAt
       const cpuReport = cpuWatch()
       const cpuMs = (cpu.user + cpu.system) / 1000
       const timedOut = !enough()
+      if (finishTrace !== undefined) yield* Effect.promise(() => finishTrace(recorder, { name: input.name, appStartedAt }))
       yield* log(`${input.name}: ${recorder.written} written in ${round(wallMs / 1000, 1)} s${timedOut ? " (deadline reached)" : ""}`)
       return {
         recorder,
@@ -127,6 +134,11 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
         cpuMs,
         cpu: cpuReport,
         lagMs,
+        mainThread: {
+          onCoreS: round((sched1[0] - sched0[0]) / 1000, 1),
+          runQueueS: round((sched1[1] - sched0[1]) / 1000, 1),
+          wallS: round(wallMs / 1000, 1),
+        },
       }
     })
 
