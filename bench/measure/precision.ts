@@ -8,6 +8,7 @@ import { Duration, Effect } from "effect"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import type { Figure } from "../support/report.js"
 import { round, roundSummary, summarize } from "../support/stats.js"
+import { POOL_MAX } from "../support/app.js"
 import { overheadParts, overheadSplit } from "./throughput.js"
 import { runWorkload } from "./workload.js"
 
@@ -64,6 +65,8 @@ export const measurePrecision = (options: PrecisionOptions) =>
       llmMaxInFlight: result.standIn.maxInFlight,
       cpuCoresInUse: result.cpu,
       runnerMainThread: result.mainThread,
+      poolMax: POOL_MAX,
+      sessionsOpened: result.sessionsOpened,
       eventLoopLagMs: roundSummary(summarize(result.lagMs)),
       discoveryPasses: result.recorder.refreshes.length,
       discoveryPassMs: roundSummary(summarize(result.recorder.refreshes.map((r) => r.t1 - r.t0))),
@@ -112,7 +115,7 @@ export const measurePrecision = (options: PrecisionOptions) =>
     yield* options.log(
       `precision: lateness p50 ${round(lateness.p50)} ms, p99 ${round(lateness.p99)} ms; overhead p99 ${round(overhead.p99)} ms` +
         ` (less the main thread's run-queue wait: p99 ${split.overheadLessRunQueueMs?.p99 ?? "?"} ms; slowest 1 %: ${JSON.stringify(split.overheadSlowest1pct ?? {})};` +
-        ` runner main thread ${JSON.stringify(result.mainThread)})`,
+        ` runner main thread ${JSON.stringify(result.mainThread)}; ${result.sessionsOpened} connections opened, pool of ${POOL_MAX})`,
     )
     return figures
   })

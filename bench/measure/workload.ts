@@ -70,6 +70,13 @@ export interface ChildWorkloadResult {
 
 export interface WorkloadResult extends ChildWorkloadResult {
   readonly missions: number
+  /**
+   * Connections Postgres accepted for the database while the runner ran (`pg_stat_database.sessions`
+   * after − before): the pool's size when it kept its connections; more when it closed idle ones
+   * (pg-pool's 10 s idle timeout) and opened them again, each new backend starting with empty caches
+   * (bench/tools/coldConnection.ts). Includes BENCH_TRACE's two, and the owner's one if its pool closed its own meanwhile.
+   */
+  readonly sessionsOpened: number
 }
 
 export interface WorkloadChildInput {
@@ -156,6 +163,11 @@ export const runWorkload = (options: WorkloadOptions): Effect.Effect<WorkloadRes
           : yield* options.seed(db, seededAt)
       yield* options.log(`${options.name}: seeded ${missions} missions`)
       yield* options.standIn.configure(options.latencyMs)
+      const sessions = Effect.map(
+        db.ownerQuery("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"),
+        (rows) => Number(rows[0]?.sessions ?? Number.NaN),
+      )
+      const sessions0 = yield* sessions
       const deadlineMs = Duration.toMillis(Duration.decode(options.deadline))
       const result = yield* runInChild<ChildWorkloadResult>(
         "workload",
@@ -171,6 +183,7 @@ export const runWorkload = (options: WorkloadOptions): Effect.Effect<WorkloadRes
         } satisfies WorkloadChildInput,
         Duration.millis(deadlineMs + 60_000),
       )
-      return { ...result, missions }
+      // The owner's pool is idle while the child runs: the difference is the runner's connections.
+      return { ...result, missions, sessionsOpened: (yield* sessions) - sessions0 }
     }),
   )

@@ -103,6 +103,22 @@ const pgSampler = (url: string) => {
   }
 }
 
+/**
+ * Sessions Postgres established for this database so far (`pg_stat_database.sessions`, PG 14+): the
+ * pool's connections, the tracer's own included. A connection the pool closed after its idle timeout
+ * and opened again counts each time.
+ */
+export const sessionsOpened = async (url: string): Promise<number> => {
+  const client = new pg.Client({ connectionString: url, application_name: "bench-trace" })
+  await client.connect()
+  try {
+    const r = await client.query<{ n: string }>("SELECT sessions AS n FROM pg_stat_database WHERE datname = current_database()")
+    return Number(r.rows[0]?.n ?? Number.NaN)
+  } finally {
+    await client.end()
+  }
+}
+
 export const startTrace = async (
   database: string,
   runnerUrl: string,
@@ -167,6 +183,7 @@ export const startTrace = async (
   return async (recorder, extra) => {
     clearInterval(timer)
     const pgSamples = await stopPg()
-    writeFileSync(path, JSON.stringify({ samples, pgSamples, runs: recorder.runs, refreshes: recorder.refreshes, ...extra }))
+    const sessions = await sessionsOpened(runnerUrl).catch(() => Number.NaN)
+    writeFileSync(path, JSON.stringify({ sessions, samples, pgSamples, runs: recorder.runs, refreshes: recorder.refreshes, ...extra }))
   }
 }
