@@ -12,13 +12,15 @@
  */
 import { readFileSync } from "node:fs"
 import type { RunRecord } from "../support/probes.js"
-import type { TraceSample } from "../support/trace.js"
+import type { PgSample, TraceSample } from "../support/trace.js"
 
 const args = process.argv.slice(2)
 const file = args.find((a) => !a.startsWith("--"))
 if (file === undefined) throw new Error("usage: traceReport.ts <trace.json> [--top=N]")
 const top = Number(args.find((a) => a.startsWith("--top="))?.slice(6) ?? 20)
 const trace = JSON.parse(readFileSync(file, "utf8")) as {
+  sessions?: number
+  pgSamples?: Array<PgSample>
   samples: Array<TraceSample>
   runs: Array<RunRecord>
   refreshes: Array<{ t0: number; t1: number; rows: number }>
@@ -150,3 +152,21 @@ for (const { s, i } of stalls.slice(0, 200)) {
   )
 }
 console.log(`${stalls.length} stalls; sum of their drift ${r1(stalls.reduce((a, x) => a + x.s.drift, 0))} ms, of run-queue wait ${r1(stalls.reduce((a, x) => a + x.s.waitMs, 0))} ms, of CPU ${r1(stalls.reduce((a, x) => a + x.s.cpuMs, 0))} ms`)
+
+// What the runner's Postgres sessions were doing: over the whole trace, and while the slowest 1 % ran.
+const pgSamples = trace.pgSamples ?? []
+const mix = (within: (t: number) => boolean) => {
+  const counts = new Map<string, number>()
+  let n = 0
+  for (const p of pgSamples) {
+    if (!within(p.t)) continue
+    n++
+    for (const [k, v] of Object.entries(p.sessions)) counts.set(k, (counts.get(k) ?? 0) + v)
+  }
+  return [...counts].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, v]) => `${k} ${(v / Math.max(1, n)).toFixed(2)}`)
+}
+if (pgSamples.length > 0) {
+  console.log(`\npostgres sessions of the runner (mean count per pg_stat_activity sample; ${pgSamples.length} samples; ${trace.sessions ?? "?"} sessions opened):`)
+  console.log(`  whole trace: ${mix(() => true).join(", ")}`)
+  console.log(`  slowest 1 %: ${mix((t) => slow.some((x) => x.r.t0 <= t && t <= x.r.t1)).join(", ")}`)
+}
