@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--runs=N] [--rounds=N] [--users=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--runs=N] [--rounds=N] [--users=N] [--missions=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -80,8 +80,8 @@ const main = Effect.gen(function* () {
       measurePrecision({
         ownerUrl,
         standIn,
-        missions: quick ? 400 : 2000,
-        users: quick ? 100 : 500,
+        missions: Number(option("missions") ?? (quick ? 400 : 2000)),
+        users: Number(option("users") ?? (quick ? 100 : 500)),
         spreadMs: quick ? 20_000 : 60_000,
         leadMs: quick ? 8_000 : 15_000,
         log,

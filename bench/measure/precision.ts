@@ -8,7 +8,8 @@ import { Duration, Effect } from "effect"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import type { Figure } from "../support/report.js"
 import { round, roundSummary, summarize } from "../support/stats.js"
-import { overheadParts } from "./throughput.js"
+import { POOL_MAX } from "../support/app.js"
+import { overheadParts, overheadSplit } from "./throughput.js"
 import { runWorkload } from "./workload.js"
 
 export interface PrecisionOptions {
@@ -63,6 +64,9 @@ export const measurePrecision = (options: PrecisionOptions) =>
       llmLatencyMs: LATENCY_MS,
       llmMaxInFlight: result.standIn.maxInFlight,
       cpuCoresInUse: result.cpu,
+      runnerMainThread: result.mainThread,
+      poolMax: POOL_MAX,
+      sessionsOpened: result.sessionsOpened,
       eventLoopLagMs: roundSummary(summarize(result.lagMs)),
       discoveryPasses: result.recorder.refreshes.length,
       discoveryPassMs: roundSummary(summarize(result.recorder.refreshes.map((r) => r.t1 - r.t0))),
@@ -107,6 +111,11 @@ export const measurePrecision = (options: PrecisionOptions) =>
         target: { op: "<", value: 20, text: "< 20 ms" },
       },
     ]
-    yield* options.log(`precision: lateness p50 ${round(lateness.p50)} ms, p99 ${round(lateness.p99)} ms; overhead p99 ${round(overhead.p99)} ms`)
+    const split = overheadSplit(written.filter((r) => r.llmCalls > 0))
+    yield* options.log(
+      `precision: lateness p50 ${round(lateness.p50)} ms, p99 ${round(lateness.p99)} ms; overhead p99 ${round(overhead.p99)} ms` +
+        ` (less the main thread's run-queue wait: p99 ${split.overheadLessRunQueueMs?.p99 ?? "?"} ms; slowest 1 %: ${JSON.stringify(split.overheadSlowest1pct ?? {})};` +
+        ` runner main thread ${JSON.stringify(result.mainThread)}; ${result.sessionsOpened} connections opened, pool of ${POOL_MAX})`,
+    )
     return figures
   })

@@ -73,6 +73,40 @@ export const overheadParts = (runs: ReadonlyArray<RunRecord>) => {
     beforeLlmMs: roundSummary(summarize(withLlm.map((r) => r.llmFirstAt - r.t0))),
     afterLlmMs: roundSummary(summarize(withLlm.map((r) => r.t1 - r.llmLastEnd))),
     llmCallMs: roundSummary(summarize(withLlm.map((r) => r.llmMs / r.llmCalls))),
+    ...overheadSplit(withLlm),
+  }
+}
+
+/**
+ * The overhead by what the runner's main thread did meanwhile (probes.ts): on a core, waiting on a
+ * run queue for a core other processes held, or asleep (Postgres, the pool, locks, timers). For the
+ * whole distribution and for the slowest 1 % of runs (their means): on the shared machine a tail
+ * made of run-queue wait is the machine's, one made of sleep is a wait on something outside the
+ * thread, one made of on-core time is this process's own work queued ahead of the run.
+ */
+export const overheadSplit = (runs: ReadonlyArray<RunRecord>) => {
+  const rows = runs
+    .filter((r) => !Number.isNaN(r.runQueueMs))
+    .map((r) => {
+      const overhead = r.t1 - r.t0 - r.llmMs
+      return { overhead, onCore: r.threadRunMs, runQueue: r.runQueueMs, asleep: overhead - r.threadRunMs - r.runQueueMs }
+    })
+  if (rows.length === 0) return {}
+  rows.sort((a, b) => b.overhead - a.overhead)
+  const tail = rows.slice(0, Math.max(1, Math.ceil(rows.length / 100)))
+  const mean = (f: (x: (typeof rows)[number]) => number) => Math.round((tail.reduce((a, x) => a + f(x), 0) / tail.length) * 100) / 100
+  return {
+    overheadMainThreadOnCoreMs: roundSummary(summarize(rows.map((x) => x.onCore))),
+    overheadMainThreadRunQueueMs: roundSummary(summarize(rows.map((x) => x.runQueue))),
+    overheadMainThreadAsleepMs: roundSummary(summarize(rows.map((x) => x.asleep))),
+    overheadLessRunQueueMs: roundSummary(summarize(rows.map((x) => x.overhead - x.runQueue))),
+    overheadSlowest1pct: {
+      runs: tail.length,
+      overheadMs: mean((x) => x.overhead),
+      onCoreMs: mean((x) => x.onCore),
+      runQueueMs: mean((x) => x.runQueue),
+      asleepMs: mean((x) => x.asleep),
+    },
   }
 }
 

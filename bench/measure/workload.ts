@@ -11,8 +11,9 @@ import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.
 import { runInChild } from "../support/child.js"
 import { type CpuReport, startCpuWatch } from "../support/cpu.js"
 import { type BenchLlmStandIn, connectLlmStandIn, type StandInStats } from "../support/llmStandIn.js"
-import { makeRecorder, type Recorder, sampleEventLoopLag } from "../support/probes.js"
+import { mainThreadSchedstat, makeRecorder, type Recorder, sampleEventLoopLag } from "../support/probes.js"
 import { type DueWorkload, seedDueMissions } from "../support/seed.js"
+import { startTrace } from "../support/trace.js"
 import { benchLog } from "../support/log.js"
 import { nowMs, round } from "../support/stats.js"
 
@@ -63,10 +64,19 @@ export interface ChildWorkloadResult {
   readonly cpu: CpuReport | undefined
   /** Event-loop lag samples (ms) taken in the runner's process while it ran. */
   readonly lagMs: ReadonlyArray<number>
+  /** The runner's main thread while it ran (seconds): on a core, runnable but waiting for one (Linux). */
+  readonly mainThread: { readonly onCoreS: number; readonly runQueueS: number; readonly wallS: number }
 }
 
 export interface WorkloadResult extends ChildWorkloadResult {
   readonly missions: number
+  /**
+   * Connections Postgres accepted for the database while the runner ran (`pg_stat_database.sessions`
+   * after − before): the pool's size when it kept its connections; more when it closed idle ones
+   * (pg-pool's 10 s idle timeout) and opened them again, each new backend starting with empty caches
+   * (bench/tools/coldConnection.ts). Includes BENCH_TRACE's two, and the owner's one if its pool closed its own meanwhile.
+   */
+  readonly sessionsOpened: number
 }
 
 export interface WorkloadChildInput {
@@ -89,7 +99,9 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const lagMs: Array<number> = []
       const appStartedAt = nowMs()
       const cpu0 = process.cpuUsage()
+      const sched0 = mainThreadSchedstat()
       const cpuWatch = startCpuWatch(input.standInPid)
+      const finishTrace = yield* Effect.promise(() => startTrace(new URL(input.runnerUrl).pathname.slice(1), input.runnerUrl))
       const { plannerMode, ...runnerConfig } = input.config
       const ctx = yield* Layer.build(
         appLayer({ runnerUrl: Redacted.make(input.runnerUrl) }, runnerConfig, input.standInUrl, recorder, plannerMode),
@@ -108,15 +120,20 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
         yield* Effect.sleep("100 millis")
         if (nowMs() - lastLog > 5000) {
           lastLog = nowMs()
-          const actors = (yield* supervisor.status).length
+          // The census counts the actors without building every actor's view (`status` took 2-103 ms
+          // of the runner's thread at 500 actors, every 5 s, on the loaded machine): the progress
+          // line must not hold up the runs it measures.
+          const actors = (yield* supervisor.census).total
           yield* log(`${input.name}: ${recorder.written} written, ${recorder.runs.length} runs ended, ${actors} actors`)
         }
       }
       const cpu = process.cpuUsage(cpu0)
+      const sched1 = mainThreadSchedstat()
       const wallMs = nowMs() - appStartedAt
       const cpuReport = cpuWatch()
       const cpuMs = (cpu.user + cpu.system) / 1000
       const timedOut = !enough()
+      if (finishTrace !== undefined) yield* Effect.promise(() => finishTrace(recorder, { name: input.name, appStartedAt }))
       yield* log(`${input.name}: ${recorder.written} written in ${round(wallMs / 1000, 1)} s${timedOut ? " (deadline reached)" : ""}`)
       return {
         recorder,
@@ -127,6 +144,11 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
         cpuMs,
         cpu: cpuReport,
         lagMs,
+        mainThread: {
+          onCoreS: round((sched1[0] - sched0[0]) / 1000, 1),
+          runQueueS: round((sched1[1] - sched0[1]) / 1000, 1),
+          wallS: round(wallMs / 1000, 1),
+        },
       }
     })
 
@@ -141,6 +163,11 @@ export const runWorkload = (options: WorkloadOptions): Effect.Effect<WorkloadRes
           : yield* options.seed(db, seededAt)
       yield* options.log(`${options.name}: seeded ${missions} missions`)
       yield* options.standIn.configure(options.latencyMs)
+      const sessions = Effect.map(
+        db.ownerQuery("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"),
+        (rows) => Number(rows[0]?.sessions ?? Number.NaN),
+      )
+      const sessions0 = yield* sessions
       const deadlineMs = Duration.toMillis(Duration.decode(options.deadline))
       const result = yield* runInChild<ChildWorkloadResult>(
         "workload",
@@ -156,6 +183,7 @@ export const runWorkload = (options: WorkloadOptions): Effect.Effect<WorkloadRes
         } satisfies WorkloadChildInput,
         Duration.millis(deadlineMs + 60_000),
       )
-      return { ...result, missions }
+      // The owner's pool is idle while the child runs: the difference is the runner's connections.
+      return { ...result, missions, sessionsOpened: (yield* sessions) - sessions0 }
     }),
   )

@@ -4,7 +4,16 @@
  * (LlmClient.complete, the global permit wait included), so the run's own overhead is the rest.
  * A FiberRef ties each LLM call to the run whose fiber made it. Bench code: the recorder is a
  * plain array owned by one measurement.
+ *
+ * Where a run's time outside its LLM calls went, from the main thread's scheduler counters
+ * (`/proc/self/schedstat`, read at the run's start and end and at each LLM call's start and end: a
+ * few microseconds each): `threadRunMs`, the thread on a core (this run's steps and whatever else
+ * the process ran meanwhile: other runs, discovery, the collector's share on this thread), and
+ * `runQueueMs`, the thread runnable but waiting for a core another process held (the shared
+ * machine's load). The rest of the overhead the thread slept: waiting for Postgres, a pool
+ * connection, a lock, or a timer. Outside Linux both are NaN.
  */
+import { readFileSync } from "node:fs"
 import { Effect, Exit, FiberRef, Layer } from "effect"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
@@ -27,6 +36,28 @@ export interface RunRecord {
   llmFirstAt: number
   llmLastEnd: number
   outcome: string
+  /** Main thread outside the run's LLM calls: ms on a core, ms waiting on a run queue (see the header). */
+  threadRunMs: number
+  runQueueMs: number
+  /** schedstat [run, wait] (ms) at the start of the current non-LLM stretch. */
+  mark: [number, number]
+}
+
+/** The main thread's [on-CPU, run-queue wait] in ms since it started; NaN outside Linux. */
+export const mainThreadSchedstat = (): [number, number] => {
+  try {
+    const [run, wait] = readFileSync("/proc/self/schedstat", "latin1").split(" ")
+    return [Number(run) / 1e6, Number(wait) / 1e6]
+  } catch {
+    return [Number.NaN, Number.NaN]
+  }
+}
+
+/** Ends a non-LLM stretch of `record` (at an LLM call's start or the run's end). */
+const closeStretch = (record: RunRecord) => {
+  const [run, wait] = mainThreadSchedstat()
+  record.threadRunMs += run - record.mark[0]
+  record.runQueueMs += wait - record.mark[1]
 }
 
 export interface Recorder {
@@ -62,11 +93,15 @@ export const timedRunner = (recorder: Recorder) =>
               llmFirstAt: Number.NaN,
               llmLastEnd: Number.NaN,
               outcome: "running",
+              threadRunMs: 0,
+              runQueueMs: 0,
+              mark: mainThreadSchedstat(),
             }
             return Effect.locally(inner.run(request), currentRun, record).pipe(
               Effect.onExit((exit) =>
                 Effect.sync(() => {
                   record.t1 = nowMs()
+                  closeStretch(record)
                   record.outcome = Exit.isSuccess(exit)
                     ? exit.value._tag === "Written"
                       ? `Written:${exit.value.overallStatus}`
@@ -93,11 +128,15 @@ export const timedLlm = Layer.effect(
       complete: (messages, options) =>
         Effect.flatMap(FiberRef.get(currentRun), (record) => {
           const t0 = nowMs()
-          if (record !== null && Number.isNaN(record.llmFirstAt)) record.llmFirstAt = t0
+          if (record !== null) {
+            if (Number.isNaN(record.llmFirstAt)) record.llmFirstAt = t0
+            closeStretch(record)
+          }
           return inner.complete(messages, options).pipe(
             Effect.ensuring(
               Effect.sync(() => {
                 if (record === null) return
+                record.mark = mainThreadSchedstat()
                 record.llmLastEnd = nowMs()
                 record.llmMs += record.llmLastEnd - t0
                 record.llmCalls++
