@@ -25,7 +25,7 @@ import {
   isHoldReason,
   releaseAgents,
 } from "../domain/actorView.js"
-import type { Mission } from "../domain/mission.js"
+import type { MissionRef } from "../domain/mission.js"
 import type { RunnerConfigShape } from "../services/AppConfig.js"
 import type { MissionSnapshot, MissionStoreShape } from "../services/MissionStore.js"
 import type { MissionRunnerShape, MissionTimeout, RunOutcome } from "../services/MissionRunner.js"
@@ -197,7 +197,7 @@ export const behaviour = (
                   onSome: (error) => RunResult.Failed({ error }),
                 })
 
-        const admitted = (mission: Mission): Effect.Effect<RunResult<RunOutcome>> =>
+        const admitted = (mission: MissionRef): Effect.Effect<RunResult<RunOutcome>> =>
           Effect.sync(() => {
             state.inFlight++
           }).pipe(
@@ -226,7 +226,7 @@ export const behaviour = (
             ),
           )
 
-        const runOne = (missionId: string, mission: Mission, slot: number | null) =>
+        const runOne = (missionId: string, mission: MissionRef, slot: number | null) =>
           userPermits
             .withPermit(
               Effect.acquireUseRelease(

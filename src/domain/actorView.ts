@@ -5,7 +5,7 @@
  * one to change it.
  */
 import { Data, type Either } from "effect"
-import type { Mission } from "./mission.js"
+import { type MissionRef, missionRefOf, type Mission } from "./mission.js"
 
 // ---------------------------------------------------------------- the view
 
@@ -36,7 +36,8 @@ export interface Hold {
 
 export interface Entry {
   readonly missionId: string
-  mission: Mission
+  /** What a run needs of the mission (it reads the rest as the mission stands then). */
+  mission: MissionRef
   /** Epoch ms of the slot to run next; null: nothing scheduled. */
   nextRunAt: number | null
   /** The slot of the last run this actor finished: a snapshot still showing it is stale. */
@@ -65,8 +66,9 @@ export const upsert = (view: View, snapshot: ViewSnapshot): void => {
     else view.delete(snapshot.missionId)
     return
   }
-  // A compact copy: the decoded one sits amid the store pass's garbage and would keep its pages in RSS.
-  const mission = structuredClone(snapshot.decoded.right)
+  // A compact copy of what a run needs: the decoded mission sits amid the store pass's garbage and
+  // would keep its pages in RSS, and its text and iterations grow with its history.
+  const mission = missionRefOf(snapshot.decoded.right)
   const at = snapshot.nextRunAt === null ? null : snapshot.nextRunAt.getTime()
   if (existing === undefined) {
     view.set(snapshot.missionId, {

@@ -117,6 +117,22 @@ export const Mission = Schema.Struct({
 })
 export type Mission = typeof Mission.Type
 
+/**
+ * What a run needs of the mission it is asked to run: the rest (objective, iterations, grant, …) it
+ * reads as the mission stands when the run starts. Actors keep only this of each mission, so their
+ * memory does not grow with a mission's text or its iterations (issue 16 item 5).
+ */
+export type MissionRef = Pick<Mission, "id" | "nextRunAt" | "inputs" | "agentId">
+
+/** The run's reference of a decoded mission: a compact copy, so it keeps nothing of the decode's garbage alive. */
+export const missionRefOf = (mission: Mission): MissionRef => {
+  const inputs = mission.inputs.length === 0 ? emptyInputs : structuredClone(mission.inputs)
+  return mission.agentId === undefined
+    ? { id: mission.id, nextRunAt: mission.nextRunAt, inputs }
+    : { id: mission.id, nextRunAt: mission.nextRunAt, inputs, agentId: mission.agentId }
+}
+const emptyInputs: Mission["inputs"] = []
+
 export const MISSIONS_APP_ID = "ai"
 export const MISSIONS_TABLE = "aiMissions"
 export const RUNNER_CLIENT_ID = "mana-ai-runner"

@@ -15,7 +15,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Cause, Clock, Duration, Effect, Exit, FiberRef, Layer, LogLevel, Metric, Option, Ref, Schedule, Schema } from "effect"
 import { type Agent, runDecision } from "../domain/agent.js"
 import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
-import type { ErrorPhase, Iteration, Mission } from "../domain/mission.js"
+import type { ErrorPhase, Iteration, Mission, MissionRef } from "../domain/mission.js"
 import { parseInstant } from "../domain/replay.js"
 import { describeRejection } from "../domain/planParser.js"
 import { RunnerConfig } from "./AppConfig.js"
@@ -60,7 +60,8 @@ export class MissionTimeout extends Schema.TaggedError<MissionTimeout>()("Missio
 
 export interface RunRequest {
   readonly userId: string
-  readonly mission: Mission
+  /** The actor's reference (a whole Mission will do): the run reads the mission as it stands. */
+  readonly mission: MissionRef
 }
 
 export type RunOutcome =
@@ -253,7 +254,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
     const prepare = (
       userId: string,
-      mission: Mission,
+      mission: MissionRef,
       iterationId: string,
       attemptId: string,
       heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>,

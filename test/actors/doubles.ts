@@ -108,7 +108,15 @@ export const makeStore = Effect.gen(function* () {
     claim: () => Effect.succeed(true),
     releaseClaim: () => Effect.void,
   })
-  return { service, put, setNextRunAt, refreshes }
+  /** The mission as the store holds it now (a run reads it as it stands, not from the actor's reference). */
+  const current = (userId: string, missionId: string) =>
+    Ref.get(applied).pipe(
+      Effect.map((m) => {
+        const decoded = m.get(key(userId, missionId))?.decoded
+        return decoded !== undefined && Either.isRight(decoded) ? decoded.right : undefined
+      }),
+    )
+  return { service, put, setNextRunAt, current, refreshes }
 })
 
 export type FakeStore = Effect.Effect.Success<typeof makeStore>
@@ -161,9 +169,9 @@ export const makeRunner = (store: FakeStore, permits: GlobalLlmPermits, timings:
         )
         yield* Effect.sleep(timings.afterMs ?? 50)
         const now = yield* Clock.currentTimeMillis
-        const cadence = request.mission.cadence
+        const cadence = (yield* store.current(request.userId, request.mission.id))?.cadence
         let next: string | null = null
-        if (cadence.kind === "interval") {
+        if (cadence?.kind === "interval") {
           const every = cadence.everyMinutes * MIN
           let at = request.mission.nextRunAt === null ? now : Date.parse(request.mission.nextRunAt)
           while (at <= now) at += every
