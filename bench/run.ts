@@ -3,7 +3,7 @@
  * a fixed latency, on data it seeds itself; prints each figure beside its target and writes
  * bench/results/latest.json. Every figure is a ratio or a distribution taken within this run.
  *
- *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--runs=N] [--rounds=N] [--users=N] [--missions=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--out=path]
+ *   bun bench/run.ts [--quick] [--only=throughput,stages,precision,discovery,memory,processMemory,page,fairShare,cluster] [--history=N] [--runs=N] [--rounds=N] [--users=N] [--missions=N] [--baseline=N] [--fair=at-once,spread] [--sizes=N,…] [--serial] [--out=path]
  *   BENCH_OWNER_URL (default postgres://postgres@127.0.0.1:5432/postgres): an owner on a loopback server.
  */
 import { cpus, totalmem } from "node:os"
@@ -89,33 +89,40 @@ const main = Effect.gen(function* () {
     )
   }
 
-  if (selected("discovery")) {
-    yield* part(
-      "discovery",
-      measureDiscovery({
-        ownerUrl,
-        histories,
-        sizes: option("sizes")?.split(",").map(Number) ?? (quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000]),
-        samples: quick ? 10 : 30,
-        log,
-      }),
-    )
-  }
+  // The per-actor memory reading and the operator page measure their own child process (heap and RSS;
+  // its CPU time): they run beside the process-memory ticks that are no figure (2 … 9), and are over
+  // before its last tick (bench/README.md, "Where a full run's time goes"). `--serial`: one after another.
+  const memoryPart = part(
+    "memory",
+    measureMemory({
+      ownerUrl,
+      standIn,
+      actors: quick ? 1_000 : 10_000,
+      startDeadline: quick ? "40 seconds" : "90 seconds",
+      log,
+    }),
+  )
+  const pagePart = part(
+    "page",
+    measurePage({
+      ownerUrl,
+      standIn,
+      actors: quick ? 1_000 : 10_000,
+      windowSeconds: quick ? 10 : 20,
+      idleWindowSeconds: 10,
+      rounds: quick ? 2 : 3,
+      startDeadline: quick ? "40 seconds" : "90 seconds",
+      log,
+    }),
+  )
+  const besideTicks = [...(selected("memory") ? [memoryPart] : []), ...(selected("page") ? [pagePart] : [])]
+  const processMemory = selected("memory") || selected("processMemory")
+  if (!processMemory || flag("serial")) yield* Effect.all(besideTicks, { discard: true })
+  const discoverySizes = option("sizes")?.split(",").map(Number) ?? (quick ? [2_000, 20_000] : [10_000, 100_000, 1_000_000])
+  // Discovery's histories, seeded beside those ticks too when discovery runs (the largest also by processMemory).
+  const seedHistories = selected("discovery") && !flag("serial") ? [Effect.forEach(discoverySizes, histories.prepare, { discard: true })] : []
 
-  if (selected("memory")) {
-    yield* part(
-      "memory",
-      measureMemory({
-        ownerUrl,
-        standIn,
-        actors: quick ? 1_000 : 10_000,
-        startDeadline: quick ? "40 seconds" : "90 seconds",
-        log,
-      }),
-    )
-  }
-
-  if (selected("memory") || selected("processMemory")) {
+  if (processMemory) {
     yield* part(
       "processMemory",
       measureProcessMemory({
@@ -125,22 +132,20 @@ const main = Effect.gen(function* () {
         rounds: Number(option("rounds") ?? (quick ? 5 : 10)),
         historyRows: Number(option("history") ?? (quick ? 100_000 : 1_000_000)),
         histories,
+        ...(flag("serial") ? {} : { beside: Effect.all([Effect.all(besideTicks, { discard: true }), ...seedHistories], { concurrency: "unbounded", discard: true }) }),
         log,
       }),
     )
   }
 
-  if (selected("page")) {
+  if (selected("discovery")) {
     yield* part(
-      "page",
-      measurePage({
+      "discovery",
+      measureDiscovery({
         ownerUrl,
-        standIn,
-        actors: quick ? 1_000 : 10_000,
-        windowSeconds: quick ? 10 : 20,
-        idleWindowSeconds: 10,
-        rounds: quick ? 2 : 3,
-        startDeadline: quick ? "40 seconds" : "90 seconds",
+        histories,
+        sizes: discoverySizes,
+        samples: quick ? 10 : 30,
         log,
       }),
     )
@@ -174,6 +179,8 @@ const main = Effect.gen(function* () {
     mode: quick ? "quick" : "full",
     durationSeconds: round((nowMs() - started) / 1000, 1),
     partSeconds,
+    // Parts that ran beside processMemory's ticks 2 … 9 (their seconds overlap its own).
+    partsBesideProcessMemory: processMemory && !flag("serial") ? [...(selected("memory") ? ["memory"] : []), ...(selected("page") ? ["page"] : [])] : [],
     machine: { cpus: cpus().length, memoryMb: Math.round(totalmem() / 2 ** 20), runtime },
     cpuCoresOverRun: cpu === undefined ? null : { ...cpu, otherProcesses: others },
     figures,

@@ -7,7 +7,7 @@
  */
 import { randomUUID } from "node:crypto"
 import { readdirSync, readFileSync } from "node:fs"
-import { Context, Duration, Effect, Layer, Redacted, type Scope } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Redacted, type Scope } from "effect"
 import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
 import { Supervisor, SupervisorLive, servicesLayer } from "../support/app.js"
 import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
@@ -170,6 +170,12 @@ export interface ProcessMemoryOptions {
   readonly historyRows: number
   /** Where that history comes from: seeded once for the bench, copied here. */
   readonly histories: HistoryTemplates
+  /**
+   * Other measurements to run beside the ticks whose RSS is no figure (2 … rounds − 1), over before
+   * the last tick: none of this process's figures is taken while they run (bench/run.ts). The
+   * template of `historyRows` rows is seeded beside them too, if it is not yet.
+   */
+  readonly beside?: Effect.Effect<void>
   readonly log: (line: string) => Effect.Effect<void>
 }
 
@@ -293,7 +299,7 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string, log: (line: s
 export const measureProcessMemory = (options: ProcessMemoryOptions) =>
   Effect.gen(function* () {
     const runs = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n))
-    const { idle, rssAfterRound, written, cpuMsPerRun } = yield* Effect.scoped(
+    const { idle, rssAfterRound, written, cpuMsPerRun, overlapped } = yield* Effect.scoped(
       Effect.gen(function* () {
         const db = yield* makeBenchDatabase(options.ownerUrl)
         const mana = yield* startRunnerProcess(db, options.standIn.url, options.log)
@@ -302,8 +308,19 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
         yield* options.log(`process memory: idle ${mb(idle)} MB`)
         const rssAfterRound: Array<number> = []
         const cpuMsPerRun: Array<number> = []
+        /** Ticks that began while work beside them ran (their CPU per run shares the machine with it). */
+        const overlapped: Array<number> = []
         let written = 0
+        // Beside the ticks whose RSS is no figure (2 … rounds − 1), over before the last tick: the seed of
+        // the history the discovery reading copies (if not seeded yet) and the other measurements given.
+        const besideWork = Effect.all(
+          [...(options.historyRows > 0 ? [options.histories.prepare(options.historyRows)] : []), ...(options.beside === undefined ? [] : [options.beside])],
+          { concurrency: "unbounded", discard: true },
+        )
+        let besides: Fiber.RuntimeFiber<void> | undefined
         for (let round_ = 1; round_ <= options.rounds; round_++) {
+          if (round_ === options.rounds && besides !== undefined) yield* Fiber.join(besides)
+          if (besides !== undefined && besides.unsafePoll() === null) overlapped.push(round_)
           // The same users and missions every round (the same actors).
           yield* missionsDueAgain(db, "mem", "Memory mission", round_, options.runsPerRound)
           const t = yield* mana.tick
@@ -316,14 +333,18 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
           yield* options.log(
             `process memory: tick ${round_} wrote ${t.written} plans in ${round(t.seconds, 1)} s (${t.errors.length} errors), runner CPU ${round(t.cpuMs / Math.max(1, t.written), 2)} ms per run; RSS ${mb(rss)} MB`,
           )
+          if (round_ === 1) besides = yield* Effect.fork(besideWork)
         }
-        return { idle, rssAfterRound, written, cpuMsPerRun }
+        if (besides !== undefined) yield* Fiber.join(besides)
+        return { idle, rssAfterRound, written, cpuMsPerRun, overlapped }
       }),
     )
     const first = rssAfterRound[0] ?? 0
     const last = rssAfterRound[rssAfterRound.length - 1] ?? 0
 
-    // --history=0: no discovery reading (a shorter run while working on the other three).
+    // --history=0: no discovery reading (a shorter run while working on the other three). With nothing
+    // of the bench's own beside it: its RSS follows the garbage collector's pace, which CPU taken by
+    // others slows (481 MB beside the ticks on a machine at load 19, against 280 MB in the quiet run).
     const discovery = options.historyRows <= 0 ? undefined : yield* Effect.scoped(
       Effect.gen(function* () {
         // The same history discovery measured (seeded once, a copy of its own here).
@@ -364,6 +385,7 @@ export const measureProcessMemory = (options: ProcessMemoryOptions) =>
           rssReadSecondsAfterEachTick: rssAfterRound.map((_, i) => (i === 0 || i === rssAfterRound.length - 1 ? SETTLE_SECONDS : BETWEEN_TICKS_SECONDS)),
           plansWrittenBack: written,
           runnerCpuMsPerRunEachTick: cpuMsPerRun.map((ms) => round(ms, 2)),
+          ticksBesideOtherWork: overlapped,
         },
       },
       ...(discovery === undefined ? [] : [{
