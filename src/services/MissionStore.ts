@@ -638,8 +638,9 @@ export const makeMissionStore = (
         // The cursor sorts every new row by record: on a first discovery or a burst that sort spills to
         // disk, and with the default 4 MB it merges in many more passes (this transaction only).
         yield* sql`SET LOCAL work_mem = '64MB'`
-        // The cursor prints created_at as a timestamp's text (cursorAtText): ISO, whatever the server's default.
-        yield* sql`SET LOCAL DateStyle = 'ISO, YMD'`
+        // The cursor prints created_at as a timestamp's text (cursorAtText): ISO output, whatever the server's
+        // default (the input order, the setting's other half, stays as it is).
+        yield* sql`SET LOCAL DateStyle = 'ISO'`
         yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
 
         const changed: Array<MissionSnapshot> = []

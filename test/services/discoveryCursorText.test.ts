@@ -59,7 +59,7 @@ it.layer(Migrated, { timeout: 120_000 })("discovery cursor's created_at text", (
         const rows = yield* sql.withTransaction(
           Effect.gen(function* () {
             // The pass sets DateStyle itself (ISO); the zone is the session's (the text is the UTC wall time).
-            yield* sql`SET LOCAL DateStyle = 'ISO, YMD'`
+            yield* sql`SET LOCAL DateStyle = 'ISO'`
             yield* setZone
             return yield* newMissionRowsQuery(sql, {
               cursorAt: "-infinity",
