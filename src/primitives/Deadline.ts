@@ -16,7 +16,8 @@
  * sleeps on that Clock until the earliest entry (the actor host's wake-up schedule, the same
  * `WakeHeap`). An entry costs a heap push; a deadline met cancels its entry in O(1) (dropped when it
  * reaches the top, or by the heap's compaction). The timer fiber wakes early only when an entry
- * earlier than the one it sleeps for arrives, and ends when it wakes to an empty heap.
+ * earlier than the one it sleeps for arrives, and is stopped once no deadline is left (so, under
+ * load, one timer fiber serves many runs; a lone run still forks two fibers, as before).
  *
  * It sleeps on the caller's Clock, so TestClock drives it: the deadline fires when the clock reaches
  * the instant of the call plus `duration`, not before. Each timer fiber is started with
@@ -34,7 +35,7 @@ interface Alarm {
 
 /** The deadlines of one Clock and the fiber that sleeps until the earliest. */
 class Timer {
-  private readonly heap = new WakeHeap<Alarm>()
+  private heap = new WakeHeap<Alarm>()
   /** The instant the timer fiber sleeps until; Infinity: no timer fiber. */
   private wakeAt = Number.POSITIVE_INFINITY
   /** Bumped when a timer fiber is replaced; an older fiber that still wakes does nothing. */
@@ -52,6 +53,14 @@ class Timer {
   cancel(entry: WakeEntry<Alarm>): void {
     entry.target.fire = undefined
     this.heap.cancel(entry)
+    // No deadline left: no timer either (a sleep left behind would hold the event loop open).
+    if (this.heap.size === 0 && this.fiber !== undefined) {
+      this.generation++
+      this.fiber.unsafeInterruptAsFork(FiberId.none)
+      this.fiber = undefined
+      this.wakeAt = Number.POSITIVE_INFINITY
+      this.heap = new WakeHeap<Alarm>()
+    }
   }
 
   /** A new timer fiber for an earlier entry; the one sleeping for a later instant is interrupted. */

@@ -24,6 +24,11 @@ export class WakeHeap<A> {
     return entry
   }
 
+  /** How many entries are live. */
+  get size(): number {
+    return this.items.length - this.dead
+  }
+
   cancel(entry: WakeEntry<A>): void {
     if (!entry.live) return
     entry.live = false
