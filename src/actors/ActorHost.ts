@@ -36,7 +36,7 @@ import {
   Schedule,
   type Scope,
 } from "effect"
-import { type WakeEntry, WakeHeap } from "./WakeHeap.js"
+import { type WakeEntry, WakeHeap } from "../primitives/WakeHeap.js"
 
 // ---------------------------------------------------------------- the behaviour
 

@@ -18,6 +18,7 @@ import {
   Schedule,
   Schema,
 } from "effect"
+import { withDeadline } from "../primitives/Deadline.js"
 import { LlmConfig } from "./AppConfig.js"
 import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
 import { LlmBreaker } from "./LlmBreaker.js"
@@ -454,7 +455,7 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
             return Effect.fail(status === 429 ? new LlmRateLimited(fields) : new LlmHttpError({ status, ...fields }))
           })
         }),
-        Effect.timeoutFail({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }),
+        withDeadline({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }),
       )
     }
 

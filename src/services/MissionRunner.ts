@@ -14,6 +14,7 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Cause, Clock, Duration, Effect, Exit, FiberRef, Layer, LogLevel, Metric, Option, Ref, Schedule, Schema } from "effect"
 import { type Agent, runDecision } from "../domain/agent.js"
+import { withDeadline } from "../primitives/Deadline.js"
 import { failedIteration, iterationIdFor, plannedIteration } from "../domain/iteration.js"
 import type { ErrorPhase, Iteration, Mission, MissionRef } from "../domain/mission.js"
 import { parseInstant } from "../domain/replay.js"
@@ -473,7 +474,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             // Past the deadline the run is interrupted wherever it is; in the write-back, its
             // transaction rolls back whole (a COMMIT already under way finishes: the retry then finds
             // the iteration written and skips).
-            Effect.timeoutFail({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
+            withDeadline({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
             // Failed or interrupted before its commit, the run wrote nothing: give the claim back for the retry.
             Effect.onError(() => giveBackClaim),
             // Outside the deadline: usage the write-back did not commit is recorded whatever the run's end.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { WakeHeap } from "../../src/actors/WakeHeap.js"
+import { WakeHeap } from "../../src/primitives/WakeHeap.js"
 
 describe("WakeHeap", () => {
   it("hands out due wake-ups earliest first and keeps later ones", () => {

@@ -1,7 +1,8 @@
 /**
- * The wake-ups of every user actor, earliest first (SPEC §8): one supervisor fiber sleeps until the
- * earliest instead of one timer fiber per actor. Entries are dropped lazily: a replaced or cancelled
- * one is marked dead and skipped when it reaches the top.
+ * Wake-ups, earliest first: one fiber sleeps until the earliest entry instead of one timer fiber per
+ * entry (the actor host's wake-ups of every user actor, SPEC §8; the deadlines of `Deadline.ts`).
+ * Entries are dropped lazily: a replaced or cancelled one is marked dead and skipped when it reaches
+ * the top.
  */
 export interface WakeEntry<A> {
   readonly at: number
@@ -21,6 +22,11 @@ export class WakeHeap<A> {
     // Dead entries far in the future would otherwise pile up until their time comes.
     if (this.dead > 1024 && this.dead > this.items.length / 2) this.compact()
     return entry
+  }
+
+  /** How many entries are live. */
+  get size(): number {
+    return this.items.length - this.dead
   }
 
   cancel(entry: WakeEntry<A>): void {
