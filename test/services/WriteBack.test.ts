@@ -430,7 +430,7 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
         Effect.provideService(SqlClient.SqlClient, sql),
       )
       if (read.current._tag !== "Appendable") return yield* Effect.dieMessage(`not appendable: ${read.current.reason}`)
-      return { current: read.current, missionRows: read.missionRows } satisfies WriteBasis
+      return { current: read.current, missionRows: read.missionRows, actor: read.actor! } satisfies WriteBasis
     }).pipe(Effect.orDie)
 
   it.effect("an append on the pre-check's basis writes onto it when nothing was written since", () =>
