@@ -105,8 +105,8 @@ export interface TokenLedgerShape {
    */
   readonly insert: (entries: ReadonlyArray<UsageEntry>) => Effect.Effect<number, SqlError>
   /**
-   * `insert` as a statement for a caller that sends it itself (the write-back's pipelined
-   * transaction), inserting only where `onlyIf` holds; `booked` counts its rows in the metric.
+   * `insert` as a statement for a caller that sends it itself (the write-back on a basis), inserting
+   * only where `onlyIf` holds (in SQL, so it could be pipelined); `booked` counts its rows in the metric.
    */
   readonly insertWhen: (entries: ReadonlyArray<UsageEntry>, onlyIf: Statement.Fragment) => Statement.Statement<{ readonly tokens: unknown }>
   readonly booked: (rows: ReadonlyArray<Readonly<Record<string, unknown>>>) => Effect.Effect<number>
