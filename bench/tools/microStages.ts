@@ -1,14 +1,17 @@
 /**
  * CPU per call of the pieces a run's transactions are made of (many at once, 64 in flight), to
  * tell the round trips from the work around them: `bun bench/tools/microStages.ts --calls=2000`.
+ * `scope*` are transactions through @effect/sql's withTransaction (a round trip per statement, BEGIN
+ * and COMMIT); `pipelined*` the same statements as a run sends them (pipelinedTransaction: 2 round trips).
  */
 import { SqlClient } from "@effect/sql"
 import { BunRuntime } from "@effect/platform-bun"
 import { Context, Effect, Either, Layer, Logger, LogLevel } from "effect"
-import { readCurrentMissionWithAgent } from "../../src/services/currentMission.js"
+import { readCurrentMissionWithAgent, runReadQuery } from "../../src/services/currentMission.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
-import { withUserScope, withUserScopeFirst } from "../../src/services/withUserScope.js"
+import { pipelinedTransaction } from "../../src/services/pipelinedTransaction.js"
+import { scopeStatement, withUserScope, withUserScopeFirst } from "../../src/services/withUserScope.js"
 import { servicesLayer } from "../support/app.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "../support/benchDatabase.js"
 import { startLlmStandIn } from "../support/llmStandIn.js"
@@ -51,6 +54,11 @@ const main = Effect.scoped(
         withUserScope(d.userId, (s) => s`SELECT id::text AS id, app_id, table_name, record_id, user_id, op, data, field_meta AS field_timestamps, created_at FROM sync_changes WHERE user_id = ${d.userId} AND app_id = 'ai' AND table_name = 'aiMissions' AND record_id = ${d.mission.id} ORDER BY created_at, id`),
       ),
       scopeMissionRead: perCall((d) => withUserScope(d.userId, (s) => readCurrentMissionWithAgent(s, d.userId, d.mission.id, "x", "UTC"))),
+      // The same two transactions as a run sends them (issue 16): BEGIN + statements in one round trip, then COMMIT.
+      pipelinedScopeSelect1: perCall((d) => pipelinedTransaction(sql, [scopeStatement(sql, d.userId), sql`SELECT 1`])),
+      pipelinedScopeMissionRead: perCall((d) =>
+        pipelinedTransaction(sql, [scopeStatement(sql, d.userId), runReadQuery(sql, eventLog.timeColumn, d.userId, d.mission.id, [])]),
+      ),
     }
     const out: Record<string, number> = {}
     for (const round of [0, 1]) {

@@ -21,7 +21,7 @@ import { parseInstant } from "../domain/replay.js"
 import { describeRejection } from "../domain/planParser.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { AgentPermits } from "./AgentPermits.js"
-import { readCurrentMissionWithAgent } from "./currentMission.js"
+import { judgeRunRead, runReadQuery } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers, type ResolvedInput, type UnavailableInput } from "./InputResolvers.js"
 import { type LlmError, type TokenUsage, isTransientLlmError } from "./LlmClient.js"
@@ -40,7 +40,8 @@ import { claimCte } from "./runClaims.js"
 import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack, type WriteBasis } from "./WriteBack.js"
-import { withUserScopeFirst } from "./withUserScope.js"
+import { pipelinedTransaction } from "./pipelinedTransaction.js"
+import { scopeStatement } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
 // Tagged once: Metric.tagged builds and hashes a new key on every call.
@@ -265,65 +266,59 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         const key = { userId, missionId: mission.id, iterationId }
         // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
         const now = yield* Clock.currentTimeMillis
-        // One transaction, one round trip per step (issue 16): claim in the scoping statement, then the
-        // mission and its agent, then the inputs (withUserScope inside joins this scope).
-        const checked = yield* withUserScopeFirst(
-          userId,
-          { with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster), columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed` },
-          (row, sql) =>
-            Effect.gen(function* (): Effect.fn.Return<Checked, SqlError, EventLogSchema> {
-              if (Number(row.claimed) === 0) return skipped("claimed-elsewhere")
-              yield* claimed
-
-              // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
-              // rescheduled or already planned (by another instance) since. The write-back checks again.
-              // The mission's agent comes with it, in the same query (SPEC §14).
-              // The inputs the snapshot names come in the same query (issue 16); inputs changed since are read on their own.
-              const read = yield* readCurrentMissionWithAgent(
-                sql,
-                userId,
-                mission.id,
-                iterationId,
-                config.defaultTimezone,
-                resolvers.plainRefs(mission.inputs),
-              )
-              const { current, agent: resolution } = read
-              if (current._tag === "Skip") {
-                yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
-                return skipped(current.reason)
-              }
-              const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
-              if (dueAt === undefined || dueAt > now) {
-                yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
-                  Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
-                )
-                return skipped("not-due")
-              }
-              if (resolution._tag === "Malformed") {
-                return yield* agentSkip(
-                  { reason: "agent-malformed", detail: resolution.error.message },
-                  `the mission's agent record does not decode: ${resolution.error.message}`,
-                )
-              }
-              const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
-              const decision = runDecision(agent)
-              if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
-
-              // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
-              // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
-              const inputs = yield* resolvers.resolveForRun(
-                userId,
-                current.mission.inputs,
-                { missionId: mission.id, iterationId, grant: current.record.grant },
-                read.records,
-              )
-              return { _tag: "Ready", basis: { current, missionRows: read.missionRows }, agent, inputs } as const
+        // One transaction of two round trips (issue 16, `pipelinedTransaction`): the claim in the
+        // scoping statement and, sent with it, the mission, its agent and the inputs the snapshot
+        // names; then COMMIT. The read is made (and dropped) even when another runner holds the claim.
+        // Inputs that changed since the snapshot, and encrypted ones, are read after it in a scope of their own.
+        const also = resolvers.plainRefs(mission.inputs)
+        const checked = yield* Effect.gen(function* (): Effect.fn.Return<Checked, SqlError> {
+          const [scoped, raw] = yield* pipelinedTransaction(sqlClient, [
+            scopeStatement(sqlClient, userId, {
+              with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
+              columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
             }),
-        ).pipe(
-          Effect.provideService(SqlClient.SqlClient, sqlClient),
-          Effect.provideService(EventLogSchema, eventLog),
-          withSpanWhenTracing("checkMission"),
-        )
+            runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also),
+          ])
+          if (Number(scoped?.[0]?.claimed ?? 0) === 0) return skipped("claimed-elsewhere")
+          yield* claimed
+
+          // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
+          // rescheduled or already planned (by another instance) since. The write-back checks again.
+          // The mission's agent comes with it, in the same query (SPEC §14).
+          const read = judgeRunRead(raw ?? [], mission.id, iterationId, config.defaultTimezone, also)
+          const { current, agent: resolution } = read
+          if (current._tag === "Skip") {
+            yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
+            return skipped(current.reason)
+          }
+          const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
+          if (dueAt === undefined || dueAt > now) {
+            yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
+              Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
+            )
+            return skipped("not-due")
+          }
+          if (resolution._tag === "Malformed") {
+            return yield* agentSkip(
+              { reason: "agent-malformed", detail: resolution.error.message },
+              `the mission's agent record does not decode: ${resolution.error.message}`,
+            )
+          }
+          const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
+          const decision = runDecision(agent)
+          if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+
+          // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
+          // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
+          const inputs = yield* resolvers.resolveForRun(
+            userId,
+            current.mission.inputs,
+            { missionId: mission.id, iterationId, grant: current.record.grant },
+            read.records,
+          )
+          // judgeRunRead gives `actor` with every appendable mission.
+          return { _tag: "Ready", basis: { current, missionRows: read.missionRows, actor: read.actor! }, agent, inputs } as const
+        }).pipe(withSpanWhenTracing("checkMission"))
         if (checked._tag !== "Ready") return checked
         const { basis, agent } = checked
         const fresh = basis.current.mission

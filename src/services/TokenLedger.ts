@@ -6,7 +6,7 @@
  * `token_usage_process`, which holds no user data (see the migration for why there is no cross-user
  * read of token_usage). Window times come from Effect's Clock, so tests move them with TestClock.
  */
-import { SqlClient } from "@effect/sql"
+import { SqlClient, type Statement } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Duration, Effect, Layer, Metric, Option, Schedule, Schema } from "effect"
 import { TokenBudgetConfig } from "./AppConfig.js"
@@ -104,6 +104,12 @@ export interface TokenLedgerShape {
    * Returns the tokens newly recorded.
    */
   readonly insert: (entries: ReadonlyArray<UsageEntry>) => Effect.Effect<number, SqlError>
+  /**
+   * `insert` as a statement for a caller that sends it itself (the write-back on a basis), inserting
+   * only where `onlyIf` holds (in SQL, so it could be pipelined); `booked` counts its rows in the metric.
+   */
+  readonly insertWhen: (entries: ReadonlyArray<UsageEntry>, onlyIf: Statement.Fragment) => Statement.Statement<{ readonly tokens: unknown }>
+  readonly booked: (rows: ReadonlyArray<Readonly<Record<string, unknown>>>) => Effect.Effect<number>
   /** The same in a transaction of its own, scoped to `userId`: for a run that writes nothing. */
   readonly record: (userId: string, entries: ReadonlyArray<UsageEntry>) => Effect.Effect<number, SqlError>
   /** Tokens in the last 24 h (Clock time) for the scope. */
@@ -134,33 +140,39 @@ export const makeTokenLedger = Effect.gen(function* () {
 
   const since = Effect.map(Clock.currentTimeMillis, (now) => new Date(now - BUDGET_WINDOW_MS))
 
-  const insert = (entries: ReadonlyArray<UsageEntry>): Effect.Effect<number, SqlError> => {
-    if (entries.length === 0) return Effect.succeed(0)
-    const rows = entries.map((e) => ({
-      user_id: e.userId,
-      agent_id: e.agentId,
-      mission_id: e.missionId,
-      iteration_id: e.iterationId,
-      answer_key: e.answerKey,
-      tokens: Math.max(0, Math.round(e.tokens)),
-      at: e.at,
-    }))
+  const insertWhen = (entries: ReadonlyArray<UsageEntry>, onlyIf: Statement.Fragment) => {
+    const rows = entries.map(
+      (e) =>
+        sql`(${e.userId}, ${e.agentId}, ${e.missionId}, ${e.iterationId}, ${e.answerKey}, ${Math.max(0, Math.round(e.tokens))}, ${e.at})`,
+    )
     // The process row is added by the same statement, only for a usage row that is new here.
-    return sql`
+    return sql<{ readonly tokens: unknown }>`
       WITH fresh AS (
-        INSERT INTO mana_ai.token_usage ${sql.insert(rows)}
+        INSERT INTO mana_ai.token_usage (user_id, agent_id, mission_id, iteration_id, answer_key, tokens, at)
+        SELECT v.user_id, v.agent_id, v.mission_id, v.iteration_id, v.answer_key, v.tokens::integer, v.at::timestamptz
+        FROM (VALUES ${sql.csv(rows)}) AS v (user_id, agent_id, mission_id, iteration_id, answer_key, tokens, at)
+        WHERE ${onlyIf}
         ON CONFLICT (user_id, answer_key) DO NOTHING
         RETURNING at, tokens)
       INSERT INTO mana_ai.token_usage_process (at, tokens)
       SELECT at, tokens FROM fresh
-      RETURNING tokens`.pipe(
-      Effect.map((inserted) => inserted.reduce((sum, r) => sum + Number(r.tokens), 0)),
-      // Counted when the statement succeeds: a write-back transaction that then rolls back over-counts
-      // the metric (never the table), which is rare and errs towards showing spend.
-      Effect.tap((tokens) => Metric.incrementBy(tokensUsedTotal, tokens)),
-      withSpanWhenTracing("TokenLedger.insert", { attributes: { "usage.entries": entries.length } }),
-    )
+      RETURNING tokens`
   }
+
+  // Counted when the statement succeeds: a write-back transaction that then rolls back over-counts
+  // the metric (never the table), which is rare and errs towards showing spend.
+  const booked = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>) => {
+    const tokens = rows.reduce((sum, r) => sum + Number(r.tokens), 0)
+    return Effect.as(Metric.incrementBy(tokensUsedTotal, tokens), tokens)
+  }
+
+  const insert = (entries: ReadonlyArray<UsageEntry>): Effect.Effect<number, SqlError> =>
+    entries.length === 0
+      ? Effect.succeed(0)
+      : insertWhen(entries, sql`true`).pipe(
+          Effect.flatMap(booked),
+          withSpanWhenTracing("TokenLedger.insert", { attributes: { "usage.entries": entries.length } }),
+        )
 
   const inUserScope = <A>(userId: string, body: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
     withUserScope(userId, () => body).pipe(Effect.provideService(SqlClient.SqlClient, sql))
@@ -254,7 +266,7 @@ export const makeTokenLedger = Effect.gen(function* () {
       Effect.withSpan("TokenLedger.prune"),
     )
 
-  return { insert, record, spentInWindow, window, budgetCheck, prune } satisfies TokenLedgerShape
+  return { insert, insertWhen, booked, record, spentInWindow, window, budgetCheck, prune } satisfies TokenLedgerShape
 })
 
 export class TokenLedger extends Effect.Service<TokenLedger>()("mana-ai/TokenLedger", { effect: makeTokenLedger }) {}

@@ -19,7 +19,7 @@
  * active snapshot that the row sorts after: there, LWW makes "the snapshot plus this row" exactly the
  * replay of the snapshot's rows and this one. Anything else is left to discovery, as before.
  */
-import { SqlClient } from "@effect/sql"
+import { SqlClient, type Statement } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Effect, Either, Option } from "effect"
 import {
@@ -32,9 +32,9 @@ import {
   type Iteration,
   aiActorFor,
 } from "../domain/mission.js"
-import { type RecordState, isLive, replayOrdered } from "../domain/replay.js"
+import type { RecordState } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
-import { type CurrentMission, nextRunFor, readCurrentMission } from "./currentMission.js"
+import { type ActorAgent, type ActorAgentBasis, type CurrentMission, actorAgent, nextRunFor, readCurrentMission } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { REFRESH_LOCK_KEY } from "./MissionStore.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
@@ -50,6 +50,8 @@ import { withSpanWhenTracing } from "./tracing.js"
 export interface WriteBasis {
   readonly current: Extract<CurrentMission, { _tag: "Appendable" }>
   readonly missionRows: number
+  /** The actor's agent as the same read gave it, and its record's row count (checked like missionRows). */
+  readonly actor: ActorAgentBasis
 }
 
 export interface WriteRequest {
@@ -95,8 +97,6 @@ const writeTimeFor = (nowMs: number, state: RecordState): number => {
   return Math.max(nowMs, held + 1)
 }
 
-const CIPHERTEXT_PREFIX = "enc:1:"
-
 /**
  * The mission's agent as the actor names it (SPEC §14): a live `ai/agents` record of the same user,
  * read in the write transaction; null (the legacy path) when there is no agentId or no such agent.
@@ -104,13 +104,7 @@ const CIPHERTEXT_PREFIX = "enc:1:"
 const readAgent = (sql: SqlClient.SqlClient, userId: string, agentId: string | undefined) => {
   if (agentId === undefined) return Effect.succeed(null)
   const ref = { appId: MISSIONS_APP_ID, table: AGENTS_TABLE, recordId: agentId }
-  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => {
-    const state = replayOrdered(byRef.get(recordRefKey(ref))?.rows ?? [])
-    if (state.record === null || !isLive(state)) return null
-    const name = state.record.name
-    const readable = typeof name === "string" && name.trim() !== "" && !name.startsWith(CIPHERTEXT_PREFIX)
-    return { id: agentId, name: readable ? name : "Mana" }
-  })
+  return Effect.map(readRecordRows(sql, userId, [ref]), (byRef) => actorAgent(agentId, byRef.get(recordRefKey(ref))?.rows ?? []))
 }
 
 /**
@@ -120,10 +114,17 @@ const readAgent = (sql: SqlClient.SqlClient, userId: string, agentId: string | u
  */
 const snapshotLocks = (sql: SqlClient.SqlClient, request: WriteRequest, withSnapshot: boolean) => {
   const mission = advisoryLock(sql, JSON.stringify(["mana-ai/write-back", request.userId, request.missionId]))
+  // Whether it was free is kept in a transaction-local setting, so the append (a later statement of
+  // the same transaction, possibly of the same round trip) folds only under it.
   return withSnapshot
-    ? { columns: sql`${mission.columns}, pg_try_advisory_xact_lock_shared(${REFRESH_LOCK_KEY}::bigint) AS snapshot_lock` }
+    ? { columns: sql`${mission.columns}, set_config('app.snapshot_lock', pg_try_advisory_xact_lock_shared(${REFRESH_LOCK_KEY}::bigint)::text, true) AS snapshot_lock` }
     : mission
 }
+
+/** The append, built: its statement and what it writes, or why it cannot be written. */
+type BuiltAppend =
+  | { readonly _tag: "Statement"; readonly statement: Statement.Statement<unknown>; readonly nextRunAt: string | null; readonly writtenAt: string }
+  | { readonly _tag: "Skipped"; readonly result: WriteResult }
 
 export const makeWriteBack = Effect.gen(function* () {
   const sqlClient = yield* SqlClient.SqlClient
@@ -137,18 +138,21 @@ export const makeWriteBack = Effect.gen(function* () {
   const snapshotsPresent = tables?.present === true
 
   /**
-   * Inserts the append onto `current`. With `expectedRows`, one statement that inserts only while the
-   * mission still has exactly that many rows (append-only log: the same rows the basis was replayed
-   * from); undefined when it has more, so the caller reads the mission again.
+   * The append onto `current` as one statement. With a basis (the run's pre-check read), it inserts
+   * only while the mission, and on today's generation the actor's agent, still have exactly the rows
+   * the basis was replayed from (the log is append-only: the same rows); otherwise it inserts nothing
+   * and the caller reads the mission again. When it inserts, its row also sets
+   * `app.written_iteration`, which the usage statement after it in the same transaction waits for.
    */
-  const insertOnto = (
+  const buildAppend = (
     sql: SqlClient.SqlClient,
     request: WriteRequest,
     current: Extract<CurrentMission, { _tag: "Appendable" }>,
-    foldIntoSnapshot: boolean,
-    expectedRows?: number,
-  ): Effect.Effect<WriteResult | undefined, SqlError, EventLogSchema> =>
-    Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError, EventLogSchema> {
+    /** Today's generation: the agent the actor names (null: the legacy principal). */
+    agent: ActorAgent | null,
+    basis?: WriteBasis,
+  ): Effect.Effect<BuiltAppend> =>
+    Effect.gen(function* () {
       const nowMs = yield* Clock.currentTimeMillis
       const writtenMs = writeTimeFor(nowMs, current.state)
       const writtenAt = new Date(writtenMs).toISOString()
@@ -158,7 +162,7 @@ export const makeWriteBack = Effect.gen(function* () {
         yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
           Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
         )
-        return { _tag: "Skipped", reason: "malformed" }
+        return { _tag: "Skipped", result: { _tag: "Skipped", reason: "malformed" } } as const
       }
       const nextRunAt = next.right === null ? null : next.right.toISOString()
       // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
@@ -166,13 +170,14 @@ export const makeWriteBack = Effect.gen(function* () {
       const data = { iterations: [...existing, request.iteration], nextRunAt }
       const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
       const timeColumn = sql(eventLog.timeColumn)
-      // The row folded into the mission's snapshot and marked applied (see the header): only onto a
-      // snapshot that is live, valid and active (so the row's two valid fields keep it valid and
-      // schedulable exactly when nextRunAt is set) and whose newest row sorts before this one (so no
-      // delete of the snapshot's can come after it). Its times are the write time, newer than any the
+      // The row folded into the mission's snapshot and marked applied (see the header): only under
+      // discovery's lock (taken by the scoping statement, `app.snapshot_lock`), only onto a snapshot
+      // that is live, valid and active (so the row's two valid fields keep it valid and schedulable
+      // exactly when nextRunAt is set) and whose newest row sorts before this one (so no delete of
+      // the snapshot's can come after it). Its times are the write time, newer than any the
       // snapshot's rows hold for both fields (they are among the rows this append was checked against).
       // The mark has no conflict target: the row is new, whatever key applied_changes has.
-      const folded = !foldIntoSnapshot
+      const folded = !snapshotsPresent
         ? sql``
         : sql`,
           snap AS (
@@ -182,7 +187,8 @@ export const makeWriteBack = Effect.gen(function* () {
                 last_created_at = ins.created_at, last_change_id = ins.id,
                 next_run_at = ${nextRunAt}::timestamptz, schedulable = ${nextRunAt !== null}, updated_at = now()
             FROM ins
-            WHERE m.user_id = ${request.userId} AND m.record_id = ${request.missionId}
+            WHERE current_setting('app.snapshot_lock', true) = 'true'
+              AND m.user_id = ${request.userId} AND m.record_id = ${request.missionId}
               AND m.record IS NOT NULL AND NOT m.deleted AND m.malformed_reason IS NULL AND m.state = 'active'
               AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
             RETURNING 1),
@@ -190,32 +196,34 @@ export const makeWriteBack = Effect.gen(function* () {
             INSERT INTO mana_ai.applied_changes (change_id, created_at)
             SELECT ins.id, ins.created_at FROM ins WHERE EXISTS (SELECT 1 FROM snap)
             ON CONFLICT DO NOTHING)`
+      const rowsOf = (appId: string, table: string, recordId: string) =>
+        sql`(SELECT count(*) FROM sync_changes
+             WHERE user_id = ${request.userId} AND app_id = ${appId} AND table_name = ${table} AND record_id = ${recordId})`
+      const agentId = basis?.actor.agentId
       const unchanged =
-        expectedRows === undefined
+        basis === undefined
           ? sql``
-          : sql`WHERE (SELECT count(*) FROM sync_changes
-                       WHERE user_id = ${request.userId} AND app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE}
-                         AND record_id = ${request.missionId}) = ${expectedRows}`
-      let inserted: ReadonlyArray<unknown>
-      if (eventLog.generation === "field_meta") {
-        const actor = aiActorFor({
-          agent: yield* readAgent(sql, request.userId, current.mission.agentId),
-          missionId: request.missionId,
-          iterationId: request.iteration.id,
-          summary: request.iteration.summary,
-        })
-        inserted = yield* sql`
+          : sql`WHERE ${rowsOf(MISSIONS_APP_ID, MISSIONS_TABLE, request.missionId)} = ${basis.missionRows}${
+              eventLog.generation === "field_meta" && agentId !== undefined
+                ? sql` AND ${rowsOf(MISSIONS_APP_ID, AGENTS_TABLE, agentId)} = ${basis.actor.agentRows}`
+                : sql``
+            }`
+      const written = sql`SELECT set_config('app.written_iteration', ${request.iteration.id}, true) AS written FROM ins`
+      const statement =
+        eventLog.generation === "field_meta"
+          ? sql`
           WITH ins AS (
             INSERT INTO sync_changes
               (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
             SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
                    ${JSON.stringify(data)}::jsonb, ${JSON.stringify(fieldTimes)}::jsonb,
-                   ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(actor)}::jsonb, ${RUNNER_ORIGIN}
+                   ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(
+                     aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
+                   )}::jsonb, ${RUNNER_ORIGIN}
             ${unchanged}
             RETURNING id, created_at, data)${folded}
-          SELECT 1 FROM ins`
-      } else {
-        inserted = yield* sql`
+          ${written}`
+          : sql`
           WITH ins AS (
             INSERT INTO sync_changes
               (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
@@ -224,40 +232,54 @@ export const makeWriteBack = Effect.gen(function* () {
                    ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
             ${unchanged}
             RETURNING id, created_at, data)${folded}
-          SELECT 1 FROM ins`
-      }
-      if (inserted.length === 0) return undefined
-      return { _tag: "Written", iterationId: request.iteration.id, nextRunAt, writtenAt }
+          ${written}`
+      return { _tag: "Statement", statement, nextRunAt, writtenAt } as const
     })
 
-  const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> =>
+  const writtenResult = (request: WriteRequest, built: Extract<BuiltAppend, { _tag: "Statement" }>): WriteResult => ({
+    _tag: "Written",
+    iterationId: request.iteration.id,
+    nextRunAt: built.nextRunAt,
+    writtenAt: built.writtenAt,
+  })
+
+  /** SPEC §14: the run's answers not yet recorded, in the append's transaction, only once it inserted. */
+  const usageStatement = (request: WriteRequest) => {
+    const usage = request.usage ?? []
+    return usage.length === 0 || Option.isNone(ledger)
+      ? []
+      : [ledger.value.insertWhen(usage, sqlClient`current_setting('app.written_iteration', true) = ${request.iteration.id}`)]
+  }
+
+  /**
+   * On the pre-check's basis: scope and locks, the append, the usage (gated on the append in SQL, so
+   * it could be pipelined), COMMIT. Undefined when the rows changed since the basis was read.
+   */
+  const appendOnBasis = (request: WriteRequest, basis: WriteBasis) =>
+    Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError> {
+      const built = yield* buildAppend(sqlClient, request, basis.current, basis.actor.agent, basis)
+      if (built._tag === "Skipped") return built.result
+      // Not pipelined (pipelinedTransaction): on the embedded database (PGlite) a pipelined write-back
+      // stalled concurrent runs past LLM_TIMEOUT_MS (AgentRuns.test.ts' cap test: 9-11 requests for 8
+      // runs), which the claim's pipelined transaction does not; not understood yet, so one round
+      // trip per statement here, as before.
+      const results = yield* withUserScopeFirst(request.userId, snapshotLocks(sqlClient, request, snapshotsPresent), () =>
+        Effect.all([built.statement, ...usageStatement(request)]),
+      ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient))
+      if ((results[0]?.length ?? 0) === 0) return undefined
+      if (results.length > 1 && Option.isSome(ledger)) yield* ledger.value.booked((results[1] ?? []) as ReadonlyArray<Readonly<Record<string, unknown>>>)
+      return writtenResult(request, built)
+    })
+
+  /** The append on a fresh read of the mission, in a transaction whose scoping statement takes the locks. */
+  const appendOnRead = (request: WriteRequest) =>
     withUserScopeFirst(
       request.userId,
       // The lock in the scoping statement: every statement after it sees every earlier append. Discovery's
       // lock, shared and only if free at once: a run never waits for a discovery pass (issue 16 item 4).
       snapshotLocks(sqlClient, request, snapshotsPresent),
-      (row, sql) =>
-        Effect.tap(appendIn(sql, request, snapshotsPresent && row.snapshot_lock === true), (written) => {
-          // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
-          const usage = request.usage ?? []
-          return written._tag === "Written" && usage.length > 0 && Option.isSome(ledger) ? ledger.value.insert(usage) : Effect.void
-        }),
-    ).pipe(
-      Effect.provideService(SqlClient.SqlClient, sqlClient),
-      Effect.provideService(EventLogSchema, eventLog),
-      withSpanWhenTracing("WriteBack.append", {
-        attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
-      }),
-    )
-
-  /** The append inside the locked, scoped transaction: on the basis when it still holds, else on a fresh read. */
-  const appendIn = (sql: SqlClient.SqlClient, request: WriteRequest, foldIntoSnapshot: boolean) =>
+      (_row, sql) =>
         Effect.gen(function* (): Effect.fn.Return<WriteResult, SqlError, EventLogSchema> {
-          if (request.basis !== undefined) {
-            // Nothing written since the pre-check: its replay is the mission as it stands (one statement).
-            const written = yield* insertOnto(sql, request, request.basis.current, foldIntoSnapshot, request.basis.missionRows)
-            if (written !== undefined) return written
-          }
           const current = yield* readCurrentMission(
             sql,
             request.userId,
@@ -271,10 +293,31 @@ export const makeWriteBack = Effect.gen(function* () {
             )
             return { _tag: "Skipped", reason: current.reason }
           }
-          const written = yield* insertOnto(sql, request, current, foldIntoSnapshot)
-          // Without a row-count condition the insert always inserts.
-          return written ?? { _tag: "Skipped", reason: "malformed" }
-        })
+          const agent = eventLog.generation === "field_meta" ? yield* readAgent(sql, request.userId, current.mission.agentId) : null
+          const built = yield* buildAppend(sql, request, current, agent)
+          if (built._tag === "Skipped") return built.result
+          // Without a basis the insert always inserts.
+          if ((yield* built.statement).length === 0) return { _tag: "Skipped", reason: "malformed" }
+          // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
+          const usage = request.usage ?? []
+          if (usage.length > 0 && Option.isSome(ledger)) yield* ledger.value.insert(usage)
+          return writtenResult(request, built)
+        }),
+    ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient), Effect.provideService(EventLogSchema, eventLog))
+
+  const append = (request: WriteRequest): Effect.Effect<WriteResult, SqlError> => {
+    const basis = request.basis
+    return (
+      basis === undefined
+        ? appendOnRead(request)
+        : // Nothing written since the pre-check: its replay is the mission as it stands (no read).
+          Effect.flatMap(appendOnBasis(request, basis), (written) => (written === undefined ? appendOnRead(request) : Effect.succeed(written)))
+    ).pipe(
+      withSpanWhenTracing("WriteBack.append", {
+        attributes: { userId: request.userId, missionId: request.missionId, iterationId: request.iteration.id },
+      }),
+    )
+  }
 
   return { append } satisfies WriteBackShape
 })

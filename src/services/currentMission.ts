@@ -11,7 +11,7 @@ import { type CadenceError, nextRunAt } from "../domain/cadence.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { missionValidity } from "../domain/missionValidity.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
-import type { SyncGeneration } from "../domain/eventLog.js"
+import type { SyncChange, SyncGeneration } from "../domain/eventLog.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import {
   type RecordRef,
@@ -137,8 +137,43 @@ export interface CurrentMissionWithAgent {
    * the same count later, under the same scope, means the same rows: the write-back's basis check.
    */
   readonly missionRows: number
+  /**
+   * The write-back's actor agent (`actorAgent`) as these rows give it, and how many rows of the
+   * agent's record they are (undecodable ones too): the same count later means the same agent.
+   * Absent when the mission is not appendable.
+   */
+  readonly actor?: ActorAgentBasis
   /** The rows of the records asked for with `also` (e.g. the mission's inputs), each one present. */
   readonly records?: ReadonlyMap<string, RecordRows>
+}
+
+/** The agent a write-back names in its actor (SPEC §6, §14), with the rows of the record it comes from. */
+export interface ActorAgentBasis {
+  readonly agent: ActorAgent | null
+  /** The mission's agentId (undefined: none, the legacy principal) and its record's row count. */
+  readonly agentId: string | undefined
+  readonly agentRows: number
+}
+
+export interface ActorAgent {
+  readonly id: string
+  readonly name: string
+}
+
+const CIPHERTEXT_PREFIX = "enc:1:"
+
+/**
+ * The mission's agent as the write-back's actor names it (SPEC §14): a live `ai/agents` record of the
+ * same user (its rows in replay order); null (the legacy path) when there is no such agent. An
+ * unreadable name (empty, ciphertext) is shown as "Mana".
+ */
+export const actorAgent = (agentId: string | undefined, rows: ReadonlyArray<SyncChange>): ActorAgent | null => {
+  if (agentId === undefined) return null
+  const state = replayOrdered(rows)
+  if (state.record === null || !isLive(state)) return null
+  const name = state.record.name
+  const readable = typeof name === "string" && name.trim() !== "" && !name.startsWith(CIPHERTEXT_PREFIX)
+  return { id: agentId, name: readable ? name : "Mana" }
 }
 
 /**
@@ -169,6 +204,46 @@ export const runReadQuery = (
     ORDER BY created_at, id`
 
 /**
+ * Judges the rows of `runReadQuery`: the mission as it stands, its agent, and the records of `also`
+ * (every one present in `records`, with no rows when it has none, as readRecordRows gives them).
+ */
+export const judgeRunRead = (
+  raw: ReadonlyArray<Record<string, unknown>>,
+  missionId: string,
+  iterationId: string,
+  defaultTimezone: string,
+  also: ReadonlyArray<RecordRef> = [],
+): CurrentMissionWithAgent => {
+  const byRef = groupRecordRows(raw, new Map(also.map((ref) => [recordRefKey(ref), { rows: [], undecodable: 0 }])))
+  const records = also.length === 0 ? undefined : new Map(also.map((ref) => [recordRefKey(ref), byRef.get(recordRefKey(ref))!]))
+  const missionRef = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
+  const found = byRef.get(recordRefKey(missionRef))
+  const seen = (found?.rows.length ?? 0) + (found?.undecodable ?? 0)
+  const current = judgeRows(found, iterationId, defaultTimezone)
+  if (current._tag !== "Appendable") return { current, agent: { _tag: "Legacy" }, missionRows: seen, ...(records === undefined ? {} : { records }) }
+  const agentId = missionAgentId(current.record)
+  const agentFound = agentId === undefined ? undefined : byRef.get(recordRefKey({ appId: AGENTS_APP_ID, table: AGENTS_TABLE, recordId: agentId }))
+  const rows = agentFound?.rows ?? []
+  // Never written, or deleted in the log: the legacy path (resolveAgent treats null as absent).
+  const agentRecord = rows.length === 0 ? undefined : replayOrdered(rows).record
+  // The write-back names the decoded mission's agentId (WriteBack's readAgent does the same).
+  const actorId = current.mission.agentId
+  const actorFound = actorId === undefined ? undefined : byRef.get(recordRefKey({ appId: AGENTS_APP_ID, table: AGENTS_TABLE, recordId: actorId }))
+  const actor: ActorAgentBasis = {
+    agent: actorAgent(actorId, actorFound?.rows ?? []),
+    agentId: actorId,
+    agentRows: (actorFound?.rows.length ?? 0) + (actorFound?.undecodable ?? 0),
+  }
+  return {
+    current,
+    agent: resolveAgent(agentId, agentRecord),
+    missionRows: seen,
+    actor,
+    ...(records === undefined ? {} : { records }),
+  }
+}
+
+/**
  * `readCurrentMission` plus the mission's agent, in one query (the run's pre-check, inside
  * withUserScope(userId)): the mission's rows and the rows of every agent any of its rows names
  * (`data->>'agentId'`), so the agent costs no extra round trip. The replayed mission's own
@@ -183,21 +258,6 @@ export const readCurrentMissionWithAgent = (
   defaultTimezone: string,
   also: ReadonlyArray<RecordRef> = [],
 ): Effect.Effect<CurrentMissionWithAgent, SqlError, EventLogSchema> =>
-  Effect.flatMap(EventLogSchema, ({ timeColumn }) => runReadQuery(sql, timeColumn, userId, missionId, also).pipe(
-    Effect.map((raw): CurrentMissionWithAgent => {
-      // Every record asked for in `also` is in the map, with no rows when it has none (as readRecordRows).
-      const byRef = groupRecordRows(raw, new Map(also.map((ref) => [recordRefKey(ref), { rows: [], undecodable: 0 }])))
-      const records = also.length === 0 ? undefined : new Map(also.map((ref) => [recordRefKey(ref), byRef.get(recordRefKey(ref))!]))
-      const missionRef = { appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId }
-      const found = byRef.get(recordRefKey(missionRef))
-      const seen = (found?.rows.length ?? 0) + (found?.undecodable ?? 0)
-      const current = judgeRows(found, iterationId, defaultTimezone)
-      if (current._tag !== "Appendable") return { current, agent: { _tag: "Legacy" }, missionRows: seen, ...(records === undefined ? {} : { records }) }
-      const agentId = missionAgentId(current.record)
-      const rows =
-        agentId === undefined ? [] : (byRef.get(recordRefKey({ appId: AGENTS_APP_ID, table: AGENTS_TABLE, recordId: agentId }))?.rows ?? [])
-      // Never written, or deleted in the log: the legacy path (resolveAgent treats null as absent).
-      const agentRecord = rows.length === 0 ? undefined : replayOrdered(rows).record
-      return { current, agent: resolveAgent(agentId, agentRecord), missionRows: seen, ...(records === undefined ? {} : { records }) }
-    }),
-  ))
+  Effect.flatMap(EventLogSchema, ({ timeColumn }) =>
+    Effect.map(runReadQuery(sql, timeColumn, userId, missionId, also), (raw) => judgeRunRead(raw, missionId, iterationId, defaultTimezone, also)),
+  )

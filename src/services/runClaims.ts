@@ -1,6 +1,6 @@
 /**
  * The claim on one run (SPEC §8) as one statement's WITH item, shared by MissionStore.claim and the
- * runner's first transaction (claim, scope, check and inputs in one round trip each, issue 16). A
+ * runner's first transaction (claim and scope, then check and inputs, sent as one sequence, issue 16). A
  * claim is taken when there is none, when it expired, or when the caller already holds it.
  *
  * Cluster mode (issue 19) adds the user's lease to the same statement: a claim is taken only while

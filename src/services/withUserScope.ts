@@ -33,6 +33,13 @@ export interface ScopeStatement {
 }
 
 /**
+ * The scoping statement: the user's RLS scope for the rest of the transaction, plus `first`. Also the
+ * first statement of a run's `pipelinedTransaction`s.
+ */
+export const scopeStatement = (sql: SqlClient.SqlClient, userId: string, first: ScopeStatement = {}) =>
+  sql<Record<string, unknown>>`${first.with === undefined ? sql`` : sql`WITH ${first.with} `}SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)${first.columns ?? sql``}`
+
+/**
  * withUserScope whose first statement also does `first` (a claim, a lock); the body gets that
  * statement's one row. Always a new transaction.
  */
@@ -45,7 +52,7 @@ export const withUserScopeFirst = <A, E, R>(
     const scoped = sql
       .withTransaction(
         Effect.flatMap(
-          sql<Record<string, unknown>>`${first.with === undefined ? sql`` : sql`WITH ${first.with} `}SELECT set_config('app.current_user_id', ${userId}, true), set_config('app.current_user_space_ids', '', true)${first.columns ?? sql``}`,
+          scopeStatement(sql, userId, first),
           (rows) => body(rows[0] ?? {}, sql),
         ),
       )

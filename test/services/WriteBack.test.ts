@@ -430,7 +430,7 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
         Effect.provideService(SqlClient.SqlClient, sql),
       )
       if (read.current._tag !== "Appendable") return yield* Effect.dieMessage(`not appendable: ${read.current.reason}`)
-      return { current: read.current, missionRows: read.missionRows } satisfies WriteBasis
+      return { current: read.current, missionRows: read.missionRows, actor: read.actor! } satisfies WriteBasis
     }).pipe(Effect.orDie)
 
   it.effect("an append on the pre-check's basis writes onto it when nothing was written since", () =>
@@ -483,6 +483,35 @@ it.layer(L, { timeout: 120_000 })("WriteBack", (it) => {
       expect(written._tag).toBe("Written")
       const iterations = (yield* replayedMission("ann", edited)).record!.iterations as Array<{ id: string }>
       expect(iterations.map((i) => i.id)).toEqual(["app-it", second.id])
+    }))
+
+  it.effect("on a basis, the actor names the agent as it stands at the write: renamed or deleted since the pre-check, the record is read again", () =>
+    Effect.gen(function* () {
+      const today = (yield* TestDatabase).generation === "field_meta"
+      const agentId = fresh("agent")
+      yield* insertChange({ user: "ann", app: "ai", table: "agents", id: agentId, data: { name: "Coach Kim", state: "active" }, createdAt: T0 })
+      const unchanged = yield* seedMission("ann", { agentId })
+      const renamed = yield* seedMission("ann", { agentId })
+      const iterations = [serverIteration(fresh("it")), serverIteration(fresh("it")), serverIteration(fresh("it"))] as const
+      const basisUnchanged = yield* basisOf("ann", unchanged, iterations[0].id)
+      const basisRenamed = yield* basisOf("ann", renamed, iterations[1].id)
+      yield* TestClock.setTime(Date.parse(WRITE_AT))
+      const append = (missionId: string, iteration: Iteration, basis: WriteBasis) =>
+        Effect.flatMap(WriteBack, (wb) => wb.append({ userId: "ann", missionId, iteration, basis }))
+      const nameIn = (missionId: string) => Effect.map(runnerRows("ann", missionId), (rows) => (rows[0]?.actor as { displayName?: string } | null)?.displayName)
+
+      expect((yield* append(unchanged, iterations[0], basisUnchanged))._tag).toBe("Written")
+      if (today) expect(yield* nameIn(unchanged)).toBe("Coach Kim")
+      // Renamed after both pre-checks: the basis still holds the mission's rows, not the agent's.
+      yield* insertChange({ user: "ann", app: "ai", table: "agents", id: agentId, op: "update", data: { name: "Coach Lee" }, createdAt: "2026-03-01T12:00:00.000Z" })
+      expect((yield* append(renamed, iterations[1], basisRenamed))._tag).toBe("Written")
+      if (today) expect(yield* nameIn(renamed)).toBe("Coach Lee")
+      // Deleted after the pre-check: the legacy principal, as a write-back without a basis names it.
+      const deleted = yield* seedMission("ann", { agentId })
+      const basisDeleted = yield* basisOf("ann", deleted, iterations[2].id)
+      yield* insertChange({ user: "ann", app: "ai", table: "agents", id: agentId, op: "delete", createdAt: "2026-03-01T13:00:00.000Z" })
+      expect((yield* append(deleted, iterations[2], basisDeleted))._tag).toBe("Written")
+      if (today) expect(yield* nameIn(deleted)).toBe("Mana")
     }))
 
   it.scoped("20 concurrent appends of one iteration id on one basis, from two pools, write exactly one row", () =>

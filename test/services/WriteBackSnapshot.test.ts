@@ -53,7 +53,7 @@ const basisOf = (user: string, missionId: string, iterationId: string) =>
       Effect.provideService(SqlClient.SqlClient, sql),
     )
     if (read.current._tag !== "Appendable") return yield* Effect.dieMessage(`not appendable: ${read.current.reason}`)
-    return { current: read.current, missionRows: read.missionRows } satisfies WriteBasis
+    return { current: read.current, missionRows: read.missionRows, actor: read.actor! } satisfies WriteBasis
   }).pipe(Effect.orDie)
 
 const append = (user: string, missionId: string, it: Iteration, basis?: WriteBasis) =>

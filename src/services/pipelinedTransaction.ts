@@ -1,0 +1,168 @@
+/**
+ * A transaction of a few statements in two round trips (issue 16: what a run's SQL costs is the round
+ * trip, and @effect/sql adds about a third to each): BEGIN and the statements go out as one extended-
+ * protocol sequence with a single Sync (Parse, Bind, Describe, Execute for each, then Sync), and
+ * COMMIT follows once their rows are in. `withTransaction` takes one round trip per statement plus
+ * BEGIN and COMMIT: the run's claim-and-read transaction was 4 round trips, now 2. (The write-back
+ * is not pipelined: see WriteBack.ts `appendOnBasis`.)
+ *
+ * The transaction is explicit (BEGIN), so the Sync does not end it: COMMIT is sent only when every
+ * statement succeeded, and a failure or an interruption (the run's deadline) sends ROLLBACK on the
+ * same connection before it goes back to the pool, as `withTransaction` does. The ROLLBACK queues
+ * behind the sequence when that is still in flight, so an interrupted transaction never commits,
+ * even when its statements reach the server after the deadline. A transaction-local setting
+ * (`set_config(…, true)`, the RLS scope) and a transaction-level advisory lock taken by the first
+ * statement hold for the next ones, as in any transaction.
+ *
+ * Parameters stay parameters (Bind): nothing is spliced into SQL text. The statements cannot see
+ * each other's results in JavaScript: a later one that depends on an earlier one reads it in SQL (a
+ * row count, or a transaction-local `app.*` setting the earlier statement set).
+ */
+import { createRequire } from "node:module"
+import type { SqlClient, Statement } from "@effect/sql"
+import { SqlError } from "@effect/sql/SqlError"
+import { Effect, Exit } from "effect"
+import Pg from "pg"
+
+/** The parts of pg's Connection (protocol writer) the sequence uses. */
+interface PgProtocol {
+  readonly stream: { cork?: () => void; uncork?: () => void }
+  parse(message: { readonly text: string; readonly name: string; readonly types: ReadonlyArray<number> }): void
+  bind(message: {
+    readonly portal: string
+    readonly statement: string
+    readonly values: ReadonlyArray<unknown>
+    readonly binary: boolean
+    readonly valueMapper: (value: unknown) => unknown
+  }): void
+  describe(message: { readonly type: "P"; readonly name: string }): void
+  execute(message: { readonly portal: string; readonly rows: number }): void
+  sync(): void
+  sendCopyFail(message: string): void
+}
+
+/** pg's Result, which parses a data row with the client's type parsers (not in @types/pg). */
+interface PgResult {
+  readonly rows: Array<Record<string, unknown>>
+  _types: unknown
+  addFields(fields: unknown): void
+  parseRow(fields: unknown): Record<string, unknown>
+  addRow(row: Record<string, unknown>): void
+}
+const PgResultClass = (Pg as unknown as { Result: new (rowMode: undefined, types: unknown) => PgResult }).Result
+/** pg's own mapping of a parameter to its text form (Dates, arrays, Buffers, JSON), as its queries bind them. */
+const prepareValue = (createRequire(import.meta.url)("pg/lib/utils.js") as { prepareValue: (value: unknown) => unknown }).prepareValue
+
+type Rows = ReadonlyArray<Record<string, unknown>>
+type Callback = (error: Error | null, rows?: ReadonlyArray<Rows>) => void
+
+/**
+ * A pg "submittable" (the interface pg-cursor uses): pg queues it like a query, calls `submit` when
+ * the connection is free, and hands it the backend's answers until ReadyForQuery.
+ */
+class Sequence {
+  /** For pg's log and error messages, and bench/tools/runStatements.ts. */
+  readonly text: string
+  callback: Callback | undefined = undefined
+  /** pg sets `_result._types` to the client's type parsers before submitting. */
+  readonly _result: PgResult = new PgResultClass(undefined, undefined)
+  private readonly results: Array<Rows> = []
+  private current: PgResult | undefined = undefined
+  private failed: Error | undefined = undefined
+
+  constructor(private readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>]>) {
+    this.text = `/* pipelined */ ${statements.map(([text]) => text.trim()).join("; ")}`
+  }
+
+  submit(connection: PgProtocol): null {
+    // One write for the whole sequence (pg corks its own Parse…Sync the same way).
+    connection.stream.cork?.()
+    try {
+      for (const [text, values] of this.statements) {
+        connection.parse({ text, name: "", types: [] })
+        connection.bind({ portal: "", statement: "", values, binary: false, valueMapper: prepareValue })
+        connection.describe({ type: "P", name: "" })
+        connection.execute({ portal: "", rows: 0 })
+      }
+      connection.sync()
+    } finally {
+      connection.stream.uncork?.()
+    }
+    return null
+  }
+
+  handleRowDescription(message: { readonly fields: unknown }): void {
+    this.current = new PgResultClass(undefined, this._result._types)
+    this.current.addFields(message.fields)
+  }
+
+  handleDataRow(message: { readonly fields: unknown }): void {
+    if (this.current === undefined || this.failed !== undefined) return
+    try {
+      this.current.addRow(this.current.parseRow(message.fields))
+    } catch (error) {
+      this.failed = error instanceof Error ? error : new Error(String(error))
+    }
+  }
+
+  handleCommandComplete(): void {
+    this.results.push(this.current?.rows ?? [])
+    this.current = undefined
+  }
+
+  handleEmptyQuery(): void {
+    this.results.push([])
+  }
+
+  handlePortalSuspended(): void {}
+
+  handleCopyInResponse(connection: PgProtocol): void {
+    connection.sendCopyFail("No source stream defined")
+  }
+
+  handleCopyData(): void {}
+
+  /** The backend failed a statement (it skips the rest to the Sync and rolls back); pg then forgets this sequence. */
+  handleError(error: Error): void {
+    const callback = this.callback
+    this.callback = undefined
+    callback?.(error)
+  }
+
+  handleReadyForQuery(): void {
+    const callback = this.callback
+    this.callback = undefined
+    if (this.failed !== undefined) callback?.(this.failed)
+    else callback?.(null, this.results)
+  }
+}
+
+/**
+ * Runs `statements` in one transaction on a pooled connection of its own (never inside the caller's
+ * transaction): BEGIN and the statements in one round trip, COMMIT in a second; the rows of each
+ * statement, in order. Failed or interrupted, it rolls back (see the header).
+ */
+export const pipelinedTransaction = (
+  sql: SqlClient.SqlClient,
+  statements: ReadonlyArray<Statement.Statement<unknown>>,
+): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
+  Effect.scoped(
+    Effect.flatMap(sql.reserve, (connection) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.suspend(() => {
+          const sequence = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())])
+          // executeRaw hands its first argument to pg's Client#query, which takes a submittable as a query.
+          return restore(connection.executeRaw(sequence as unknown as string, []) as Effect.Effect<ReadonlyArray<Rows>, SqlError>)
+        }).pipe(
+          Effect.flatMap((results) =>
+            results.length === statements.length + 1
+              ? Effect.as(restore(connection.executeRaw("COMMIT", [])), results.slice(1))
+              : Effect.fail(new SqlError({ message: `expected the results of ${statements.length + 1} statements, got ${results.length}` })),
+          ),
+          // Failed (a statement, or the COMMIT: then this is a no-op) or interrupted: never leave the
+          // transaction open on a pooled connection. A ROLLBACK that fails has lost its connection.
+          Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Effect.ignore(connection.executeRaw("ROLLBACK", [])))),
+        ),
+      ),
+    ),
+  )

@@ -1,0 +1,92 @@
+/**
+ * pipelinedTransaction (issue 16): BEGIN and a run's statements in one round trip, then COMMIT. As
+ * the runner role, on one pooled connection, so what a transaction leaves behind would show in the
+ * next statement: the RLS scope set by the first statement holds for the others and ends with the
+ * transaction; a failed statement or an interruption rolls back every statement before it.
+ */
+import { SqlClient } from "@effect/sql"
+import { it } from "@effect/vitest"
+import { Effect, Either, Layer, TestServices } from "effect"
+import { expect } from "vitest"
+import { pipelinedTransaction } from "../../src/services/pipelinedTransaction.js"
+import { scopeStatement } from "../../src/services/withUserScope.js"
+import { insertChange } from "../support/eventLogRows.js"
+import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
+
+const L = Layer.provideMerge(RunnerSqlLive(1), TestDatabaseLive)
+
+let n = 0
+const fresh = (prefix: string) => `${prefix}-${++n}-${Math.random().toString(36).slice(2, 8)}`
+
+/** A goal row inserted as the runner, inside the user's scope (RLS checks the user). */
+const insertGoal = (sql: SqlClient.SqlClient, generation: string, user: string, id: string) =>
+  sql`INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, ${sql(generation)}, client_id)
+      VALUES ('companion', 'companionGoals', ${id}, ${user}, 'insert', '{"title":"t"}'::jsonb, '{}'::jsonb, 'test')`
+
+/** As the owner, past RLS: how many rows the record has. */
+const rowsOf = (id: string) =>
+  Effect.flatMap(TestDatabase, (db) =>
+    Effect.promise(() => db.ownerQuery("SELECT count(*)::int AS n FROM sync_changes WHERE record_id = $1", [id])),
+  ).pipe(Effect.map((rows) => Number(rows[0]?.n)))
+
+it.layer(L, { timeout: 120_000 })("pipelinedTransaction", (it) => {
+  it.effect("the scoping statement's RLS scope holds for the statements after it and ends with the transaction", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const ann = fresh("goal-ann")
+      const bob = fresh("goal-bob")
+      yield* insertChange({ user: "ann", app: "companion", table: "companionGoals", id: ann, data: { title: "a" } })
+      yield* insertChange({ user: "bob", app: "companion", table: "companionGoals", id: bob, data: { title: "b" } })
+      const [scoped, seen, setting] = yield* pipelinedTransaction(sql, [
+        scopeStatement(sql, "ann"),
+        sql`SELECT record_id FROM sync_changes WHERE record_id IN (${ann}, ${bob})`,
+        sql`SELECT current_setting('app.current_user_id', true) AS user_id`,
+      ])
+      expect(scoped).toHaveLength(1)
+      expect(seen).toEqual([{ record_id: ann }])
+      expect(setting).toEqual([{ user_id: "ann" }])
+      // The same (only) connection, after the COMMIT: no scope, so no user's goals.
+      expect(yield* sql`SELECT current_setting('app.current_user_id', true) AS user_id`).toEqual([{ user_id: "" }])
+      expect(yield* sql`SELECT record_id FROM sync_changes WHERE record_id IN (${ann}, ${bob})`).toEqual([])
+    }))
+
+  it.effect("statements are committed together; a failing one rolls back those before it and leaves the connection usable", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const { generation } = yield* TestDatabase
+      const kept = fresh("goal-kept")
+      const undone = fresh("goal-undone")
+      yield* pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "ann", kept)])
+      expect(yield* rowsOf(kept)).toBe(1)
+      const failed = yield* Effect.either(
+        pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "ann", undone), sql`SELECT 1 / 0`]),
+      )
+      expect(Either.isLeft(failed) && failed.left._tag).toBe("SqlError")
+      expect(yield* rowsOf(undone)).toBe(0)
+      // Not left in an aborted transaction: the next statement on the connection runs.
+      expect(yield* sql`SELECT 1 AS one`).toEqual([{ one: 1 }])
+      // RLS still checks what is inserted: another user's row fails the whole transaction.
+      const other = yield* Effect.either(
+        pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "bob", fresh("goal-bob"))]),
+      )
+      expect(Either.isLeft(other)).toBe(true)
+    }))
+
+  it.effect("interrupted while its statements run, it commits nothing", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const { generation } = yield* TestDatabase
+      const id = fresh("goal-interrupted")
+      // Interrupted in real time (the live clock) while the server sleeps, after the insert.
+      const result = yield* TestServices.provideLive(
+        pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "ann", id), sql`SELECT pg_sleep(1)`]).pipe(
+          Effect.timeout("100 millis"),
+          Effect.either,
+        ),
+      )
+      expect(Either.isLeft(result) && result.left._tag).toBe("TimeoutException")
+      expect(yield* rowsOf(id)).toBe(0)
+      expect(yield* sql`SELECT 1 AS one`).toEqual([{ one: 1 }])
+      expect(yield* rowsOf(id)).toBe(0)
+    }))
+})
