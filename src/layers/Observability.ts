@@ -5,7 +5,11 @@
  * the tracer's modules are imported only when OTEL_EXPORTER_OTLP_ENDPOINT is set (issue 16: a
  * process without it does not carry them).
  */
-import { Effect, Layer, Logger, LogLevel, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
 import type { LogFormat, ObservabilityConfigShape } from "../services/AppConfig.js"
 
 const loggerFor = (format: LogFormat): Layer.Layer<never> => {
@@ -44,10 +48,10 @@ export const otlpTracesUrl = (endpoint: string): string => `${endpoint.replace(/
 const TracingLive = (endpoint: string, serviceVersion: string): Layer.Layer<never> =>
   Layer.unwrapEffect(
     Effect.promise(async () => {
-      const [OtlpSerialization, OtlpTracer, { FetchHttpClient }] = await Promise.all([
+      const [OtlpSerialization, OtlpTracer, FetchHttpClient] = await Promise.all([
         import("@effect/opentelemetry/OtlpSerialization"),
         import("@effect/opentelemetry/OtlpTracer"),
-        import("@effect/platform"),
+        import("@effect/platform/FetchHttpClient"),
       ])
       return OtlpTracer.layer({
         url: otlpTracesUrl(endpoint),
