@@ -5,9 +5,13 @@
  * Only the chosen mode's modules are imported (issue 16): PGlite for the embedded default, the
  * cluster modules for RUNNER_ADDRESS, the OTLP tracer for OTEL_EXPORTER_OTLP_ENDPOINT.
  */
-import { FetchHttpClient } from "@effect/platform"
-import { BunHttpServer, BunRuntime } from "@effect/platform-bun"
-import { Cause, ConfigError, Effect, Layer } from "effect"
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import * as BunHttpServer from "@effect/platform-bun/BunHttpServer"
+import * as BunRuntime from "@effect/platform-bun/BunRuntime"
+import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { packageVersion } from "./http/ServerState.js"
 import { ObservabilityLive } from "./layers/Observability.js"
 import { describeConfigError, environmentProvider, loadStartupConfig } from "./layers/startupConfig.js"

@@ -20,22 +20,20 @@
  * same-tick pair is "park if the mailbox is empty" against "offer, and activate if parked" (see
  * `tryPark` and `deliver`), which must not interleave or a message would be stranded.
  */
-import {
-  Cause,
-  Chunk,
-  Clock,
-  Data,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  FiberSet,
-  Metric,
-  Option,
-  Queue,
-  Schedule,
-  type Scope,
-} from "effect"
+import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as FiberSet from "effect/FiberSet"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import { type WakeEntry, WakeHeap } from "../primitives/WakeHeap.js"
 
 // ---------------------------------------------------------------- the behaviour

@@ -4,7 +4,9 @@
  * its user id, and the supervisor keeps actors, discovery and ticks to those users.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, type Effect, type Stream } from "effect"
+import * as Context from "effect/Context"
+import type * as Effect from "effect/Effect"
+import type * as Stream from "effect/Stream"
 import type { MissionSnapshot } from "../services/MissionStore.js"
 
 /** This runner in its cluster, for /health and the tick's answer. */

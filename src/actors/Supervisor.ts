@@ -10,7 +10,21 @@
  * view than one already delivered, and an actor's start-up read is not overtaken by a pass.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Clock, Context, Deferred, Duration, Effect, Fiber, FiberMap, Layer, Metric, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as FiberMap from "effect/FiberMap"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import {
   emptyTickPart,
   type MissionStatus,

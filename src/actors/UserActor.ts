@@ -7,7 +7,16 @@
  * A defect in a run fails the incarnation, which the host sees as a failed actor.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Clock, Data, Deferred, Duration, Effect, Exit, FiberSet, Option, Schedule } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberSet from "effect/FiberSet"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import {
   addToPart,
   emptyTickPart,

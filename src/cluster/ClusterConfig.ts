@@ -2,7 +2,12 @@
  * Cluster mode's configuration (issue 19). Off unless RUNNER_ADDRESS is set: then this process is one
  * runner of an `@effect/cluster` cluster on the same database, reachable by its peers at that address.
  */
-import { Config, ConfigError, Context, Duration, Either, Option } from "effect"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 
 export interface ClusterConfigShape {
   /** Where peers reach this runner (and where it listens): host and port. */

@@ -4,7 +4,8 @@
  * a tick's answer. The actor (src/actors/UserActor.ts) owns one view per incarnation and is the only
  * one to change it.
  */
-import { Data, type Either } from "effect"
+import * as Data from "effect/Data"
+import type * as Either from "effect/Either"
 import { type MissionRef, missionRefOf, type Mission } from "./mission.js"
 
 // ---------------------------------------------------------------- the view

@@ -3,7 +3,10 @@
  * `agentId` puts it under an agent's tool policy, persona, concurrency cap and daily token budget.
  * Pure: the decode, the policy, the persona text, the run decision and the AI actor identity.
  */
-import { Data, Either, ParseResult, Schema } from "effect"
+import * as Data from "effect/Data"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { ENCRYPTED_PREFIX } from "./prompt.js"
 import type { Tool } from "./tools.js"
 

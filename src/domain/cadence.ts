@@ -7,7 +7,10 @@
  * time and each slot is mapped to an instant here: a repeated time → its first occurrence, a
  * skipped time → the first instant after the gap.
  */
-import { Cron, Data, DateTime, Either } from "effect"
+import * as Cron from "effect/Cron"
+import * as Data from "effect/Data"
+import * as DateTime from "effect/DateTime"
+import * as Either from "effect/Either"
 import type { Cadence } from "./mission.js"
 
 export class CadenceError extends Data.TaggedError("CadenceError")<{ readonly reason: string }> {}

@@ -1,5 +1,5 @@
 /** One row of the sync server's event log `sync_changes` (SPEC §2), decoded at the query. */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 export const ChangeOp = Schema.Literal("insert", "update", "delete")
 export type ChangeOp = typeof ChangeOp.Type

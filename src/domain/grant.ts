@@ -3,7 +3,9 @@
  * order), the ciphertext format, and which encrypted modules exist and how they render. The RSA
  * unwrap and AES-GCM decryption live in services/grantCrypto.ts.
  */
-import { Either, ParseResult, Schema } from "effect"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { parseInstant } from "./replay.js"
 
 /** Why a grant is not used for a run, in the order they are checked (the first failure is the reason). */

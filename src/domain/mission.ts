@@ -3,7 +3,7 @@
  * has exactly these keys, and an absent optional field is left out, never null (nor undefined: the
  * optional fields are exact, so the types match the app's own, test/support/appTypes.ts).
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 import { parseInstant } from "./replay.js"
 
 /** An ISO-8601 instant with a zone (parsed the same way in Bun and Node); kept as the string the app wrote. */

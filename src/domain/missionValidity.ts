@@ -4,7 +4,9 @@
  * write-back (currentMission), GET /internal/missions (userMissions) and the test doubles all judge
  * a record here, so the log, the stored snapshot and the API give the same reason.
  */
-import { Either, ParseResult, Schema } from "effect"
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { isValidTimeZone, validateCadence } from "./cadence.js"
 import { Mission } from "./mission.js"
 import { parseInstant } from "./replay.js"

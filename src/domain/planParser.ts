@@ -3,7 +3,8 @@
  * with well-typed parameters, or a PlanParseError whose reason a person can read. Never a half-valid
  * plan, and never raw LLM output in a reason beyond a short quoted name.
  */
-import { Data, Either } from "effect"
+import * as Data from "effect/Data"
+import * as Either from "effect/Either"
 import type { Tool, ToolParam } from "./tools.js"
 
 export interface PlannedStep {

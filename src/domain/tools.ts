@@ -13,7 +13,7 @@
  *       "parameters": [ { "name": "title", "type": "string", "required": true, "description": "…" } ] } ]
  * of which only the `propose` tools are offered (`auto` tools run on the device, `deny` never).
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 // `override`: one readable line instead of one "Expected …" per literal.
 const ParamType = Schema.Literal("string", "number", "boolean", "object", "array").annotations({

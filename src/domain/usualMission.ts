@@ -8,7 +8,8 @@
  * cadence kind, a value out of range) is left to the Schema. Non-empty iterations are decoded by the
  * Schema of the iteration array alone. test/domain/usualMission.test.ts compares both on generated records.
  */
-import { Either, Schema } from "effect"
+import * as Either from "effect/Either"
+import * as Schema from "effect/Schema"
 import { type Cadence, Iteration, type Mission, type MissionInput } from "./mission.js"
 import { parseInstant } from "./replay.js"
 

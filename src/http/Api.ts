@@ -2,15 +2,19 @@
  * The HTTP API (SPEC §9): health, readiness, metrics, and the service-key-gated /internal routes.
  */
 import { createHash, timingSafeEqual } from "node:crypto"
-import {
-  Headers,
-  HttpMiddleware,
-  HttpRouter,
-  HttpServer,
-  HttpServerRequest,
-  HttpServerResponse,
-} from "@effect/platform"
-import { Effect, Exit, Layer, Option, Redacted, Ref, Schema } from "effect"
+import * as Headers from "@effect/platform/Headers"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
 import { AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX } from "../services/decryptAudit.js"
 import { overview, pageRouter } from "./OperatorPage.js"
 import { PROMETHEUS_CONTENT_TYPE, prometheusSnapshot } from "./prometheusText.js"

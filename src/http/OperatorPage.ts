@@ -5,8 +5,15 @@
  * asks for the key, keeps it in the tab's sessionStorage and sends it only as `X-Service-Key`.
  */
 import { readFileSync } from "node:fs"
-import { HttpMiddleware, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Layer, Ref, Schema } from "effect"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
 import { pageActors, pageCensus } from "./actorPage.js"
 import { captureFailures } from "./RecentFailures.js"
 import type { ApiBackend } from "./ServerState.js"

@@ -9,7 +9,12 @@
  * `failed` (a failed iteration written). Lines below LOG_LEVEL never reach a logger, so with
  * LOG_LEVEL=error only errors are kept.
  */
-import { Cause, HashMap, type Layer, Logger, LogLevel, Option } from "effect"
+import * as Cause from "effect/Cause"
+import * as HashMap from "effect/HashMap"
+import type * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
 
 export interface FailureEntry {
   readonly at: string

@@ -4,7 +4,10 @@
  * OpenTelemetry metrics SDK, a MeterProvider bridge and an exporter that wants its own HTTP server,
  * for what is a plain text rendering of counters, gauges and histograms.
  */
-import { Effect, Metric, type MetricPair, MetricState } from "effect"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import type * as MetricPair from "effect/MetricPair"
+import * as MetricState from "effect/MetricState"
 
 const METRIC_PREFIX = "mana_ai_"
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

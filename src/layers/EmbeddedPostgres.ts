@@ -12,7 +12,11 @@
 import { PGlite } from "@electric-sql/pglite"
 import { PGLiteSocketServer } from "@electric-sql/pglite-socket"
 import { randomBytes } from "node:crypto"
-import { Data, Effect, Option, Redacted, type Scope } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
 import { type SyncGeneration, generationOf } from "../domain/eventLog.js"
 import { renderPsqlScript, sqlFile, syncChangesSql } from "./psqlScript.js"
 

@@ -4,9 +4,9 @@
  * user that first scopes itself with set_config('app.current_user_id', …, true).
  */
 import { EventLogSchema } from "../services/EventLogSchema.js"
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../domain/mission.js"
 
 export const DEMO_CLIENT_ID = "mana-ai-demo-seed"

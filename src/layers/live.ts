@@ -3,8 +3,12 @@
  * the service key from MANA_SERVICE_KEY. Start-up config has already required both. Cluster mode's
  * modules (@effect/cluster, @effect/rpc) are imported only when RUNNER_ADDRESS asks for it (issue 16).
  */
-import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
-import { Effect, Layer, Option } from "effect"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpServer from "@effect/platform/HttpServer"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { defaultInstanceId } from "../services/MissionRunner.js"
 import { databaseLayerFromUrl } from "../services/Database.js"
 import { processLayer } from "./process.js"

@@ -11,7 +11,11 @@
  * at work would feel; the idle process pays it once per quiet spell.
  * Outside Bun (the Node test layers) it does nothing.
  */
-import { Duration, Effect, Layer, Metric, Schedule } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Schedule from "effect/Schedule"
 import { runsInFlightGauge } from "../services/metrics.js"
 
 const CHECK_EVERY = Duration.seconds(1)

@@ -5,10 +5,16 @@
  * Release runs the other way: /ready turns 503 ("draining"), the supervisor drains its runs within
  * SHUTDOWN_GRACE_MS, the pool closes, and only then the HTTP server stops.
  */
-import type { FileSystem, HttpClient, HttpServer } from "@effect/platform"
-import { SqlClient } from "@effect/sql"
-import type { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Metric, Option, type Redacted } from "effect"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import type * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpServer from "@effect/platform/HttpServer"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
 import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { Ownership } from "../actors/Ownership.js"
 import { Supervisor, SupervisorLive } from "../actors/Supervisor.js"

@@ -3,7 +3,14 @@
  * a malformed value stops the start with one line that names the variable and the form it expects.
  */
 import { accessSync, constants } from "node:fs"
-import { Config, ConfigError, ConfigProvider, Data, Effect, Either, Option, type Redacted } from "effect"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
 import {
   type DatabaseConfigShape,
   databaseConfig,

@@ -4,8 +4,11 @@
  * environment would be. The offline planner by default: Node's test HttpClient points at the
  * server under test, so an LLM planner would need its own client (use the e2e tests for that).
  */
-import { NodeContext, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, type Redacted } from "effect"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Redacted from "effect/Redacted"
 import { databaseLayerFromUrl } from "../services/Database.js"
 import { processLayer } from "./process.js"
 import { environmentProvider, loadStartupConfig } from "./startupConfig.js"

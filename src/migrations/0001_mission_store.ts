@@ -2,8 +2,8 @@
  * The runner's own tables (SPEC §7), all inside schema mana_ai, which the operator's grant created:
  * the runner role may create tables there and nothing outside it.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient

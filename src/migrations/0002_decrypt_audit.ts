@@ -3,8 +3,8 @@
  * security is forced (the runner owns the table, and FORCE makes the policy bind its owner too), so
  * each user's rows are read and written only inside that user's RLS scope.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient

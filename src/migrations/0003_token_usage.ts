@@ -12,8 +12,8 @@
  * - Retention: rows older than 48 h are deleted. The second policy lets the runner delete, and only
  *   delete, any user's expired rows; it grants no read.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient

@@ -2,8 +2,8 @@
  * Quarantined users (SPEC §8): a quarantine holds until an operator lifts it, across restarts of the
  * process, so a poison mission is not replayed RESTART_MAX times after every deploy.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient

@@ -4,8 +4,8 @@
  * cluster start, so sql/runner-role.sql's grant and the migration path own the whole schema; each
  * statement is IF NOT EXISTS because cluster start created the first two on databases from before.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient

@@ -7,8 +7,8 @@
  * probes it with the row's created_at and id. A row's created_at never changes, so the new key is as
  * unique as the old.
  */
-import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as Effect from "effect/Effect"
 
 export default Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient

@@ -24,7 +24,12 @@
  * `Effect.runFork` (no parent: it outlives the call that started it, and a test's TestClock that goes
  * away takes its heap and fiber with it).
  */
-import { type Clock, Duration, Effect, Exit, type Fiber, FiberId } from "effect"
+import type * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import { type LazyArg, dual } from "effect/Function"
 import { type WakeEntry, WakeHeap } from "./WakeHeap.js"
 

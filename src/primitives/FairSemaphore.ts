@@ -12,7 +12,10 @@
  *
  * Interruption is safe: a waiter interrupted after its permit was handed over passes it on.
  */
-import { Deferred, Effect, Exit, FiberId } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 
 export interface FairSemaphore {
   readonly withPermit: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>

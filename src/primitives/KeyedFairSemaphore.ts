@@ -10,7 +10,10 @@
  * interruption is safe: a waiter interrupted after its permit was handed over passes it on; one
  * interrupted before leaves its queue (skipped lazily), so no permit is lost or leaked.
  */
-import { Deferred, Effect, Exit, FiberId } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 
 export interface KeyedFairSemaphore {
   readonly withPermit: (key: string) => <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>

@@ -12,9 +12,15 @@
  * refresh reads every agent row once.
  */
 import { EventLogSchema } from "./EventLogSchema.js"
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Duration, Effect, Either, Metric, Option, Ref, Schema } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
 import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, resolveAgent } from "../domain/agent.js"
 import { type RecordState, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
 import { malformedRowsTotal } from "./metrics.js"

@@ -4,7 +4,10 @@
  * released when none has used it for a while. A changed cap resizes it for the next acquisition;
  * runs already holding a permit finish.
  */
-import { Duration, Effect, RcMap, type Scope } from "effect"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as RcMap from "effect/RcMap"
+import type * as Scope from "effect/Scope"
 
 export interface AgentPermitKey {
   readonly userId: string

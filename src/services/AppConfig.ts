@@ -5,7 +5,14 @@
  */
 import { createPrivateKey } from "node:crypto"
 import { readFileSync } from "node:fs"
-import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import { isValidTimeZone } from "../domain/cadence.js"
 
 /**

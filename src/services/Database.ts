@@ -2,10 +2,14 @@
  * The Postgres connection pool (SPEC §7, §10): `@effect/sql-pg`'s PgClient as the runner's role,
  * retried with backoff while the server is not yet reachable at start, logged without secrets.
  */
-import type { SqlClient } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Layer, Redacted, Schedule } from "effect"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 
 /** `postgres://user@host:port/db` — never the password, never query parameters (they may hold one). */
 export const describeDatabaseUrl = (url: Redacted.Redacted<string>): string => {

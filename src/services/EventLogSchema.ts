@@ -3,9 +3,10 @@
  * from the catalog at start, before anything else touches the table. Reads, replay, write-back and
  * discovery take the per-field time column and the write shape from here.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Data, Effect } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
 import { type SyncGeneration, generationOf } from "../domain/eventLog.js"
 
 export interface EventLogSchemaShape {

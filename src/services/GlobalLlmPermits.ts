@@ -3,7 +3,8 @@
  * round-robin across users with requests waiting: the user is the fiber's `llmPermitUser`, set
  * around a run with `GlobalLlmPermits.forUser` (requests outside any run share the key "").
  */
-import { Effect, FiberRef } from "effect"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import { RunnerConfig } from "./AppConfig.js"
 import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
 

@@ -3,7 +3,12 @@
  * SPEC order (not-configured, expired, mission-mismatch, malformed, wrap-rejected); an open grant
  * yields the mission data key as a non-extractable CryptoKey that the caller holds for that run only.
  */
-import { Clock, Data, Effect, Either, Option, Redacted } from "effect"
+import * as Clock from "effect/Clock"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import { type GrantSkipReason, checkGrantClaims } from "../domain/grant.js"
 import { GrantConfig } from "./AppConfig.js"
 import { type CryptoKey, importRunnerKey, unwrapMissionKey } from "./grantCrypto.js"

@@ -4,9 +4,12 @@
  * entries to `makeInputResolvers`. All inputs of one mission are read with one query in one
  * transaction scoped to the user, so RLS decides what is visible.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, Metric, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type { MissionInput } from "../domain/mission.js"
 import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"
 import { resolveEncryptedInputs, isEncryptedModule } from "./encryptedInputs.js"

@@ -11,7 +11,14 @@
  *   is open it fails at once with LlmBreakerOpen and sends nothing; otherwise it runs the request and
  *   counts its outcome.
  */
-import { Clock, Deferred, Duration, Effect, Exit, Metric, Schema, SynchronizedRef } from "effect"
+import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as Schema from "effect/Schema"
+import * as SynchronizedRef from "effect/SynchronizedRef"
 import { LlmBreakerConfig } from "./AppConfig.js"
 import { llmBreakerOpenGauge } from "./metrics.js"
 

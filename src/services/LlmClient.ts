@@ -4,20 +4,18 @@
  * transient failures are retried with jittered exponential backoff (at least Retry-After) with no
  * attempt limit, so the caller's deadline is what ends a run of bad luck.
  */
-import {
-  Clock,
-  ConfigError,
-  Duration,
-  Effect,
-  Exit,
-  Layer,
-  Metric,
-  Option,
-  Redacted,
-  ParseResult,
-  Schedule,
-  Schema,
-} from "effect"
+import * as Clock from "effect/Clock"
+import * as ConfigError from "effect/ConfigError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as ParseResult from "effect/ParseResult"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
 import { withDeadline } from "../primitives/Deadline.js"
 import { LlmConfig } from "./AppConfig.js"
 import { GlobalLlmPermits } from "./GlobalLlmPermits.js"

@@ -3,10 +3,11 @@
  * The whole run holds a transaction-level advisory lock: the migrator creates its bookkeeping table
  * before it locks it, so two runners starting at once would otherwise race on that CREATE TABLE.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { PgMigrator } from "@effect/sql-pg"
-import { Effect, Layer } from "effect"
+import * as PgMigrator from "@effect/sql-pg/PgMigrator"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import missionStore from "../migrations/0001_mission_store.js"
 import decryptAudit from "../migrations/0002_decrypt_audit.js"
 import tokenUsage from "../migrations/0003_token_usage.js"

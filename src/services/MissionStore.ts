@@ -12,9 +12,17 @@
  * ahead of the database's now(), and a periodic reconciliation catches rows committed after the
  * window had passed them.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Duration, Effect, Either, Fiber, Metric, Option, Ref, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
 import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"

@@ -3,7 +3,10 @@
  * CONTRACT — implementations: PlannerLive (LlmClient) and the deterministic offline planner.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Schema, type Effect, type Ref } from "effect"
+import * as Context from "effect/Context"
+import * as Schema from "effect/Schema"
+import type * as Effect from "effect/Effect"
+import type * as Ref from "effect/Ref"
 import type { Agent } from "../domain/agent.js"
 import type { Mission } from "../domain/mission.js"
 import type { LlmError, TokenUsage } from "./LlmClient.js"

@@ -5,7 +5,15 @@
  * offline planner, for embedded mode without MANA_LLM_URL.
  */
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Fiber, Layer, Metric, Option, Ref, Schedule } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
 import { OFFLINE_SUMMARY_PREFIX, offlinePlan } from "../domain/offlinePlanner.js"
 import {
   MAX_PLAN_STEPS,

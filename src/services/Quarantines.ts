@@ -3,9 +3,11 @@
  * restart of the process and holds until an operator lifts it (POST /internal/actors/:userId/restart).
  * The runner's own bookkeeping, like run claims: no user's data, so no RLS scope.
  */
-import { SqlClient, SqlSchema } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Schema } from "effect"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 
 export interface Quarantine {
   readonly userId: string

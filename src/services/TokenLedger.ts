@@ -6,9 +6,17 @@
  * `token_usage_process`, which holds no user data (see the migration for why there is no cross-user
  * read of token_usage). Window times come from Effect's Clock, so tests move them with TestClock.
  */
-import { SqlClient, type Statement } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Duration, Effect, Layer, Metric, Option, Schedule, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
 import { TokenBudgetConfig } from "./AppConfig.js"
 import { tokensUsedTotal } from "./metrics.js"
 import { withSpanWhenTracing } from "./tracing.js"

@@ -3,8 +3,12 @@
  * start, in our shape ({"tools": [...]}) or the app's (an array with defaultPolicy; only `propose`
  * tools are kept). A bad file stops the start with a message naming TOOLS_FILE and its first problem.
  */
-import { FileSystem } from "@effect/platform"
-import { Effect, Layer, Option, ParseResult, Schema } from "effect"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
 import { RATIONALE_PARAM } from "../domain/planParser.js"
 import { AppToolCatalogFile, type Tool, Tool as ToolSchema, ToolCatalogFile, defaultTools, fromAppTool } from "../domain/tools.js"
 import { LlmConfig } from "./AppConfig.js"

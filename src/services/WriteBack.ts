@@ -19,9 +19,13 @@
  * active snapshot that the row sorts after: there, LWW makes "the snapshot plus this row" exactly the
  * replay of the snapshot's rows and this one. Anything else is left to discovery, as before.
  */
-import { SqlClient, type Statement } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Either, Option } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
 import {
   AGENTS_TABLE,
   MISSIONS_APP_ID,

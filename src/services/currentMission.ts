@@ -3,9 +3,11 @@
  * a run for a given iteration id may still be appended to it. Shared by the write-back (the decisive
  * check, inside the write transaction) and the runner (a cheap check before spending an LLM call).
  */
-import type { SqlClient, Statement } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import { AGENTS_APP_ID, AGENTS_TABLE, type AgentResolution, missionAgentId, resolveAgent } from "../domain/agent.js"
 import { type CadenceError, nextRunAt } from "../domain/cadence.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"

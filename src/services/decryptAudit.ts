@@ -3,9 +3,10 @@
  * same RLS-scoped transaction that read the record, so no read is used without its row; listed
  * newest first for GET /internal/audit/:userId.
  */
-import type { SqlClient } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Schema } from "effect"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
 import { withUserScope } from "./withUserScope.js"
 
 export type AuditStatus = "ok" | "failed" | "scope-violation"

@@ -6,9 +6,11 @@
  * written in the transaction that read it. The mission data key lives in this function's scope only.
  */
 import type { EventLogSchema } from "./EventLogSchema.js"
-import type { SqlClient } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, Metric } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Metric from "effect/Metric"
 import { encryptedModule, grantScopeKey, hasGrant, renderEncrypted } from "../domain/grant.js"
 import type { MissionInput } from "../domain/mission.js"
 import { isApplicable, isLive, replayOrdered } from "../domain/replay.js"

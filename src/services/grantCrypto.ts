@@ -4,7 +4,9 @@
  * Keys are non-extractable CryptoKeys; no function here logs, and no error carries a key or a plaintext.
  */
 import { webcrypto } from "node:crypto"
-import { Data, Effect, Either } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import {
   type DecryptFailureReason,
   MAX_PLAINTEXT_BYTES,

@@ -1,5 +1,6 @@
 /** Every number an operator watches (SPEC §9 /metrics), prefixed mana_ai_ when exported. */
-import { Metric, MetricBoundaries } from "effect"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
 
 const seconds = MetricBoundaries.exponential({ start: 0.005, factor: 2, count: 16 })
 

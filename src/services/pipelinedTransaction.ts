@@ -19,9 +19,11 @@
  * row count, or a transaction-local `app.*` setting the earlier statement set).
  */
 import { createRequire } from "node:module"
-import type { SqlClient, Statement } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
-import { Effect, Exit } from "effect"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import Pg from "pg"
 
 /** The parts of pg's Connection (protocol writer) the sequence uses. */

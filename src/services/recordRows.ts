@@ -4,9 +4,11 @@
  * (replay them with replayOrdered: a Date holds milliseconds, created_at microseconds). The per-field
  * time column of the generation found (EventLogSchema) is read as `field_timestamps`.
  */
-import type { SqlClient } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either, Schema } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Schema from "effect/Schema"
 import { SyncChange, type SyncGeneration } from "../domain/eventLog.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 

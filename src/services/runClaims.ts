@@ -10,7 +10,8 @@
  * check reads only the row it upserts (ON CONFLICT … WHERE is evaluated on the row's latest version
  * under its lock), so two runners claiming at once cannot both pass. One process adds nothing.
  */
-import type { SqlClient, Statement } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 
 export interface ClaimKey {
   readonly userId: string

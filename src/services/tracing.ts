@@ -3,7 +3,9 @@
  * tracer off, and Effect.withSpan would still make a no-op span, capture a stack trace and change the
  * context on every call: on a run's path that is a measurable share of its CPU (issue 16).
  */
-import { Effect, FiberRef, type Tracer } from "effect"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import type * as Tracer from "effect/Tracer"
 
 /** `Effect.withSpan(name, options)` while the tracer is enabled; `self` unchanged while it is off. */
 export const withSpanWhenTracing =

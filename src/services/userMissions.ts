@@ -3,9 +3,10 @@
  * read inside that user's RLS scope. Fresh rather than from the discovery snapshots, so an operator
  * sees an iteration the moment it is written, also with TICK_ENABLED=false (no discovery loop).
  */
-import type { SqlClient } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Either } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../domain/mission.js"
 import { missionValidity } from "../domain/missionValidity.js"
 import { isLive, replayOrdered } from "../domain/replay.js"

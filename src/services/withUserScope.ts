@@ -8,9 +8,12 @@
  * A withUserScope for the same user inside another one joins it (no savepoint, no second
  * set_config): a run's claim, check and inputs are one transaction of few round trips (issue 16).
  */
-import { SqlClient, type Statement } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
-import { Effect, FiberRef, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as Option from "effect/Option"
 
 /**
  * @effect/sql's withTransaction turns a failed COMMIT or ROLLBACK into a defect (Effect.orDie). Both
