@@ -29,6 +29,7 @@ const mission = (id: string, nextRunAt: number | null): Mission =>
     state: "active",
     nextRunAt: nextRunAt === null ? null : new Date(nextRunAt).toISOString(),
     cadence: { kind: "interval", everyMinutes: 10 },
+    inputs: [],
     iterations: [],
   }) as unknown as Mission
 
@@ -101,6 +102,17 @@ describe("upsert", () => {
     const view = viewOf(entry({ ranSlot: T(0), nextRunAt: T(10), mission: mission("m", T(10)) }))
     upsert(view, snapshot("m", T(0)))
     expect(view.get("m")?.mission.nextRunAt).toBe(new Date(T(10)).toISOString())
+  })
+
+  it("an entry keeps what a run needs of the mission (id, nextRunAt, inputs, agentId), not its text or iterations", () => {
+    const view: View = new Map()
+    const inputs = [{ module: "companion", table: "companionGoals", id: "g1" }]
+    const full = { ...mission("m", T(0)), agentId: "a1", inputs, iterations: [{ id: "it-1" }] } as unknown as Mission
+    upsert(view, { ...snapshot("m", T(0)), decoded: Either.right(full) })
+    const kept = view.get("m")?.mission
+    expect(kept).toEqual({ id: "m", nextRunAt: new Date(T(0)).toISOString(), inputs, agentId: "a1" })
+    // A copy: the decoded mission (amid the store pass's garbage) is not kept alive through it.
+    expect(kept?.inputs).not.toBe(inputs)
   })
 })
 
