@@ -282,9 +282,15 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         // scoping statement and, sent with it, the mission, its agent and the inputs the snapshot
         // names; then COMMIT. The read is made (and dropped) even when another runner holds the claim.
         // Inputs that changed since the snapshot, and encrypted ones, are read after it in a scope of their own.
+        // Its COMMIT does not wait for the WAL flush (`synchronous_commit` off for this transaction
+        // only): a flush costs milliseconds per commit, and a run made two. A claim lost in a server
+        // crash costs at most a second LLM call for the run, never a second iteration: the write-back
+        // (a synchronous commit, which flushes the WAL up to and past this one) checks the mission as
+        // it stands for the run's iteration id.
         const also = resolvers.plainRefs(mission.inputs)
         const checked = yield* Effect.gen(function* (): Effect.fn.Return<Checked, SqlError> {
-          const [scoped, raw] = yield* pipelinedTransaction(sqlClient, [
+          const [, scoped, raw] = yield* pipelinedTransaction(sqlClient, [
+            sqlClient`SET LOCAL synchronous_commit = off`,
             scopeStatement(sqlClient, userId, {
               with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
               columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,

@@ -309,6 +309,48 @@ it.layer(L, { timeout: 120_000 })("MissionRunner (pipeline)", (it) => {
       }),
     ))
 
+  it.effect("the claim's transaction commits without waiting for the WAL flush; the write-back's waits", () =>
+    live(
+      Effect.gen(function* () {
+        const standIn = yield* LlmStandIn
+        yield* standIn.reset
+        const db = yield* TestDatabase
+        const user = fresh("commit-user")
+        // Triggers (the owner's) note the setting each write of this user's runs commits under.
+        yield* Effect.promise(() =>
+          db.ownerQuery(`
+            CREATE TABLE IF NOT EXISTS public.commit_modes (table_name text, user_id text, mode text);
+            GRANT INSERT ON public.commit_modes TO PUBLIC;
+            CREATE OR REPLACE FUNCTION public.note_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              INSERT INTO public.commit_modes VALUES (TG_TABLE_NAME, NEW.user_id, current_setting('synchronous_commit'));
+              RETURN NEW;
+            END $$;
+            DROP TRIGGER IF EXISTS note_commit_mode ON mana_ai.run_claims;
+            CREATE TRIGGER note_commit_mode AFTER INSERT OR UPDATE ON mana_ai.run_claims FOR EACH ROW EXECUTE FUNCTION public.note_commit_mode();
+            DROP TRIGGER IF EXISTS note_commit_mode ON sync_changes;
+            CREATE TRIGGER note_commit_mode AFTER INSERT ON sync_changes FOR EACH ROW EXECUTE FUNCTION public.note_commit_mode();`),
+        )
+        const mission = yield* dueMission(user)
+        const outcome = yield* Effect.flatMap(MissionRunner, (r) => r.run({ userId: user, mission }))
+        expect(outcome._tag).toBe("Written")
+        const modes = yield* Effect.promise(() =>
+          db.ownerQuery("SELECT table_name, mode FROM public.commit_modes WHERE user_id = $1 ORDER BY table_name, mode", [user]),
+        )
+        yield* Effect.promise(() =>
+          db.ownerQuery(`
+            DROP TRIGGER note_commit_mode ON mana_ai.run_claims;
+            DROP TRIGGER note_commit_mode ON sync_changes;`),
+        )
+        // The test's own inserts (as the owner) commit as the server's default does ("on").
+        const claims = modes.filter((m) => m.table_name === "run_claims").map((m) => m.mode)
+        expect(claims).toEqual(["off"])
+        const written = modes.filter((m) => m.table_name === "sync_changes").map((m) => m.mode)
+        expect(written.length).toBeGreaterThanOrEqual(3) // the goal, the mission, the runner's write-back
+        expect(new Set(written)).toEqual(new Set(["on"]))
+      }),
+    ))
+
   it.effect("expired run claims are pruned after a run (at most once per interval); live claims stay", () =>
     live(
       Effect.gen(function* () {
