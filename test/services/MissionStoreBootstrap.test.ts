@@ -189,6 +189,17 @@ it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one p
       expect(afterBootstrap.length).toBe(60 + 6)
       expect(afterBootstrap).toEqual(afterIncremental)
 
+      // The same first discovery read in parts (what a pass of SPLIT_MIN_ROWS rows or more does): on the
+      // server each part on a connection of its own; on PGlite (one session for every client) in one.
+      yield* sql`TRUNCATE mana_ai.mission_snapshots, mana_ai.discovery_cursor, mana_ai.applied_changes`
+      const inParts = yield* makeMissionStore({ lookback: LOOKBACK, splitMinRows: 1 })
+      const split = yield* inParts.refresh
+      expect(split.rowsRead).toBe(total)
+      expect(split.changed.length).toBe(first.changed.length)
+      expect(split.parts).toBe(db.kind === "server" ? 2 : undefined)
+      expect((yield* inParts.refresh).rowsRead).toBe(0)
+      expect(yield* storedSnapshots).toEqual(afterIncremental)
+
       // And both are the row-by-row replay of the log.
       const oracle = yield* replayedFromLog
       expect(afterBootstrap.map((r) => `${r.user_id}/${r.record_id}`)).toEqual([...oracle.keys()])
