@@ -653,8 +653,13 @@ export const makeMissionStore = (
      * new row by record: on a first discovery or a burst that sort spills to disk, and with the default
      * 4 MB it merges in many more passes. It prints created_at as a timestamp's text (cursorAtText): ISO
      * output, whatever the server's default (the input order, the setting's other half, stays as it is).
+     * No JIT: a large pass's plan costs enough to be compiled, and the compiled query took more backend
+     * CPU, not less (1M rows, 4 pairs: 5.8 s against 4.9 s on average).
      */
-    const cursorSettings = Effect.all([sql`SET LOCAL work_mem = '64MB'`, sql`SET LOCAL DateStyle = 'ISO'`], { discard: true })
+    const cursorSettings = Effect.all(
+      [sql`SET LOCAL work_mem = '64MB'`, sql`SET LOCAL DateStyle = 'ISO'`, sql`SET LOCAL jit = off`],
+      { discard: true },
+    )
 
     /**
      * How many connections a large pass reads on: PARTITIONS on a server, when the pool has room for
