@@ -20,6 +20,8 @@ const rows = Number(option("rows") ?? 200_000)
 const burst = process.argv.includes("--burst")
 /** The burst's rows by this many INSERTs at once (the full run's discovery part uses 2). */
 const seedParts = Number(option("seed-parts") ?? 1)
+/** An experiment: a CHECKPOINT between the burst's seed and its pass, so the pass does not write out the seed's dirty pages. */
+const checkpointFirst = process.argv.includes("--checkpoint-first")
 
 const main = Effect.scoped(
   Effect.gen(function* () {
@@ -30,7 +32,7 @@ const main = Effect.scoped(
         const [a, cpu] = yield* withPartyCpu(db, effect)
         const ms = nowMs() - t0
         console.log(
-          `${what}: ${round(ms / 1000, 2)} s wall, Bun ${cpu.bunCpuSeconds} s, postgres ${cpu.postgresCpuSeconds} s CPU; autovacuum workers seen ${cpu.autovacuumWorkersSeen}, runs ${cpu.autovacuumRuns}`,
+          `${what}: ${round(ms / 1000, 2)} s wall, Bun ${cpu.bunCpuSeconds} s, postgres ${cpu.postgresCpuSeconds} s CPU; autovacuum workers seen ${cpu.autovacuumWorkersSeen}, runs ${cpu.autovacuumRuns}; server: checkpoints ${cpu.serverCheckpoints}, buffers written by backends ${cpu.serverBuffersWrittenByBackends}`,
         )
         return a
       })
@@ -43,6 +45,7 @@ const main = Effect.scoped(
       const t0 = nowMs()
       yield* seedMissionBurst(db, rows, 20, 60, seedParts)
       console.log(`burst seeded by ${seedParts} INSERT(s) at once in ${round((nowMs() - t0) / 1000, 1)} s`)
+      if (checkpointFirst) yield* db.ownerQuery("CHECKPOINT")
     }
     const r = yield* timed(burst ? `burst ${rows}` : `bootstrap ${rows}`, store.refresh)
     console.log(`rows read ${r.rowsRead} on ${r.parts ?? 1} connection(s), missions changed ${r.changed.length}`)

@@ -118,7 +118,7 @@ export interface MissionStoreOptions {
   readonly reconcileInterval?: Duration.DurationInput
   /** Mission records per reconciliation transaction. */
   readonly reconcileChunk?: number
-  /** Rows after the window's start from which a refresh reads in parts (default SPLIT_MIN_ROWS). */
+  /** Rows after the cursor from which a refresh reads in parts (default SPLIT_MIN_ROWS). */
   readonly splitMinRows?: number
 }
 
@@ -130,8 +130,9 @@ const DEFAULT_BATCH_SIZE = 1000
 const FETCH_RECORDS = 1000
 const DEFAULT_RECONCILE_CHUNK = 500
 /**
- * A pass that finds at least this many rows after its window's start reads them in PARTITIONS parts,
- * each on its own connection (makeMissionStore's readPartition): a first discovery, a burst.
+ * A pass that finds at least this many rows after the cursor (new since the last pass, not the window
+ * it re-reads behind it) reads in PARTITIONS parts, each on its own connection (makeMissionStore's
+ * readPartition): a first discovery, a burst. A steady state's few seconds of rows stay on one.
  */
 const SPLIT_MIN_ROWS = 50_000
 /** Parts of a large pass: one per core of a 2-core database server; each part rescans the rows it skips. */
@@ -722,23 +723,22 @@ export const makeMissionStore = (
         // The newest mission row now (the partial index's last entry): the pass reads up to it, rows
         // committed meanwhile wait for the next refresh. The cursor will be `next` (never beyond now(),
         // which is fixed for the transaction), so rows after `keepAfter` are the ones to mark applied.
-        // window_rows: the rows after the window's start, counted up to splitMinRows (through the same
-        // partial index; a steady-state window holds a few): whether the pass reads in parts.
-        const [bounds] = yield* sql<{ up_to: string | null; keep_after: string | null; window_rows: number }>`
+        // new_rows: the rows after the cursor, counted up to splitMinRows (through the same partial index;
+        // a steady state has a few seconds' worth): whether the pass reads in parts.
+        const [bounds] = yield* sql<{ up_to: string | null; keep_after: string | null; new_rows: number }>`
           SELECT ${exactUtc(sql, "x.m")} AS up_to,
                  ${exactUtc(sql, "x.next")} AS keep_after,
                  (SELECT count(*)::int FROM (
                     SELECT 1 FROM sync_changes s
-                    WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
-                      AND s.created_at > ${cursorAt}::timestamptz - ${lookback}::interval
-                    LIMIT ${splitMinRows}) w) AS window_rows
+                    WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE} AND s.created_at > ${cursorAt}::timestamptz
+                    LIMIT ${splitMinRows}) w) AS new_rows
           FROM (SELECT m, LEAST(GREATEST(${cursorAt}::timestamptz, m), now()) - ${lookback}::interval AS next
                 FROM (SELECT max(s.created_at) AS m FROM sync_changes s
                       WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}) y) x`
         const upTo = bounds?.up_to ?? null
         const keepAfter = bounds?.keep_after ?? null
         if (upTo === null || keepAfter === null) return { rowsRead: 0, parts: 1, changed: [] as Array<MissionSnapshot> }
-        const partitions = (bounds?.window_rows ?? 0) >= splitMinRows ? yield* readers : 1
+        const partitions = (bounds?.new_rows ?? 0) >= splitMinRows ? yield* readers : 1
         const changed: Array<MissionSnapshot> = []
         let rowsRead = 0
         const writing: Array<Fiber.Fiber<void, SqlError>> = []
