@@ -666,16 +666,19 @@ export const makeMissionStore = (
      * How many connections a large pass reads on: PARTITIONS on a server, when the pool has room for
      * them beside the pass's own connection and one more; 1 on the embedded database (PGlite serves
      * one session to every client, and holds the others back while a transaction is open) or any other
-     * SqlClient. Asked once, on the first large pass.
+     * SqlClient. Asked on the first large pass, and kept once answered (a failed question fails that pass).
      */
     const pool = Option.map(yield* Effect.serviceOption(PgClient.PgClient), (pg) => pg.config.maxConnections ?? 10)
-    const readers = yield* Effect.cached(
-      Option.isNone(pool) || pool.value < PARTITIONS + 2
-        ? Effect.succeed(1)
-        : Effect.map(
-            sql<{ embedded: boolean }>`SELECT strpos(version(), 'PGlite') > 0 AS embedded`,
-            (rows) => (rows[0]?.embedded === false ? PARTITIONS : 1),
-          ),
+    const knownReaders = yield* Ref.make(Option.none<number>())
+    const readers = Effect.flatMap(Ref.get(knownReaders), (known) =>
+      Option.isSome(known)
+        ? Effect.succeed(known.value)
+        : Option.isNone(pool) || pool.value < PARTITIONS + 2
+          ? Effect.succeed(1)
+          : sql<{ embedded: boolean }>`SELECT strpos(version(), 'PGlite') > 0 AS embedded`.pipe(
+              Effect.map((rows) => (rows[0]?.embedded === false ? PARTITIONS : 1)),
+              Effect.tap((n) => Ref.set(knownReaders, Option.some(n))),
+            ),
     )
 
     /**
