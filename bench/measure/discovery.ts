@@ -83,17 +83,48 @@ const BURST_SEED_PARTS = 2
 
 /**
  * Around an effect: the bench process's CPU (the store runs in it) and that of the postgres backends
- * on the bench database, in seconds, so a pass's time splits into Bun, Postgres and waiting.
+ * on the bench database, in seconds, so a pass's time splits into Bun, Postgres and waiting. Beside
+ * them, whether autovacuum touched that database meanwhile (issue 16: the first thing to rule out when
+ * a pass costs Postgres more than the same pass alone): the most autovacuum workers seen on it at
+ * once (sampled every 250 ms with the backends) and its tables' autovacuum + autoanalyze runs. And,
+ * for the whole server (other databases' work included), the checkpoints that began and the buffers
+ * backends had to write out themselves (a pass right after a bulk seed evicts the seed's dirty pages).
  */
-const withPartyCpu = <A, E, R>(db: BenchDatabase, effect: Effect.Effect<A, E, R>) => {
-  const start = partyCpu(async () =>
-    (await db.owner.query("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).rows.map((r) => Number(r.pid)),
-  )
+export const withPartyCpu = <A, E, R>(db: BenchDatabase, effect: Effect.Effect<A, E, R>) => {
+  let autovacuumWorkersSeen = 0
+  const start = partyCpu(async () => {
+    const rows = (await db.owner.query("SELECT pid, backend_type FROM pg_stat_activity WHERE datname = current_database()")).rows
+    autovacuumWorkersSeen = Math.max(autovacuumWorkersSeen, rows.filter((r) => r.backend_type === "autovacuum worker").length)
+    return rows.map((r) => Number(r.pid))
+  })
+  const autovacuumRuns = async () =>
+    Number(
+      (await db.owner.query("SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::int AS n FROM pg_stat_user_tables")).rows[0]?.n ?? 0,
+    )
+  const bgwriter = async () => {
+    const r = (
+      await db.owner.query("SELECT (checkpoints_timed + checkpoints_req)::int AS checkpoints, buffers_backend::float8 AS written FROM pg_stat_bgwriter")
+    ).rows[0] as { checkpoints: number; written: number }
+    return r
+  }
   return Effect.gen(function* () {
+    const runs0 = yield* Effect.promise(autovacuumRuns)
+    const server0 = yield* Effect.promise(bgwriter)
     const stop = yield* Effect.promise(start)
     const a = yield* effect
     const cpu = yield* Effect.promise(stop)
-    return [a, cpu] as const
+    const runs = (yield* Effect.promise(autovacuumRuns)) - runs0
+    const server1 = yield* Effect.promise(bgwriter)
+    return [
+      a,
+      {
+        ...cpu,
+        autovacuumWorkersSeen,
+        autovacuumRuns: runs,
+        serverCheckpoints: server1.checkpoints - server0.checkpoints,
+        serverBuffersWrittenByBackends: server1.written - server0.written,
+      },
+    ] as const
   })
 }
 
@@ -257,7 +288,7 @@ const measureBurst = (db: BenchDatabase, size: number, bootstrapSeconds: number,
         const [burst, burstCpu] = yield* withPartyCpu(db, store.refresh)
         const burstMs = nowMs() - b0
         yield* log(
-          `discovery burst ${label(size)}: refresh read ${burst.rowsRead} rows in ${round(burstMs / 1000, 2)} s (CPU: Bun ${burstCpu.bunCpuSeconds} s, postgres ${burstCpu.postgresCpuSeconds} s)`,
+          `discovery burst ${label(size)}: refresh read ${burst.rowsRead} rows in ${round(burstMs / 1000, 2)} s (CPU: Bun ${burstCpu.bunCpuSeconds} s, postgres ${burstCpu.postgresCpuSeconds} s; autovacuum workers seen ${burstCpu.autovacuumWorkersSeen}, runs ${burstCpu.autovacuumRuns}; server: checkpoints ${burstCpu.serverCheckpoints}, buffers written by backends ${burstCpu.serverBuffersWrittenByBackends})`,
         )
         const a0 = nowMs()
         const after = yield* store.refresh

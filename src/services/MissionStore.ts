@@ -14,13 +14,17 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
@@ -66,6 +70,8 @@ export interface RefreshResult {
   readonly changed: ReadonlyArray<MissionSnapshot>
   /** Event-log rows read by this refresh. */
   readonly rowsRead: number
+  /** Connections the refresh read its rows on, when more than one (a large pass on a server, SPLIT_MIN_ROWS). */
+  readonly parts?: number
 }
 
 export interface MissionStoreShape {
@@ -112,6 +118,8 @@ export interface MissionStoreOptions {
   readonly reconcileInterval?: Duration.DurationInput
   /** Mission records per reconciliation transaction. */
   readonly reconcileChunk?: number
+  /** Rows after the cursor from which a refresh reads in parts (default SPLIT_MIN_ROWS). */
+  readonly splitMinRows?: number
 }
 
 const DEFAULT_BATCH_SIZE = 1000
@@ -121,6 +129,16 @@ const DEFAULT_BATCH_SIZE = 1000
  */
 const FETCH_RECORDS = 1000
 const DEFAULT_RECONCILE_CHUNK = 500
+/**
+ * A pass that finds at least this many rows after the cursor (new since the last pass, not the window
+ * it re-reads behind it) reads in PARTITIONS parts, each on its own connection (makeMissionStore's
+ * readPartition): a first discovery, a burst. A steady state's few seconds of rows stay on one.
+ */
+const SPLIT_MIN_ROWS = 50_000
+/** Parts of a large pass: one per core of a 2-core database server; each part rescans the rows it skips. */
+const PARTITIONS = 2
+/** Pages of a partitioned pass held at once (read, or being applied): as on one connection. */
+const PAGES_IN_FLIGHT = 2
 /** Rows applied between two ANALYZEs of mission_snapshots (see analyzeIfDue). */
 const ANALYZE_AFTER_ROWS = 10_000
 
@@ -372,6 +390,16 @@ export const exactFromIsoText = (t: string): string | undefined => {
 const opJson = (sql: SqlClient.SqlClient) =>
   sql`CASE WHEN s.op IN ('insert', 'update', 'delete') THEN '"' || s.op || '"' ELSE to_json(s.op)::text END`
 
+/** A record as the discovery cursor sends it (newMissionRowsQuery). */
+interface CursorRecord {
+  readonly user_id: unknown
+  readonly record_id: unknown
+  readonly rows: unknown
+}
+
+/** The next page of the discovery cursor. The count of a FETCH cannot be a parameter: a constant of the text. */
+const fetchPage = (sql: SqlClient.SqlClient) => sql<CursorRecord>`FETCH FORWARD 1000 FROM mana_ai_discovery`
+
 /**
  * Mission rows after `cursorAt - lookback` up to `upTo` not applied yet, one result row per record
  * (`user_id`, `record_id`, `rows`: JSON text of an array of its rows in log order, each
@@ -392,6 +420,8 @@ export const newMissionRowsQuery = (
     readonly upTo: string
     /** The per-field time column of the generation found (EventLogSchema). */
     readonly timeColumn: SyncGeneration
+    /** Only the users of one part (by a hash of the user id) of `count`. */
+    readonly partition?: { readonly index: number; readonly count: number }
   },
 ) => sql<Record<string, unknown>>`
   SELECT s.user_id, s.record_id,
@@ -403,6 +433,7 @@ export const newMissionRowsQuery = (
     AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
     AND s.created_at <= ${options.upTo}::timestamptz
     AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.created_at = s.created_at AND a.change_id = s.id)
+    ${options.partition === undefined ? sql`` : sql`AND (hashtext(s.user_id) & 2147483647) % ${options.partition.count} = ${options.partition.index}`}
   GROUP BY s.user_id, s.record_id
   ORDER BY s.user_id, s.record_id`
 
@@ -416,6 +447,7 @@ export const makeMissionStore = (
     const lookbackMicros = Math.round(Duration.toMillis(Duration.decode(options.lookback ?? config.discoveryLookback)) * 1000)
     const lookback = `${lookbackMicros} microseconds`
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE
+    const splitMinRows = Math.max(1, options.splitMinRows ?? SPLIT_MIN_ROWS)
     // Cluster mode stamps each snapshot with its user's shard; one process writes NULL (it reads all).
     const shardCount = Option.map(yield* Effect.serviceOption(ClusterConfig), (c) => c.shards)
     const shardColumn = (userId: string): number | null =>
@@ -618,6 +650,66 @@ export const makeMissionStore = (
             ON CONFLICT (created_at, change_id) DO NOTHING`.pipe(Effect.asVoid)
 
     /**
+     * What the discovery cursor needs of its transaction (these settings hold for it only). It sorts every
+     * new row by record: on a first discovery or a burst that sort spills to disk, and with the default
+     * 4 MB it merges in many more passes. It prints created_at as a timestamp's text (cursorAtText): ISO
+     * output, whatever the server's default (the input order, the setting's other half, stays as it is).
+     * No JIT: a large pass's plan costs enough to be compiled, and the compiled query took more backend
+     * CPU, not less (1M rows, 4 pairs: 5.8 s against 4.9 s on average).
+     */
+    const cursorSettings = Effect.all(
+      [sql`SET LOCAL work_mem = '64MB'`, sql`SET LOCAL DateStyle = 'ISO'`, sql`SET LOCAL jit = off`],
+      { discard: true },
+    )
+
+    /**
+     * How many connections a large pass reads on: PARTITIONS on a server, when the pool has room for
+     * them beside the pass's own connection and one more; 1 on the embedded database (PGlite serves
+     * one session to every client, and holds the others back while a transaction is open) or any other
+     * SqlClient. Asked on the first large pass, and kept once answered (a failed question fails that pass).
+     */
+    const pool = Option.map(yield* Effect.serviceOption(PgClient.PgClient), (pg) => pg.config.maxConnections ?? 10)
+    const knownReaders = yield* Ref.make(Option.none<number>())
+    const readers = Effect.flatMap(Ref.get(knownReaders), (known) =>
+      Option.isSome(known)
+        ? Effect.succeed(known.value)
+        : Option.isNone(pool) || pool.value < PARTITIONS + 2
+          ? Effect.succeed(1)
+          : sql<{ embedded: boolean }>`SELECT strpos(version(), 'PGlite') > 0 AS embedded`.pipe(
+              Effect.map((rows) => (rows[0]?.embedded === false ? PARTITIONS : 1)),
+              Effect.tap((n) => Ref.set(knownReaders, Option.some(n))),
+            ),
+    )
+
+    /**
+     * One part of a large pass on a connection of its own (not the pass's): its own read-only
+     * transaction and cursor, each page fetched once `before` lets it and handed to `page`. A row
+     * committed between this transaction's start and the pass's is read by one and not the other,
+     * as a row committed just after the pass's: the look-back window or the reconciliation reads it.
+     */
+    const readPartition = (
+      query: ReturnType<typeof newMissionRowsQuery>,
+      before: (fetch: Effect.Effect<ReadonlyArray<CursorRecord>, SqlError>) => Effect.Effect<ReadonlyArray<CursorRecord>, SqlError>,
+      page: (records: ReadonlyArray<CursorRecord>) => Effect.Effect<unknown>,
+    ) =>
+      sql
+        .withTransaction(
+          Effect.gen(function* () {
+            yield* sql`SET TRANSACTION READ ONLY`
+            yield* cursorSettings
+            yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${query}`
+            for (;;) {
+              const records = yield* before(fetchPage(sql))
+              yield* page(records)
+              if (records.length < FETCH_RECORDS) break
+            }
+            yield* sql`CLOSE mana_ai_discovery`
+          }),
+        )
+        // Outside the pass's transaction: withTransaction takes a connection of its own.
+        .pipe(Effect.mapInputContext((context: Context.Context<never>) => Context.omit(SqlClient.TransactionConnection)(context)))
+
+    /**
      * One refresh: every new mission row in one pass, in one transaction serialised between runner
      * instances. The rows come from one server-side cursor sorted by record, so each record is loaded,
      * folded, judged and written once per pass however many rows it got: the first discovery of a long
@@ -634,91 +726,142 @@ export const makeMissionStore = (
         // The newest mission row now (the partial index's last entry): the pass reads up to it, rows
         // committed meanwhile wait for the next refresh. The cursor will be `next` (never beyond now(),
         // which is fixed for the transaction), so rows after `keepAfter` are the ones to mark applied.
-        const [bounds] = yield* sql<{ up_to: string | null; keep_after: string | null }>`
+        // new_rows: the rows after the cursor, counted up to splitMinRows (through the same partial index;
+        // a steady state has a few seconds' worth): whether the pass reads in parts.
+        const [bounds] = yield* sql<{ up_to: string | null; keep_after: string | null; new_rows: number }>`
           SELECT ${exactUtc(sql, "x.m")} AS up_to,
-                 ${exactUtc(sql, "x.next")} AS keep_after
+                 ${exactUtc(sql, "x.next")} AS keep_after,
+                 (SELECT count(*)::int FROM (
+                    SELECT 1 FROM sync_changes s
+                    WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE} AND s.created_at > ${cursorAt}::timestamptz
+                    LIMIT ${splitMinRows}) w) AS new_rows
           FROM (SELECT m, LEAST(GREATEST(${cursorAt}::timestamptz, m), now()) - ${lookback}::interval AS next
                 FROM (SELECT max(s.created_at) AS m FROM sync_changes s
                       WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}) y) x`
         const upTo = bounds?.up_to ?? null
         const keepAfter = bounds?.keep_after ?? null
-        if (upTo === null || keepAfter === null) return { rowsRead: 0, changed: [] as Array<MissionSnapshot> }
-        // The cursor sorts every new row by record: on a first discovery or a burst that sort spills to
-        // disk, and with the default 4 MB it merges in many more passes (this transaction only).
-        yield* sql`SET LOCAL work_mem = '64MB'`
-        // The cursor prints created_at as a timestamp's text (cursorAtText): ISO output, whatever the server's
-        // default (the input order, the setting's other half, stays as it is).
-        yield* sql`SET LOCAL DateStyle = 'ISO'`
-        yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
-
+        if (upTo === null || keepAfter === null) return { rowsRead: 0, parts: 1, changed: [] as Array<MissionSnapshot> }
+        const partitions = (bounds?.new_rows ?? 0) >= splitMinRows ? yield* readers : 1
         const changed: Array<MissionSnapshot> = []
         let rowsRead = 0
-        // The count of a FETCH cannot be a parameter: a constant of the text.
-        const fetchPage = sql<{ user_id: unknown; record_id: unknown; rows: unknown }>`
-          FETCH FORWARD 1000 FROM mana_ai_discovery`
-        // Bun and Postgres take turns as little as possible (one connection, statements in the order
-        // they are sent): a batch's stored snapshots are loaded, then the next page is asked for, so
-        // Postgres produces it while Bun folds, judges and encodes the batch; the batch's writes are
-        // sent without waiting and run while Bun decodes the next page. A write's failure surfaces at
-        // the next batch's load at the latest, and before the cursor moves.
-        let pending: Fiber.Fiber<ReadonlyArray<{ user_id: unknown; record_id: unknown; rows: unknown }>, SqlError> | null =
-          yield* Effect.fork(fetchPage)
         const writing: Array<Fiber.Fiber<void, SqlError>> = []
         const written = Effect.suspend(() => Effect.forEach(writing.splice(0), Fiber.join, { discard: true }))
-        while (pending !== null) {
-          const page = yield* Fiber.join(pending)
-          pending = null
-          const done = page.length < FETCH_RECORDS
-          const ids: Array<string> = []
-          const ats: Array<string> = []
-          const records: Array<Array<LogRow>> = []
-          for (const record of page) {
-            const list: unknown = typeof record.rows === "string" ? JSON.parse(record.rows) : record.rows
-            if (!Array.isArray(list)) continue
-            rowsRead += list.length
-            let rows = cursorRows(record.user_id, record.record_id, list)
-            if (rows === undefined) {
-              const raw = list.map((r) => rowFromArray(record.user_id, record.record_id, r))
-              // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
-              for (const r of raw) {
-                const at = String(r.at)
-                if (at > keepAfter) {
-                  ids.push(String(r.id))
-                  ats.push(at)
+
+        /**
+         * One page of records: decoded, loaded, folded, judged; its writes sent without waiting.
+         * `afterFirstLoad` runs once the first batch's stored snapshots are loaded (the one-connection
+         * read asks for its next page there).
+         */
+        const applyPage = (page: ReadonlyArray<CursorRecord>, afterFirstLoad: Effect.Effect<void>) =>
+          Effect.gen(function* () {
+            const ids: Array<string> = []
+            const ats: Array<string> = []
+            const records: Array<Array<LogRow>> = []
+            for (const record of page) {
+              const list: unknown = typeof record.rows === "string" ? JSON.parse(record.rows) : record.rows
+              if (!Array.isArray(list)) continue
+              rowsRead += list.length
+              let rows = cursorRows(record.user_id, record.record_id, list)
+              if (rows === undefined) {
+                const raw = list.map((r) => rowFromArray(record.user_id, record.record_id, r))
+                // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
+                for (const r of raw) {
+                  const at = String(r.at)
+                  if (at > keepAfter) {
+                    ids.push(String(r.id))
+                    ats.push(at)
+                  }
+                }
+                rows = yield* decodeRows(raw)
+              } else {
+                for (const row of rows) {
+                  if (row.at > keepAfter) {
+                    ids.push(row.id)
+                    ats.push(row.at)
+                  }
                 }
               }
-              rows = yield* decodeRows(raw)
-            } else {
-              for (const row of rows) {
-                if (row.at > keepAfter) {
-                  ids.push(row.id)
-                  ats.push(row.at)
-                }
-              }
+              for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
+              if (rows.length > 0) records.push(rows)
             }
-            for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
-            if (rows.length > 0) records.push(rows)
+            for (let i = 0; i < records.length || i === 0; i += batchSize) {
+              const batch = records.slice(i, i + batchSize)
+              yield* written
+              const stored =
+                batch.length === 0
+                  ? new Map<string, Working>()
+                  : yield* loadWorking(batch.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
+              if (i === 0) yield* afterFirstLoad
+              if (batch.length === 0) continue
+              const results = yield* foldRecords(batch, stored)
+              writing.push(yield* Effect.fork(saveSnapshots(results)))
+              changed.push(...changedSnapshots(results))
+            }
+            if (ids.length > 0) writing.push(yield* Effect.fork(markApplied(ids, ats)))
+          })
+
+        if (partitions === 1) {
+          yield* cursorSettings
+          yield* sql`DECLARE mana_ai_discovery NO SCROLL CURSOR FOR ${newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn })}`
+          // Bun and Postgres take turns as little as possible (one connection, statements in the order
+          // they are sent): a batch's stored snapshots are loaded, then the next page is asked for, so
+          // Postgres produces it while Bun folds, judges and encodes the batch; the batch's writes are
+          // sent without waiting and run while Bun decodes the next page. A write's failure surfaces at
+          // the next batch's load at the latest, and before the cursor moves.
+          let pending: Fiber.Fiber<ReadonlyArray<CursorRecord>, SqlError> | null = yield* Effect.fork(fetchPage(sql))
+          while (pending !== null) {
+            const page: ReadonlyArray<CursorRecord> = yield* Fiber.join(pending)
+            pending = null
+            const more = page.length === FETCH_RECORDS
+            yield* applyPage(
+              page,
+              more
+                ? Effect.flatMap(Effect.fork(fetchPage(sql)), (fiber) =>
+                    Effect.sync(() => {
+                      pending = fiber
+                    }),
+                  )
+                : Effect.void,
+            )
           }
-          for (let i = 0; i < records.length || (i === 0 && !done); i += batchSize) {
-            const batch = records.slice(i, i + batchSize)
+          yield* written
+          yield* sql`CLOSE mana_ai_discovery`
+        } else {
+          // A large pass (a first discovery, a burst) reads its records in `partitions` parts by user, each
+          // on a connection of its own (readPartition): each backend sorts and aggregates its part while the
+          // other does, and this connection only writes. Pages wait for a slot, so no more pages are held
+          // at once than on one connection (one applied, one read ahead).
+          const slots = yield* Effect.makeSemaphore(PAGES_IN_FLIGHT)
+          const pages = yield* Queue.unbounded<Exit.Exit<ReadonlyArray<CursorRecord> | null, SqlError>>()
+          const readers = yield* Effect.forEach(Array.from({ length: partitions }, (_, index) => index), (index) =>
+            Effect.fork(
+              readPartition(
+                newMissionRowsQuery(sql, { cursorAt, lookback, upTo, timeColumn, partition: { index, count: partitions } }),
+                (page) => Effect.zipRight(slots.take(1), page),
+                (page) => Queue.offer(pages, Exit.succeed(page)),
+              ).pipe(
+                Effect.onExit((exit) => Queue.offer(pages, Exit.isFailure(exit) ? Exit.failCause(exit.cause) : Exit.succeed(null))),
+              ),
+            ),
+          )
+          yield* Effect.gen(function* () {
+            let running = partitions
+            while (running > 0) {
+              const next = yield* Queue.take(pages)
+              const page = yield* next
+              if (page === null) {
+                running -= 1
+                continue
+              }
+              yield* applyPage(page, Effect.void)
+              yield* slots.release(1)
+            }
             yield* written
-            const stored =
-              batch.length === 0
-                ? new Map<string, Working>()
-                : yield* loadWorking(batch.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
-            if (i === 0 && !done) pending = yield* Effect.fork(fetchPage)
-            if (batch.length === 0) continue
-            const results = yield* foldRecords(batch, stored)
-            writing.push(yield* Effect.fork(saveSnapshots(results)))
-            changed.push(...changedSnapshots(results))
-          }
-          if (ids.length > 0) writing.push(yield* Effect.fork(markApplied(ids, ats)))
+          }).pipe(Effect.ensuring(Fiber.interruptAll(readers)))
         }
-        yield* written
-        yield* sql`CLOSE mana_ai_discovery`
         // Nothing new and nothing to move: rows the write-back marked applied (the runner's own) are new
         // rows all the same, so the cursor moves past them and the window does not grow behind them.
-        if (rowsRead === 0 && cursorAt !== "-infinity" && upTo <= cursorAt) return { rowsRead, changed }
+        if (rowsRead === 0 && cursorAt !== "-infinity" && upTo <= cursorAt) return { rowsRead, parts: partitions, changed }
 
         // The cursor never runs ahead of the database's now(): one row stamped in the future must not
         // carry it past rows still to commit (they would fall behind the window); a future row stays in
@@ -732,7 +875,7 @@ export const makeMissionStore = (
         yield* sql`
           DELETE FROM mana_ai.applied_changes
           WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
-        return { rowsRead, changed }
+        return { rowsRead, parts: partitions, changed }
       }),
     ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect
     // ------------------------------------------------------------ reconciliation
@@ -899,7 +1042,7 @@ export const makeMissionStore = (
           Effect.annotateLogs({ rowsRead, missionsChanged: changed.size }),
         )
       }
-      return { rowsRead, changed: [...changed.values()] }
+      return { rowsRead, ...(pass.parts > 1 ? { parts: pass.parts } : {}), changed: [...changed.values()] }
     }).pipe(
       Metric.trackDuration(discoveryDuration.pipe(Metric.mapInput((d: Duration.Duration) => Duration.toSeconds(d)))),
       Effect.withSpan("MissionStore.refresh"),

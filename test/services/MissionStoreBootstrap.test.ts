@@ -108,8 +108,12 @@ const insertBulk = (from: number, to: number, baseMs: number, stepOffset: number
     ),
   )
 
-it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one pass", (it) => {
-  it.effect("a history discovered in one pass stores the same snapshots as the same rows applied incrementally", () =>
+/**
+ * The rows in steps through an incremental store, then the same rows by a first discovery in one pass
+ * and by one read in parts. `incrementalSplitMinRows`: the incremental store's own threshold (1: every
+ * incremental pass reads in parts too, late rows and the window's applied ids included).
+ */
+const sameSnapshotsEveryWay = (incrementalSplitMinRows?: number) =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       const db = yield* TestDatabase
@@ -163,7 +167,11 @@ it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one p
       ]
 
       // The incremental path: a store refreshed after every step, writing two records per statement.
-      const incremental = yield* makeMissionStore({ lookback: LOOKBACK, batchSize: 2 })
+      const incremental = yield* makeMissionStore({
+        lookback: LOOKBACK,
+        batchSize: 2,
+        ...(incrementalSplitMinRows === undefined ? {} : { splitMinRows: incrementalSplitMinRows }),
+      })
       let rowsIncremental = 0
       for (const [i, step] of steps.entries()) {
         yield* insertChanges(step)
@@ -189,6 +197,17 @@ it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one p
       expect(afterBootstrap.length).toBe(60 + 6)
       expect(afterBootstrap).toEqual(afterIncremental)
 
+      // The same first discovery read in parts (what a pass of SPLIT_MIN_ROWS rows or more does): on the
+      // server each part on a connection of its own; on PGlite (one session for every client) in one.
+      yield* sql`TRUNCATE mana_ai.mission_snapshots, mana_ai.discovery_cursor, mana_ai.applied_changes`
+      const inParts = yield* makeMissionStore({ lookback: LOOKBACK, splitMinRows: 1 })
+      const split = yield* inParts.refresh
+      expect(split.rowsRead).toBe(total)
+      expect(split.changed.length).toBe(first.changed.length)
+      expect(split.parts).toBe(db.kind === "server" ? 2 : undefined)
+      expect((yield* inParts.refresh).rowsRead).toBe(0)
+      expect(yield* storedSnapshots).toEqual(afterIncremental)
+
       // And both are the row-by-row replay of the log.
       const oracle = yield* replayedFromLog
       expect(afterBootstrap.map((r) => `${r.user_id}/${r.record_id}`)).toEqual([...oracle.keys()])
@@ -213,6 +232,14 @@ it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one p
       expect(get("u2", "a")).toMatchObject({ schedulable: false, record: { title: "A of u2", nextRunAt: "soon" } })
       expect(get("u2", "a").malformed_reason).toMatch(/nextRunAt/)
       expect(afterBootstrap.filter((x) => x.deleted).length).toBeGreaterThan(1)
-    }),
+    })
+
+it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one pass", (it) => {
+  it.effect("a history discovered in one pass stores the same snapshots as the same rows applied incrementally", () =>
+    sameSnapshotsEveryWay(),
   )
+})
+
+it.layer(Migrated, { timeout: 240_000 })("MissionStore: every pass read in parts", (it) => {
+  it.effect("incremental passes read in parts store the same snapshots as one pass", () => sameSnapshotsEveryWay(1))
 })
