@@ -40,7 +40,6 @@ import type { MissionSnapshot, MissionStoreShape } from "../services/MissionStor
 import type { MissionRunnerShape, MissionTimeout, RunOutcome } from "../services/MissionRunner.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { type Behaviour, describeCause, Next, nthDelay } from "./ActorHost.js"
-import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import { withSpanWhenTracing } from "../services/tracing.js"
 
 // ---------------------------------------------------------------- messages
@@ -174,10 +173,17 @@ export const behaviour = (
         /** Tick requests waiting for a mission's run. */
         const waiters = new Map<string, Array<OpenTick>>()
         // A turn parks only with no run in flight, so these need not outlive it.
-        // FIFO hand-off: Effect's semaphore wakes every waiter on each release, and a user with
-        // hundreds due has hundreds of runs waiting here (FairSemaphore.ts says why).
-        const userPermits = yield* makeFairSemaphore(config.userConcurrency)
         const runs = yield* FiberSet.make<void, never>()
+        /**
+         * USER_CONCURRENCY: runs launched beyond it wait here, in launch order, as records, and get a
+         * fiber when one of the user's runs ends. A fiber per launched run, each waiting on a permit,
+         * cost a user with 500 due 500 fibers started at once (issue 16 item 6: at once, 5,000 of
+         * them held up the first runs' claims for seconds).
+         */
+        const queued: Array<{ readonly missionId: string; readonly mission: MissionRef; readonly slot: number | null }> = []
+        let queuedHead = 0
+        /** Runs of this turn with a fiber, not yet ended. */
+        let started = 0
 
         // Whatever happens to this turn, nobody waits for an answer forever.
         yield* Effect.addFinalizer((exit) =>
@@ -236,19 +242,36 @@ export const behaviour = (
           )
 
         const runOne = (missionId: string, mission: MissionRef, slot: number | null) =>
-          userPermits
-            .withPermit(
-              Effect.acquireUseRelease(
-                gate.enter,
-                (entered) => (entered ? admitted(mission) : Effect.succeed(RunResult.Aborted())),
-                (entered) => (entered ? gate.leave : Effect.void),
-              ),
-            )
-            .pipe(
-              Effect.flatMap((result) => self.tell(ActorMessage.RunDone({ missionId, slot, result }))),
-              Effect.annotateLogs({ missionId }),
-              withSpanWhenTracing("UserActor.run", { attributes: { userId, missionId } }),
-            )
+          Effect.acquireUseRelease(
+            gate.enter,
+            (entered) => (entered ? admitted(mission) : Effect.succeed(RunResult.Aborted())),
+            (entered) => (entered ? gate.leave : Effect.void),
+          ).pipe(
+            // Counted off before RunDone is told, so the pump that RunDone triggers sees the room.
+            Effect.ensuring(
+              Effect.sync(() => {
+                started--
+              }),
+            ),
+            Effect.flatMap((result) => self.tell(ActorMessage.RunDone({ missionId, slot, result }))),
+            Effect.annotateLogs({ missionId }),
+            withSpanWhenTracing("UserActor.run", { attributes: { userId, missionId } }),
+          )
+
+        /** Gives queued runs fibers while the user has fewer than USER_CONCURRENCY under way. */
+        const pump = Effect.suspend(() => {
+          const now: Array<Effect.Effect<unknown>> = []
+          while (started < config.userConcurrency && queuedHead < queued.length) {
+            const next = queued[queuedHead++]!
+            started++
+            now.push(FiberSet.run(runs, runOne(next.missionId, next.mission, next.slot)))
+          }
+          if (queuedHead === queued.length) {
+            queued.length = 0
+            queuedHead = 0
+          }
+          return now.length === 0 ? Effect.void : Effect.all(now, { discard: true })
+        })
 
         const launch = (missionId: string) =>
           Effect.suspend(() => {
@@ -256,7 +279,8 @@ export const behaviour = (
             if (e === undefined) return Effect.void
             e.running = true
             e.newsWhileRunning = false
-            return FiberSet.run(runs, runOne(e.missionId, e.mission, e.nextRunAt))
+            queued.push({ missionId: e.missionId, mission: e.mission, slot: e.nextRunAt })
+            return pump
           })
 
         const wait = (missionId: string, open: OpenTick) => {
@@ -384,7 +408,7 @@ export const behaviour = (
               for (const snapshot of snapshots) upsert(view, snapshot)
             }),
           RunNow: ({ request }) => onRunNow(request),
-          RunDone: ({ missionId, result, slot }) => onRunDone(missionId, slot, result),
+          RunDone: ({ missionId, result, slot }) => Effect.zipRight(pump, onRunDone(missionId, slot, result)),
           AgentsChanged: ({ agentIds }) =>
             Effect.suspend(() => {
               const released = releaseAgents(view, new Set(agentIds))

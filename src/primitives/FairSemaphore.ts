@@ -1,6 +1,6 @@
 /**
  * A first-in-first-out semaphore whose release wakes exactly one waiter. A primitive: it knows
- * nothing of the app (used by the global LLM permits and the supervisor's run slots).
+ * nothing of the app (the app's semaphores are KeyedFairSemaphore now; this one is the single-key case).
  *
  * Why not `Effect.makeSemaphore`: in effect 3.22 (`internal/effect/circular.ts`, class `Semaphore`)
  * `release` schedules a task that calls every waiter's observer while `free > 0`, and a woken waiter

@@ -6,6 +6,9 @@
  * queued is served within (keys waiting) grants, not after the whole backlog. A primitive: it knows
  * nothing of the app (used by the supervisor's run slots and the global LLM permits, keyed by user).
  *
+ * Permits found free go to whoever asks first, unless `batchYields` is set: then requests made at
+ * the same moment (within that many yields of the first) share the free permits round-robin too.
+ *
  * Like FairSemaphore, a release hands over exactly one permit (no thundering herd), and
  * interruption is safe: a waiter interrupted after its permit was handed over passes it on; one
  * interrupted before leaves its queue (skipped lazily), so no permit is lost or leaked.
@@ -59,10 +62,26 @@ interface KeyQueue {
   inRing: boolean
 }
 
-export const makeKeyedFairSemaphore = (permits: number): Effect.Effect<KeyedFairSemaphore> =>
+export interface KeyedFairOptions {
+  /**
+   * 0 (the default): a free permit goes to whoever asks first. Above 0: a request that finds permits
+   * free and nobody waiting opens a batch instead, joins the ring, and yields to the scheduler this
+   * many times before the free permits are handed out round-robin across every key that asked
+   * meanwhile. So requests made at the same moment (all due at once: every actor's first runs, in the
+   * order the actors were spawned) share the free permits by key, not by who came first: otherwise the
+   * first keys to ask take every free permit (their USER_CONCURRENCY each), and every other key waits
+   * for those runs to end. Costs a request that finds the semaphore idle that many yields.
+   */
+  readonly batchYields?: number
+}
+
+export const makeKeyedFairSemaphore = (permits: number, options: KeyedFairOptions = {}): Effect.Effect<KeyedFairSemaphore> =>
   Effect.sync(() => {
+    const batchYields = options.batchYields ?? 0
     let free = permits
     let waiting = 0
+    /** A batch is open: free permits wait for its hand-out instead of going to whoever asks. */
+    let batchOpen = false
     const queues = new Map<string, KeyQueue>()
     const ring = new Fifo<string>()
 
@@ -90,6 +109,12 @@ export const makeKeyedFairSemaphore = (permits: number): Effect.Effect<KeyedFair
       }
     }
 
+    const hand = (waiter: Waiter) => {
+      waiting--
+      waiter.handed = true
+      Deferred.unsafeDone(waiter.deferred, Exit.void)
+    }
+
     const release = Effect.sync(() => {
       const waiter = next()
       if (waiter === undefined) {
@@ -97,18 +122,30 @@ export const makeKeyedFairSemaphore = (permits: number): Effect.Effect<KeyedFair
         return
       }
       // The permit passes straight to the waiter.
-      waiting--
-      waiter.handed = true
-      Deferred.unsafeDone(waiter.deferred, Exit.void)
+      hand(waiter)
+    })
+
+    /** The batch's hand-out: every free permit, round-robin across the keys that asked. */
+    const handOut = Effect.sync(() => {
+      batchOpen = false
+      while (free > 0) {
+        const waiter = next()
+        if (waiter === undefined) return
+        free--
+        hand(waiter)
+      }
     })
 
     const acquire = (key: string) =>
       Effect.suspend(() => {
-        // `free > 0` only while nobody waits: a release with a live waiter hands its permit over.
-        if (free > 0) {
+        // `free > 0` only while nobody waits (a release with a live waiter hands its permit over), or
+        // while a batch is open.
+        if (free > 0 && batchYields === 0) {
           free--
           return Effect.void
         }
+        const opens = free > 0 && !batchOpen
+        if (opens) batchOpen = true
         const waiter: Waiter = { deferred: Deferred.unsafeMake<void>(FiberId.none), handed: false, cancelled: false }
         let queue = queues.get(key)
         if (queue === undefined) {
@@ -123,7 +160,12 @@ export const makeKeyedFairSemaphore = (permits: number): Effect.Effect<KeyedFair
         }
         waiting++
         const mine = queue
-        return Deferred.await(waiter.deferred).pipe(
+        // The opener hands the batch out whatever happens to it meanwhile (uninterruptible), so no
+        // permit stays free with waiters.
+        const opened = opens
+          ? Effect.uninterruptible(Effect.zipRight(Effect.repeatN(Effect.yieldNow(), batchYields - 1), handOut))
+          : Effect.void
+        return Effect.zipRight(opened, Deferred.await(waiter.deferred)).pipe(
           Effect.onInterrupt(() =>
             Effect.suspend(() => {
               if (waiter.handed) return release // handed a permit while being interrupted: pass it on

@@ -102,4 +102,78 @@ describe("fair share", () => {
       }),
     { timeout: 30_000 },
   )
+
+  it.scoped(
+    "all due at once: the free run slots go round-robin across the users that asked, so every quiet user's LLM request is in the first round of the ring",
+    () =>
+      Effect.gen(function* () {
+        // 4 hot users × 20 due and 8 quiet users × 1, all due when the supervisor starts; USER 4,
+        // GLOBAL 4: 8 run slots. The store hands the hot users over first (as discovery does when
+        // their ids sort first), so first come first served gives hot0 and hot1 the 8 free slots, the
+        // first 4 LLM permits to hot0 and the next to hot1's waiting runs, and the quiet users
+        // their requests only after 10 hot grants and more.
+        const HOT = 4
+        const QUIET = 8
+        const config = {
+          ...RunnerConfig.defaults,
+          userConcurrency: 4,
+          globalConcurrency: 4,
+          tickEnabled: true,
+          tickInterval: Duration.seconds(5),
+        }
+        const store = yield* makeStore
+        const quarantines = yield* makeQuarantines()
+        const permits = yield* GlobalLlmPermits.sized(config.globalConcurrency)
+        const grants = yield* Ref.make<Array<string>>([])
+        const recording = GlobalLlmPermits.make({
+          ...permits,
+          withPermit: (self) =>
+            permits.withPermit(
+              Effect.zipRight(
+                Effect.flatMap(FiberRef.get(llmPermitUser), (user) => Ref.update(grants, (g) => [...g, user])),
+                self,
+              ),
+            ),
+        })
+        const runner = yield* makeRunner(store, recording, { beforeMs: 100, llmMs: LLM_MS, afterMs: 50 })
+        for (let u = 0; u < HOT; u++)
+          for (let i = 0; i < 20; i++) yield* store.put({ userId: `hot${u}`, id: `hot${u}-m${i}`, nextRunAt: 0, everyMinutes: 24 * 60 })
+        for (let q = 0; q < QUIET; q++) yield* store.put({ userId: `quiet${q}`, id: `quiet${q}-m`, nextRunAt: 0, everyMinutes: 24 * 60 })
+        const scope = yield* Scope.make()
+        yield* Scope.extend(
+          startSupervisor(
+            SupervisorLayer.pipe(
+              Layer.provide(
+                Layer.mergeAll(
+                  Layer.succeed(MissionStore, store.service),
+                  Layer.succeed(MissionRunner, runner.service),
+                  Layer.succeed(GlobalLlmPermits, permits),
+                  Layer.succeed(Quarantines, quarantines.service),
+                  Layer.succeed(RunnerConfig, config),
+                ),
+              ),
+            ),
+          ),
+          scope,
+        )
+        yield* advance(250, 4 * 5) // 5 s: 4 rounds of the LLM permits
+        yield* advanceUntilDone(yield* Effect.fork(Scope.close(scope, Exit.void)), 250)
+
+        const all = yield* Ref.get(grants)
+        const starts = (yield* Ref.get(runner.starts)).map((s) => s.userId)
+        // Round-robin over the 12 users that asked at once: each user's first run within the first
+        // 12 run starts and its first LLM request within the first 12 grants (3 rounds of 4 permits).
+        for (let q = 0; q < QUIET; q++) {
+          expect(starts.indexOf(`quiet${q}`)).toBeGreaterThanOrEqual(0)
+          expect(starts.indexOf(`quiet${q}`)).toBeLessThan(HOT + QUIET)
+          expect(all.indexOf(`quiet${q}`)).toBeGreaterThanOrEqual(0)
+          expect(all.indexOf(`quiet${q}`)).toBeLessThan(HOT + QUIET)
+        }
+        for (let u = 0; u < HOT; u++) expect(starts.slice(0, HOT + QUIET)).toContain(`hot${u}`)
+        // Never more than the limits: USER_CONCURRENCY per user, GLOBAL_CONCURRENCY LLM requests.
+        for (const c of (yield* Ref.get(runner.perUser)).values()) expect(c.max).toBeLessThanOrEqual(config.userConcurrency)
+        expect((yield* Ref.get(runner.llm)).max).toBe(config.globalConcurrency)
+      }),
+    { timeout: 30_000 },
+  )
 })

@@ -203,3 +203,59 @@ it.effect("property: grants follow round-robin over keys, interrupted waiters ne
     ),
   ),
 )
+
+/** Forks `arrivals` at once (no yield between them) on an idle semaphore of `permits`; the keys in grant order. */
+const atOnce = (permits: number, arrivals: ReadonlyArray<string>, batchYields: number) =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(permits, { batchYields })
+    const gate = yield* Deferred.make<void>()
+    const order = yield* Ref.make<Array<string>>([])
+    const inside = yield* Ref.make({ now: 0, max: 0 })
+    const fibers = yield* Effect.forEach(arrivals, (key) =>
+      Effect.fork(
+        semaphore.withPermit(key)(
+          Effect.acquireUseRelease(
+            Effect.zipRight(
+              Ref.update(order, (o) => [...o, key]),
+              Ref.update(inside, (c) => ({ now: c.now + 1, max: Math.max(c.max, c.now + 1) })),
+            ),
+            () => Deferred.await(gate),
+            () => Ref.update(inside, (c) => ({ ...c, now: c.now - 1 })),
+          ),
+        ),
+      ),
+    )
+    // Bounded: the batch is handed out after its opener's yields.
+    for (let i = 0; i < 100 && (yield* Ref.get(order)).length < permits; i++) yield* Effect.yieldNow()
+    expect(yield* semaphore.taken).toBe(permits)
+    const first = [...(yield* Ref.get(order))]
+    yield* Deferred.succeed(gate, undefined)
+    yield* Effect.forEach(fibers, Fiber.join)
+    expect((yield* Ref.get(inside)).max).toBeLessThanOrEqual(permits)
+    expect(yield* Ref.get(order)).toHaveLength(arrivals.length)
+    expect(yield* semaphore.taken).toBe(0)
+    expect(yield* semaphore.waiting).toBe(0)
+    return first
+  })
+
+it.effect("requests at the same moment on an idle semaphore: first come takes the free permits, or with a batch they go round-robin by key", () =>
+  Effect.gen(function* () {
+    // a asks 4 times, then b, c, d once each, all before any of them runs.
+    const arrivals = ["a", "a", "a", "a", "b", "c", "d"]
+    expect(yield* atOnce(3, arrivals, 0)).toEqual(["a", "a", "a"])
+    expect(yield* atOnce(3, arrivals, 1)).toEqual(["a", "b", "c"])
+    expect(yield* atOnce(3, arrivals, 4)).toEqual(["a", "b", "c"])
+  }),
+)
+
+it.effect("a batch's opener interrupted while it waits: the batch is still handed out, and its permit passes on", () =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(1, { batchYields: 2 })
+    const opener = yield* Effect.fork(semaphore.withPermit("a")(Effect.never))
+    const other = yield* Effect.fork(semaphore.withPermit("b")(Effect.succeed("b ran")))
+    yield* Fiber.interrupt(opener)
+    expect(yield* Fiber.join(other).pipe(Effect.timeout("2 seconds"))).toBe("b ran")
+    expect(yield* semaphore.taken).toBe(0)
+    expect(yield* semaphore.waiting).toBe(0)
+  }),
+)
