@@ -68,7 +68,7 @@ export interface RefreshResult {
    * RefreshKeeps accepts (all by default).
    */
   readonly changed: ReadonlyArray<MissionSnapshot>
-  /** Snapshots that changed, those RefreshKeeps left out included; absent: `changed.length`. */
+  /** Snapshots that changed, those RefreshKeeps left out included; absent when it left none out. */
   readonly changedCount?: number
   /** Event-log rows read by this refresh. */
   readonly rowsRead: number
@@ -924,7 +924,9 @@ export const makeMissionStore = (
           Effect.annotateLogs({ rowsRead, missionsChanged: changed.size + leftOut }),
         )
       }
-      return { rowsRead, changed: [...changed.values()], changedCount: changed.size + leftOut }
+      return leftOut === 0
+        ? { rowsRead, changed: [...changed.values()] }
+        : { rowsRead, changed: [...changed.values()], changedCount: changed.size + leftOut }
     }).pipe(
       Metric.trackDuration(discoveryDuration.pipe(Metric.mapInput((d: Duration.Duration) => Duration.toSeconds(d)))),
       Effect.withSpan("MissionStore.refresh"),
