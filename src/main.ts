@@ -5,6 +5,8 @@
  * Only the chosen mode's modules are imported (issue 16): PGlite for the embedded default, the
  * cluster modules for RUNNER_ADDRESS, the OTLP tracer for OTEL_EXPORTER_OTLP_ENDPOINT.
  */
+// First: its body lowers the JIT's eagerness before any other module's body runs.
+import { startupDone } from "./layers/startupJit.js"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as BunHttpServer from "@effect/platform-bun/BunHttpServer"
 import * as BunRuntime from "@effect/platform-bun/BunRuntime"
@@ -48,7 +50,7 @@ const program = Effect.gen(function* () {
         )
   const mode = config.mode._tag === "Live" ? "sync database" : "embedded"
   return yield* Effect.logInfo(`mana-ai ${version} starting (${mode} mode)`).pipe(
-    Effect.zipRight(Layer.launch(app)),
+    Effect.zipRight(Layer.launch(Layer.tap(app, () => Effect.sync(startupDone)))),
     Effect.provide(ObservabilityLive(config.observability, version)),
   )
 })

@@ -36,7 +36,7 @@ import {
 import { makeKeyedFairSemaphore } from "../primitives/KeyedFairSemaphore.js"
 import { AgentDirectory, type AgentKey } from "../services/AgentDirectory.js"
 import { RunnerConfig, type RunnerConfigShape } from "../services/AppConfig.js"
-import { type MissionSnapshot, MissionStore } from "../services/MissionStore.js"
+import { type MissionSnapshot, MissionStore, RefreshKeeps } from "../services/MissionStore.js"
 import { Quarantines } from "../services/Quarantines.js"
 import { GlobalLlmPermits } from "../services/GlobalLlmPermits.js"
 import { MissionRunner } from "../services/MissionRunner.js"
@@ -337,10 +337,15 @@ export const make = Effect.gen(function* () {
     // in this pass needs no news of them (its runs start later), and one already running gets it below.
     const agentPass = Option.isSome(agents) ? yield* agents.value.refresh : []
     const spawnedNow = new Set<string>()
+    // Before the first pass's end every user without an actor is started from the stored snapshots
+    // (below), so the store keeps only the changes of users with one (no actor starts while this pass
+    // holds discoveryLock): a first discovery of a long history holds no snapshot through its pass.
+    const present = (yield* Ref.get(primed)) ? undefined : new Set((yield* host.census).keys)
+    const refresh = present === undefined ? store.refresh : Effect.locally(store.refresh, RefreshKeeps, (userId) => present.has(userId))
     // Only the grouping is kept, so snapshots dropped below are not held through the pass.
-    const { rowsRead, changedCount, changed } = yield* Effect.map(store.refresh, (r) => ({
+    const { rowsRead, changedCount, changed } = yield* Effect.map(refresh, (r) => ({
       rowsRead: r.rowsRead,
-      changedCount: r.changed.length,
+      changedCount: r.changedCount ?? r.changed.length,
       changed: byUser(r.changed),
     }))
     if (ownership !== undefined) {

@@ -22,6 +22,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
@@ -66,13 +67,29 @@ export interface MissionSnapshot {
 }
 
 export interface RefreshResult {
-  /** Snapshots whose record changed in this refresh (deleted ones included, record null). */
+  /**
+   * Snapshots whose record changed in this refresh (deleted ones included, record null), of the users
+   * RefreshKeeps accepts (all by default).
+   */
   readonly changed: ReadonlyArray<MissionSnapshot>
+  /** Snapshots that changed, those RefreshKeeps left out included; absent when it left none out. */
+  readonly changedCount?: number
   /** Event-log rows read by this refresh. */
   readonly rowsRead: number
   /** Connections the refresh read its rows on, when more than one (a large pass on a server, SPLIT_MIN_ROWS). */
   readonly parts?: number
 }
+
+/**
+ * Whose changed snapshots a refresh hands back (issue 16 item 5). The supervisor's first pass spawns
+ * its actors from the stored snapshots afterwards and drops the changes of users without an actor, so
+ * it keeps only those: a first discovery of a long history otherwise held every mission's snapshot
+ * (its record and decoded mission) until the pass ended (1M rows: a heap of about 190 MB at its peak
+ * instead of about 100, and the pages stay in RSS). Default: every user.
+ */
+export const RefreshKeeps: FiberRef.FiberRef<(userId: string) => boolean> = FiberRef.unsafeMake<(userId: string) => boolean>(
+  () => true,
+)
 
 export interface MissionStoreShape {
   /**
@@ -740,9 +757,11 @@ export const makeMissionStore = (
                       WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}) y) x`
         const upTo = bounds?.up_to ?? null
         const keepAfter = bounds?.keep_after ?? null
-        if (upTo === null || keepAfter === null) return { rowsRead: 0, parts: 1, changed: [] as Array<MissionSnapshot> }
+        if (upTo === null || keepAfter === null) return { rowsRead: 0, parts: 1, changed: [] as Array<MissionSnapshot>, changedCount: 0 }
         const partitions = (bounds?.new_rows ?? 0) >= splitMinRows ? yield* readers : 1
         const changed: Array<MissionSnapshot> = []
+        const keep = yield* FiberRef.get(RefreshKeeps)
+        let changedCount = 0
         let rowsRead = 0
         const writing: Array<Fiber.Fiber<void, SqlError>> = []
         const written = Effect.suspend(() => Effect.forEach(writing.splice(0), Fiber.join, { discard: true }))
@@ -795,7 +814,8 @@ export const makeMissionStore = (
               if (batch.length === 0) continue
               const results = yield* foldRecords(batch, stored)
               writing.push(yield* Effect.fork(saveSnapshots(results)))
-              changed.push(...changedSnapshots(results))
+              changedCount += results.length
+              changed.push(...changedSnapshots(results.filter((r) => keep(r.working.userId))))
             }
             if (ids.length > 0) writing.push(yield* Effect.fork(markApplied(ids, ats)))
           })
@@ -861,7 +881,7 @@ export const makeMissionStore = (
         }
         // Nothing new and nothing to move: rows the write-back marked applied (the runner's own) are new
         // rows all the same, so the cursor moves past them and the window does not grow behind them.
-        if (rowsRead === 0 && cursorAt !== "-infinity" && upTo <= cursorAt) return { rowsRead, parts: partitions, changed }
+        if (rowsRead === 0 && cursorAt !== "-infinity" && upTo <= cursorAt) return { rowsRead, parts: partitions, changed, changedCount }
 
         // The cursor never runs ahead of the database's now(): one row stamped in the future must not
         // carry it past rows still to commit (they would fall behind the window); a future row stays in
@@ -875,7 +895,7 @@ export const makeMissionStore = (
         yield* sql`
           DELETE FROM mana_ai.applied_changes
           WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
-        return { rowsRead, parts: partitions, changed }
+        return { rowsRead, parts: partitions, changed, changedCount }
       }),
     ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect
     // ------------------------------------------------------------ reconciliation
@@ -1031,18 +1051,26 @@ export const makeMissionStore = (
 
     const refresh: Effect.Effect<RefreshResult, SqlError> = Effect.gen(function* () {
       const changed = new Map<string, MissionSnapshot>()
+      const keep = yield* FiberRef.get(RefreshKeeps)
       const pass = yield* refreshPass
       const rowsRead = pass.rowsRead
+      let leftOut = pass.changedCount - pass.changed.length
       for (const s of pass.changed) changed.set(keyOf(s.userId, s.missionId), s)
-      for (const s of yield* reconcileIfDue) changed.set(keyOf(s.userId, s.missionId), s)
+      for (const s of yield* reconcileIfDue) {
+        if (keep(s.userId)) changed.set(keyOf(s.userId, s.missionId), s)
+        else leftOut++
+      }
       yield* analyzeIfDue(rowsRead)
       yield* Metric.incrementBy(discoveryRowsRead, rowsRead)
       if (rowsRead > 0) {
         yield* Effect.logDebug("Mission snapshots refreshed").pipe(
-          Effect.annotateLogs({ rowsRead, missionsChanged: changed.size }),
+          Effect.annotateLogs({ rowsRead, missionsChanged: changed.size + leftOut }),
         )
       }
-      return { rowsRead, ...(pass.parts > 1 ? { parts: pass.parts } : {}), changed: [...changed.values()] }
+      const parts = pass.parts > 1 ? { parts: pass.parts } : {}
+      return leftOut === 0
+        ? { rowsRead, ...parts, changed: [...changed.values()] }
+        : { rowsRead, ...parts, changed: [...changed.values()], changedCount: changed.size + leftOut }
     }).pipe(
       Metric.trackDuration(discoveryDuration.pipe(Metric.mapInput((d: Duration.Duration) => Duration.toSeconds(d)))),
       Effect.withSpan("MissionStore.refresh"),

@@ -8,6 +8,7 @@ import {
   MissionStore,
   type MissionSnapshot,
   REFRESH_LOCK_KEY,
+  RefreshKeeps,
   makeMissionStore,
   newMissionRowsQuery,
 } from "../../src/services/MissionStore.js"
@@ -311,6 +312,26 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       yield* store.refresh
       expect((yield* store.forUser("u-a")).map((s) => s.record?.title)).toEqual(["A's, changed"])
       expect((yield* store.forUser("u-b")).map((s) => s.record?.title)).toEqual(["B's again"])
+    }),
+  )
+
+  it.effect("RefreshKeeps: changed holds only the kept users' snapshots, changedCount counts all, and every snapshot is stored", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([
+        missionInsertRow("u-keep", "m-1", { title: "kept" }),
+        missionInsertRow("u-drop", "m-2", { title: "left out" }),
+        missionInsertRow("u-drop", "m-3", { title: "left out too" }),
+      ])
+      const r = yield* Effect.locally(store.refresh, RefreshKeeps, (userId) => userId === "u-keep")
+      expect(r.changed.map((s) => [s.userId, s.missionId])).toEqual([["u-keep", "m-1"]])
+      expect(r.changedCount).toBe(3)
+      expect((yield* store.forUser("u-drop")).map((s) => s.record?.title)).toEqual(["left out", "left out too"])
+      // Outside the FiberRef's scope every user is kept again.
+      yield* insertChanges([missionUpdateRow("u-drop", "m-2", { title: "changed" })])
+      const next = yield* store.refresh
+      expect(next).toEqual({ rowsRead: 1, changed: [expect.objectContaining({ userId: "u-drop", missionId: "m-2" })] })
     }),
   )
 
