@@ -111,6 +111,19 @@ const timerOf = (clock: Clock.Clock): Timer => {
   return timer
 }
 
+/**
+ * Calls `fire` once `clock` reaches its present plus `millis`, from the same heap and timer fiber as
+ * withDeadline (so TestClock drives it); the function returned cancels it (a no-op once it fired).
+ * For an effect that stops its own work when told (an `Effect.async` whose request can be aborted):
+ * its deadline then needs no fiber of its own, where withDeadline forks one (issue 16).
+ */
+export const unsafeScheduleAlarm = (clock: Clock.Clock, millis: number, fire: () => void): (() => void) => {
+  if (millis === Number.POSITIVE_INFINITY) return () => {}
+  const timer = timerOf(clock)
+  const entry = timer.add(clock.unsafeCurrentTimeMillis() + millis, { fire })
+  return () => timer.cancel(entry)
+}
+
 interface Ended<A, E> {
   readonly exit: Exit.Exit<A, E>
   readonly timedOut: boolean

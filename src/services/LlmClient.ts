@@ -16,7 +16,7 @@ import * as Redacted from "effect/Redacted"
 import * as ParseResult from "effect/ParseResult"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import { withDeadline } from "../primitives/Deadline.js"
+import { unsafeScheduleAlarm } from "../primitives/Deadline.js"
 import { LlmConfig } from "./AppConfig.js"
 import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
 import { LlmBreaker } from "./LlmBreaker.js"
@@ -394,40 +394,62 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
 
     /**
      * One HTTP exchange on the runtime's own fetch (issue 16: @effect/platform's HttpClient cost
-     * several times the request's own CPU). Interruption (LLM_TIMEOUT_MS, the run's deadline, a drain)
-     * aborts the request; so does a body cut at the cap.
+     * several times the request's own CPU), within LLM_TIMEOUT_MS. Interruption (the run's deadline,
+     * a drain) aborts the request; so does a body cut at the cap, and so does the timeout, which
+     * fails it with LlmTimeout: an alarm on the fiber's Clock (TestClock in tests) that aborts the
+     * request itself, so a request forks no fiber for its deadline (withDeadline forks one; the rest of
+     * an attempt, judging the status and decoding the body, is synchronous).
      */
-    const exchange = (body: string): Effect.Effect<Exchange, LlmTransportError> =>
-      Effect.async<Exchange, LlmTransportError>((resume) => {
-        const controller = new AbortController()
-        const started = (() => {
-          try {
-            return fetch(endpoint, { method: "POST", headers, body, signal: controller.signal })
-          } catch (cause) {
-            return Promise.reject(cause)
-          }
-        })()
-        started
-          .then((response): Exchange | Promise<Exchange> => {
-            const status = response.status
-            if (status >= 200 && status < 300) return readBody(response, options.maxBodyBytes, controller)
-            // The body of a refusal is not read: the connection is given up.
+    const exchange = (body: string): Effect.Effect<Exchange, LlmTransportError | LlmTimeout> =>
+      Effect.clockWith((clock) =>
+        Effect.async<Exchange, LlmTransportError | LlmTimeout>((resume) => {
+          const controller = new AbortController()
+          let settled = false
+          const cancelAlarm = unsafeScheduleAlarm(clock, timeoutMs, () => {
+            if (settled) return
+            settled = true
             controller.abort()
-            return { _tag: "Status", status, retryAfter: response.headers.get("retry-after") ?? undefined }
+            resume(Effect.fail(new LlmTimeout({ timeoutMs })))
           })
-          .then(
-            (exchanged) => resume(Effect.succeed(exchanged)),
-            (cause) =>
-              resume(
-                Effect.fail(
-                  new LlmTransportError({
-                    reason: cause instanceof BodyReadFailed ? "reading the response body failed" : transportReason(cause),
-                  }),
+          const settle = (result: Effect.Effect<Exchange, LlmTransportError>) => {
+            if (settled) return
+            settled = true
+            cancelAlarm()
+            resume(result)
+          }
+          const started = (() => {
+            try {
+              return fetch(endpoint, { method: "POST", headers, body, signal: controller.signal })
+            } catch (cause) {
+              return Promise.reject(cause)
+            }
+          })()
+          started
+            .then((response): Exchange | Promise<Exchange> => {
+              const status = response.status
+              if (status >= 200 && status < 300) return readBody(response, options.maxBodyBytes, controller)
+              // The body of a refusal is not read: the connection is given up.
+              controller.abort()
+              return { _tag: "Status", status, retryAfter: response.headers.get("retry-after") ?? undefined }
+            })
+            .then(
+              (exchanged) => settle(Effect.succeed(exchanged)),
+              (cause) =>
+                settle(
+                  Effect.fail(
+                    new LlmTransportError({
+                      reason: cause instanceof BodyReadFailed ? "reading the response body failed" : transportReason(cause),
+                    }),
+                  ),
                 ),
-              ),
-          )
-        return Effect.sync(() => controller.abort())
-      })
+            )
+          return Effect.sync(() => {
+            settled = true
+            cancelAlarm()
+            controller.abort()
+          })
+        }),
+      )
 
     const send = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> => {
       if (!endpointValid) return Effect.fail(new LlmRequestInvalid({ reason: "the URL is not valid" }))
@@ -453,7 +475,6 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
             return Effect.fail(status === 429 ? new LlmRateLimited(fields) : new LlmHttpError({ status, ...fields }))
           })
         }),
-        withDeadline({ duration: config.requestTimeout, onTimeout: () => new LlmTimeout({ timeoutMs }) }),
       )
     }
 
@@ -504,9 +525,29 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
       }),
     )
 
+    /**
+     * Retries after a first transient failure, exactly as `Effect.retry({ schedule, while })` around
+     * the first attempt would (its first evaluation fails with that error, so the schedule steps on
+     * it), built only when needed: most requests succeed at once, and the retry's schedule driver
+     * costs a request more CPU than the check (issue 16). A permanent first error fails at once, as
+     * the retry's `while` would have it.
+     */
+    const retried = (first: LlmError, messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions): Effect.Effect<Completion, LlmError> => {
+      let pending: LlmError | undefined = first
+      return Effect.retry(
+        Effect.suspend(() => {
+          if (pending === undefined) return attempt(messages, extra)
+          const error = pending
+          pending = undefined
+          return Effect.fail(error)
+        }),
+        { schedule, while: isTransientLlmError },
+      )
+    }
+
     const complete = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions = {}): Effect.Effect<Completion, LlmError> =>
       attempt(messages, extra).pipe(
-        Effect.retry({ schedule, while: isTransientLlmError }),
+        Effect.catchIf(isTransientLlmError, (first) => retried(first, messages, extra)),
         Effect.tap(({ usage }) =>
           Option.match(usage, {
             onNone: () => Effect.void,

@@ -43,7 +43,8 @@ import { EventLogSchema } from "./EventLogSchema.js"
 import { REFRESH_LOCK_KEY } from "./MissionStore.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
-import { advisoryLock, withUserScopeFirst } from "./withUserScope.js"
+import { pipelinedTransaction } from "./pipelinedTransaction.js"
+import { advisoryLock, scopeStatement, withUserScopeFirst } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
 /**
@@ -256,22 +257,25 @@ export const makeWriteBack = Effect.gen(function* () {
   }
 
   /**
-   * On the pre-check's basis: scope and locks, the append, the usage (gated on the append in SQL, so
-   * it could be pipelined), COMMIT. Undefined when the rows changed since the basis was read.
+   * On the pre-check's basis: scope and locks, the append and the usage (gated on the append in SQL)
+   * in one round trip, then COMMIT (`pipelinedTransaction`). Undefined when the rows changed since
+   * the basis was read.
    */
   const appendOnBasis = (request: WriteRequest, basis: WriteBasis) =>
     Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError> {
       const built = yield* buildAppend(sqlClient, request, basis.current, basis.actor.agent, basis)
       if (built._tag === "Skipped") return built.result
-      // Not pipelined (pipelinedTransaction): on the embedded database (PGlite) a pipelined write-back
-      // stalled concurrent runs past LLM_TIMEOUT_MS (AgentRuns.test.ts' cap test: 9-11 requests for 8
-      // runs), which the claim's pipelined transaction does not; not understood yet, so one round
-      // trip per statement here, as before.
-      const results = yield* withUserScopeFirst(request.userId, snapshotLocks(sqlClient, request, snapshotsPresent), () =>
-        Effect.all([built.statement, ...usageStatement(request)]),
-      ).pipe(Effect.provideService(SqlClient.SqlClient, sqlClient))
-      if ((results[0]?.length ?? 0) === 0) return undefined
-      if (results.length > 1 && Option.isSome(ledger)) yield* ledger.value.booked((results[1] ?? []) as ReadonlyArray<Readonly<Record<string, unknown>>>)
+      // Pipelined since issue 16's run-cpu round (4 round trips -> 2). It was reverted once (ad8d8b5)
+      // because AgentRuns.test.ts' cap test on PGlite made 9-11 LLM requests for 8 runs; that test
+      // repeated 20 times each way, interleaved (load 8-12), made 8 requests in all 20 pipelined and
+      // 9 in one of 20 one-statement-per-round-trip: an LLM timeout of 1 s on a loaded machine, not this.
+      const results = yield* pipelinedTransaction(sqlClient, [
+        scopeStatement(sqlClient, request.userId, snapshotLocks(sqlClient, request, snapshotsPresent)),
+        built.statement,
+        ...usageStatement(request),
+      ])
+      if ((results[1]?.length ?? 0) === 0) return undefined
+      if (results.length > 2 && Option.isSome(ledger)) yield* ledger.value.booked(results[2] ?? [])
       return writtenResult(request, built)
     })
 

@@ -3,8 +3,8 @@
  * trip, and @effect/sql adds about a third to each): BEGIN and the statements go out as one extended-
  * protocol sequence with a single Sync (Parse, Bind, Describe, Execute for each, then Sync), and
  * COMMIT follows once their rows are in. `withTransaction` takes one round trip per statement plus
- * BEGIN and COMMIT: the run's claim-and-read transaction was 4 round trips, now 2. (The write-back
- * is not pipelined: see WriteBack.ts `appendOnBasis`.)
+ * BEGIN and COMMIT: the run's claim-and-read transaction was 4 round trips, now 2, and so is the
+ * write-back on the pre-check's basis (WriteBack.ts `appendOnBasis`; was 4).
  *
  * The transaction is explicit (BEGIN), so the Sync does not end it: COMMIT is sent only when every
  * statement succeeded, and a failure or an interruption (the run's deadline) sends ROLLBACK on the

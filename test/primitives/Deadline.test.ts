@@ -6,7 +6,7 @@
 import { describe, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Fiber, FiberRef, Option, Ref, Schema, TestClock, TestServices } from "effect"
 import { expect } from "vitest"
-import { withDeadline } from "../../src/primitives/Deadline.js"
+import { unsafeScheduleAlarm, withDeadline } from "../../src/primitives/Deadline.js"
 
 class Late extends Schema.TaggedError<Late>()("Late", { timeoutMs: Schema.Number }) {}
 class Own extends Schema.TaggedError<Own>()("Own", {}) {}
@@ -168,6 +168,30 @@ describe.each(implementations)("%s", (_name, within) => {
       yield* TestClock.adjust("2 seconds") // 5000
       const exits = yield* Effect.forEach([...fibers, late], Fiber.await)
       expect(exits).toStrictEqual([...lengths, 700].map((ms) => Exit.fail(new Late({ timeoutMs: ms }))))
+    }),
+  )
+})
+
+describe("unsafeScheduleAlarm", () => {
+  it.effect("fires once at exactly its instant on the fiber's Clock; a cancelled alarm never fires, and cancelling after it fired is harmless", () =>
+    Effect.gen(function* () {
+      const clock = yield* Effect.clock
+      const fired: Array<string> = []
+      const cancelA = unsafeScheduleAlarm(clock, 1_000, () => fired.push("a"))
+      const cancelB = unsafeScheduleAlarm(clock, 500, () => fired.push("b"))
+      unsafeScheduleAlarm(clock, Number.POSITIVE_INFINITY, () => fired.push("never"))
+      cancelB()
+      yield* settle
+      yield* TestClock.adjust("999 millis")
+      yield* settle
+      expect(fired).toEqual([])
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      expect(fired).toEqual(["a"])
+      cancelA()
+      yield* TestClock.adjust("1 hour")
+      yield* settle
+      expect(fired).toEqual(["a"])
     }),
   )
 })
