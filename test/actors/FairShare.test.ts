@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Exit, FiberRef, Layer, Ref, Scope } from "effect"
 import { SupervisorLayer } from "../../src/actors/Supervisor.js"
-import { RunnerConfig } from "../../src/services/AppConfig.js"
+import { RunnerConfig, type RunnerConfigShape } from "../../src/services/AppConfig.js"
 import { GlobalLlmPermits, llmPermitUser } from "../../src/services/GlobalLlmPermits.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
@@ -19,6 +19,54 @@ const QUIET_USERS = 3
 const QUIET_DUE_AT = 5_000
 const LLM_MS = 1_000
 const PERMITS = 2
+
+interface Grant {
+  readonly user: string
+  readonly at: number
+}
+
+/** The real LLM permits, noting each grant's user and instant, in order. */
+const recordingPermits = (permits: GlobalLlmPermits, grants: Ref.Ref<Array<Grant>>) =>
+  GlobalLlmPermits.make({
+    ...permits,
+    withPermit: (self) =>
+      permits.withPermit(
+        Effect.zipRight(
+          Effect.flatMap(Effect.all([FiberRef.get(llmPermitUser), Clock.currentTimeMillis]), ([user, at]) =>
+            Ref.update(grants, (g) => [...g, { user, at }]),
+          ),
+          self,
+        ),
+      ),
+  })
+
+/** The supervisor over the doubles (the runner's LLM permits recorded), started in `scope`. */
+const superviseIn = (
+  scope: Scope.Scope,
+  parts: {
+    readonly store: Effect.Effect.Success<typeof makeStore>
+    readonly runner: Effect.Effect.Success<ReturnType<typeof makeRunner>>
+    readonly permits: GlobalLlmPermits
+    readonly quarantines: Effect.Effect.Success<ReturnType<typeof makeQuarantines>>
+    readonly config: RunnerConfigShape
+  },
+) =>
+  Scope.extend(
+    startSupervisor(
+      SupervisorLayer.pipe(
+        Layer.provide(
+          Layer.mergeAll(
+            Layer.succeed(MissionStore, parts.store.service),
+            Layer.succeed(MissionRunner, parts.runner.service),
+            Layer.succeed(GlobalLlmPermits, parts.permits),
+            Layer.succeed(Quarantines, parts.quarantines.service),
+            Layer.succeed(RunnerConfig, parts.config),
+          ),
+        ),
+      ),
+    ),
+    scope,
+  )
 
 describe("fair share", () => {
   it.scoped(
@@ -37,19 +85,8 @@ describe("fair share", () => {
         const store = yield* makeStore
         const quarantines = yield* makeQuarantines()
         const permits = yield* GlobalLlmPermits.sized(PERMITS)
-        const grants = yield* Ref.make<Array<{ readonly user: string; readonly at: number }>>([])
-        const recording = GlobalLlmPermits.make({
-          ...permits,
-          withPermit: (self) =>
-            permits.withPermit(
-              Effect.zipRight(
-                Effect.flatMap(Effect.all([FiberRef.get(llmPermitUser), Clock.currentTimeMillis]), ([user, at]) =>
-                  Ref.update(grants, (g) => [...g, { user, at }]),
-                ),
-                self,
-              ),
-            ),
-        })
+        const grants = yield* Ref.make<Array<Grant>>([])
+        const recording = recordingPermits(permits, grants)
         const runner = yield* makeRunner(store, recording, { beforeMs: 100, llmMs: LLM_MS, afterMs: 50 })
         for (let u = 0; u < HOT_USERS; u++)
           for (let i = 0; i < HOT_DUE; i++)
@@ -57,22 +94,7 @@ describe("fair share", () => {
         for (let q = 0; q < QUIET_USERS; q++)
           yield* store.put({ userId: `quiet${q}`, id: `quiet${q}-m`, nextRunAt: QUIET_DUE_AT, everyMinutes: 24 * 60 })
         const scope = yield* Scope.make()
-        yield* Scope.extend(
-          startSupervisor(
-          SupervisorLayer.pipe(
-            Layer.provide(
-              Layer.mergeAll(
-                Layer.succeed(MissionStore, store.service),
-                Layer.succeed(MissionRunner, runner.service),
-                Layer.succeed(GlobalLlmPermits, permits),
-                Layer.succeed(Quarantines, quarantines.service),
-                Layer.succeed(RunnerConfig, config),
-              ),
-            ),
-          ),
-        ),
-          scope,
-        )
+        yield* superviseIn(scope, { store, runner, permits, quarantines, config })
         yield* advance(250, 4 * 20) // 20 s
         // The drain lets the requests out finish: the clock has to move for it.
         yield* advanceUntilDone(yield* Effect.fork(Scope.close(scope, Exit.void)), 250)
@@ -124,42 +146,18 @@ describe("fair share", () => {
         const store = yield* makeStore
         const quarantines = yield* makeQuarantines()
         const permits = yield* GlobalLlmPermits.sized(config.globalConcurrency)
-        const grants = yield* Ref.make<Array<string>>([])
-        const recording = GlobalLlmPermits.make({
-          ...permits,
-          withPermit: (self) =>
-            permits.withPermit(
-              Effect.zipRight(
-                Effect.flatMap(FiberRef.get(llmPermitUser), (user) => Ref.update(grants, (g) => [...g, user])),
-                self,
-              ),
-            ),
-        })
+        const grants = yield* Ref.make<Array<Grant>>([])
+        const recording = recordingPermits(permits, grants)
         const runner = yield* makeRunner(store, recording, { beforeMs: 100, llmMs: LLM_MS, afterMs: 50 })
         for (let u = 0; u < HOT; u++)
           for (let i = 0; i < 20; i++) yield* store.put({ userId: `hot${u}`, id: `hot${u}-m${i}`, nextRunAt: 0, everyMinutes: 24 * 60 })
         for (let q = 0; q < QUIET; q++) yield* store.put({ userId: `quiet${q}`, id: `quiet${q}-m`, nextRunAt: 0, everyMinutes: 24 * 60 })
         const scope = yield* Scope.make()
-        yield* Scope.extend(
-          startSupervisor(
-            SupervisorLayer.pipe(
-              Layer.provide(
-                Layer.mergeAll(
-                  Layer.succeed(MissionStore, store.service),
-                  Layer.succeed(MissionRunner, runner.service),
-                  Layer.succeed(GlobalLlmPermits, permits),
-                  Layer.succeed(Quarantines, quarantines.service),
-                  Layer.succeed(RunnerConfig, config),
-                ),
-              ),
-            ),
-          ),
-          scope,
-        )
+        yield* superviseIn(scope, { store, runner, permits, quarantines, config })
         yield* advance(250, 4 * 5) // 5 s: 4 rounds of the LLM permits
         yield* advanceUntilDone(yield* Effect.fork(Scope.close(scope, Exit.void)), 250)
 
-        const all = yield* Ref.get(grants)
+        const all = (yield* Ref.get(grants)).map((g) => g.user)
         const starts = (yield* Ref.get(runner.starts)).map((s) => s.userId)
         // Round-robin over the 12 users that asked at once: each user's first run within the first
         // 12 run starts and its first LLM request within the first 12 grants (3 rounds of 4 permits).
