@@ -66,7 +66,7 @@ const main = Effect.gen(function* () {
   if (selected("throughput")) {
     yield* part(
       "throughput",
-      measureThroughput({ ownerUrl, standIn, users: Number(option("users") ?? (quick ? 200 : 1000)), baselineSample: Number(option("baseline") ?? (quick ? 10 : 25)), log }),
+      measureThroughput({ ownerUrl, standIn, users: Number(option("users") ?? (quick ? 200 : 1000)), baselineSample: Number(option("baseline") ?? (quick ? 10 : 12)), log }),
     )
   }
 

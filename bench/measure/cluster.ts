@@ -102,8 +102,8 @@ const runnerRows = (db: BenchDatabase) =>
 const throughputWith = (options: ClusterOptions, count: number): Effect.Effect<number, never, Scope.Scope> =>
   Effect.gen(function* () {
     const db = yield* makeBenchDatabase(options.ownerUrl)
-    const runners: Array<Runner> = []
-    for (let i = 0; i < count; i++) runners.push(yield* startRunner(db, options.standIn))
+    // Started together: no figure reads a start-up, and each start waits for /ready (a few seconds).
+    const runners = yield* Effect.all(Array.from({ length: count }, () => startRunner(db, options.standIn)), { concurrency: "unbounded" })
     yield* Effect.promise(() => settled(runners))
     const t0 = Date.now()
     yield* seedDueMissions(db, { users: options.users, missionsPerUser: 1, firstDueAt: Date.now() - 60_000, spreadMs: 0, withGoal: false })
@@ -117,8 +117,7 @@ const throughputWith = (options: ClusterOptions, count: number): Effect.Effect<n
 const failoverOnce = (options: ClusterOptions, round_: number): Effect.Effect<number, never, Scope.Scope> =>
   Effect.gen(function* () {
     const db = yield* makeBenchDatabase(options.ownerUrl)
-    const a = yield* startRunner(db, options.standIn)
-    const b = yield* startRunner(db, options.standIn)
+    const [a, b] = yield* Effect.all([startRunner(db, options.standIn), startRunner(db, options.standIn)], { concurrency: 2 })
     yield* Effect.promise(() => settled([a, b]))
     const users = 40
     yield* seedDueMissions(db, { users, missionsPerUser: 1, firstDueAt: Date.now() + 86_400_000, spreadMs: 0, withGoal: false })

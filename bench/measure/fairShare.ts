@@ -4,8 +4,9 @@
  * request went out at its call's end − L, the stand-in's fixed latency; a little late, never early).
  * The quiet users' wait is from their nextRunAt (or the first run's start, when they came due before
  * the runner was up) to that request; total throughput is writes per second from the first run's
- * start to the last write ÷ the LLM-bound limit G / L (`spread`: until every quiet user was written,
- * the backlog still running).
+ * start to the last write ÷ the LLM-bound limit G / L, the backlog still running at the window's end
+ * (`at-once`: until half the hot backlog and every quiet user were written; `spread`: until every quiet
+ * user was written).
  *
  * Two arrangements: `at-once`, everything due when the runner starts (the issue's wording), and
  * `spread`, the quiet users coming due one by one while the hot backlog is being worked off.
@@ -43,6 +44,8 @@ const QUIET_USERS = 100
 /** spread: the first quiet user comes due this long after seeding, then one every QUIET_EVERY_MS. */
 const QUIET_DELAY_MS = 10_000
 const QUIET_EVERY_MS = 250
+/** at-once: the writes the window lasts for, half the hot backlog and every quiet user. */
+const AT_ONCE_WRITTEN = (HOT_USERS * HOT_DUE) / 2 + QUIET_USERS
 
 /**
  * At once: rounds of L before round-robin has served the 99th percentile quiet user, every hot user
@@ -74,11 +77,15 @@ export const measureFairShare = (options: FairShareOptions) =>
             quietFirstDueAt: arrangement === "at-once" ? seededAt - 60_000 : seededAt + QUIET_DELAY_MS,
             quietSpreadMs: arrangement === "at-once" ? 0 : QUIET_EVERY_MS,
           }),
-        stopAfterWritten: missions,
-        // spread: over once every quiet user has been served; the hot backlog still runs then (it lasts
-        // ⌈5,000 / 16⌉ × L ≈ 63 s, the last quiet user comes due at about 35 s), so the throughput is
-        // that of the backlog while the quiet users come and go, and the drain after it, the same as
-        // at-once's, is not waited for.
+        // at-once: over once half the hot backlog and the quiet users are written (the quiet users are
+        //   all written in the first seconds), a window of about 33 s, as long as spread's; the backlog
+        //   runs on at the same pace after it (round-robin keeps all ten hot users at work to their last
+        //   runs), so its drain, ⌈5,000 / 16⌉ × L ≈ 63 s, was 32 s of the bench's time measuring more of
+        //   the same (the whole drain read 0.97–0.98 of the limit in the last three quiet full runs).
+        // spread: over once every quiet user has been served; the hot backlog still runs then (the last
+        //   quiet user comes due at about 35 s), so the throughput is that of the backlog while the quiet
+        //   users come and go.
+        stopAfterWritten: arrangement === "at-once" ? AT_ONCE_WRITTEN : missions,
         ...(arrangement === "spread" ? { stopAfterWrittenFor: { userPrefix: "quiet-", count: QUIET_USERS } } : {}),
         deadline: "200 seconds",
         log: options.log,
@@ -90,7 +97,8 @@ export const measureFairShare = (options: FairShareOptions) =>
       const waitOf = (r: RunRecord) => r.llmLastEnd - LATENCY_MS - Math.max(r.scheduledFor ?? firstStart, firstStart)
       const quiet = runs.filter((r) => r.userId.startsWith("quiet-") && r.llmCalls > 0)
       const hot = runs.filter((r) => r.userId.startsWith("hot-") && r.llmCalls > 0)
-      const quietWait = summarize(quiet.map(waitOf))
+      // A quiet user not written inside the window counts as never served: the p99 then fails its target.
+      const quietWait = summarize([...quiet.map(waitOf), ...Array<number>(Math.max(0, QUIET_USERS - quiet.length)).fill(Number.POSITIVE_INFINITY)])
       const suffix = arrangement === "at-once" ? "" : ".spread"
       const label = arrangement === "at-once" ? "all due at once" : `quiet due one per ${QUIET_EVERY_MS} ms during the backlog`
       figures.push(
@@ -125,7 +133,7 @@ export const measureFairShare = (options: FairShareOptions) =>
             window:
               arrangement === "spread"
                 ? "first run's start to the last write once every quiet user was written (the hot backlog still running)"
-                : "first run's start to the last write",
+                : `first run's start to the last write once ${AT_ONCE_WRITTEN} runs were written (half the hot backlog, every quiet user)`,
             written: result.recorder.written,
             ratePerSecond: round(rate, 1),
             limitPerSecond: limit,

@@ -89,9 +89,10 @@ export const overheadSplit = (runs: ReadonlyArray<RunRecord>) => {
     .filter((r) => !Number.isNaN(r.runQueueMs))
     .map((r) => {
       const overhead = r.t1 - r.t0 - r.llmMs
-      return { overhead, onCore: r.threadRunMs, runQueue: r.runQueueMs, asleep: overhead - r.threadRunMs - r.runQueueMs }
+      return { t0: r.t0, overhead, onCore: r.threadRunMs, runQueue: r.runQueueMs, asleep: overhead - r.threadRunMs - r.runQueueMs }
     })
   if (rows.length === 0) return {}
+  const firstStart = Math.min(...rows.map((x) => x.t0))
   rows.sort((a, b) => b.overhead - a.overhead)
   const tail = rows.slice(0, Math.max(1, Math.ceil(rows.length / 100)))
   const mean = (f: (x: (typeof rows)[number]) => number) => Math.round((tail.reduce((a, x) => a + f(x), 0) / tail.length) * 100) / 100
@@ -106,6 +107,9 @@ export const overheadSplit = (runs: ReadonlyArray<RunRecord>) => {
       onCoreMs: mean((x) => x.onCore),
       runQueueMs: mean((x) => x.runQueue),
       asleepMs: mean((x) => x.asleep),
+      // When each of them started, seconds after the first run's start, in order: a tail bunched in
+      // time (start-up, a pass, a collection) reads differently from one spread over the whole run.
+      startedAtSeconds: tail.map((x) => Math.round((x.t0 - firstStart) / 100) / 10).sort((a, b) => a - b),
     },
   }
 }
