@@ -65,6 +65,7 @@ export const measurePrecision = (options: PrecisionOptions) =>
       llmMaxInFlight: result.standIn.maxInFlight,
       cpuCoresInUse: result.cpu,
       runnerMainThread: result.mainThread,
+      runnerThreads: result.threads,
       poolMax: POOL_MAX,
       sessionsOpened: result.sessionsOpened,
       eventLoopLagMs: roundSummary(summarize(result.lagMs)),

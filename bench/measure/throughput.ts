@@ -161,6 +161,7 @@ export const measureThroughput = (options: ThroughputOptions) =>
               startupSecondsBeforeFirstRun: round((rate.firstStart - result.appStartedAt) / 1000, 2),
               benchProcessCpuPerWallSecond: round(result.cpuPerWallSecond, 2),
               cpuCoresInUse: result.cpu,
+              runnerThreads: result.threads,
               eventLoopLagMs: roundSummary(summarize(result.lagMs)),
               // This process's CPU (all threads) from start-up to the last write, per mission written.
               cpuMsPerWrittenRun: round(result.cpuMs / result.recorder.written, 2),

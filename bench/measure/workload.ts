@@ -11,7 +11,7 @@ import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.
 import { runInChild } from "../support/child.js"
 import { type CpuReport, startCpuWatch } from "../support/cpu.js"
 import { type BenchLlmStandIn, connectLlmStandIn, type StandInStats } from "../support/llmStandIn.js"
-import { mainThreadSchedstat, makeRecorder, type Recorder, sampleEventLoopLag } from "../support/probes.js"
+import { mainThreadSchedstat, makeRecorder, type Recorder, sampleEventLoopLag, threadsBetween, threadsSchedstat } from "../support/probes.js"
 import { type DueWorkload, seedDueMissions } from "../support/seed.js"
 import { startTrace } from "../support/trace.js"
 import { benchLog } from "../support/log.js"
@@ -66,6 +66,8 @@ export interface ChildWorkloadResult {
   readonly lagMs: ReadonlyArray<number>
   /** The runner's main thread while it ran (seconds): on a core, runnable but waiting for one (Linux). */
   readonly mainThread: { readonly onCoreS: number; readonly runQueueS: number; readonly wallS: number }
+  /** The runner's process by thread name (probes.ts `threadsSchedstat`): who else took its CPU. */
+  readonly threads: Readonly<Record<string, { readonly onCoreS: number; readonly runQueueS: number }>>
 }
 
 export interface WorkloadResult extends ChildWorkloadResult {
@@ -100,6 +102,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const appStartedAt = nowMs()
       const cpu0 = process.cpuUsage()
       const sched0 = mainThreadSchedstat()
+      const threads0 = threadsSchedstat()
       const cpuWatch = startCpuWatch(input.standInPid)
       const finishTrace = yield* Effect.promise(() => startTrace(new URL(input.runnerUrl).pathname.slice(1), input.runnerUrl))
       const { plannerMode, ...runnerConfig } = input.config
@@ -129,6 +132,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       }
       const cpu = process.cpuUsage(cpu0)
       const sched1 = mainThreadSchedstat()
+      const threads = threadsBetween(threads0, threadsSchedstat())
       const wallMs = nowMs() - appStartedAt
       const cpuReport = cpuWatch()
       const cpuMs = (cpu.user + cpu.system) / 1000
@@ -144,6 +148,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
         cpuMs,
         cpu: cpuReport,
         lagMs,
+        threads,
         mainThread: {
           onCoreS: round((sched1[0] - sched0[0]) / 1000, 1),
           runQueueS: round((sched1[1] - sched0[1]) / 1000, 1),

@@ -13,7 +13,7 @@
  * machine's load). The rest of the overhead the thread slept: waiting for Postgres, a pool
  * connection, a lock, or a timer. Outside Linux both are NaN.
  */
-import { openSync, readSync } from "node:fs"
+import { openSync, readdirSync, readFileSync, readSync } from "node:fs"
 import { Effect, Exit, FiberRef, Layer } from "effect"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
@@ -59,6 +59,46 @@ export const mainThreadSchedstat = (): [number, number] => {
     return [Number.NaN, Number.NaN]
   }
 }
+
+/**
+ * Every thread of this process by name (`comm`: JavaScriptCore's collector and JIT threads, Bun's
+ * HTTP client and pool threads, the main thread under the process's name): [on-CPU, run-queue wait]
+ * in ms since each started, summed per name. Read at a measurement's start and end, the difference
+ * says which threads took the cores the main thread waited for (a thread that ended in between is
+ * missed). Empty outside Linux.
+ */
+export const threadsSchedstat = (): Map<string, [number, number]> => {
+  const byName = new Map<string, [number, number]>()
+  try {
+    for (const tid of readdirSync("/proc/self/task")) {
+      try {
+        const name = readFileSync(`/proc/self/task/${tid}/comm`, "latin1").trim()
+        const [run, wait] = readFileSync(`/proc/self/task/${tid}/schedstat`, "latin1").split(" ")
+        const sum = byName.get(name) ?? [0, 0]
+        sum[0] += Number(run) / 1e6
+        sum[1] += Number(wait) / 1e6
+        byName.set(name, sum)
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // not Linux
+  }
+  return byName
+}
+
+/** Per thread name, seconds on a core and waiting on a run queue between two `threadsSchedstat` readings, busiest first. */
+export const threadsBetween = (before: Map<string, [number, number]>, after: Map<string, [number, number]>) =>
+  Object.fromEntries(
+    [...after]
+      .map(([name, [run, wait]]) => {
+        const [run0, wait0] = before.get(name) ?? [0, 0]
+        return [name, { onCoreS: Math.round((run - run0) / 100) / 10, runQueueS: Math.round((wait - wait0) / 100) / 10 }] as const
+      })
+      .filter(([, t]) => t.onCoreS > 0 || t.runQueueS > 0)
+      .sort((a, b) => b[1].onCoreS - a[1].onCoreS),
+  )
 
 /** Ends a non-LLM stretch of `record` (at an LLM call's start or the run's end). */
 const closeStretch = (record: RunRecord) => {
