@@ -183,6 +183,12 @@ const agentsByUser = (keys: ReadonlyArray<AgentKey>) => {
 /** Cluster mode: how often a runner looks at users waiting for a lease and at leases to give back. */
 const LEASE_POLL = Duration.millis(250)
 
+/**
+ * Schedulable snapshots read per page when the first pass starts the actors (MissionStore.schedulable):
+ * 50,000 read at once after a first discovery of 1M rows were that start-up's peak heap (issue 16 item 5).
+ */
+export const PRIME_PAGE_SNAPSHOTS = 2000
+
 /** How long a tick waits for a discovery pass under way before it answers overlap-skipped. */
 const TICK_PASS_WAIT = Duration.seconds(2)
 
@@ -210,8 +216,6 @@ export const make = Effect.gen(function* () {
       ? () => true
       : (userId: string) =>
           ownership.owns(userId) && actedShards.has(ownership.shardOf(userId)) && !waitingForLease.has(userId)
-  /** One process: every schedulable snapshot; a cluster runner: those of the shards it acted on (mission_snapshots.shard). */
-  const schedulableHere = ownership === undefined ? store.schedulable : Effect.suspend(() => store.schedulableIn([...actedShards]))
   // Optional so unit stacks without it run unchanged; runnerServicesLayer provides it.
   const agents = yield* Effect.serviceOption(AgentDirectory)
   /** The directory's first refresh returns every agent: the actors spawned then start with nothing held. */
@@ -364,13 +368,38 @@ export const make = Effect.gen(function* () {
       // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
       // changes are already in that view (redelivering them would wake every new actor at once).
       for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
-      const all = yield* schedulableHere
-      for (const [userId, snapshots] of byUser(all)) {
-        if (!owns(userId)) continue
-        if (yield* spawn(userId, Option.some(snapshots))) {
-          actorsStarted++
-          spawnedNow.add(userId)
+      const spawnUsers = (snapshots: ReadonlyArray<MissionSnapshot>) =>
+        Effect.gen(function* () {
+          for (const [userId, group] of byUser(snapshots)) {
+            if (!owns(userId)) continue
+            if (yield* spawn(userId, Option.some(group))) {
+              actorsStarted++
+              spawnedNow.add(userId)
+            }
+          }
+        })
+      if (ownership === undefined) {
+        // Every schedulable snapshot, a page at a time (in user order): each page's users get their
+        // actors before the next is read, so the snapshots read (records, decoded missions) are never
+        // all held at once. The page's last user may go on in the next page: it waits for it.
+        let after: { readonly userId: string; readonly missionId: string } | undefined
+        let carried: ReadonlyArray<MissionSnapshot> = []
+        for (;;) {
+          const page = yield* store.schedulable(after, PRIME_PAGE_SNAPSHOTS)
+          const read = carried.length === 0 ? page : [...carried, ...page]
+          const last = page[page.length - 1]
+          if (last === undefined || page.length < PRIME_PAGE_SNAPSHOTS) {
+            yield* spawnUsers(read)
+            break
+          }
+          const cut = read.findIndex((s) => s.userId === last.userId)
+          yield* spawnUsers(read.slice(0, cut))
+          carried = read.slice(cut)
+          after = { userId: last.userId, missionId: last.missionId }
         }
+      } else {
+        // A cluster runner: the snapshots of the shards it acted on (mission_snapshots.shard).
+        yield* spawnUsers(yield* store.schedulableIn([...actedShards]))
       }
       yield* Ref.set(primed, true)
     }

@@ -69,7 +69,7 @@ export const upsert = (view: View, snapshot: ViewSnapshot): void => {
   }
   // A compact copy of what a run needs: the decoded mission sits amid the store pass's garbage and
   // would keep its pages in RSS, and its text and iterations grow with its history.
-  const mission = missionRefOf(snapshot.decoded.right)
+  const mission = missionRefOf(snapshot.decoded.right, snapshot.missionId)
   const at = snapshot.nextRunAt === null ? null : snapshot.nextRunAt.getTime()
   if (existing === undefined) {
     view.set(snapshot.missionId, {

@@ -100,8 +100,16 @@ export interface MissionStoreShape {
    * transaction open longer than the window); those are in `changed` too.
    */
   readonly refresh: Effect.Effect<RefreshResult, SqlError>
-  /** Every stored snapshot that is schedulable, across users (supervisor start-up). */
-  readonly schedulable: Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
+  /**
+   * Stored snapshots that are schedulable, across users, in (user, mission) order: at most `limit` of
+   * them after `after` (that snapshot's user and mission; undefined: from the first). The supervisor
+   * starts its actors from them a page at a time (issue 16 item 5): 50,000 missions read at once, each
+   * with its record and decoded mission, were the 1M-row start-up's peak heap.
+   */
+  readonly schedulable: (
+    after: { readonly userId: string; readonly missionId: string } | undefined,
+    limit: number,
+  ) => Effect.Effect<ReadonlyArray<MissionSnapshot>, SqlError>
   /**
    * Every schedulable snapshot of users in the given cluster shards (`mission_snapshots.shard`, issue
    * 19): what a runner primes from and reads again for the shards it gained. Cost follows those shards.
@@ -1083,9 +1091,18 @@ export const makeMissionStore = (
 
     const snapshotColumns = sql`user_id, record_id, record, deleted, schedulable, next_run_at, malformed_reason`
 
-    const schedulable = readSnapshots(
-      sql`SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots WHERE schedulable ORDER BY user_id, record_id`,
-    )
+    // A keyset page on the primary key's order (user_id, record_id).
+    const schedulable: MissionStoreShape["schedulable"] = (after, limit) =>
+      readSnapshots(
+        after === undefined
+          ? sql`
+              SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots WHERE schedulable
+              ORDER BY user_id, record_id LIMIT ${limit}`
+          : sql`
+              SELECT ${snapshotColumns} FROM mana_ai.mission_snapshots
+              WHERE schedulable AND (user_id, record_id) > (${after.userId}, ${after.missionId})
+              ORDER BY user_id, record_id LIMIT ${limit}`,
+      )
 
     // Through mission_snapshots_shard_due_idx (shard, next_run_at) WHERE schedulable: only those shards' rows.
     const schedulableIn = (shards: ReadonlyArray<number>) =>

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref, Scope } from "effect"
+import { PRIME_PAGE_SNAPSHOTS } from "../../src/actors/Supervisor.js"
 import { MissionTimeout } from "../../src/services/MissionRunner.js"
 import { actorsGauge, quarantinedGauge, tickOverlapsTotal } from "../../src/services/metrics.js"
 import { advance, advanceUntilDone, MIN, makeWorld, startSupervisor } from "./doubles.js"
@@ -33,6 +34,27 @@ describe("Supervisor", () => {
       yield* advance(15_000, 4 * 25) // 25 minutes in 15 s steps
       const starts = yield* Ref.get(world.runner.starts)
       expect(starts.map((s) => s.at)).toEqual([0, 10 * MIN, 20 * MIN])
+    }),
+  )
+})
+
+describe("Supervisor start-up", () => {
+  it.scoped("starts every user's actor from the store's schedulable snapshots read in pages, a user across two pages with all its missions", () =>
+    Effect.gen(function* () {
+      const world = yield* makeWorld({ tickEnabled: false })
+      // 3 missions per user: a page of PRIME_PAGE_SNAPSHOTS ends inside a user's missions.
+      const users = Math.ceil((PRIME_PAGE_SNAPSHOTS + 100) / 3)
+      expect(PRIME_PAGE_SNAPSHOTS % 3).not.toBe(0)
+      const userId = (i: number) => `u${String(i).padStart(5, "0")}`
+      for (let i = 0; i < users; i++)
+        for (const m of ["m1", "m2", "m3"]) yield* world.store.put({ userId: userId(i), id: m, nextRunAt: 60 * MIN })
+      const supervisor = yield* startSupervisor(world.layer)
+      const report = yield* supervisor.discover
+      expect(report.actorsStarted).toBe(users)
+      expect(yield* Ref.get(world.store.schedulablePages)).toBe(Math.floor((3 * users) / PRIME_PAGE_SNAPSHOTS) + 1)
+      const status = yield* supervisor.status
+      expect(status.map((s) => s.userId)).toEqual(Array.from({ length: users }, (_, i) => userId(i)))
+      for (const s of status) expect(s.missions.map((m) => m.missionId).sort(), s.userId).toEqual(["m1", "m2", "m3"])
     }),
   )
 })

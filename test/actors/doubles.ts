@@ -60,8 +60,15 @@ const ordered = (all: Iterable<MissionSnapshot>) =>
       (a.nextRunAt?.getTime() ?? 0) - (b.nextRunAt?.getTime() ?? 0) || (a.missionId < b.missionId ? -1 : 1),
   )
 
+const byUserAndMission = (
+  a: { readonly userId: string; readonly missionId: string },
+  b: { readonly userId: string; readonly missionId: string },
+) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : a.missionId < b.missionId ? -1 : a.missionId > b.missionId ? 1 : 0)
+
 export const makeStore = Effect.gen(function* () {
   const applied = yield* Ref.make(new Map<string, MissionSnapshot>())
+  /** Pages of `schedulable` read so far. */
+  const schedulablePages = yield* Ref.make(0)
   const pending = yield* Ref.make<Array<MissionSnapshot>>([])
   const refreshes = yield* Ref.make(0)
   /** Appends a mission's new state to the "log": visible after the next refresh. */
@@ -83,7 +90,17 @@ export const makeStore = Effect.gen(function* () {
       })
       return { changed, rowsRead: changed.length }
     }),
-    schedulable: Ref.get(applied).pipe(Effect.map((m) => ordered(m.values()).filter((s) => s.schedulable))),
+    // The real store's keyset page: (user, mission) order, after the given one.
+    schedulable: (after, limit) =>
+      Ref.get(applied).pipe(
+        Effect.tap(() => Ref.update(schedulablePages, (n) => n + 1)),
+        Effect.map((m) =>
+          [...m.values()]
+            .filter((s) => s.schedulable && (after === undefined || byUserAndMission(s, after) > 0))
+            .sort(byUserAndMission)
+            .slice(0, limit),
+        ),
+      ),
     // Shards as a cluster of DOUBLE_SHARDS would compute them (the real store reads its `shard` column).
     schedulableIn: (shards) =>
       Ref.get(applied).pipe(
@@ -116,7 +133,7 @@ export const makeStore = Effect.gen(function* () {
         return decoded !== undefined && Either.isRight(decoded) ? decoded.right : undefined
       }),
     )
-  return { service, put, setNextRunAt, current, refreshes }
+  return { service, put, setNextRunAt, current, refreshes, schedulablePages }
 })
 
 export type FakeStore = Effect.Effect.Success<typeof makeStore>

@@ -4,7 +4,10 @@
  * fresh machine) and the HTTP LLM stand-in. It runs in sync-database mode: SYNC_DATABASE_URL,
  * MANA_LLM_URL and MANA_SERVICE_KEY set, TICK_ENABLED=false so only /internal/tick runs missions.
  */
-import { writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { LlmStandIn, type LlmStandInShape } from "../support/LlmStandIn.js"
@@ -16,6 +19,11 @@ const KEY = "e2e-service-key-0123456789abcdef"
 // Wide enough to see /ready say 503 during the drain on a busy machine.
 const GRACE_MS = 5_000
 const USERS = ["e2e-ana", "e2e-ben", "e2e-cleo"]
+
+/** The process writes the modules it loaded here at exit (test/support/loadedModulesProbe.ts). */
+const LOADED_MODULES_DIR = mkdtempSync(join(tmpdir(), "mana-e2e-modules-"))
+const LOADED_MODULES_FILE = join(LOADED_MODULES_DIR, "loaded.txt")
+const LOADED_MODULES_PROBE = fileURLToPath(new URL("../support/loadedModulesProbe.ts", import.meta.url))
 
 let scope: Scope.CloseableScope
 let db: TestDatabaseShape
@@ -60,6 +68,7 @@ afterAll(async () => {
   }
   if (mana !== undefined && mana.child.exitCode === null && mana.child.signalCode === null) mana.child.kill("SIGKILL")
   await run(Scope.close(scope, Exit.void))
+  rmSync(LOADED_MODULES_DIR, { recursive: true, force: true })
 }, 60_000)
 
 describe("the resident Bun process", () => {
@@ -93,6 +102,8 @@ describe("the resident Bun process", () => {
         DB_POOL_MAX: "4",
         SHUTDOWN_GRACE_MS: String(GRACE_MS),
         LLM_TIMEOUT_MS: "30000",
+        BUN_OPTIONS: `--preload ${LOADED_MODULES_PROBE}`,
+        LOADED_MODULES_FILE,
       },
     })
     const m = mana
@@ -226,4 +237,13 @@ describe("the resident Bun process", () => {
     expect(m.stdout()).toContain("shutting down")
     expect(m.logs().at(-1)?.message).toBe("mana-ai stopped")
   }, 60_000)
+
+  it("ran its missions without loading fast-check: effect's FastCheck module is a stub (issue 16 item 5)", () => {
+    const loaded = readFileSync(LOADED_MODULES_FILE, "utf8").split("\n")
+    // The probe saw the process: its live composition, the run, and effect/Schema, which imports FastCheck.
+    for (const module of ["src/layers/live.ts", "src/services/MissionRunner.ts", "effect/dist/esm/Schema.js"]) {
+      expect(loaded.some((p) => p.replaceAll("\\", "/").endsWith(module)), module).toBe(true)
+    }
+    expect(loaded.filter((p) => /[\\/](fast-check|pure-rand)[\\/]/.test(p))).toEqual([])
+  })
 })

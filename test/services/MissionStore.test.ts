@@ -428,6 +428,41 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
     }),
   )
 
+  it.effect("schedulable reads keyset pages in (user, mission) order: every schedulable snapshot once, none beyond the limit", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* drain
+      yield* insertChanges([
+        missionInsertRow("u-page-b", "m1"),
+        missionInsertRow("u-page-a", "m3"),
+        missionInsertRow("u-page-a", "m1"),
+        missionInsertRow("u-page-b", "paused", { state: "paused" }),
+        missionInsertRow("u-page-a", "m2"),
+        missionInsertRow("u-page-c", "m1"),
+      ])
+      yield* store.refresh
+      const everything = (yield* store.schedulable(undefined, 10_000)).map((s) => `${s.userId}/${s.missionId}`)
+      const paged: Array<string> = []
+      let after: { readonly userId: string; readonly missionId: string } | undefined
+      for (;;) {
+        const page = yield* store.schedulable(after, 2)
+        expect(page.length).toBeLessThanOrEqual(2)
+        paged.push(...page.map((s) => `${s.userId}/${s.missionId}`))
+        const last = page[page.length - 1]
+        if (last === undefined || page.length < 2) break
+        after = { userId: last.userId, missionId: last.missionId }
+      }
+      expect(paged).toEqual(everything)
+      expect(paged.filter((k) => k.startsWith("u-page-"))).toEqual([
+        "u-page-a/m1",
+        "u-page-a/m2",
+        "u-page-a/m3",
+        "u-page-b/m1",
+        "u-page-c/m1",
+      ])
+    }),
+  )
+
   it.effect("due(now) returns active, live missions whose nextRunAt has come", () =>
     Effect.gen(function* () {
       const store = yield* MissionStore
@@ -450,7 +485,7 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       expect(due.map((s) => s.missionId)).toEqual(["past", "exactly-now"])
       expect(due[0]!.nextRunAt?.toISOString()).toBe("2026-03-02T08:00:00.000Z")
       expect(Either.getOrThrow(due[0]!.decoded).title).toBe("Get fit")
-      const schedulable = (yield* store.schedulable).filter((s) => s.userId === "u-due").map((s) => s.missionId)
+      const schedulable = (yield* store.schedulable(undefined, 10_000)).filter((s) => s.userId === "u-due").map((s) => s.missionId)
       expect(schedulable.sort()).toEqual(["exactly-now", "future", "past"])
       // Once its nextRunAt moves on, it is no longer due.
       yield* insertChanges([missionUpdateRow("u-due", "past", { nextRunAt: "2026-03-02T10:00:00Z" })])
