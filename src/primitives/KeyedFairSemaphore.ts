@@ -183,7 +183,14 @@ export const makeKeyedFairSemaphore = (permits: number, options: KeyedFairOption
         (key: string) =>
         <A, E, R>(self: Effect.Effect<A, E, R>) =>
           Effect.uninterruptibleMask((restore) =>
-            Effect.zipRight(restore(acquire(key)), Effect.ensuring(restore(self), release)),
+            Effect.suspend(() => {
+              // A free permit and no batching: taken here, as `acquire` would take it, without its steps.
+              if (free > 0 && batchYields === 0) {
+                free--
+                return Effect.ensuring(restore(self), release)
+              }
+              return Effect.zipRight(restore(acquire(key)), Effect.ensuring(restore(self), release))
+            }),
           ),
       taken: Effect.sync(() => permits - free),
       waiting: Effect.sync(() => waiting),

@@ -2,14 +2,17 @@
  * The Postgres connection pool (SPEC §7, §10): `@effect/sql-pg`'s PgClient as the runner's role,
  * retried with backoff while the server is not yet reachable at start, logged without secrets.
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import Pg from "pg"
 
 /** `postgres://user@host:port/db` — never the password, never query parameters (they may hold one). */
 export const describeDatabaseUrl = (url: Redacted.Redacted<string>): string => {
@@ -39,6 +42,57 @@ const causeText = (error: SqlError): string => {
   return inner ? `${error.message}: ${inner}` : error.message
 }
 
+/** The pg pools under the clients `pgClientLayer` built, so a run's transactions can take a connection directly. */
+const pools = new WeakMap<SqlClient.SqlClient, Pg.Pool>()
+
+/**
+ * The pg pool under `sql` when `pgClientLayer` built it (the process's pool, `databaseLayerFromUrl`);
+ * undefined for any other client. `pipelinedTransaction` takes its connection from it directly (issue 16).
+ */
+export const pgPoolOf = (sql: SqlClient.SqlClient): Pg.Pool | undefined => pools.get(sql)
+
+export interface PgClientLayerOptions {
+  readonly url: Redacted.Redacted<string>
+  readonly maxConnections: number
+  readonly applicationName?: string
+  readonly connectTimeout?: Duration.DurationInput
+}
+
+/**
+ * `PgClient.layer` as `@effect/sql-pg` builds it (the same pool options, the first connection within the
+ * connect timeout, the pool ended with the scope), on a pool this module keeps (`pgPoolOf`).
+ */
+export const pgClientLayer = (options: PgClientLayerOptions): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> => {
+  const connectTimeout = Duration.decode(options.connectTimeout ?? Duration.seconds(5))
+  return Layer.scopedContext(
+    Effect.gen(function* () {
+      const pool = new Pg.Pool({
+        connectionString: Redacted.value(options.url),
+        max: options.maxConnections,
+        connectionTimeoutMillis: Duration.toMillis(connectTimeout),
+        application_name: options.applicationName ?? "@effect/sql-pg",
+      })
+      pool.on("error", () => {})
+      // As PgClient.make: the pool is ended with the scope once its first connection answered.
+      yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => pool.query("SELECT 1"),
+          catch: (cause) => new SqlError({ cause, message: "PgClient: Failed to connect" }),
+        }),
+        () => Effect.promise(() => pool.end()).pipe(Effect.interruptible, Effect.timeoutOption(1000)),
+      ).pipe(
+        Effect.timeoutFail({
+          duration: connectTimeout,
+          onTimeout: () => new SqlError({ cause: new Error("Connection timed out"), message: "PgClient: Connection timed out" }),
+        }),
+      )
+      const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool) })
+      pools.set(client, pool)
+      return Context.make(PgClient.PgClient, client).pipe(Context.add(SqlClient.SqlClient, client))
+    }),
+  ).pipe(Layer.provide(Reactivity.layer))
+}
+
 /** SqlClient + PgClient on `url` with at most `poolMax` connections; retries the first connect on SqlError. */
 export const databaseLayerFromUrl = (
   url: Redacted.Redacted<string>,
@@ -46,7 +100,7 @@ export const databaseLayerFromUrl = (
   options: { readonly retryFor?: Duration.DurationInput } = {},
 ): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> => {
   const where = describeDatabaseUrl(url)
-  const attempt = PgClient.layer({
+  const attempt = pgClientLayer({
     url,
     maxConnections: poolMax,
     applicationName: "mana-ai",

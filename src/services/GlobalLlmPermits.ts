@@ -31,8 +31,11 @@ const makePermits = (permits: number): Effect.Effect<GlobalLlmPermitsShape> =>
     const unlessClosed = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.suspend(() => (closed ? Effect.interrupt : self))
     return {
       // Checked again once the permit is ours: a waiter handed one after the close passes it on.
-      withPermit: (self) =>
-        Effect.flatMap(FiberRef.get(llmPermitUser), (user) => unlessClosed(semaphore.withPermit(user)(unlessClosed(self)))),
+      withPermit: <A, E, R>(self: Effect.Effect<A, E, R>) =>
+        // The user read from the fiber and the close checked in one instruction.
+        Effect.withFiberRuntime<A, E, R>((fiber) =>
+          closed ? Effect.interrupt : semaphore.withPermit(fiber.getFiberRef(llmPermitUser))(unlessClosed(self)),
+        ),
       inUse: semaphore.taken,
       close: Effect.sync(() => {
         closed = true

@@ -168,6 +168,16 @@ const skip = (input: MissionInput, reason: InputSkipReason, detail: string) =>
     Effect.zipRight(Metric.increment(Metric.tagged(inputsSkippedTotal, "reason", reason))),
   )
 
+/** An input with the resolver for its module and the record it names. */
+interface Routed {
+  readonly input: MissionInput
+  readonly resolver: InputResolver
+  readonly ref: RecordRef
+}
+
+/** An input left out of the prompt: the input, why, and the sentence the log gives. */
+type Skip = readonly [MissionInput, InputSkipReason, string]
+
 /** Without a GrantKeyring in the context, grants count as not configured (SPEC §15). */
 const grantsOff = makeGrantKeyring(Option.none())
 
@@ -184,64 +194,96 @@ export const makeInputResolvers = (registry: ResolverRegistry) =>
       }
       return refs
     }
-    const resolveFrom = (userId: string, inputs: ReadonlyArray<MissionInput>, prefetched?: ReadonlyMap<string, RecordRows>) =>
-        Effect.gen(function* () {
-          const routed: Array<{ input: MissionInput; resolver: InputResolver; ref: RecordRef }> = []
-          for (const input of inputs) {
-            const resolver = Object.hasOwn(registry, input.module) ? registry[input.module] : undefined
-            if (resolver === undefined) {
-              yield* skip(input, "no-resolver", `no resolver for module "${input.module}"`)
-              continue
-            }
-            routed.push({ input, resolver, ref: { appId: resolver.appId, table: input.table, recordId: input.id } })
-          }
-          if (routed.length === 0) return []
-          // Rows the caller already read (all of them, or the query below reads them all).
-          const byRef =
+    /**
+     * The rows in hand rendered into prompt inputs, with what was left out and why. Plain JavaScript:
+     * a run whose rows came with its mission (the usual case) resolves its inputs without run-loop
+     * instructions per input, and logs only when something is left out (issue 16).
+     */
+    const renderAll = (
+      routed: ReadonlyArray<Routed>,
+      byRef: ReadonlyMap<string, RecordRows>,
+    ): { readonly resolved: Array<ResolvedInput>; readonly skips: Array<Skip> } => {
+      const resolved: Array<ResolvedInput> = []
+      const skips: Array<Skip> = []
+      for (const { input, resolver, ref } of routed) {
+        const found = byRef.get(recordRefKey(ref))
+        if (found === undefined || (found.rows.length === 0 && found.undecodable === 0)) {
+          skips.push([input, "missing", "no such record in the user's event log"])
+          continue
+        }
+        if (found.rows.length === 0 || !found.rows.some(isApplicable)) {
+          skips.push([input, "unreadable", "the record's rows carry no readable data"])
+          continue
+        }
+        const state = replayOrdered(found.rows)
+        if (!isLive(state) || state.record === null) {
+          skips.push([input, "deleted", "the record is deleted"])
+          continue
+        }
+        const rendered = resolver.render(input, state.record)
+        if (Either.isLeft(rendered)) {
+          skips.push([input, "unreadable", rendered.left])
+          continue
+        }
+        resolved.push(scrubCiphertext(rendered.right))
+      }
+      return { resolved, skips }
+    }
+    /** Each skip logged and counted, in the inputs' order (no instruction when nothing was left out). */
+    const logSkips = (skips: ReadonlyArray<Skip>): Effect.Effect<void> =>
+      skips.length === 0 ? Effect.void : Effect.forEach(skips, ([input, reason, detail]) => skip(input, reason, detail), { discard: true })
+    const withSkipsLogged = ({ resolved, skips }: ReturnType<typeof renderAll>): Effect.Effect<Array<ResolvedInput>> =>
+      skips.length === 0 ? Effect.succeed(resolved) : Effect.as(logSkips(skips), resolved)
+    const resolveFrom = (
+      userId: string,
+      inputs: ReadonlyArray<MissionInput>,
+      prefetched?: ReadonlyMap<string, RecordRows>,
+    ): Effect.Effect<Array<ResolvedInput>, SqlError> => {
+      // Routing first, in the inputs' order: a module without a resolver is skipped before any read.
+      const routingSkips: Array<Skip> = []
+      const routed: Array<Routed> = []
+      for (const input of inputs) {
+        const resolver = Object.hasOwn(registry, input.module) ? registry[input.module] : undefined
+        if (resolver === undefined) {
+          routingSkips.push([input, "no-resolver", `no resolver for module "${input.module}"`])
+          continue
+        }
+        routed.push({ input, resolver, ref: { appId: resolver.appId, table: input.table, recordId: input.id } })
+      }
+      const resolved: Effect.Effect<Array<ResolvedInput>, SqlError> =
+        routed.length === 0
+          ? Effect.as(logSkips(routingSkips), [])
+          : // Rows the caller already read (all of them, or the query below reads them all).
             prefetched !== undefined && routed.every((r) => prefetched.has(recordRefKey(r.ref)))
-              ? prefetched
-              : yield* withUserScope(userId, (sql) => readRecordRows(sql, userId, routed.map((r) => r.ref))).pipe(
+            ? Effect.suspend(() => {
+                const rendered = renderAll(routed, prefetched)
+                return withSkipsLogged({ resolved: rendered.resolved, skips: [...routingSkips, ...rendered.skips] })
+              })
+            : Effect.zipRight(
+                logSkips(routingSkips),
+                withUserScope(userId, (sql) => readRecordRows(sql, userId, routed.map((r) => r.ref))).pipe(
                   Effect.provideService(SqlClient.SqlClient, sqlClient),
-                )
-          const resolved: Array<ResolvedInput> = []
-          for (const { input, resolver, ref } of routed) {
-            const found = byRef.get(recordRefKey(ref))
-            if (found === undefined || (found.rows.length === 0 && found.undecodable === 0)) {
-              yield* skip(input, "missing", "no such record in the user's event log")
-              continue
-            }
-            if (found.rows.length === 0 || !found.rows.some(isApplicable)) {
-              yield* skip(input, "unreadable", "the record's rows carry no readable data")
-              continue
-            }
-            const state = replayOrdered(found.rows)
-            if (!isLive(state) || state.record === null) {
-              yield* skip(input, "deleted", "the record is deleted")
-              continue
-            }
-            const rendered = resolver.render(input, state.record)
-            if (Either.isLeft(rendered)) {
-              yield* skip(input, "unreadable", rendered.left)
-              continue
-            }
-            resolved.push(scrubCiphertext(rendered.right))
-          }
-          return resolved
-        }).pipe(
-          Effect.provideService(EventLogSchema, eventLog),
-          withSpanWhenTracing("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }),
-        )
+                  Effect.provideService(EventLogSchema, eventLog),
+                  Effect.flatMap((byRef) => withSkipsLogged(renderAll(routed, byRef))),
+                ),
+              )
+      return resolved.pipe(withSpanWhenTracing("InputResolvers.resolve", { attributes: { userId, inputs: inputs.length } }))
+    }
     const resolve: InputResolversShape["resolve"] = (userId, inputs) => resolveFrom(userId, inputs)
-    const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run, prefetched) =>
-      Effect.gen(function* () {
-        const encrypted = inputs.filter((i) => isEncryptedModule(i.module))
-        const plain = yield* resolveFrom(userId, inputs.filter((i) => !isEncryptedModule(i.module)), prefetched)
+    const resolveForRun: InputResolversShape["resolveForRun"] = (userId, inputs, run, prefetched) => {
+      const encrypted = inputs.filter((i) => isEncryptedModule(i.module))
+      const plain = resolveFrom(userId, encrypted.length === 0 ? inputs : inputs.filter((i) => !isEncryptedModule(i.module)), prefetched)
+      // No encrypted input (most missions): nothing to open, read or audit.
+      if (encrypted.length === 0) return Effect.map(plain, (resolved) => ({ resolved, unavailable: [] }))
+      return Effect.gen(function* () {
+        const resolved = yield* plain
         const granted = yield* resolveEncryptedInputs(keyring, userId, encrypted, run).pipe(
           Effect.provideService(SqlClient.SqlClient, sqlClient),
           Effect.provideService(EventLogSchema, eventLog),
         )
-        return { resolved: [...plain, ...granted.resolved.map(scrubCiphertext)], unavailable: granted.unavailable }
+        return { resolved: [...resolved, ...granted.resolved.map(scrubCiphertext)], unavailable: granted.unavailable }
       })
+    }
     return { resolve, resolveForRun, plainRefs } satisfies InputResolversShape
   },
   )

@@ -80,6 +80,32 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
     const baseMs = Duration.toMillis(options.baseCooldown ?? BREAKER_BASE_COOLDOWN)
     const maxMs = Duration.toMillis(options.maxCooldown ?? BREAKER_MAX_COOLDOWN)
     const cell = yield* SynchronizedRef.make<Cell>({ phase: { _tag: "Closed", failures: 0 }, changed: yield* Deferred.make<void>() })
+    /**
+     * The breaker's phase as last committed, and how many admissions and settlements are under way
+     * (waiting for the cell or changing it). With none under way, the phase is the one the cell holds,
+     * so a request to a closed breaker is admitted, and a success that changes nothing (closed, no
+     * failure counted) is settled, without taking the cell: what the serialised step would have done,
+     * at no run-loop instruction (issue 16: each took the cell's semaphore, twice per LLM request).
+     */
+    let committed: Phase = { _tag: "Closed", failures: 0 }
+    let underWay = 0
+    /** `step` on the cell, serialised as before, keeping `committed` and `underWay` in step. */
+    const serialised = <A>(step: (c: Cell) => Effect.Effect<readonly [A, Cell]>): Effect.Effect<A> =>
+      Effect.suspend(() => {
+        underWay++
+        return SynchronizedRef.modifyEffect(cell, (c) =>
+          Effect.map(step(c), ([a, next]) => {
+            committed = next.phase
+            return [a, next] as const
+          }),
+        ).pipe(
+          Effect.ensuring(
+            Effect.sync(() => {
+              underWay--
+            }),
+          ),
+        )
+      })
     yield* Metric.set(llmBreakerOpenGauge, 0)
 
     /** Moves to `next`, wakes every waiter, and keeps the gauge and the log in step. */
@@ -101,7 +127,7 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
         return { phase: next, changed: yield* Deferred.make<void>() }
       })
 
-    const admit: Effect.Effect<Admission> = SynchronizedRef.modifyEffect(cell, (c) =>
+    const admitSerialised: Effect.Effect<Admission> = serialised((c) =>
       Effect.gen(function* () {
         const now = yield* Clock.currentTimeMillis
         const p = c.phase
@@ -122,8 +148,23 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
 
     type Outcome = "ok" | "transient" | "abandoned"
 
+    const go: Admission = { _tag: "Go", probe: false }
+    const admitClosed = Effect.succeed(go)
+    const admit: Effect.Effect<Admission> = Effect.suspend(() =>
+      underWay === 0 && committed._tag === "Closed" ? admitClosed : admitSerialised,
+    )
+
     const settle = (probe: boolean, outcome: Outcome): Effect.Effect<void> =>
-      SynchronizedRef.updateEffect(cell, (c) =>
+      underWay === 0 && outcome === "ok" && committed._tag === "Closed" && committed.failures === 0
+        ? Effect.void
+        : settleSerialised(probe, outcome)
+
+    const settleSerialised = (probe: boolean, outcome: Outcome): Effect.Effect<void> =>
+      serialised((c) =>
+        Effect.map(settleStep(c, probe, outcome), (next) => [undefined, next] as const),
+      )
+
+    const settleStep = (c: Cell, probe: boolean, outcome: Outcome): Effect.Effect<Cell> =>
         Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis
           const p = c.phase
@@ -150,8 +191,7 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
           }
           // A request admitted before the breaker opened, failing late: it changes nothing.
           return c
-        }),
-      )
+        })
 
     const guard = <A, E, R>(request: Effect.Effect<A, E, R>, isTransient: (error: E) => boolean) =>
       Effect.uninterruptibleMask((restore) =>
@@ -170,7 +210,11 @@ export const makeLlmBreaker = (options: LlmBreakerOptions): Effect.Effect<LlmBre
         }),
       )
 
-    const awaitReady: Effect.Effect<void> = Effect.gen(function* () {
+    // A closed breaker with nothing under way: ready, without reading the cell (every run asks).
+    const awaitReady: Effect.Effect<void> = Effect.suspend(() =>
+      underWay === 0 && committed._tag === "Closed" ? Effect.void : awaitReadySlow,
+    )
+    const awaitReadySlow: Effect.Effect<void> = Effect.gen(function* () {
       while (true) {
         const c = yield* SynchronizedRef.get(cell)
         const now = yield* Clock.currentTimeMillis

@@ -9,6 +9,7 @@ import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -20,7 +21,7 @@ import { unsafeScheduleAlarm } from "../primitives/Deadline.js"
 import { LlmConfig } from "./AppConfig.js"
 import { GlobalLlmPermits } from "./GlobalLlmPermits.js"
 import { LlmBreaker } from "./LlmBreaker.js"
-import { llmRequestDuration, llmRequestsTotal, llmTokensTotal } from "./metrics.js"
+import { llmRequestDuration, llmRequestsTotal, llmTokensTotal, updateMetrics } from "./metrics.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
 export interface ChatMessage {
@@ -481,18 +482,17 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
     /** One HTTP attempt, holding a global permit only while it runs, measured and counted. */
     const measured = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions) =>
       permits.withPermit(
-        Effect.flatMap(Clock.currentTimeMillis, (start) =>
-          send(messages, extra).pipe(
+        Effect.clockWith((clock) => {
+          const start = clock.unsafeCurrentTimeMillis()
+          return send(messages, extra).pipe(
             Effect.onExit((exit) =>
-              Effect.flatMap(Clock.currentTimeMillis, (end) =>
-                Effect.all([
-                  Metric.update(llmRequestDuration, (end - start) / 1000),
-                  Metric.increment(requestsBy(outcomeOf(exit))),
-                ]),
-              ),
+              updateMetrics((labels) => {
+                llmRequestDuration.unsafeUpdate((clock.unsafeCurrentTimeMillis() - start) / 1000, labels)
+                requestsBy(outcomeOf(exit)).unsafeUpdate(1, labels)
+              }),
             ),
-          ),
-        ),
+          )
+        }),
       )
 
     /**
@@ -548,17 +548,19 @@ const makeLlmClient = (options: LlmClientOptions = defaultLlmClientOptions) =>
     const complete = (messages: ReadonlyArray<ChatMessage>, extra: CompleteOptions = {}): Effect.Effect<Completion, LlmError> =>
       attempt(messages, extra).pipe(
         Effect.catchIf(isTransientLlmError, (first) => retried(first, messages, extra)),
-        Effect.tap(({ usage }) =>
-          Option.match(usage, {
-            onNone: () => Effect.void,
-            onSome: (u) =>
-              Effect.all([
-                Metric.incrementBy(promptTokensTotal, u.promptTokens),
-                Metric.incrementBy(completionTokensTotal, u.completionTokens),
-                Effect.annotateCurrentSpan({ "llm.prompt_tokens": u.promptTokens, "llm.completion_tokens": u.completionTokens }),
-              ]),
-          }),
-        ),
+        Effect.tap(({ usage }) => {
+          if (Option.isNone(usage)) return Effect.void
+          const u = usage.value
+          // The counters as one instruction; the span's attributes only while there is a span (tracing on).
+          return Effect.withFiberRuntime((fiber) => {
+            const labels = fiber.getFiberRef(FiberRef.currentMetricLabels)
+            promptTokensTotal.unsafeUpdate(u.promptTokens, labels)
+            completionTokensTotal.unsafeUpdate(u.completionTokens, labels)
+            return fiber.getFiberRef(FiberRef.currentTracerEnabled)
+              ? Effect.annotateCurrentSpan({ "llm.prompt_tokens": u.promptTokens, "llm.completion_tokens": u.completionTokens })
+              : Effect.void
+          })
+        }),
         withSpanWhenTracing("LlmClient.complete", {
           attributes: { "llm.model": config.model, "llm.messages": messages.length, "llm.tools": extra.tools?.length ?? 0 },
         }),

@@ -46,6 +46,7 @@ import {
   missionsSkippedTotal,
   plansProducedTotal,
   plansWrittenBackTotal,
+  updateMetrics,
 } from "./metrics.js"
 import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
 import { claimCte } from "./runClaims.js"
@@ -238,7 +239,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const timeoutMs = Duration.toMillis(config.missionTimeout)
     const claimTtlMs = Duration.toMillis(Duration.sum(config.missionTimeout, Duration.decode(options.claimMargin ?? Duration.seconds(60))))
     const pruneEveryMs = Duration.toMillis(Duration.decode(options.claimPruneEvery ?? Duration.minutes(1)))
-    const lastPrune = yield* Ref.make(Number.NEGATIVE_INFINITY)
+    // When claims were last pruned: read and set in one synchronous step, so no run sees it half-changed.
+    let lastPrune = Number.NEGATIVE_INFINITY
 
     /**
      * A claim kept after its write-back (or by a crashed instance) is useless once expired: delete those
@@ -258,12 +260,12 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         Effect.catchAll((e) => Effect.logWarning(`could not prune expired run claims: ${String(e)}`)),
       )
     // The interval is checked first: most runs prune nothing and need no timeout (a timer fiber) for it.
-    const pruneClaims = Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      Effect.flatMap(
-        Ref.modify(lastPrune, (last) => (now - last >= pruneEveryMs ? [true, now] : [false, last])),
-        (due) => (due ? prune(now) : Effect.void),
-      ),
-    )
+    const pruneClaims = Effect.clockWith((clock) => {
+      const now = clock.unsafeCurrentTimeMillis()
+      if (now - lastPrune < pruneEveryMs) return Effect.void
+      lastPrune = now
+      return prune(now)
+    })
 
     /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
     const prepare = (
@@ -387,7 +389,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       Effect.gen(function* () {
         const key = { userId, missionId: mission.id, iterationId }
         const startedAt = new Date(startMs)
-        const holdsClaim = yield* Ref.make(false)
+        // Set once the claim is ours (this run's fiber only).
+        let holdsClaim = false
         /** The run's answer(s) not yet recorded: they go into the write-back transaction. */
         const heldUsage = yield* Ref.make<ReadonlyArray<UsageEntry>>([])
         /**
@@ -403,17 +406,27 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
             Effect.catchAll((e) => Effect.logWarning(`could not record the run's last LLM answer's token usage: ${e.message}`)),
           )
         })
-        const giveBackClaim = Effect.whenEffect(
-          store.releaseClaim(key, owner).pipe(
-            Effect.timeout("5 seconds"),
-            Effect.catchAll((e) => Effect.logWarning(`could not release the run's claim: ${String(e)}`)),
-          ),
-          Ref.get(holdsClaim),
+        const giveBackClaim = Effect.suspend(() =>
+          holdsClaim
+            ? store.releaseClaim(key, owner).pipe(
+                Effect.timeout("5 seconds"),
+                Effect.catchAll((e) => Effect.logWarning(`could not release the run's claim: ${String(e)}`)),
+              )
+            : Effect.void,
         )
 
         // Claim to commit: the part the deadline bounds.
         const bounded = Effect.gen(function* () {
-          const planned = yield* prepare(userId, mission, iterationId, attemptId, heldUsage, Ref.set(holdsClaim, true))
+          const planned = yield* prepare(
+            userId,
+            mission,
+            iterationId,
+            attemptId,
+            heldUsage,
+            Effect.sync(() => {
+              holdsClaim = true
+            }),
+          )
           if (planned._tag === "Skip") {
             if (planned.release === true) yield* giveBackClaim
             return planned.outcome
@@ -423,7 +436,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           let iteration: Iteration
           let parseFailures: number
           if (planned._tag === "Plan") {
-            yield* Metric.increment(plansProducedTotal)
+            yield* updateMetrics((labels) => plansProducedTotal.unsafeUpdate(1, labels))
             const { plan, rejectedAnswers } = planned.result
             parseFailures = rejectedAnswers
             iteration = plannedIteration({ id: iterationId, startedAt, finishedAt, summary: plan.summary, steps: plan.steps })
@@ -454,8 +467,10 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
           if (written._tag === "Skipped") {
             return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
           }
-          yield* Metric.increment(plansWrittenBackTotal)
-          yield* Metric.increment(ranDecisions)
+          yield* updateMetrics((labels) => {
+            plansWrittenBackTotal.unsafeUpdate(1, labels)
+            ranDecisions.unsafeUpdate(1, labels)
+          })
           // Built only when it is written: its annotations cost a run more than the check (issue 16).
           if (yield* logsAt(LogLevel.Info)) {
             yield* Effect.logInfo("iteration written back").pipe(
@@ -508,14 +523,16 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         runFrom(request, iterationId, startMs, randomUUID()).pipe(
           Effect.tap(pruneClaims),
           Effect.onExit((exit) =>
-            Effect.gen(function* () {
-              const end = yield* Clock.currentTimeMillis
-              yield* Metric.update(missionRunDuration, Math.max(0, end - startMs) / 1000)
-              if (Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)) {
-                const kind = errorKind(exit.cause)
-                yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", kind))
-                yield* Effect.logWarning(`mission run failed: ${kind}`).pipe(Effect.annotateLogs({ error: kind }))
-              }
+            Effect.clockWith((clock) => {
+              const end = clock.unsafeCurrentTimeMillis()
+              const timed = updateMetrics((labels) => missionRunDuration.unsafeUpdate(Math.max(0, end - startMs) / 1000, labels))
+              if (Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause)) return timed
+              const kind = errorKind(exit.cause)
+              return Effect.all([
+                timed,
+                Metric.increment(Metric.tagged(missionErrorsTotal, "kind", kind)),
+                Effect.logWarning(`mission run failed: ${kind}`).pipe(Effect.annotateLogs({ error: kind })),
+              ], { discard: true })
             }),
           ),
         ),

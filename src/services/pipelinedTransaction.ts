@@ -25,6 +25,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import Pg from "pg"
+import { pgPoolOf } from "./Database.js"
 
 /** The parts of pg's Connection (protocol writer) the sequence uses. */
 interface PgProtocol {
@@ -139,12 +140,139 @@ class Sequence {
   }
 }
 
+/** Failed, as @effect/sql-pg fails a statement. */
+const statementFailed = (cause: unknown) => new SqlError({ cause, message: "Failed to execute statement" })
+
+/**
+ * The transaction on a connection taken from the pool directly, in one asynchronous step (issue 16:
+ * `sql.reserve` in a scope, the two `executeRaw` and their exits made about a hundred run-loop
+ * instructions per transaction). It does what the path below does, in the same order: the connection
+ * taken from the pool, its `error` watched (a connection that failed is destroyed, not pooled again);
+ * a failed statement or COMMIT rolls back (a failing ROLLBACK is ignored) before the connection goes
+ * back. Interrupted while the sequence or the COMMIT runs, it cancels the backend's statement
+ * (`pg_cancel_backend`, best effort, at most 5 s, as @effect/sql-pg cancels an interrupted query),
+ * then sends ROLLBACK on the same connection, queued behind what is in flight, and gives the
+ * connection back once that answered; the interruption completes after that. Interrupted while
+ * waiting for a connection, it gives the connection back as soon as it comes.
+ */
+const onPool = (
+  pool: Pg.Pool,
+  statements: ReadonlyArray<Statement.Statement<unknown>>,
+): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
+  Effect.async<ReadonlyArray<Rows>, SqlError>((resume) => {
+    let compiled: Sequence
+    try {
+      compiled = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())])
+    } catch (cause) {
+      resume(Effect.fail(statementFailed(cause)))
+      return
+    }
+    const sequence = compiled
+    /** acquiring: waiting for a connection; running: the sequence or the COMMIT in flight; ending: rolling back; done: the connection is back. */
+    let phase: "acquiring" | "running" | "ending" | "done" = "acquiring"
+    let interrupted = false
+    /** The interruption waiting for a rollback under way to end. */
+    let onDone: (() => void) | undefined
+    let client: Pg.PoolClient | undefined
+    let release: ((error?: Error) => void) | undefined
+    /** An `error` the connection emitted while held: it is destroyed on release, not pooled again. */
+    let broken: Error | undefined
+    const onError = (error: Error) => {
+      broken = error
+    }
+    const giveBack = () => {
+      phase = "done"
+      client?.off("error", onError)
+      release?.(broken)
+      release = undefined
+      const waiting = onDone
+      onDone = undefined
+      waiting?.()
+    }
+    /** ROLLBACK (a failure ignored: the connection is then broken, and destroyed), the connection back, then `after`. */
+    const rollBack = (after: () => void) => {
+      phase = "ending"
+      client!.query("ROLLBACK", () => {
+        giveBack()
+        after()
+      })
+    }
+    pool.connect((error, connected, done) => {
+      if (error || connected === undefined) {
+        phase = "done"
+        if (!interrupted) {
+          resume(
+            Effect.fail(new SqlError({ cause: error ?? new Error("No client returned"), message: "Failed to acquire connection for transaction" })),
+          )
+        }
+        return
+      }
+      if (interrupted) {
+        phase = "done"
+        done()
+        return
+      }
+      client = connected
+      release = done
+      phase = "running"
+      connected.on("error", onError)
+      // pg's Client#query takes a submittable as a query.
+      connected.query(sequence as unknown as string, (seqError: Error | null, results?: unknown) => {
+        // Interrupted meanwhile: the interruption rolls back and gives the connection back.
+        if (interrupted) return
+        if (seqError) return rollBack(() => resume(Effect.fail(statementFailed(seqError))))
+        const all = results as ReadonlyArray<Rows>
+        if (all.length !== statements.length + 1) {
+          return rollBack(() =>
+            resume(Effect.fail(new SqlError({ message: `expected the results of ${statements.length + 1} statements, got ${all.length}` }))),
+          )
+        }
+        connected.query("COMMIT", (commitError: Error | null) => {
+          if (interrupted) return
+          if (commitError) return rollBack(() => resume(Effect.fail(statementFailed(commitError))))
+          giveBack()
+          resume(Effect.succeed(all.slice(1)))
+        })
+      })
+    })
+    return Effect.async<void>((cancelled) => {
+      interrupted = true
+      if (phase === "acquiring" || phase === "done") return cancelled(Effect.void)
+      if (phase === "ending") {
+        onDone = () => cancelled(Effect.void)
+        return
+      }
+      // Running: cancel the backend's statement, then roll back behind it.
+      const thenRollBack = () => rollBack(() => cancelled(Effect.void))
+      const pid = (client as unknown as { processID?: number }).processID
+      if (pid === undefined || (pool as unknown as { ending?: boolean }).ending === true) return thenRollBack()
+      let moved = false
+      const next = () => {
+        if (moved) return
+        moved = true
+        clearTimeout(timer)
+        thenRollBack()
+      }
+      const timer = setTimeout(next, 5000)
+      pool.query("SELECT pg_cancel_backend($1)", [pid], next)
+    })
+  })
+
 /**
  * Runs `statements` in one transaction on a pooled connection of its own (never inside the caller's
  * transaction): BEGIN and the statements in one round trip, COMMIT in a second; the rows of each
  * statement, in order. Failed or interrupted, it rolls back (see the header).
  */
 export const pipelinedTransaction = (
+  sql: SqlClient.SqlClient,
+  statements: ReadonlyArray<Statement.Statement<unknown>>,
+): Effect.Effect<ReadonlyArray<Rows>, SqlError> => {
+  const pool = pgPoolOf(sql)
+  return pool === undefined ? onReserved(sql, statements) : onPool(pool, statements)
+}
+
+/** The same on a connection `sql.reserve` gives (a client `pgClientLayer` did not build). */
+const onReserved = (
   sql: SqlClient.SqlClient,
   statements: ReadonlyArray<Statement.Statement<unknown>>,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>

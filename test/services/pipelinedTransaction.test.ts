@@ -13,7 +13,12 @@ import { scopeStatement } from "../../src/services/withUserScope.js"
 import { insertChange } from "../support/eventLogRows.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
-const L = Layer.provideMerge(RunnerSqlLive(1), TestDatabaseLive)
+// Both ways to a connection: the process's pool taken directly (pgClientLayer), and `sql.reserve` on
+// any other client (@effect/sql-pg's own layer).
+const layers = [
+  ["on the process's pool", Layer.provideMerge(RunnerSqlLive(1), TestDatabaseLive)],
+  ["through sql.reserve", Layer.provideMerge(RunnerSqlLive(1, { plain: true }), TestDatabaseLive)],
+] as const
 
 let n = 0
 const fresh = (prefix: string) => `${prefix}-${++n}-${Math.random().toString(36).slice(2, 8)}`
@@ -29,7 +34,7 @@ const rowsOf = (id: string) =>
     Effect.promise(() => db.ownerQuery("SELECT count(*)::int AS n FROM sync_changes WHERE record_id = $1", [id])),
   ).pipe(Effect.map((rows) => Number(rows[0]?.n)))
 
-it.layer(L, { timeout: 120_000 })("pipelinedTransaction", (it) => {
+for (const [way, L] of layers) it.layer(L, { timeout: 120_000 })(`pipelinedTransaction ${way}`, (it) => {
   it.effect("the scoping statement's RLS scope holds for the statements after it and ends with the transaction", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient

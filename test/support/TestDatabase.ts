@@ -14,6 +14,7 @@ import { Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
 import pg from "pg"
 import { type SyncGeneration, SYNC_GENERATIONS } from "../../src/domain/eventLog.js"
 import { makeEmbeddedPostgres } from "../../src/layers/EmbeddedPostgres.js"
+import { pgClientLayer } from "../../src/services/Database.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { provisionServerDatabase } from "./provisionServerDatabase.js"
 
@@ -103,12 +104,19 @@ export const TestDatabaseLive: Layer.Layer<TestDatabase> = testDatabaseLayer()
 
 /**
  * The runner's own connection pool (SqlClient + PgClient), as the runner role, with the event log's
- * generation detected from the catalog as the process does at start (EventLogSchema).
+ * generation detected from the catalog as the process does at start (EventLogSchema). Built as the
+ * process builds it (`pgClientLayer`: pipelinedTransaction takes connections from its pool directly);
+ * `plain: true` gives @effect/sql-pg's own `PgClient.layer` instead (pipelinedTransaction then goes
+ * through `sql.reserve`).
  */
-export const RunnerSqlLive = (maxConnections = 8) =>
+export const RunnerSqlLive = (maxConnections = 8, options: { readonly plain?: boolean } = {}) =>
   EventLogSchema.Default.pipe(
     Layer.provideMerge(
-      Layer.unwrapEffect(Effect.map(TestDatabase, (db) => PgClient.layer({ url: db.runnerUrl, maxConnections }))),
+      Layer.unwrapEffect(
+        Effect.map(TestDatabase, (db) =>
+          options.plain === true ? PgClient.layer({ url: db.runnerUrl, maxConnections }) : pgClientLayer({ url: db.runnerUrl, maxConnections }),
+        ),
+      ),
     ),
     Layer.orDie,
   )
