@@ -365,43 +365,50 @@ export const make = Effect.gen(function* () {
     }
     let actorsStarted = 0
     if (!(yield* Ref.get(primed))) {
-      // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
-      // changes are already in that view (redelivering them would wake every new actor at once).
-      for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
-      const spawnUsers = (snapshots: ReadonlyArray<MissionSnapshot>) =>
+      // The run slots are held back while the actors start (a page of stored missions at a time), then
+      // handed out round-robin across every user that asked: otherwise the first pages' users (in user
+      // order) would take every free slot before the last pages' users had their actors.
+      yield* runSlots.whileHeld(
         Effect.gen(function* () {
-          for (const [userId, group] of byUser(snapshots)) {
-            if (!owns(userId)) continue
-            if (yield* spawn(userId, Option.some(group))) {
-              actorsStarted++
-              spawnedNow.add(userId)
+          // A user without an actor yet is spawned from `schedulable`, read after this refresh: its
+          // changes are already in that view (redelivering them would wake every new actor at once).
+          for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
+          const spawnUsers = (snapshots: ReadonlyArray<MissionSnapshot>) =>
+            Effect.gen(function* () {
+              for (const [userId, group] of byUser(snapshots)) {
+                if (!owns(userId)) continue
+                if (yield* spawn(userId, Option.some(group))) {
+                  actorsStarted++
+                  spawnedNow.add(userId)
+                }
+              }
+            })
+          if (ownership === undefined) {
+            // Every schedulable snapshot, a page at a time (in user order): each page's users get their
+            // actors before the next is read, so the snapshots read (records, decoded missions) are never
+            // all held at once. The page's last user may go on in the next page: it waits for it.
+            let after: { readonly userId: string; readonly missionId: string } | undefined
+            let carried: ReadonlyArray<MissionSnapshot> = []
+            for (;;) {
+              const page = yield* store.schedulable(after, PRIME_PAGE_SNAPSHOTS)
+              const read = carried.length === 0 ? page : [...carried, ...page]
+              const last = page[page.length - 1]
+              if (last === undefined || page.length < PRIME_PAGE_SNAPSHOTS) {
+                yield* spawnUsers(read)
+                break
+              }
+              const cut = read.findIndex((s) => s.userId === last.userId)
+              yield* spawnUsers(read.slice(0, cut))
+              carried = read.slice(cut)
+              after = { userId: last.userId, missionId: last.missionId }
             }
+          } else {
+            // A cluster runner: the snapshots of the shards it acted on (mission_snapshots.shard).
+            yield* spawnUsers(yield* store.schedulableIn([...actedShards]))
           }
-        })
-      if (ownership === undefined) {
-        // Every schedulable snapshot, a page at a time (in user order): each page's users get their
-        // actors before the next is read, so the snapshots read (records, decoded missions) are never
-        // all held at once. The page's last user may go on in the next page: it waits for it.
-        let after: { readonly userId: string; readonly missionId: string } | undefined
-        let carried: ReadonlyArray<MissionSnapshot> = []
-        for (;;) {
-          const page = yield* store.schedulable(after, PRIME_PAGE_SNAPSHOTS)
-          const read = carried.length === 0 ? page : [...carried, ...page]
-          const last = page[page.length - 1]
-          if (last === undefined || page.length < PRIME_PAGE_SNAPSHOTS) {
-            yield* spawnUsers(read)
-            break
-          }
-          const cut = read.findIndex((s) => s.userId === last.userId)
-          yield* spawnUsers(read.slice(0, cut))
-          carried = read.slice(cut)
-          after = { userId: last.userId, missionId: last.missionId }
-        }
-      } else {
-        // A cluster runner: the snapshots of the shards it acted on (mission_snapshots.shard).
-        yield* spawnUsers(yield* store.schedulableIn([...actedShards]))
-      }
-      yield* Ref.set(primed, true)
+          yield* Ref.set(primed, true)
+        }),
+      )
     }
     for (const [userId, snapshots] of changed) {
       const sent = yield* host.send(userId, UserActor.ActorMessage.Upsert({ snapshots }))

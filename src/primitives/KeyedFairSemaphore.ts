@@ -7,7 +7,8 @@
  * nothing of the app (used by the supervisor's run slots and the global LLM permits, keyed by user).
  *
  * Permits found free go to whoever asks first, unless `batchYields` is set: then requests made at
- * the same moment (within that many yields of the first) share the free permits round-robin too.
+ * the same moment (within that many yields of the first) share the free permits round-robin too;
+ * and `whileHeld` keeps the free permits back for as long as an effect runs, then shares them so.
  *
  * Like FairSemaphore, a release hands over exactly one permit (no thundering herd), and
  * interruption is safe: a waiter interrupted after its permit was handed over passes it on; one
@@ -26,6 +27,16 @@ export interface KeyedFairSemaphore {
   readonly waiting: Effect.Effect<number>
   /** Keys with at least one fiber waiting. */
   readonly waitingKeys: Effect.Effect<number>
+  /**
+   * Runs `self` with the free permits held back: requests made meanwhile queue by key, and when
+   * `self` ends (however it ends) the free permits are handed out round-robin across every key that
+   * asked, after the batch's yields (`batchYields`), so requests made just before the end are in the
+   * round too. Permits released meanwhile still pass to the waiters, round-robin. For a start-up that
+   * spawns its requesters over several asynchronous steps (the supervisor's first pass reads the
+   * stored missions a page at a time): without it, the first pages' keys would take every free
+   * permit before the later pages' keys had asked.
+   */
+  readonly whileHeld: <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
 
 interface Waiter {
@@ -82,6 +93,8 @@ export const makeKeyedFairSemaphore = (permits: number, options: KeyedFairOption
     let waiting = 0
     /** A batch is open: free permits wait for its hand-out instead of going to whoever asks. */
     let batchOpen = false
+    /** `whileHeld` calls under way: free permits wait for the last one's end. */
+    let holds = 0
     const queues = new Map<string, KeyQueue>()
     const ring = new Fifo<string>()
 
@@ -140,11 +153,11 @@ export const makeKeyedFairSemaphore = (permits: number, options: KeyedFairOption
       Effect.suspend(() => {
         // `free > 0` only while nobody waits (a release with a live waiter hands its permit over), or
         // while a batch is open.
-        if (free > 0 && batchYields === 0) {
+        if (free > 0 && batchYields === 0 && holds === 0) {
           free--
           return Effect.void
         }
-        const opens = free > 0 && !batchOpen
+        const opens = free > 0 && !batchOpen && holds === 0
         if (opens) batchOpen = true
         const waiter: Waiter = { deferred: Deferred.unsafeMake<void>(FiberId.none), handed: false, cancelled: false }
         let queue = queues.get(key)
@@ -185,13 +198,28 @@ export const makeKeyedFairSemaphore = (permits: number, options: KeyedFairOption
           Effect.uninterruptibleMask((restore) =>
             Effect.suspend(() => {
               // A free permit and no batching: taken here, as `acquire` would take it, without its steps.
-              if (free > 0 && batchYields === 0) {
+              if (free > 0 && batchYields === 0 && holds === 0) {
                 free--
                 return Effect.ensuring(restore(self), release)
               }
               return Effect.zipRight(restore(acquire(key)), Effect.ensuring(restore(self), release))
             }),
           ),
+      whileHeld: <A, E, R>(self: Effect.Effect<A, E, R>) =>
+        Effect.acquireUseRelease(
+          Effect.sync(() => {
+            holds++
+          }),
+          () => self,
+          () =>
+            Effect.suspend(() => {
+              holds--
+              if (holds > 0 || free === 0 || batchOpen) return Effect.void
+              // The requests of the hold's last steps may not have been made yet: a batch's yields first.
+              batchOpen = true
+              return Effect.zipRight(Effect.repeatN(Effect.yieldNow(), Math.max(0, batchYields - 1)), handOut)
+            }),
+        ),
       taken: Effect.sync(() => permits - free),
       waiting: Effect.sync(() => waiting),
       waitingKeys: Effect.sync(() => {

@@ -259,3 +259,63 @@ it.effect("a batch's opener interrupted while it waits: the batch is still hande
     expect(yield* semaphore.waiting).toBe(0)
   }),
 )
+
+it.live("whileHeld: requests made across the hold's asynchronous steps share the free permits round-robin when it ends", () =>
+  Effect.gen(function* () {
+    // The supervisor's first pass: actors spawned page by page, a database read between pages. Key a
+    // asks three times in the first "page", b and c in later ones; 3 permits are free throughout.
+    const grantsWith = (held: boolean) =>
+      Effect.gen(function* () {
+        const semaphore = yield* makeKeyedFairSemaphore(3, { batchYields: 2 })
+        const order = yield* Ref.make<ReadonlyArray<string>>([])
+        const gate = yield* Deferred.make<void>()
+        const fibers: Array<Fiber.RuntimeFiber<void>> = []
+        const ask = (key: string) =>
+          Effect.fork(semaphore.withPermit(key)(Effect.zipRight(Ref.update(order, (o) => [...o, key]), Deferred.await(gate))))
+        const pages = Effect.gen(function* () {
+          for (const page of [["a", "a", "a"], ["b"], ["c"]]) {
+            for (const key of page) fibers.push(yield* ask(key))
+            // The next page's read: a real asynchronous step, long past the batch's yields.
+            yield* Effect.sleep("20 millis")
+          }
+        })
+        yield* held ? semaphore.whileHeld(pages) : pages
+        // Bounded: the hand-out comes after the batch's yields.
+        for (let i = 0; i < 100 && (yield* Ref.get(order)).length < 3; i++) yield* Effect.yieldNow()
+        const first = [...(yield* Ref.get(order))]
+        yield* Deferred.succeed(gate, undefined)
+        yield* Effect.forEach(fibers, Fiber.join)
+        expect(yield* semaphore.taken).toBe(0)
+        expect(yield* semaphore.waiting).toBe(0)
+        return first
+      })
+    // Without the hold the first page's key takes every free permit before the others ask.
+    expect(yield* grantsWith(false)).toEqual(["a", "a", "a"])
+    expect(yield* grantsWith(true)).toEqual(["a", "b", "c"])
+  }),
+)
+
+it.effect("whileHeld: permits released during the hold still pass to the waiters, and a failing hold hands out too", () =>
+  Effect.gen(function* () {
+    const semaphore = yield* makeKeyedFairSemaphore(1)
+    const gate = yield* Deferred.make<void>()
+    const holder = yield* Effect.fork(semaphore.withPermit("h")(Deferred.await(gate)))
+    yield* Effect.yieldNow()
+    const result = yield* semaphore
+      .whileHeld(
+        Effect.gen(function* () {
+          const waiter = yield* Effect.fork(semaphore.withPermit("w")(Effect.succeed("w ran")))
+          yield* Deferred.succeed(gate, undefined)
+          // The holder's release hands its permit to the waiter although the hold is still on.
+          expect(yield* Fiber.join(waiter).pipe(Effect.timeout("2 seconds"))).toBe("w ran")
+          return yield* Effect.fail("the hold's effect failed" as const)
+        }),
+      )
+      .pipe(Effect.flip)
+    expect(result).toBe("the hold's effect failed")
+    yield* Fiber.join(holder)
+    // The free permit is not stuck behind the ended hold.
+    expect(yield* semaphore.withPermit("z")(Effect.succeed("ok")).pipe(Effect.timeout("2 seconds"))).toBe("ok")
+    expect(yield* semaphore.taken).toBe(0)
+  }),
+)
