@@ -114,12 +114,18 @@ it.effect("waiters interrupted while queued leave; a key with all its waiters go
   }),
 )
 
+/** A one-permit semaphore whose permit key "h" holds until `gate` opens. */
+const heldByOne = Effect.gen(function* () {
+  const semaphore = yield* makeKeyedFairSemaphore(1)
+  const gate = yield* Deferred.make<void>()
+  const holder = yield* Effect.fork(semaphore.withPermit("h")(Deferred.await(gate)))
+  yield* Effect.yieldNow()
+  return { semaphore, gate, holder }
+})
+
 it.effect("a key whose waiters were all interrupted can wait again later", () =>
   Effect.gen(function* () {
-    const semaphore = yield* makeKeyedFairSemaphore(1)
-    const gate = yield* Deferred.make<void>()
-    const holder = yield* Effect.fork(semaphore.withPermit("h")(Deferred.await(gate)))
-    yield* Effect.yieldNow()
+    const { semaphore, gate, holder } = yield* heldByOne
     const gone = yield* Effect.fork(semaphore.withPermit("a")(Effect.void))
     yield* Effect.yieldNow()
     yield* Fiber.interrupt(gone)
@@ -297,10 +303,7 @@ it.live("whileHeld: requests made across the hold's asynchronous steps share the
 
 it.effect("whileHeld: permits released during the hold still pass to the waiters, and a failing hold hands out too", () =>
   Effect.gen(function* () {
-    const semaphore = yield* makeKeyedFairSemaphore(1)
-    const gate = yield* Deferred.make<void>()
-    const holder = yield* Effect.fork(semaphore.withPermit("h")(Deferred.await(gate)))
-    yield* Effect.yieldNow()
+    const { semaphore, gate, holder } = yield* heldByOne
     const result = yield* semaphore
       .whileHeld(
         Effect.gen(function* () {
