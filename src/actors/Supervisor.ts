@@ -16,6 +16,7 @@ import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberMap from "effect/FiberMap"
 import * as Layer from "effect/Layer"
@@ -24,7 +25,6 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Stream from "effect/Stream"
-import * as SubscriptionRef from "effect/SubscriptionRef"
 import {
   emptyTickPart,
   type MissionStatus,
@@ -49,6 +49,7 @@ import {
   tickDuration,
   tickOverlapsTotal,
   ticksTotal,
+  updateMetricsAnd,
 } from "../services/metrics.js"
 import * as ActorHost from "./ActorHost.js"
 import { type ClusterView, Ownership } from "./Ownership.js"
@@ -246,22 +247,27 @@ export const make = Effect.gen(function* () {
   /** The first discovery pass also starts actors for every schedulable mission already stored. */
   const primed = yield* Ref.make(false)
 
-  // ---- the drain: a gate every run passes, closed when the scope closes
-  const gateState = yield* SubscriptionRef.make({ draining: false, inFlight: 0 })
+  // ---- the drain: a gate every run passes, closed when the scope closes. Plain state changed in
+  // synchronous steps (a run passes it twice: a SubscriptionRef took about 100 run-loop instructions
+  // per run for its lock and change stream, issue 16); the drain waits for `drained`, which the last
+  // run out completes once draining.
+  const gateState = { draining: false, inFlight: 0 }
+  const drained = yield* Deferred.make<void>()
   const runSlots = yield* makeKeyedFairSemaphore(maxRunsAtWork(config), { batchYields: RUN_SLOT_BATCH_YIELDS })
   const gate: UserActor.RunGate = {
     withRunSlot: runSlots.withPermit,
-    enter: SubscriptionRef.modify(gateState, (s) =>
-      s.draining ? [-1, s] : [s.inFlight + 1, { ...s, inFlight: s.inFlight + 1 }],
-    ).pipe(
-      Effect.flatMap((inFlight) =>
-        inFlight < 0 ? Effect.succeed(false) : Metric.set(runsInFlightGauge, inFlight).pipe(Effect.as(true)),
-      ),
-    ),
-    leave: SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, inFlight: s.inFlight - 1 })).pipe(
-      Effect.flatMap((s) => Metric.set(runsInFlightGauge, s.inFlight)),
-    ),
-    draining: SubscriptionRef.get(gateState).pipe(Effect.map((s) => s.draining)),
+    enter: updateMetricsAnd((labels) => {
+      if (gateState.draining) return false
+      gateState.inFlight++
+      runsInFlightGauge.unsafeUpdate(gateState.inFlight, labels)
+      return true
+    }),
+    leave: updateMetricsAnd((labels) => {
+      gateState.inFlight--
+      runsInFlightGauge.unsafeUpdate(gateState.inFlight, labels)
+      if (gateState.draining && gateState.inFlight === 0) Deferred.unsafeDone(drained, Exit.void)
+    }),
+    draining: Effect.sync(() => gateState.draining),
   }
 
   /**
@@ -584,22 +590,21 @@ export const make = Effect.gen(function* () {
   // Registered after the host, so it runs before the actors are interrupted.
   yield* Effect.addFinalizer(() =>
     Effect.gen(function* () {
-      const { inFlight } = yield* SubscriptionRef.updateAndGet(gateState, (s) => ({ ...s, draining: true }))
+      gateState.draining = true
+      const inFlight = gateState.inFlight
       // Runs that have not sent their LLM request yet stop here; the ones waiting for it finish.
       yield* llmPermits.close
       if (inFlight === 0) return
       yield* Effect.logInfo("draining: waiting for runs in flight").pipe(
         Effect.annotateLogs({ inFlight, graceMs: Duration.toMillis(config.shutdownGrace) }),
       )
-      const drained = yield* gateState.changes.pipe(
-        Stream.filter((s) => s.inFlight === 0),
-        Stream.runHead,
+      const ended = yield* Deferred.await(drained).pipe(
         // Finalizers run uninterruptibly: without this the deadline could not stop the wait.
         Effect.interruptible,
         Effect.timeoutOption(config.shutdownGrace),
       )
-      if (Option.isNone(drained)) {
-        const left = (yield* SubscriptionRef.get(gateState)).inFlight
+      if (Option.isNone(ended)) {
+        const left = gateState.inFlight
         yield* Effect.logWarning("shutdown grace over: interrupting runs in flight").pipe(
           Effect.annotateLogs({ inFlight: left }),
         )

@@ -220,16 +220,19 @@ export const behaviour = (
               gate.withRunSlot(userId)(
                 // Admitted before the drain, or before the user moved to another runner (cluster), but
                 // still waiting for a slot: it does not start here now (the new owner runs it).
-                Effect.flatMap(Effect.zip(gate.draining, self.leaving), ([draining, leaving]) =>
+                // Two plain reads (Effect.zip of the two took about 18 run-loop instructions, issue 16).
+                Effect.flatMap(gate.draining, (draining) =>
                   draining
                     ? Effect.succeed(RunResult.Aborted<RunOutcome>())
-                    : leaving
-                      ? Effect.succeed(RunResult.Moved<RunOutcome>())
-                      : runner.run({ userId, mission }).pipe(
-                        // Its LLM requests take this user's turns at the global permits.
-                        GlobalLlmPermits.forUser(userId),
-                        Effect.exit,
-                        Effect.map(settleRun),
+                    : Effect.flatMap(self.leaving, (leaving) =>
+                        leaving
+                          ? Effect.succeed(RunResult.Moved<RunOutcome>())
+                          : runner.run({ userId, mission }).pipe(
+                              // Its LLM requests take this user's turns at the global permits.
+                              GlobalLlmPermits.forUser(userId),
+                              Effect.exit,
+                              Effect.map(settleRun),
+                            ),
                       ),
                 ),
               ),

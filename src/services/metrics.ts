@@ -17,6 +17,10 @@ export const updateMetrics = (record: (labels: ReadonlyArray<MetricLabel.MetricL
     return Effect.void
   })
 
+/** `updateMetrics` for a step that also answers: `record`'s result, in the same one instruction. */
+export const updateMetricsAnd = <A>(record: (labels: ReadonlyArray<MetricLabel.MetricLabel>) => A): Effect.Effect<A> =>
+  Effect.withFiberRuntime((fiber) => Effect.succeed(record(fiber.getFiberRef(FiberRef.currentMetricLabels))))
+
 const seconds = MetricBoundaries.exponential({ start: 0.005, factor: 2, count: 16 })
 
 export const ticksTotal = Metric.counter("mana_ai_ticks_total", { description: "Discovery/run ticks started" })
