@@ -212,52 +212,55 @@ export const behaviour = (
                   onSome: (error) => RunResult.Failed({ error }),
                 })
 
+        /** The run itself, once through the gate: a run slot, then the runner (or not, when draining or moving). */
         const admitted = (mission: MissionRef): Effect.Effect<RunResult<RunOutcome>> =>
-          Effect.sync(() => {
-            state.inFlight++
-          }).pipe(
-            Effect.zipRight(
-              gate.withRunSlot(userId)(
-                // Admitted before the drain, or before the user moved to another runner (cluster), but
-                // still waiting for a slot: it does not start here now (the new owner runs it).
-                // Two plain reads (Effect.zip of the two took about 18 run-loop instructions, issue 16).
-                Effect.flatMap(gate.draining, (draining) =>
-                  draining
-                    ? Effect.succeed(RunResult.Aborted<RunOutcome>())
-                    : Effect.flatMap(self.leaving, (leaving) =>
-                        leaving
-                          ? Effect.succeed(RunResult.Moved<RunOutcome>())
-                          : runner.run({ userId, mission }).pipe(
-                              // Its LLM requests take this user's turns at the global permits.
-                              GlobalLlmPermits.forUser(userId),
-                              Effect.exit,
-                              Effect.map(settleRun),
-                            ),
-                      ),
-                ),
-              ),
-            ),
-            Effect.ensuring(
-              Effect.sync(() => {
-                state.inFlight--
-              }),
+          gate.withRunSlot(userId)(
+            // Admitted before the drain, or before the user moved to another runner (cluster), but
+            // still waiting for a slot: it does not start here now (the new owner runs it).
+            // Two plain reads (Effect.zip of the two took about 18 run-loop instructions, issue 16).
+            Effect.flatMap(gate.draining, (draining) =>
+              draining
+                ? Effect.succeed(RunResult.Aborted<RunOutcome>())
+                : Effect.flatMap(self.leaving, (leaving) =>
+                    leaving
+                      ? Effect.succeed(RunResult.Moved<RunOutcome>())
+                      : runner.run({ userId, mission }).pipe(
+                          // Its LLM requests take this user's turns at the global permits.
+                          GlobalLlmPermits.forUser(userId),
+                          Effect.exit,
+                          Effect.map(settleRun),
+                        ),
+                  ),
             ),
           )
 
+        /**
+         * One queued run in a fiber of its own: through the drain's gate (`enter`, and `leave` however
+         * it ends), counted in the actor's books meanwhile, then RunDone told. The gate, the books and
+         * the count `pump` reads change in one uninterruptible step on each side (an acquireUseRelease and
+         * two `ensuring`s took about 30 run-loop instructions, issue 16). No log annotation here: the
+         * runner's own logs carry the mission, and nothing else on this fiber logs.
+         */
         const runOne = (missionId: string, mission: MissionRef, slot: number | null) =>
-          Effect.acquireUseRelease(
-            gate.enter,
-            (entered) => (entered ? admitted(mission) : Effect.succeed(RunResult.Aborted())),
-            (entered) => (entered ? gate.leave : Effect.void),
-          ).pipe(
-            // Counted off before RunDone is told, so the pump that RunDone triggers sees the room.
-            Effect.ensuring(
-              Effect.sync(() => {
+          Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(gate.enter, (entered) => {
+              if (!entered) {
                 started--
-              }),
-            ),
+                return Effect.succeed(RunResult.Aborted<RunOutcome>())
+              }
+              state.inFlight++
+              return Effect.ensuring(
+                restore(admitted(mission)),
+                // Counted off before RunDone is told, so the pump that RunDone triggers sees the room.
+                Effect.suspend(() => {
+                  state.inFlight--
+                  started--
+                  return gate.leave
+                }),
+              )
+            }),
+          ).pipe(
             Effect.flatMap((result) => self.tell(ActorMessage.RunDone({ missionId, slot, result }))),
-            Effect.annotateLogs({ missionId }),
             withSpanWhenTracing("UserActor.run", { attributes: { userId, missionId } }),
           )
 
