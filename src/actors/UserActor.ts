@@ -225,8 +225,8 @@ export const behaviour = (
                     leaving
                       ? Effect.succeed(RunResult.Moved<RunOutcome>())
                       : runner.run({ userId, mission }).pipe(
-                          // Its LLM requests take this user's turns at the global permits.
-                          GlobalLlmPermits.forUser(userId),
+                          // Its LLM requests take this user's turns at the global permits (this fiber is the run's own).
+                          GlobalLlmPermits.forUserToTheEnd(userId),
                           Effect.exit,
                           Effect.map(settleRun),
                         ),
