@@ -11,7 +11,7 @@ const jsc = (await import(specifier)) as {
   heapSize: () => number
   heapStats: () => { heapSize: number; heapCapacity: number; objectTypeCounts: Record<string, number> }
 }
-const out = process.env.HEAP_SAMPLER_OUT ?? "/tmp/heapSampler.json"
+const out = `${process.env.HEAP_SAMPLER_OUT ?? "/tmp/heapSampler.json"}${process.env.HEAP_SAMPLER_BY_PID === undefined ? "" : `.${process.pid}`}`
 let peakHeap = 0
 let peakCap = 0
 let n = 0
@@ -24,8 +24,8 @@ setInterval(() => {
 }, 50).unref()
 
 process.on("SIGUSR2", () => {
-  ;(globalThis as unknown as { Bun: { gc: (force: boolean) => void } }).Bun.gc(true)
-  const s = jsc.heapStats()
+  if (process.env.HEAP_SAMPLER_NO_GC === undefined) (globalThis as unknown as { Bun: { gc: (force: boolean) => void } }).Bun.gc(true)
+  const s = jsc.heapStats() as ReturnType<typeof jsc.heapStats> & { extraMemorySize: number; mimalloc?: unknown }
   const top = Object.entries(s.objectTypeCounts).sort((a, b) => b[1] - a[1]).slice(0, 40)
-  writeFileSync(`${out}.types`, JSON.stringify({ heapSize: s.heapSize, heapCapacity: s.heapCapacity, top }))
+  writeFileSync(`${out}.types`, JSON.stringify({ heapSize: s.heapSize, heapCapacity: s.heapCapacity, extraMemorySize: s.extraMemorySize, mimalloc: s.mimalloc, top }))
 })
