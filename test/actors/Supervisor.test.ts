@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Fiber, Layer, Metric, Option, Ref, Scope } from "effect"
-import { PRIME_PAGE_SNAPSHOTS } from "../../src/actors/Supervisor.js"
+import { PRIME_PAGE_SNAPSHOTS, PrimePageCollection } from "../../src/actors/Supervisor.js"
 import { MissionTimeout } from "../../src/services/MissionRunner.js"
 import { actorsGauge, quarantinedGauge, tickOverlapsTotal } from "../../src/services/metrics.js"
 import { advance, advanceUntilDone, MIN, makeWorld, startSupervisor } from "./doubles.js"
@@ -55,6 +55,23 @@ describe("Supervisor start-up", () => {
       const status = yield* supervisor.status
       expect(status.map((s) => s.userId)).toEqual(Array.from({ length: users }, (_, i) => userId(i)))
       for (const s of status) expect(s.missions.map((m) => m.missionId).sort(), s.userId).toEqual(["m1", "m2", "m3"])
+    }),
+  )
+
+  it.scoped("collects once each page of stored snapshots is read, before its actors start (issue 16 item 5)", () =>
+    Effect.gen(function* () {
+      const world = yield* makeWorld({ tickEnabled: false })
+      const users = PRIME_PAGE_SNAPSHOTS + 10
+      const userId = (i: number) => `u${String(i).padStart(5, "0")}`
+      for (let i = 0; i < users; i++) yield* world.store.put({ userId: userId(i), id: "m1", nextRunAt: 60 * MIN })
+      const supervisor = yield* startSupervisor(world.layer)
+      const collections: Array<number> = []
+      const report = yield* Effect.locally(supervisor.discover, PrimePageCollection, (page) => {
+        collections.push(page)
+      })
+      expect(report.actorsStarted).toBe(users)
+      expect(yield* Ref.get(world.store.schedulablePages)).toBe(2)
+      expect(collections).toEqual([0, 1])
     }),
   )
 })
