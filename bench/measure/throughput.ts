@@ -165,6 +165,8 @@ export const measureThroughput = (options: ThroughputOptions) =>
               eventLoopLagMs: roundSummary(summarize(result.lagMs)),
               // This process's CPU (all threads) from start-up to the last write, per mission written.
               cpuMsPerWrittenRun: round(result.cpuMs / result.recorder.written, 2),
+              // The runner role's own backends over the same span (other sessions on the server left out), per mission written.
+              postgresCpuMsPerWrittenRun: round((result.postgresCpuS * 1000) / result.recorder.written, 2),
               llmRequests: result.standIn.requests,
               llmRequestsPerWrittenRun: round(result.standIn.requests / Math.max(1, result.recorder.written), 2),
               llmMaxInFlight: result.standIn.maxInFlight,

@@ -9,7 +9,7 @@ import type { PlannerMode } from "../../src/services/AppConfig.js"
 import { appLayer, Supervisor } from "../support/app.js"
 import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
 import { runInChild } from "../support/child.js"
-import { type CpuReport, startCpuWatch } from "../support/cpu.js"
+import { type CpuReport, startCpuWatch, startRoleBackendsCpu } from "../support/cpu.js"
 import { type BenchLlmStandIn, connectLlmStandIn, type StandInStats } from "../support/llmStandIn.js"
 import { mainThreadSchedstat, makeRecorder, type Recorder, sampleEventLoopLag, threadsBetween, threadsSchedstat } from "../support/probes.js"
 import { type DueWorkload, seedDueMissions } from "../support/seed.js"
@@ -62,6 +62,8 @@ export interface ChildWorkloadResult {
   readonly cpuMs: number
   /** Cores in use while the runner ran: the machine, the runner, the stand-in, all of postgres. */
   readonly cpu: CpuReport | undefined
+  /** CPU seconds of the runner role's own backends while it ran (`startRoleBackendsCpu`): its Postgres work alone. */
+  readonly postgresCpuS: number
   /** Event-loop lag samples (ms) taken in the runner's process while it ran. */
   readonly lagMs: ReadonlyArray<number>
   /** The runner's main thread while it ran (seconds): on a core, runnable but waiting for one (Linux). */
@@ -104,6 +106,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const sched0 = mainThreadSchedstat()
       const threads0 = threadsSchedstat()
       const cpuWatch = startCpuWatch(input.standInPid)
+      const roleBackends = yield* Effect.promise(() => startRoleBackendsCpu(input.runnerUrl))
       const finishTrace = yield* Effect.promise(() => startTrace(new URL(input.runnerUrl).pathname.slice(1), input.runnerUrl))
       const { plannerMode, ...runnerConfig } = input.config
       const ctx = yield* Layer.build(
@@ -135,6 +138,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
       const threads = threadsBetween(threads0, threadsSchedstat())
       const wallMs = nowMs() - appStartedAt
       const cpuReport = cpuWatch()
+      const postgresCpuS = yield* Effect.promise(roleBackends)
       const cpuMs = (cpu.user + cpu.system) / 1000
       const timedOut = !enough()
       if (finishTrace !== undefined) yield* Effect.promise(() => finishTrace(recorder, { name: input.name, appStartedAt }))
@@ -147,6 +151,7 @@ export const workloadChild = (input: WorkloadChildInput): Effect.Effect<ChildWor
         cpuPerWallSecond: cpuMs / wallMs,
         cpuMs,
         cpu: cpuReport,
+        postgresCpuS,
         lagMs,
         threads,
         mainThread: {

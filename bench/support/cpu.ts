@@ -5,6 +5,7 @@
  * Figures are in cores (1.0 = one core busy for the whole interval). Elsewhere: empty.
  */
 import { readdirSync, readFileSync } from "node:fs"
+import Pg from "pg"
 
 interface Sample {
   readonly at: number
@@ -121,5 +122,28 @@ export const partyCpu = (listPids: () => Promise<ReadonlyArray<number>>) => {
         postgresCpuSeconds: Number((ticks / TICKS_PER_SECOND).toFixed(2)),
       }
     }
+  }
+}
+
+/**
+ * CPU seconds of the backends the role of `url` has on its database (pg_stat_activity as that role,
+ * read every 250 ms by `partyCpu`), from now until the returned function is called: the runner's own
+ * Postgres work, apart from other sessions on the server (the shared machine's other benches), which
+ * `startCpuWatch`'s postgres figure includes. The watching connection's own backend is left out.
+ */
+export const startRoleBackendsCpu = async (url: string): Promise<() => Promise<number>> => {
+  const client = new Pg.Client({ connectionString: url })
+  await client.connect()
+  const stop = await partyCpu(async () =>
+    (
+      await client.query(
+        "SELECT pid FROM pg_stat_activity WHERE usename = current_user AND datname = current_database() AND pid <> pg_backend_pid()",
+      )
+    ).rows.map((r) => Number(r.pid)),
+  )()
+  return async () => {
+    const { postgresCpuSeconds } = await stop()
+    await client.end()
+    return postgresCpuSeconds
   }
 }
