@@ -28,7 +28,6 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
-import { makeFairSemaphore } from "../primitives/FairSemaphore.js"
 import { ChangeOp, type SyncGeneration } from "../domain/eventLog.js"
 import { MISSIONS_APP_ID, MISSIONS_TABLE, type Mission } from "../domain/mission.js"
 import { decodeMissionRecord, isSchedulable, missionValidity } from "../domain/missionValidity.js"
@@ -423,9 +422,6 @@ interface CursorRecord {
   readonly rows: unknown
 }
 
-/** Runs a statement in its turn on a connection other statements are under way on (refreshPass). */
-type InTurn = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-
 /** The next page of the discovery cursor. The count of a FETCH cannot be a parameter: a constant of the text. */
 const fetchPage = (sql: SqlClient.SqlClient) => sql<CursorRecord>`FETCH FORWARD 1000 FROM mana_ai_discovery`
 
@@ -635,12 +631,7 @@ export const makeMissionStore = (
      * Applies the new rows of some records (each list: one record's rows, in log order) onto their
      * stored snapshots (`stored`, loadWorking's), judging each record once; the caller writes them.
      */
-    const foldRecords = (
-      records: ReadonlyArray<ReadonlyArray<LogRow>>,
-      stored: ReadonlyMap<string, Working>,
-      /** The pass's turn on its connection (refreshPass's `inTurn`). */
-      inTurn: InTurn = (effect) => effect,
-    ) =>
+    const foldRecords = (records: ReadonlyArray<ReadonlyArray<LogRow>>, stored: ReadonlyMap<string, Working>) =>
       Effect.gen(function* () {
         const results: Array<{ working: Working; judgement: Judgement }> = []
         for (const list of records) {
@@ -660,7 +651,7 @@ export const makeMissionStore = (
             // the newest row the snapshot or this pass holds (later ones arrive as ordinary new rows).
             const newest = list[list.length - 1]!
             const upTo = comparePositions(newest, baseLast) > 0 ? newest : baseLast
-            const history = yield* decodeRows(yield* inTurn(readRecord(first.user_id, first.record_id, upTo)))
+            const history = yield* decodeRows(yield* readRecord(first.user_id, first.record_id, upTo))
             working = fold({ ...base, state: initialState, last: null, problem: null }, history)
             yield* Effect.logDebug("Mission replayed again after a late row").pipe(
               Effect.annotateLogs({ userId: first.user_id, missionId: first.record_id, rows: history.length }),
@@ -782,12 +773,6 @@ export const makeMissionStore = (
         let rowsRead = 0
         const writing: Array<Fiber.Fiber<void, SqlError>> = []
         const written = Effect.suspend(() => Effect.forEach(writing.splice(0), Fiber.join, { discard: true }))
-        // The pass's statements take turns on its connection, first come first served: a FETCH, a batch's
-        // writes and the next batch's load are under way at once, and each waits here for the one before
-        // to answer instead of in pg's own queue of a client's queries (deprecated: pg 9 removes it; it
-        // printed a DeprecationWarning once per process). Same order, same overlap with Bun's work.
-        const turn = yield* makeFairSemaphore(1)
-        const inTurn: InTurn = turn.withPermit
 
         /**
          * One page of records: decoded, loaded, folded, judged; its writes sent without waiting.
@@ -832,15 +817,15 @@ export const makeMissionStore = (
               const stored =
                 batch.length === 0
                   ? new Map<string, Working>()
-                  : yield* inTurn(loadWorking(batch.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id }))))
+                  : yield* loadWorking(batch.map((list) => ({ user_id: list[0]!.user_id, record_id: list[0]!.record_id })))
               if (i === 0) yield* afterFirstLoad
               if (batch.length === 0) continue
-              const results = yield* foldRecords(batch, stored, inTurn)
-              writing.push(yield* Effect.fork(inTurn(saveSnapshots(results))))
+              const results = yield* foldRecords(batch, stored)
+              writing.push(yield* Effect.fork(saveSnapshots(results)))
               changedCount += results.length
               changed.push(...changedSnapshots(results.filter((r) => keep(r.working.userId))))
             }
-            if (ids.length > 0) writing.push(yield* Effect.fork(inTurn(markApplied(ids, ats))))
+            if (ids.length > 0) writing.push(yield* Effect.fork(markApplied(ids, ats)))
           })
 
         if (partitions === 1) {
@@ -851,7 +836,7 @@ export const makeMissionStore = (
           // Postgres produces it while Bun folds, judges and encodes the batch; the batch's writes are
           // sent without waiting and run while Bun decodes the next page. A write's failure surfaces at
           // the next batch's load at the latest, and before the cursor moves.
-          let pending: Fiber.Fiber<ReadonlyArray<CursorRecord>, SqlError> | null = yield* Effect.fork(inTurn(fetchPage(sql)))
+          let pending: Fiber.Fiber<ReadonlyArray<CursorRecord>, SqlError> | null = yield* Effect.fork(fetchPage(sql))
           while (pending !== null) {
             const page: ReadonlyArray<CursorRecord> = yield* Fiber.join(pending)
             pending = null
@@ -859,7 +844,7 @@ export const makeMissionStore = (
             yield* applyPage(
               page,
               more
-                ? Effect.flatMap(Effect.fork(inTurn(fetchPage(sql))), (fiber) =>
+                ? Effect.flatMap(Effect.fork(fetchPage(sql)), (fiber) =>
                     Effect.sync(() => {
                       pending = fiber
                     }),
