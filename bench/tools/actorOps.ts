@@ -18,11 +18,12 @@
  */
 import { writeFileSync } from "node:fs"
 import { BunRuntime } from "@effect/platform-bun"
-import { Effect, Layer, Logger, LogLevel, RuntimeFlags, RuntimeFlagsPatch, Supervisor } from "effect"
+import { Effect, Layer, Logger, LogLevel, RuntimeFlags, RuntimeFlagsPatch } from "effect"
 import { appLayer } from "../support/app.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "../support/benchDatabase.js"
 import { startLlmStandIn } from "../support/llmStandIn.js"
 import { makeRecorder } from "../support/probes.js"
+import { countFiberRefCalls, countInstruction, describeInstruction, instructionSupervisor, makeTally, whereFrom } from "../support/runLoopCounts.js"
 import { seedDueMissions } from "../support/seed.js"
 
 const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1] ?? fallback)
@@ -31,16 +32,9 @@ const runs = arg("runs", 1500)
 const spreadS = arg("spread", 12)
 const top = arg("top", 60)
 
-const counts = new Map<string, number>()
-const bump = (key: string, n = 1) => counts.set(key, (counts.get(key) ?? 0) + n)
+const tally = makeTally()
+const bump = tally.bump
 let counting = false
-
-/** A short name for where an instruction's function comes from. */
-const whereFrom = (f: unknown): string => {
-  if (typeof f !== "function") return typeof f
-  const text = Function.prototype.toString.call(f).replace(/\s+/g, " ")
-  return `${f.name || "anon"}: ${text.slice(0, 90)}`
-}
 
 /** What started each fiber (its first effect's function), to count instructions by the fiber that ran them. */
 const fiberNames = new WeakMap<object, string>()
@@ -57,59 +51,30 @@ const opsOf = new WeakMap<object, number>()
 /** `--dump=DIR`: every instruction of one fiber of each of the largest groups, in order. */
 const dumpDir = process.argv.find((a) => a.startsWith("--dump="))?.slice(7)
 const allOps = new WeakMap<object, Array<string>>()
-const describe = (effect: unknown): string => {
-  const e = effect as { _op?: string; effect_instruction_i0?: unknown; effect_instruction_i1?: unknown; effect_instruction_i2?: unknown; commit?: unknown }
-  const op = e._op ?? "?"
-  const f =
-    op === "OnSuccess" || op === "OnFailure" ? e.effect_instruction_i1 : op === "OnSuccessAndFailure" ? e.effect_instruction_i2 : op === "Commit" ? e.commit : e.effect_instruction_i0
-  return `${op} ${whereFrom(f).slice(0, 70)}`
-}
 
-class Counter extends Supervisor.AbstractSupervisor<void> {
-  override get value() {
-    return Effect.void
-  }
-  override onStart(_context: unknown, effect: unknown, _parent: unknown, fiber: unknown): void {
-    fiberNames.set(fiber as object, fiberName(effect))
-    firstOps.set(fiber as object, [])
+const counter = instructionSupervisor({
+  onFiber: (fiber, effect) => {
+    fiberNames.set(fiber, fiberName(effect))
+    firstOps.set(fiber, [])
     if (counting) bump("fiber started")
-  }
-  override onEffect(fiber: unknown, effect: unknown): void {
+  },
+  onInstruction: (fiber, effect) => {
     if (!counting) return
-    const f = fiber as object
-    const seen = firstOps.get(f)
-    if (seen !== undefined && seen.length < 14) seen.push(describe(effect))
+    const seen = firstOps.get(fiber)
+    if (seen !== undefined && seen.length < 14) seen.push(describeInstruction(effect))
     if (dumpDir !== undefined) {
-      const all = allOps.get(f) ?? []
-      if (all.length < 3000) all.push(describe(effect))
-      allOps.set(f, all)
+      const all = allOps.get(fiber) ?? []
+      if (all.length < 3000) all.push(describeInstruction(effect))
+      allOps.set(fiber, all)
     }
-    bump(`by fiber ${fiberNames.get(f) ?? "(started before)"}`)
-    fibersSeen.add(f)
-    opsOf.set(f, (opsOf.get(f) ?? 0) + 1)
-    const e = effect as { _op?: string; effect_instruction_i0?: unknown; effect_instruction_i1?: unknown; effect_instruction_i2?: unknown; constructor?: { name?: string } }
-    const op = e._op ?? "?"
-    bump(`op ${op}`)
-    bump("op (all)")
-    if (op === "Sync" || op === "Async") bump(`${op} ${whereFrom(e.effect_instruction_i0)}`)
-    else if (op === "OnSuccess" || op === "OnFailure") bump(`${op} ${whereFrom(e.effect_instruction_i1)}`)
-    else if (op === "OnSuccessAndFailure") bump(`${op} ${whereFrom(e.effect_instruction_i2)}`)
-    else if (op === "Commit") bump(`Commit ${e.constructor?.name ?? "?"} ${whereFrom((e as { commit?: unknown }).commit)}`)
-    else if (op === "WithRuntime") bump(`WithRuntime ${whereFrom(e.effect_instruction_i0)}`)
-  }
-}
+    bump(`by fiber ${fiberNames.get(fiber) ?? "(started before)"}`)
+    fibersSeen.add(fiber)
+    opsOf.set(fiber, (opsOf.get(fiber) ?? 0) + 1)
+    countInstruction(tally, effect)
+  },
+})
 
-const fiberRuntimeModule = (await import(
-  new URL("../../node_modules/effect/dist/esm/internal/fiberRuntime.js", import.meta.url).href
-)) as { FiberRuntime: { prototype: Record<string, (...args: Array<unknown>) => unknown> } }
-const proto = fiberRuntimeModule.FiberRuntime.prototype
-for (const method of ["getFiberRef", "setFiberRef"] as const) {
-  const original = proto[method]!
-  proto[method] = function (this: unknown, ...args: Array<unknown>) {
-    if (counting) bump(`${method} (all)`)
-    return original.apply(this, args)
-  }
-}
+await countFiberRefCalls(tally, () => counting)
 
 const main = Effect.scoped(
   Effect.gen(function* () {
@@ -119,7 +84,6 @@ const main = Effect.scoped(
     const users = Math.ceil(total / 3)
     yield* seedDueMissions(db, { users, missionsPerUser: 3, firstDueAt: Date.now() + 4000, spreadMs: spreadS * 1000, withGoal: true })
     const recorder = makeRecorder()
-    const counter = new Counter()
     yield* Layer.build(appLayer(db, { globalConcurrency: 64 }, standIn.url, recorder)).pipe(
       Effect.supervised(counter),
       Effect.withRuntimeFlagsPatch(RuntimeFlagsPatch.enable(RuntimeFlags.OpSupervision)),
@@ -141,11 +105,15 @@ const main = Effect.scoped(
       groups.set(key, g)
     }
     const largest = [...groups].sort((a, b) => b[1].ops - a[1].ops)
-    if (dumpDir !== undefined) largest.slice(0, 6).forEach(([, g], i) => writeFileSync(`${dumpDir}/fiber-${i + 1}.txt`, (allOps.get(g.sample) ?? []).join("\n")))
+    if (dumpDir !== undefined) {
+      for (const [i, [, g]] of largest.slice(0, 6).entries()) {
+        writeFileSync(`${dumpDir}/fiber-${i + 1}.txt`, (allOps.get(g.sample) ?? []).join("\n"))
+      }
+    }
     for (const [key, g] of largest.slice(0, 14)) {
       console.log(`${(g.ops / written).toFixed(1)} ops per run in ${g.fibers} fibers (${(g.ops / g.fibers).toFixed(0)} each): ${key}`)
     }
-    const rows = [...counts].sort((a, b) => b[1] - a[1]).slice(0, top)
+    const rows = tally.top(top)
     console.log(`runs written in the window: ${written}; per written run:`)
     for (const [key, n] of rows) console.log(`${(n / written).toFixed(1).padStart(8)}  ${key}`)
   }),

@@ -12,7 +12,7 @@
 import { writeFileSync } from "node:fs"
 import { SqlClient } from "@effect/sql"
 import { BunRuntime } from "@effect/platform-bun"
-import { Context, Effect, Either, Layer, Logger, LogLevel, RuntimeFlags, RuntimeFlagsPatch, Supervisor } from "effect"
+import { Context, Effect, Either, Layer, Logger, LogLevel, RuntimeFlags, RuntimeFlagsPatch } from "effect"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { LlmClient } from "../../src/services/LlmClient.js"
 import { Planner } from "../../src/services/Planner.js"
@@ -27,6 +27,7 @@ import { servicesLayer } from "../support/app.js"
 import { DEFAULT_OWNER_URL, makeBenchDatabase } from "../support/benchDatabase.js"
 import { startLlmStandIn } from "../support/llmStandIn.js"
 import { makeRecorder } from "../support/probes.js"
+import { countFiberRefCalls, countInstruction, describeInstruction, instructionSupervisor, makeTally } from "../support/runLoopCounts.js"
 import { seedDueMissions } from "../support/seed.js"
 
 const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1] ?? fallback)
@@ -34,62 +35,26 @@ const runs = arg("runs", 200)
 const top = arg("top", 40)
 const what = process.argv.find((a) => a.startsWith("--what="))?.slice(7) ?? "run"
 
-const counts = new Map<string, number>()
-const bump = (key: string, n = 1) => counts.set(key, (counts.get(key) ?? 0) + n)
+const tally = makeTally()
+const bump = tally.bump
 let counting = false
 /** `--trace=FILE`: every instruction of the last run, in order. */
 const traceFile = process.argv.find((a) => a.startsWith("--trace="))?.slice(8)
 let trace: Array<string> | undefined
 
-/** A short name for where an instruction's function comes from. */
-const whereFrom = (f: unknown): string => {
-  if (typeof f !== "function") return typeof f
-  const text = Function.prototype.toString.call(f).replace(/\s+/g, " ")
-  return `${f.name || "anon"}: ${text.slice(0, 90)}`
-}
-
-class Counter extends Supervisor.AbstractSupervisor<void> {
-  override get value() {
-    return Effect.void
-  }
-  override onStart(): void {
+const counter = instructionSupervisor({
+  onFiber: () => {
     if (counting) bump("fiber started")
-  }
-  override onEffect(_fiber: unknown, effect: unknown): void {
+  },
+  onInstruction: (_fiber, effect) => {
     if (!counting) return
-    const e = effect as { _op?: string; effect_instruction_i0?: unknown; effect_instruction_i1?: unknown; effect_instruction_i2?: unknown; constructor?: { name?: string } }
-    const op = e._op ?? "?"
-    if (trace !== undefined) trace.push(`${op} ${whereFrom(e.effect_instruction_i0 ?? (e as { commit?: unknown }).commit).slice(0, 60)} | ${whereFrom(e.effect_instruction_i1).slice(0, 50)}`)
-    bump(`op ${op}`)
-    bump("op (all)")
-    if (op === "Sync" || op === "Async") bump(`${op} ${whereFrom(e.effect_instruction_i0)}`)
-    else if (op === "OnSuccess" || op === "OnFailure") bump(`${op} ${whereFrom(e.effect_instruction_i1)}`)
-    else if (op === "OnSuccessAndFailure") bump(`${op} ${whereFrom(e.effect_instruction_i2)}`)
-    else if (op === "Commit") bump(`Commit ${e.constructor?.name ?? "?"} ${whereFrom((e as { commit?: unknown }).commit)}`)
-    else if (op === "WithRuntime") bump(`WithRuntime ${whereFrom(e.effect_instruction_i0)}`)
-  }
-}
+    if (trace !== undefined) trace.push(describeInstruction(effect))
+    countInstruction(tally, effect)
+  },
+})
 
-// FiberRef reads and writes, by the FiberRef's initial value (its identity is not printable).
-const fiberRuntimeModule = (await import(
-  new URL("../../node_modules/effect/dist/esm/internal/fiberRuntime.js", import.meta.url).href
-)) as { FiberRuntime: { prototype: Record<string, (...args: Array<unknown>) => unknown> } }
-const proto = fiberRuntimeModule.FiberRuntime.prototype
-const refName = (ref: unknown): string => {
-  const initial = (ref as { initial?: unknown }).initial
-  const text = typeof initial === "object" && initial !== null ? (initial.constructor?.name ?? "object") : String(initial)
-  return text.slice(0, 40)
-}
-for (const method of ["getFiberRef", "setFiberRef"] as const) {
-  const original = proto[method]!
-  proto[method] = function (this: unknown, ...args: Array<unknown>) {
-    if (counting) {
-      bump(`${method} (all)`)
-      bump(`${method} ${refName(args[0])}`)
-    }
-    return original.apply(this, args)
-  }
-}
+// FiberRef reads and writes, by the FiberRef's initial value.
+await countFiberRefCalls(tally, () => counting, true)
 
 const main = Effect.scoped(
   Effect.gen(function* () {
@@ -109,7 +74,6 @@ const main = Effect.scoped(
     const warm = all.slice(0, 100)
     const measured = all.slice(100, 100 + runs)
     yield* Effect.forEach(warm, (d) => runner.run(d), { concurrency: 16, discard: true }).pipe(Effect.orDie)
-    const counter = new Counter()
     let outcomes = 0
     yield* Effect.forEach(
       measured,
@@ -156,7 +120,7 @@ const main = Effect.scoped(
       { concurrency: 1, discard: true },
     ).pipe(Effect.orDie)
     if (traceFile !== undefined && trace !== undefined) writeFileSync(traceFile, trace.join("\n"))
-    const rows = [...counts].sort((a, b) => b[1] - a[1]).slice(0, top)
+    const rows = tally.top(top)
     console.log(`runs ${outcomes} (one at a time); per run:`)
     for (const [key, n] of rows) console.log(`${(n / outcomes).toFixed(1).padStart(8)}  ${key}`)
   }),
