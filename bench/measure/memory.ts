@@ -6,7 +6,7 @@
  * pause (RSS right after start-up still holds its garbage's pages).
  */
 import { randomUUID } from "node:crypto"
-import { readdirSync, readFileSync } from "node:fs"
+import { readFileSync } from "node:fs"
 import { Context, Duration, Effect, Fiber, Layer, Redacted, type Scope } from "effect"
 import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
 import { Supervisor, SupervisorLive, servicesLayer } from "../support/app.js"
@@ -14,7 +14,7 @@ import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.
 import { runInChild } from "../support/child.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import { benchLog } from "../support/log.js"
-import { processTicks } from "../support/cpu.js"
+import { bunProcessUnder, processTicks } from "../support/cpu.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import type { HistoryTemplates } from "../support/historyTemplate.js"
@@ -189,21 +189,6 @@ const rssOf = (pid: number): number => {
   }
 }
 
-/** Bun under `npm start` (npm → sh → exec bun, or bun directly): the first descendant named bun. */
-const bunProcessUnder = (root: number): number | undefined => {
-  const queue = [root]
-  while (queue.length > 0) {
-    const pid = queue.shift()!
-    if (processTicks(String(pid))?.comm === "bun") return pid
-    try {
-      for (const task of readdirSync(`/proc/${pid}/task`)) {
-        const children = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim()
-        if (children !== "") queue.push(...children.split(/\s+/).map(Number))
-      }
-    } catch {}
-  }
-  return undefined
-}
 
 const commandLineOf = (pid: number): string => {
   try {

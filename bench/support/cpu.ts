@@ -147,3 +147,19 @@ export const startRoleBackendsCpu = async (url: string): Promise<() => Promise<n
     return postgresCpuSeconds
   }
 }
+
+/** Bun under `npm start` (npm → sh → exec bun, or bun directly): the first descendant named bun. */
+export const bunProcessUnder = (root: number): number | undefined => {
+  const queue = [root]
+  while (queue.length > 0) {
+    const pid = queue.shift()!
+    if (processTicks(String(pid))?.comm === "bun") return pid
+    try {
+      for (const task of readdirSync(`/proc/${pid}/task`)) {
+        const children = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").trim()
+        if (children !== "") queue.push(...children.split(/\s+/).map(Number))
+      }
+    } catch {}
+  }
+  return undefined
+}

@@ -8,11 +8,11 @@
  *     bun bench/tools/discoveryMemory.ts --order=A,B,B,A --A=/work/main --B=. [--rows=1000000] [--types=1]
  *         [--env='{"B":{"SOME_VARIABLE":"1"}}']
  */
-import { readdirSync, readFileSync } from "node:fs"
+import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Effect, Redacted } from "effect"
 import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
-import { processTicks } from "../support/cpu.js"
+import { bunProcessUnder, processTicks } from "../support/cpu.js"
 import { makeHistoryTemplates } from "../support/historyTemplate.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
@@ -26,20 +26,6 @@ const sampler = fileURLToPath(new URL("./heapSampler.ts", import.meta.url))
 
 const rssMb = (pid: number) =>
   Number((readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS:")) ?? "").replace(/\D+/g, "")) / 1024
-const bunUnder = (root: number): number | undefined => {
-  const queue = [root]
-  while (queue.length > 0) {
-    const pid = queue.shift()!
-    if (processTicks(String(pid))?.comm === "bun") return pid
-    try {
-      for (const t of readdirSync(`/proc/${pid}/task`)) {
-        const c = readFileSync(`/proc/${pid}/task/${t}/children`, "utf8").trim()
-        if (c !== "") queue.push(...c.split(/\s+/).map(Number))
-      }
-    } catch {}
-  }
-  return undefined
-}
 const load = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")
 const r1 = (x: number) => Math.round(x * 10) / 10
 const mb = (bytes: number) => r1(bytes / 2 ** 20)
@@ -70,7 +56,7 @@ const one = (i: number, who: string, templates: Effect.Effect.Success<ReturnType
         ),
         (p) =>
           Effect.promise(async () => {
-            const bun = bunUnder(p.child.pid ?? 0)
+            const bun = bunProcessUnder(p.child.pid ?? 0)
             if (bun !== undefined) {
               try {
                 process.kill(bun, "SIGKILL")
@@ -80,7 +66,7 @@ const one = (i: number, who: string, templates: Effect.Effect.Success<ReturnType
           }),
       )
       yield* Effect.promise(() => eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200))
-      const pid = bunUnder(mana.child.pid ?? 0) ?? 0
+      const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
       yield* Effect.sleep("5 seconds")
       const before = rssMb(pid)
       const load0 = load()
