@@ -24,7 +24,7 @@ Pg.Client.prototype.query = function (this: Pg.Client, config: unknown, ...rest:
   if (counting) {
     const text =
       typeof config === "string" ? config : typeof (config as { text?: unknown })?.text === "string" ? (config as { text: string }).text : "?"
-    const kind = text.replace(/\s+/g, " ").trim().slice(0, 60)
+    const kind = text.replace(/\s+/g, " ").trim().slice(0, Number(process.env.STMT_WIDTH ?? 60))
     counted.set(kind, (counted.get(kind) ?? 0) + 1)
   }
   return (query as (...a: Array<unknown>) => unknown).call(this, config, ...rest)

@@ -1,0 +1,89 @@
+/**
+ * The runner's idle RSS, mapping by mapping: started as the bench starts it (`npm start`, the runner
+ * role on a fresh bench database, TICK_ENABLED=false), one empty tick, 5 s, then /proc/<pid>/smaps
+ * summed by mapping name (binary, heap, anonymous, stacks …). Not part of `npm run bench`.
+ *
+ *     bun bench/tools/idleSmaps.ts [--cwd=DIR] [--env='{"X":"1"}'] [--hold=SECONDS]
+ */
+import { readFileSync } from "node:fs"
+import { Effect, Redacted } from "effect"
+import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
+import { makeBenchDatabase } from "../support/benchDatabase.js"
+import { bunProcessUnder } from "../support/cpu.js"
+
+const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
+const ownerUrl = process.env.BENCH_OWNER_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
+
+const smapsByName = (pid: number) => {
+  const out = new Map<string, { rss: number; anon: number; count: number }>()
+  let name = ""
+  for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
+    if (head !== null) {
+      name = head[1] === "" ? "[anon]" : (head[1] ?? "")
+      const e = out.get(name) ?? { rss: 0, anon: 0, count: 0 }
+      e.count++
+      out.set(name, e)
+      continue
+    }
+    const m = /^(Rss|Anonymous):\s+(\d+) kB/.exec(line)
+    if (m !== null) {
+      const e = out.get(name)
+      if (e !== undefined) {
+        if (m[1] === "Rss") e.rss += Number(m[2])
+        else e.anon += Number(m[2])
+      }
+    }
+  }
+  return [...out.entries()].sort((a, b) => b[1].rss - a[1].rss)
+}
+
+await Effect.runPromise(
+  Effect.scoped(
+    Effect.gen(function* () {
+      const db = yield* makeBenchDatabase(ownerUrl)
+      const key = `key-${Math.random()}`
+      const mana = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          startManaProcess({
+            cwd: args.cwd,
+            viaNpmStart: true,
+            env: {
+              SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
+              MANA_LLM_URL: "http://127.0.0.1:9/v1",
+              MANA_SERVICE_KEY: key,
+              TICK_ENABLED: "false",
+              PLANNER_MODE: "json",
+              LOG_LEVEL: "warn",
+              ...JSON.parse(args.env ?? "{}"),
+            },
+          }),
+        ),
+        (p) =>
+          Effect.promise(async () => {
+            const bun = bunProcessUnder(p.child.pid ?? 0)
+            if (bun !== undefined) {
+              try {
+                process.kill(bun, "SIGKILL")
+              } catch {}
+            }
+            await p.stop("SIGKILL", 10_000).catch(() => undefined)
+          }),
+      )
+      yield* Effect.promise(() => eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200))
+      const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
+      yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
+      yield* Effect.sleep("5 seconds")
+      const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8")
+      console.log(rollup.split("\n").filter((l) => /^(Rss|Pss|Anonymous|Private_Clean|Private_Dirty|Shared_Clean|Shared_Dirty|Pss_File|Pss_Anon):/.test(l)).join("\n"))
+      for (const [name, e] of smapsByName(pid).slice(0, 25)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
+      const threads = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("Threads:"))
+      console.log(threads)
+      if (args.hold !== undefined) {
+        console.log(`pid ${pid}, holding ${args.hold} s`)
+        yield* Effect.sleep(`${Number(args.hold)} seconds`)
+      }
+    }),
+  ),
+)
+process.exit(0)
