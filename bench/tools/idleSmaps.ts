@@ -46,7 +46,7 @@ await Effect.runPromise(
       const mana = yield* Effect.acquireRelease(
         Effect.promise(() =>
           startManaProcess({
-            cwd: args.cwd,
+            ...(args.cwd === undefined ? {} : { cwd: args.cwd }),
             viaNpmStart: true,
             env: {
               SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),

@@ -43,7 +43,7 @@ export const liveLayer = <E, R>(
           serviceKey: mode.serviceKey,
           version,
           planner: "llm",
-          database: databaseLayerFromUrl(mode.databaseUrl, config.database.poolMax),
+          database: databaseLayerFromUrl(mode.databaseUrl, config.database.poolMax, { preparedStatements: config.database.preparedStatements }),
           ...cluster,
         },
         platform,

@@ -34,7 +34,7 @@ export const testProcessLayer = (options: TestProcessOptions) =>
             serviceKey: options.serviceKey,
             version: "test",
             planner: "offline",
-            database: databaseLayerFromUrl(options.databaseUrl, config.database.poolMax),
+            database: databaseLayerFromUrl(options.databaseUrl, config.database.poolMax, { preparedStatements: config.database.preparedStatements }),
             ...(options.afterMigrations === undefined ? {} : { afterMigrations: options.afterMigrations }),
           },
           Layer.mergeAll(NodeHttpServer.layerTest, NodeContext.layer),

@@ -175,6 +175,8 @@ export interface DatabaseConfigShape {
   /** Unset: embedded Postgres. */
   readonly url: Option.Option<Redacted.Redacted<string>>
   readonly poolMax: number
+  /** Parse and plan a run's statements once per connection (named prepared statements, issue 16). */
+  readonly preparedStatements: boolean
 }
 
 export const databaseConfig: Config.Config<DatabaseConfigShape> = Config.all({
@@ -187,6 +189,7 @@ export const databaseConfig: Config.Config<DatabaseConfigShape> = Config.all({
     ),
   ),
   poolMax: positiveInt("DB_POOL_MAX", 10),
+  preparedStatements: bool("DB_PREPARED_STATEMENTS", true),
 })
 
 // ---------------------------------------------------------------- HTTP

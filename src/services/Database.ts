@@ -43,19 +43,24 @@ const causeText = (error: SqlError): string => {
 }
 
 /** The pg pools under the clients `pgClientLayer` built, so a run's transactions can take a connection directly. */
-const pools = new WeakMap<SqlClient.SqlClient, Pg.Pool>()
+const pools = new WeakMap<SqlClient.SqlClient, { readonly pool: Pg.Pool; readonly preparedStatements: boolean }>()
 
 /**
  * The pg pool under `sql` when `pgClientLayer` built it (the process's pool, `databaseLayerFromUrl`);
  * undefined for any other client. `pipelinedTransaction` takes its connection from it directly (issue 16).
  */
-export const pgPoolOf = (sql: SqlClient.SqlClient): Pg.Pool | undefined => pools.get(sql)
+export const pgPoolOf = (sql: SqlClient.SqlClient): Pg.Pool | undefined => pools.get(sql)?.pool
+
+/** Whether `pipelinedTransaction` may prepare statements on `sql`'s pool (`DB_PREPARED_STATEMENTS`). */
+export const preparedStatementsOn = (sql: SqlClient.SqlClient): boolean => pools.get(sql)?.preparedStatements ?? false
 
 export interface PgClientLayerOptions {
   readonly url: Redacted.Redacted<string>
   readonly maxConnections: number
   readonly applicationName?: string
   readonly connectTimeout?: Duration.DurationInput
+  /** Named prepared statements for `pipelinedTransaction` (default true; `DB_PREPARED_STATEMENTS`). */
+  readonly preparedStatements?: boolean
 }
 
 /**
@@ -87,7 +92,7 @@ export const pgClientLayer = (options: PgClientLayerOptions): Layer.Layer<PgClie
         }),
       )
       const client = yield* PgClient.fromPool({ acquire: Effect.succeed(pool) })
-      pools.set(client, pool)
+      pools.set(client, { pool, preparedStatements: options.preparedStatements ?? true })
       return Context.make(PgClient.PgClient, client).pipe(Context.add(SqlClient.SqlClient, client))
     }),
   ).pipe(Layer.provide(Reactivity.layer))
@@ -97,7 +102,7 @@ export const pgClientLayer = (options: PgClientLayerOptions): Layer.Layer<PgClie
 export const databaseLayerFromUrl = (
   url: Redacted.Redacted<string>,
   poolMax: number,
-  options: { readonly retryFor?: Duration.DurationInput } = {},
+  options: { readonly retryFor?: Duration.DurationInput; readonly preparedStatements?: boolean } = {},
 ): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient, SqlError> => {
   const where = describeDatabaseUrl(url)
   const attempt = pgClientLayer({
@@ -105,6 +110,7 @@ export const databaseLayerFromUrl = (
     maxConnections: poolMax,
     applicationName: "mana-ai",
     connectTimeout: Duration.seconds(10),
+    preparedStatements: options.preparedStatements ?? true,
   }).pipe(
     Layer.tapError((error) =>
       isPermanent(error)

@@ -53,7 +53,7 @@ import { claimCte } from "./runClaims.js"
 import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack, type WriteBasis } from "./WriteBack.js"
-import { pipelinedTransaction } from "./pipelinedTransaction.js"
+import { pipelinedTransaction, planEachTime } from "./pipelinedTransaction.js"
 import { scopeStatement } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
@@ -297,7 +297,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
               with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
               columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
             }),
-            runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also),
+            planEachTime(runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also)),
           ])
           if (Number(scoped?.[0]?.claimed ?? 0) === 0) return skipped("claimed-elsewhere")
           yield* claimed

@@ -25,7 +25,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import Pg from "pg"
-import { pgPoolOf } from "./Database.js"
+import { pgPoolOf, preparedStatementsOn } from "./Database.js"
 
 /** The parts of pg's Connection (protocol writer) the sequence uses. */
 interface PgProtocol {
@@ -57,6 +57,48 @@ const PgResultClass = (Pg as unknown as { Result: new (rowMode: undefined, types
 const prepareValue = (createRequire(import.meta.url)("pg/lib/utils.js") as { prepareValue: (value: unknown) => unknown }).prepareValue
 
 type Rows = ReadonlyArray<Record<string, unknown>>
+
+/**
+ * The statements a connection has prepared (issue 16: Postgres spent about a third of its CPU per run
+ * planning the run's statements, and a sixth parsing them). Each statement text is parsed once per
+ * connection as a named prepared statement and bound by name from then on, so Postgres skips the parse
+ * and, once its plan cache judges the generic plan no dearer than the custom ones (`plan_cache_mode`
+ * auto, after five executions), the planning. Names carry the connection's own serial number: the
+ * embedded database serves every connection from one backend (SPEC §11), where two connections'
+ * statements of one name would collide. A statement text is bounded by the query's shape (values are
+ * parameters), and a connection names at most `MAX_NAMED_PER_CONNECTION` of them (the rest go unnamed).
+ */
+interface Prepared {
+  readonly serial: number
+  readonly names: Map<string, string>
+}
+const preparedByConnection = new WeakMap<object, Prepared>()
+let connectionSerial = 0
+const MAX_NAMED_PER_CONNECTION = 200
+
+/** Statements planned for their own parameters every time (`planEachTime`). */
+const plannedEachTime = new WeakSet<object>()
+
+/**
+ * Marks a statement to be parsed and planned afresh at each execution (an unnamed statement), never
+ * prepared: for a query whose best plan depends on its parameters, where a cached generic plan could
+ * pick an index that is right on average and wrong for a user with a long history. The run's read
+ * (currentMission.ts `runReadQuery`) is one: a generic plan of it read the user's whole history
+ * through the user index (`sync_changes_user_app_table_created_idx`) instead of the record's rows.
+ */
+export const planEachTime = <A>(statement: Statement.Statement<A>): Statement.Statement<A> => {
+  plannedEachTime.add(statement)
+  return statement
+}
+
+const preparedOn = (connection: object): Prepared => {
+  let prepared = preparedByConnection.get(connection)
+  if (prepared === undefined) {
+    prepared = { serial: ++connectionSerial, names: new Map() }
+    preparedByConnection.set(connection, prepared)
+  }
+  return prepared
+}
 type Callback = (error: Error | null, rows?: ReadonlyArray<Rows>) => void
 
 /**
@@ -73,17 +115,38 @@ class Sequence {
   private current: PgResult | undefined = undefined
   private failed: Error | undefined = undefined
 
-  constructor(private readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>]>) {
+  constructor(
+    private readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>, boolean?]>,
+    /** Parse each statement once per connection under a name (see `Prepared`); only where a failure destroys the connection. */
+    private readonly named: boolean,
+  ) {
     this.text = `/* pipelined */ ${statements.map(([text]) => text.trim()).join("; ")}`
   }
 
+  /**
+   * Whether this sequence parsed a statement under a new name: if it then fails, the backend skipped the
+   * Parse messages after the failing statement, so the connection's list of names is no longer known
+   * to be true and the connection is not pooled again (`onPool`).
+   */
+  namedNew = false
+
   submit(connection: PgProtocol): null {
+    const prepared = this.named ? preparedOn(connection) : undefined
     // One write for the whole sequence (pg corks its own Parse…Sync the same way).
     connection.stream.cork?.()
     try {
-      for (const [text, values] of this.statements) {
-        connection.parse({ text, name: "", types: [] })
-        connection.bind({ portal: "", statement: "", values, binary: false, valueMapper: prepareValue })
+      for (const [text, values, eachTime] of this.statements) {
+        const names = eachTime === true ? undefined : prepared
+        let name = names?.names.get(text)
+        if (name === undefined) {
+          name = names !== undefined && names.names.size < MAX_NAMED_PER_CONNECTION ? `mana_ai_${names.serial}_${names.names.size}` : ""
+          if (names !== undefined && name !== "") {
+            names.names.set(text, name)
+            this.namedNew = true
+          }
+          connection.parse({ text, name, types: [] })
+        }
+        connection.bind({ portal: "", statement: name, values, binary: false, valueMapper: prepareValue })
         connection.describe({ type: "P", name: "" })
         connection.execute({ portal: "", rows: 0 })
       }
@@ -158,11 +221,15 @@ const statementFailed = (cause: unknown) => new SqlError({ cause, message: "Fail
 const onPool = (
   pool: Pg.Pool,
   statements: ReadonlyArray<Statement.Statement<unknown>>,
+  named: boolean,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
   Effect.async<ReadonlyArray<Rows>, SqlError>((resume) => {
     let compiled: Sequence
     try {
-      compiled = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())])
+      compiled = new Sequence(
+        [["BEGIN", []], ...statements.map((statement) => [...statement.compile(), plannedEachTime.has(statement)] as const)],
+        named,
+      )
     } catch (cause) {
       resume(Effect.fail(statementFailed(cause)))
       return
@@ -192,6 +259,8 @@ const onPool = (
     /** ROLLBACK (a failure ignored: the connection is then broken, and destroyed), the connection back, then `after`. */
     const rollBack = (after: () => void) => {
       phase = "ending"
+      // The names this sequence prepared may not all exist on the backend (see Sequence#namedNew).
+      if (sequence.namedNew) broken ??= new Error("a sequence that prepared statements failed")
       client!.query("ROLLBACK", () => {
         giveBack()
         after()
@@ -268,7 +337,7 @@ export const pipelinedTransaction = (
   statements: ReadonlyArray<Statement.Statement<unknown>>,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> => {
   const pool = pgPoolOf(sql)
-  return pool === undefined ? onReserved(sql, statements) : onPool(pool, statements)
+  return pool === undefined ? onReserved(sql, statements) : onPool(pool, statements, preparedStatementsOn(sql))
 }
 
 /** The same on a connection `sql.reserve` gives (a client `pgClientLayer` did not build). */
@@ -280,7 +349,7 @@ const onReserved = (
     Effect.flatMap(sql.reserve, (connection) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.suspend(() => {
-          const sequence = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())])
+          const sequence = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())], false)
           // executeRaw hands its first argument to pg's Client#query, which takes a submittable as a query.
           return restore(connection.executeRaw(sequence as unknown as string, []) as Effect.Effect<ReadonlyArray<Rows>, SqlError>)
         }).pipe(

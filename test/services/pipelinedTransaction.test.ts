@@ -8,7 +8,7 @@ import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
 import { Effect, Either, Layer, TestServices } from "effect"
 import { expect } from "vitest"
-import { pipelinedTransaction } from "../../src/services/pipelinedTransaction.js"
+import { pipelinedTransaction, planEachTime } from "../../src/services/pipelinedTransaction.js"
 import { scopeStatement } from "../../src/services/withUserScope.js"
 import { insertChange } from "../support/eventLogRows.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
@@ -93,5 +93,63 @@ for (const [way, L] of layers) it.layer(L, { timeout: 120_000 })(`pipelinedTrans
       expect(yield* rowsOf(id)).toBe(0)
       expect(yield* sql`SELECT 1 AS one`).toEqual([{ one: 1 }])
       expect(yield* rowsOf(id)).toBe(0)
+    }))
+})
+
+// Named statements (issue 16: Postgres's parse and planning per run) only on the process's pool, whose
+// connections are destroyed when a sequence that prepared a statement fails.
+it.layer(Layer.provideMerge(RunnerSqlLive(1), TestDatabaseLive), { timeout: 120_000 })("pipelinedTransaction's prepared statements", (it) => {
+  /** The prepared statements on the backend whose text holds `marker`. */
+  const preparedWith = (sql: SqlClient.SqlClient, marker: string) =>
+    Effect.map(
+      sql<{ name: string; statement: string }>`SELECT name, statement FROM pg_prepared_statements WHERE statement LIKE ${`%${marker}%`} ORDER BY name`,
+      (rows) => rows.map((row) => row.statement.includes(`'each-${marker}'`) ? "each" : "named"),
+    )
+
+  it.effect("each statement is prepared once per connection and bound by name after; one planned each time never is", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const marker = fresh("m").replaceAll("-", "_")
+      const twice = Effect.forEach([1, 2, 3], (i) =>
+        pipelinedTransaction(sql, [
+          scopeStatement(sql, "ann"),
+          sql.unsafe(`SELECT $1::int AS i, '${marker}' AS marker`, [i]),
+          planEachTime(sql.unsafe(`SELECT $1::int AS i, 'each-${marker}' AS marker`, [i])),
+        ]),
+      )
+      const results = yield* twice
+      expect(results.map((r) => [r[1], r[2]])).toEqual([1, 2, 3].map((i) => [[{ i, marker }], [{ i, marker: `each-${marker}` }]]))
+      // One connection (pool of 1): the named statement once, the other not at all.
+      expect(yield* preparedWith(sql, marker)).toEqual(["named"])
+    }))
+
+  it.effect("DB_PREPARED_STATEMENTS=false: nothing is prepared", () =>
+    Effect.gen(function* () {
+      const marker = fresh("m").replaceAll("-", "_")
+      const unprepared = Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        for (const i of [1, 2, 3]) yield* pipelinedTransaction(sql, [sql.unsafe(`SELECT $1::int AS i, '${marker}' AS marker`, [i])])
+        return yield* preparedWith(sql, marker)
+      })
+      const database = yield* TestDatabase
+      expect(
+        yield* unprepared.pipe(
+          Effect.provide(RunnerSqlLive(1, { preparedStatements: false }).pipe(Layer.provide(Layer.succeed(TestDatabase, database)))),
+        ),
+      ).toEqual([])
+    }))
+
+  it.effect("a sequence that prepared statements and failed leaves no name the next transaction would miss", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const marker = fresh("m").replaceAll("-", "_")
+      const later = sql.unsafe(`SELECT 2 AS two, '${marker}' AS marker`)
+      // The failing statement comes first: the backend skips the Parse of the one after it.
+      const failed = yield* Effect.either(pipelinedTransaction(sql, [sql`SELECT 1 / 0`, later]))
+      expect(Either.isLeft(failed) && failed.left._tag).toBe("SqlError")
+      // Were its name kept for the connection, this Bind would name a statement the backend never parsed.
+      const [rows] = yield* pipelinedTransaction(sql, [sql.unsafe(`SELECT 2 AS two, '${marker}' AS marker`)])
+      expect(rows).toEqual([{ two: 2, marker }])
+      expect(yield* sql`SELECT 1 AS one`).toEqual([{ one: 1 }])
     }))
 })

@@ -109,12 +109,14 @@ export const TestDatabaseLive: Layer.Layer<TestDatabase> = testDatabaseLayer()
  * `plain: true` gives @effect/sql-pg's own `PgClient.layer` instead (pipelinedTransaction then goes
  * through `sql.reserve`).
  */
-export const RunnerSqlLive = (maxConnections = 8, options: { readonly plain?: boolean } = {}) =>
+export const RunnerSqlLive = (maxConnections = 8, options: { readonly plain?: boolean; readonly preparedStatements?: boolean } = {}) =>
   EventLogSchema.Default.pipe(
     Layer.provideMerge(
       Layer.unwrapEffect(
         Effect.map(TestDatabase, (db) =>
-          options.plain === true ? PgClient.layer({ url: db.runnerUrl, maxConnections }) : pgClientLayer({ url: db.runnerUrl, maxConnections }),
+          options.plain === true
+            ? PgClient.layer({ url: db.runnerUrl, maxConnections })
+            : pgClientLayer({ url: db.runnerUrl, maxConnections, ...(options.preparedStatements === undefined ? {} : { preparedStatements: options.preparedStatements }) }),
         ),
       ),
     ),
