@@ -33,7 +33,11 @@ export const POOL_MAX = 10
 export const baseLayer = (db: RunnerDatabase, config: Partial<RunnerConfigShape> = {}, poolMax = POOL_MAX) =>
   Layer.provideMerge(
     Layer.merge(MigrationsLive, EventLogSchema.Default),
-    Layer.merge(databaseLayerFromUrl(db.runnerUrl, poolMax), RunnerConfig.test(config)),
+    Layer.merge(
+      // DB_PREPARED_STATEMENTS as the process reads it (AppConfig), so a bench run can compare both ways.
+      databaseLayerFromUrl(db.runnerUrl, poolMax, { preparedStatements: process.env.DB_PREPARED_STATEMENTS !== "false" }),
+      RunnerConfig.test(config),
+    ),
   ).pipe(
     Layer.orDie,
   )
