@@ -7,6 +7,7 @@
  * time, and reads this process's CPU and the runner role's backends' CPU over the round.
  */
 import { BunRuntime } from "@effect/platform-bun"
+import { SqlClient } from "@effect/sql/SqlClient"
 import { Context, Effect, Either, Layer, Logger, LogLevel, Redacted } from "effect"
 import type { PlannerMode } from "../../src/services/AppConfig.js"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
@@ -67,6 +68,12 @@ const main = Effect.scoped(
         `round ${r + 1} ${way.name.padEnd(10)} ${written}/${batch.length} written; runner ${(own / batch.length).toFixed(3)} ms, postgres ${((pg * 1000) / batch.length).toFixed(3)} ms CPU per run`,
       )
     }
+    // How Postgres planned the prepared statements on one of the prepared pool's connections.
+    const sql = Context.get(ways[0]!.ctx as Context.Context<SqlClient>, SqlClient)
+    const statements = yield* sql<{ generic: number; custom: number; statement: string }>`
+      SELECT generic_plans::int AS generic, custom_plans::int AS custom, statement FROM pg_prepared_statements
+      WHERE name LIKE 'mana_ai_%' ORDER BY name`.pipe(Effect.orDie)
+    for (const p of statements) console.log(`  generic ${p.generic}, custom ${p.custom}: ${p.statement.replace(/\s+/g, " ").trim().slice(0, 100)}`)
     for (const [name, s] of sums) {
       console.log(`${name.padEnd(10)} runner ${(s.own / s.runs).toFixed(3)} ms, postgres ${(s.pg / s.runs).toFixed(3)} ms CPU per run (${s.written}/${s.runs} written)`)
     }

@@ -53,7 +53,8 @@ import { claimCte } from "./runClaims.js"
 import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack, type WriteBasis } from "./WriteBack.js"
-import { pipelinedTransaction, planEachTime } from "./pipelinedTransaction.js"
+import { preparedStatementsOn } from "./Database.js"
+import { pipelinedTransaction } from "./pipelinedTransaction.js"
 import { scopeStatement } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
@@ -228,6 +229,8 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const writeBack = yield* WriteBack
     const config = yield* RunnerConfig
     const sqlClient = yield* SqlClient.SqlClient
+    /** Whether the run's statements are prepared once per connection (DB_PREPARED_STATEMENTS; pipelinedTransaction.ts). */
+    const prepared = preparedStatementsOn(sqlClient)
     const eventLog = yield* EventLogSchema
     // Optional so a stack without them (the offline planner's unit tests) still runs: no cap, no wait.
     const permits = yield* Effect.serviceOption(AgentPermits)
@@ -291,14 +294,23 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         // it stands for the run's iteration id.
         const also = resolvers.plainRefs(mission.inputs)
         const checked = yield* Effect.gen(function* (): Effect.fn.Return<Checked, SqlError> {
-          const [, scoped, raw] = yield* pipelinedTransaction(sqlClient, [
+          // Prepared statements (DB_PREPARED_STATEMENTS): the read in the shape whose generic plan
+          // serves every user, planned once (currentMission.ts runReadQuery); otherwise planned each time.
+          const results = yield* pipelinedTransaction(sqlClient, [
             sqlClient`SET LOCAL synchronous_commit = off`,
             scopeStatement(sqlClient, userId, {
               with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
               columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
             }),
-            planEachTime(runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also)),
+            ...(prepared
+              ? [
+                  sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`,
+                  runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
+                ]
+              : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),
           ])
+          const scoped = results[1]
+          const raw = results[results.length - 1]
           if (Number(scoped?.[0]?.claimed ?? 0) === 0) return skipped("claimed-elsewhere")
           yield* claimed
 

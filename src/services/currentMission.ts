@@ -181,8 +181,63 @@ export const actorAgent = (agentId: string | undefined, rows: ReadonlyArray<Sync
 /**
  * The rows the run's pre-check replays: the mission's, its agents', and those of `also`, in replay
  * order, each mission row's `iterations` left out where another row's wins it anyway.
+ *
+ * One branch per record, each a lookup the record index (`table_name, record_id`) answers, joined by
+ * UNION ALL: the statement is prepared once per connection (pipelinedTransaction.ts) and Postgres
+ * plans it once, generically, so its plan must not depend on the values. The user and app conditions
+ * are written `(…) IS TRUE` to keep them off the index: as plain equalities, the generic plan of the
+ * same read written with ORs read the user's whole history through the user index
+ * (`sync_changes_user_app_table_created_idx`), right on average and wrong for a user with a long one.
+ * A ref of `also` that names the mission is left out (its branch is the first), one that names an
+ * agent of the mission keeps out that agent's rows, so no row comes twice. The run sends it after
+ * `SET LOCAL plan_cache_mode = force_generic_plan` (MissionRunner.ts): left to choose (`auto`),
+ * Postgres kept planning it for each run's values, and planned each time this shape costs more than
+ * the one below.
  */
-export const runReadQuery = (
+const runReadByRecord = (
+  sql: SqlClient.SqlClient,
+  timeColumn: SyncGeneration,
+  userId: string,
+  missionId: string,
+  also: ReadonlyArray<RecordRef>,
+) => {
+  const agentIds = sql`ARRAY(
+          SELECT m.data->>'agentId' FROM sync_changes m
+          WHERE m.table_name = ${MISSIONS_TABLE} AND m.record_id = ${missionId}
+            AND (m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID}) IS TRUE AND m.data->>'agentId' IS NOT NULL)`
+  const missionKey = recordRefKey({ appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId })
+  const seen = new Set<string>([missionKey])
+  const alsoBranches = also.flatMap((ref) => {
+    const key = recordRefKey(ref)
+    if (seen.has(key)) return []
+    seen.add(key)
+    const notAgent = ref.appId === AGENTS_APP_ID && ref.table === AGENTS_TABLE ? sql` AND record_id <> ALL (${agentIds})` : sql``
+    return [
+      sql`
+      UNION ALL
+      SELECT ${syncChangeColumns(sql, timeColumn)} FROM sync_changes
+      WHERE table_name = ${ref.table} AND record_id = ${ref.recordId} AND (user_id = ${userId} AND app_id = ${ref.appId}) IS TRUE${notAgent}`,
+    ]
+  })
+  return sql<Record<string, unknown>>`
+    SELECT id, app_id, table_name, record_id, user_id, op,
+           CASE WHEN dominated THEN data - 'iterations' ELSE data END AS data, field_timestamps, created_at
+    FROM (${withDominatedIterations(
+      sql,
+      sql`
+      SELECT ${syncChangeColumns(sql, timeColumn)} FROM sync_changes
+      WHERE table_name = ${MISSIONS_TABLE} AND record_id = ${missionId} AND (user_id = ${userId} AND app_id = ${MISSIONS_APP_ID}) IS TRUE
+      UNION ALL
+      SELECT ${syncChangeColumns(sql, timeColumn)} FROM sync_changes
+      WHERE table_name = ${AGENTS_TABLE} AND record_id = ANY (${agentIds}) AND (user_id = ${userId} AND app_id = ${AGENTS_APP_ID}) IS TRUE${
+        alsoBranches.length === 0 ? sql`` : sql.join("", false)(alsoBranches)
+      }`,
+    )}) x
+    ORDER BY created_at, id`
+}
+
+/** The same rows in one condition of ORs: cheaper to plan for its values, so the shape for an unprepared statement. */
+const runReadByOr = (
   sql: SqlClient.SqlClient,
   timeColumn: SyncGeneration,
   userId: string,
@@ -204,6 +259,20 @@ export const runReadQuery = (
             AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL))${also.length === 0 ? sql`` : sql` OR ${recordRefsWhere(sql, also)}`})`,
     )}) x
     ORDER BY created_at, id`
+
+/**
+ * The rows the run's pre-check replays (see `runReadByRecord`): `prepared` (the statement is prepared
+ * once per connection, DB_PREPARED_STATEMENTS) gives the shape whose generic plan is right for every
+ * user, otherwise the one cheaper to plan each time. Both give the same rows (runReadHistory.test.ts).
+ */
+export const runReadQuery = (
+  sql: SqlClient.SqlClient,
+  timeColumn: SyncGeneration,
+  userId: string,
+  missionId: string,
+  also: ReadonlyArray<RecordRef>,
+  shape: "prepared" | "planned-each-time" = "prepared",
+) => (shape === "prepared" ? runReadByRecord : runReadByOr)(sql, timeColumn, userId, missionId, also)
 
 /**
  * Judges the rows of `runReadQuery`: the mission as it stands, its agent, and the records of `also`

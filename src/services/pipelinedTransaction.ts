@@ -76,21 +76,6 @@ const preparedByConnection = new WeakMap<object, Prepared>()
 let connectionSerial = 0
 const MAX_NAMED_PER_CONNECTION = 200
 
-/** Statements planned for their own parameters every time (`planEachTime`). */
-const plannedEachTime = new WeakSet<object>()
-
-/**
- * Marks a statement to be parsed and planned afresh at each execution (an unnamed statement), never
- * prepared: for a query whose best plan depends on its parameters, where a cached generic plan could
- * pick an index that is right on average and wrong for a user with a long history. The run's read
- * (currentMission.ts `runReadQuery`) is one: a generic plan of it read the user's whole history
- * through the user index (`sync_changes_user_app_table_created_idx`) instead of the record's rows.
- */
-export const planEachTime = <A>(statement: Statement.Statement<A>): Statement.Statement<A> => {
-  plannedEachTime.add(statement)
-  return statement
-}
-
 const preparedOn = (connection: object): Prepared => {
   let prepared = preparedByConnection.get(connection)
   if (prepared === undefined) {
@@ -116,7 +101,7 @@ class Sequence {
   private failed: Error | undefined = undefined
 
   constructor(
-    private readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>, boolean?]>,
+    private readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>]>,
     /** Parse each statement once per connection under a name (see `Prepared`); only where a failure destroys the connection. */
     private readonly named: boolean,
   ) {
@@ -135,8 +120,8 @@ class Sequence {
     // One write for the whole sequence (pg corks its own Parse…Sync the same way).
     connection.stream.cork?.()
     try {
-      for (const [text, values, eachTime] of this.statements) {
-        const names = eachTime === true ? undefined : prepared
+      for (const [text, values] of this.statements) {
+        const names = prepared
         let name = names?.names.get(text)
         if (name === undefined) {
           name = names !== undefined && names.names.size < MAX_NAMED_PER_CONNECTION ? `mana_ai_${names.serial}_${names.names.size}` : ""
@@ -226,10 +211,7 @@ const onPool = (
   Effect.async<ReadonlyArray<Rows>, SqlError>((resume) => {
     let compiled: Sequence
     try {
-      compiled = new Sequence(
-        [["BEGIN", []], ...statements.map((statement) => [...statement.compile(), plannedEachTime.has(statement)] as const)],
-        named,
-      )
+      compiled = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())], named)
     } catch (cause) {
       resume(Effect.fail(statementFailed(cause)))
       return

@@ -12,6 +12,7 @@ import { RUNNER_CLIENT_ID } from "../../src/domain/mission.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { EventLogSchema } from "../../src/services/EventLogSchema.js"
 import { readCurrentMissionWithAgent, runReadQuery } from "../../src/services/currentMission.js"
+import type { RecordRef } from "../../src/services/recordRows.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { replayedMission } from "../support/eventLogRows.js"
 import { type Change, insertChanges, missionDeleteRow, missionInsertRow } from "../support/seed.js"
@@ -136,5 +137,68 @@ it.layer(L, { timeout: 120_000 })("the run's read of a mission's history", (it) 
       expect(got.iterations).toEqual(["offset"])
       // The insert, both device rows and the newest runner row.
       expect(got.withList).toBe(4)
+    }))
+})
+
+it.layer(L, { timeout: 120_000 })("the run's read in both shapes", (it) => {
+  /** Both shapes of the read in one scope, each row set ordered by change id. */
+  const bothShapes = (user: string, missionId: string, also: ReadonlyArray<RecordRef>) =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const { timeColumn } = yield* EventLogSchema
+      const [byRecord, byOr] = yield* withUserScope(user, (s) =>
+        Effect.all([
+          runReadQuery(s, timeColumn, user, missionId, also, "prepared"),
+          runReadQuery(s, timeColumn, user, missionId, also, "planned-each-time"),
+        ]),
+      ).pipe(Effect.provideService(SqlClient.SqlClient, sql), Effect.orDie)
+      return { byRecord, byOr }
+    })
+
+  it.effect("the prepared shape (one branch per record) reads the rows the planned-each-time shape (ORs) reads, none twice", () =>
+    Effect.gen(function* () {
+      const user = fresh("u")
+      const other = fresh("u-other")
+      const m = fresh("m")
+      const agent = fresh("agent")
+      const otherAgent = fresh("agent-other")
+      const goal = fresh("goal")
+      const agentRow = (id: string, createdAt: string): Change => ({
+        userId: user,
+        recordId: id,
+        appId: "ai",
+        table: "agents",
+        op: "insert",
+        data: { name: "Coach", state: "active" },
+        createdAt,
+      })
+      yield* insertChanges([
+        { ...missionInsertRow(user, m, { agentId: agent }), createdAt: at(0) },
+        runnerRow(user, m, ["it-1"], stamp(1), at(1)),
+        runnerRow(user, m, ["it-1", "it-2"], stamp(2), at(2)),
+        agentRow(agent, at(3)),
+        agentRow(otherAgent, at(4)),
+        { userId: user, recordId: goal, appId: "companion", table: "companionGoals", op: "insert", data: { title: "g" }, createdAt: at(5) },
+        // Another user's rows of the same ids: never read.
+        { ...missionInsertRow(other, m, { agentId: agent }), createdAt: at(6) },
+        { ...agentRow(agent, at(7)), userId: other },
+      ])
+      const goalRef: RecordRef = { appId: "companion", table: "companionGoals", recordId: goal }
+      const cases: ReadonlyArray<ReadonlyArray<RecordRef>> = [
+        [],
+        [goalRef],
+        // The mission itself, its agent, another agent, a ref twice, a record with no rows.
+        [goalRef, { appId: "ai", table: "aiMissions", recordId: m }, { appId: "ai", table: "agents", recordId: agent }, goalRef],
+        [{ appId: "ai", table: "agents", recordId: otherAgent }, { appId: "companion", table: "companionGoals", recordId: fresh("none") }],
+      ]
+      for (const also of cases) {
+        const { byRecord, byOr } = yield* bothShapes(user, m, also)
+        expect(byRecord).toEqual(byOr)
+        expect(new Set(byRecord.map((r) => r.id)).size).toBe(byRecord.length)
+        expect(byRecord.every((r) => r.user_id === user)).toBe(true)
+      }
+      const withOther = yield* bothShapes(user, m, [{ appId: "ai", table: "agents", recordId: otherAgent }, goalRef])
+      // The mission's 3 rows, its agent's, the other agent's and the goal's.
+      expect(withOther.byRecord.map((r) => r.record_id)).toEqual([m, m, m, agent, otherAgent, goal])
     }))
 })
