@@ -84,10 +84,11 @@ export const startManaProcess = async (options: {
     if (v !== undefined && !OWN_VARIABLES.includes(k)) env[k] = v
   }
   Object.assign(env, { LOG_FORMAT: "json", PORT: String(port), ...options.env })
+  if (options.viaNpmStart !== true && options.entry !== "source") ensureBundle()
   const child =
     options.viaNpmStart === true
       ? spawn("npm", ["start", "--silent"], { cwd: options.cwd ?? REPO_ROOT, env, stdio: ["ignore", "pipe", "pipe"] })
-      : spawn(BUN, [options.entry === "source" ? MAIN : (ensureBundle(), BUNDLE)], {
+      : spawn(BUN, [options.entry === "source" ? MAIN : BUNDLE], {
           cwd: options.cwd ?? REPO_ROOT,
           env,
           stdio: ["ignore", "pipe", "pipe"],
