@@ -132,6 +132,7 @@ export const staleReason = (options: BundleOptions = {}): string | undefined => 
   } catch {
     return "no bundle yet"
   }
+  if (typeof record.files !== "object" || record.files === null) return "its inputs list is unreadable"
   if (JSON.stringify({ bun: record.bun, options: record.options }) !== JSON.stringify(expectedHeader(options))) {
     return "built by another Bun or with other options"
   }
@@ -139,6 +140,13 @@ export const staleReason = (options: BundleOptions = {}): string | undefined => 
     if (hashOf(join(ROOT, path)) !== hash) return `${path} changed`
   }
   return undefined
+}
+
+/** One bundler message as `file:line:column: message` (Bun's BuildMessage and ResolveMessage). */
+const describeLog = (log: unknown): string => {
+  const { message, position } = log as { message?: unknown; position?: { file?: string; line?: number; column?: number } | null }
+  const where = position?.file === undefined ? "" : `${relative(ROOT, resolve(position.file))}:${position.line}:${position.column}: `
+  return `${where}${typeof message === "string" ? message : String(log)}`
 }
 
 /** Builds the bundle and its inputs list; throws with the bundler's messages when it fails. */
@@ -160,7 +168,7 @@ export const buildBundle = async (options: BundleOptions = {}): Promise<{ readon
     throw: false,
   })
   if (!result.success) {
-    throw new Error(result.logs.map((log) => String(log)).join("\n") || "the bundler failed without a message")
+    throw new Error(result.logs.map(describeLog).join("\n") || "the bundler failed without a message")
   }
   const main = result.outputs.find((o) => o.kind === "entry-point")
   if (main === undefined) throw new Error("the bundler wrote no entry point")
@@ -174,8 +182,10 @@ export const buildBundle = async (options: BundleOptions = {}): Promise<{ readon
     const full = join(ROOT, path)
     const hash = hashOf(full)
     if (hash === undefined) continue
-    // Changed while the build read it: record no hash, so the next start builds again.
-    files[path] = statSync(full).mtimeMs >= started - 1 ? "" : hash
+    // Written since the build began (so maybe after the bundler read it): no hash, the next start builds
+    // again. A time after now is a clock's skew (files copied from another machine), not an edit.
+    const written = statSync(full).mtimeMs
+    files[path] = written >= started && written <= Date.now() ? "" : hash
   }
   mkdirSync(outdir, { recursive: true })
   const temp = (name: string) => join(outdir, `.${name}.${process.pid}.tmp`)
