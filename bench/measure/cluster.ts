@@ -1,5 +1,6 @@
 /**
- * Cluster mode (issue 19) with real runner processes (`bun src/main.ts` with RUNNER_ADDRESS):
+ * Cluster mode (issue 19) with real runner processes (the bundle `npm start` runs, `bun dist/main.js`,
+ * built first unless up to date, with RUNNER_ADDRESS):
  * - throughput with 2 runners ÷ 1 runner: the same due workload on a fresh database each, timed from
  *   the seed to the last write (the runners are up and hold their shards before the seed);
  * - failover: SIGKILL one of two runners, make every mission due at once, and time the kill to the
@@ -7,14 +8,13 @@
  * Latencies here include the machine's load; the throughput ratio is taken within one run.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { Effect, Redacted, type Scope } from "effect"
 import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import type { Figure } from "../support/report.js"
 import { seedDueMissions } from "../support/seed.js"
 import { percentile, round } from "../support/stats.js"
-import { freePort } from "../../test/support/ManaProcess.js"
+import { BUNDLE, ensureBundle, freePort } from "../../test/support/ManaProcess.js"
 
 export interface ClusterOptions {
   readonly ownerUrl: string
@@ -25,7 +25,6 @@ export interface ClusterOptions {
   readonly log: (line: string) => Effect.Effect<void>
 }
 
-const MAIN = fileURLToPath(new URL("../../src/main.ts", import.meta.url))
 const SERVICE_KEY = "bench-cluster-service-key-0123456789"
 const SHARDS = 60
 
@@ -68,7 +67,8 @@ const startRunner = (db: BenchDatabase, standIn: BenchLlmStandIn) =>
         LOG_LEVEL: "warning",
         LOG_FORMAT: "json",
       }
-      const child = spawn(process.execPath, [MAIN], { env, stdio: ["ignore", "ignore", "inherit"] })
+      ensureBundle()
+      const child = spawn(process.execPath, [BUNDLE], { env, stdio: ["ignore", "ignore", "inherit"] })
       const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
       const r: Runner = { child, base: `http://127.0.0.1:${port}`, exited }
       await until("/ready", 60_000, async () => (await fetch(`${r.base}/ready`)).ok, 100)

@@ -211,7 +211,7 @@ const SETTLE_SECONDS = 5
 const BETWEEN_TICKS_SECONDS = 3
 
 /**
- * The runner as operators start it (`bun src/main.ts`, the runner role, TICK_ENABLED=false so only
+ * The runner as operators start it (`npm start`: the bundle, `bun dist/main.js`; the runner role, TICK_ENABLED=false so only
  * the bench's ticks do work, PLANNER_MODE=json, otherwise defaults) and its RSS as the OS sees it,
  * read 5 s after each step with nothing forced: idle after start-up; after the first tick of
  * `runsPerRound` runs; after `rounds` such ticks; after a tick whose discovery reads `historyRows`
@@ -272,7 +272,7 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string, log: (line: s
   })
 
 /**
- * The runner as operators start it (`bun src/main.ts`, the runner role, TICK_ENABLED=false so only
+ * The runner as operators start it (`npm start`: the bundle, `bun dist/main.js`; the runner role, TICK_ENABLED=false so only
  * the bench's ticks do work, PLANNER_MODE=json, otherwise defaults) and its RSS as the OS sees it,
  * read 5 s after each step with nothing forced: idle after start-up; after the first tick of
  * `runsPerRound` runs (as many users, one mission each); after `rounds` such ticks of the same

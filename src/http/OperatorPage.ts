@@ -14,14 +14,15 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
+import { appFile } from "../appRoot.js"
 import { pageActors, pageCensus } from "./actorPage.js"
 import { captureFailures } from "./RecentFailures.js"
 import type { ApiBackend } from "./ServerState.js"
 import { ServerState } from "./ServerState.js"
 
-const asset = (name: string): string => readFileSync(new URL(`./page/${name}`, import.meta.url), "utf8")
+const asset = (name: string): string => readFileSync(appFile("src", "http", "page", name), "utf8")
 
-/** Read once when the module loads: the files ship in the package beside this module. */
+/** Read once when the module loads: the files ship in the package, in `src/http/page/` (found from the app's root, `appRoot.ts`, so from the bundle too). */
 const ASSETS = {
   html: asset("index.html"),
   js: asset("app.js"),

@@ -8,7 +8,6 @@ import type { ClusterView } from "../actors/Ownership.js"
 import type { TickReport } from "../actors/Supervisor.js"
 import type { AuditQuery, AuditRow } from "../services/decryptAudit.js"
 import type { LlmBreakerState } from "../services/LlmBreaker.js"
-import { readFileSync } from "node:fs"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
@@ -17,6 +16,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
+import { appVersion } from "../appRoot.js"
 import { type ActorOrder, makeActorOrder } from "./actorPage.js"
 import { makeRecentFailures, type RecentFailuresShape } from "./RecentFailures.js"
 
@@ -146,11 +146,10 @@ export class ServerState extends Context.Tag("mana-ai/ServerState")<ServerState,
   static readonly layer = (settings: ServerSettings) => Layer.effect(ServerState, ServerState.make(settings))
 }
 
-/** package.json's version: the one thing /health reports about the build. */
+/** package.json's version: the one thing /health reports about the build ("unknown" if it cannot be read). */
 export const packageVersion = (): string => {
   try {
-    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown }
-    return typeof pkg.version === "string" ? pkg.version : "unknown"
+    return appVersion()
   } catch {
     return "unknown"
   }

@@ -12,6 +12,10 @@
  * (the lowest size seen). While runs are under way it leaves the collector alone: a full
  * collection stops the event loop (100–500 ms measured on the loaded 2-core machine), which runs
  * at work would feel; the idle process pays it once per quiet spell.
+ * The first collection waits until start-up is done (`startupJit.ts`'s `isStartupDone`) and then needs
+ * no growth: the bundle `npm start` runs leaves less than QUIET_GROWTH of start-up garbage, so the
+ * first quiet spell's Bun.shrink came 7–11 s after start or only after the first tick (which then
+ * lost its compiled code); from source start-up left more and it came about 2 s after start.
  * Outside Bun (the Node test layers) it does nothing.
  */
 import * as Duration from "effect/Duration"
@@ -20,6 +24,7 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import { runsInFlightGauge } from "../services/metrics.js"
+import { isStartupDone } from "./startupJit.js"
 
 const CHECK_EVERY = Duration.seconds(1)
 /** Garbage left over when the process goes quiet that is worth a collection. */
@@ -41,15 +46,23 @@ interface BunGc {
  * the heap grew less than STILL_CHANGE since the last check, and it holds `quietGrowth` more than the
  * floor (the size the last collection left, or the lowest seen). Returns whether it collected.
  */
-export const makeTrimmer = (heapSize: () => number, collect: () => void, quietGrowth = QUIET_GROWTH_BYTES) => {
+export const makeTrimmer = (
+  heapSize: () => number,
+  collect: () => void,
+  quietGrowth = QUIET_GROWTH_BYTES,
+  /** The first collection needs no growth, only a quiet, still heap. */
+  firstAtOnce = false,
+) => {
   let floor = heapSize()
   let previous = floor
+  let firstPending = firstAtOnce
   return (busy: boolean): boolean => {
     const size = heapSize()
     const still = size - previous < STILL_CHANGE_BYTES
     previous = size
     floor = Math.min(floor, size)
-    if (busy || !still || size - floor < quietGrowth) return false
+    if (busy || !still || (size - floor < quietGrowth && !firstPending)) return false
+    firstPending = false
     collect()
     floor = heapSize()
     previous = floor
@@ -69,13 +82,19 @@ export const MemoryTrimLive: Layer.Layer<never> = Layer.scopedDiscard(
     // took the RSS after 1,000 runs from about 130 to 101 MB, but the next tick compiles its code
     // again: runner CPU per run 10.9–16.3 ms against 8.3–9.6 ms on ticks 2 and 3 (README).
     let shrunk = bun.shrink === undefined
-    const check = makeTrimmer(heapSize, () => {
-      if (shrunk) return bun.gc(true)
-      shrunk = true
-      bun.shrink!()
-    })
+    const check = makeTrimmer(
+      heapSize,
+      () => {
+        if (shrunk) return bun.gc(true)
+        shrunk = true
+        bun.shrink!()
+      },
+      QUIET_GROWTH_BYTES,
+      true,
+    )
     yield* Metric.value(runsInFlightGauge).pipe(
-      Effect.flatMap(({ value }) => Effect.sync(() => check(value > 0))),
+      // Start-up counts as busy: its first collection is the one after start-up (see the header).
+      Effect.flatMap(({ value }) => Effect.sync(() => check(value > 0 || !isStartupDone()))),
       Effect.repeat(Schedule.spaced(CHECK_EVERY)),
       Effect.forkScoped,
     )

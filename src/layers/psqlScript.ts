@@ -4,14 +4,14 @@
  * `:'var'` (literal) and backslash meta-command lines, which are dropped.
  */
 import { readFileSync } from "node:fs"
-import { fileURLToPath } from "node:url"
+import { appFile } from "../appRoot.js"
 import type { SyncGeneration } from "../domain/eventLog.js"
 
 const quoteIdent = (s: string) => `"${s.replaceAll('"', '""')}"`
 const quoteLiteral = (s: string) => `'${s.replaceAll("'", "''")}'`
 
-export const sqlFile = (name: string): string =>
-  readFileSync(fileURLToPath(new URL(`../../sql/${name}`, import.meta.url)), "utf8")
+/** One of the app's `sql/` files (found from the app's root, `appRoot.ts`: from source and from the bundle alike). */
+export const sqlFile = (name: string): string => readFileSync(appFile("sql", name), "utf8")
 
 /** The DDL of one generation of sync_changes (SPEC §13): today's by default, the seed's for the tests. */
 export const syncChangesSql = (generation: SyncGeneration = "field_meta"): string =>

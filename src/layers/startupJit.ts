@@ -16,5 +16,13 @@ const setJitPolicy = (globalThis as { Bun?: BunUnsafe }).Bun?.unsafe?.setJITPoli
 
 setJitPolicy?.(STARTUP_JIT_SCALE)
 
+let done = false
+
+/** Whether the process serves (`startupDone` was called): `memoryTrim.ts` waits for it before its first collection. */
+export const isStartupDone = (): boolean => done
+
 /** The normal JIT policy again (once the process serves). */
-export const startupDone = (): void => setJitPolicy?.(1)
+export const startupDone = (): void => {
+  done = true
+  setJitPolicy?.(1)
+}

@@ -18,7 +18,6 @@
  * each other's results in JavaScript: a later one that depends on an earlier one reads it in SQL (a
  * row count, or a transaction-local `app.*` setting the earlier statement set).
  */
-import { createRequire } from "node:module"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
@@ -53,8 +52,12 @@ interface PgResult {
   addRow(row: Record<string, unknown>): void
 }
 const PgResultClass = (Pg as unknown as { Result: new (rowMode: undefined, types: unknown) => PgResult }).Result
-/** pg's own mapping of a parameter to its text form (Dates, arrays, Buffers, JSON), as its queries bind them. */
-const prepareValue = (createRequire(import.meta.url)("pg/lib/utils.js") as { prepareValue: (value: unknown) => unknown }).prepareValue
+/**
+ * pg's own mapping of a parameter to its text form (Dates, arrays, Buffers, JSON), as its queries bind
+ * them: `pg/lib/utils.js`, which pg's default export carries as `utils` (not in @types/pg). Taken from
+ * the import rather than by `require`, so the bundle `npm start` runs uses its own copy of pg.
+ */
+const prepareValue = (Pg as unknown as { utils: { prepareValue: (value: unknown) => unknown } }).utils.prepareValue
 
 type Rows = ReadonlyArray<Record<string, unknown>>
 

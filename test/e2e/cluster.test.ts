@@ -1,5 +1,6 @@
 /**
- * Cluster mode with real runner processes (issue 19): `bun src/main.ts` twice with RUNNER_ADDRESS on
+ * Cluster mode with real runner processes (issue 19): the bundle `npm start` runs (`bun dist/main.js`)
+ * twice with RUNNER_ADDRESS on
  * one database. Needs a Postgres server: the runners hold shard locks on their own sessions
  * (advisory locks) and ping each other; PGlite serves one session at a time, so on PGlite the file is
  * skipped.

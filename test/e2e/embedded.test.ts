@@ -1,5 +1,7 @@
 /**
- * `bun src/main.ts` with no SYNC_DATABASE_URL, in an empty working directory: the embedded default
+ * The bundle `npm start` runs (`bun dist/main.js`) with no SYNC_DATABASE_URL, in an empty working
+ * directory (PGlite, left out of the bundle, still resolves from dist/ up to node_modules; sql/ is read
+ * from the app's root, not the working directory): the embedded default
  * (PGlite under ./.data, the demo workload, the offline planner), started twice on the same data.
  */
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"

@@ -1,5 +1,6 @@
 /**
- * The service as operators start it: `npm start` (whose script execs Bun), against a real database as
+ * The service as operators start it: `npm start` (which checks the bundle, dist/main.js, rebuilds it if
+ * any file it was built from changed, and execs Bun on it), against a real database as
  * the runner role and the HTTP LLM stand-in. Empty variables count as unset (SPEC §10); a tick that
  * outlasts Bun's default 10 s idle timeout still gets its answer (SPEC §9); SIGTERM sent to npm
  * reaches the service, which drains, and npm exits 0 too (SPEC §8).

@@ -1,7 +1,7 @@
 /**
- * The real Bun process against a real database as the runner role (the Postgres server when
- * TEST_DATABASE_URL is set; otherwise PGlite served on a loopback port, so `npm test` passes on a
- * fresh machine) and the HTTP LLM stand-in. It runs in sync-database mode: SYNC_DATABASE_URL,
+ * The real Bun process, run from the bundle as `npm start` runs it (dist/main.js), against a real
+ * database as the runner role (the Postgres server when TEST_DATABASE_URL is set; otherwise PGlite
+ * served on a loopback port, so `npm test` passes on a fresh machine) and the HTTP LLM stand-in. It runs in sync-database mode: SYNC_DATABASE_URL,
  * MANA_LLM_URL and MANA_SERVICE_KEY set, TICK_ENABLED=false so only /internal/tick runs missions.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -24,6 +24,8 @@ const USERS = ["e2e-ana", "e2e-ben", "e2e-cleo"]
 const LOADED_MODULES_DIR = mkdtempSync(join(tmpdir(), "mana-e2e-modules-"))
 const LOADED_MODULES_FILE = join(LOADED_MODULES_DIR, "loaded.txt")
 const LOADED_MODULES_PROBE = fileURLToPath(new URL("../support/loadedModulesProbe.ts", import.meta.url))
+/** Written by scripts/bundle.ts beside the bundle: every file the bundler read. */
+const BUNDLE_INPUTS = fileURLToPath(new URL("../../dist/inputs.json", import.meta.url))
 
 let scope: Scope.CloseableScope
 let db: TestDatabaseShape
@@ -238,12 +240,24 @@ describe("the resident Bun process", () => {
     expect(m.logs().at(-1)?.message).toBe("mana-ai stopped")
   }, 60_000)
 
-  it("ran its missions without loading fast-check: effect's FastCheck module is a stub (issue 16 item 5)", () => {
-    const loaded = readFileSync(LOADED_MODULES_FILE, "utf8").split("\n")
-    // The probe saw the process: its live composition, the run, and effect/Schema, which imports FastCheck.
-    for (const module of ["src/layers/live.ts", "src/services/MissionRunner.ts", "effect/dist/esm/Schema.js"]) {
-      expect(loaded.some((p) => p.replaceAll("\\", "/").endsWith(module)), module).toBe(true)
-    }
+  it("ran its missions from the bundle, which has no fast-check in it: effect's FastCheck module is a stub (issue 16 item 5)", () => {
+    const lines = readFileSync(LOADED_MODULES_FILE, "utf8").split("\n")
+    const loaded = lines.filter((l) => !l.startsWith("setJITPolicy("))
+    // The process ran the bundle `npm start` runs, and loaded no module of fast-check at run time.
+    expect(loaded.some((p) => p.replaceAll("\\", "/").endsWith("/dist/main.js"))).toBe(true)
     expect(loaded.filter((p) => /[\\/](fast-check|pure-rand)[\\/]/.test(p))).toEqual([])
+    // What the bundler put in it (dist/inputs.json, from its metafile): the live composition, the run, and
+    // effect/Schema, which imports FastCheck; none of fast-check's or pure-rand's files.
+    const inputs = Object.keys((JSON.parse(readFileSync(BUNDLE_INPUTS, "utf8")) as { files: Record<string, string> }).files)
+    for (const module of ["src/layers/live.ts", "src/services/MissionRunner.ts", "effect/dist/esm/Schema.js"]) {
+      expect(inputs.some((p) => p.replaceAll("\\", "/").endsWith(module)), module).toBe(true)
+    }
+    expect(inputs.filter((p) => /[\\/](fast-check|pure-rand)[\\/]/.test(p))).toEqual([])
+    // startupJit.ts's body ran before any of effect's modules (the bundle keeps main.ts's order), and the
+    // normal policy came back once the process served.
+    expect(lines.filter((l) => l.startsWith("setJITPolicy("))).toEqual([
+      "setJITPolicy(100) effect loaded: no",
+      "setJITPolicy(1) effect loaded: yes",
+    ])
   })
 })

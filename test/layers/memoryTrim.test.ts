@@ -94,6 +94,28 @@ describe("the memory trimmer (issue 16 item 5)", () => {
     expect(heap.collections).toBe(0)
   })
 
+  it("with firstAtOnce, the first collection (start-up's) needs no growth, only a quiet, still heap; later ones do", () => {
+    const heap = { size: 30 * MB, collections: 0 }
+    const check = makeTrimmer(
+      () => heap.size,
+      () => {
+        heap.collections++
+      },
+      QUIET_GROWTH_BYTES,
+      true,
+    )
+    // Start-up (busy) and a heap still changing: not yet.
+    expect(check(true)).toBe(false)
+    heap.size = 30 * MB + 2 * STILL_CHANGE_BYTES
+    expect(check(false)).toBe(false)
+    // Quiet and still, with less garbage than QUIET_GROWTH: the first collection all the same.
+    expect(check(false)).toBe(true)
+    heap.size = 30 * MB + QUIET_GROWTH_BYTES / 2
+    expect(check(false)).toBe(false)
+    expect(check(false)).toBe(false)
+    expect(heap.collections).toBe(1)
+  })
+
   it("a live set that grew (more actors) becomes the new floor after its collection", () => {
     const { heap, check } = fakeHeap(30 * MB)
     heap.live = 60 * MB

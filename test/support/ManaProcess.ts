@@ -1,14 +1,34 @@
 /**
- * The real resident process for end-to-end tests: `node_modules/.bin/bun src/main.ts` as a child
+ * The real resident process for end-to-end tests: what `npm start` runs, `node_modules/.bin/bun
+ * dist/main.js` (the bundle, built first by `scripts/bundle.ts` unless it is up to date), as a child
  * process with its own environment, its stdout/stderr collected, JSON log lines parsed.
+ * `entry: "source"` runs `bun src/main.ts` instead; `viaNpmStart` runs `npm start` itself.
  */
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
 
 export const REPO_ROOT = fileURLToPath(new URL("../..", import.meta.url))
 export const BUN = fileURLToPath(new URL("../../node_modules/.bin/bun", import.meta.url))
 export const MAIN = fileURLToPath(new URL("../../src/main.ts", import.meta.url))
+export const BUNDLE = fileURLToPath(new URL("../../dist/main.js", import.meta.url))
+export const BUNDLE_SCRIPT = fileURLToPath(new URL("../../scripts/bundle.ts", import.meta.url))
+
+let bundleChecked = false
+
+/**
+ * What `npm start` does before it runs the bundle: `bun scripts/bundle.ts` builds dist/main.js unless
+ * it is up to date. Once per test process; test files running at once may both build (each writes
+ * under a temporary name and renames, so none runs a half-written bundle).
+ */
+export const ensureBundle = (): void => {
+  if (bundleChecked) return
+  const env = { ...process.env }
+  delete env.BUN_OPTIONS
+  const result = spawnSync(BUN, [BUNDLE_SCRIPT], { cwd: REPO_ROOT, env, encoding: "utf8" })
+  if (result.status !== 0) throw new Error(`bun scripts/bundle.ts failed (${result.status ?? result.signal}): ${result.stderr}`)
+  bundleChecked = true
+}
 
 /** Every variable the process reads: none leaks in from the test runner's own environment. */
 const OWN_VARIABLES = [
@@ -51,10 +71,12 @@ export interface ManaProcess {
 
 export const startManaProcess = async (options: {
   readonly env: Readonly<Record<string, string>>
-  readonly cwd?: string
+  readonly cwd?: string | undefined
   readonly port?: number
   /** `npm start` (as operators run it: the script execs Bun) instead of Bun directly. */
   readonly viaNpmStart?: boolean
+  /** Without npm: the bundle `npm start` runs (default) or the source (`bun src/main.ts`). */
+  readonly entry?: "bundle" | "source"
 }): Promise<ManaProcess> => {
   const port = options.port ?? (await freePort())
   const env: Record<string, string> = {}
@@ -62,10 +84,15 @@ export const startManaProcess = async (options: {
     if (v !== undefined && !OWN_VARIABLES.includes(k)) env[k] = v
   }
   Object.assign(env, { LOG_FORMAT: "json", PORT: String(port), ...options.env })
+  if (options.viaNpmStart !== true && options.entry !== "source") ensureBundle()
   const child =
     options.viaNpmStart === true
       ? spawn("npm", ["start", "--silent"], { cwd: options.cwd ?? REPO_ROOT, env, stdio: ["ignore", "pipe", "pipe"] })
-      : spawn(BUN, [MAIN], { cwd: options.cwd ?? REPO_ROOT, env, stdio: ["ignore", "pipe", "pipe"] })
+      : spawn(BUN, [options.entry === "source" ? MAIN : BUNDLE], {
+          cwd: options.cwd ?? REPO_ROOT,
+          env,
+          stdio: ["ignore", "pipe", "pipe"],
+        })
   let out = ""
   let err = ""
   child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
