@@ -171,6 +171,10 @@ layer(Stack, { timeout: 180_000, excludeTestServices: true })("database faults u
       yield* standIn.reset
       const { userId, missionId } = yield* dueMission("ack")
       const mission = missionOf(yield* snapshotOf(userId, missionId))
+      // The pool's connections end first, so the run's transactions parse their statements on new ones and
+      // the proxy sees the INSERT's text (a connection that prepared it before sends only its name).
+      yield* proxy.dropAll
+      yield* sleep(300) // the pool notices its connections ended and opens new ones for the run
       const fired = yield* proxy.cutAfterForwarding({ after: "INSERT INTO sync_changes", cut: "COMMIT", lingerMs: 500 })
       const result = yield* run(userId, mission)
       yield* fired.pipe(Effect.timeout("5 seconds"))
