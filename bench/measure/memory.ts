@@ -14,7 +14,7 @@ import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.
 import { runInChild } from "../support/child.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import { benchLog } from "../support/log.js"
-import { bunProcessUnder, processTicks } from "../support/cpu.js"
+import { bunProcessUnder, killBunUnderNpm, processTicks } from "../support/cpu.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import type { HistoryTemplates } from "../support/historyTemplate.js"
@@ -236,16 +236,7 @@ const startRunnerProcess = (db: BenchDatabase, standInUrl: string, log: (line: s
         }),
       ),
       // SIGKILL does not reach Bun through npm: Bun first, then npm.
-      (p) =>
-        Effect.promise(async () => {
-          const bun = bunProcessUnder(p.child.pid ?? 0)
-          if (bun !== undefined) {
-            try {
-              process.kill(bun, "SIGKILL")
-            } catch {}
-          }
-          await p.stop("SIGKILL", 10_000).catch(() => undefined)
-        }),
+      (p) => Effect.promise(() => killBunUnderNpm(p)),
     )
     yield* Effect.promise(() =>
       eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200),

@@ -163,3 +163,14 @@ export const bunProcessUnder = (root: number): number | undefined => {
   }
   return undefined
 }
+
+/** Ends a runner started with `npm start` (ManaProcess): SIGKILL does not reach Bun through npm, so Bun first, then npm. */
+export const killBunUnderNpm = async (p: { readonly child: { readonly pid?: number | undefined }; stop: (signal: NodeJS.Signals, ms: number) => Promise<unknown> }) => {
+  const bun = bunProcessUnder(p.child.pid ?? 0)
+  if (bun !== undefined) {
+    try {
+      process.kill(bun, "SIGKILL")
+    } catch {}
+  }
+  await p.stop("SIGKILL", 10_000).catch(() => undefined)
+}

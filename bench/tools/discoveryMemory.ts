@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Effect, Redacted } from "effect"
 import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
-import { bunProcessUnder, processTicks } from "../support/cpu.js"
+import { bunProcessUnder, killBunUnderNpm, processTicks } from "../support/cpu.js"
 import { makeHistoryTemplates } from "../support/historyTemplate.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
@@ -54,16 +54,7 @@ const one = (i: number, who: string, templates: Effect.Effect.Success<ReturnType
             },
           }),
         ),
-        (p) =>
-          Effect.promise(async () => {
-            const bun = bunProcessUnder(p.child.pid ?? 0)
-            if (bun !== undefined) {
-              try {
-                process.kill(bun, "SIGKILL")
-              } catch {}
-            }
-            await p.stop("SIGKILL", 10_000).catch(() => undefined)
-          }),
+        (p) => Effect.promise(() => killBunUnderNpm(p)),
       )
       yield* Effect.promise(() => eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200))
       const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0

@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs"
 import { Effect, Redacted } from "effect"
 import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
-import { bunProcessUnder } from "../support/cpu.js"
+import { bunProcessUnder, killBunUnderNpm } from "../support/cpu.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
 const ownerUrl = process.env.BENCH_OWNER_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
@@ -59,16 +59,7 @@ await Effect.runPromise(
             },
           }),
         ),
-        (p) =>
-          Effect.promise(async () => {
-            const bun = bunProcessUnder(p.child.pid ?? 0)
-            if (bun !== undefined) {
-              try {
-                process.kill(bun, "SIGKILL")
-              } catch {}
-            }
-            await p.stop("SIGKILL", 10_000).catch(() => undefined)
-          }),
+        (p) => Effect.promise(() => killBunUnderNpm(p)),
       )
       yield* Effect.promise(() => eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200))
       const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
