@@ -5,16 +5,16 @@
  * actor is up and idle (or at the start-up deadline). Both after forced full collections and a
  * pause (RSS right after start-up still holds its garbage's pages).
  */
-import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { Context, Duration, Effect, Fiber, Layer, Redacted, type Scope } from "effect"
-import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
+import { request } from "../../test/support/ManaProcess.js"
 import { Supervisor, SupervisorLive, servicesLayer } from "../support/app.js"
 import { type BenchDatabase, makeBenchDatabase } from "../support/benchDatabase.js"
 import { runInChild } from "../support/child.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
 import { benchLog } from "../support/log.js"
-import { bunProcessUnder, killBunUnderNpm, processTicks } from "../support/cpu.js"
+import { processTicks } from "../support/cpu.js"
+import { startNpmRunner } from "../support/npmRunner.js"
 import { makeRecorder } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import type { HistoryTemplates } from "../support/historyTemplate.js"
@@ -219,29 +219,7 @@ const BETWEEN_TICKS_SECONDS = 3
  */
 const startRunnerProcess = (db: BenchDatabase, standInUrl: string, log: (line: string) => Effect.Effect<void>) =>
   Effect.gen(function* () {
-    const key = `bench-key-${randomUUID()}`
-    const mana = yield* Effect.acquireRelease(
-      Effect.promise(() =>
-        startManaProcess({
-          env: {
-            SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
-            MANA_LLM_URL: standInUrl,
-            MANA_SERVICE_KEY: key,
-            TICK_ENABLED: "false",
-            PLANNER_MODE: "json",
-            LOG_LEVEL: "warn",
-          },
-          // As operators start it: whatever flags `npm start` passes to Bun are measured too.
-          viaNpmStart: true,
-        }),
-      ),
-      // SIGKILL does not reach Bun through npm: Bun first, then npm.
-      (p) => Effect.promise(() => killBunUnderNpm(p)),
-    )
-    yield* Effect.promise(() =>
-      eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200),
-    )
-    const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
+    const { mana, pid, key } = yield* startNpmRunner({ runnerUrl: db.runnerUrl, llmUrl: standInUrl })
     yield* log(`process memory: runner pid ${pid}: ${commandLineOf(pid)}`)
     return {
       /** RSS 5 s (or `seconds`) after the step before, nothing forced. */

@@ -10,9 +10,10 @@
  */
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
-import { Effect, Redacted } from "effect"
-import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
-import { bunProcessUnder, killBunUnderNpm, processTicks } from "../support/cpu.js"
+import { Effect } from "effect"
+import { request } from "../../test/support/ManaProcess.js"
+import { processTicks } from "../support/cpu.js"
+import { startNpmRunner } from "../support/npmRunner.js"
 import { makeHistoryTemplates } from "../support/historyTemplate.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
@@ -35,29 +36,12 @@ const one = (i: number, who: string, templates: Effect.Effect.Success<ReturnType
     Effect.gen(function* () {
       const db = yield* templates.copy(rows)
       const out = `/tmp/discoveryMemory-${process.pid}-${i}.json`
-      const key = `key-${Math.random()}`
-      const mana = yield* Effect.acquireRelease(
-        Effect.promise(() =>
-          startManaProcess({
-            cwd: dirs[who] ?? who,
-            viaNpmStart: true,
-            env: {
-              SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
-              MANA_LLM_URL: "http://127.0.0.1:9/v1",
-              MANA_SERVICE_KEY: key,
-              TICK_ENABLED: "false",
-              PLANNER_MODE: "json",
-              LOG_LEVEL: "warn",
-              BUN_OPTIONS: `--preload ${sampler}`,
-              HEAP_SAMPLER_OUT: out,
-              ...(extraEnv[who] ?? {}),
-            },
-          }),
-        ),
-        (p) => Effect.promise(() => killBunUnderNpm(p)),
-      )
-      yield* Effect.promise(() => eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200))
-      const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
+      const { mana, pid, key } = yield* startNpmRunner({
+        runnerUrl: db.runnerUrl,
+        llmUrl: "http://127.0.0.1:9/v1",
+        cwd: dirs[who] ?? who,
+        env: { BUN_OPTIONS: `--preload ${sampler}`, HEAP_SAMPLER_OUT: out, ...(extraEnv[who] ?? {}) },
+      })
       yield* Effect.sleep("5 seconds")
       const before = rssMb(pid)
       const load0 = load()

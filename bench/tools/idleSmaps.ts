@@ -6,10 +6,10 @@
  *     bun bench/tools/idleSmaps.ts [--cwd=DIR] [--env='{"X":"1"}'] [--hold=SECONDS]
  */
 import { readFileSync } from "node:fs"
-import { Effect, Redacted } from "effect"
-import { eventually, request, startManaProcess } from "../../test/support/ManaProcess.js"
+import { Effect } from "effect"
+import { request } from "../../test/support/ManaProcess.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
-import { bunProcessUnder, killBunUnderNpm } from "../support/cpu.js"
+import { startNpmRunner } from "../support/npmRunner.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
 const ownerUrl = process.env.BENCH_OWNER_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
@@ -42,27 +42,12 @@ await Effect.runPromise(
   Effect.scoped(
     Effect.gen(function* () {
       const db = yield* makeBenchDatabase(ownerUrl)
-      const key = `key-${Math.random()}`
-      const mana = yield* Effect.acquireRelease(
-        Effect.promise(() =>
-          startManaProcess({
-            ...(args.cwd === undefined ? {} : { cwd: args.cwd }),
-            viaNpmStart: true,
-            env: {
-              SYNC_DATABASE_URL: Redacted.value(db.runnerUrl),
-              MANA_LLM_URL: "http://127.0.0.1:9/v1",
-              MANA_SERVICE_KEY: key,
-              TICK_ENABLED: "false",
-              PLANNER_MODE: "json",
-              LOG_LEVEL: "warn",
-              ...JSON.parse(args.env ?? "{}"),
-            },
-          }),
-        ),
-        (p) => Effect.promise(() => killBunUnderNpm(p)),
-      )
-      yield* Effect.promise(() => eventually("the runner's /ready", 120_000, async () => (await request(mana, "GET", "/ready")).status === 200))
-      const pid = bunProcessUnder(mana.child.pid ?? 0) ?? 0
+      const { mana, pid, key } = yield* startNpmRunner({
+        runnerUrl: db.runnerUrl,
+        llmUrl: "http://127.0.0.1:9/v1",
+        ...(args.cwd === undefined ? {} : { cwd: args.cwd }),
+        env: JSON.parse(args.env ?? "{}"),
+      })
       yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
       yield* Effect.sleep("5 seconds")
       const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8")
