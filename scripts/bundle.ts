@@ -27,21 +27,12 @@ import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } 
 import { dirname, join, relative, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { FAST_CHECK_EXPORTS } from "../src/layers/fastCheckStub.js"
-import { isEffectFastCheckImport } from "../src/layers/withoutFastCheck.js"
+import { type BunPluginBuild, isEffectFastCheckImport } from "../src/layers/withoutFastCheck.js"
 
 /** The parts of Bun's API used here (the project has no Bun type package; tsc checks this file too). */
 interface BunPlugin {
   readonly name: string
-  readonly setup: (build: {
-    readonly onResolve: (
-      options: { readonly filter: RegExp },
-      resolve: (args: { readonly path: string; readonly importer: string }) => { readonly path: string; readonly namespace: string } | undefined,
-    ) => void
-    readonly onLoad: (
-      options: { readonly filter: RegExp; readonly namespace: string },
-      load: () => { readonly contents: string; readonly loader: "js" },
-    ) => void
-  }) => void
+  readonly setup: (build: BunPluginBuild<{ readonly contents: string; readonly loader: "js" }>) => void
 }
 interface BuildArtifact {
   readonly kind: string

@@ -16,19 +16,20 @@
  */
 import { fastCheckStubExports } from "./fastCheckStub.js"
 
-interface BunPluginBuild {
+/**
+ * The part of Bun's plugin builder used here and by scripts/bundle.ts (the project has no Bun type
+ * package); `Loaded` is what a load callback gives back: module exports at run time, source to the bundler.
+ */
+export interface BunPluginBuild<Loaded> {
   readonly onResolve: (
     options: { readonly filter: RegExp },
     resolve: (args: { readonly path: string; readonly importer: string }) => { readonly path: string; readonly namespace: string } | undefined,
   ) => void
-  readonly onLoad: (
-    options: { readonly filter: RegExp; readonly namespace: string },
-    load: () => { readonly exports: Record<string, unknown>; readonly loader: "object" },
-  ) => void
+  readonly onLoad: (options: { readonly filter: RegExp; readonly namespace: string }, load: () => Loaded) => void
 }
 
 interface BunPlugins {
-  readonly plugin?: (plugin: { readonly name: string; readonly setup: (build: BunPluginBuild) => void }) => void
+  readonly plugin?: (plugin: { readonly name: string; readonly setup: (build: BunPluginBuild<{ readonly exports: Record<string, unknown>; readonly loader: "object" }>) => void }) => void
 }
 
 /** effect's `FastCheck` module as its own modules import it (`effect/dist/esm/Schema.js`: `./FastCheck.js`). */
