@@ -47,7 +47,11 @@ const main = Effect.scoped(
     yield* store.refresh
     const due = (yield* store.due(new Date())).flatMap((s) => (Either.isRight(s.decoded) ? [{ userId: s.userId, mission: s.decoded.right }] : []))
     let next = 0
-    const take = (n: number) => due.slice(next, (next += n))
+    const take = (n: number) => {
+      const batch = due.slice(next, next + n)
+      next += n
+      return batch
+    }
     const runAll = (ctx: Context.Context<MissionRunner>, batch: ReturnType<typeof take>) =>
       Effect.forEach(batch, (d) => Context.get(ctx, MissionRunner).run(d), { concurrency }).pipe(Effect.orDie)
     for (const way of ways) yield* runAll(way.ctx as Context.Context<MissionRunner>, take(WARM))
