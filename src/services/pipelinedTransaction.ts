@@ -18,6 +18,7 @@
  * each other's results in JavaScript: a later one that depends on an earlier one reads it in SQL (a
  * row count, or a transaction-local `app.*` setting the earlier statement set).
  */
+import { randomBytes } from "node:crypto"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
@@ -66,9 +67,12 @@ type Rows = ReadonlyArray<Record<string, unknown>>
  * planning the run's statements, and a sixth parsing them). Each statement text is parsed once per
  * connection as a named prepared statement and bound by name from then on, so Postgres skips the parse
  * and, once its plan cache judges the generic plan no dearer than the custom ones (`plan_cache_mode`
- * auto, after five executions), the planning. Names carry the connection's own serial number: the
- * embedded database serves every connection from one backend (SPEC §11), where two connections'
- * statements of one name would collide. A statement text is bounded by the query's shape (values are
+ * auto, after five executions), the planning. Names carry this process's tag and the connection's own
+ * serial number: the embedded database serves every connection from one backend (SPEC §11), where two
+ * connections' statements of one name would collide, and so do the connections of other processes
+ * pointed at the same server (a second runner, the tests' own pool): with the serial alone, each
+ * process's first connection named its statements `mana_ai_1_…`, and a live process beside the tests'
+ * pool on PGlite wrote nothing (every sequence failed on a name the other had prepared). A statement text is bounded by the query's shape (values are
  * parameters), and a connection names at most `MAX_NAMED_PER_CONNECTION` of them (the rest go unnamed).
  */
 interface Prepared {
@@ -77,6 +81,8 @@ interface Prepared {
 }
 const preparedByConnection = new WeakMap<object, Prepared>()
 let connectionSerial = 0
+/** Unique to this process among the clients of one server (8 base-36 characters; names stay under 63 bytes). */
+const PROCESS_TAG = randomBytes(6).readUIntBE(0, 6).toString(36).padStart(10, "0").slice(-8)
 const MAX_NAMED_PER_CONNECTION = 200
 
 const preparedOn = (connection: object): Prepared => {
@@ -127,7 +133,7 @@ class Sequence {
         const names = prepared
         let name = names?.names.get(text)
         if (name === undefined) {
-          name = names !== undefined && names.names.size < MAX_NAMED_PER_CONNECTION ? `mana_ai_${names.serial}_${names.names.size}` : ""
+          name = names !== undefined && names.names.size < MAX_NAMED_PER_CONNECTION ? `mana_ai_${PROCESS_TAG}_${names.serial}_${names.names.size}` : ""
           if (names !== undefined && name !== "") {
             names.names.set(text, name)
             this.namedNew = true

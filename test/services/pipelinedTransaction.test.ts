@@ -4,13 +4,16 @@
  * next statement: the RLS scope set by the first statement holds for the others and ends with the
  * transaction; a failed statement or an interruption rolls back every statement before it.
  */
+import { execFile } from "node:child_process"
+import { fileURLToPath } from "node:url"
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Effect, Either, Layer, TestServices } from "effect"
+import { Effect, Either, Layer, Redacted, TestServices } from "effect"
 import { expect } from "vitest"
 import { pipelinedTransaction } from "../../src/services/pipelinedTransaction.js"
 import { scopeStatement } from "../../src/services/withUserScope.js"
 import { insertChange } from "../support/eventLogRows.js"
+import { BUN } from "../support/ManaProcess.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
 // Both ways to a connection: the process's pool taken directly (pgClientLayer), and `sql.reserve` on
@@ -150,5 +153,29 @@ it.layer(Layer.provideMerge(RunnerSqlLive(1), TestDatabaseLive), { timeout: 120_
       const [rows] = yield* pipelinedTransaction(sql, [sql.unsafe(`SELECT 2 AS two, '${marker}' AS marker`)])
       expect(rows).toEqual([{ two: 2, marker }])
       expect(yield* sql`SELECT 1 AS one`).toEqual([{ one: 1 }])
+    }))
+})
+
+// Two processes' runners on one server: on the embedded database (one backend for every client, SPEC
+// §11) their prepared statements share one namespace, so each process's names must be its own. Each
+// child's first connection is its first (serial 1), as in two runner processes, or a runner beside the
+// tests' own pool; with the serial alone in the name the second to prepare failed on the first's name.
+it.layer(TestDatabaseLive, { timeout: 120_000 })("pipelinedTransaction in two processes on one server", (it) => {
+  const CHILD = fileURLToPath(new URL("../support/preparedStatementsChild.ts", import.meta.url))
+  const runChild = (url: string, marker: string) =>
+    new Promise<string>((resolve, reject) => {
+      const args = JSON.stringify({ url, marker, rounds: 3, pauseMs: 150 })
+      execFile(BUN, [CHILD, args], { timeout: 60_000 }, (error, stdout, stderr) => (error === null ? resolve(stdout) : reject(new Error(`${error.message}\n${stderr}`))))
+    })
+
+  it.effect("each process prepares and runs its own statements at once", () =>
+    Effect.gen(function* () {
+      const db = yield* TestDatabase
+      const markers = [fresh("a"), fresh("b")].map((m) => m.replaceAll("-", "_"))
+      const outputs = yield* Effect.promise(() => Promise.all(markers.map((marker) => runChild(Redacted.value(db.runnerUrl), marker))))
+      outputs.forEach((output, k) => {
+        const marker = markers[k]
+        expect(JSON.parse(output)).toEqual({ results: [1, 2, 3].map((i) => [{ i, marker }]) })
+      })
     }))
 })

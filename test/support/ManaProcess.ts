@@ -84,12 +84,6 @@ export const startManaProcess = async (options: {
     if (v !== undefined && !OWN_VARIABLES.includes(k)) env[k] = v
   }
   Object.assign(env, { LOG_FORMAT: "json", PORT: String(port), ...options.env })
-  // A process pointed at the tests' PGlite server (a run without TEST_DATABASE_URL) runs without prepared
-  // statements: there its runs failed (plannerModes, secretsInLogs, liveProcess on PGlite; cause not found,
-  // see DEVELOPERS). The embedded default and the real server use them.
-  if ((process.env.TEST_DATABASE_URL ?? "") === "" && env.SYNC_DATABASE_URL !== undefined && env.DB_PREPARED_STATEMENTS === undefined) {
-    env.DB_PREPARED_STATEMENTS = "false"
-  }
   if (options.viaNpmStart !== true && options.entry !== "source") ensureBundle()
   const child =
     options.viaNpmStart === true
