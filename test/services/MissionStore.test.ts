@@ -137,6 +137,51 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
     }),
   )
 
+  it.effect("applied marks lost (the unlogged table emptied by a crash) change no snapshot: the window's rows are read again and their records replayed", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const db = yield* TestDatabase
+      yield* drain
+      yield* insertChanges([missionInsertRow("u-lost", "m"), missionInsertRow("u-lost", "n", { title: "Other" })])
+      yield* insertChanges([missionUpdateRow("u-lost", "m", { title: "second", state: "paused" })])
+      yield* store.refresh
+      const before = yield* store.forUser("u-lost")
+      expect(before.map((s) => [s.missionId, s.record?.title, s.schedulable])).toEqual([["m", "second", false], ["n", "Other", true]])
+      const marks = yield* Effect.promise(() => db.ownerQuery("SELECT count(*)::int AS n FROM mana_ai.applied_changes"))
+      expect(Number(marks[0]?.n)).toBeGreaterThanOrEqual(3)
+      yield* Effect.promise(() => db.ownerQuery("DELETE FROM mana_ai.applied_changes"))
+      const again = yield* store.refresh
+      // Every row of the window comes back, each record once, replayed to the same snapshot.
+      expect(again.rowsRead).toBeGreaterThanOrEqual(3)
+      expect(one(again.changed, "u-lost", "m").record).toEqual(expectedRecord("m", { title: "second", state: "paused" }))
+      expect(yield* store.forUser("u-lost")).toEqual(before)
+      // Marked again: the next refresh reads none of them.
+      expect((yield* store.refresh).rowsRead).toBe(0)
+    }),
+  )
+
+  it.effect("one lost mark, of a row tied with a later one: the record is replayed, not the row applied again on top", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const db = yield* TestDatabase
+      yield* drain
+      // One statement: the two rows share created_at, so each title's time ties and the id order decides.
+      yield* insertChanges([missionInsertRow("u-tied", "m", { title: "one" }), missionUpdateRow("u-tied", "m", { title: "two" })])
+      yield* store.refresh
+      const rows = yield* Effect.promise(() =>
+        db.ownerQuery("SELECT id::text AS id, data->>'title' AS title FROM sync_changes WHERE user_id = 'u-tied' ORDER BY created_at, id"),
+      )
+      const [first, last] = rows as Array<{ id: string; title: string }>
+      expect((yield* store.forUser("u-tied"))[0]?.record?.title).toBe(last!.title)
+      // The first row's mark lost: it comes back alone. Applied again on top it would win the tie.
+      yield* Effect.promise(() => db.ownerQuery("DELETE FROM mana_ai.applied_changes WHERE change_id = $1::uuid", [first!.id]))
+      const again = yield* store.refresh
+      expect(again.rowsRead).toBe(1)
+      expect(one(again.changed, "u-tied", "m").record?.title).toBe(last!.title)
+      expect((yield* store.forUser("u-tied"))[0]?.record?.title).toBe(last!.title)
+    }),
+  )
+
   it.effect("a row stamped in the future never moves the cursor past the database's now(): rows committed after it are still seen", () =>
     Effect.gen(function* () {
       const store = yield* MissionStore
