@@ -277,15 +277,20 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       iterationId: string,
       attemptId: string,
       heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>,
+      /** Marks the claim as this run's: once taken, or when it may have been (interrupted under way). */
       claimed: Effect.Effect<void>,
     ) =>
       Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
         const key = { userId, missionId: mission.id, iterationId }
         // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
         const now = yield* Clock.currentTimeMillis
-        // One transaction of two round trips (issue 16, `pipelinedTransaction`): the claim in the
-        // scoping statement and, sent with it, the mission, its agent and the inputs the snapshot
-        // names; then COMMIT. The read is made (and dropped) even when another runner holds the claim.
+        // One transaction in one round trip (issue 16, `pipelinedTransaction` with
+        // `commitWithStatements`): the claim in the scoping statement and, sent with it, the mission,
+        // its agent and the inputs the snapshot names, and COMMIT. The read is made (and dropped) even
+        // when another runner holds the claim. The COMMIT goes with them, so a run interrupted while
+        // they are under way (its deadline, a drain) may have committed its claim without knowing: such
+        // a run counts as holding it, and its interruption gives it back (a release of a claim it never
+        // took deletes nothing: it deletes only this owner's). A failed sequence committed nothing.
         // Inputs that changed since the snapshot, and encrypted ones, are read after it in a scope of their own.
         // Its COMMIT does not wait for the WAL flush (`synchronous_commit` off for this transaction
         // only): a flush costs milliseconds per commit, and a run made two. A claim lost in a server
@@ -296,19 +301,23 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         const checked = yield* Effect.gen(function* (): Effect.fn.Return<Checked, SqlError> {
           // Prepared statements (DB_PREPARED_STATEMENTS): the read in the shape whose generic plan
           // serves every user, planned once (currentMission.ts runReadQuery); otherwise planned each time.
-          const results = yield* pipelinedTransaction(sqlClient, [
-            sqlClient`SET LOCAL synchronous_commit = off`,
-            scopeStatement(sqlClient, userId, {
-              with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
-              columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
-            }),
-            ...(prepared
-              ? [
-                  sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`,
-                  runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
-                ]
-              : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),
-          ])
+          const results = yield* pipelinedTransaction(
+            sqlClient,
+            [
+              sqlClient`SET LOCAL synchronous_commit = off`,
+              scopeStatement(sqlClient, userId, {
+                with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
+                columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
+              }),
+              ...(prepared
+                ? [
+                    sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`,
+                    runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
+                  ]
+                : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),
+            ],
+            { commitWithStatements: true },
+          ).pipe(Effect.onInterrupt(() => claimed))
           const scoped = results[1]
           const raw = results[results.length - 1]
           if (Number(scoped?.[0]?.claimed ?? 0) === 0) return skipped("claimed-elsewhere")
@@ -401,7 +410,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       Effect.gen(function* () {
         const key = { userId, missionId: mission.id, iterationId }
         const startedAt = new Date(startMs)
-        // Set once the claim is ours (this run's fiber only).
+        // Set once the claim is ours, or may be (see prepare; this run's fiber only).
         let holdsClaim = false
         /** The run's answer(s) not yet recorded: they go into the write-back transaction. */
         const heldUsage = yield* Ref.make<ReadonlyArray<UsageEntry>>([])

@@ -3,8 +3,8 @@
  * trip, and @effect/sql adds about a third to each): BEGIN and the statements go out as one extended-
  * protocol sequence with a single Sync (Parse, Bind, Describe, Execute for each, then Sync), and
  * COMMIT follows once their rows are in. `withTransaction` takes one round trip per statement plus
- * BEGIN and COMMIT: the run's claim-and-read transaction was 4 round trips, now 2, and so is the
- * write-back on the pre-check's basis (WriteBack.ts `appendOnBasis`; was 4).
+ * BEGIN and COMMIT: the run's claim-and-read transaction was 4 round trips, now 1 (its COMMIT goes with
+ * the statements, below), and the write-back on the pre-check's basis 2 (WriteBack.ts `appendOnBasis`; was 4).
  *
  * The transaction is explicit (BEGIN), so the Sync does not end it: COMMIT is sent only when every
  * statement succeeded, and a failure or an interruption (the run's deadline) sends ROLLBACK on the
@@ -13,6 +13,13 @@
  * even when its statements reach the server after the deadline. A transaction-local setting
  * (`set_config(…, true)`, the RLS scope) and a transaction-level advisory lock taken by the first
  * statement hold for the next ones, as in any transaction.
+ *
+ * `commitWithStatements`: COMMIT goes in the same sequence, before the Sync: one round trip. The
+ * backend skips it when a statement before it fails (the rest up to the Sync is skipped), and the
+ * ROLLBACK follows as above; but an interrupted transaction may then commit, when its statements
+ * reach the server after the interruption. Only for a transaction whose commit after the caller gave
+ * up is harmless: the run's claim and read, whose interruption gives the claim back whether or not it
+ * was committed (MissionRunner).
  *
  * Parameters stay parameters (Bind): nothing is spliced into SQL text. The statements cannot see
  * each other's results in JavaScript: a later one that depends on an earlier one reads it in SQL (a
@@ -197,6 +204,14 @@ class Sequence {
   }
 }
 
+/** BEGIN, the statements, and COMMIT too when it goes with them (`commitWithStatements`). */
+const sequenceOf = (statements: ReadonlyArray<Statement.Statement<unknown>>, commitWith: boolean) => {
+  const body: Array<readonly [string, ReadonlyArray<unknown>]> = [["BEGIN", []]]
+  for (const statement of statements) body.push(statement.compile())
+  if (commitWith) body.push(["COMMIT", []])
+  return body
+}
+
 /** Failed, as @effect/sql-pg fails a statement. */
 const statementFailed = (cause: unknown) => new SqlError({ cause, message: "Failed to execute statement" })
 
@@ -216,11 +231,12 @@ const onPool = (
   pool: Pg.Pool,
   statements: ReadonlyArray<Statement.Statement<unknown>>,
   named: boolean,
+  commitWith: boolean,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
   Effect.async<ReadonlyArray<Rows>, SqlError>((resume) => {
     let compiled: Sequence
     try {
-      compiled = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())], named)
+      compiled = new Sequence(sequenceOf(statements, commitWith), named)
     } catch (cause) {
       resume(Effect.fail(statementFailed(cause)))
       return
@@ -282,10 +298,13 @@ const onPool = (
         if (interrupted) return
         if (seqError) return rollBack(() => resume(Effect.fail(statementFailed(seqError))))
         const all = results as ReadonlyArray<Rows>
-        if (all.length !== statements.length + 1) {
-          return rollBack(() =>
-            resume(Effect.fail(new SqlError({ message: `expected the results of ${statements.length + 1} statements, got ${all.length}` }))),
-          )
+        const expected = statements.length + (commitWith ? 2 : 1)
+        if (all.length !== expected) {
+          return rollBack(() => resume(Effect.fail(new SqlError({ message: `expected the results of ${expected} statements, got ${all.length}` }))))
+        }
+        if (commitWith) {
+          giveBack()
+          return resume(Effect.succeed(all.slice(1, -1)))
         }
         connected.query("COMMIT", (commitError: Error | null) => {
           if (interrupted) return
@@ -320,35 +339,39 @@ const onPool = (
 
 /**
  * Runs `statements` in one transaction on a pooled connection of its own (never inside the caller's
- * transaction): BEGIN and the statements in one round trip, COMMIT in a second; the rows of each
- * statement, in order. Failed or interrupted, it rolls back (see the header).
+ * transaction): BEGIN and the statements in one round trip, COMMIT in a second (or in the first, with
+ * `commitWithStatements`); the rows of each statement, in order. Failed or interrupted, it rolls back
+ * (see the header).
  */
 export const pipelinedTransaction = (
   sql: SqlClient.SqlClient,
   statements: ReadonlyArray<Statement.Statement<unknown>>,
+  options: { readonly commitWithStatements?: boolean } = {},
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> => {
   const pool = pgPoolOf(sql)
-  return pool === undefined ? onReserved(sql, statements) : onPool(pool, statements, preparedStatementsOn(sql))
+  const commitWith = options.commitWithStatements === true
+  return pool === undefined ? onReserved(sql, statements, commitWith) : onPool(pool, statements, preparedStatementsOn(sql), commitWith)
 }
 
 /** The same on a connection `sql.reserve` gives (a client `pgClientLayer` did not build). */
 const onReserved = (
   sql: SqlClient.SqlClient,
   statements: ReadonlyArray<Statement.Statement<unknown>>,
+  commitWith: boolean,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
   Effect.scoped(
     Effect.flatMap(sql.reserve, (connection) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.suspend(() => {
-          const sequence = new Sequence([["BEGIN", []], ...statements.map((statement) => statement.compile())], false)
+          const sequence = new Sequence(sequenceOf(statements, commitWith), false)
           // executeRaw hands its first argument to pg's Client#query, which takes a submittable as a query.
           return restore(connection.executeRaw(sequence as unknown as string, []) as Effect.Effect<ReadonlyArray<Rows>, SqlError>)
         }).pipe(
-          Effect.flatMap((results) =>
-            results.length === statements.length + 1
-              ? Effect.as(restore(connection.executeRaw("COMMIT", [])), results.slice(1))
-              : Effect.fail(new SqlError({ message: `expected the results of ${statements.length + 1} statements, got ${results.length}` })),
-          ),
+          Effect.flatMap((results) => {
+            const expected = statements.length + (commitWith ? 2 : 1)
+            if (results.length !== expected) return Effect.fail(new SqlError({ message: `expected the results of ${expected} statements, got ${results.length}` }))
+            return commitWith ? Effect.succeed(results.slice(1, -1)) : Effect.as(restore(connection.executeRaw("COMMIT", [])), results.slice(1))
+          }),
           // Failed (a statement, or the COMMIT: then this is a no-op) or interrupted: never leave the
           // transaction open on a pooled connection. A ROLLBACK that fails has lost its connection.
           Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Effect.ignore(connection.executeRaw("ROLLBACK", [])))),

@@ -6,7 +6,8 @@
  * The proxy holds the write-back's INSERT past the deadline: the run ends as MissionTimeout, its
  * transaction rolls back whole (the INSERT, once let through, is undone), the claim is given back,
  * the mission stays due, and a later run writes exactly once. Before the fix the write-back ran
- * outside the deadline and this run was written.
+ * outside the deadline and this run was written. The claim's transaction, whose COMMIT goes in the
+ * same round trip, held past the deadline too: the claim committed late is given back.
  */
 import { layer } from "@effect/vitest"
 import { Duration, Effect, Either, Fiber, Layer } from "effect"
@@ -76,6 +77,41 @@ layer(Stack, { timeout: 120_000, excludeTestServices: true })("MissionRunner: th
       expect(yield* runnerRowCount(userId, missionId)).toBe(1)
       const again = yield* runner.run({ userId, mission })
       expect(again._tag).toBe("Skipped")
+      expect(yield* runnerRowCount(userId, missionId)).toBe(1)
+    }),
+  )
+
+  it.effect("a claim held past MISSION_TIMEOUT_MS (its COMMIT goes with it) ends as MissionTimeout; the claim it committed late is given back", () =>
+    Effect.gen(function* () {
+      const proxy = yield* TcpProxy
+      const standIn = yield* LlmStandIn
+      yield* standIn.reset
+      const userId = "deadline-claim-user"
+      const missionId = "deadline-claim-mission"
+      yield* insertChanges([missionInsertRow(userId, missionId, { nextRunAt: new Date(Date.now() - 60_000).toISOString() })])
+      const mission = missionOf(yield* snapshotOf(userId, missionId))
+      const runner = yield* MissionRunner
+      // New connections, so the claim's text is parsed (sent) again rather than bound by name.
+      yield* proxy.dropAll
+      yield* Effect.sleep("300 millis")
+
+      const hold = yield* proxy.holdClientMessage({ match: "INSERT INTO mana_ai.run_claims" })
+      const started = Date.now()
+      const fiber = yield* Effect.fork(Effect.either(runner.run({ userId, mission })))
+      yield* hold.caught.pipe(Effect.timeout("10 seconds"))
+      // Let through after the deadline: the server takes the claim and commits it (the COMMIT is in the
+      // same sequence) before the interrupted run's ROLLBACK, which then has nothing to undo.
+      yield* Effect.sleep(Duration.millis(Math.max(0, started + DEADLINE_MS + 1_500 - Date.now())))
+      yield* hold.release
+      const result = yield* Fiber.join(fiber).pipe(Effect.timeout("15 seconds"))
+
+      expect(Either.isLeft(result) && result.left._tag).toBe("MissionTimeout")
+      expect((yield* standIn.requests).length, "never planned").toBe(0)
+      expect(yield* runnerRowCount(userId, missionId)).toBe(0)
+      // Not left to expire (MISSION_TIMEOUT_MS + a minute): the retry need not wait for it.
+      expect(yield* claimCount(userId, missionId)).toBe(0)
+      const retry = yield* runner.run({ userId, mission })
+      expect(retry).toMatchObject({ _tag: "Written" })
       expect(yield* runnerRowCount(userId, missionId)).toBe(1)
     }),
   )

@@ -7,6 +7,7 @@
 import { execFile } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { SqlClient } from "@effect/sql"
+import Pg from "pg"
 import { it } from "@effect/vitest"
 import { Effect, Either, Layer, Redacted, TestServices } from "effect"
 import { expect } from "vitest"
@@ -78,6 +79,46 @@ for (const [way, L] of layers) it.layer(L, { timeout: 120_000 })(`pipelinedTrans
         pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "bob", fresh("goal-bob"))]),
       )
       expect(Either.isLeft(other)).toBe(true)
+    }))
+
+  it.effect("commitWithStatements: one round trip commits; a failing statement still rolls back those before it", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const { generation } = yield* TestDatabase
+      const kept = fresh("goal-one-trip")
+      const undone = fresh("goal-one-trip-undone")
+      // Every query pg's clients are handed meanwhile: the sequence, and no COMMIT after it.
+      const handed: Array<string> = []
+      const query = Pg.Client.prototype.query
+      Pg.Client.prototype.query = function (this: Pg.Client, config: unknown, ...rest: Array<unknown>) {
+        handed.push(typeof config === "string" ? config : "sequence")
+        return (query as (...args: Array<unknown>) => unknown).call(this, config, ...rest)
+      } as typeof query
+      const [rows, failed] = yield* Effect.all([
+        pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "ann", kept), sql`SELECT 7 AS seven`], {
+          commitWithStatements: true,
+        }),
+        Effect.either(
+          pipelinedTransaction(sql, [scopeStatement(sql, "ann"), insertGoal(sql, generation, "ann", undone), sql`SELECT 1 / 0`], {
+            commitWithStatements: true,
+          }),
+        ),
+      ]).pipe(
+        Effect.ensuring(
+          Effect.sync(() => {
+            Pg.Client.prototype.query = query
+          }),
+        ),
+      )
+      expect(rows.map((r) => r.length)).toEqual([1, 0, 1])
+      expect(rows[2]).toEqual([{ seven: 7 }])
+      expect(yield* rowsOf(kept)).toBe(1)
+      expect(Either.isLeft(failed) && failed.left._tag).toBe("SqlError")
+      expect(yield* rowsOf(undone)).toBe(0)
+      // One query for the committed sequence; the failed one is followed by its ROLLBACK only.
+      expect(handed).toEqual(["sequence", "sequence", "ROLLBACK"])
+      // Nothing left open on the connection.
+      expect(yield* sql`SELECT 1 AS one`).toEqual([{ one: 1 }])
     }))
 
   it.effect("interrupted while its statements run, it commits nothing", () =>
