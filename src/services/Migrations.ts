@@ -14,7 +14,7 @@ import tokenUsage from "../migrations/0003_token_usage.js"
 import actorQuarantines from "../migrations/0004_actor_quarantines.js"
 import cluster from "../migrations/0005_cluster.js"
 import appliedChangesByTime from "../migrations/0006_applied_changes_by_time.js"
-import appliedChangesUnlogged from "../migrations/0007_applied_changes_unlogged.js"
+import appliedRecords from "../migrations/0007_applied_records.js"
 
 /** Schema-qualified: the runner role may create tables only inside mana_ai. */
 const MIGRATIONS_TABLE = "mana_ai.migrations"
@@ -29,7 +29,7 @@ export const migrations = {
   "0004_actor_quarantines": actorQuarantines,
   "0005_cluster": cluster,
   "0006_applied_changes_by_time": appliedChangesByTime,
-  "0007_applied_changes_unlogged": appliedChangesUnlogged,
+  "0007_applied_records": appliedRecords,
 }
 
 // Migrator.make without a schema dump: PgMigrator.run's only extra is pg_dump, which needs FileSystem,

@@ -422,6 +422,14 @@ interface CursorRecord {
   readonly rows: unknown
 }
 
+/** One record's rows a pass applied inside the window (markApplied): ids comma-separated, the newest created_at. */
+interface RecordMark {
+  readonly u: string
+  readonly r: string
+  readonly at: string
+  readonly ids: string
+}
+
 /** The next page of the discovery cursor. The count of a FETCH cannot be a parameter: a constant of the text. */
 const fetchPage = (sql: SqlClient.SqlClient) => sql<CursorRecord>`FETCH FORWARD 1000 FROM mana_ai_discovery`
 
@@ -457,7 +465,9 @@ export const newMissionRowsQuery = (
   WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
     AND s.created_at > ${options.cursorAt}::timestamptz - ${options.lookback}::interval
     AND s.created_at <= ${options.upTo}::timestamptz
-    AND NOT EXISTS (SELECT 1 FROM mana_ai.applied_changes a WHERE a.created_at = s.created_at AND a.change_id = s.id)
+    AND NOT EXISTS (
+      SELECT 1 FROM mana_ai.applied_records a
+      WHERE a.user_id = s.user_id AND a.record_id = s.record_id AND s.id = ANY(a.change_ids))
     ${options.partition === undefined ? sql`` : sql`AND (hashtext(s.user_id) & 2147483647) % ${options.partition.count} = ${options.partition.index}`}
   GROUP BY s.user_id, s.record_id
   ORDER BY s.user_id, s.record_id`
@@ -664,15 +674,18 @@ export const makeMissionStore = (
         return results
       })
 
-    /** Marks rows applied: only those still inside the window after this pass (older ones are never re-read). */
-    const markApplied = (ids: ReadonlyArray<string>, ats: ReadonlyArray<string>) =>
-      ids.length === 0
+    /**
+     * Marks rows applied, one mark per record with its ids (migration 0007): only rows still inside the
+     * window after this pass (older ones are never re-read); `newest` is the newest one's created_at,
+     * which says when the mark leaves the window.
+     */
+    const markApplied = (marks: ReadonlyArray<RecordMark>) =>
+      marks.length === 0
         ? Effect.void
         : sql`
-            INSERT INTO mana_ai.applied_changes (change_id, created_at)
-            SELECT x.id::uuid, x.at::timestamptz
-            FROM unnest(string_to_array(${ids.join(",")}, ','), string_to_array(${ats.join(",")}, ',')) AS x(id, at)
-            ON CONFLICT (created_at, change_id) DO NOTHING`.pipe(Effect.asVoid)
+            INSERT INTO mana_ai.applied_records (user_id, record_id, newest_at, change_ids)
+            SELECT x.u, x.r, x.at::timestamptz, string_to_array(x.ids, ',')::uuid[]
+            FROM jsonb_to_recordset(${JSON.stringify(marks)}::jsonb) AS x(u text, r text, at text, ids text)`.pipe(Effect.asVoid)
 
     /**
      * What the discovery cursor needs of its transaction (these settings hold for it only). It sorts every
@@ -781,13 +794,15 @@ export const makeMissionStore = (
          */
         const applyPage = (page: ReadonlyArray<CursorRecord>, afterFirstLoad: Effect.Effect<void>) =>
           Effect.gen(function* () {
-            const ids: Array<string> = []
-            const ats: Array<string> = []
+            const marks: Array<RecordMark> = []
             const records: Array<Array<LogRow>> = []
             for (const record of page) {
               const list: unknown = typeof record.rows === "string" ? JSON.parse(record.rows) : record.rows
               if (!Array.isArray(list)) continue
               rowsRead += list.length
+              // The record's rows in log order: those after keepAfter are its last ones.
+              let ids = ""
+              let newest = ""
               let rows = cursorRows(record.user_id, record.record_id, list)
               if (rows === undefined) {
                 const raw = list.map((r) => rowFromArray(record.user_id, record.record_id, r))
@@ -795,19 +810,20 @@ export const makeMissionStore = (
                 for (const r of raw) {
                   const at = String(r.at)
                   if (at > keepAfter) {
-                    ids.push(String(r.id))
-                    ats.push(at)
+                    ids = ids === "" ? String(r.id) : `${ids},${String(r.id)}`
+                    if (at > newest) newest = at
                   }
                 }
                 rows = yield* decodeRows(raw)
               } else {
                 for (const row of rows) {
                   if (row.at > keepAfter) {
-                    ids.push(row.id)
-                    ats.push(row.at)
+                    ids = ids === "" ? row.id : `${ids},${row.id}`
+                    if (row.at > newest) newest = row.at
                   }
                 }
               }
+              if (ids !== "") marks.push({ u: String(record.user_id), r: String(record.record_id), at: newest, ids })
               for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
               if (rows.length > 0) records.push(rows)
             }
@@ -825,7 +841,7 @@ export const makeMissionStore = (
               changedCount += results.length
               changed.push(...changedSnapshots(results.filter((r) => keep(r.working.userId))))
             }
-            if (ids.length > 0) writing.push(yield* Effect.fork(markApplied(ids, ats)))
+            if (marks.length > 0) writing.push(yield* Effect.fork(markApplied(marks)))
           })
 
         if (partitions === 1) {
@@ -899,10 +915,10 @@ export const makeMissionStore = (
           VALUES (true, LEAST(${upTo}::timestamptz, now()))
           ON CONFLICT (singleton) DO UPDATE
             SET created_at = LEAST(GREATEST(c.created_at, EXCLUDED.created_at), now()), updated_at = now()`
-        // Ids older than the window are never read again.
+        // Marks whose ids are all older than the window: those rows are never read again.
         yield* sql`
-          DELETE FROM mana_ai.applied_changes
-          WHERE created_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
+          DELETE FROM mana_ai.applied_records
+          WHERE newest_at <= (SELECT created_at FROM mana_ai.discovery_cursor) - ${lookback}::interval`
         return { rowsRead, parts: partitions, changed, changedCount }
       }),
     ).pipe(transactionLossAsError) // a connection lost at COMMIT is an SqlError, not a defect

@@ -139,7 +139,7 @@ export const makeWriteBack = Effect.gen(function* () {
   const ledger = yield* Effect.serviceOption(TokenLedger)
   // The store's snapshots, when this database has them (a stack without migrations, as in unit tests, has not).
   const [tables] = yield* sqlClient<{ present: boolean }>`
-    SELECT to_regclass('mana_ai.mission_snapshots') IS NOT NULL AND to_regclass('mana_ai.applied_changes') IS NOT NULL AS present`.pipe(Effect.orDie)
+    SELECT to_regclass('mana_ai.mission_snapshots') IS NOT NULL AND to_regclass('mana_ai.applied_records') IS NOT NULL AS present`.pipe(Effect.orDie)
   const snapshotsPresent = tables?.present === true
 
   /**
@@ -181,7 +181,7 @@ export const makeWriteBack = Effect.gen(function* () {
       // exactly when nextRunAt is set) and whose newest row sorts before this one (so no delete of
       // the snapshot's can come after it). Its times are the write time, newer than any the
       // snapshot's rows hold for both fields (they are among the rows this append was checked against).
-      // The mark has no conflict target: the row is new, whatever key applied_changes has.
+      // The mark: a record mark of its own holding this one id (applied_records, migration 0007).
       const folded = !snapshotsPresent
         ? sql``
         : sql`,
@@ -198,9 +198,8 @@ export const makeWriteBack = Effect.gen(function* () {
               AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
             RETURNING 1),
           marked AS (
-            INSERT INTO mana_ai.applied_changes (change_id, created_at)
-            SELECT ins.id, ins.created_at FROM ins WHERE EXISTS (SELECT 1 FROM snap)
-            ON CONFLICT DO NOTHING)`
+            INSERT INTO mana_ai.applied_records (user_id, record_id, newest_at, change_ids)
+            SELECT ${request.userId}, ${request.missionId}, ins.created_at, ARRAY[ins.id] FROM ins WHERE EXISTS (SELECT 1 FROM snap))`
       const rowsOf = (appId: string, table: string, recordId: string) =>
         sql`(SELECT count(*) FROM sync_changes
              WHERE user_id = ${request.userId} AND app_id = ${appId} AND table_name = ${table} AND record_id = ${recordId})`

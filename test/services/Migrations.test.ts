@@ -16,6 +16,7 @@ const tablesIn = (schema: string) =>
 const EXPECTED_TABLES = [
   "actor_quarantines",
   "applied_changes",
+  "applied_records",
   "cluster_claim_owners",
   "cluster_user_leases",
   "decrypt_audit",
@@ -36,7 +37,7 @@ it.layer(TestDatabaseLive, { timeout: 120_000 })("migrations, two runners starti
         [Effect.provide(runMigrations, RunnerSqlLive(2)), Effect.provide(runMigrations, RunnerSqlLive(2))],
         { concurrency: "unbounded" },
       )
-      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines", "5_cluster", "6_applied_changes_by_time", "7_applied_changes_unlogged"])
+      expect([...a, ...b].map(([id, name]) => `${id}_${name}`)).toEqual(["1_mission_store", "2_decrypt_audit", "3_token_usage", "4_actor_quarantines", "5_cluster", "6_applied_changes_by_time", "7_applied_records"])
       const db = yield* TestDatabase
       const rows = yield* Effect.promise(() => db.ownerQuery("SELECT migration_id FROM mana_ai.migrations ORDER BY 1"))
       expect(rows).toEqual([{ migration_id: 1 }, { migration_id: 2 }, { migration_id: 3 }, { migration_id: 4 }, { migration_id: 5 }, { migration_id: 6 }, { migration_id: 7 }])
@@ -53,7 +54,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
       yield* sql`
         CREATE TABLE mana_ai.migrations (
           migration_id integer PRIMARY KEY, created_at timestamp with time zone NOT NULL DEFAULT now(), name text NOT NULL)`
-      const { "0005_cluster": _, "0006_applied_changes_by_time": _6, "0007_applied_changes_unlogged": _7, ...before } = migrations
+      const { "0005_cluster": _, "0006_applied_changes_by_time": _6, "0007_applied_records": _7, ...before } = migrations
       const applied = yield* PgMigrator.make({})({ loader: PgMigrator.fromRecord(before), table: "mana_ai.migrations" })
       expect(applied.length).toBe(4)
       yield* sql`
@@ -63,7 +64,7 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
       yield* sql`CREATE INDEX mission_snapshots_updated_idx ON mana_ai.mission_snapshots (updated_at)`
       yield* sql`INSERT INTO mana_ai.cluster_claim_owners (owner, pid, backend_start) VALUES ('old', 1, now())`
       const rest = yield* runMigrations
-      expect(rest.map(([id, name]) => `${id}_${name}`)).toEqual(["5_cluster", "6_applied_changes_by_time", "7_applied_changes_unlogged"])
+      expect(rest.map(([id, name]) => `${id}_${name}`)).toEqual(["5_cluster", "6_applied_changes_by_time", "7_applied_records"])
       const columns = yield* sql<{ name: string }>`
         SELECT column_name AS name FROM information_schema.columns
         WHERE table_schema = 'mana_ai' AND table_name = 'cluster_claim_owners' ORDER BY ordinal_position`
@@ -85,14 +86,14 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
       yield* sql`
         CREATE TABLE mana_ai.migrations (
           migration_id integer PRIMARY KEY, created_at timestamp with time zone NOT NULL DEFAULT now(), name text NOT NULL)`
-      const { "0006_applied_changes_by_time": _, "0007_applied_changes_unlogged": _7, ...before } = migrations
+      const { "0006_applied_changes_by_time": _, "0007_applied_records": _7, ...before } = migrations
       const applied = yield* PgMigrator.make({})({ loader: PgMigrator.fromRecord(before), table: "mana_ai.migrations" })
       expect(applied.length).toBe(5)
       yield* sql`
         INSERT INTO mana_ai.applied_changes (change_id, created_at)
         VALUES ('00000000-0000-4000-8000-000000000001', '2026-11-30T10:00:00Z'), ('00000000-0000-4000-8000-000000000002', '2026-11-30T10:00:00Z')`
       const rest = yield* runMigrations
-      expect(rest.map(([id, name]) => `${id}_${name}`)).toEqual(["6_applied_changes_by_time", "7_applied_changes_unlogged"])
+      expect(rest.map(([id, name]) => `${id}_${name}`)).toEqual(["6_applied_changes_by_time", "7_applied_records"])
       expect(yield* sql`SELECT count(*)::int AS n FROM mana_ai.applied_changes`).toEqual([{ n: 2 }])
       const key = yield* sql<{ column: string }>`
         SELECT a.attname AS column
@@ -103,8 +104,8 @@ it.layer(Layer.provideMerge(RunnerSqlLive(2), TestDatabaseLive), { timeout: 120_
       const indexes = yield* sql<{ name: string }>`
         SELECT indexname AS name FROM pg_indexes WHERE schemaname = 'mana_ai' AND tablename = 'applied_changes' ORDER BY 1`
       expect(indexes.map((i) => i.name)).toEqual(["applied_changes_pkey"])
-      // 0007: unlogged (a cache of marks; see the migration), its rows kept.
-      expect(yield* sql`SELECT relpersistence AS p FROM pg_class WHERE oid = 'mana_ai.applied_changes'::regclass`).toEqual([{ p: "u" }])
+      // 0007: the marks move to applied_records, unlogged (a cache; see the migration).
+      expect(yield* sql`SELECT relpersistence AS p FROM pg_class WHERE oid = 'mana_ai.applied_records'::regclass`).toEqual([{ p: "u" }])
     }),
   )
 })

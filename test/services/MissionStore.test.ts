@@ -147,9 +147,9 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       yield* store.refresh
       const before = yield* store.forUser("u-lost")
       expect(before.map((s) => [s.missionId, s.record?.title, s.schedulable])).toEqual([["m", "second", false], ["n", "Other", true]])
-      const marks = yield* Effect.promise(() => db.ownerQuery("SELECT count(*)::int AS n FROM mana_ai.applied_changes"))
+      const marks = yield* Effect.promise(() => db.ownerQuery("SELECT coalesce(sum(cardinality(change_ids)), 0)::int AS n FROM mana_ai.applied_records"))
       expect(Number(marks[0]?.n)).toBeGreaterThanOrEqual(3)
-      yield* Effect.promise(() => db.ownerQuery("DELETE FROM mana_ai.applied_changes"))
+      yield* Effect.promise(() => db.ownerQuery("DELETE FROM mana_ai.applied_records"))
       const again = yield* store.refresh
       // Every row of the window comes back, each record once, replayed to the same snapshot.
       expect(again.rowsRead).toBeGreaterThanOrEqual(3)
@@ -174,7 +174,7 @@ it.layer(StoreLive, { timeout: 120_000 })("MissionStore", (it) => {
       const [first, last] = rows as Array<{ id: string; title: string }>
       expect((yield* store.forUser("u-tied"))[0]?.record?.title).toBe(last!.title)
       // The first row's mark lost: it comes back alone. Applied again on top it would win the tie.
-      yield* Effect.promise(() => db.ownerQuery("DELETE FROM mana_ai.applied_changes WHERE change_id = $1::uuid", [first!.id]))
+      yield* Effect.promise(() => db.ownerQuery("UPDATE mana_ai.applied_records SET change_ids = array_remove(change_ids, $1::uuid)", [first!.id]))
       const again = yield* store.refresh
       expect(again.rowsRead).toBe(1)
       expect(one(again.changed, "u-tied", "m").record?.title).toBe(last!.title)
@@ -573,8 +573,8 @@ it.layer(StoreLive, { timeout: 180_000 })("MissionStore cost", (it) => {
       const first = yield* store.refresh
       expect(first.rowsRead).toBe(5_001)
       expect(yield* store.refresh).toEqual({ rowsRead: 0, changed: [] })
-      // Applied ids older than the window are pruned: only the recent row's id is kept.
-      expect(yield* sql`SELECT count(*)::int AS n FROM mana_ai.applied_changes`).toEqual([{ n: 1 }])
+      // Rows older than the window get no mark: only the recent row's id is kept, in one record's mark.
+      expect(yield* sql`SELECT count(*)::int AS n, sum(cardinality(change_ids))::int AS ids FROM mana_ai.applied_records`).toEqual([{ n: 1, ids: 1 }])
 
       const [{ at }] = (yield* sql<{ at: string }>`
         SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at FROM mana_ai.discovery_cursor`) as [

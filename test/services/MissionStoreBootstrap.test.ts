@@ -187,7 +187,7 @@ const sameSnapshotsEveryWay = (incrementalSplitMinRows?: number) =>
       const afterIncremental = yield* storedSnapshots
 
       // The first discovery: the runner's tables emptied, a new store, one refresh over the whole log.
-      yield* sql`TRUNCATE mana_ai.mission_snapshots, mana_ai.discovery_cursor, mana_ai.applied_changes`
+      yield* sql`TRUNCATE mana_ai.mission_snapshots, mana_ai.discovery_cursor, mana_ai.applied_records`
       const bootstrap = yield* makeMissionStore({ lookback: LOOKBACK })
       const first = yield* bootstrap.refresh
       expect(first.rowsRead).toBe(total)
@@ -199,7 +199,7 @@ const sameSnapshotsEveryWay = (incrementalSplitMinRows?: number) =>
 
       // The same first discovery read in parts (what a pass of SPLIT_MIN_ROWS rows or more does): on the
       // server each part on a connection of its own; on PGlite (one session for every client) in one.
-      yield* sql`TRUNCATE mana_ai.mission_snapshots, mana_ai.discovery_cursor, mana_ai.applied_changes`
+      yield* sql`TRUNCATE mana_ai.mission_snapshots, mana_ai.discovery_cursor, mana_ai.applied_records`
       const inParts = yield* makeMissionStore({ lookback: LOOKBACK, splitMinRows: 1 })
       const split = yield* inParts.refresh
       expect(split.rowsRead).toBe(total)

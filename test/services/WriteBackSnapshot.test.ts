@@ -74,7 +74,7 @@ const snapshotRow = (user: string, missionId: string) =>
   )
 
 const appliedIds = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql<{ id: string }>`SELECT change_id::text AS id FROM mana_ai.applied_changes`,
+  sql<{ id: string }>`SELECT unnest(change_ids)::text AS id FROM mana_ai.applied_records`,
 ).pipe(
   Effect.map((rows) => new Set(rows.map((r) => r.id))),
   Effect.orDie,
