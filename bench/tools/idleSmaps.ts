@@ -10,33 +10,10 @@ import { Effect } from "effect"
 import { request } from "../../test/support/ManaProcess.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
 import { startNpmRunner } from "../support/npmRunner.js"
+import { smapsByName } from "../support/smaps.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
 const ownerUrl = process.env.BENCH_OWNER_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
-
-const smapsByName = (pid: number) => {
-  const out = new Map<string, { rss: number; anon: number; count: number }>()
-  let name = ""
-  for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
-    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
-    if (head !== null) {
-      name = head[1] === "" ? "[anon]" : (head[1] ?? "")
-      const e = out.get(name) ?? { rss: 0, anon: 0, count: 0 }
-      e.count++
-      out.set(name, e)
-      continue
-    }
-    const m = /^(Rss|Anonymous):\s+(\d+) kB/.exec(line)
-    if (m !== null) {
-      const e = out.get(name)
-      if (e !== undefined) {
-        if (m[1] === "Rss") e.rss += Number(m[2])
-        else e.anon += Number(m[2])
-      }
-    }
-  }
-  return [...out.entries()].sort((a, b) => b[1].rss - a[1].rss)
-}
 
 await Effect.runPromise(
   Effect.scoped(

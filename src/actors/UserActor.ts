@@ -32,6 +32,7 @@ import {
   type HoldReason,
   hold,
   isHoldReason,
+  movedOn,
   releaseAgents,
 } from "../domain/actorView.js"
 import type { MissionRef } from "../domain/mission.js"
@@ -347,7 +348,7 @@ export const behaviour = (
                       // Move on at once: the store's view catches up on a later discovery pass.
                       e.ranSlot = slot
                       e.nextRunAt = parseMs(o.nextRunAt)
-                      e.mission = { ...e.mission, nextRunAt: o.nextRunAt }
+                      movedOn(e, o.nextRunAt)
                       e.failures = 0
                       e.retryAt = null
                       e.held = null

@@ -58,6 +58,18 @@ export interface Entry {
 
 export type View = Map<string, Entry>
 
+/**
+ * The entry's run wrote its iteration and moved the mission on to `nextRunAt` (the write-back's text):
+ * the entry's copy of the mission says so, set in place. The entry owns that copy (`upsert` makes one
+ * per snapshot) and no run of it is under way (the one that ended handed it back). A new copy here
+ * would be made amid the run's garbage and outlive it: each such survivor keeps a mostly empty heap
+ * block (JavaScriptCore never moves objects) in the process's RSS. `bench/tools/tickSmaps.ts`, after
+ * 1,000 runs: heap capacity 31.8 → 24.5 MB for the same 7.7 MB live, RSS 95.8 → 91.5 MB.
+ */
+export const movedOn = (entry: Entry, nextRunAt: string | null): void => {
+  ;(entry.mission as { nextRunAt: string | null }).nextRunAt = nextRunAt
+}
+
 /** Applies a snapshot from discovery or the store to the view. */
 export const upsert = (view: View, snapshot: ViewSnapshot): void => {
   const existing = view.get(snapshot.missionId)

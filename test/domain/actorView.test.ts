@@ -7,6 +7,7 @@ import {
   emptyTickPart,
   type Entry,
   hold,
+  movedOn,
   releaseAgents,
   type OutcomeSummary,
   plan,
@@ -113,6 +114,20 @@ describe("upsert", () => {
     expect(kept).toEqual({ id: "m", nextRunAt: new Date(T(0)).toISOString(), inputs, agentId: "a1" })
     // A copy: the decoded mission (amid the store pass's garbage) is not kept alive through it.
     expect(kept?.inputs).not.toBe(inputs)
+  })
+
+  it("movedOn: a written run's next slot is set on the entry's own copy, no new object (a run's survivor keeps a heap block)", () => {
+    const view: View = new Map()
+    upsert(view, snapshot("m", T(0)))
+    const entry = view.get("m")!
+    const copy = entry.mission
+    movedOn(entry, new Date(T(10)).toISOString())
+    expect(entry.mission).toBe(copy)
+    expect(entry.mission).toEqual({ id: "m", nextRunAt: new Date(T(10)).toISOString(), inputs: [] })
+    // A later snapshot still replaces the copy with one of its own.
+    upsert(view, snapshot("m", T(20)))
+    expect(view.get("m")?.mission).not.toBe(copy)
+    expect(view.get("m")?.mission.nextRunAt).toBe(new Date(T(20)).toISOString())
   })
 })
 
