@@ -1,12 +1,13 @@
 /**
- * The runner's RSS by mapping after one tick of runs, as the process-memory part's first figure takes
- * it: started with `npm start` (the runner role, TICK_ENABLED=false, PLANNER_MODE=json) on a fresh bench
- * database with `--runs` users × one mission due now, LLM stand-in at 200 ms; one tick, then 5 s,
- * then /proc/<pid>/smaps summed by mapping (binary, anonymous by permission: rwxp is JIT code). With
- * `--heap`, the heap sampler is preloaded and its live object counts (after a full collection) follow.
- * Not part of `npm run bench`.
+ * The runner's RSS by mapping after ticks of runs, as the process-memory part takes it: started with
+ * `npm start` (the runner role, TICK_ENABLED=false, PLANNER_MODE=json) on a fresh bench database, LLM
+ * stand-in at 200 ms; an empty tick, then `--ticks` rounds of `--runs` users × one mission made due
+ * (inserted, then updated each round, as the part does) and one tick, each followed by 5 s and
+ * /proc/<pid>/smaps summed by mapping (binary, anonymous by permission: rwxp is JIT code). With
+ * `--heap`, the heap sampler is preloaded and its live object counts, after the full collection it
+ * forces, follow each reading. Not part of `npm run bench`.
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--heap] [--env='{"X":"1"}']
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--env='{"X":"1"}']
  */
 import { readFileSync } from "node:fs"
 import { Effect } from "effect"
@@ -14,12 +15,13 @@ import { request } from "../../test/support/ManaProcess.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
 import { startLlmStandIn } from "../support/llmStandIn.js"
 import { startNpmRunner } from "../support/npmRunner.js"
-import { seedDueMissions } from "../support/seed.js"
+import { missionsDueAgain } from "../support/seed.js"
 import { smapsByName } from "../support/smaps.js"
 
 const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).map((a) => a.replace(/^--/, "").split(/=(.*)/s).slice(0, 2)))
 const ownerUrl = process.env.BENCH_OWNER_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
 const runs = Number(args.runs ?? 1000)
+const ticks = Number(args.ticks ?? 1)
 const heapOut = `/tmp/mana-ai-tickSmaps-${process.pid}`
 
 await Effect.runPromise(
@@ -27,30 +29,33 @@ await Effect.runPromise(
     Effect.gen(function* () {
       const standIn = yield* startLlmStandIn(200)
       const db = yield* makeBenchDatabase(ownerUrl)
-      yield* seedDueMissions(db, { users: runs, missionsPerUser: 1, firstDueAt: Date.now() - 60_000, spreadMs: 0, withGoal: true })
       const heapEnv = "heap" in args ? { BUN_OPTIONS: `--preload ${new URL("./heapSampler.ts", import.meta.url).pathname}`, HEAP_SAMPLER_OUT: heapOut } : {}
       const { mana, pid, key } = yield* startNpmRunner({
         runnerUrl: db.runnerUrl,
         llmUrl: standIn.url,
         env: { ...heapEnv, ...JSON.parse(args.env ?? "{}") },
       })
-      const tick = yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
-      console.log(`tick: ${tick.body?.plansWrittenBack} plans written`)
-      yield* Effect.sleep("5 seconds")
-      const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8")
-      console.log(rollup.split("\n").filter((l) => /^(Rss|Anonymous|Shared_Clean|Private_Clean):/.test(l)).join("\n"))
-      for (const [name, e] of smapsByName(pid).slice(0, 12)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
-      if ("heap" in args) {
-        process.kill(pid, "SIGUSR2")
-        yield* Effect.sleep("2 seconds")
-        const types = JSON.parse(readFileSync(`${heapOut}.types`, "utf8")) as {
-          heapSize: number
-          heapCapacity: number
-          extraMemorySize: number
-          top: ReadonlyArray<readonly [string, number]>
+      yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
+      for (let round = 1; round <= ticks; round++) {
+        yield* missionsDueAgain(db, "mem", "Memory mission", round, runs)
+        const tick = yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
+        yield* Effect.sleep("5 seconds")
+        const rss = /^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]
+        console.log(`tick ${round}: ${tick.body?.plansWrittenBack} plans written; RSS ${(Number(rss) / 1024).toFixed(1)} MB`)
+        if (round === ticks) {
+          for (const [name, e] of smapsByName(pid).slice(0, 6)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
         }
-        console.log(`heap after a full collection: ${(types.heapSize / 2 ** 20).toFixed(1)} MB live, capacity ${(types.heapCapacity / 2 ** 20).toFixed(1)} MB, extra ${(types.extraMemorySize / 2 ** 20).toFixed(1)} MB`)
-        console.log(types.top.slice(0, 20).map(([t, n]) => `${n} ${t}`).join("\n"))
+        if ("heap" in args) {
+          process.kill(pid, "SIGUSR2")
+          yield* Effect.sleep("2 seconds")
+          const types = JSON.parse(readFileSync(`${heapOut}.types`, "utf8")) as {
+            heapSize: number
+            heapCapacity: number
+            top: ReadonlyArray<readonly [string, number]>
+          }
+          console.log(`  heap after a full collection: ${(types.heapSize / 2 ** 20).toFixed(1)} MB live, capacity ${(types.heapCapacity / 2 ** 20).toFixed(1)} MB`)
+          if (round === ticks) console.log(types.top.slice(0, 12).map(([t, n]) => `  ${n} ${t}`).join("\n"))
+        }
       }
     }),
   ),
