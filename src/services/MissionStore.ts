@@ -800,28 +800,22 @@ export const makeMissionStore = (
               const list: unknown = typeof record.rows === "string" ? JSON.parse(record.rows) : record.rows
               if (!Array.isArray(list)) continue
               rowsRead += list.length
-              // The record's rows in log order: those after keepAfter are its last ones.
+              // The record's ids after keepAfter, and the newest of their times.
               let ids = ""
               let newest = ""
+              const mark = (id: string, at: string) => {
+                if (at <= keepAfter) return
+                ids = ids === "" ? id : `${ids},${id}`
+                if (at > newest) newest = at
+              }
               let rows = cursorRows(record.user_id, record.record_id, list)
               if (rows === undefined) {
                 const raw = list.map((r) => rowFromArray(record.user_id, record.record_id, r))
                 // Every id read is applied, the undecodable ones too: re-reading them would change nothing.
-                for (const r of raw) {
-                  const at = String(r.at)
-                  if (at > keepAfter) {
-                    ids = ids === "" ? String(r.id) : `${ids},${String(r.id)}`
-                    if (at > newest) newest = at
-                  }
-                }
+                for (const r of raw) mark(String(r.id), String(r.at))
                 rows = yield* decodeRows(raw)
               } else {
-                for (const row of rows) {
-                  if (row.at > keepAfter) {
-                    ids = ids === "" ? row.id : `${ids},${row.id}`
-                    if (row.at > newest) newest = row.at
-                  }
-                }
+                for (const row of rows) mark(row.id, row.at)
               }
               if (ids !== "") marks.push({ u: String(record.user_id), r: String(record.record_id), at: newest, ids })
               for (const row of rows) if (rowHasProblem(row)) yield* noteRowProblems(row)
