@@ -14,6 +14,14 @@
  * A build that fails, or that cannot write `dist/` (a read-only image), stops with one line on
  * stderr and exit code 1, so `npm start` stops too.
  *
+ * Code only some modes run is split off: what launch.ts and live.ts import with `import()` (the embedded
+ * or the live composition, the cluster's modules for RUNNER_ADDRESS, the OTLP tracer) goes to its own
+ * chunk under `dist/chunks/`, loaded only when imported. In one file, every module's top-level
+ * functions were created at load whether its init ever ran or not: the live idle process held the
+ * cluster's, rpc's and msgpackr's too (idle RSS 74.7 → 70.4 MB without them). Chunk names carry a hash
+ * of their content, each is written under a temporary name and renamed, and `main.js` goes last, so a
+ * start never meets a half-written build; chunks no build has written for CHUNK_KEEP_MS are removed.
+ *
  * The build: target Bun, ES module; PGlite and its socket server stay external (PGlite loads its
  * wasm and data files from its own package directory), resolved at run time from `dist/` up to the
  * app's `node_modules`: the bundle must stay inside the app's tree. effect's `FastCheck` module is
@@ -23,8 +31,8 @@
  * full minification would save). Files go to a temporary name first and are renamed into place, the
  * bundle before its inputs list, so two starts at once never run a half-written bundle.
  */
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
-import { dirname, join, relative, resolve } from "node:path"
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { basename, dirname, join, relative, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { FAST_CHECK_EXPORTS } from "../src/layers/fastCheckStub.js"
 import { type BunPluginBuild, isEffectFastCheckImport } from "../src/layers/withoutFastCheck.js"
@@ -36,6 +44,8 @@ interface BunPlugin {
 }
 interface BuildArtifact {
   readonly kind: string
+  /** From the output directory: `./main.js`, `./chunks/chunk-<hash>.js`. */
+  readonly path: string
   readonly text: () => Promise<string>
 }
 declare const Bun: {
@@ -45,7 +55,10 @@ declare const Bun: {
     readonly success: boolean
     readonly logs: ReadonlyArray<unknown>
     readonly outputs: ReadonlyArray<BuildArtifact>
-    readonly metafile: { readonly inputs: Record<string, unknown> }
+    readonly metafile: {
+      readonly inputs: Record<string, unknown>
+      readonly outputs: Record<string, { readonly inputs: Record<string, unknown> }>
+    }
   }>
 }
 
@@ -54,6 +67,10 @@ export const ENTRY = join(ROOT, "src", "main.ts")
 export const DIST = join(ROOT, "dist")
 export const BUNDLE = join(DIST, "main.js")
 export const INPUTS = join(DIST, "inputs.json")
+/** Where the split-off chunks go, inside the output directory. */
+export const CHUNKS = "chunks"
+/** A chunk the current build does not use is removed once no build has written it for this long. */
+const CHUNK_KEEP_MS = 10 * 60_000
 const SELF = fileURLToPath(import.meta.url)
 const STUB = join(ROOT, "src", "layers", "fastCheckStub.ts")
 
@@ -104,6 +121,8 @@ interface InputsRecord {
   readonly options: Required<Omit<BundleOptions, "outdir">>
   /** Path from the app's root → content hash ("" for a file that changed while the build read it). */
   readonly files: Record<string, string>
+  /** Each file the build wrote, from the output directory (`main.js`, `chunks/…`) → the inputs in it. */
+  readonly outputs: Record<string, ReadonlyArray<string>>
 }
 
 const settled = (options: BundleOptions): Required<Omit<BundleOptions, "outdir">> => ({
@@ -124,11 +143,19 @@ export const staleReason = (options: BundleOptions = {}): string | undefined => 
     return "no bundle yet"
   }
   if (typeof record.files !== "object" || record.files === null) return "its inputs list is unreadable"
+  if (typeof record.outputs !== "object" || record.outputs === null) return "its outputs list is unreadable"
   if (JSON.stringify({ bun: record.bun, options: record.options }) !== JSON.stringify(expectedHeader(options))) {
     return "built by another Bun or with other options"
   }
   for (const [path, hash] of Object.entries(record.files)) {
     if (hashOf(join(ROOT, path)) !== hash) return `${path} changed`
+  }
+  for (const path of Object.keys(record.outputs)) {
+    try {
+      statSync(join(outdir, path))
+    } catch {
+      return `${path} is missing`
+    }
   }
   return undefined
 }
@@ -156,14 +183,15 @@ export const buildBundle = async (options: BundleOptions = {}): Promise<{ readon
       minify === "full" ? true : minify === "none" ? false : { whitespace: true, syntax: true, identifiers: false },
     sourcemap,
     metafile: true,
+    splitting: true,
+    naming: { entry: "[name].[ext]", chunk: `${CHUNKS}/chunk-[hash].[ext]` },
     throw: false,
   })
   if (!result.success) {
     throw new Error(result.logs.map(describeLog).join("\n") || "the bundler failed without a message")
   }
   const main = result.outputs.find((o) => o.kind === "entry-point")
-  if (main === undefined) throw new Error("the bundler wrote no entry point")
-  const map = result.outputs.find((o) => o.kind === "sourcemap")
+  if (main === undefined || outputName(main) !== "main.js") throw new Error("the bundler wrote no entry point main.js")
   // The metafile names inputs from the working directory; virtual modules (the stub's) have no file.
   const inputs = Object.keys(result.metafile.inputs)
     .filter((p) => !p.startsWith(`${NAMESPACE}:`))
@@ -178,22 +206,56 @@ export const buildBundle = async (options: BundleOptions = {}): Promise<{ readon
     const written = statSync(full).mtimeMs
     files[path] = written >= started && written <= Date.now() ? "" : hash
   }
-  mkdirSync(outdir, { recursive: true })
-  const temp = (name: string) => join(outdir, `.${name}.${process.pid}.tmp`)
-  const record: InputsRecord = { ...expectedHeader(options), files }
-  try {
-    if (map !== undefined) {
-      writeFileSync(temp("main.js.map"), await map.text())
-      renameSync(temp("main.js.map"), join(outdir, "main.js.map"))
-    }
-    writeFileSync(temp("main.js"), await main.text())
-    renameSync(temp("main.js"), join(outdir, "main.js"))
-    writeFileSync(temp("inputs.json"), `${JSON.stringify(record, null, 1)}\n`)
-    renameSync(temp("inputs.json"), join(outdir, "inputs.json"))
-  } finally {
-    for (const name of ["main.js.map", "main.js", "inputs.json"]) rmSync(temp(name), { force: true })
+  // The metafile's outputs are keyed by their path from the working directory; the inputs in each, likewise.
+  const outputs: Record<string, ReadonlyArray<string>> = {}
+  for (const [path, output] of Object.entries(result.metafile.outputs)) {
+    outputs[relative(resolve(outdir), resolve(outdir, path.replace(/^\.\//, "")))] = Object.keys(output.inputs)
+      .filter((p) => !p.startsWith(`${NAMESPACE}:`))
+      .map((p) => relative(ROOT, resolve(p)))
   }
+  mkdirSync(join(outdir, CHUNKS), { recursive: true })
+  const record: InputsRecord = { ...expectedHeader(options), files, outputs }
+  // Chunks (and maps) first, then main.js, which names them, then the inputs list that says it is fresh.
+  const ordered = [...result.outputs.filter((o) => o !== main), main]
+  const written = new Set<string>()
+  const temps: Array<string> = []
+  try {
+    for (const output of ordered) {
+      const name = outputName(output)
+      const temp = join(outdir, dirname(name), `.${basename(name)}.${process.pid}.tmp`)
+      temps.push(temp)
+      writeFileSync(temp, await output.text())
+      renameSync(temp, join(outdir, name))
+      written.add(name)
+    }
+    const temp = join(outdir, `.inputs.json.${process.pid}.tmp`)
+    temps.push(temp)
+    writeFileSync(temp, `${JSON.stringify(record, null, 1)}\n`)
+    renameSync(temp, join(outdir, "inputs.json"))
+  } finally {
+    for (const temp of temps) rmSync(temp, { force: true })
+  }
+  pruneChunks(outdir, written)
   return { seconds: (Date.now() - started) / 1000, inputs }
+}
+
+/** An output's path from the output directory, without `./`. */
+const outputName = (output: BuildArtifact): string => relative(".", output.path)
+
+/**
+ * Removes the chunks of earlier builds: those this build did not write, once no build has written them
+ * for CHUNK_KEEP_MS. A process that started from an earlier main.js imports its chunks while it starts,
+ * so a chunk another start may still want is never removed at once.
+ */
+const pruneChunks = (outdir: string, written: ReadonlySet<string>): void => {
+  const dir = join(outdir, CHUNKS)
+  for (const file of readdirSync(dir)) {
+    const name = `${CHUNKS}/${file}`
+    if (written.has(name)) continue
+    try {
+      if (Date.now() - statSync(join(dir, file)).mtimeMs > CHUNK_KEEP_MS) rmSync(join(dir, file), { force: true })
+    } catch {}
+  }
 }
 
 if ((import.meta as { main?: boolean }).main === true) {

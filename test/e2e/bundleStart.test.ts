@@ -7,7 +7,7 @@
  * `staleReason` on a copy of the bundle's inputs list.
  */
 import { spawnSync } from "node:child_process"
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
@@ -92,10 +92,11 @@ describe("npm start runs the bundle", () => {
   it("a bundle whose inputs changed is stale: staleReason names what changed", () => {
     ensureBundle()
     const copy = tempDir("mana-ai-bundle-copy-")
-    copyFileSync(BUNDLE, join(copy, "main.js"))
+    cpSync(join(BUNDLE, ".."), copy, { recursive: true })
     const record = JSON.parse(readFileSync(join(REPO_ROOT, "dist", "inputs.json"), "utf8")) as {
       bun: string
       files: Record<string, string>
+      outputs: Record<string, ReadonlyArray<string>>
     }
     const staleReason = (edit: (r: typeof record) => unknown) => {
       const changed = structuredClone(record)
@@ -117,7 +118,39 @@ describe("npm start runs the bundle", () => {
     for (const path of ["src/main.ts", "src/http/OperatorPage.ts", "package.json", "scripts/bundle.ts"]) {
       expect(Object.keys(record.files), path).toContain(path)
     }
+    // Split off (launch.ts imports the live or the embedded composition by mode): a chunk that is gone is stale too.
+    const chunks = Object.keys(record.outputs).filter((p) => p.startsWith("chunks/"))
+    expect(chunks.length).toBeGreaterThan(2)
+    expect(Object.keys(record.outputs)).toContain("main.js")
+    rmSync(join(copy, chunks[0]!))
+    expect(staleReason(() => undefined)).toBe(`${chunks[0]} is missing`)
     rmSync(join(copy, "main.js"))
     expect(staleReason(() => undefined)).toBe("no bundle yet")
+  }, 60_000)
+
+  it("a build removes the chunks of earlier builds once no build has written them for 10 minutes", () => {
+    const out = tempDir("mana-ai-bundle-out-")
+    mkdirSync(join(out, "chunks"))
+    const old = join(out, "chunks", "chunk-old.js")
+    const recent = join(out, "chunks", "chunk-recent.js")
+    writeFileSync(old, "export {}\n")
+    writeFileSync(recent, "export {}\n")
+    const elevenMinutesAgo = new Date(Date.now() - 11 * 60_000)
+    utimesSync(old, elevenMinutesAgo, elevenMinutesAgo)
+    const result = spawnSync(
+      BUN,
+      ["-e", `import { buildBundle, staleReason } from "./scripts/bundle.ts"; await buildBundle({ outdir: ${JSON.stringify(out)} }); console.log(staleReason({ outdir: ${JSON.stringify(out)} }) ?? "fresh")`],
+      { cwd: REPO_ROOT, encoding: "utf8" },
+    )
+    expect(result.status, result.stderr).toBe(0)
+    expect(result.stdout.trim()).toBe("fresh")
+    const chunks = readdirSync(join(out, "chunks"))
+    expect(chunks).not.toContain("chunk-old.js")
+    expect(chunks).toContain("chunk-recent.js")
+    // Left: this build's chunks, each named in its outputs list, and the recent one; no temporary file.
+    const record = JSON.parse(readFileSync(join(out, "inputs.json"), "utf8")) as { outputs: Record<string, unknown> }
+    for (const path of Object.keys(record.outputs)) expect(existsSync(join(out, path)), path).toBe(true)
+    const built = Object.keys(record.outputs).filter((p) => p.startsWith("chunks/")).map((p) => p.slice("chunks/".length))
+    expect(chunks.sort()).toEqual([...built, "chunk-recent.js"].sort())
   }, 60_000)
 })

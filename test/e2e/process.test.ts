@@ -253,6 +253,19 @@ describe("the resident Bun process", () => {
       expect(inputs.some((p) => p.replaceAll("\\", "/").endsWith(module)), module).toBe(true)
     }
     expect(inputs.filter((p) => /[\\/](fast-check|pure-rand)[\\/]/.test(p))).toEqual([])
+    // The bundle is split where launch.ts imports by mode: this live process loaded the chunk that holds
+    // live.ts, and neither the cluster's (RUNNER_ADDRESS unset) nor the OTLP tracer's (no endpoint set).
+    const outputs = (JSON.parse(readFileSync(BUNDLE_INPUTS, "utf8")) as { outputs: Record<string, ReadonlyArray<string>> }).outputs
+    const chunkWith = (module: string) => {
+      const found = Object.entries(outputs).filter(([, files]) => files.some((f) => f.replaceAll("\\", "/").endsWith(module)))
+      expect(found.length, module).toBe(1)
+      return found[0]![0]
+    }
+    const loadedChunk = (chunk: string) => loaded.some((p) => p.replaceAll("\\", "/").endsWith(`/dist/${chunk}`))
+    expect(loadedChunk(chunkWith("src/layers/live.ts"))).toBe(true)
+    expect(loadedChunk(chunkWith("@effect/cluster/dist/esm/Sharding.js"))).toBe(false)
+    expect(loadedChunk(chunkWith("@effect/opentelemetry/dist/esm/OtlpTracer.js"))).toBe(false)
+    expect(chunkWith("src/layers/embedded.ts")).not.toBe(chunkWith("src/layers/live.ts"))
     // startupJit.ts's body ran before any of effect's modules (the bundle keeps main.ts's order), and the
     // normal policy came back once the process served.
     expect(lines.filter((l) => l.startsWith("setJITPolicy("))).toEqual([
