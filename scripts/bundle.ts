@@ -78,18 +78,34 @@ const STUB = join(ROOT, "src", "layers", "fastCheckStub.ts")
 export const EXTERNAL = ["@electric-sql/pglite", "@electric-sql/pglite-socket"]
 
 /** Files whose change makes any bundle stale besides the ones the bundler read. */
-const ALWAYS = ["package.json", "node_modules/.package-lock.json"]
+const ALWAYS = [
+  "package.json",
+  "node_modules/.package-lock.json",
+  // This script's own imports: they decide what the build answers for effect's FastCheck.
+  "src/layers/withoutFastCheck.ts",
+  "src/layers/fastCheckStub.ts",
+]
 
 const NAMESPACE = "mana-ai-no-fast-check"
 
-/** effect's `./FastCheck.js`, answered with a module whose every export is the stub's (a function that throws). */
+/**
+ * effect's `./FastCheck.js`, answered with a module whose every export is the stub's (a function that
+ * throws). And main.ts's import of `withoutFastCheck.ts`, answered with an empty module: that module
+ * registers the same answer as a runtime plugin for `bun src/main.ts`, but the bundle has no
+ * `./FastCheck.js` left to resolve at run time, and a registered runtime plugin cost the idle process
+ * 0.6–1.0 MB (anonymous; idleSmaps, two pairs).
+ */
 export const noFastCheck: BunPlugin = {
   name: "mana-ai: no fast-check",
   setup(build) {
+    build.onResolve({ filter: /[\\/]withoutFastCheck\.js$/ }, (args) =>
+      resolve(args.importer) === ENTRY ? { path: "withoutFastCheck", namespace: NAMESPACE } : undefined,
+    )
     build.onResolve({ filter: /^\.\/FastCheck\.js$/ }, (args) =>
       isEffectFastCheckImport(args.path, args.importer) ? { path: "effect/FastCheck", namespace: NAMESPACE } : undefined,
     )
-    build.onLoad({ filter: /.*/, namespace: NAMESPACE }, () => ({
+    build.onLoad({ filter: /^withoutFastCheck$/, namespace: NAMESPACE }, () => ({ loader: "js", contents: "" }))
+    build.onLoad({ filter: /^effect\/FastCheck$/, namespace: NAMESPACE }, () => ({
       loader: "js",
       contents: [
         `import { fastCheckStubExports } from ${JSON.stringify(STUB)}`,
