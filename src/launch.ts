@@ -5,7 +5,7 @@
  * exit code is 0. Only the chosen mode's modules are imported (issue 16): PGlite for the embedded
  * default, the cluster modules for RUNNER_ADDRESS, the OTLP tracer for OTEL_EXPORTER_OTLP_ENDPOINT.
  */
-import { startupDone } from "./layers/startupJit.js"
+import { startupDone } from "./layers/jitPolicy.js"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as BunHttpServer from "@effect/platform-bun/BunHttpServer"
 import * as BunRuntime from "@effect/platform-bun/BunRuntime"

@@ -56,6 +56,7 @@ import {
 import * as ActorHost from "./ActorHost.js"
 import { type ClusterView, Ownership } from "./Ownership.js"
 import * as UserActor from "./UserActor.js"
+import { workBegins } from "../layers/jitPolicy.js"
 
 export interface TickReport {
   readonly scannedAt: string
@@ -282,6 +283,7 @@ export const make = Effect.gen(function* () {
     withRunSlot: runSlots.withPermit,
     enter: updateMetricsAnd((labels) => {
       if (gateState.draining) return false
+      workBegins()
       gateState.inFlight++
       runsInFlightGauge.unsafeUpdate(gateState.inFlight, labels)
       return true
@@ -405,6 +407,7 @@ export const make = Effect.gen(function* () {
           for (const userId of [...changed.keys()]) if (!(yield* host.has(userId))) changed.delete(userId)
           const spawnUsers = (snapshots: ReadonlyArray<MissionSnapshot>) =>
             Effect.gen(function* () {
+              if (snapshots.length > 0) workBegins()
               for (const [userId, group] of byUser(snapshots)) {
                 if (!owns(userId)) continue
                 if (yield* spawn(userId, Option.some(group))) {

@@ -12,7 +12,7 @@
  * (the lowest size seen). While runs are under way it leaves the collector alone: a full
  * collection stops the event loop (100–500 ms measured on the loaded 2-core machine), which runs
  * at work would feel; the idle process pays it once per quiet spell.
- * The first collection waits until start-up is done (`startupJit.ts`'s `isStartupDone`) and then needs
+ * The first collection waits until start-up is done (`jitPolicy.ts`'s `isStartupDone`) and then needs
  * no growth: the bundle `npm start` runs leaves less than QUIET_GROWTH of start-up garbage, so the
  * first quiet spell's Bun.shrink came 7–11 s after start or only after the first tick (which then
  * lost its compiled code); from source start-up left more and it came about 2 s after start.
@@ -24,7 +24,7 @@ import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
 import { runsInFlightGauge } from "../services/metrics.js"
-import { isStartupDone } from "./startupJit.js"
+import { isStartupDone } from "./jitPolicy.js"
 
 const CHECK_EVERY = Duration.seconds(1)
 /** Garbage left over when the process goes quiet that is worth a collection. */

@@ -42,6 +42,7 @@ import {
   parseInstant,
 } from "../domain/replay.js"
 import { ClusterConfig, shardOf } from "../cluster/ClusterConfig.js"
+import { workBegins } from "../layers/jitPolicy.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { claimCte } from "./runClaims.js"
@@ -794,6 +795,7 @@ export const makeMissionStore = (
          */
         const applyPage = (page: ReadonlyArray<CursorRecord>, afterFirstLoad: Effect.Effect<void>) =>
           Effect.gen(function* () {
+            if (page.length > 0) workBegins()
             const marks: Array<RecordMark> = []
             const records: Array<Array<LogRow>> = []
             for (const record of page) {

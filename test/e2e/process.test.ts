@@ -14,6 +14,7 @@ import { LlmStandIn, type LlmStandInShape } from "../support/LlmStandIn.js"
 import { eventually, type ManaProcess, metricValue, request, startManaProcess } from "../support/ManaProcess.js"
 import { type Change, insertChanges, missionInsertRow } from "../support/seed.js"
 import { TestDatabase, TestDatabaseLive, type TestDatabaseShape } from "../support/TestDatabase.js"
+import { STARTUP_JIT_SCALE } from "../../src/layers/jitPolicy.js"
 
 const KEY = "e2e-service-key-0123456789abcdef"
 // Wide enough to see /ready say 503 during the drain on a busy machine.
@@ -269,10 +270,11 @@ describe("the resident Bun process", () => {
     // The bundle answered effect's FastCheck when it was built, so withoutFastCheck.ts, which registers the
     // same answer as a runtime plugin from source, is in no output (a registered plugin cost 0.6–1.0 MB idle).
     expect(Object.entries(outputs).filter(([, files]) => files.some((f) => f.endsWith("withoutFastCheck.ts")))).toEqual([])
-    expect(Object.values(outputs).some((files) => files.some((f) => f.endsWith("fastCheckStub.ts")))).toBe(true)    // startupJit.ts's body ran before any of effect's modules (the bundle keeps main.ts's order), and the
-    // normal policy came back once the process served.
+    expect(Object.values(outputs).some((files) => files.some((f) => f.endsWith("fastCheckStub.ts")))).toBe(true)
+    // startupJit.ts's body ran before any of effect's modules (the bundle keeps main.ts's order), and the
+    // normal policy came back once the process served and had work (its missions ran).
     expect(lines.filter((l) => l.startsWith("setJITPolicy("))).toEqual([
-      "setJITPolicy(100) effect loaded: no",
+      `setJITPolicy(${STARTUP_JIT_SCALE}) effect loaded: no`,
       "setJITPolicy(1) effect loaded: yes",
     ])
   })

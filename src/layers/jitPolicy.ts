@@ -1,0 +1,69 @@
+/**
+ * JavaScriptCore's tier-up thresholds while the process starts and until it has work (issue 16 item 5).
+ * Start-up code runs once, yet enough of it runs often enough (module bodies, schema and layer
+ * construction, Effect's run loop) for JavaScriptCore to compile it with its optimizing tiers: JIT code
+ * and metadata the idle process then carries, and the DFG and FTL compilers' own code, about 5 MB of
+ * Bun's binary that an idle process otherwise never reads (`BUN_JSC_useDFGJIT=0` read alike). main.ts
+ * raises the thresholds first thing (`startupJit.ts`, before any other module's body runs:
+ * Bun.unsafe.setJITPolicy, STARTUP_JIT_SCALE times their normal value); they come back to normal once
+ * the process serves (`startupDone`) and has work (`workBegins`: a run enters, or a discovery pass or
+ * the first pass's read of stored missions applies a page), so the runs' code is compiled as always.
+ * A process that serves with nothing to do (its timers, an empty tick, /metrics) stays in the lower
+ * tiers. A process that never raised them (tests, bench tools composing the layers) is left alone.
+ * Outside Bun (the Node tests) it does nothing.
+ */
+interface BunUnsafe {
+  readonly unsafe?: { readonly setJITPolicy?: (scale: number) => void }
+}
+
+/**
+ * The thresholds' factor until then. At 100 (the first value) start-up still made about 20 optimizing
+ * compiles (Effect's run loop: `getFiberRef`, `shouldYield`, …), enough to read the compilers' code:
+ * idle RSS 69.4 MB against 63.1 MB at this value (idleSmaps, two each).
+ */
+export const STARTUP_JIT_SCALE = 100_000
+
+/** The policy's state around a `setJITPolicy`; the process has one (below), tests make their own. */
+export const makeJitPolicy = (setJitPolicy: ((scale: number) => void) | undefined) => {
+  let raised = false
+  let done = false
+  let working = false
+  const putBack = (): void => {
+    if (raised && done && working) {
+      raised = false
+      setJitPolicy?.(1)
+    }
+  }
+  return {
+    /** main.ts's first step (through startupJit.ts). */
+    raiseForStartup: (): void => {
+      if (setJitPolicy === undefined) return
+      raised = true
+      setJitPolicy(STARTUP_JIT_SCALE)
+    },
+    isStartupDone: (): boolean => done,
+    startupDone: (): void => {
+      done = true
+      putBack()
+    },
+    workBegins: (): void => {
+      if (working) return
+      working = true
+      putBack()
+    },
+  }
+}
+
+const policy = makeJitPolicy((globalThis as { Bun?: BunUnsafe }).Bun?.unsafe?.setJITPolicy)
+
+/** main.ts's first step (through startupJit.ts). */
+export const raiseForStartup = policy.raiseForStartup
+
+/** Whether the process serves (`startupDone` was called): `memoryTrim.ts` waits for it before its first collection. */
+export const isStartupDone = policy.isStartupDone
+
+/** The process serves; the normal thresholds come back now if work has begun. */
+export const startupDone = policy.startupDone
+
+/** Work arrived; the normal thresholds come back now if the process serves. Cheap after the first call. */
+export const workBegins = policy.workBegins
