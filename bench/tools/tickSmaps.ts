@@ -7,7 +7,9 @@
  * `--heap`, the heap sampler is preloaded and its live object counts, after the full collection it
  * forces, follow each reading. Not part of `npm run bench`.
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--env='{"X":"1"}']
+ * With `--every`, the three largest mappings after every tick, not only the last.
+ *
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--env='{"X":"1"}']
  */
 import { readFileSync } from "node:fs"
 import { Effect } from "effect"
@@ -42,8 +44,8 @@ await Effect.runPromise(
         yield* Effect.sleep("5 seconds")
         const rss = /^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]
         console.log(`tick ${round}: ${tick.body?.plansWrittenBack} plans written; RSS ${(Number(rss) / 1024).toFixed(1)} MB`)
-        if (round === ticks) {
-          for (const [name, e] of smapsByName(pid).slice(0, 6)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
+        if (round === ticks || "every" in args) {
+          for (const [name, e] of smapsByName(pid).slice(0, "every" in args ? 3 : 6)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
         }
         if ("heap" in args) {
           process.kill(pid, "SIGUSR2")
