@@ -5,7 +5,7 @@
  * exit code is 0. Only the chosen mode's modules are imported (issue 16): PGlite for the embedded
  * default, the cluster modules for RUNNER_ADDRESS, the OTLP tracer for OTEL_EXPORTER_OTLP_ENDPOINT.
  */
-import { startupDone } from "./layers/jitPolicy.js"
+import { embeddedDatabaseStarts, startupDone } from "./layers/jitPolicy.js"
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import * as BunHttpServer from "@effect/platform-bun/BunHttpServer"
 import * as BunRuntime from "@effect/platform-bun/BunRuntime"
@@ -38,6 +38,8 @@ const program = Effect.gen(function* () {
     BunHttpServer.layer({ port: config.http.port, idleTimeout: 0 }),
     FetchHttpClient.layer,
   )
+  // The embedded database runs in this process and starts with it: its start-up keeps the milder factor.
+  if (config.mode._tag !== "Live") embeddedDatabaseStarts()
   const app =
     config.mode._tag === "Live"
       ? (yield* Effect.promise(() => import("./layers/live.js"))).liveLayer(config, config.mode, version, platform)

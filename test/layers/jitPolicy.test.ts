@@ -4,7 +4,7 @@
  * (tests, bench tools composing the layers) is left alone. The running process: `test/e2e/process.test.ts`.
  */
 import { describe, expect, it } from "vitest"
-import { makeJitPolicy, STARTUP_JIT_SCALE } from "../../src/layers/jitPolicy.js"
+import { EMBEDDED_STARTUP_JIT_SCALE, makeJitPolicy, STARTUP_JIT_SCALE } from "../../src/layers/jitPolicy.js"
 
 const recorded = () => {
   const calls: Array<number> = []
@@ -36,8 +36,20 @@ describe("the JIT policy", () => {
     expect(calls).toEqual([STARTUP_JIT_SCALE, 1])
   })
 
+  it("embedded mode: the milder factor once the mode is known, the normal one as the process serves", () => {
+    const { calls, policy } = recorded()
+    policy.raiseForStartup()
+    policy.embeddedDatabaseStarts()
+    expect(calls).toEqual([STARTUP_JIT_SCALE, EMBEDDED_STARTUP_JIT_SCALE])
+    policy.startupDone()
+    expect(calls).toEqual([STARTUP_JIT_SCALE, EMBEDDED_STARTUP_JIT_SCALE, 1])
+    policy.workBegins()
+    expect(calls).toEqual([STARTUP_JIT_SCALE, EMBEDDED_STARTUP_JIT_SCALE, 1])
+  })
+
   it("never raised: serving and work change nothing", () => {
     const { calls, policy } = recorded()
+    policy.embeddedDatabaseStarts()
     policy.startupDone()
     policy.workBegins()
     expect(calls).toEqual([])
