@@ -1,7 +1,8 @@
 /**
  * The bundle `npm start` runs: `src/main.ts` and everything it imports, built by Bun's bundler into
- * one file, `dist/main.js`, which Bun then loads as one module instead of about 460 from source (the
- * idle process carries fewer module records, sources and bytecode: issue 16 item 5).
+ * `dist/main.js` and a few chunks it imports (below), which Bun loads as a handful of modules instead
+ * of about 460 from source (the idle process carries fewer module records, sources and bytecode:
+ * issue 16 item 5).
  *
  *     bun scripts/bundle.ts           # builds dist/main.js unless it is up to date (npm start runs this first)
  *     bun scripts/bundle.ts --force   # builds it anyway
@@ -222,7 +223,8 @@ export const buildBundle = async (options: BundleOptions = {}): Promise<{ readon
     const written = statSync(full).mtimeMs
     files[path] = written >= started && written <= Date.now() ? "" : hash
   }
-  // The metafile's outputs are keyed by their path from the working directory; the inputs in each, likewise.
+  // The metafile's outputs are keyed by their path from the output root (`./chunks/…`); their inputs, from
+  // the working directory, are recorded from the app's root as `files` is.
   const outputs: Record<string, ReadonlyArray<string>> = {}
   for (const [path, output] of Object.entries(result.metafile.outputs)) {
     outputs[relative(resolve(outdir), resolve(outdir, path.replace(/^\.\//, "")))] = Object.keys(output.inputs)
