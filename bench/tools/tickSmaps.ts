@@ -7,9 +7,11 @@
  * `--heap`, the heap sampler is preloaded and its live object counts, after the full collection it
  * forces, follow each reading. Not part of `npm run bench`.
  *
- * With `--every`, the three largest mappings after every tick, not only the last.
+ * With `--every`, the three largest mappings after every tick, not only the last. With `--idle=S`, S
+ * seconds of idle before the first round (the bench's idle reading waits 5 s: start-up's `Bun.shrink()`
+ * then comes before the first tick, as there).
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--env='{"X":"1"}']
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--env='{"X":"1"}']
  */
 import { readFileSync } from "node:fs"
 import { Effect } from "effect"
@@ -38,6 +40,8 @@ await Effect.runPromise(
         env: { ...heapEnv, ...JSON.parse(args.env ?? "{}") },
       })
       yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
+      // As the bench's process-memory part does: the idle reading's wait, so start-up's shrink comes first.
+      if (args.idle !== undefined) yield* Effect.sleep(`${Number(args.idle)} seconds`)
       for (let round = 1; round <= ticks; round++) {
         yield* missionsDueAgain(db, "mem", "Memory mission", round, runs)
         const tick = yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
