@@ -13,6 +13,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import Pg from "pg"
+import { queueQueries } from "./clientQueryQueue.js"
 
 /** `postgres://user@host:port/db` — never the password, never query parameters (they may hold one). */
 export const describeDatabaseUrl = (url: Redacted.Redacted<string>): string => {
@@ -78,6 +79,8 @@ export const pgClientLayer = (options: PgClientLayerOptions): Layer.Layer<PgClie
         application_name: options.applicationName ?? "@effect/sql-pg",
       })
       pool.on("error", () => {})
+      // Statements sent before the previous one answered wait in our queue, not pg's (clientQueryQueue.ts).
+      pool.on("connect", queueQueries)
       // As PgClient.make: the pool is ended with the scope once its first connection answered.
       yield* Effect.acquireRelease(
         Effect.tryPromise({

@@ -2,11 +2,13 @@
  * The first discovery of a history (one pass over every row) against the incremental path (the same
  * rows arriving in steps, late-committed ones among them) on the same rows: both must store the same
  * snapshots, and both the record a device gets by replaying the log row by row (SPEC §2). Runs on the
- * real server and on PGlite, on both generations of sync_changes (vitest.config.ts).
+ * real server and on PGlite, on both generations of sync_changes (vitest.config.ts). And a pass's
+ * statements take turns on its connection: pg is never handed one while another runs there.
  */
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
+import pg from "pg"
 import { expect } from "vitest"
 import { type ReplayRow, isLive, replayOrdered } from "../../src/domain/replay.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
@@ -242,4 +244,50 @@ it.layer(Migrated, { timeout: 240_000 })("MissionStore: first discovery in one p
 
 it.layer(Migrated, { timeout: 240_000 })("MissionStore: every pass read in parts", (it) => {
   it.effect("incremental passes read in parts store the same snapshots as one pass", () => sameSnapshotsEveryWay(1))
+})
+
+/**
+ * How many times a query was handed to a pg client while that client was still executing another or
+ * had one waiting (pg queues it; it warns of that queue as deprecated, pg 9 removes it) while `effect` ran.
+ */
+const queuedBehindAnother = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
+      const original = pg.Client.prototype.query
+      const seen = { queued: 0, original }
+      pg.Client.prototype.query = function (this: pg.Client, ...args: Array<unknown>) {
+        const client = this as unknown as { _activeQuery: unknown; _queryQueue: Array<unknown> }
+        if (client._activeQuery != null || client._queryQueue.length > 0) seen.queued += 1
+        return (original as (...a: Array<unknown>) => unknown).apply(this, args)
+      } as typeof original
+      return seen
+    }),
+    (seen) => Effect.map(effect, (result) => [result, seen.queued] as const),
+    (seen) =>
+      Effect.sync(() => {
+        pg.Client.prototype.query = seen.original
+      }),
+  )
+
+it.layer(Migrated, { timeout: 240_000 })("MissionStore: a pass's statements on its connection", (it) => {
+  it.effect("take turns: none is handed to pg while another runs, though the next page is fetched and a batch written meanwhile", () =>
+    Effect.gen(function* () {
+      const db = yield* TestDatabase
+      // 2,500 records, one row each: three FETCH pages of 1,000, each page's writes under way beside the next FETCH.
+      yield* Effect.promise(() =>
+        db.ownerQuery(
+          `INSERT INTO sync_changes (app_id, table_name, record_id, user_id, op, data, ${db.generation}, client_id, created_at)
+           SELECT 'ai', 'aiMissions', 'turn-' || g, 'u-turn-' || (g % 50), 'insert', $1::jsonb, '{}'::jsonb, 'browser-device',
+                  now() - interval '10 minutes' + make_interval(secs => g / 100.0)
+           FROM generate_series(1, 2500) AS g`,
+          [JSON.stringify(missionFields())],
+        ),
+      )
+      const store = yield* makeMissionStore({ lookback: LOOKBACK, batchSize: 400 })
+      const [pass, queued] = yield* queuedBehindAnother(store.refresh)
+      expect(pass.rowsRead).toBe(2500)
+      expect(queued).toBe(0)
+      expect((yield* storedSnapshots).length).toBe(2500)
+    }),
+  )
 })
