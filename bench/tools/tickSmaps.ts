@@ -7,13 +7,17 @@
  * `--heap`, the heap sampler is preloaded and its live object counts, after the full collection it
  * forces, follow each reading. Not part of `npm run bench`.
  *
+ * With `--trace=S`, the RSS every 250 ms for S seconds after each tick answered (instead of the 5 s wait).
+ *
+ * With `--heap --keep=P`, each tick's counts are kept in P-<tick>.json.
+ *
  * With `--every`, the three largest mappings after every tick, not only the last. With `--idle=S`, S
  * seconds of idle before the first round (the bench's idle reading waits 5 s: start-up's `Bun.shrink()`
  * then comes before the first tick, as there).
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--env='{"X":"1"}']
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--env='{"X":"1"}']
  */
-import { readFileSync } from "node:fs"
+import { readFileSync, writeFileSync } from "node:fs"
 import { Effect } from "effect"
 import { request } from "../../test/support/ManaProcess.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
@@ -45,7 +49,14 @@ await Effect.runPromise(
       for (let round = 1; round <= ticks; round++) {
         yield* missionsDueAgain(db, "mem", "Memory mission", round, runs)
         const tick = yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
-        yield* Effect.sleep("5 seconds")
+        if (args.trace !== undefined) {
+          const trace: Array<string> = []
+          for (let t = 0; t < Number(args.trace) * 4; t++) {
+            yield* Effect.sleep("250 millis")
+            trace.push((Number(/^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]) / 1024).toFixed(0))
+          }
+          console.log(`tick ${round}: RSS every 250 ms after the tick answered: ${trace.join(" ")}`)
+        } else yield* Effect.sleep("5 seconds")
         const rss = /^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]
         console.log(`tick ${round}: ${tick.body?.plansWrittenBack} plans written; RSS ${(Number(rss) / 1024).toFixed(1)} MB`)
         if (round === ticks || "every" in args) {
@@ -54,13 +65,14 @@ await Effect.runPromise(
         if ("heap" in args) {
           process.kill(pid, "SIGUSR2")
           yield* Effect.sleep("2 seconds")
+          if (args.keep !== undefined) writeFileSync(`${args.keep}-${round}.json`, readFileSync(`${heapOut}.types`, "utf8"))
           const types = JSON.parse(readFileSync(`${heapOut}.types`, "utf8")) as {
             heapSize: number
             heapCapacity: number
             top: ReadonlyArray<readonly [string, number]>
           }
           console.log(`  heap after a full collection: ${(types.heapSize / 2 ** 20).toFixed(1)} MB live, capacity ${(types.heapCapacity / 2 ** 20).toFixed(1)} MB`)
-          if (round === ticks) console.log(types.top.slice(0, 12).map(([t, n]) => `  ${n} ${t}`).join("\n"))
+          if (round === ticks || "every" in args) console.log(types.top.slice(0, 12).map(([t, n]) => `  ${n} ${t}`).join("\n"))
         }
       }
     }),
