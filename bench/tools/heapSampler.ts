@@ -10,6 +10,7 @@ const specifier = "bun:jsc"
 const jsc = (await import(specifier)) as {
   heapSize: () => number
   heapStats: () => { heapSize: number; heapCapacity: number; objectTypeCounts: Record<string, number> }
+  memoryUsage: () => { current: number; peak: number; currentCommit: number; peakCommit: number }
 }
 const out = `${process.env.HEAP_SAMPLER_OUT ?? "/tmp/heapSampler.json"}${process.env.HEAP_SAMPLER_BY_PID === undefined ? "" : `.${process.pid}`}`
 let peakHeap = 0
@@ -27,5 +28,8 @@ process.on("SIGUSR2", () => {
   if (process.env.HEAP_SAMPLER_NO_GC === undefined) (globalThis as unknown as { Bun: { gc: (force: boolean) => void } }).Bun.gc(true)
   const s = jsc.heapStats() as ReturnType<typeof jsc.heapStats> & { extraMemorySize: number; mimalloc?: unknown }
   const top = Object.entries(s.objectTypeCounts).sort((a, b) => b[1] - a[1]).slice(0, 40)
-  writeFileSync(`${out}.types`, JSON.stringify({ heapSize: s.heapSize, heapCapacity: s.heapCapacity, extraMemorySize: s.extraMemorySize, mimalloc: s.mimalloc, top }))
+  writeFileSync(
+    `${out}.types`,
+    JSON.stringify({ heapSize: s.heapSize, heapCapacity: s.heapCapacity, extraMemorySize: s.extraMemorySize, mimalloc: jsc.memoryUsage(), top }),
+  )
 })

@@ -5,7 +5,9 @@
  * (inserted, then updated each round, as the part does) and one tick, each followed by 5 s and
  * /proc/<pid>/smaps summed by mapping (binary, anonymous by permission: rwxp is JIT code). With
  * `--heap`, the heap sampler is preloaded and its live object counts, after the full collection it
- * forces, follow each reading. Not part of `npm run bench`.
+ * forces, follow each reading, with the heap's peak during the ticks and mimalloc's own figures
+ * (`bun:jsc` memoryUsage). Each tick's line gives the runner's CPU per run over the tick and, from
+ * /proc/<pid>/status, RssAnon, RssFile and VmHWM (the peak RSS so far). Not part of `npm run bench`.
  *
  * With `--trace=S`, the RSS every 250 ms for S seconds after each tick answered (instead of the 5 s wait).
  *
@@ -15,7 +17,7 @@
  * seconds of idle before the first round (the bench's idle reading waits 5 s: start-up's `Bun.shrink()`
  * then comes before the first tick, as there).
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--env='{"X":"1"}']
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--keep=P] [--env='{"X":"1"}']
  */
 import { readFileSync, writeFileSync } from "node:fs"
 import { Effect } from "effect"
@@ -30,6 +32,11 @@ const args: Record<string, string> = Object.fromEntries(process.argv.slice(2).ma
 const ownerUrl = process.env.BENCH_OWNER_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
 const runs = Number(args.runs ?? 1000)
 const ticks = Number(args.ticks ?? 1)
+/** The process's CPU (utime + stime) in ms, from /proc (clock ticks of 10 ms). */
+const cpuMsOf = (pid: number): number => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * 10
+}
 const heapOut = `/tmp/mana-ai-tickSmaps-${process.pid}`
 
 await Effect.runPromise(
@@ -48,7 +55,9 @@ await Effect.runPromise(
       if (args.idle !== undefined) yield* Effect.sleep(`${Number(args.idle)} seconds`)
       for (let round = 1; round <= ticks; round++) {
         yield* missionsDueAgain(db, "mem", "Memory mission", round, runs)
+        const cpu0 = cpuMsOf(pid)
         const tick = yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
+        const tickCpuMs = cpuMsOf(pid) - cpu0
         if (args.trace !== undefined) {
           const trace: Array<string> = []
           for (let t = 0; t < Number(args.trace) * 4; t++) {
@@ -58,7 +67,11 @@ await Effect.runPromise(
           console.log(`tick ${round}: RSS every 250 ms after the tick answered: ${trace.join(" ")}`)
         } else yield* Effect.sleep("5 seconds")
         const rss = /^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]
-        console.log(`tick ${round}: ${tick.body?.plansWrittenBack} plans written; RSS ${(Number(rss) / 1024).toFixed(1)} MB`)
+        const status = readFileSync(`/proc/${pid}/status`, "utf8")
+        const kb = (field: string) => `${field} ${(Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0) / 1024).toFixed(1)}`
+        console.log(
+          `tick ${round}: ${tick.body?.plansWrittenBack} plans written, runner CPU ${(tickCpuMs / Math.max(1, Number(tick.body?.plansWrittenBack ?? 0))).toFixed(2)} ms per run; RSS ${(Number(rss) / 1024).toFixed(1)} MB (${["RssAnon", "RssFile", "VmHWM"].map(kb).join(", ")} MB)`,
+        )
         if (round === ticks || "every" in args) {
           for (const [name, e] of smapsByName(pid).slice(0, "every" in args ? 3 : 6)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
         }
@@ -69,9 +82,15 @@ await Effect.runPromise(
           const types = JSON.parse(readFileSync(`${heapOut}.types`, "utf8")) as {
             heapSize: number
             heapCapacity: number
+            mimalloc?: { current: number; peak: number; currentCommit: number; peakCommit: number }
             top: ReadonlyArray<readonly [string, number]>
           }
-          console.log(`  heap after a full collection: ${(types.heapSize / 2 ** 20).toFixed(1)} MB live, capacity ${(types.heapCapacity / 2 ** 20).toFixed(1)} MB`)
+          const m = (bytes: number | undefined) => ((bytes ?? 0) / 2 ** 20).toFixed(1)
+          const peaks = JSON.parse(readFileSync(heapOut, "utf8")) as { peakHeap: number; peakCap: number }
+          console.log(`  heap's peak so far: ${m(peaks.peakHeap)} MB, capacity's ${m(peaks.peakCap)} MB`)
+          console.log(
+            `  heap after a full collection: ${m(types.heapSize)} MB live, capacity ${m(types.heapCapacity)} MB; mimalloc current ${m(types.mimalloc?.current)} (peak ${m(types.mimalloc?.peak)}), committed ${m(types.mimalloc?.currentCommit)} (peak ${m(types.mimalloc?.peakCommit)}) MB`,
+          )
           if (round === ticks || "every" in args) console.log(types.top.slice(0, 12).map(([t, n]) => `  ${n} ${t}`).join("\n"))
         }
       }
