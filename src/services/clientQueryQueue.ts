@@ -68,7 +68,7 @@ export const queueQueries = (client: Pg.ClientBase): void => {
     busy = true
     send()
   }
-  /** Runs `f` once, however many of the ends call it. */
+  /** A statement's end: its turn ends once, however many of pg's ends (callback, ready, error) call it. */
   const once = () => {
     let done = false
     return () => {

@@ -8,12 +8,12 @@
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
-import pg from "pg"
 import { expect } from "vitest"
 import { type ReplayRow, isLive, replayOrdered } from "../../src/domain/replay.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
 import { makeMissionStore } from "../../src/services/MissionStore.js"
+import { watchPgHandOffs } from "../support/pgHandOffs.js"
 import { type Change, insertChanges, missionFields } from "../support/seed.js"
 import { RunnerSqlLive, TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
 
@@ -246,27 +246,12 @@ it.layer(Migrated, { timeout: 240_000 })("MissionStore: every pass read in parts
   it.effect("incremental passes read in parts store the same snapshots as one pass", () => sameSnapshotsEveryWay(1))
 })
 
-/**
- * How many times a query was handed to a pg client while that client was still executing another or
- * had one waiting (pg queues it; it warns of that queue as deprecated, pg 9 removes it) while `effect` ran.
- */
+/** How many statements reached a pg client still executing another (or with one waiting) while `effect` ran. */
 const queuedBehindAnother = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.acquireUseRelease(
-    Effect.sync(() => {
-      const original = pg.Client.prototype.query
-      const seen = { queued: 0, original }
-      pg.Client.prototype.query = function (this: pg.Client, ...args: Array<unknown>) {
-        const client = this as unknown as { _activeQuery: unknown; _queryQueue: Array<unknown> }
-        if (client._activeQuery != null || client._queryQueue.length > 0) seen.queued += 1
-        return (original as (...a: Array<unknown>) => unknown).apply(this, args)
-      } as typeof original
-      return seen
-    }),
-    (seen) => Effect.map(effect, (result) => [result, seen.queued] as const),
-    (seen) =>
-      Effect.sync(() => {
-        pg.Client.prototype.query = seen.original
-      }),
+    Effect.sync(watchPgHandOffs),
+    (seen) => Effect.map(effect, (result) => [result, seen.whileBusy] as const),
+    (seen) => Effect.sync(seen.restore),
   )
 
 it.layer(Migrated, { timeout: 240_000 })("MissionStore: a pass's statements on its connection", (it) => {

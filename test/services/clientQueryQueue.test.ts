@@ -8,26 +8,8 @@ import { Effect, Redacted } from "effect"
 import pg from "pg"
 import { expect } from "vitest"
 import { clientQueueOf, queueQueries } from "../../src/services/clientQueryQueue.js"
+import { watchPgHandOffs } from "../support/pgHandOffs.js"
 import { TestDatabase, TestDatabaseLive } from "../support/TestDatabase.js"
-
-/** Calls of pg's own Client#query made while the client ran another statement or had one waiting. */
-const countHandedWhileBusy = () => {
-  const original = pg.Client.prototype.query
-  const seen = {
-    calls: 0,
-    whileBusy: 0,
-    restore: () => {
-      pg.Client.prototype.query = original
-    },
-  }
-  pg.Client.prototype.query = function (this: pg.Client, ...args: Array<unknown>) {
-    const client = this as unknown as { _activeQuery: unknown; _queryQueue: Array<unknown> }
-    seen.calls += 1
-    if (client._activeQuery != null || client._queryQueue.length > 0) seen.whileBusy += 1
-    return (original as (...a: Array<unknown>) => unknown).apply(this, args)
-  } as typeof original
-  return seen
-}
 
 const connected = Effect.acquireRelease(
   Effect.flatMap(TestDatabase, (db) =>
@@ -45,7 +27,7 @@ it.layer(TestDatabaseLive, { timeout: 60_000 })("clientQueryQueue", (it) => {
     Effect.gen(function* () {
       const client = yield* connected
       queueQueries(client)
-      const seen = countHandedWhileBusy()
+      const seen = watchPgHandOffs()
       const order: Array<string> = []
       const results = yield* Effect.promise(() => {
         /** A callback that notes when its statement answered and gives its `n`. */
