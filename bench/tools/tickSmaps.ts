@@ -37,6 +37,8 @@ const cpuMsOf = (pid: number): number => {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
   return (Number(fields[11]) + Number(fields[12])) * 10
 }
+/** The process's RSS in KB, from /proc/<pid>/smaps_rollup. */
+const rssKbOf = (pid: number): number => Number(/^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1])
 const heapOut = `/tmp/mana-ai-tickSmaps-${process.pid}`
 
 await Effect.runPromise(
@@ -62,15 +64,15 @@ await Effect.runPromise(
           const trace: Array<string> = []
           for (let t = 0; t < Number(args.trace) * 4; t++) {
             yield* Effect.sleep("250 millis")
-            trace.push((Number(/^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]) / 1024).toFixed(0))
+            trace.push((rssKbOf(pid) / 1024).toFixed(0))
           }
           console.log(`tick ${round}: RSS every 250 ms after the tick answered: ${trace.join(" ")}`)
         } else yield* Effect.sleep("5 seconds")
-        const rss = /^Rss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1]
+        const rss = rssKbOf(pid)
         const status = readFileSync(`/proc/${pid}/status`, "utf8")
         const kb = (field: string) => `${field} ${(Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? 0) / 1024).toFixed(1)}`
         console.log(
-          `tick ${round}: ${tick.body?.plansWrittenBack} plans written, runner CPU ${(tickCpuMs / Math.max(1, Number(tick.body?.plansWrittenBack ?? 0))).toFixed(2)} ms per run; RSS ${(Number(rss) / 1024).toFixed(1)} MB (${["RssAnon", "RssFile", "VmHWM"].map(kb).join(", ")} MB)`,
+          `tick ${round}: ${tick.body?.plansWrittenBack} plans written, runner CPU ${(tickCpuMs / Math.max(1, Number(tick.body?.plansWrittenBack ?? 0))).toFixed(2)} ms per run; RSS ${(rss / 1024).toFixed(1)} MB (${["RssAnon", "RssFile", "VmHWM"].map(kb).join(", ")} MB)`,
         )
         if (round === ticks || "every" in args) {
           for (const [name, e] of smapsByName(pid).slice(0, "every" in args ? 3 : 6)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)

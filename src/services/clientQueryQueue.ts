@@ -31,9 +31,6 @@ interface Submittable {
 const isSubmittable = (config: unknown): config is Submittable =>
   typeof config === "object" && config !== null && typeof (config as { submit?: unknown }).submit === "function"
 
-/** Marks a client whose `query` this module already wraps. */
-const queued = new WeakSet<object>()
-
 /** The queue's own state for one client, for tests and the bench's tools. */
 export interface ClientQueue {
   /** Statements waiting here, not yet handed to pg. */
@@ -45,8 +42,8 @@ const queues = new WeakMap<object, ClientQueue>()
 export const clientQueueOf = (client: object): ClientQueue | undefined => queues.get(client)
 
 export const queueQueries = (client: Pg.ClientBase): void => {
-  if (queued.has(client)) return
-  queued.add(client)
+  // A client whose `query` this module already wraps has its queue here.
+  if (queues.has(client)) return
   const proto = Object.getPrototypeOf(client) as { query: (...args: Array<unknown>) => unknown }
   const waiting: Array<() => void> = []
   let mostWaiting = 0
