@@ -22,6 +22,7 @@ const option = (name: string, fallback: number) => Number(process.argv.find((a) 
 const missions = option("missions", 300)
 const rounds = option("rounds", 30)
 const CONCURRENCY = 64
+const nowMs = () => performance.now()
 
 const cpuMs = () => {
   const c = process.cpuUsage()
@@ -37,6 +38,7 @@ const main = Effect.scoped(
     const runner = Context.get(ctx, MissionRunner)
     for (let round = 1; round <= rounds; round++) {
       yield* missionsDueAgain(db, "h", "History mission", round, missions)
+      const t0 = nowMs()
       const c0 = cpuMs()
       const pass = yield* store.refresh
       const c1 = cpuMs()
@@ -47,7 +49,12 @@ const main = Effect.scoped(
       const outcomes = yield* Effect.forEach(due, (d) => runner.run(d), { concurrency: CONCURRENCY }).pipe(Effect.orDie)
       const c3 = cpuMs()
       const written = outcomes.filter((o) => o._tag === "Written").length
-      const line = `round ${round}: ${written} written; discovery read ${pass.rowsRead} rows, ${((c1 - c0) / Math.max(1, written)).toFixed(3)} ms CPU per run; run ${((c3 - c2) / Math.max(1, written)).toFixed(3)} ms CPU per run`
+      // What a write-back carries by now (SPEC §6: every iteration, after appending): the round's runner rows.
+      const [size] = yield* db.ownerQuery(
+        `SELECT round(avg(octet_length(data::text))) AS bytes FROM sync_changes WHERE client_id = 'mana-ai-runner' AND created_at > now() - interval '1 second' * $1`,
+        [Math.ceil((nowMs() - t0) / 1000) + 1],
+      )
+      const line = `round ${round}: ${written} written (rows of ${size?.bytes ?? "?"} B); discovery read ${pass.rowsRead} rows, ${((c1 - c0) / Math.max(1, written)).toFixed(3)} ms CPU per run; due read ${((c2 - c1) / Math.max(1, written)).toFixed(3)} ms; run ${((c3 - c2) / Math.max(1, written)).toFixed(3)} ms CPU per run`
       yield* Effect.logWarning(line)
     }
   }),

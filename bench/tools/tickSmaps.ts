@@ -46,7 +46,9 @@ await Effect.runPromise(
     Effect.gen(function* () {
       const standIn = yield* startLlmStandIn(200)
       const db = yield* makeBenchDatabase(ownerUrl)
-      const heapEnv = "heap" in args ? { BUN_OPTIONS: `--preload ${new URL("./heapSampler.ts", import.meta.url).pathname}`, HEAP_SAMPLER_OUT: heapOut } : {}
+      const heapEnv = "heap" in args
+        ? { BUN_OPTIONS: `--preload ${new URL("./heapSampler.ts", import.meta.url).pathname}`, HEAP_SAMPLER_OUT: heapOut, ...("cells" in args ? { HEAP_SAMPLER_CELLS: args.cells === "snapshot" ? "snapshot" : "1" } : {}) }
+        : {}
       const { mana, pid, key } = yield* startNpmRunner({
         runnerUrl: db.runnerUrl,
         llmUrl: standIn.url,
@@ -79,8 +81,10 @@ await Effect.runPromise(
         }
         if ("heap" in args) {
           process.kill(pid, "SIGUSR2")
-          yield* Effect.sleep("2 seconds")
+          yield* Effect.sleep("cells" in args ? "6 seconds" : "2 seconds")
           if (args.keep !== undefined) writeFileSync(`${args.keep}-${round}.json`, readFileSync(`${heapOut}.types`, "utf8"))
+          if (args.keep !== undefined && "cells" in args) writeFileSync(`${args.keep}-${round}.cells.json`, readFileSync(`${heapOut}.cells`, "utf8"))
+          if (args.keep !== undefined && args.cells === "snapshot") writeFileSync(`${args.keep}-${round}.snapshot.json`, readFileSync(`${heapOut}.snapshot`, "utf8"))
           const types = JSON.parse(readFileSync(`${heapOut}.types`, "utf8")) as {
             heapSize: number
             heapCapacity: number

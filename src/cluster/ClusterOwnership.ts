@@ -312,7 +312,7 @@ export const makeOwnership = (config: ClusterConfigShape, databaseUrl: Redacted.
       if (fresh.length === 0) return [] as ReadonlyArray<MissionSnapshot>
       const wanted = JSON.stringify(fresh.map((k) => ({ user_id: k.user_id, record_id: k.record_id })))
       const rows = yield* sql`
-        SELECT m.user_id, m.record_id, m.record, m.deleted, m.schedulable, m.next_run_at, m.malformed_reason
+        SELECT m.user_id, m.record_id, m.record - 'iterations' AS record, m.deleted, m.schedulable, m.next_run_at, m.malformed_reason
         FROM mana_ai.mission_snapshots m
         JOIN jsonb_to_recordset(${wanted}::jsonb) AS k(user_id text, record_id text)
           ON m.user_id = k.user_id AND m.record_id = k.record_id`

@@ -17,7 +17,7 @@ import { WriteBack, type WriteBasis } from "../../src/services/WriteBack.js"
 import { readCurrentMissionWithAgent } from "../../src/services/currentMission.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
 import { missionRows, replayedMission } from "../support/eventLogRows.js"
-import { insertChanges, missionInsertRow, missionUpdateRow } from "../support/seed.js"
+import { insertChanges, missionDeleteRow, missionInsertRow, missionUpdateRow } from "../support/seed.js"
 import { RunnerSqlLive, TestDatabaseLive } from "../support/TestDatabase.js"
 
 const onServer = process.env.TEST_DATABASE_URL !== undefined
@@ -134,6 +134,51 @@ it.layer(L, { timeout: 120_000 })("WriteBack and the mission's snapshot", (it) =
       const [cursor] = yield* sql<{ past: boolean }>`
         SELECT (SELECT created_at FROM mana_ai.discovery_cursor) >= ${own[1]!.created_at} AS past`
       expect(cursor!.past).toBe(true)
+    }))
+
+  it.effect("discovery leaves the stored iterations where they are: each pass's snapshot is still the replay of every row", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      yield* store.refresh
+      const user = fresh("u")
+      const missionId = fresh("m")
+      const stored = Effect.map(snapshotRow(user, missionId), (row) => (row?.record ?? null) as { iterations?: Array<{ id: string }> } | null)
+      /** A pass after `rows`: the stored record and times are the replay of every row, and what it hands on has no iterations. */
+      const passAfter = (rows: Parameters<typeof insertChanges>[0]) =>
+        Effect.gen(function* () {
+          yield* insertChanges(rows)
+          const pass = yield* store.refresh
+          const replayed = yield* replayedMission(user, missionId)
+          const row = yield* snapshotRow(user, missionId)
+          expect(row?.record ?? null).toEqual(replayed.record)
+          expect(row?.field_times).toEqual(replayed.times)
+          for (const snapshot of pass.changed) expect(snapshot.record === null || !Object.hasOwn(snapshot.record, "iterations")).toBe(true)
+          for (const snapshot of pass.changed) if (snapshot.decoded._tag === "Right") expect(snapshot.decoded.right.iterations).toEqual([])
+          return pass
+        })
+
+      yield* passAfter([missionInsertRow(user, missionId)])
+      const it1 = iteration(fresh("it"))
+      expect((yield* append(user, missionId, it1, yield* basisOf(user, missionId, it1.id)))._tag).toBe("Written")
+      const it2 = iteration(fresh("it"))
+      expect((yield* append(user, missionId, it2))._tag).toBe("Written")
+      // A device's edit of other fields: the two iterations stay (not read, not written back by the pass).
+      const renamed = yield* passAfter([missionUpdateRow(user, missionId, { title: "Renamed" })])
+      expect(renamed.changed.map((c) => c.missionId)).toEqual([missionId])
+      expect((yield* stored)?.iterations?.map((i) => i.id)).toEqual([it1.id, it2.id])
+      // A device's iterations stamped before the runner's lose; its title still wins.
+      yield* passAfter([
+        missionUpdateRow(user, missionId, { title: "Again", iterations: [] }, { title: new Date().toISOString(), iterations: "2026-01-01T00:00:00.000Z" }),
+      ])
+      expect((yield* stored)?.iterations?.map((i) => i.id)).toEqual([it1.id, it2.id])
+      // A device's newer iterations (the user's feedback on the first) replace them.
+      yield* passAfter([missionUpdateRow(user, missionId, { iterations: [{ ...it1, userFeedback: "More like this" }] })])
+      expect((yield* stored)?.iterations?.map((i) => i.id)).toEqual([it1.id])
+      // Deleted and created again (two transactions), then one pass: nothing of the old record stays, its iterations included.
+      yield* insertChanges([missionDeleteRow(user, missionId)])
+      yield* passAfter([missionInsertRow(user, missionId, { title: "Anew", iterations: undefined })])
+      const anew = yield* stored
+      expect(anew === null ? null : Object.hasOwn(anew, "iterations")).toBe(false)
     }))
 
   it.effect("a device's edit committed between the run's read and its write-back, and one committed after it, still win by LWW", () =>
