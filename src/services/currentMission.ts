@@ -28,7 +28,17 @@ import {
 export type AppendSkipReason = "not-found" | "deleted" | "not-active" | "already-written" | "malformed"
 
 export type CurrentMission =
-  | { readonly _tag: "Appendable"; readonly state: RecordState; readonly record: Readonly<Record<string, unknown>>; readonly mission: Mission }
+  | {
+      readonly _tag: "Appendable"
+      readonly state: RecordState
+      readonly record: Readonly<Record<string, unknown>>
+      readonly mission: Mission
+      /**
+       * The row whose `iterations` the record holds (replay keeps that row's value itself); undefined
+       * when the record has none, or when the caller did not say (the write-back then sends them).
+       */
+      readonly iterationsFrom?: string
+    }
   | { readonly _tag: "Skip"; readonly reason: AppendSkipReason; readonly detail: string }
 
 /** Decides from a replayed state; pure, so the write-back and the pre-check cannot disagree. */
@@ -64,7 +74,17 @@ const judgeRows = (found: RecordRows | undefined, iterationId: string, defaultTi
   if (rows.length > 0 && !rows.some(isApplicable)) {
     return { _tag: "Skip", reason: "malformed", detail: "the mission's rows carry no record data" }
   }
-  return judgeMission(rows.length, replayOrdered(rows), iterationId, defaultTimezone)
+  const current = judgeMission(rows.length, replayOrdered(rows), iterationId, defaultTimezone)
+  if (current._tag !== "Appendable" || !Object.hasOwn(current.record, "iterations")) return current
+  // Replay stores the winning row's own value, so the row is found by identity.
+  const held = current.record.iterations
+  for (let i = rows.length - 1; i >= 0; i--) {
+    const data = rows[i]!.data
+    if (typeof data === "object" && data !== null && (data as { iterations?: unknown }).iterations === held) {
+      return { ...current, iterationsFrom: rows[i]!.id }
+    }
+  }
+  return current
 }
 
 /** Reads and judges one mission; must run inside withUserScope(userId) (and inside the write lock to be decisive). */
@@ -109,15 +129,16 @@ const TO_ISO_STRING = "^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T(
  * the row with the greatest (time, log position) since the record's last delete; a row is dominated
  * when another row since the same delete holds `iterations` with a greater (time, position), both
  * times in toISOString's form (every runner row's are; any other row is never dominated nor dominates).
+ * `rows` must have syncChangeColumns' columns (user_id among them: rows of several users may come).
  */
-const withDominatedIterations = (sql: SqlClient.SqlClient, rows: Statement.Fragment) => sql`
+export const withDominatedIterations = (sql: SqlClient.SqlClient, rows: Statement.Fragment) => sql`
   SELECT r.*, coalesce(r.candidate AND r.id <> first_value(r.id) OVER (
-           PARTITION BY r.app_id, r.table_name, r.record_id, r.since_delete, r.candidate
+           PARTITION BY r.user_id, r.app_id, r.table_name, r.record_id, r.since_delete, r.candidate
            ORDER BY r.iterations_at COLLATE "C" DESC, r.created_at DESC, r.id DESC), false) AS dominated
   FROM (
     SELECT q.*,
            count(*) FILTER (WHERE q.op = 'delete') OVER (
-             PARTITION BY q.app_id, q.table_name, q.record_id ORDER BY q.created_at, q.id) AS since_delete,
+             PARTITION BY q.user_id, q.app_id, q.table_name, q.record_id ORDER BY q.created_at, q.id) AS since_delete,
            q.field_timestamps->>'iterations' AS iterations_at,
            coalesce(q.app_id = ${MISSIONS_APP_ID} AND q.table_name = ${MISSIONS_TABLE} AND q.op <> 'delete'
              AND jsonb_typeof(q.data) = 'object' AND q.data->'iterations' IS NOT NULL
