@@ -14,6 +14,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -45,6 +46,7 @@ import { ClusterConfig, shardOf } from "../cluster/ClusterConfig.js"
 import { workBegins } from "../layers/jitPolicy.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { EventLogSchema } from "./EventLogSchema.js"
+import { withDominatedIterations } from "./currentMission.js"
 import { claimCte } from "./runClaims.js"
 import { transactionLossAsError } from "./withUserScope.js"
 import {
@@ -517,15 +519,31 @@ export const makeMissionStore = (
     const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
 
     /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
-    const readRecord = (userId: string, recordId: string, upTo: Position) =>
+    /**
+     * Rows of sync_changes chosen by `where` (on `s`), in replay order, as decodeRows reads them; a
+     * mission row's `iterations` left out where another row's wins them anyway (withDominatedIterations):
+     * each runner row carries the whole list, so a mission's rows hold the square of its runs in bytes
+     * (issue 16: 1,000 missions of 26 runs each were about 300 MB for one reconciliation).
+     */
+    const replayRows = (from: Statement.Fragment, where: Statement.Fragment, order: Statement.Fragment) =>
       sql<Record<string, unknown>>`
-        SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
-               ${exactUtc(sql, "s.created_at")} AS at
-        FROM sync_changes s
-        WHERE s.user_id = ${userId} AND s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+        SELECT x.id, x.user_id, x.record_id, x.op,
+               CASE WHEN x.dominated THEN x.data - 'iterations' ELSE x.data END AS data,
+               x.field_timestamps, ${exactUtc(sql, "x.created_at")} AS at
+        FROM (${withDominatedIterations(sql, sql`
+          SELECT s.id::text AS id, s.app_id, s.table_name, s.record_id, s.user_id, s.op, s.data,
+                 ${sql(`s.${timeColumn}`)} AS field_timestamps, s.created_at
+          FROM ${from} WHERE ${where}`)}) x
+        ORDER BY ${order}`
+
+    const readRecord = (userId: string, recordId: string, upTo: Position) =>
+      replayRows(
+        sql`sync_changes s`,
+        sql`s.user_id = ${userId} AND s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
           AND s.record_id = ${recordId}
-          AND (s.created_at, s.id) <= (${upTo.at}::timestamptz, ${upTo.id}::uuid)
-        ORDER BY s.created_at, s.id`
+          AND (s.created_at, s.id) <= (${upTo.at}::timestamptz, ${upTo.id}::uuid)`,
+        sql`x.created_at, x.id::uuid`,
+      )
 
     const decodeRows = (raw: ReadonlyArray<Record<string, unknown>>) =>
       Effect.gen(function* () {
@@ -1014,16 +1032,15 @@ export const makeMissionStore = (
             const last = stored.get(keyOf(k.user_id, k.record_id))?.last ?? null
             return { user_id: k.user_id, record_id: k.record_id, last_at: last?.at ?? null, last_id: last?.id ?? null }
           })
-          const raw = yield* sql<Record<string, unknown>>`
-            SELECT s.id::text AS id, s.user_id, s.record_id, s.op, s.data, ${sql(`s.${timeColumn}`)} AS field_timestamps,
-                   ${exactUtc(sql, "s.created_at")} AS at
-            FROM sync_changes s
+          const raw = yield* replayRows(
+            sql`sync_changes s
             JOIN jsonb_to_recordset(${JSON.stringify(bounds)}::jsonb) AS k(user_id text, record_id text, last_at text, last_id text)
-              ON s.user_id = k.user_id AND s.record_id = k.record_id
-            WHERE s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
+              ON s.user_id = k.user_id AND s.record_id = k.record_id`,
+            sql`s.app_id = ${MISSIONS_APP_ID} AND s.table_name = ${MISSIONS_TABLE}
               AND (s.created_at <= ${boundary}::timestamptz
-                   OR (k.last_at IS NOT NULL AND (s.created_at, s.id) <= (k.last_at::timestamptz, k.last_id::uuid)))
-            ORDER BY s.user_id, s.record_id, s.created_at, s.id`
+                   OR (k.last_at IS NOT NULL AND (s.created_at, s.id) <= (k.last_at::timestamptz, k.last_id::uuid)))`,
+            sql`x.user_id, x.record_id, x.created_at, x.id::uuid`,
+          )
           const rows = yield* decodeRows(raw)
           const byRecord = new Map<string, Array<LogRow>>()
           for (const row of rows) {

@@ -5,14 +5,15 @@
  */
 import { SqlClient } from "@effect/sql"
 import { it } from "@effect/vitest"
-import { Deferred, Effect, Either, Fiber, Layer, TestClock } from "effect"
+import { Deferred, Duration, Effect, Either, Fiber, Layer, Metric, TestClock } from "effect"
 import { expect } from "vitest"
 import type { Iteration } from "../../src/domain/mission.js"
 import { isLive } from "../../src/domain/replay.js"
 import { missionValidity } from "../../src/domain/missionValidity.js"
 import { RunnerConfig } from "../../src/services/AppConfig.js"
 import { MigrationsLive } from "../../src/services/Migrations.js"
-import { MissionStore, REFRESH_LOCK_KEY } from "../../src/services/MissionStore.js"
+import { MissionStore, REFRESH_LOCK_KEY, makeMissionStore } from "../../src/services/MissionStore.js"
+import { discoveryReconciledTotal } from "../../src/services/metrics.js"
 import { WriteBack, type WriteBasis } from "../../src/services/WriteBack.js"
 import { readCurrentMissionWithAgent } from "../../src/services/currentMission.js"
 import { withUserScope } from "../../src/services/withUserScope.js"
@@ -179,6 +180,33 @@ it.layer(L, { timeout: 120_000 })("WriteBack and the mission's snapshot", (it) =
       yield* passAfter([missionInsertRow(user, missionId, { title: "Anew", iterations: undefined })])
       const anew = yield* stored
       expect(anew === null ? null : Object.hasOwn(anew, "iterations")).toBe(false)
+    }))
+
+  it.effect("reconciliation replays a mission of many runs (each runner row holding the whole list) to its snapshot: nothing to correct", () =>
+    Effect.gen(function* () {
+      const store = yield* MissionStore
+      const reconciling = yield* makeMissionStore({ reconcileInterval: Duration.zero })
+      yield* store.refresh
+      const user = fresh("u")
+      const missionId = fresh("m")
+      yield* insertChanges([missionInsertRow(user, missionId)])
+      yield* store.refresh
+      const ids: Array<string> = []
+      for (let i = 0; i < 4; i++) {
+        const it = iteration(fresh("it"))
+        ids.push(it.id)
+        expect((yield* append(user, missionId, it, yield* basisOf(user, missionId, it.id)))._tag).toBe("Written")
+        if (i === 1) {
+          // A device's edit between runs (its own fields only), applied by an ordinary pass.
+          yield* insertChanges([missionUpdateRow(user, missionId, { title: `Renamed ${i}` })])
+          yield* store.refresh
+        }
+      }
+      const before = (yield* Metric.value(discoveryReconciledTotal)).count
+      yield* reconciling.refresh
+      expect((yield* Metric.value(discoveryReconciledTotal)).count - before).toBe(0)
+      const snapshot = yield* expectSnapshotIsReplay(user, missionId)
+      expect((snapshot.record as { iterations: Array<{ id: string }> }).iterations.map((i) => i.id)).toEqual(ids)
     }))
 
   it.effect("a device's edit committed between the run's read and its write-back, and one committed after it, still win by LWW", () =>
