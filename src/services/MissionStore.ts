@@ -644,24 +644,29 @@ export const makeMissionStore = (
           schedulable: judgement.schedulable,
           malformed_reason: judgement.malformedReason,
           shard: shardColumn(working.userId),
-          keep_iterations: working.iterationsInStore === true,
+          // Absent (NULL in SQL) unless true: a first discovery's 50,000 records send no such key.
+          ...(working.iterationsInStore === true ? { keep_iterations: true } : {}),
         }))
         // keep_iterations: the stored iterations stay as they are (Working.iterationsInStore), read here
-        // under the pass's lock (a write-back folds its row only while that lock is free).
+        // under the pass's lock (a write-back folds its row only while that lock is free). A batch with
+        // none to keep (a first discovery: no snapshot yet) skips the join.
+        const keeping = snapshots.some((x) => x.keep_iterations === true)
         yield* sql`
           INSERT INTO mana_ai.mission_snapshots AS m
             (user_id, record_id, record, field_times, last_created_at, last_change_id, deleted, state, next_run_at,
              schedulable, malformed_reason, shard, updated_at)
           SELECT x.user_id, x.record_id,
-                 CASE WHEN x.keep_iterations AND jsonb_typeof(x.record) = 'object' AND cur.record ? 'iterations'
+                 ${keeping
+                   ? sql`CASE WHEN x.keep_iterations AND jsonb_typeof(x.record) = 'object' AND cur.record ? 'iterations'
                       THEN x.record || jsonb_build_object('iterations', cur.record -> 'iterations')
-                      ELSE NULLIF(x.record, 'null'::jsonb) END,
+                      ELSE NULLIF(x.record, 'null'::jsonb) END`
+                   : sql`NULLIF(x.record, 'null'::jsonb)`},
                  x.field_times, x.last_at::timestamptz,
                  x.last_id::uuid, x.deleted, x.state, x.next_run_at::timestamptz, x.schedulable, x.malformed_reason, x.shard, now()
           FROM jsonb_to_recordset(${JSON.stringify(snapshots)}::jsonb) AS x(
             user_id text, record_id text, record jsonb, field_times jsonb, last_at text, last_id text, deleted boolean,
             state text, next_run_at text, schedulable boolean, malformed_reason text, shard integer, keep_iterations boolean)
-          LEFT JOIN mana_ai.mission_snapshots cur ON cur.user_id = x.user_id AND cur.record_id = x.record_id
+          ${keeping ? sql`LEFT JOIN mana_ai.mission_snapshots cur ON cur.user_id = x.user_id AND cur.record_id = x.record_id` : sql``}
           ON CONFLICT (user_id, record_id) DO UPDATE SET
             record = EXCLUDED.record, field_times = EXCLUDED.field_times, last_created_at = EXCLUDED.last_created_at,
             last_change_id = EXCLUDED.last_change_id, deleted = EXCLUDED.deleted, state = EXCLUDED.state,
