@@ -11,13 +11,16 @@
  *
  * With `--trace=S`, the RSS every 250 ms for S seconds after each tick answered (instead of the 5 s wait).
  *
- * With `--heap --keep=P`, each tick's counts are kept in P-<tick>.json.
+ * With `--heap --keep=P`, each tick's counts are kept in P-<tick>.json. With `--cells` as well, every
+ * live cell's address, class and size in P-<tick>.cells.json (grouped by 16 KB block, they show which
+ * survivors keep mostly empty heap blocks), and with `--cells=snapshot` the whole GC-debugging heap
+ * snapshot (edges included) in P-<tick>.snapshot.json.
  *
  * With `--every`, the three largest mappings after every tick, not only the last. With `--idle=S`, S
  * seconds of idle before the first round (the bench's idle reading waits 5 s: start-up's `Bun.shrink()`
  * then comes before the first tick, as there).
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--keep=P] [--env='{"X":"1"}']
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--keep=P] [--cells[=snapshot]] [--env='{"X":"1"}']
  */
 import { readFileSync, writeFileSync } from "node:fs"
 import { Effect } from "effect"
