@@ -150,6 +150,13 @@ export const withDominatedIterations = (sql: SqlClient.SqlClient, rows: Statemen
     FROM (${rows}) q
   ) r`
 
+/** `rows` (syncChangeColumns) in replay order, each mission row's `iterations` left out where it is dominated (above). */
+export const replayRowsWithoutDominated = (sql: SqlClient.SqlClient, rows: Statement.Fragment) => sql<Record<string, unknown>>`
+    SELECT id, app_id, table_name, record_id, user_id, op,
+           CASE WHEN dominated THEN data - 'iterations' ELSE data END AS data, field_timestamps, created_at
+    FROM (${withDominatedIterations(sql, rows)}) x
+    ORDER BY created_at, id`
+
 /** The mission as it stands now and the agent it runs under (SPEC §14), read together. */
 export interface CurrentMissionWithAgent {
   readonly current: CurrentMission
@@ -240,12 +247,9 @@ const runReadByRecord = (
       WHERE table_name = ${ref.table} AND record_id = ${ref.recordId} AND (user_id = ${userId} AND app_id = ${ref.appId}) IS TRUE${notAgent}`,
     ]
   })
-  return sql<Record<string, unknown>>`
-    SELECT id, app_id, table_name, record_id, user_id, op,
-           CASE WHEN dominated THEN data - 'iterations' ELSE data END AS data, field_timestamps, created_at
-    FROM (${withDominatedIterations(
-      sql,
-      sql`
+  return replayRowsWithoutDominated(
+    sql,
+    sql`
       SELECT ${syncChangeColumns(sql, timeColumn)} FROM sync_changes
       WHERE table_name = ${MISSIONS_TABLE} AND record_id = ${missionId} AND (user_id = ${userId} AND app_id = ${MISSIONS_APP_ID}) IS TRUE
       UNION ALL
@@ -253,8 +257,7 @@ const runReadByRecord = (
       WHERE table_name = ${AGENTS_TABLE} AND record_id = ANY (${agentIds}) AND (user_id = ${userId} AND app_id = ${AGENTS_APP_ID}) IS TRUE${
         alsoBranches.length === 0 ? sql`` : sql.join("", false)(alsoBranches)
       }`,
-    )}) x
-    ORDER BY created_at, id`
+  )
 }
 
 /** The same rows in one condition of ORs: cheaper to plan for its values, so the shape for an unprepared statement. */
@@ -264,12 +267,10 @@ const runReadByOr = (
   userId: string,
   missionId: string,
   also: ReadonlyArray<RecordRef>,
-) => sql<Record<string, unknown>>`
-    SELECT id, app_id, table_name, record_id, user_id, op,
-           CASE WHEN dominated THEN data - 'iterations' ELSE data END AS data, field_timestamps, created_at
-    FROM (${withDominatedIterations(
-      sql,
-      sql`
+) =>
+  replayRowsWithoutDominated(
+    sql,
+    sql`
       SELECT ${syncChangeColumns(sql, timeColumn)}
       FROM sync_changes
       WHERE user_id = ${userId} AND (
@@ -278,8 +279,7 @@ const runReadByOr = (
           SELECT m.data->>'agentId' FROM sync_changes m
           WHERE m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID} AND m.table_name = ${MISSIONS_TABLE}
             AND m.record_id = ${missionId} AND m.data->>'agentId' IS NOT NULL))${also.length === 0 ? sql`` : sql` OR ${recordRefsWhere(sql, also)}`})`,
-    )}) x
-    ORDER BY created_at, id`
+  )
 
 /**
  * The rows the run's pre-check replays (see `runReadByRecord`): `prepared` (the statement is prepared

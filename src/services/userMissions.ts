@@ -10,7 +10,7 @@ import * as Either from "effect/Either"
 import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../domain/mission.js"
 import { missionValidity } from "../domain/missionValidity.js"
 import { isLive, replayOrdered } from "../domain/replay.js"
-import { withDominatedIterations } from "./currentMission.js"
+import { replayRowsWithoutDominated } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { groupRecordRows, syncChangeColumns } from "./recordRows.js"
 import { withUserScope } from "./withUserScope.js"
@@ -30,17 +30,14 @@ export const readUserMissions = (
 ): Effect.Effect<ReadonlyArray<UserMission>, SqlError, SqlClient.SqlClient | EventLogSchema> =>
   withUserScope(userId, (sql) =>
     // Each mission row's iterations only where they win (every runner row carries the whole list).
-    Effect.flatMap(EventLogSchema, ({ timeColumn }) => sql<Record<string, unknown>>`
-      SELECT id, app_id, table_name, record_id, user_id, op,
-             CASE WHEN dominated THEN data - 'iterations' ELSE data END AS data, field_timestamps, created_at
-      FROM (${withDominatedIterations(
+    Effect.flatMap(EventLogSchema, ({ timeColumn }) =>
+      replayRowsWithoutDominated(
         sql,
         sql`
         SELECT ${syncChangeColumns(sql, timeColumn)}
         FROM sync_changes
         WHERE user_id = ${userId} AND app_id = ${MISSIONS_APP_ID} AND table_name = ${MISSIONS_TABLE}`,
-      )}) x
-      ORDER BY created_at, id::uuid`),
+      )),
   ).pipe(
     Effect.map((raw) => {
       const missions: Array<UserMission> = []
