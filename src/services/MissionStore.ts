@@ -518,7 +518,6 @@ export const makeMissionStore = (
 
     const countRow = (reason: string) => Metric.increment(Metric.tagged(malformedRowsTotal, "reason", reason))
 
-    /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
     /**
      * Rows of sync_changes chosen by `where` (on `s`), in replay order, as decodeRows reads them; a
      * mission row's `iterations` left out where another row's wins them anyway (withDominatedIterations):
@@ -536,6 +535,7 @@ export const makeMissionStore = (
           FROM ${from} WHERE ${where}`)}) x
         ORDER BY ${order}`
 
+    /** One record's rows up to `upTo`, all four key columns: the re-replay after a late row. */
     const readRecord = (userId: string, recordId: string, upTo: Position) =>
       replayRows(
         sql`sync_changes s`,
