@@ -33,6 +33,12 @@ process.on("SIGUSR2", () => {
     `${out}.types`,
     JSON.stringify({ heapSize: s.heapSize, heapCapacity: s.heapCapacity, extraMemorySize: s.extraMemorySize, mimalloc: jsc.memoryUsage(), top }),
   )
+  // With HEAP_SAMPLER_MIMALLOC: mimalloc's statistics (bins by block size, pages, arenas) on standard
+  // error, between marker lines (tickSmaps --stderr keeps them).
+  if (process.env.HEAP_SAMPLER_MIMALLOC !== undefined) {
+    process.stderr.write(`--- mimalloc after a full collection (heap ${s.heapSize} live, capacity ${s.heapCapacity})\n`)
+    ;(globalThis as unknown as { Bun: { unsafe: { mimallocDump: () => void } } }).Bun.unsafe.mimallocDump()
+  }
   // With HEAP_SAMPLER_CELLS: every live cell's address, class and size (a GC-debugging snapshot: nodes
   // of 7 fields, the address the 6th), so a reader can tell which cells are new since the last reading
   // and how full each 16 KB block is.

@@ -16,11 +16,16 @@
  * survivors keep mostly empty heap blocks), and with `--cells=snapshot` the whole GC-debugging heap
  * snapshot (edges included) in P-<tick>.snapshot.json.
  *
+ * With `--idle-reading`, the same readings for an empty tick first (tick 0: the idle process).
+ *
+ * With `--stderr=F`, the runner's standard error is written to F at the end (with
+ * `--env='{"BUN_JSC_logGC":"1"}'`: every collection, its kind, duration and heap sizes).
+ *
  * With `--every`, the three largest mappings after every tick, not only the last. With `--idle=S`, S
  * seconds of idle before the first round (the bench's idle reading waits 5 s: start-up's `Bun.shrink()`
  * then comes before the first tick, as there).
  *
- *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--keep=P] [--cells[=snapshot]] [--env='{"X":"1"}']
+ *     bun bench/tools/tickSmaps.ts [--runs=1000] [--ticks=1] [--heap] [--every] [--idle=S] [--trace=S] [--keep=P] [--cells[=snapshot]] [--stderr=F] [--idle-reading] [--env='{"X":"1"}']
  */
 import { readFileSync, writeFileSync } from "node:fs"
 import { Effect } from "effect"
@@ -60,8 +65,9 @@ await Effect.runPromise(
       yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
       // As the bench's process-memory part does: the idle reading's wait, so start-up's shrink comes first.
       if (args.idle !== undefined) yield* Effect.sleep(`${Number(args.idle)} seconds`)
-      for (let round = 1; round <= ticks; round++) {
-        yield* missionsDueAgain(db, "mem", "Memory mission", round, runs)
+      // --idle-reading: round 0 is an empty tick, so its readings are the idle process's.
+      for (let round = ("idle-reading" in args) ? 0 : 1; round <= ticks; round++) {
+        if (round > 0) yield* missionsDueAgain(db, "mem", "Memory mission", round, runs)
         const cpu0 = cpuMsOf(pid)
         const tick = yield* Effect.promise(() => request(mana, "POST", "/internal/tick", key))
         const tickCpuMs = cpuMsOf(pid) - cpu0
@@ -79,7 +85,7 @@ await Effect.runPromise(
         console.log(
           `tick ${round}: ${tick.body?.plansWrittenBack} plans written, runner CPU ${(tickCpuMs / Math.max(1, Number(tick.body?.plansWrittenBack ?? 0))).toFixed(2)} ms per run; RSS ${(rss / 1024).toFixed(1)} MB (${["RssAnon", "RssFile", "VmHWM"].map(kb).join(", ")} MB)`,
         )
-        if (round === ticks || "every" in args) {
+        if (round === ticks || round === 0 || "every" in args) {
           for (const [name, e] of smapsByName(pid).slice(0, "every" in args ? 3 : 6)) console.log(`${(e.rss / 1024).toFixed(1).padStart(7)} MB rss ${(e.anon / 1024).toFixed(1).padStart(7)} MB anon ${String(e.count).padStart(5)} maps  ${name}`)
         }
         if ("heap" in args) {
@@ -100,9 +106,10 @@ await Effect.runPromise(
           console.log(
             `  heap after a full collection: ${m(types.heapSize)} MB live, capacity ${m(types.heapCapacity)} MB; mimalloc current ${m(types.mimalloc?.current)} (peak ${m(types.mimalloc?.peak)}), committed ${m(types.mimalloc?.currentCommit)} (peak ${m(types.mimalloc?.peakCommit)}) MB`,
           )
-          if (round === ticks || "every" in args) console.log(types.top.slice(0, 12).map(([t, n]) => `  ${n} ${t}`).join("\n"))
+          if (round === ticks || round === 0 || "every" in args) console.log(types.top.slice(0, 12).map(([t, n]) => `  ${n} ${t}`).join("\n"))
         }
       }
+      if (args.stderr !== undefined) writeFileSync(args.stderr, mana.stderr())
     }),
   ),
 )
