@@ -39,7 +39,13 @@ const outPath = option("out") ?? fileURLToPath(new URL("./results/latest.json", 
 const ownerUrl = process.env.BENCH_OWNER_URL ?? DEFAULT_OWNER_URL
 
 const bunVersion = (process.versions as Record<string, string | undefined>).bun
-const runtime = bunVersion === undefined ? `node ${process.version}` : `bun ${bunVersion}`
+/**
+ * JavaScriptCore's optimizing FTL tier, as this process and what it starts run: `npm start` turns it
+ * off (package.json, README "Set up"), and so does `npm run bench`; `bun bench/run.ts` alone keeps it on
+ * for the parts that run in this process or its children (stages, throughput, precision, …).
+ */
+const ftl = process.env.BUN_JSC_useFTLJIT === "0" || process.env.BUN_JSC_useFTLJIT === "false" ? "off" : "on"
+const runtime = `${bunVersion === undefined ? `node ${process.version}` : `bun ${bunVersion}`}, FTL ${ftl}${ftl === "on" ? " (npm start turns it off: run through npm run bench to measure as it runs)" : ""}`
 const started = benchStartedAt()
 const log = benchLog
 

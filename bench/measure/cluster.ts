@@ -66,6 +66,8 @@ const startRunner = (db: BenchDatabase, standIn: BenchLlmStandIn) =>
         TICK_INTERVAL_MS: "200",
         LOG_LEVEL: "warning",
         LOG_FORMAT: "json",
+        // As `npm start` runs it (package.json; `npm run bench` sets it for the bench and what it starts).
+        BUN_JSC_useFTLJIT: process.env.BUN_JSC_useFTLJIT ?? "0",
       }
       ensureBundle()
       const child = spawn(process.execPath, [BUNDLE], { env, stdio: ["ignore", "ignore", "inherit"] })

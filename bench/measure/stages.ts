@@ -18,7 +18,7 @@ import { withUserScope } from "../../src/services/withUserScope.js"
 import { servicesLayer } from "../support/app.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
-import { makeRecorder } from "../support/probes.js"
+import { makeRecorder, threadsSchedstat } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import { seedDueMissions } from "../support/seed.js"
 import { round } from "../support/stats.js"
@@ -31,6 +31,15 @@ export interface StagesOptions {
 }
 
 const CONCURRENCY = 64
+
+/** On-core ms per call of each thread of this process between two `threadsSchedstat` readings (≥ 0.005 ms). */
+const perCallByThread = (before: Map<string, [number, number]>, after: Map<string, [number, number]>, calls: number) =>
+  Object.fromEntries(
+    [...after]
+      .map(([name, [run]]) => [name, round((run - (before.get(name)?.[0] ?? 0)) / calls, 3)] as const)
+      .filter(([, ms]) => ms >= 0.005)
+      .sort((a, b) => b[1] - a[1]),
+  )
 
 /** A full, synchronous collection where the runtime offers one (Bun; Node with --expose-gc). */
 const fullGc = (): void => {
@@ -72,11 +81,13 @@ export const measureStages = (options: StagesOptions) =>
         (warm ? Effect.forEach(due, (d, i) => f(d, due.length + i), { concurrency: CONCURRENCY, discard: true }) : Effect.void).pipe(Effect.orDie, Effect.zipRight(Effect.suspend(() => {
           // Each step starts after a full collection, so it does not pay for the garbage of the one before.
           fullGc()
+          const threads0 = threadsSchedstat()
           const c0 = process.cpuUsage()
           return Effect.forEach(due, f, { concurrency: CONCURRENCY, discard: true }).pipe(
             Effect.orDie,
             Effect.map(() => {
               const c = process.cpuUsage(c0)
+              byThread.push(perCallByThread(threads0, threadsSchedstat(), due.length))
               return round((c.user + c.system) / 1000 / due.length, 3)
             }),
           )
@@ -87,6 +98,8 @@ export const measureStages = (options: StagesOptions) =>
       const planner = Context.get(ctx, Planner)
       const writeBack = Context.get(ctx, WriteBack)
       const stages: Record<string, number> = {}
+      /** Each measured step's on-core ms per call by thread name, in the order measured. */
+      const byThread: Array<Record<string, number>> = []
       yield* Effect.forEach(warmUp, (d) => runner.run(d), { concurrency: CONCURRENCY, discard: true }).pipe(Effect.orDie)
       stages.wholeRun = yield* cpuMsPerCall((d) => runner.run(d), false)
       stages.claim = yield* cpuMsPerCall((d, i) =>
@@ -129,7 +142,7 @@ export const measureStages = (options: StagesOptions) =>
           return round((c.user + c.system) / 1000 / rowsWritten, 3)
         })
       }).pipe(Effect.orDie)
-      yield* options.log(`stages: ${JSON.stringify(stages)}`)
+      yield* options.log(`stages: ${JSON.stringify(stages)}; on-core ms per call by thread: ${JSON.stringify(byThread)}`)
       const perSelect1 = round(stages.wholeRun / stages.sqlSelect1, 1)
       return [
         {
@@ -142,6 +155,7 @@ export const measureStages = (options: StagesOptions) =>
             concurrency: CONCURRENCY,
             llmLatencyMs: 0,
             cpuMsPerCall: stages,
+            onCoreMsPerCallByThread: Object.fromEntries(Object.keys(stages).filter((k) => k !== "refreshPerRow").map((k, i) => [k, byThread[i]])),
             refreshRowsWritten: rowsWritten,
             refreshRowsRead,
             note: "CPU of this process (all threads) per call, many calls at once, each step warmed first (the whole run by 1,000 runs of other missions, the others by the same calls once); plan = LLM call + prompt + parser; refreshPerRow = the discovery pass after the runs, per mission row they wrote (each run and write-back stage wrote one; the write-back folds its own row into the snapshot, so the pass reads few of them: refreshRowsRead)",
