@@ -14,7 +14,9 @@
  * factor drops to EMBEDDED_STARTUP_JIT_SCALE once the mode is known and the normal thresholds come
  * back when the process serves, work or not (at STARTUP_JIT_SCALE the embedded start took 5.9 s
  * against 5.0 s, four alternating starts each).
- * Outside Bun (the Node tests) it does nothing.
+ * Outside Bun (the Node tests) it does nothing. Beside this, `npm start` runs Bun with the FTL tier off
+ * (`BUN_JSC_useFTLJIT=0` unless the operator sets it; package.json, README "Configuration"): the runs'
+ * hot code is then compiled by the DFG tier only, which holds 5–7 MB less after 1,000 runs.
  */
 interface BunUnsafe {
   readonly unsafe?: { readonly setJITPolicy?: (scale: number) => void }
