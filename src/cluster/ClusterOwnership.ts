@@ -43,6 +43,7 @@ import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import { type ClusterView, Ownership, type OwnershipShape } from "../actors/Ownership.js"
+import { pgClientLayer } from "../services/Database.js"
 import { type MissionSnapshot, SnapshotRow, toSnapshot } from "../services/MissionStore.js"
 import { type ClusterConfigShape, shardOf as shardOfCount } from "./ClusterConfig.js"
 
@@ -102,8 +103,10 @@ export const shardingLayer = (config: ClusterConfigShape, databaseUrl: Redacted.
     refreshAssignmentsInterval: config.refreshAssignmentsInterval,
     runnerHealthCheckInterval: config.runnerHealthCheckInterval,
   })
-  // Two connections at least: SqlRunnerStorage keeps one reserved for its advisory locks.
-  const pool = PgClient.layer({
+  // Two connections at least: SqlRunnerStorage keeps one reserved for its advisory locks. Built as the
+  // process's pool is (Database.ts): SqlRunnerStorage sends its lock statements for several shards at
+  // once on that reserved connection, and our queue, not pg's deprecated one, makes them take turns.
+  const pool = pgClientLayer({
     url: clusterDatabaseUrl(databaseUrl),
     maxConnections: 4,
     applicationName: "mana-ai-cluster",

@@ -50,10 +50,13 @@ export const queueQueries = (client: Pg.ClientBase): void => {
   let busy = false
   queues.set(client, { waiting: () => waiting.length, mostWaiting: () => mostWaiting })
 
-  /** The statement under way has ended: the next one goes to pg now, in this same step. */
+  /**
+   * The statement under way has ended: the next one goes to pg now, in this same step, and the queue
+   * stays busy with it (a statement sent while it runs waits behind it, not in pg's own queue).
+   */
   const ended = () => {
-    busy = false
     const next = waiting.shift()
+    busy = next !== undefined
     if (next !== undefined) next()
   }
   const sendOrWait = (send: () => void) => {

@@ -65,6 +65,33 @@ it.layer(TestDatabaseLive, { timeout: 60_000 })("clientQueryQueue", (it) => {
     }),
   )
 
+  // The cluster's lock connection (@effect/cluster's SqlRunnerStorage) sends its next statement from the
+  // callback of the one before while others wait: before the fix a statement handed over from the queue
+  // ran with the queue not marked busy, so one sent then went to pg's own queue (its DeprecationWarning).
+  it.scoped("a statement sent while one handed over from the queue runs waits its turn too", () =>
+    Effect.gen(function* () {
+      const client = yield* connected
+      queueQueries(client)
+      const seen = watchPgHandOffs()
+      const order: Array<string> = []
+      yield* Effect.promise(async () => {
+        const a = client.query("SELECT pg_sleep(0.02), 1 AS n").then(() => order.push("a"))
+        const b = client.query("SELECT pg_sleep(0.05), 2 AS n").then(() => order.push("b"))
+        await a
+        // b went to pg as a ended, from the queue; c comes while b runs.
+        expect(clientQueueOf(client)?.waiting()).toBe(0)
+        const c = client.query("SELECT 3 AS n").then(() => order.push("c"))
+        expect(clientQueueOf(client)?.waiting()).toBe(1)
+        const d = client.query("SELECT 4 AS n").then(() => order.push("d"))
+        await Promise.all([b, c, d])
+      }).pipe(Effect.ensuring(Effect.sync(seen.restore)))
+      expect(order).toEqual(["a", "b", "c", "d"])
+      expect(seen.calls).toBe(4)
+      expect(seen.whileBusy).toBe(0)
+      expect(clientQueueOf(client)?.waiting()).toBe(0)
+    }),
+  )
+
   it.scoped("a failing statement ends its turn: the next ones run", () =>
     Effect.gen(function* () {
       const client = yield* connected
