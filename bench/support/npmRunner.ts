@@ -2,7 +2,8 @@
  * The runner as operators start it, for the bench's process measurements: `npm start` (so whatever
  * `npm start` runs and passes to Bun is measured too) as the runner role of `runnerUrl`, with
  * TICK_ENABLED=false (only the caller's ticks do work), PLANNER_MODE=json, LOG_LEVEL=warn and otherwise
- * defaults; `env` adds or overrides variables. Killed when the scope closes (Bun first: SIGKILL does not
+ * defaults, but MEMORY_TRIM_CODE and BUN_JSC_useFTLJIT as the bench's environment sets them; `env` adds or
+ * overrides variables. Killed when the scope closes (Bun first: SIGKILL does not
  * reach it through npm). Returns once `/ready` answers 200, with Bun's own pid and the service key.
  */
 import { randomUUID } from "node:crypto"
@@ -16,6 +17,9 @@ export interface NpmRunner {
   readonly pid: number
   readonly key: string
 }
+
+/** Variables of the runner's own that the bench passes on from its environment when set. */
+const PASSED_ON = ["MEMORY_TRIM_CODE", "BUN_JSC_useFTLJIT"] as const
 
 export const startNpmRunner = (options: {
   readonly runnerUrl: Redacted.Redacted<string>
@@ -37,6 +41,9 @@ export const startNpmRunner = (options: {
             TICK_ENABLED: "false",
             PLANNER_MODE: "json",
             LOG_LEVEL: "warn",
+            // The runner's memory trade-offs as the bench's environment sets them (README "Configuration"):
+            // startManaProcess keeps every other variable of the runner's own out.
+            ...Object.fromEntries(PASSED_ON.flatMap((k) => (process.env[k] === undefined ? [] : [[k, process.env[k]!]]))),
             ...options.env,
           },
         }),

@@ -1,17 +1,25 @@
 /**
- * Hands the garbage of finished runs back to the OS once the process is quiet (issue 16 item 5).
- * JavaScriptCore starts a full collection only when the heap has grown by a factor it judges against
- * the machine's RAM, and never while the process sits idle: after a tick of 1,000 runs the heap
- * held 171 MB of which 31 MB was live, and the RSS stayed at 330 MB until something allocated
- * again. Every CHECK_EVERY this layer reads the heap's size (a counter) and the runs in flight
- * (the gauge); when no run is under way, the heap has stopped changing and it holds QUIET_GROWTH
- * more than the last collection left, it collects (`Bun.gc(true)`: a full collection, then mimalloc
- * hands the freed pages back). The first time after start-up it calls `Bun.shrink()` instead: once the
- * event loop is back, the compiled code is dropped, a full collection runs and malloc's free pages go
- * back; that collection is deferred to the loop, so the floor it leaves is read at the next check
- * (the lowest size seen). While runs are under way it leaves the collector alone: a full
- * collection stops the event loop (100–500 ms measured on the loaded 2-core machine), which runs
- * at work would feel; the idle process pays it once per quiet spell.
+ * Hands the garbage of finished runs, and the code compiled for them, back to the OS once the process
+ * is quiet (issue 16 item 5). JavaScriptCore starts a full collection only when the heap has grown by a
+ * factor it judges against the machine's RAM, and never while the process sits idle: after a tick of
+ * 1,000 runs the heap held 171 MB of which 31 MB was live, and the RSS stayed at 330 MB until something
+ * allocated again. Every CHECK_EVERY this layer reads the heap's size (a counter) and the runs in
+ * flight (the gauge); when no run is under way, the heap has stopped changing and it holds
+ * QUIET_GROWTH more than the last collection left, it calls `Bun.shrink()`: once the event loop is
+ * back, the compiled code is dropped, a full collection runs and malloc's free pages go back. That
+ * collection is deferred to the loop, so the floor it leaves is read at the next check (the lowest
+ * size seen). While runs are under way it leaves the collector alone: a full collection stops the
+ * event loop (100–500 ms measured on the loaded 2-core machine), which runs at work would feel; the
+ * idle process pays it once per quiet spell.
+ * Why the code goes too: after a tick of 1,000 runs, what stays above the idle process is mostly the
+ * runs' compiled code, its metadata and the heap blocks they keep half-full. Keeping it read 98–100 MB
+ * after the first tick and 108–110 MB after the tenth; dropping it 79–80 and 82 MB (`tickSmaps.ts
+ * --ticks=10`, two alternating pairs). The price is paid by the next busy spell, which compiles its code
+ * again: 1.3–1.8 ms more runner CPU per run on ticks of 1,000 runs, 8–10 ms per run on ticks of 50
+ * (about 0.5 s a spell). Runs that follow one another without a quiet spell (the bench's throughput,
+ * any steady load) never pay it; a process with quiet spells has the CPU to spare. MEMORY_TRIM_CODE=false
+ * keeps the code: then only start-up's quiet spell shrinks, later ones run `Bun.gc(true)` (a full
+ * collection, then mimalloc hands the freed pages back).
  * The first collection waits until start-up is done (`jitPolicy.ts`'s `isStartupDone`) and then needs
  * no growth: the bundle `npm start` runs leaves less than QUIET_GROWTH of start-up garbage, so the
  * first quiet spell's Bun.shrink came 7–11 s after start or only after the first tick (which then
@@ -35,7 +43,7 @@ export const QUIET_GROWTH_BYTES = 4 * 2 ** 20
  */
 export const STILL_CHANGE_BYTES = 2 ** 20
 
-interface BunGc {
+export interface BunGc {
   readonly gc: (force: boolean) => void
   /** JavaScriptCore's shrinkFootprintWhenIdle: drops compiled code, collects, returns malloc's free pages. */
   readonly shrink?: () => void
@@ -70,28 +78,28 @@ export const makeTrimmer = (
   }
 }
 
-export const MemoryTrimLive: Layer.Layer<never> = Layer.scopedDiscard(
+/**
+ * What a quiet spell's collection calls. With `dropCode` (MEMORY_TRIM_CODE, the default) every one is
+ * Bun.shrink; without it only the first (start-up's code, run once), later ones a full collection that
+ * keeps the runs' compiled code. A Bun without `shrink` always gets the full collection.
+ */
+export const makeQuietCollection = (bun: BunGc, dropCode: boolean): (() => void) => {
+  let shrunk = false
+  return () => {
+    if (bun.shrink === undefined || (shrunk && !dropCode)) return bun.gc(true)
+    shrunk = true
+    bun.shrink()
+  }
+}
+
+export const memoryTrimLayer = (options: { readonly dropCode: boolean }): Layer.Layer<never> => Layer.scopedDiscard(
   Effect.gen(function* () {
     const bun = (globalThis as { Bun?: BunGc }).Bun
     if (bun === undefined) return
     // A variable specifier: the type checker has no declarations for Bun's own modules.
     const specifier = "bun:jsc"
     const { heapSize } = (yield* Effect.promise(() => import(specifier))) as { heapSize: () => number }
-    // The first quiet spell after start-up: Bun.shrink, which also drops the compiled code of start-up
-    // (run once, not again). Later ones: a full collection only. Bun.shrink after every busy spell
-    // took the RSS after 1,000 runs from about 130 to 101 MB, but the next tick compiles its code
-    // again: runner CPU per run 10.9–16.3 ms against 8.3–9.6 ms on ticks 2 and 3 (README).
-    let shrunk = bun.shrink === undefined
-    const check = makeTrimmer(
-      heapSize,
-      () => {
-        if (shrunk) return bun.gc(true)
-        shrunk = true
-        bun.shrink!()
-      },
-      QUIET_GROWTH_BYTES,
-      true,
-    )
+    const check = makeTrimmer(heapSize, makeQuietCollection(bun, options.dropCode), QUIET_GROWTH_BYTES, true)
     yield* Metric.value(runsInFlightGauge).pipe(
       // Start-up counts as busy: its first collection is the one after start-up (see the header).
       Effect.flatMap(({ value }) => Effect.sync(() => check(value > 0 || !isStartupDone()))),

@@ -46,7 +46,7 @@ import { ToolCatalog } from "../services/ToolCatalog.js"
 import { TokenLedger, TokenUsagePruneLive } from "../services/TokenLedger.js"
 import { readUserMissions } from "../services/userMissions.js"
 import { WriteBack } from "../services/WriteBack.js"
-import { MemoryTrimLive } from "./memoryTrim.js"
+import { memoryTrimLayer } from "./memoryTrim.js"
 import type { StartupConfig } from "./startupConfig.js"
 
 export type PlannerKind = "llm" | "offline"
@@ -239,7 +239,8 @@ export const processLayer = <E, R>(
     // Built first, released last: the line that says the drain and every close are done.
     Layer.provideMerge(Layer.scopedDiscard(Effect.addFinalizer(() => Effect.logInfo("mana-ai stopped")))),
     Layer.provideMerge(MetricsRegistered),
-    // Garbage of finished runs goes back to the OS instead of waiting for JSC's next full collection.
-    Layer.provideMerge(MemoryTrimLive),
+    // Garbage of finished runs, and their compiled code unless MEMORY_TRIM_CODE=false, goes back to the
+    // OS once the process is quiet, instead of waiting for JSC's next full collection.
+    Layer.provideMerge(memoryTrimLayer({ dropCode: options.config.runner.memoryTrimCode })),
   )
 }

@@ -85,6 +85,11 @@ export interface RunnerConfigShape {
   readonly discoveryLookback: Duration.Duration
   /** How often discovery also re-replays every mission to apply rows the incremental path missed. */
   readonly reconcileInterval: Duration.Duration
+  /**
+   * MEMORY_TRIM_CODE: whether every quiet spell's collection also drops the compiled code (Bun.shrink;
+   * src/layers/memoryTrim.ts). Off: only start-up's code is dropped, later quiet spells collect and keep it.
+   */
+  readonly memoryTrimCode: boolean
 }
 
 export const runnerConfig: Config.Config<RunnerConfigShape> = Config.all({
@@ -103,6 +108,7 @@ export const runnerConfig: Config.Config<RunnerConfigShape> = Config.all({
   ),
   discoveryLookback: millis("DISCOVERY_LOOKBACK_MS", 120_000),
   reconcileInterval: millis("DISCOVERY_RECONCILE_INTERVAL_MS", 600_000),
+  memoryTrimCode: bool("MEMORY_TRIM_CODE", true),
 })
 
 export class RunnerConfig extends Context.Tag("mana-ai/RunnerConfig")<RunnerConfig, RunnerConfigShape>() {
@@ -119,6 +125,7 @@ export class RunnerConfig extends Context.Tag("mana-ai/RunnerConfig")<RunnerConf
     defaultTimezone: "UTC",
     discoveryLookback: Duration.millis(120_000),
     reconcileInterval: Duration.millis(600_000),
+    memoryTrimCode: true,
   }
   static readonly test = (overrides: Partial<RunnerConfigShape> = {}) =>
     Layer.succeed(RunnerConfig, { ...RunnerConfig.defaults, ...overrides })

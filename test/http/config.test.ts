@@ -33,6 +33,7 @@ const malformed: ReadonlyArray<readonly [variable: string, value: string, expect
   ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", /http\(s\) URL/],
   ["PLANNER_MODE", "native", /PLANNER_MODE must be tools or json/],
   ["PLANNER_MAX_ROUNDS", "0", /PLANNER_MAX_ROUNDS must be a whole number from 1 to 10/],
+  ["MEMORY_TRIM_CODE", "sometimes", /MEMORY_TRIM_CODE must be true or false/],
 ]
 
 /** Every variable the process reads (SPEC §10 plus MANA_AI_DATA_DIR and the discovery windows). */
@@ -72,6 +73,7 @@ const VARIABLES = [
   "MANA_AI_PRIVATE_KEY_PEM",
   "DISCOVERY_LOOKBACK_MS",
   "DISCOVERY_RECONCILE_INTERVAL_MS",
+  "MEMORY_TRIM_CODE",
 ] as const
 
 const LIVE = { SYNC_DATABASE_URL: "postgres://runner:pw@db:5432/sync", MANA_LLM_URL: "http://llm:1", MANA_SERVICE_KEY: KEY }
@@ -152,6 +154,7 @@ describe("start-up configuration", () => {
     expect(Duration.toMillis(config.runner.restartWindow)).toBe(60_000)
     expect(Duration.toMillis(config.runner.shutdownGrace)).toBe(30_000)
     expect(config.runner.defaultTimezone).toBe("UTC")
+    expect(config.runner.memoryTrimCode).toBe(true)
     expect(config.llm.repairAttempts).toBe(1)
     expect(config.llm.plannerMode).toBe("tools")
     expect(config.llm.maxRounds).toBe(3)
@@ -160,8 +163,9 @@ describe("start-up configuration", () => {
   })
 
   it("accepts well-formed values", () => {
-    const config = accepted({ PORT: "0", TICK_ENABLED: "false", LLM_TEMPERATURE: "1.2", LOG_LEVEL: "WARN", DEFAULT_TIMEZONE: "Europe/Berlin" })
+    const config = accepted({ PORT: "0", TICK_ENABLED: "false", LLM_TEMPERATURE: "1.2", LOG_LEVEL: "WARN", DEFAULT_TIMEZONE: "Europe/Berlin", MEMORY_TRIM_CODE: "false" })
     expect(config.http.port).toBe(0)
+    expect(config.runner.memoryTrimCode).toBe(false)
     expect(config.runner.tickEnabled).toBe(false)
     expect(config.llm.temperature).toBe(1.2)
     expect(config.observability.logLevel).toBe("warning")

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest"
-import { makeTrimmer, QUIET_GROWTH_BYTES, STILL_CHANGE_BYTES } from "../../src/layers/memoryTrim.js"
+import { makeQuietCollection, makeTrimmer, QUIET_GROWTH_BYTES, STILL_CHANGE_BYTES } from "../../src/layers/memoryTrim.js"
 
 const MB = 2 ** 20
 
@@ -128,5 +128,43 @@ describe("the memory trimmer (issue 16 item 5)", () => {
     expect(check(false)).toBe(false)
     expect(check(false)).toBe(false)
     expect(heap.collections).toBe(1)
+  })
+})
+
+describe("what a quiet spell's collection calls (MEMORY_TRIM_CODE)", () => {
+  /** A Bun whose calls the test counts; `withShrink: false` is a Bun without `shrink`. */
+  const fakeBun = (withShrink = true) => {
+    const calls: Array<string> = []
+    const bun = {
+      gc: (force: boolean) => void calls.push(force ? "gc(true)" : "gc(false)"),
+      ...(withShrink ? { shrink: () => void calls.push("shrink") } : {}),
+    }
+    return { bun, calls }
+  }
+
+  it("by default every quiet spell drops the compiled code too (Bun.shrink), not only start-up's", () => {
+    const { bun, calls } = fakeBun()
+    const collect = makeQuietCollection(bun, true)
+    collect()
+    collect()
+    collect()
+    expect(calls).toEqual(["shrink", "shrink", "shrink"])
+  })
+
+  it("with MEMORY_TRIM_CODE=false only start-up's spell shrinks; later ones collect and keep the code", () => {
+    const { bun, calls } = fakeBun()
+    const collect = makeQuietCollection(bun, false)
+    collect()
+    collect()
+    collect()
+    expect(calls).toEqual(["shrink", "gc(true)", "gc(true)"])
+  })
+
+  it("a Bun without shrink gets a full collection every time", () => {
+    const { bun, calls } = fakeBun(false)
+    const collect = makeQuietCollection(bun, true)
+    collect()
+    collect()
+    expect(calls).toEqual(["gc(true)", "gc(true)"])
   })
 })
