@@ -31,7 +31,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Schedule from "effect/Schedule"
-import { runsInFlightGauge } from "../services/metrics.js"
+import { memoryTrimsTotal, runsInFlightGauge } from "../services/metrics.js"
 import { isStartupDone } from "./jitPolicy.js"
 
 const CHECK_EVERY = Duration.seconds(1)
@@ -83,12 +83,16 @@ export const makeTrimmer = (
  * Bun.shrink; without it only the first (start-up's code, run once), later ones a full collection that
  * keeps the runs' compiled code. A Bun without `shrink` always gets the full collection.
  */
-export const makeQuietCollection = (bun: BunGc, dropCode: boolean): (() => void) => {
+export const makeQuietCollection = (bun: BunGc, dropCode: boolean): (() => "shrink" | "collect") => {
   let shrunk = false
   return () => {
-    if (bun.shrink === undefined || (shrunk && !dropCode)) return bun.gc(true)
+    if (bun.shrink === undefined || (shrunk && !dropCode)) {
+      bun.gc(true)
+      return "collect"
+    }
     shrunk = true
     bun.shrink()
+    return "shrink"
   }
 }
 
@@ -99,10 +103,14 @@ export const memoryTrimLayer = (options: { readonly dropCode: boolean }): Layer.
     // A variable specifier: the type checker has no declarations for Bun's own modules.
     const specifier = "bun:jsc"
     const { heapSize } = (yield* Effect.promise(() => import(specifier))) as { heapSize: () => number }
-    const check = makeTrimmer(heapSize, makeQuietCollection(bun, options.dropCode), QUIET_GROWTH_BYTES, true)
+    const collect = makeQuietCollection(bun, options.dropCode)
+    let kind: "shrink" | "collect" = "collect"
+    const check = makeTrimmer(heapSize, () => void (kind = collect()), QUIET_GROWTH_BYTES, true)
     yield* Metric.value(runsInFlightGauge).pipe(
       // Start-up counts as busy: its first collection is the one after start-up (see the header).
-      Effect.flatMap(({ value }) => Effect.sync(() => check(value > 0 || !isStartupDone()))),
+      Effect.flatMap(({ value }) =>
+        check(value > 0 || !isStartupDone()) ? Metric.increment(Metric.tagged(memoryTrimsTotal, "kind", kind)) : Effect.void,
+      ),
       Effect.repeat(Schedule.spaced(CHECK_EVERY)),
       Effect.forkScoped,
     )

@@ -49,6 +49,7 @@ export const missionRunDuration = Metric.histogram("mana_ai_mission_run_duration
 export const actorsGauge = Metric.gauge("mana_ai_actors", { description: "User actors alive" })
 export const quarantinedGauge = Metric.gauge("mana_ai_actors_quarantined", { description: "Users quarantined" })
 export const runsInFlightGauge = Metric.gauge("mana_ai_runs_in_flight", { description: "Mission runs under way" })
+export const memoryTrimsTotal = Metric.counter("mana_ai_memory_trims_total", { description: "Collections of a quiet process, by kind (shrink: compiled code dropped too; collect: garbage only; MEMORY_TRIM_CODE)" })
 export const actorRestartsTotal = Metric.counter("mana_ai_actor_restarts_total", { description: "User actors restarted after a failure" })
 
 // Mission Grant (SPEC §15). Tagged with table: the input's table name, never a record id or a value.

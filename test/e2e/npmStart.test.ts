@@ -10,7 +10,7 @@ import { readdirSync, readFileSync } from "node:fs"
 import { Context, Effect, Exit, Layer, Redacted, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { LlmStandIn, type LlmStandInShape } from "../support/LlmStandIn.js"
-import { eventually, type ManaProcess, request, startManaProcess } from "../support/ManaProcess.js"
+import { eventually, type ManaProcess, metricValue, request, startManaProcess } from "../support/ManaProcess.js"
 import { insertChanges, missionInsertRow } from "../support/seed.js"
 import { TestDatabase, TestDatabaseLive, type TestDatabaseShape } from "../support/TestDatabase.js"
 
@@ -109,6 +109,12 @@ describe("npm start", () => {
       expect(await other.stop("SIGTERM", 20_000)).toMatchObject({ code: 0 })
     }
   }, 90_000)
+
+  it("the memory trimmer runs in the started process: start-up's quiet spell drops its code (/metrics)", async () => {
+    const m = mana as ManaProcess
+    const shrinks = async () => metricValue((await request(m, "GET", "/metrics")).text, 'mana_ai_memory_trims_total{kind="shrink"}')
+    await eventually("start-up's Bun.shrink() in /metrics", 30_000, async () => (await shrinks()) >= 1)
+  }, 60_000)
 
   it("a tick longer than Bun's 10 s idle timeout still answers with its report", async () => {
     const m = mana as ManaProcess

@@ -145,26 +145,21 @@ describe("what a quiet spell's collection calls (MEMORY_TRIM_CODE)", () => {
   it("by default every quiet spell drops the compiled code too (Bun.shrink), not only start-up's", () => {
     const { bun, calls } = fakeBun()
     const collect = makeQuietCollection(bun, true)
-    collect()
-    collect()
-    collect()
+    expect([collect(), collect(), collect()]).toEqual(["shrink", "shrink", "shrink"])
     expect(calls).toEqual(["shrink", "shrink", "shrink"])
   })
 
   it("with MEMORY_TRIM_CODE=false only start-up's spell shrinks; later ones collect and keep the code", () => {
     const { bun, calls } = fakeBun()
     const collect = makeQuietCollection(bun, false)
-    collect()
-    collect()
-    collect()
+    expect([collect(), collect(), collect()]).toEqual(["shrink", "collect", "collect"])
     expect(calls).toEqual(["shrink", "gc(true)", "gc(true)"])
   })
 
   it("a Bun without shrink gets a full collection every time", () => {
     const { bun, calls } = fakeBun(false)
     const collect = makeQuietCollection(bun, true)
-    collect()
-    collect()
+    expect([collect(), collect()]).toEqual(["collect", "collect"])
     expect(calls).toEqual(["gc(true)", "gc(true)"])
   })
 })
