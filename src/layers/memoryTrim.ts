@@ -16,7 +16,7 @@
  * after the first tick and 108–110 MB after the tenth; dropping it 79–80 and 82 MB (`tickSmaps.ts
  * --ticks=10`, two alternating pairs). The price is paid by the next busy spell, which compiles its code
  * again: 1.3–1.8 ms more runner CPU per run on ticks of 1,000 runs, 8–10 ms per run on ticks of 50
- * (about 0.5 s a spell). Runs that follow one another without a quiet spell (the bench's throughput,
+ * (about 0.4 s a spell). Runs that follow one another without a quiet spell (the bench's throughput,
  * any steady load) never pay it; a process with quiet spells has the CPU to spare. MEMORY_TRIM_CODE=false
  * keeps the code: then only start-up's quiet spell shrinks, later ones run `Bun.gc(true)` (a full
  * collection, then mimalloc hands the freed pages back).
@@ -105,7 +105,14 @@ export const memoryTrimLayer = (options: { readonly dropCode: boolean }): Layer.
     const { heapSize } = (yield* Effect.promise(() => import(specifier))) as { heapSize: () => number }
     const collect = makeQuietCollection(bun, options.dropCode)
     let kind: "shrink" | "collect" = "collect"
-    const check = makeTrimmer(heapSize, () => void (kind = collect()), QUIET_GROWTH_BYTES, true)
+    const check = makeTrimmer(
+      heapSize,
+      () => {
+        kind = collect()
+      },
+      QUIET_GROWTH_BYTES,
+      true,
+    )
     yield* Metric.value(runsInFlightGauge).pipe(
       // Start-up counts as busy: its first collection is the one after start-up (see the header).
       Effect.flatMap(({ value }) =>
