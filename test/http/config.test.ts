@@ -36,7 +36,7 @@ const malformed: ReadonlyArray<readonly [variable: string, value: string, expect
   ["MEMORY_TRIM_CODE", "sometimes", /MEMORY_TRIM_CODE must be true or false/],
 ]
 
-/** Every variable the process reads (SPEC §10 plus MANA_AI_DATA_DIR and the discovery windows). */
+/** Every variable the process reads (SPEC §10 plus MANA_AI_DATA_DIR, the discovery windows and MEMORY_TRIM_CODE). */
 const VARIABLES = [
   "PORT",
   "SYNC_DATABASE_URL",
