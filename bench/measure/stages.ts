@@ -18,7 +18,7 @@ import { withUserScope } from "../../src/services/withUserScope.js"
 import { servicesLayer } from "../support/app.js"
 import { makeBenchDatabase } from "../support/benchDatabase.js"
 import type { BenchLlmStandIn } from "../support/llmStandIn.js"
-import { makeRecorder, threadsSchedstat } from "../support/probes.js"
+import { threadsSchedstat } from "../support/probes.js"
 import type { Figure } from "../support/report.js"
 import { seedDueMissions } from "../support/seed.js"
 import { round } from "../support/stats.js"
@@ -61,7 +61,9 @@ export const measureStages = (options: StagesOptions) =>
         withGoal: true,
       })
       yield* options.standIn.configure(0)
-      const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: CONCURRENCY }, options.standIn.url, makeRecorder()))
+      // The services as the process builds them: no bench stopwatch around the runner, the store or the
+      // LLM client (this figure reads none of their records, and their schedstat reads would count here).
+      const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: CONCURRENCY }, options.standIn.url, undefined))
       const store = Context.get(ctx, MissionStore)
       const sql = Context.get(ctx, SqlClient.SqlClient)
       yield* store.refresh
@@ -158,7 +160,7 @@ export const measureStages = (options: StagesOptions) =>
             onCoreMsPerCallByThread: Object.fromEntries(Object.keys(stages).filter((k) => k !== "refreshPerRow").map((k, i) => [k, byThread[i]])),
             refreshRowsWritten: rowsWritten,
             refreshRowsRead,
-            note: "CPU of this process (all threads) per call, many calls at once, each step warmed first (the whole run by 1,000 runs of other missions, the others by the same calls once); plan = LLM call + prompt + parser; refreshPerRow = the discovery pass after the runs, per mission row they wrote (each run and write-back stage wrote one; the write-back folds its own row into the snapshot, so the pass reads few of them: refreshRowsRead)",
+            note: "CPU of this process (all threads) per call, many calls at once, the services without the bench's stopwatches, each step warmed first (the whole run by 1,000 runs of other missions, the others by the same calls once); plan = LLM call + prompt + parser; refreshPerRow = the discovery pass after the runs, per mission row they wrote (each run and write-back stage wrote one; the write-back folds its own row into the snapshot, so the pass reads few of them: refreshRowsRead)",
           },
         },
         {

@@ -58,18 +58,23 @@ const llmConfigLayer = (url: string, plannerMode: PlannerMode = "tools") =>
     maxRounds: 3,
   })
 
-/** Everything but the supervisor (so a measurement can start it when it chooses). */
+/**
+ * Everything but the supervisor (so a measurement can start it when it chooses). With a recorder, the
+ * store, the LLM client and the runner are wrapped in its stopwatches (probes.ts); without one
+ * (`undefined`: a measurement of the services' own CPU that reads no record) they are the services as
+ * the process builds them.
+ */
 export const servicesLayer = (
   db: RunnerDatabase,
   config: Partial<RunnerConfigShape>,
   llmUrl: string,
-  recorder: Recorder,
+  recorder: Recorder | undefined,
   plannerMode: PlannerMode = "tools",
 ) => {
   const platform = Layer.mergeAll(llmConfigLayer(llmUrl, plannerMode), FetchHttpClient.layer, BunContext.layer, baseLayer(db, config))
   const own = Layer.provideMerge(
     Layer.mergeAll(
-      timedStore(recorder).pipe(Layer.provide(MissionStore.Default)),
+      recorder === undefined ? MissionStore.Default : timedStore(recorder).pipe(Layer.provide(MissionStore.Default)),
       InputResolvers.Default,
       WriteBack.Default,
       GlobalLlmPermits.Default,
@@ -77,9 +82,10 @@ export const servicesLayer = (
     ),
     platform,
   )
-  const llm = Layer.provideMerge(timedLlm.pipe(Layer.provide(LlmClient.Default)), own)
+  const llm = Layer.provideMerge(recorder === undefined ? LlmClient.Default : timedLlm.pipe(Layer.provide(LlmClient.Default)), own)
   const planner = Layer.provideMerge(PlannerLive, llm)
-  return Layer.provideMerge(timedRunner(recorder).pipe(Layer.provide(MissionRunner.Default)), planner).pipe(Layer.orDie)
+  const runner = recorder === undefined ? MissionRunner.Default : timedRunner(recorder).pipe(Layer.provide(MissionRunner.Default))
+  return Layer.provideMerge(runner, planner).pipe(Layer.orDie)
 }
 
 /** The whole runner: discovery starts at once when tickEnabled. */

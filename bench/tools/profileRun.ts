@@ -1,7 +1,8 @@
 /**
  * A CPU profile of whole runs (MissionRunner.run called directly, as the stages figure does, LLM 0 ms,
  * tools mode): seeds, warms up (`--warm=N` runs, default 500), then runs `--runs=N` missions 64 at a time and prints this process's
- * CPU per run and per SELECT 1. Run it under the profiler:
+ * CPU per run and per SELECT 1. The services are built without the bench's stopwatches (probes.ts), as the
+ * stages figure builds them; `--probes` wraps them as the throughput and precision parts do. Run it under the profiler:
  *
  *   bun --cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof bench/tools/profileRun.ts --runs=3000
  */
@@ -25,7 +26,7 @@ const main = Effect.scoped(
     const standIn = yield* startLlmStandIn(0)
     const db = yield* makeBenchDatabase(process.env.BENCH_OWNER_URL ?? DEFAULT_OWNER_URL)
     yield* seedDueMissions(db, { users: Math.ceil((runs + warmRuns) / 5), missionsPerUser: 5, firstDueAt: Date.now() - 60_000, spreadMs: 0, withGoal: true })
-    const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: CONCURRENCY }, standIn.url, makeRecorder()))
+    const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: CONCURRENCY }, standIn.url, process.argv.includes("--probes") ? makeRecorder() : undefined))
     const store = Context.get(ctx, MissionStore)
     const sql = Context.get(ctx, SqlClient.SqlClient)
     const runner = Context.get(ctx, MissionRunner)
