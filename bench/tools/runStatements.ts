@@ -2,10 +2,13 @@
  * The statements (client round trips) one run sends, by kind: `bun bench/tools/runStatements.ts --runs=50`.
  * Counts every pg `Client#query` the process makes while whole runs (MissionRunner.run, as the stages
  * figure calls it, tools mode, LLM 0 ms) go one at a time, and prints them per run with the first
- * words of each statement. One `query` is one round trip (a pipelined batch, too).
+ * words of each statement. One `query` is one round trip (a pipelined batch, too). It also counts the
+ * socket writes under them (net.Socket `_write` / `_writev`, each one a send to the server): one per
+ * round trip is the least there can be.
  */
 import { BunRuntime } from "@effect/platform-bun"
 import { Context, Effect, Either, Layer, Logger, LogLevel } from "effect"
+import net from "node:net"
 import Pg from "pg"
 import { MissionRunner } from "../../src/services/MissionRunner.js"
 import { MissionStore } from "../../src/services/MissionStore.js"
@@ -30,6 +33,16 @@ Pg.Client.prototype.query = function (this: Pg.Client, config: unknown, ...rest:
   return (query as (...a: Array<unknown>) => unknown).call(this, config, ...rest)
 } as typeof query
 
+let socketWrites = 0
+const socket = net.Socket.prototype as unknown as Record<"_write" | "_writev", (...args: Array<unknown>) => unknown>
+for (const method of ["_write", "_writev"] as const) {
+  const original = socket[method]
+  socket[method] = function (this: unknown, ...args: Array<unknown>) {
+    if (counting) socketWrites++
+    return original.apply(this, args)
+  }
+}
+
 const main = Effect.scoped(
   Effect.gen(function* () {
     const standIn = yield* startLlmStandIn(0)
@@ -50,7 +63,7 @@ const main = Effect.scoped(
     const lines = [...counted].sort((a, b) => b[1] - a[1]).map(([k, n]) => `  ${(n / measured.length).toFixed(2)}  ${k}`)
     const total = [...counted.values()].reduce((a, b) => a + b, 0)
     yield* Effect.logWarning(
-      `${measured.length} runs (${written} written): ${(total / measured.length).toFixed(2)} pg queries (round trips) per run\n${lines.join("\n")}`,
+      `${measured.length} runs (${written} written): ${(total / measured.length).toFixed(2)} pg queries (round trips) and ${(socketWrites / measured.length).toFixed(2)} socket writes per run\n${lines.join("\n")}`,
     )
   }),
 )

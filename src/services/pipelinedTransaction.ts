@@ -32,24 +32,20 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import Pg from "pg"
+import { serialize } from "pg-protocol"
 import { pgPoolOf, preparedStatementsOn } from "./Database.js"
 
 /** The parts of pg's Connection (protocol writer) the sequence uses. */
 interface PgProtocol {
-  readonly stream: { cork?: () => void; uncork?: () => void }
-  parse(message: { readonly text: string; readonly name: string; readonly types: ReadonlyArray<number> }): void
-  bind(message: {
-    readonly portal: string
-    readonly statement: string
-    readonly values: ReadonlyArray<unknown>
-    readonly binary: boolean
-    readonly valueMapper: (value: unknown) => unknown
-  }): void
-  describe(message: { readonly type: "P"; readonly name: string }): void
-  execute(message: { readonly portal: string; readonly rows: number }): void
-  sync(): void
+  /** Writes one serialized message buffer to the socket (false, and nothing written, once it closed). */
+  _send(buffer: Buffer): boolean
   sendCopyFail(message: string): void
 }
+
+/** The messages every statement of a sequence ends with, serialized once: Describe and Execute of the unnamed portal, and Sync. */
+const DESCRIBE_PORTAL = serialize.describe({ type: "P", name: "" })
+const EXECUTE_ALL = serialize.execute({ portal: "", rows: 0 })
+const SYNC = serialize.sync()
 
 /** pg's Result, which parses a data row with the client's type parsers (not in @types/pg). */
 interface PgResult {
@@ -133,28 +129,29 @@ class Sequence {
 
   submit(connection: PgProtocol): null {
     const prepared = this.named ? preparedOn(connection) : undefined
-    // One write for the whole sequence (pg corks its own Parse…Sync the same way).
-    connection.stream.cork?.()
-    try {
-      for (const [text, values] of this.statements) {
-        const names = prepared
-        let name = names?.names.get(text)
-        if (name === undefined) {
-          name = names !== undefined && names.names.size < MAX_NAMED_PER_CONNECTION ? `mana_ai_${PROCESS_TAG}_${names.serial}_${names.names.size}` : ""
-          if (names !== undefined && name !== "") {
-            names.names.set(text, name)
-            this.namedNew = true
-          }
-          connection.parse({ text, name, types: [] })
+    // One socket write for the whole sequence: the messages are serialized here and sent as one buffer.
+    // pg corks its own Parse…Sync instead, but Bun's net.Socket sends the first chunk written while
+    // corked at once and the rest on uncork: two writes (two syscalls) per sequence (issue 16).
+    const messages: Array<Buffer> = []
+    for (const [text, values] of this.statements) {
+      const names = prepared
+      let name = names?.names.get(text)
+      if (name === undefined) {
+        name = names !== undefined && names.names.size < MAX_NAMED_PER_CONNECTION ? `mana_ai_${PROCESS_TAG}_${names.serial}_${names.names.size}` : ""
+        if (names !== undefined && name !== "") {
+          names.names.set(text, name)
+          this.namedNew = true
         }
-        connection.bind({ portal: "", statement: name, values, binary: false, valueMapper: prepareValue })
-        connection.describe({ type: "P", name: "" })
-        connection.execute({ portal: "", rows: 0 })
+        messages.push(serialize.parse({ text, name, types: [] }))
       }
-      connection.sync()
-    } finally {
-      connection.stream.uncork?.()
+      messages.push(
+        serialize.bind({ portal: "", statement: name, values: values as Array<unknown>, binary: false, valueMapper: prepareValue }),
+        DESCRIBE_PORTAL,
+        EXECUTE_ALL,
+      )
     }
+    messages.push(SYNC)
+    connection._send(Buffer.concat(messages))
     return null
   }
 
