@@ -137,34 +137,38 @@ const nextLocalSlot = (
 export const nextRunAt = (cadence: Cadence, options: NextRunOptions): Either.Either<Date | null, CadenceError> => {
   const after = options.after.getTime()
   if (Number.isNaN(after)) return fail("`after` is not a valid date")
-  return Either.gen(function* () {
-    const zone = yield* zoneFor(options.timeZone)
-    switch (cadence.kind) {
-      case "manual":
-        return null
-      case "interval": {
-        if (!isIntIn(cadence.everyMinutes, 1, Number.MAX_SAFE_INTEGER / MINUTE)) {
-          return yield* fail(`everyMinutes must be an integer ≥ 1, got ${cadence.everyMinutes}`)
-        }
-        const step = cadence.everyMinutes * MINUTE
-        const previous = options.previous?.getTime()
-        // At least one step: `previous` is the slot that just ran.
-        const next =
-          previous === undefined || Number.isNaN(previous)
-            ? after + step
-            : previous + Math.max(1, Math.floor((after - previous) / step) + 1) * step
-        // No instant to write (SPEC §6 wants the cadence's own next instant, so no clamping): unschedulable.
-        if (!(next <= LATEST_INSTANT_MS)) {
-          return yield* fail(
-            `everyMinutes ${cadence.everyMinutes} puts the next run past the latest instant a timestamp can hold (${new Date(LATEST_INSTANT_MS).toISOString()})`,
-          )
-        }
-        return new Date(next)
+  // The generator function is made once, not per call (DEVELOPERS.md: no generator function made per
+  // call on a hot path; JavaScriptCore recompiled its body after every few collections).
+  return Either.gen(() => nextRunSteps(cadence, options, after))
+}
+
+function* nextRunSteps(cadence: Cadence, options: NextRunOptions, after: number) {
+  const zone = yield* zoneFor(options.timeZone)
+  switch (cadence.kind) {
+    case "manual":
+      return null
+    case "interval": {
+      if (!isIntIn(cadence.everyMinutes, 1, Number.MAX_SAFE_INTEGER / MINUTE)) {
+        return yield* fail(`everyMinutes must be an integer ≥ 1, got ${cadence.everyMinutes}`)
       }
-      default:
-        return yield* nextLocalSlot(yield* slotsOf(cadence), zone, after)
+      const step = cadence.everyMinutes * MINUTE
+      const previous = options.previous?.getTime()
+      // At least one step: `previous` is the slot that just ran.
+      const next =
+        previous === undefined || Number.isNaN(previous)
+          ? after + step
+          : previous + Math.max(1, Math.floor((after - previous) / step) + 1) * step
+      // No instant to write (SPEC §6 wants the cadence's own next instant, so no clamping): unschedulable.
+      if (!(next <= LATEST_INSTANT_MS)) {
+        return yield* fail(
+          `everyMinutes ${cadence.everyMinutes} puts the next run past the latest instant a timestamp can hold (${new Date(LATEST_INSTANT_MS).toISOString()})`,
+        )
+      }
+      return new Date(next)
     }
-  })
+    default:
+      return yield* nextLocalSlot(yield* slotsOf(cadence), zone, after)
+  }
 }
 
 /** Whether the runtime knows `zone` as an IANA time zone (DEFAULT_TIMEZONE, a mission's `timezone`). */

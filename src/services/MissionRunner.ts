@@ -36,6 +36,7 @@ import { AgentPermits } from "./AgentPermits.js"
 import { judgeRunRead, runReadQuery } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers, type ResolvedInput, type UnavailableInput } from "./InputResolvers.js"
+import type { RecordRef } from "./recordRows.js"
 import { type LlmError, type TokenUsage, isTransientLlmError } from "./LlmClient.js"
 import { LlmBreaker } from "./LlmBreaker.js"
 import { MissionStore } from "./MissionStore.js"
@@ -270,8 +271,83 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       return prune(now)
     })
 
+    /**
+     * The run's one transaction before the LLM call (see `prepare`): claims, reads the mission, its
+     * agent and inputs, judges them, and resolves the inputs.
+     */
+    const check = Effect.fnUntraced(function* (
+      userId: string,
+      mission: MissionRef,
+      iterationId: string,
+      key: { readonly userId: string; readonly missionId: string; readonly iterationId: string },
+      now: number,
+      also: ReadonlyArray<RecordRef>,
+      claimed: Effect.Effect<void>,
+    ): Effect.fn.Return<Checked, SqlError> {
+      // Prepared statements (DB_PREPARED_STATEMENTS): the read in the shape whose generic plan
+      // serves every user, planned once (currentMission.ts runReadQuery); otherwise planned each time.
+      const results = yield* pipelinedTransaction(
+        sqlClient,
+        [
+          sqlClient`SET LOCAL synchronous_commit = off`,
+          scopeStatement(sqlClient, userId, {
+            with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
+            columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
+          }),
+          ...(prepared
+            ? [
+                sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`,
+                runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
+              ]
+            : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),
+        ],
+        { commitWithStatements: true },
+      ).pipe(Effect.onInterrupt(() => claimed))
+      const scoped = results[1]
+      const raw = results[results.length - 1]
+      if (Number(scoped?.[0]?.claimed ?? 0) === 0) return skipped("claimed-elsewhere")
+      yield* claimed
+
+      // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
+      // rescheduled or already planned (by another instance) since. The write-back checks again.
+      // The mission's agent comes with it, in the same query (SPEC §14).
+      const read = judgeRunRead(raw ?? [], mission.id, iterationId, config.defaultTimezone, also)
+      const { current, agent: resolution } = read
+      if (current._tag === "Skip") {
+        yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
+        return skipped(current.reason)
+      }
+      const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
+      if (dueAt === undefined || dueAt > now) {
+        yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
+          Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
+        )
+        return skipped("not-due")
+      }
+      if (resolution._tag === "Malformed") {
+        return yield* agentSkip(
+          { reason: "agent-malformed", detail: resolution.error.message },
+          `the mission's agent record does not decode: ${resolution.error.message}`,
+        )
+      }
+      const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
+      const decision = runDecision(agent)
+      if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+
+      // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
+      // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
+      const inputs = yield* resolvers.resolveForRun(
+        userId,
+        current.mission.inputs,
+        { missionId: mission.id, iterationId, grant: current.record.grant },
+        read.records,
+      )
+      // judgeRunRead gives `actor` with every appendable mission.
+      return { _tag: "Ready", basis: { current, missionRows: read.missionRows, actor: read.actor! }, agent, inputs } as const
+    })
+
     /** Claim, check the mission as it stands now, resolve, plan: everything before the write-back. */
-    const prepare = (
+    const prepare = Effect.fnUntraced(function* (
       userId: string,
       mission: MissionRef,
       iterationId: string,
@@ -279,263 +355,202 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>,
       /** Marks the claim as this run's: once taken, or when it may have been (interrupted under way). */
       claimed: Effect.Effect<void>,
-    ) =>
-      Effect.gen(function* (): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
-        const key = { userId, missionId: mission.id, iterationId }
-        // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
-        const now = yield* Clock.currentTimeMillis
-        // One transaction in one round trip (issue 16, `pipelinedTransaction` with
-        // `commitWithStatements`): the claim in the scoping statement and, sent with it, the mission,
-        // its agent and the inputs the snapshot names, and COMMIT. The read is made (and dropped) even
-        // when another runner holds the claim. The COMMIT goes with them, so a run interrupted while
-        // they are under way (its deadline, a drain) may have committed its claim without knowing: such
-        // a run counts as holding it, and its interruption gives it back (a release of a claim it never
-        // took deletes nothing: it deletes only this owner's). A failed sequence committed nothing.
-        // Inputs that changed since the snapshot, and encrypted ones, are read after it in a scope of their own.
-        // Its COMMIT does not wait for the WAL flush (`synchronous_commit` off for this transaction
-        // only): a flush costs milliseconds per commit, and a run made two. A claim lost in a server
-        // crash costs at most a second LLM call for the run, never a second iteration: the write-back
-        // (a synchronous commit, which flushes the WAL up to and past this one) checks the mission as
-        // it stands for the run's iteration id.
-        const also = resolvers.plainRefs(mission.inputs)
-        const checked = yield* Effect.gen(function* (): Effect.fn.Return<Checked, SqlError> {
-          // Prepared statements (DB_PREPARED_STATEMENTS): the read in the shape whose generic plan
-          // serves every user, planned once (currentMission.ts runReadQuery); otherwise planned each time.
-          const results = yield* pipelinedTransaction(
-            sqlClient,
-            [
-              sqlClient`SET LOCAL synchronous_commit = off`,
-              scopeStatement(sqlClient, userId, {
-                with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
-                columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
-              }),
-              ...(prepared
-                ? [
-                    sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`,
-                    runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
-                  ]
-                : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),
-            ],
-            { commitWithStatements: true },
-          ).pipe(Effect.onInterrupt(() => claimed))
-          const scoped = results[1]
-          const raw = results[results.length - 1]
-          if (Number(scoped?.[0]?.claimed ?? 0) === 0) return skipped("claimed-elsewhere")
-          yield* claimed
+    ): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
+      const key = { userId, missionId: mission.id, iterationId }
+      // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
+      const now = yield* Clock.currentTimeMillis
+      // One transaction in one round trip (issue 16, `pipelinedTransaction` with
+      // `commitWithStatements`): the claim in the scoping statement and, sent with it, the mission,
+      // its agent and the inputs the snapshot names, and COMMIT. The read is made (and dropped) even
+      // when another runner holds the claim. The COMMIT goes with them, so a run interrupted while
+      // they are under way (its deadline, a drain) may have committed its claim without knowing: such
+      // a run counts as holding it, and its interruption gives it back (a release of a claim it never
+      // took deletes nothing: it deletes only this owner's). A failed sequence committed nothing.
+      // Inputs that changed since the snapshot, and encrypted ones, are read after it in a scope of their own.
+      // Its COMMIT does not wait for the WAL flush (`synchronous_commit` off for this transaction
+      // only): a flush costs milliseconds per commit, and a run made two. A claim lost in a server
+      // crash costs at most a second LLM call for the run, never a second iteration: the write-back
+      // (a synchronous commit, which flushes the WAL up to and past this one) checks the mission as
+      // it stands for the run's iteration id.
+      const also = resolvers.plainRefs(mission.inputs)
+      const checked = yield* check(userId, mission, iterationId, key, now, also, claimed).pipe(withSpanWhenTracing("checkMission"))
+      if (checked._tag !== "Ready") return checked
+      const { basis, agent } = checked
+      const fresh = basis.current.mission
 
-          // The snapshot may be stale: a cheap read spares an LLM call for a mission paused, deleted,
-          // rescheduled or already planned (by another instance) since. The write-back checks again.
-          // The mission's agent comes with it, in the same query (SPEC §14).
-          const read = judgeRunRead(raw ?? [], mission.id, iterationId, config.defaultTimezone, also)
-          const { current, agent: resolution } = read
-          if (current._tag === "Skip") {
-            yield* Effect.logInfo(`run skipped: ${current.detail}`).pipe(Effect.annotateLogs({ reason: current.reason }))
-            return skipped(current.reason)
-          }
-          const dueAt = current.mission.nextRunAt === null ? undefined : parseInstant(current.mission.nextRunAt)
-          if (dueAt === undefined || dueAt > now) {
-            yield* Effect.logInfo("run skipped: the mission was rescheduled and is not due").pipe(
-              Effect.annotateLogs({ reason: "not-due", nextRunAt: current.mission.nextRunAt ?? "none" }),
-            )
-            return skipped("not-due")
-          }
-          if (resolution._tag === "Malformed") {
-            return yield* agentSkip(
-              { reason: "agent-malformed", detail: resolution.error.message },
-              `the mission's agent record does not decode: ${resolution.error.message}`,
+      const resolveAndPlan = planner.plan({
+        mission: fresh,
+        resolvedInputs: checked.inputs.resolved,
+        unavailableInputs: checked.inputs.unavailable,
+        ...(agent === undefined ? {} : { agent }),
+        // The last answer's usage is held for the write-back transaction (SPEC §14).
+        run: { userId, iterationId, attemptId, ...(Option.isSome(ledger) ? { heldUsage } : {}) },
+      })
+      // An agent's runs across the user's missions hold one of its maxConcurrentMissions permits.
+      const capped =
+        agent === undefined || Option.isNone(permits)
+          ? resolveAndPlan
+          : permits.value.withPermit({ userId, agentId: agent.id, cap: agent.maxConcurrentMissions })(resolveAndPlan)
+
+      return yield* capped.pipe(
+        withSpanWhenTracing("plan"),
+        Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh, basis })),
+        Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout | SqlError> => {
+          if (error._tag === "SqlError") return Effect.fail(error)
+          if (error._tag === "BudgetExhausted") {
+            return agentSkip(
+              {
+                reason: "skipped-budget",
+                budget: error.budget,
+                freeAt: error.freeAtMs === undefined ? null : new Date(error.freeAtMs).toISOString(),
+              },
+              error.message,
             )
           }
-          const agent: Agent | undefined = resolution._tag === "Agent" ? resolution.agent : undefined
-          const decision = runDecision(agent)
-          if (decision !== "ran") return yield* agentSkip({ reason: decision }, `the mission's agent is ${agent?.state ?? "inactive"}`)
+          if (error._tag !== "PlanRejected" && isTransientLlmError(error)) {
+            // The client retries transient errors until the deadline; one that surfaces anyway is
+            // treated as an exhausted deadline: nothing written, the mission stays due.
+            return Effect.logWarning(`the LLM client gave up on a transient error: ${error.message}`).pipe(
+              Effect.zipRight(Effect.fail(new MissionTimeout({ timeoutMs }))),
+            )
+          }
+          const { summary, phase } = describeFailure(error)
+          return Effect.succeed({ _tag: "Failed", error, phase, summary, basis })
+        }),
+      )
+    })
 
-          // Plan from the mission as it stands (latest objective, feedback and iterations), not the snapshot.
-          // The grant is read from the record as it stands now (a revoked grant is null), for this run only.
-          const inputs = yield* resolvers.resolveForRun(
-            userId,
-            current.mission.inputs,
-            { missionId: mission.id, iterationId, grant: current.record.grant },
-            read.records,
-          )
-          // judgeRunRead gives `actor` with every appendable mission.
-          return { _tag: "Ready", basis: { current, missionRows: read.missionRows, actor: read.actor! }, agent, inputs } as const
-        }).pipe(withSpanWhenTracing("checkMission"))
-        if (checked._tag !== "Ready") return checked
-        const { basis, agent } = checked
-        const fresh = basis.current.mission
+    /**
+     * The write-back did not commit them (skipped, rolled back, failed, interrupted): the spend
+     * happened all the same, so they are recorded on their own. Keyed per answer, so a write-back
+     * whose COMMIT landed but whose acknowledgement was lost is not counted twice.
+     */
+    const recordHeld = Effect.fnUntraced(function* (userId: string, heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>) {
+      const held = yield* Ref.getAndSet(heldUsage, [])
+      if (held.length === 0 || Option.isNone(ledger)) return
+      yield* ledger.value.record(userId, held).pipe(
+        Effect.retry(heldUsageRetry),
+        Effect.catchAll((e) => Effect.logWarning(`could not record the run's last LLM answer's token usage: ${e.message}`)),
+      )
+    })
 
-        const resolveAndPlan = planner.plan({
-          mission: fresh,
-          resolvedInputs: checked.inputs.resolved,
-          unavailableInputs: checked.inputs.unavailable,
-          ...(agent === undefined ? {} : { agent }),
-          // The last answer's usage is held for the write-back transaction (SPEC §14).
-          run: { userId, iterationId, attemptId, ...(Option.isSome(ledger) ? { heldUsage } : {}) },
+    /** Claim to commit: the part the deadline bounds. */
+    const bounded = Effect.fnUntraced(function* (
+      userId: string,
+      mission: MissionRef,
+      iterationId: string,
+      attemptId: string,
+      startedAt: Date,
+      heldUsage: Ref.Ref<ReadonlyArray<UsageEntry>>,
+      /** Marks the claim as this run's (see prepare). */
+      claimed: Effect.Effect<void>,
+      giveBackClaim: Effect.Effect<void>,
+    ) {
+      const planned = yield* prepare(userId, mission, iterationId, attemptId, heldUsage, claimed)
+      if (planned._tag === "Skip") {
+        if (planned.release === true) yield* giveBackClaim
+        return planned.outcome
+      }
+
+      const finishedAt = new Date(yield* Clock.currentTimeMillis)
+      let iteration: Iteration
+      let parseFailures: number
+      if (planned._tag === "Plan") {
+        yield* updateMetrics((labels) => plansProducedTotal.unsafeUpdate(1, labels))
+        const { plan, rejectedAnswers } = planned.result
+        parseFailures = rejectedAnswers
+        iteration = plannedIteration({ id: iterationId, startedAt, finishedAt, summary: plan.summary, steps: plan.steps })
+      } else {
+        const { error, phase, summary } = planned
+        parseFailures = error._tag === "PlanRejected" ? error.attempts : 0
+        yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag))
+        yield* Effect.logWarning(`planning failed for good; writing a failed iteration: ${error.message}`).pipe(
+          Effect.annotateLogs({ error: error._tag, phase }),
+        )
+        iteration = failedIteration({
+          id: iterationId,
+          startedAt,
+          finishedAt,
+          summary,
+          errorName: error._tag,
+          errorMessage: error.message,
+          phase,
         })
-        // An agent's runs across the user's missions hold one of its maxConcurrentMissions permits.
-        const capped =
-          agent === undefined || Option.isNone(permits)
-            ? resolveAndPlan
-            : permits.value.withPermit({ userId, agentId: agent.id, cap: agent.maxConcurrentMissions })(resolveAndPlan)
+      }
 
-        return yield* capped.pipe(
-          withSpanWhenTracing("plan"),
-          Effect.map((result): Planned => ({ _tag: "Plan", result, mission: fresh, basis })),
-          Effect.catchAll((error): Effect.Effect<Planned, MissionTimeout | SqlError> => {
-            if (error._tag === "SqlError") return Effect.fail(error)
-            if (error._tag === "BudgetExhausted") {
-              return agentSkip(
-                {
-                  reason: "skipped-budget",
-                  budget: error.budget,
-                  freeAt: error.freeAtMs === undefined ? null : new Date(error.freeAtMs).toISOString(),
-                },
-                error.message,
-              )
-            }
-            if (error._tag !== "PlanRejected" && isTransientLlmError(error)) {
-              // The client retries transient errors until the deadline; one that surfaces anyway is
-              // treated as an exhausted deadline: nothing written, the mission stays due.
-              return Effect.logWarning(`the LLM client gave up on a transient error: ${error.message}`).pipe(
-                Effect.zipRight(Effect.fail(new MissionTimeout({ timeoutMs }))),
-              )
-            }
-            const { summary, phase } = describeFailure(error)
-            return Effect.succeed({ _tag: "Failed", error, phase, summary, basis })
+      const written = yield* writeBack
+        .append({ userId, missionId: mission.id, iteration, basis: planned.basis, usage: yield* Ref.get(heldUsage) })
+        .pipe(withSpanWhenTracing("writeBack"))
+      // Committed with the iteration: nothing left to record on its own.
+      if (written._tag === "Written") yield* Ref.set(heldUsage, [])
+      const planProduced = planned._tag === "Plan"
+      if (written._tag === "Skipped") {
+        return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
+      }
+      yield* updateMetrics((labels) => {
+        plansWrittenBackTotal.unsafeUpdate(1, labels)
+        ranDecisions.unsafeUpdate(1, labels)
+      })
+      // Built only when it is written: its annotations cost a run more than the check (issue 16).
+      if (yield* logsAt(LogLevel.Info)) {
+        yield* Effect.logInfo("iteration written back").pipe(
+          Effect.annotateLogs({
+            overallStatus: iteration.overallStatus,
+            steps: iteration.plan.length,
+            nextRunAt: written.nextRunAt ?? "none",
+            // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
+            ...(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
           }),
         )
-      })
+      }
+      return {
+        _tag: "Written",
+        iterationId,
+        overallStatus: iteration.overallStatus === "failed" ? "failed" : iteration.plan.length === 0 ? "approved" : "awaiting-review",
+        steps: iteration.plan.length,
+        nextRunAt: written.nextRunAt,
+        planProduced,
+        parseFailures,
+        ...(planned._tag === "Failed" ? { failure: planned.error._tag } : {}),
+      } satisfies RunOutcome
+    })
 
-    const runFrom = ({ userId, mission }: RunRequest, iterationId: string, startMs: number, attemptId: string) =>
-      Effect.gen(function* () {
-        const key = { userId, missionId: mission.id, iterationId }
-        const startedAt = new Date(startMs)
-        // Set once the claim is ours, or may be (see prepare; this run's fiber only).
-        let holdsClaim = false
-        /** The run's answer(s) not yet recorded: they go into the write-back transaction. */
-        const heldUsage = yield* Ref.make<ReadonlyArray<UsageEntry>>([])
-        /**
-         * The write-back did not commit them (skipped, rolled back, failed, interrupted): the spend
-         * happened all the same, so they are recorded on their own. Keyed per answer, so a write-back
-         * whose COMMIT landed but whose acknowledgement was lost is not counted twice.
-         */
-        const recordHeld = Effect.gen(function* () {
-          const held = yield* Ref.getAndSet(heldUsage, [])
-          if (held.length === 0 || Option.isNone(ledger)) return
-          yield* ledger.value.record(userId, held).pipe(
-            Effect.retry(heldUsageRetry),
-            Effect.catchAll((e) => Effect.logWarning(`could not record the run's last LLM answer's token usage: ${e.message}`)),
-          )
-        })
-        const giveBackClaim = Effect.suspend(() =>
-          holdsClaim
-            ? store.releaseClaim(key, owner).pipe(
-                Effect.timeout("5 seconds"),
-                Effect.catchAll((e) => Effect.logWarning(`could not release the run's claim: ${String(e)}`)),
-              )
-            : Effect.void,
-        )
-
-        // Claim to commit: the part the deadline bounds.
-        const bounded = Effect.gen(function* () {
-          const planned = yield* prepare(
-            userId,
-            mission,
-            iterationId,
-            attemptId,
-            heldUsage,
-            Effect.sync(() => {
-              holdsClaim = true
-            }),
-          )
-          if (planned._tag === "Skip") {
-            if (planned.release === true) yield* giveBackClaim
-            return planned.outcome
-          }
-
-          const finishedAt = new Date(yield* Clock.currentTimeMillis)
-          let iteration: Iteration
-          let parseFailures: number
-          if (planned._tag === "Plan") {
-            yield* updateMetrics((labels) => plansProducedTotal.unsafeUpdate(1, labels))
-            const { plan, rejectedAnswers } = planned.result
-            parseFailures = rejectedAnswers
-            iteration = plannedIteration({ id: iterationId, startedAt, finishedAt, summary: plan.summary, steps: plan.steps })
-          } else {
-            const { error, phase, summary } = planned
-            parseFailures = error._tag === "PlanRejected" ? error.attempts : 0
-            yield* Metric.increment(Metric.tagged(missionErrorsTotal, "kind", error._tag))
-            yield* Effect.logWarning(`planning failed for good; writing a failed iteration: ${error.message}`).pipe(
-              Effect.annotateLogs({ error: error._tag, phase }),
+    const runFrom = Effect.fnUntraced(function* ({ userId, mission }: RunRequest, iterationId: string, startMs: number, attemptId: string) {
+      const key = { userId, missionId: mission.id, iterationId }
+      const startedAt = new Date(startMs)
+      // Set once the claim is ours, or may be (see prepare; this run's fiber only).
+      let holdsClaim = false
+      /** The run's answer(s) not yet recorded: they go into the write-back transaction. */
+      const heldUsage = yield* Ref.make<ReadonlyArray<UsageEntry>>([])
+      const giveBackClaim = Effect.suspend(() =>
+        holdsClaim
+          ? store.releaseClaim(key, owner).pipe(
+              Effect.timeout("5 seconds"),
+              Effect.catchAll((e) => Effect.logWarning(`could not release the run's claim: ${String(e)}`)),
             )
-            iteration = failedIteration({
-              id: iterationId,
-              startedAt,
-              finishedAt,
-              summary,
-              errorName: error._tag,
-              errorMessage: error.message,
-              phase,
-            })
-          }
-
-          const written = yield* writeBack
-            .append({ userId, missionId: mission.id, iteration, basis: planned.basis, usage: yield* Ref.get(heldUsage) })
-            .pipe(withSpanWhenTracing("writeBack"))
-          // Committed with the iteration: nothing left to record on its own.
-          if (written._tag === "Written") yield* Ref.set(heldUsage, [])
-          const planProduced = planned._tag === "Plan"
-          if (written._tag === "Skipped") {
-            return { _tag: "Skipped", reason: written.reason, planProduced, parseFailures } satisfies RunOutcome
-          }
-          yield* updateMetrics((labels) => {
-            plansWrittenBackTotal.unsafeUpdate(1, labels)
-            ranDecisions.unsafeUpdate(1, labels)
-          })
-          // Built only when it is written: its annotations cost a run more than the check (issue 16).
-          if (yield* logsAt(LogLevel.Info)) {
-            yield* Effect.logInfo("iteration written back").pipe(
-              Effect.annotateLogs({
-                overallStatus: iteration.overallStatus,
-                steps: iteration.plan.length,
-                nextRunAt: written.nextRunAt ?? "none",
-                // SPEC §3: token usage goes to metrics (the LLM client) and to this run's log line.
-                ...(planned._tag === "Plan" ? tokensOf(planned.result.usage) : {}),
-              }),
-            )
-          }
-          return {
-            _tag: "Written",
-            iterationId,
-            overallStatus: iteration.overallStatus === "failed" ? "failed" : iteration.plan.length === 0 ? "approved" : "awaiting-review",
-            steps: iteration.plan.length,
-            nextRunAt: written.nextRunAt,
-            planProduced,
-            parseFailures,
-            ...(planned._tag === "Failed" ? { failure: planned.error._tag } : {}),
-          } satisfies RunOutcome
-        })
-
-        const outcome = yield* Effect.gen(function* () {
-          // While the LLM breaker is open the run waits here, before it takes its deadline (SPEC §14).
-          if (Option.isSome(breaker)) yield* breaker.value.awaitReady
-          return yield* bounded.pipe(
-            // Past the deadline the run is interrupted wherever it is; in the write-back, its
-            // transaction rolls back whole (a COMMIT already under way finishes: the retry then finds
-            // the iteration written and skips).
-            withDeadline({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
-            // Failed or interrupted before its commit, the run wrote nothing: give the claim back for the retry.
-            Effect.onError(() => giveBackClaim),
-            // Outside the deadline: usage the write-back did not commit is recorded whatever the run's end.
-            Effect.ensuring(recordHeld),
-          )
-        })
-
-        if (outcome._tag === "Skipped") {
-          yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", outcome.reason))
-        }
-        return outcome as RunOutcome
+          : Effect.void,
+      )
+      const claimed = Effect.sync(() => {
+        holdsClaim = true
       })
+      // While the LLM breaker is open the run waits here, before it takes its deadline (SPEC §14).
+      if (Option.isSome(breaker)) yield* breaker.value.awaitReady
+      const outcome = yield* bounded(userId, mission, iterationId, attemptId, startedAt, heldUsage, claimed, giveBackClaim).pipe(
+        // Past the deadline the run is interrupted wherever it is; in the write-back, its
+        // transaction rolls back whole (a COMMIT already under way finishes: the retry then finds
+        // the iteration written and skips).
+        withDeadline({ duration: config.missionTimeout, onTimeout: () => new MissionTimeout({ timeoutMs }) }),
+        // Failed or interrupted before its commit, the run wrote nothing: give the claim back for the retry.
+        Effect.onError(() => giveBackClaim),
+        // Outside the deadline: usage the write-back did not commit is recorded whatever the run's end.
+        Effect.ensuring(recordHeld(userId, heldUsage)),
+      )
+
+      if (outcome._tag === "Skipped") {
+        yield* Metric.increment(Metric.tagged(missionsSkippedTotal, "reason", outcome.reason))
+      }
+      return outcome as RunOutcome
+    })
 
     const run: MissionRunnerShape["run"] = (request) => {
       const { userId, mission } = request

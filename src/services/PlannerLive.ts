@@ -104,151 +104,147 @@ export const PlannerLive = Layer.effect(
      * beside that request (a daemon fiber: it lands even if the run is
      * interrupted), awaited before the next budget check reads the window, so the check always sees it.
      */
-    const ask = (input: PlannerInput, pending: Pending, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) =>
-      Effect.gen(function* () {
-        const run = input.run
-        if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
-        const record = (entries: ReadonlyArray<UsageEntry>) =>
-          Effect.forkDaemon(ledger.value.record(run.userId, entries).pipe(Effect.retry(ledgerRetry)))
-        const isBudgeted = budgeted(input)
-        // The answer held back for the write-back is followed by this request: with a budget it is
-        // recorded now, so the check below sees it. Without one nothing reads the window before the
-        // write-back, so every answer of the run waits for the write-back transaction (a tools-mode
-        // run saves a transaction of its own per answer).
-        if (run.heldUsage !== undefined && isBudgeted) {
-          const held = yield* Ref.getAndSet(run.heldUsage, [])
-          if (held.length > 0) pending.push(yield* record(held))
+    const ask = Effect.fnUntraced(function* (input: PlannerInput, pending: Pending, ordinal: number, messages: ReadonlyArray<ChatMessage>, options?: CompleteOptions) {
+      const run = input.run
+      if (run === undefined || Option.isNone(ledger)) return yield* llm.complete(messages, options)
+      const record = (entries: ReadonlyArray<UsageEntry>) =>
+        Effect.forkDaemon(ledger.value.record(run.userId, entries).pipe(Effect.retry(ledgerRetry)))
+      const isBudgeted = budgeted(input)
+      // The answer held back for the write-back is followed by this request: with a budget it is
+      // recorded now, so the check below sees it. Without one nothing reads the window before the
+      // write-back, so every answer of the run waits for the write-back transaction (a tools-mode
+      // run saves a transaction of its own per answer).
+      if (run.heldUsage !== undefined && isBudgeted) {
+        const held = yield* Ref.getAndSet(run.heldUsage, [])
+        if (held.length > 0) pending.push(yield* record(held))
+      }
+      const verdict = isBudgeted
+        ? yield* Effect.zipRight(joinAll(pending), ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry)))
+        : ({ _tag: "Ok" } as const)
+      if (verdict._tag === "Exhausted") {
+        return yield* new BudgetExhausted({
+          budget: verdict.budget,
+          spent: verdict.spent,
+          limit: verdict.limit,
+          ...Option.match(verdict.freeAt, { onNone: () => ({}), onSome: (d) => ({ freeAtMs: d.getTime() }) }),
+        })
+      }
+      const answer = yield* llm.complete(messages, options)
+      if (Option.isSome(answer.usage)) {
+        const entry: UsageEntry = {
+          userId: run.userId,
+          agentId: input.agent?.id ?? null,
+          missionId: input.mission.id,
+          iterationId: run.iterationId,
+          answerKey: answerKey(run.iterationId, run.attemptId, ordinal),
+          tokens: answer.usage.value.totalTokens,
+          at: new Date(yield* Clock.currentTimeMillis),
         }
-        const verdict = isBudgeted
-          ? yield* Effect.zipRight(joinAll(pending), ledger.value.budgetCheck({ userId: run.userId, agent: input.agent }).pipe(Effect.retry(ledgerRetry)))
-          : ({ _tag: "Ok" } as const)
-        if (verdict._tag === "Exhausted") {
-          return yield* new BudgetExhausted({
-            budget: verdict.budget,
-            spent: verdict.spent,
-            limit: verdict.limit,
-            ...Option.match(verdict.freeAt, { onNone: () => ({}), onSome: (d) => ({ freeAtMs: d.getTime() }) }),
-          })
-        }
-        const answer = yield* llm.complete(messages, options)
-        if (Option.isSome(answer.usage)) {
-          const entry: UsageEntry = {
-            userId: run.userId,
-            agentId: input.agent?.id ?? null,
-            missionId: input.mission.id,
-            iterationId: run.iterationId,
-            answerKey: answerKey(run.iterationId, run.attemptId, ordinal),
-            tokens: answer.usage.value.totalTokens,
-            at: new Date(yield* Clock.currentTimeMillis),
-          }
-          if (run.heldUsage !== undefined) yield* Ref.update(run.heldUsage, (held) => [...held, entry])
-          else pending.push(yield* record([entry]))
-        }
-        return answer
-      })
+        if (run.heldUsage !== undefined) yield* Ref.update(run.heldUsage, (held) => [...held, entry])
+        else pending.push(yield* record([entry]))
+      }
+      return answer
+    })
 
     /** Counts and logs one rejected answer; fails with PlanRejected once the repair turns are used up. */
-    const rejectedAnswer = (missionId: string, rejection: Rejection, rejected: number) =>
-      Effect.gen(function* () {
-        yield* Metric.increment(parseFailuresTotal)
-        yield* Metric.increment(Metric.tagged(planRejectionsTotal, "kind", rejection.kind))
-        yield* Effect.logWarning("planner answer rejected").pipe(
-          Effect.annotateLogs({ missionId, kind: rejection.kind, reason: rejection.reason, answer: rejected + 1 }),
-        )
-        if (rejected >= repairAttempts) {
-          return yield* new PlanRejected({ kind: rejection.kind, reason: rejection.reason, attempts: rejected + 1 })
-        }
-      })
+    const rejectedAnswer = Effect.fnUntraced(function* (missionId: string, rejection: Rejection, rejected: number) {
+      yield* Metric.increment(parseFailuresTotal)
+      yield* Metric.increment(Metric.tagged(planRejectionsTotal, "kind", rejection.kind))
+      yield* Effect.logWarning("planner answer rejected").pipe(
+        Effect.annotateLogs({ missionId, kind: rejection.kind, reason: rejection.reason, answer: rejected + 1 }),
+      )
+      if (rejected >= repairAttempts) {
+        return yield* new PlanRejected({ kind: rejection.kind, reason: rejection.reason, attempts: rejected + 1 })
+      }
+    })
 
-    const planJson = (input: PlannerInput, now: Date, pending: Pending) =>
-      Effect.gen(function* () {
-        const tools = catalogueFor(allTools, input.agent)
-        const prompt = withPersona(buildPrompt({
-          mission: input.mission,
-          resolvedInputs: input.resolvedInputs,
-          tools,
-          now,
-          mode: "json",
-          ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-        }), personaText(input.agent))
-        const usage: Array<TokenUsage> = []
-        let messages = prompt
-        for (let rejected = 0; ; rejected++) {
-          const answer = yield* ask(input, pending, rejected, messages)
-          if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
-          const parsed = parsePlan(answer.content, tools)
-          if (Either.isRight(parsed)) {
-            return { plan: parsed.right, usage, rejectedAnswers: rejected } satisfies PlannerResult
-          }
-          yield* rejectedAnswer(input.mission.id, parsed.left, rejected)
-          // Each repair turn builds on the original prompt and the latest answer only, so it stays small.
-          messages = repairMessages(prompt, answer.content, parsed.left.reason)
+    const planJson = Effect.fnUntraced(function* (input: PlannerInput, now: Date, pending: Pending) {
+      const tools = catalogueFor(allTools, input.agent)
+      const prompt = withPersona(buildPrompt({
+        mission: input.mission,
+        resolvedInputs: input.resolvedInputs,
+        tools,
+        now,
+        mode: "json",
+        ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
+      }), personaText(input.agent))
+      const usage: Array<TokenUsage> = []
+      let messages = prompt
+      for (let rejected = 0; ; rejected++) {
+        const answer = yield* ask(input, pending, rejected, messages)
+        if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
+        const parsed = parsePlan(answer.content, tools)
+        if (Either.isRight(parsed)) {
+          return { plan: parsed.right, usage, rejectedAnswers: rejected } satisfies PlannerResult
         }
-      })
+        yield* rejectedAnswer(input.mission.id, parsed.left, rejected)
+        // Each repair turn builds on the original prompt and the latest answer only, so it stays small.
+        messages = repairMessages(prompt, answer.content, parsed.left.reason)
+      }
+    })
 
     /**
      * Tools mode (SPEC §4): each round's calls become steps in order, each answered as recorded, until
      * an answer has no calls, the plan holds MAX_PLAN_STEPS, or PLANNER_MAX_ROUNDS rounds were asked.
      * A rejected answer is all-or-nothing and gets a repair turn that is not a round.
      */
-    const planTools = (input: PlannerInput, now: Date, pending: Pending) =>
-      Effect.gen(function* () {
-        const tools = catalogueFor(allTools, input.agent)
-        const offered: ReadonlyArray<FunctionTool> = offeredFor(tools)
-        let messages = withPersona(buildPrompt({
-          mission: input.mission,
-          resolvedInputs: input.resolvedInputs,
-          tools,
-          now,
-          mode: "tools",
-          ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-        }), personaText(input.agent))
-        const usage: Array<TokenUsage> = []
-        let answers = 0
-        const steps: Array<PlannedStep> = []
-        let summary = ""
-        let rejected = 0
-        let rounds = 0
-        while (rounds < maxRounds && steps.length < MAX_PLAN_STEPS) {
-          const answer = yield* ask(input, pending, answers++, messages, { tools: offered })
-          if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
-          const text = checkSummaryText(answer.content)
-          const checked: Either.Either<ReadonlyArray<PlannedStep>, { rejection: Rejection; perCall: ReadonlyArray<string> }> =
-            Either.isLeft(text)
-              ? Either.left({ rejection: text.left, perCall: answer.toolCalls.map(() => text.left.reason) })
-              : answer.toolCalls.length === 0 && text.right === "" && steps.length === 0
-                ? Either.left({ rejection: { kind: "empty-answer", reason: "the answer holds neither tool calls nor text" }, perCall: [] })
-                : validateToolCalls(answer.toolCalls, steps.length, tools)
-          if (Either.isLeft(checked)) {
-            yield* rejectedAnswer(input.mission.id, checked.left.rejection, rejected)
-            rejected++
-            messages = [
-              ...messages,
-              ...toolRepairRound(answer.content, answer.toolCalls, checked.left.perCall, checked.left.rejection.reason),
-            ]
-            continue
-          }
-          rounds++
-          if (Either.isRight(text) && text.right !== "") summary = text.right
-          if (answer.toolCalls.length === 0) {
-            // Legitimate ("nothing to do"), but also what a model or proxy that ignores `tools` does.
-            if (steps.length === 0) {
-              yield* Effect.logWarning("planner answer has no tool calls: a plan with no steps").pipe(
-                Effect.annotateLogs({ missionId: input.mission.id }),
-              )
-            }
-            break
-          }
-          steps.push(...checked.right)
-          messages = [...messages, ...recordedRound(answer.content, answer.toolCalls)]
+    const planTools = Effect.fnUntraced(function* (input: PlannerInput, now: Date, pending: Pending) {
+      const tools = catalogueFor(allTools, input.agent)
+      const offered: ReadonlyArray<FunctionTool> = offeredFor(tools)
+      let messages = withPersona(buildPrompt({
+        mission: input.mission,
+        resolvedInputs: input.resolvedInputs,
+        tools,
+        now,
+        mode: "tools",
+        ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
+      }), personaText(input.agent))
+      const usage: Array<TokenUsage> = []
+      let answers = 0
+      const steps: Array<PlannedStep> = []
+      let summary = ""
+      let rejected = 0
+      let rounds = 0
+      while (rounds < maxRounds && steps.length < MAX_PLAN_STEPS) {
+        const answer = yield* ask(input, pending, answers++, messages, { tools: offered })
+        if (Option.isSome(answer.usage)) usage.push(answer.usage.value)
+        const text = checkSummaryText(answer.content)
+        const checked: Either.Either<ReadonlyArray<PlannedStep>, { rejection: Rejection; perCall: ReadonlyArray<string> }> =
+          Either.isLeft(text)
+            ? Either.left({ rejection: text.left, perCall: answer.toolCalls.map(() => text.left.reason) })
+            : answer.toolCalls.length === 0 && text.right === "" && steps.length === 0
+              ? Either.left({ rejection: { kind: "empty-answer", reason: "the answer holds neither tool calls nor text" }, perCall: [] })
+              : validateToolCalls(answer.toolCalls, steps.length, tools)
+        if (Either.isLeft(checked)) {
+          yield* rejectedAnswer(input.mission.id, checked.left.rejection, rejected)
+          rejected++
+          messages = [
+            ...messages,
+            ...toolRepairRound(answer.content, answer.toolCalls, checked.left.perCall, checked.left.rejection.reason),
+          ]
+          continue
         }
-        yield* Metric.update(plannerRounds, rounds)
-        const plan = {
-          summary: summary !== "" ? summary : steps.length === 0 ? "Nothing to propose." : `${steps.length === 1 ? "One step" : `${steps.length} steps`} proposed.`,
-          steps,
+        rounds++
+        if (Either.isRight(text) && text.right !== "") summary = text.right
+        if (answer.toolCalls.length === 0) {
+          // Legitimate ("nothing to do"), but also what a model or proxy that ignores `tools` does.
+          if (steps.length === 0) {
+            yield* Effect.logWarning("planner answer has no tool calls: a plan with no steps").pipe(
+              Effect.annotateLogs({ missionId: input.mission.id }),
+            )
+          }
+          break
         }
-        return { plan, usage, rejectedAnswers: rejected } satisfies PlannerResult
-      })
+        steps.push(...checked.right)
+        messages = [...messages, ...recordedRound(answer.content, answer.toolCalls)]
+      }
+      yield* Metric.update(plannerRounds, rounds)
+      const plan = {
+        summary: summary !== "" ? summary : steps.length === 0 ? "Nothing to propose." : `${steps.length === 1 ? "One step" : `${steps.length} steps`} proposed.`,
+        steps,
+      }
+      return { plan, usage, rejectedAnswers: rejected } satisfies PlannerResult
+    })
 
     const plan = (input: PlannerInput) =>
       Effect.flatMap(Clock.currentTimeMillis, (ms) =>

@@ -149,113 +149,112 @@ export const makeWriteBack = Effect.gen(function* () {
    * and the caller reads the mission again. When it inserts, its row also sets
    * `app.written_iteration`, which the usage statement after it in the same transaction waits for.
    */
-  const buildAppend = (
+  const buildAppend = Effect.fnUntraced(function* (
     sql: SqlClient.SqlClient,
     request: WriteRequest,
     current: Extract<CurrentMission, { _tag: "Appendable" }>,
     /** Today's generation: the agent the actor names (null: the legacy principal). */
     agent: ActorAgent | null,
     basis?: WriteBasis,
-  ): Effect.Effect<BuiltAppend> =>
-    Effect.gen(function* () {
-      const nowMs = yield* Clock.currentTimeMillis
-      const writtenMs = writeTimeFor(nowMs, current.state)
-      const writtenAt = new Date(writtenMs).toISOString()
-      // SPEC §6: strictly after the write time actually stamped, which a device clock ahead pushes later.
-      const next = nextRunFor(current.mission, new Date(writtenMs), config.defaultTimezone)
-      if (Either.isLeft(next)) {
-        yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
-          Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
-        )
-        return { _tag: "Skipped", result: { _tag: "Skipped", reason: "malformed" } } as const
-      }
-      const nextRunAt = next.right === null ? null : next.right.toISOString()
-      // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
-      // Postgres copies them from the row they came from (the read's replay names it): the list grows by
-      // one with every run, and sending it back cost the runner a JSON text and a socket write of the
-      // whole history per run (issue 16: about 34 KB at 40 iterations) and Postgres its parse. The row
-      // is in the append-only log for good; should it be missing all the same, nothing is inserted
-      // rather than a list without it. Without that row's id, the list is sent as before.
-      const from = current.iterationsFrom
-      const hasIterations = Object.hasOwn(current.record, "iterations")
-      const copied = hasIterations && from !== undefined
-      const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
-      const dataSql = copied
-        ? sql`jsonb_build_object(
-                'iterations', (SELECT w.data -> 'iterations' FROM sync_changes w WHERE w.id = ${from}::uuid AND w.record_id = ${request.missionId})
-                              || jsonb_build_array(${JSON.stringify(request.iteration)}::jsonb),
-                'nextRunAt', ${nextRunAt}::text)`
-        : sql`${JSON.stringify({ iterations: [...existing, request.iteration], nextRunAt })}::jsonb`
-      const sourcePresent = copied
-        ? sql`EXISTS (SELECT 1 FROM sync_changes w WHERE w.id = ${from}::uuid AND w.record_id = ${request.missionId}
-                      AND jsonb_typeof(w.data -> 'iterations') = 'array')`
-        : sql`true`
-      const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
-      const timeColumn = sql(eventLog.timeColumn)
-      // The row folded into the mission's snapshot and marked applied (see the header): only under
-      // discovery's lock (taken by the scoping statement, `app.snapshot_lock`), only onto a snapshot
-      // that is live, valid and active (so the row's two valid fields keep it valid and schedulable
-      // exactly when nextRunAt is set) and whose newest row sorts before this one (so no delete of
-      // the snapshot's can come after it). Its times are the write time, newer than any the
-      // snapshot's rows hold for both fields (they are among the rows this append was checked against).
-      // The mark: a record mark of its own holding this one id (applied_records, migration 0007).
-      const folded = !snapshotsPresent
-        ? sql``
-        : sql`,
-          snap AS (
-            UPDATE mana_ai.mission_snapshots m
-            SET record = m.record || ins.data,
-                field_times = m.field_times || jsonb_build_object('iterations', ${writtenMs}::bigint, 'nextRunAt', ${writtenMs}::bigint),
-                last_created_at = ins.created_at, last_change_id = ins.id,
-                next_run_at = ${nextRunAt}::timestamptz, schedulable = ${nextRunAt !== null}, updated_at = now()
-            FROM ins
-            WHERE current_setting('app.snapshot_lock', true) = 'true'
-              AND m.user_id = ${request.userId} AND m.record_id = ${request.missionId}
-              AND m.record IS NOT NULL AND NOT m.deleted AND m.malformed_reason IS NULL AND m.state = 'active'
-              AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
-            RETURNING 1),
-          marked AS (
-            INSERT INTO mana_ai.applied_records (user_id, record_id, newest_at, change_ids)
-            SELECT ${request.userId}, ${request.missionId}, ins.created_at, ARRAY[ins.id] FROM ins WHERE EXISTS (SELECT 1 FROM snap))`
-      const rowsOf = (appId: string, table: string, recordId: string) =>
-        sql`(SELECT count(*) FROM sync_changes
-             WHERE user_id = ${request.userId} AND app_id = ${appId} AND table_name = ${table} AND record_id = ${recordId})`
-      const agentId = basis?.actor.agentId
-      const unchanged =
-        basis === undefined
-          ? sql`WHERE ${sourcePresent}`
-          : sql`WHERE ${sourcePresent} AND ${rowsOf(MISSIONS_APP_ID, MISSIONS_TABLE, request.missionId)} = ${basis.missionRows}${
-              eventLog.generation === "field_meta" && agentId !== undefined
-                ? sql` AND ${rowsOf(MISSIONS_APP_ID, AGENTS_TABLE, agentId)} = ${basis.actor.agentRows}`
-                : sql``
-            }`
-      const written = sql`SELECT set_config('app.written_iteration', ${request.iteration.id}, true) AS written FROM ins`
-      const statement =
-        eventLog.generation === "field_meta"
-          ? sql`
-          WITH ins AS (
-            INSERT INTO sync_changes
-              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
-            SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-                   ${dataSql}, ${JSON.stringify(fieldTimes)}::jsonb,
-                   ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(
-                     aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
-                   )}::jsonb, ${RUNNER_ORIGIN}
-            ${unchanged}
-            RETURNING id, created_at, data)${folded}
-          ${written}`
-          : sql`
-          WITH ins AS (
-            INSERT INTO sync_changes
-              (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
-            SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-                   ${dataSql}, ${JSON.stringify(fieldTimes)}::jsonb,
-                   ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
-            ${unchanged}
-            RETURNING id, created_at, data)${folded}
-          ${written}`
-      return { _tag: "Statement", statement, nextRunAt, writtenAt } as const
-    })
+  ): Effect.fn.Return<BuiltAppend> {
+    const nowMs = yield* Clock.currentTimeMillis
+    const writtenMs = writeTimeFor(nowMs, current.state)
+    const writtenAt = new Date(writtenMs).toISOString()
+    // SPEC §6: strictly after the write time actually stamped, which a device clock ahead pushes later.
+    const next = nextRunFor(current.mission, new Date(writtenMs), config.defaultTimezone)
+    if (Either.isLeft(next)) {
+      yield* Effect.logWarning(`write-back skipped: the next run cannot be computed: ${next.left.reason}`).pipe(
+        Effect.annotateLogs({ reason: "malformed", iterationId: request.iteration.id }),
+      )
+      return { _tag: "Skipped", result: { _tag: "Skipped", reason: "malformed" } } as const
+    }
+    const nextRunAt = next.right === null ? null : next.right.toISOString()
+    // Existing iterations exactly as stored (unknown keys included), not as decoded; missing = none yet.
+    // Postgres copies them from the row they came from (the read's replay names it): the list grows by
+    // one with every run, and sending it back cost the runner a JSON text and a socket write of the
+    // whole history per run (issue 16: about 34 KB at 40 iterations) and Postgres its parse. The row
+    // is in the append-only log for good; should it be missing all the same, nothing is inserted
+    // rather than a list without it. Without that row's id, the list is sent as before.
+    const from = current.iterationsFrom
+    const hasIterations = Object.hasOwn(current.record, "iterations")
+    const copied = hasIterations && from !== undefined
+    const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
+    const dataSql = copied
+      ? sql`jsonb_build_object(
+              'iterations', (SELECT w.data -> 'iterations' FROM sync_changes w WHERE w.id = ${from}::uuid AND w.record_id = ${request.missionId})
+                            || jsonb_build_array(${JSON.stringify(request.iteration)}::jsonb),
+              'nextRunAt', ${nextRunAt}::text)`
+      : sql`${JSON.stringify({ iterations: [...existing, request.iteration], nextRunAt })}::jsonb`
+    const sourcePresent = copied
+      ? sql`EXISTS (SELECT 1 FROM sync_changes w WHERE w.id = ${from}::uuid AND w.record_id = ${request.missionId}
+                    AND jsonb_typeof(w.data -> 'iterations') = 'array')`
+      : sql`true`
+    const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
+    const timeColumn = sql(eventLog.timeColumn)
+    // The row folded into the mission's snapshot and marked applied (see the header): only under
+    // discovery's lock (taken by the scoping statement, `app.snapshot_lock`), only onto a snapshot
+    // that is live, valid and active (so the row's two valid fields keep it valid and schedulable
+    // exactly when nextRunAt is set) and whose newest row sorts before this one (so no delete of
+    // the snapshot's can come after it). Its times are the write time, newer than any the
+    // snapshot's rows hold for both fields (they are among the rows this append was checked against).
+    // The mark: a record mark of its own holding this one id (applied_records, migration 0007).
+    const folded = !snapshotsPresent
+      ? sql``
+      : sql`,
+        snap AS (
+          UPDATE mana_ai.mission_snapshots m
+          SET record = m.record || ins.data,
+              field_times = m.field_times || jsonb_build_object('iterations', ${writtenMs}::bigint, 'nextRunAt', ${writtenMs}::bigint),
+              last_created_at = ins.created_at, last_change_id = ins.id,
+              next_run_at = ${nextRunAt}::timestamptz, schedulable = ${nextRunAt !== null}, updated_at = now()
+          FROM ins
+          WHERE current_setting('app.snapshot_lock', true) = 'true'
+            AND m.user_id = ${request.userId} AND m.record_id = ${request.missionId}
+            AND m.record IS NOT NULL AND NOT m.deleted AND m.malformed_reason IS NULL AND m.state = 'active'
+            AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
+          RETURNING 1),
+        marked AS (
+          INSERT INTO mana_ai.applied_records (user_id, record_id, newest_at, change_ids)
+          SELECT ${request.userId}, ${request.missionId}, ins.created_at, ARRAY[ins.id] FROM ins WHERE EXISTS (SELECT 1 FROM snap))`
+    const rowsOf = (appId: string, table: string, recordId: string) =>
+      sql`(SELECT count(*) FROM sync_changes
+           WHERE user_id = ${request.userId} AND app_id = ${appId} AND table_name = ${table} AND record_id = ${recordId})`
+    const agentId = basis?.actor.agentId
+    const unchanged =
+      basis === undefined
+        ? sql`WHERE ${sourcePresent}`
+        : sql`WHERE ${sourcePresent} AND ${rowsOf(MISSIONS_APP_ID, MISSIONS_TABLE, request.missionId)} = ${basis.missionRows}${
+            eventLog.generation === "field_meta" && agentId !== undefined
+              ? sql` AND ${rowsOf(MISSIONS_APP_ID, AGENTS_TABLE, agentId)} = ${basis.actor.agentRows}`
+              : sql``
+          }`
+    const written = sql`SELECT set_config('app.written_iteration', ${request.iteration.id}, true) AS written FROM ins`
+    const statement =
+      eventLog.generation === "field_meta"
+        ? sql`
+        WITH ins AS (
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
+          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                 ${dataSql}, ${JSON.stringify(fieldTimes)}::jsonb,
+                 ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(
+                   aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
+                 )}::jsonb, ${RUNNER_ORIGIN}
+          ${unchanged}
+          RETURNING id, created_at, data)${folded}
+        ${written}`
+        : sql`
+        WITH ins AS (
+          INSERT INTO sync_changes
+            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
+          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
+                 ${dataSql}, ${JSON.stringify(fieldTimes)}::jsonb,
+                 ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
+          ${unchanged}
+          RETURNING id, created_at, data)${folded}
+        ${written}`
+    return { _tag: "Statement", statement, nextRunAt, writtenAt } as const
+  })
 
   const writtenResult = (request: WriteRequest, built: Extract<BuiltAppend, { _tag: "Statement" }>): WriteResult => ({
     _tag: "Written",
@@ -277,8 +276,7 @@ export const makeWriteBack = Effect.gen(function* () {
    * in one round trip, then COMMIT (`pipelinedTransaction`). Undefined when the rows changed since
    * the basis was read.
    */
-  const appendOnBasis = (request: WriteRequest, basis: WriteBasis) =>
-    Effect.gen(function* (): Effect.fn.Return<WriteResult | undefined, SqlError> {
+  const appendOnBasis = Effect.fnUntraced(function* (request: WriteRequest, basis: WriteBasis): Effect.fn.Return<WriteResult | undefined, SqlError> {
       const built = yield* buildAppend(sqlClient, request, basis.current, basis.actor.agent, basis)
       if (built._tag === "Skipped") return built.result
       // Pipelined since issue 16's run-cpu round (4 round trips -> 2). It was reverted once (ad8d8b5)
