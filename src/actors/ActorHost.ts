@@ -339,109 +339,106 @@ export const make = <M, S, V, E>(
     })
 
     /** One turn: a new incarnation when needed, then messages until the behaviour parks or retires. */
-    const runTurn = (cell: Cell<M, S>, turn: number): Effect.Effect<"parked" | "retired", E, Scope.Scope> =>
-      Effect.gen(function* () {
-        let carried: ReadonlyArray<M> = []
-        if (!cell.incarnated || cell.state === null) {
-          const started = yield* behaviour.start(cell.key, takeQueued(cell))
-          cell.state = started.state
-          cell.incarnated = true
-          carried = started.carried
-        }
-        if (cell.mailbox === null) {
-          const fresh = yield* Queue.unbounded<M | typeof WakeUp>()
-          // A message may have made one meanwhile.
-          cell.mailbox ??= fresh
-        }
-        const mailbox = cell.mailbox
-        const actor = yield* behaviour.turn(contextOf(cell), cell.state)
-        for (const message of carried) yield* actor.receive(message)
-        while (true) {
-          const next = yield* actor.next
-          const now = yield* Clock.currentTimeMillis
-          const end = yield* Next.$match(next, {
-            Continue: ({ wakeAt }) =>
-              Effect.suspend(() => {
-                cell.idleSince = null
-                return Effect.as(nudge(setWakeNow(cell, wakeAt)), null)
-              }),
-            Park: ({ wakeAt }) =>
-              Effect.suspend(() => {
-                cell.idleSince = null
-                const rearm = setWakeNow(cell, wakeAt)
-                const parked = tryPark(cell, turn)
-                return Effect.as(nudge(rearm), parked ? ("parked" as const) : null)
-              }),
-            Retire: () =>
-              Effect.suspend(() => {
-                cell.idleSince ??= now
-                const retireAt = cell.idleSince + Duration.toMillis(options.idleTtl)
-                if (retireAt <= now && tryRetire(cell, turn)) return Effect.succeed("retired" as const)
-                const rearm = setWakeNow(cell, retireAt)
-                const parked = tryPark(cell, turn)
-                return Effect.as(nudge(rearm), parked ? ("parked" as const) : null)
-              }),
-          })
-          if (end !== null) return end
-          const letter = yield* Queue.take(mailbox)
-          if (letter !== WakeUp) yield* actor.receive(letter)
-        }
-      })
+    const runTurn = Effect.fnUntraced(function* (cell: Cell<M, S>, turn: number): Effect.fn.Return<"parked" | "retired", E, Scope.Scope> {
+      let carried: ReadonlyArray<M> = []
+      if (!cell.incarnated || cell.state === null) {
+        const started = yield* behaviour.start(cell.key, takeQueued(cell))
+        cell.state = started.state
+        cell.incarnated = true
+        carried = started.carried
+      }
+      if (cell.mailbox === null) {
+        const fresh = yield* Queue.unbounded<M | typeof WakeUp>()
+        // A message may have made one meanwhile.
+        cell.mailbox ??= fresh
+      }
+      const mailbox = cell.mailbox
+      const actor = yield* behaviour.turn(contextOf(cell), cell.state)
+      for (const message of carried) yield* actor.receive(message)
+      while (true) {
+        const next = yield* actor.next
+        const now = yield* Clock.currentTimeMillis
+        const end = yield* Next.$match(next, {
+          Continue: ({ wakeAt }) =>
+            Effect.suspend(() => {
+              cell.idleSince = null
+              return Effect.as(nudge(setWakeNow(cell, wakeAt)), null)
+            }),
+          Park: ({ wakeAt }) =>
+            Effect.suspend(() => {
+              cell.idleSince = null
+              const rearm = setWakeNow(cell, wakeAt)
+              const parked = tryPark(cell, turn)
+              return Effect.as(nudge(rearm), parked ? ("parked" as const) : null)
+            }),
+          Retire: () =>
+            Effect.suspend(() => {
+              cell.idleSince ??= now
+              const retireAt = cell.idleSince + Duration.toMillis(options.idleTtl)
+              if (retireAt <= now && tryRetire(cell, turn)) return Effect.succeed("retired" as const)
+              const rearm = setWakeNow(cell, retireAt)
+              const parked = tryPark(cell, turn)
+              return Effect.as(nudge(rearm), parked ? ("parked" as const) : null)
+            }),
+        })
+        if (end !== null) return end
+        const letter = yield* Queue.take(mailbox)
+        if (letter !== WakeUp) yield* actor.receive(letter)
+      }
+    })
 
     /** Starts a fresh incarnation of a cell without a fiber (backing off, quarantined, restarting). */
-    const restartNow = (cell: Cell<M, S>, why: string) =>
-      Effect.gen(function* () {
-        cell.incarnated = false
-        cell.idleSince = null
-        cell.restarts++
-        yield* nudge(setWakeNow(cell, null))
-        activate(cell)
-        yield* Metric.increment(options.metrics.restarts)
-        yield* publishGauges
-        yield* Effect.logInfo(why).pipe(Effect.annotateLogs(options.keyName, cell.key))
-      })
+    const restartNow = Effect.fnUntraced(function* (cell: Cell<M, S>, why: string) {
+      cell.incarnated = false
+      cell.idleSince = null
+      cell.restarts++
+      yield* nudge(setWakeNow(cell, null))
+      activate(cell)
+      yield* Metric.increment(options.metrics.restarts)
+      yield* publishGauges
+      yield* Effect.logInfo(why).pipe(Effect.annotateLogs(options.keyName, cell.key))
+    })
 
-    const onFailure = (cell: Cell<M, S>, turn: number, cause: Cause.Cause<unknown>) =>
-      Effect.gen(function* () {
-        if (cell.turn !== turn || cell.phase !== "active") return
-        const now = yield* Clock.currentTimeMillis
-        const windowMs = Duration.toMillis(options.restartWindow)
-        cell.failures = [...cell.failures.filter((t) => t > now - windowMs), now]
-        const failures = cell.failures.length
-        const reason = describeCause(cause)
-        const quarantine = failures >= options.restartMax
-        const wait = quarantine ? Option.getOrNull(options.quarantine) : yield* nthDelay(options.restartBackoff, failures)
-        const until = wait === null ? null : now + Duration.toMillis(wait)
-        if (cell.turn !== turn || cell.phase !== "active") return
-        if (cell.leaving) {
-          // Dropped while it ran: it is another runner's now, so it is not restarted here.
-          evict(cell)
-          setWakeNow(cell, null)
-          cell.fiber = null
-          yield* rejectQueued(cell, "actor stopped")
-          return yield* publishGauges
-        }
-        setPhase(cell, quarantine ? "quarantined" : "backing-off")
+    const onFailure = Effect.fnUntraced(function* (cell: Cell<M, S>, turn: number, cause: Cause.Cause<unknown>) {
+      if (cell.turn !== turn || cell.phase !== "active") return
+      const now = yield* Clock.currentTimeMillis
+      const windowMs = Duration.toMillis(options.restartWindow)
+      cell.failures = [...cell.failures.filter((t) => t > now - windowMs), now]
+      const failures = cell.failures.length
+      const reason = describeCause(cause)
+      const quarantine = failures >= options.restartMax
+      const wait = quarantine ? Option.getOrNull(options.quarantine) : yield* nthDelay(options.restartBackoff, failures)
+      const until = wait === null ? null : now + Duration.toMillis(wait)
+      if (cell.turn !== turn || cell.phase !== "active") return
+      if (cell.leaving) {
+        // Dropped while it ran: it is another runner's now, so it is not restarted here.
+        evict(cell)
+        setWakeNow(cell, null)
         cell.fiber = null
-        cell.incarnated = false
-        cell.idleSince = null
-        cell.lastError = reason
-        yield* nudge(setWakeNow(cell, until))
-        // A quarantined actor takes nothing: whoever waits for an answer gets one now.
-        if (quarantine) yield* rejectQueued(cell, "quarantined")
-        yield* publishGauges
-        const at = until === null ? "until lifted" : new Date(until).toISOString()
-        if (quarantine) {
-          yield* Effect.logError("actor quarantined: it failed too often").pipe(
-            Effect.annotateLogs({ reason, failures, until: at }),
-          )
-          if (options.onQuarantine !== undefined) yield* options.onQuarantine(cell.key, reason)
-        } else {
-          yield* Effect.logError("actor failed; restarting after backoff").pipe(
-            Effect.annotateLogs({ reason, failures, restartAt: at }),
-          )
-        }
-      })
+        yield* rejectQueued(cell, "actor stopped")
+        return yield* publishGauges
+      }
+      setPhase(cell, quarantine ? "quarantined" : "backing-off")
+      cell.fiber = null
+      cell.incarnated = false
+      cell.idleSince = null
+      cell.lastError = reason
+      yield* nudge(setWakeNow(cell, until))
+      // A quarantined actor takes nothing: whoever waits for an answer gets one now.
+      if (quarantine) yield* rejectQueued(cell, "quarantined")
+      yield* publishGauges
+      const at = until === null ? "until lifted" : new Date(until).toISOString()
+      if (quarantine) {
+        yield* Effect.logError("actor quarantined: it failed too often").pipe(
+          Effect.annotateLogs({ reason, failures, until: at }),
+        )
+        if (options.onQuarantine !== undefined) yield* options.onQuarantine(cell.key, reason)
+      } else {
+        yield* Effect.logError("actor failed; restarting after backoff").pipe(
+          Effect.annotateLogs({ reason, failures, restartAt: at }),
+        )
+      }
+    })
 
     const supervise = (cell: Cell<M, S>, turn: number): Effect.Effect<void> =>
       Effect.scoped(runTurn(cell, turn)).pipe(
@@ -524,20 +521,19 @@ export const make = <M, S, V, E>(
       leaving: false,
     })
 
-    const spawn = (key: string, state: Option.Option<S>) =>
-      Effect.gen(function* () {
-        if (books.has(key)) return false
-        const cell = newCell(key, state)
-        admit(cell)
-        const now = yield* Clock.currentTimeMillis
-        // Most actors start with nothing due: they park at once and need no fiber to start.
-        const parked = Option.isSome(state) ? behaviour.settle(state.value, now) : Option.none()
-        if (Option.isSome(parked)) yield* nudge(setWakeNow(cell, parked.value))
-        else activate(cell)
-        yield* publishGauges
-        yield* Effect.logInfo("actor started").pipe(Effect.annotateLogs(options.keyName, key))
-        return true
-      })
+    const spawn = Effect.fnUntraced(function* (key: string, state: Option.Option<S>) {
+      if (books.has(key)) return false
+      const cell = newCell(key, state)
+      admit(cell)
+      const now = yield* Clock.currentTimeMillis
+      // Most actors start with nothing due: they park at once and need no fiber to start.
+      const parked = Option.isSome(state) ? behaviour.settle(state.value, now) : Option.none()
+      if (Option.isSome(parked)) yield* nudge(setWakeNow(cell, parked.value))
+      else activate(cell)
+      yield* publishGauges
+      yield* Effect.logInfo("actor started").pipe(Effect.annotateLogs(options.keyName, key))
+      return true
+    })
 
     const quarantined = (key: string, reason: string) =>
       Effect.suspend(() => {
