@@ -478,18 +478,17 @@ export const make = Effect.gen(function* () {
     .pipe(Effect.withSpan("Supervisor.discover"))
 
   /** Hands a user's due missions to its actor (spawning one if needed); the reply comes when its runs end. */
-  const dispatch = (userId: string, snapshots: ReadonlyArray<MissionSnapshot>, now: number) =>
-    Effect.gen(function* () {
-      const reply = yield* Deferred.make<TickPart>()
-      const refuse = (reason: "quarantined" | "shutting down") =>
-        Deferred.succeed(reply, { ...emptyTickPart, errors: [TickError.ActorUnavailable({ userId, reason })] })
-      const message = UserActor.ActorMessage.RunNow({ request: { now, snapshots, reply } })
-      let sent = yield* host.send(userId, message)
-      if (sent === "no-actor" && (yield* spawn(userId, Option.none()))) sent = yield* host.send(userId, message)
-      if (sent === "quarantined") yield* refuse("quarantined")
-      else if (sent === "no-actor") yield* refuse("shutting down")
-      return reply
-    })
+  const dispatch = Effect.fnUntraced(function* (userId: string, snapshots: ReadonlyArray<MissionSnapshot>, now: number) {
+    const reply = yield* Deferred.make<TickPart>()
+    const refuse = (reason: "quarantined" | "shutting down") =>
+      Deferred.succeed(reply, { ...emptyTickPart, errors: [TickError.ActorUnavailable({ userId, reason })] })
+    const message = UserActor.ActorMessage.RunNow({ request: { now, snapshots, reply } })
+    let sent = yield* host.send(userId, message)
+    if (sent === "no-actor" && (yield* spawn(userId, Option.none()))) sent = yield* host.send(userId, message)
+    if (sent === "quarantined") yield* refuse("quarantined")
+    else if (sent === "no-actor") yield* refuse("shutting down")
+    return reply
+  })
 
   /** None: a discovery pass is under way (the tick is skipped). */
   const tickOnce = Effect.gen(function* () {

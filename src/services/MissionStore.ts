@@ -1221,12 +1221,13 @@ export const makeMissionStore = (
         ORDER BY record_id`)
 
     const claim: MissionStoreShape["claim"] = (key, owner, ttl) =>
-      Effect.gen(function* () {
-        // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
-        const now = yield* Clock.currentTimeMillis
-        const rows = yield* sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl), Option.isSome(shardCount))} SELECT 1 FROM claimed`
-        return rows.length > 0
-      })
+      // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.map(
+          sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl), Option.isSome(shardCount))} SELECT 1 FROM claimed`,
+          (rows) => rows.length > 0,
+        ),
+      )
 
     const releaseClaim: MissionStoreShape["releaseClaim"] = (key, owner) =>
       sql`

@@ -231,25 +231,27 @@ export const makeTokenLedger = Effect.gen(function* () {
   const spentInWindow = (scope: BudgetScope) =>
     Effect.map(window(scope, Number.MAX_SAFE_INTEGER), (w) => w.spent)
 
-  const budgetCheck = (run: { readonly userId: string; readonly agent: { readonly id: string; readonly maxTokensPerDay?: number | null | undefined } | undefined }) =>
-    Effect.gen(function* () {
-      const from = yield* since
-      const agentLimit = run.agent?.maxTokensPerDay
-      const own: Option.Option<{ budget: "agent" | "user"; scope: BudgetScope; limit: number }> =
-        run.agent !== undefined && agentLimit !== undefined && agentLimit !== null
-          ? Option.some({ budget: "agent", scope: { _tag: "Agent", userId: run.userId, agentId: run.agent.id }, limit: agentLimit })
-          : Option.map(budgets.userDailyTokens, (limit) => ({ budget: "user", scope: { _tag: "User", userId: run.userId }, limit }))
-      const readings: Array<BudgetReading> = []
-      if (Option.isSome(own)) {
-        const { budget, scope, limit } = own.value
-        readings.push({ budget, limit, window: yield* scoped(scope, windowQuery(scope, from, limit)) })
-      }
-      if (Option.isSome(budgets.llmDailyTokens)) {
-        const limit = budgets.llmDailyTokens.value
-        readings.push({ budget: "process", limit, window: yield* windowQuery({ _tag: "Process" }, from, limit) })
-      }
-      return budgetVerdict(readings)
-    }).pipe(withSpanWhenTracing("TokenLedger.budgetCheck"))
+  type BudgetRun = { readonly userId: string; readonly agent: { readonly id: string; readonly maxTokensPerDay?: number | null | undefined } | undefined }
+  // Made once (DEVELOPERS.md: no generator function made per call on a hot path; this is per LLM request).
+  const budgetCheckSteps = Effect.fnUntraced(function* (run: BudgetRun) {
+    const from = yield* since
+    const agentLimit = run.agent?.maxTokensPerDay
+    const own: Option.Option<{ budget: "agent" | "user"; scope: BudgetScope; limit: number }> =
+      run.agent !== undefined && agentLimit !== undefined && agentLimit !== null
+        ? Option.some({ budget: "agent", scope: { _tag: "Agent", userId: run.userId, agentId: run.agent.id }, limit: agentLimit })
+        : Option.map(budgets.userDailyTokens, (limit) => ({ budget: "user", scope: { _tag: "User", userId: run.userId }, limit }))
+    const readings: Array<BudgetReading> = []
+    if (Option.isSome(own)) {
+      const { budget, scope, limit } = own.value
+      readings.push({ budget, limit, window: yield* scoped(scope, windowQuery(scope, from, limit)) })
+    }
+    if (Option.isSome(budgets.llmDailyTokens)) {
+      const limit = budgets.llmDailyTokens.value
+      readings.push({ budget: "process", limit, window: yield* windowQuery({ _tag: "Process" }, from, limit) })
+    }
+    return budgetVerdict(readings)
+  })
+  const budgetCheck = (run: BudgetRun) => budgetCheckSteps(run).pipe(withSpanWhenTracing("TokenLedger.budgetCheck"))
 
   // Outside any user scope (the setting is cleared for this transaction), so the user policy matches
   // no row and only the DELETE-only retention policy applies: every user's rows past 48 h, nothing else.
