@@ -158,16 +158,28 @@ export const PlannerLive = Layer.effect(
       }
     })
 
+    /** The run's first messages in `mode`: the prompt (SPEC §4) with the agent's persona (SPEC §14). */
+    const promptFor = (
+      input: PlannerInput,
+      tools: ReturnType<typeof catalogueFor>,
+      now: Date,
+      mode: "json" | "tools",
+    ) =>
+      withPersona(
+        buildPrompt({
+          mission: input.mission,
+          resolvedInputs: input.resolvedInputs,
+          tools,
+          now,
+          mode,
+          ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
+        }),
+        personaText(input.agent),
+      )
+
     const planJson = Effect.fnUntraced(function* (input: PlannerInput, now: Date, pending: Pending) {
       const tools = catalogueFor(allTools, input.agent)
-      const prompt = withPersona(buildPrompt({
-        mission: input.mission,
-        resolvedInputs: input.resolvedInputs,
-        tools,
-        now,
-        mode: "json",
-        ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-      }), personaText(input.agent))
+      const prompt = promptFor(input, tools, now, "json")
       const usage: Array<TokenUsage> = []
       let messages = prompt
       for (let rejected = 0; ; rejected++) {
@@ -191,14 +203,7 @@ export const PlannerLive = Layer.effect(
     const planTools = Effect.fnUntraced(function* (input: PlannerInput, now: Date, pending: Pending) {
       const tools = catalogueFor(allTools, input.agent)
       const offered: ReadonlyArray<FunctionTool> = offeredFor(tools)
-      let messages = withPersona(buildPrompt({
-        mission: input.mission,
-        resolvedInputs: input.resolvedInputs,
-        tools,
-        now,
-        mode: "tools",
-        ...(input.unavailableInputs === undefined ? {} : { unavailableInputs: input.unavailableInputs }),
-      }), personaText(input.agent))
+      let messages = promptFor(input, tools, now, "tools")
       const usage: Array<TokenUsage> = []
       let answers = 0
       const steps: Array<PlannedStep> = []
