@@ -131,7 +131,7 @@ class Sequence {
     const prepared = this.named ? preparedOn(connection) : undefined
     // One socket write for the whole sequence: the messages are serialized here and sent as one buffer.
     // pg corks its own Parse…Sync instead, but Bun's net.Socket sends the first chunk written while
-    // corked at once and the rest on uncork: two writes (two syscalls) per sequence (issue 16).
+    // corked at once and the rest on uncork: two socket writes per sequence (issue 16).
     const messages: Array<Buffer> = []
     for (const [text, values] of this.statements) {
       const names = prepared
