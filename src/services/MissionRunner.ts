@@ -279,7 +279,6 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       userId: string,
       mission: MissionRef,
       iterationId: string,
-      key: { readonly userId: string; readonly missionId: string; readonly iterationId: string },
       now: number,
       also: ReadonlyArray<RecordRef>,
       claimed: Effect.Effect<void>,
@@ -291,7 +290,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         [
           sqlClient`SET LOCAL synchronous_commit = off`,
           scopeStatement(sqlClient, userId, {
-            with: claimCte(sqlClient, key, owner, now, claimTtlMs, inCluster),
+            with: claimCte(sqlClient, { userId, missionId: mission.id, iterationId }, owner, now, claimTtlMs, inCluster),
             columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
           }),
           ...(prepared
@@ -356,7 +355,6 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       /** Marks the claim as this run's: once taken, or when it may have been (interrupted under way). */
       claimed: Effect.Effect<void>,
     ): Effect.fn.Return<Planned, SqlError | MissionTimeout> {
-      const key = { userId, missionId: mission.id, iterationId }
       // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
       const now = yield* Clock.currentTimeMillis
       // One transaction in one round trip (issue 16, `pipelinedTransaction` with
@@ -373,7 +371,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       // (a synchronous commit, which flushes the WAL up to and past this one) checks the mission as
       // it stands for the run's iteration id.
       const also = resolvers.plainRefs(mission.inputs)
-      const checked = yield* check(userId, mission, iterationId, key, now, also, claimed).pipe(withSpanWhenTracing("checkMission"))
+      const checked = yield* check(userId, mission, iterationId, now, also, claimed).pipe(withSpanWhenTracing("checkMission"))
       if (checked._tag !== "Ready") return checked
       const { basis, agent } = checked
       const fresh = basis.current.mission
