@@ -5,6 +5,9 @@
  * stages figure builds them; `--probes` wraps them as the throughput and precision parts do. Run it under the profiler:
  *
  *   bun --cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof bench/tools/profileRun.ts --runs=3000
+ *
+ * The "measuring … at T0" and "measured at T1" lines on stderr give the measured window in epoch ms
+ * (a .cpuprofile's startTime is in epoch µs): `bench/tools/profileWindow.ts` sums the samples between them.
  */
 import { SqlClient } from "@effect/sql"
 import { BunRuntime } from "@effect/platform-bun"
@@ -48,9 +51,9 @@ const main = Effect.scoped(
       })
     const select1Before = yield* perCall(measured, () => sql`SELECT 1`)
     // On stderr, for a profiler attached from outside (e.g. `perf record -p <pid>`) to start with the measured runs.
-    process.stderr.write(`measuring ${measured.length} runs (pid ${process.pid})\n`)
+    process.stderr.write(`measuring ${measured.length} runs (pid ${process.pid}) at ${Date.now()}\n`)
     const run = yield* perCall(measured, (i) => runner.run(measured[i]!))
-    process.stderr.write("measured\n")
+    process.stderr.write(`measured at ${Date.now()}\n`)
     const select1 = yield* perCall(measured, () => sql`SELECT 1`)
     yield* Effect.logWarning(
       `runs ${measured.length}: ${run.toFixed(3)} ms CPU per run, ${select1.toFixed(3)} ms per SELECT 1 after the runs (${select1Before.toFixed(3)} before), ratio ${(run / select1).toFixed(1)}`,

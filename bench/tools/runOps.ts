@@ -6,7 +6,8 @@
  *
  *   bun bench/tools/runOps.ts --runs=200 [--top=40] [--what=run|llm|plan|select1|read|writeBack] [--trace=FILE]
  *
- * `--what` counts one piece instead of the whole run; `--trace` writes every instruction of the last
+ * The services are built as the process builds them (as the stages figure does); `--probes` wraps them in
+ * the bench's stopwatches, as the throughput and precision parts do. `--what` counts one piece instead of the whole run; `--trace` writes every instruction of the last
  * call in order (op code, then where its function comes from), to see which combinator made them.
  */
 import { writeFileSync } from "node:fs"
@@ -61,7 +62,7 @@ const main = Effect.scoped(
     const standIn = yield* startLlmStandIn(0)
     const db = yield* makeBenchDatabase(process.env.BENCH_OWNER_URL ?? DEFAULT_OWNER_URL)
     yield* seedDueMissions(db, { users: Math.ceil((runs + 100) / 5), missionsPerUser: 5, firstDueAt: Date.now() - 60_000, spreadMs: 0, withGoal: true })
-    const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: 64 }, standIn.url, makeRecorder()))
+    const ctx = yield* Layer.build(servicesLayer(db, { globalConcurrency: 64 }, standIn.url, process.argv.includes("--probes") ? makeRecorder() : undefined))
     const store = Context.get(ctx, MissionStore)
     const sql = Context.get(ctx, SqlClient.SqlClient)
     const llm = Context.get(ctx, LlmClient)
