@@ -35,7 +35,46 @@ const isEmptyObject = (o: Record<string, unknown>): boolean => {
 const ISO_INSTANT =
   /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?))?$/
 
-const daysInMonth = (year: number, month: number): number => new Date(Date.UTC(year, month, 0)).getUTCDate()
+/** Days in `month` (1–12) of `year` in the proleptic Gregorian calendar, as Date counts them. */
+const daysInMonth = (year: number, month: number): number =>
+  month === 2
+    ? (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0
+      ? 29
+      : 28
+    : month === 4 || month === 6 || month === 9 || month === 11
+      ? 30
+      : 31
+
+/** The number of `n` ASCII digits at `at`, or -1. */
+const digits = (s: string, at: number, n: number): number => {
+  let value = 0
+  for (let i = at; i < at + n; i++) {
+    const c = s.charCodeAt(i) - 48
+    if (c < 0 || c > 9) return -1
+    value = value * 10 + c
+  }
+  return value
+}
+
+/**
+ * `YYYY-MM-DDTHH:MM:SS.sssZ` with a year from 100 on, read by hand; undefined for anything else (the
+ * general parser then decides, so a string this rejects is never wrongly accepted or refused).
+ */
+const canonicalInstant = (s: string): number | undefined => {
+  if (s.charCodeAt(4) !== 45 || s.charCodeAt(7) !== 45 || s.charCodeAt(10) !== 84 || s.charCodeAt(13) !== 58) return undefined
+  if (s.charCodeAt(16) !== 58 || s.charCodeAt(19) !== 46 || s.charCodeAt(23) !== 90) return undefined
+  const year = digits(s, 0, 4)
+  const month = digits(s, 5, 2)
+  const day = digits(s, 8, 2)
+  const hour = digits(s, 11, 2)
+  const minute = digits(s, 14, 2)
+  const second = digits(s, 17, 2)
+  const ms = digits(s, 20, 3)
+  if (year < 100 || month < 0 || day < 0 || hour < 0 || minute < 0 || second < 0 || ms < 0) return undefined
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return undefined
+  if (hour > 23 || minute > 59 || second > 59) return undefined
+  return Date.UTC(year, month - 1, day, hour, minute, second, ms)
+}
 
 /**
  * Epoch ms of an ISO-8601 instant (`2024-01-01T00:00:00Z`, `…00.000Z`, `…+02:00`, `2024-01-01`),
@@ -43,6 +82,12 @@ const daysInMonth = (year: number, month: number): number => new Date(Date.UTC(y
  */
 export const parseInstant = (u: unknown): number | undefined => {
   if (typeof u !== "string") return undefined
+  // Almost every stamp is toISOString's form (`2024-01-01T00:00:00.000Z`): read without the regex
+  // and its captures (issue 16: about 1 % of a run's CPU); anything else takes the general path.
+  if (u.length === 24) {
+    const fast = canonicalInstant(u)
+    if (fast !== undefined) return fast
+  }
   const m = ISO_INSTANT.exec(u.trim())
   if (m === null) return undefined
   const [, y, mo, d, h, mi, s, frac, z, sign, oh, om] = m

@@ -103,8 +103,14 @@ type Callback = (error: Error | null, rows?: ReadonlyArray<Rows>) => void
  * the connection is free, and hands it the backend's answers until ReadyForQuery.
  */
 class Sequence {
-  /** For pg's log and error messages, and bench/tools/runStatements.ts. */
-  readonly text: string
+  /**
+   * For pg's log and error messages, and bench/tools/runStatements.ts: built when read (issue 16: joining
+   * the statements' texts for every sequence was about 1 % of a run's CPU, and pg reads it only for a
+   * named query).
+   */
+  get text(): string {
+    return `/* pipelined */ ${this.statements.map(([text]) => text.trim()).join("; ")}`
+  }
   callback: Callback | undefined = undefined
   /** pg sets `_result._types` to the client's type parsers before submitting. */
   readonly _result: PgResult = new PgResultClass(undefined, undefined)
@@ -116,9 +122,7 @@ class Sequence {
     private readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>]>,
     /** Parse each statement once per connection under a name (see `Prepared`); only where a failure destroys the connection. */
     private readonly named: boolean,
-  ) {
-    this.text = `/* pipelined */ ${statements.map(([text]) => text.trim()).join("; ")}`
-  }
+  ) {}
 
   /**
    * Whether this sequence parsed a statement under a new name: if it then fails, the backend skipped the

@@ -378,6 +378,52 @@ describe("parseInstant", () => {
   ])("rejects %j", (input) => {
     expect(parseInstant(input)).toBeUndefined()
   })
+
+  // toISOString's form is read by hand; the same text with a space in front takes the general path.
+  it("reads toISOString's form as the general parser does, valid or not", () => {
+    const pad = (n: number, width: number) => String(n).padStart(width, "0")
+    const cases = [
+      "2024-02-29T23:59:59.999Z",
+      "2025-02-29T00:00:00.000Z",
+      "2000-02-29T12:00:00.000Z",
+      "1900-02-29T12:00:00.000Z",
+      "2025-04-31T00:00:00.000Z",
+      "2025-03-01T24:00:00.000Z",
+      "2025-03-01T10:60:00.000Z",
+      "2025-03-01T10:00:60.000Z",
+      "0099-01-01T00:00:00.000Z",
+      "0100-03-01T00:00:00.000Z",
+      "2025-03-01T10:00:00.000z",
+      "2025-03-01t10:00:00.000Z",
+      "2025-03-01T10:00:00,000Z",
+      "2025-0a-01T10:00:00.000Z",
+      "+25-03-01T10:00:00.000Z",
+    ]
+    let seed = 7
+    const next = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed % n
+    }
+    for (let i = 0; i < 2000; i++) {
+      cases.push(
+        `${pad(next(10000), 4)}-${pad(next(14), 2)}-${pad(next(33), 2)}T${pad(next(25), 2)}:${pad(next(61), 2)}:${pad(next(61), 2)}.${pad(next(1000), 3)}Z`,
+      )
+    }
+    let valid = 0
+    for (const text of cases) {
+      const general = parseInstant(` ${text}`)
+      expect(parseInstant(text), text).toBe(general)
+      if (general !== undefined) {
+        valid++
+        if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/.test(text) && Number(text.slice(0, 4)) >= 100) {
+          expect(new Date(general).toISOString(), text).toBe(text)
+        }
+      }
+    }
+    // Both kinds are among the cases.
+    expect(valid).toBeGreaterThan(100)
+    expect(valid).toBeLessThan(cases.length - 100)
+  })
 })
 
 describe("replayOrdered", () => {
