@@ -32,7 +32,7 @@ export interface StagesOptions {
 
 const CONCURRENCY = 64
 /** Paired rounds of whole runs and SELECT 1 (see below); odd, so the median is one round's. */
-const ROUNDS = 3
+const ROUNDS = 5
 /**
  * How long a measured step waits before it starts and after its calls end, counting the second wait:
  * the background threads (GC helpers, mimalloc's purge thread) go on with a step's garbage after its

@@ -271,6 +271,10 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       return prune(now)
     })
 
+    // The check's constant statements, built (and compiled, which @effect/sql caches on the statement) once.
+    const asynchronousCommit = sqlClient`SET LOCAL synchronous_commit = off`
+    const genericPlans = sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`
+
     /**
      * The run's one transaction before the LLM call (see `prepare`): claims, reads the mission, its
      * agent and inputs, judges them, and resolves the inputs.
@@ -288,14 +292,14 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
       const results = yield* pipelinedTransaction(
         sqlClient,
         [
-          sqlClient`SET LOCAL synchronous_commit = off`,
+          asynchronousCommit,
           scopeStatement(sqlClient, userId, {
             with: claimCte(sqlClient, { userId, missionId: mission.id, iterationId }, owner, now, claimTtlMs, inCluster),
             columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
           }),
           ...(prepared
             ? [
-                sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`,
+                genericPlans,
                 runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
               ]
             : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),

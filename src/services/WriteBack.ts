@@ -141,6 +141,9 @@ export const makeWriteBack = Effect.gen(function* () {
   const [tables] = yield* sqlClient<{ present: boolean }>`
     SELECT to_regclass('mana_ai.mission_snapshots') IS NOT NULL AND to_regclass('mana_ai.applied_records') IS NOT NULL AS present`.pipe(Effect.orDie)
   const snapshotsPresent = tables?.present === true
+  // The generation's time column, quoted once (an identifier fragment is escaped at every compile);
+  // both generations' names are plain lower-case, quoted as the compiler quotes them.
+  const timeColumnSql = sqlClient.literal(`"${eventLog.timeColumn}"`)
 
   /**
    * The append onto `current` as one statement. With a basis (the run's pre-check read), it inserts
@@ -190,7 +193,7 @@ export const makeWriteBack = Effect.gen(function* () {
                     AND jsonb_typeof(w.data -> 'iterations') = 'array')`
       : sql`true`
     const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
-    const timeColumn = sql(eventLog.timeColumn)
+    const timeColumn = timeColumnSql
     // The row folded into the mission's snapshot and marked applied (see the header): only under
     // discovery's lock (taken by the scoping statement, `app.snapshot_lock`), only onto a snapshot
     // that is live, valid and active (so the row's two valid fields keep it valid and schedulable

@@ -6,6 +6,7 @@
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Schema from "effect/Schema"
@@ -52,9 +53,21 @@ const decodeRow = (row: Readonly<Record<string, unknown>>): Either.Either<SyncCh
   return decodeSyncChange(row)
 }
 
-/** The columns a SyncChange decodes from, the generation's per-field time column read as `field_timestamps`. */
-export const syncChangeColumns = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration) =>
-  sql`id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps, created_at`
+const columnsByGeneration = new Map<SyncGeneration, Statement.Fragment>()
+/**
+ * The columns a SyncChange decodes from, the generation's per-field time column read as `field_timestamps`.
+ * One literal per generation, made once: an identifier fragment (`sql(timeColumn)`) is escaped by two
+ * regular expressions at every compile, and a run's read has three of these lists (issue 16). Both
+ * generations' columns are plain lower-case names, quoted here as the compiler would quote them.
+ */
+export const syncChangeColumns = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration): Statement.Fragment => {
+  let columns = columnsByGeneration.get(timeColumn)
+  if (columns === undefined) {
+    columns = sql.literal(`id::text AS id, app_id, table_name, record_id, user_id, op, data, "${timeColumn}" AS field_timestamps, created_at`)
+    columnsByGeneration.set(timeColumn, columns)
+  }
+  return columns
+}
 
 /**
  * Decodes raw sync_changes rows (selected with syncChangeColumns, in replay order) and groups them
