@@ -104,7 +104,8 @@ const systemMessage = (tools: ReadonlyArray<Tool>): string =>
     renderCatalogue(tools),
   ].join("\n")
 
-const toolsSystemMessage = (): string =>
+/** The same text for every run: joined once. */
+const TOOLS_SYSTEM_MESSAGE: string =
   [
     "You are the planner of a user's AI Mission: a long-lived goal the user keeps working on. You propose the next concrete steps that move the mission forward.",
     "",
@@ -116,6 +117,7 @@ const toolsSystemMessage = (): string =>
     "- Take the user's feedback on earlier iterations into account. Never repeat a proposal the user rejected unchanged.",
     "- When your proposals are complete, answer with one sentence that summarises the plan and no further tool calls.",
   ].join("\n")
+const toolsSystemMessage = (): string => TOOLS_SYSTEM_MESSAGE
 
 const renderIteration = (it: Iteration, n: number): string => {
   const lines = [`Iteration ${n} (started ${it.startedAt}): ${it.overallStatus}`]

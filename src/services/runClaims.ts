@@ -29,8 +29,10 @@ export const claimCte = (
   /** Cluster mode: take or extend the user's lease too, and claim only with it. */
   cluster = false,
 ): Statement.Fragment => {
-  const now = new Date(nowMs)
-  const until = new Date(nowMs + ttlMs)
+  // ISO text, which the timestamptz columns and casts read as the same instants: a Date parameter is
+  // formatted by pg's dateToString in local time with its offset, three times per run (issue 16).
+  const now = new Date(nowMs).toISOString()
+  const until = new Date(nowMs + ttlMs).toISOString()
   if (!cluster) {
     return sql`
   claimed AS (
