@@ -33,7 +33,7 @@ import { parseInstant } from "../domain/replay.js"
 import { describeRejection } from "../domain/planParser.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { AgentPermits } from "./AgentPermits.js"
-import { judgeRunRead, runReadQuery } from "./currentMission.js"
+import { judgeRunRead, runReadQuery, runReadShapes } from "./currentMission.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { InputResolvers, type ResolvedInput, type UnavailableInput } from "./InputResolvers.js"
 import type { RecordRef } from "./recordRows.js"
@@ -50,13 +50,13 @@ import {
   updateMetrics,
 } from "./metrics.js"
 import { Planner, type PlanRejected, type PlannerResult } from "./Planner.js"
-import { claimCte } from "./runClaims.js"
+import { claimTimes, scopedClaimStatement } from "./runClaims.js"
+import { sqlShapes } from "./sqlShapes.js"
 import { ClusterConfig } from "../cluster/ClusterConfig.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { WriteBack, type WriteBasis } from "./WriteBack.js"
 import { preparedStatementsOn } from "./Database.js"
 import { pipelinedTransaction } from "./pipelinedTransaction.js"
-import { scopeStatement } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
 // Tagged once: Metric.tagged builds and hashes a new key on every call.
@@ -274,6 +274,9 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     // The check's constant statements, built (and compiled, which @effect/sql caches on the statement) once.
     const asynchronousCommit = sqlClient`SET LOCAL synchronous_commit = off`
     const genericPlans = sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`
+    // Its claim in the scoping statement and its read (the prepared shape), built once per shape (sqlShapes.ts).
+    const claimStatement = sqlShapes(sqlClient, (cluster: boolean) => (cluster ? 1 : 0), scopedClaimStatement(sqlClient))
+    const runRead = runReadShapes(sqlClient, eventLog.timeColumn)
 
     /**
      * The run's one transaction before the LLM call (see `prepare`): claims, reads the mission, its
@@ -293,15 +296,9 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
         sqlClient,
         [
           asynchronousCommit,
-          scopeStatement(sqlClient, userId, {
-            with: claimCte(sqlClient, { userId, missionId: mission.id, iterationId }, owner, now, claimTtlMs, inCluster),
-            columns: sqlClient`, (SELECT count(*)::int FROM claimed) AS claimed`,
-          }),
+          claimStatement(inCluster, { userId, missionId: mission.id, iterationId, owner, ...claimTimes(now, claimTtlMs) }),
           ...(prepared
-            ? [
-                genericPlans,
-                runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "prepared"),
-              ]
+            ? [genericPlans, runRead(userId, mission.id, also)]
             : [runReadQuery(sqlClient, eventLog.timeColumn, userId, mission.id, also, "planned-each-time")]),
         ],
         { commitWithStatements: true },

@@ -47,7 +47,7 @@ import { workBegins } from "../layers/jitPolicy.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { EventLogSchema } from "./EventLogSchema.js"
 import { withDominatedIterations } from "./currentMission.js"
-import { claimCte } from "./runClaims.js"
+import { claimCte, claimTimes } from "./runClaims.js"
 import { transactionLossAsError } from "./withUserScope.js"
 import {
   discoveryDuration,
@@ -1224,7 +1224,7 @@ export const makeMissionStore = (
       // The caller's Clock, not the server's, so TestClock drives expiry like every other timer.
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
         Effect.map(
-          sql`WITH ${claimCte(sql, key, owner, now, Duration.toMillis(ttl), Option.isSome(shardCount))} SELECT 1 FROM claimed`,
+          sql`WITH ${claimCte(sql, key, owner, claimTimes(now, Duration.toMillis(ttl)), Option.isSome(shardCount))} SELECT 1 FROM claimed`,
           (rows) => rows.length > 0,
         ),
       )

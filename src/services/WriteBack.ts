@@ -36,6 +36,7 @@ import {
   type Iteration,
   aiActorFor,
 } from "../domain/mission.js"
+import type { SyncGeneration } from "../domain/eventLog.js"
 import type { RecordState } from "../domain/replay.js"
 import { RunnerConfig } from "./AppConfig.js"
 import { type ActorAgent, type ActorAgentBasis, type CurrentMission, actorAgent, nextRunFor, readCurrentMission } from "./currentMission.js"
@@ -44,6 +45,7 @@ import { REFRESH_LOCK_KEY } from "./MissionStore.js"
 import { readRecordRows, recordRefKey } from "./recordRows.js"
 import { TokenLedger, type UsageEntry } from "./TokenLedger.js"
 import { pipelinedTransaction } from "./pipelinedTransaction.js"
+import { sqlShapes } from "./sqlShapes.js"
 import { advisoryLock, scopeStatement, withUserScopeFirst } from "./withUserScope.js"
 import { withSpanWhenTracing } from "./tracing.js"
 
@@ -126,6 +128,115 @@ const snapshotLocks = (sql: SqlClient.SqlClient, request: WriteRequest, withSnap
     : mission
 }
 
+/** What decides the append statement's text (sqlShapes.ts). */
+export interface AppendShape {
+  readonly copied: boolean
+  readonly basis: boolean
+  readonly agentCheck: boolean
+}
+
+/** The append statement's parameters; those its shape does not use are undefined. */
+export interface AppendValues {
+  readonly userId: string
+  readonly missionId: string
+  readonly from: string | undefined
+  readonly iterationJson: string | undefined
+  readonly dataJson: string | undefined
+  readonly nextRunAt: string | null
+  readonly fieldTimesJson: string
+  readonly actorJson: string
+  readonly writtenMs: number
+  readonly schedulable: boolean
+  readonly missionRows: number | undefined
+  readonly agentId: string | undefined
+  readonly agentRows: number | undefined
+  readonly iterationId: string
+}
+
+const RUNNER_ACTOR_JSON = JSON.stringify(RUNNER_ACTOR)
+
+/** Tells apart every pair of shapes `appendStatementBuilder` makes different text for. */
+export const appendShapeKey = (f: AppendShape): number => (f.copied ? 1 : 0) | (f.basis ? 2 : 0) | (f.agentCheck ? 4 : 0)
+
+/**
+ * The append's statement for one generation, with or without the snapshot fold (`snapshotsPresent`),
+ * from its shape and values; `values` are parameters only (sqlShapes.ts). `copied`: the iterations
+ * are copied in SQL from the row the read named (`from`), else sent whole (`dataJson`); `basis`: it
+ * inserts only while the mission has `missionRows` rows, and with `agentCheck` the actor's agent
+ * `agentRows`.
+ */
+export const appendStatementBuilder =
+  (sql: Statement.Constructor, generation: SyncGeneration, snapshotsPresent: boolean) =>
+  (f: AppendShape, v: AppendValues): Statement.Statement<unknown> => {
+    // The time column quoted as the compiler quotes an identifier (both generations' are plain lower-case).
+    const timeColumn = sql.literal(`"${generation}"`)
+    const dataSql = f.copied
+      ? sql`jsonb_build_object(
+            'iterations', (SELECT w.data -> 'iterations' FROM sync_changes w WHERE w.id = ${v.from}::uuid AND w.record_id = ${v.missionId})
+                          || jsonb_build_array(${v.iterationJson}::jsonb),
+            'nextRunAt', ${v.nextRunAt}::text)`
+      : sql`${v.dataJson}::jsonb`
+    const sourcePresent = f.copied
+      ? sql`EXISTS (SELECT 1 FROM sync_changes w WHERE w.id = ${v.from}::uuid AND w.record_id = ${v.missionId}
+                  AND jsonb_typeof(w.data -> 'iterations') = 'array')`
+      : sql`true`
+    // The row folded into the mission's snapshot and marked applied (see the header): only under
+    // discovery's lock (taken by the scoping statement, `app.snapshot_lock`), only onto a snapshot
+    // that is live, valid and active (so the row's two valid fields keep it valid and schedulable
+    // exactly when nextRunAt is set) and whose newest row sorts before this one (so no delete of
+    // the snapshot's can come after it). Its times are the write time, newer than any the
+    // snapshot's rows hold for both fields (they are among the rows this append was checked against).
+    // The mark: a record mark of its own holding this one id (applied_records, migration 0007).
+    const folded = !snapshotsPresent
+      ? sql``
+      : sql`,
+      snap AS (
+        UPDATE mana_ai.mission_snapshots m
+        SET record = m.record || ins.data,
+            field_times = m.field_times || jsonb_build_object('iterations', ${v.writtenMs}::bigint, 'nextRunAt', ${v.writtenMs}::bigint),
+            last_created_at = ins.created_at, last_change_id = ins.id,
+            next_run_at = ${v.nextRunAt}::timestamptz, schedulable = ${v.schedulable}, updated_at = now()
+        FROM ins
+        WHERE current_setting('app.snapshot_lock', true) = 'true'
+          AND m.user_id = ${v.userId} AND m.record_id = ${v.missionId}
+          AND m.record IS NOT NULL AND NOT m.deleted AND m.malformed_reason IS NULL AND m.state = 'active'
+          AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
+        RETURNING 1),
+      marked AS (
+        INSERT INTO mana_ai.applied_records (user_id, record_id, newest_at, change_ids)
+        SELECT ${v.userId}, ${v.missionId}, ins.created_at, ARRAY[ins.id] FROM ins WHERE EXISTS (SELECT 1 FROM snap))`
+    const rowsOf = (appId: string, table: string, recordId: unknown) =>
+      sql`(SELECT count(*) FROM sync_changes
+         WHERE user_id = ${v.userId} AND app_id = ${appId} AND table_name = ${table} AND record_id = ${recordId})`
+    const unchanged = !f.basis
+      ? sql`WHERE ${sourcePresent}`
+      : sql`WHERE ${sourcePresent} AND ${rowsOf(MISSIONS_APP_ID, MISSIONS_TABLE, v.missionId)} = ${v.missionRows}${
+          f.agentCheck ? sql` AND ${rowsOf(MISSIONS_APP_ID, AGENTS_TABLE, v.agentId)} = ${v.agentRows}` : sql``
+        }`
+    const written = sql`SELECT set_config('app.written_iteration', ${v.iterationId}, true) AS written FROM ins`
+    return generation === "field_meta"
+      ? sql`
+      WITH ins AS (
+        INSERT INTO sync_changes
+          (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
+        SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${v.missionId}, ${v.userId}, 'update',
+               ${dataSql}, ${v.fieldTimesJson}::jsonb,
+               ${RUNNER_CLIENT_ID}, 1, ${v.actorJson}::jsonb, ${RUNNER_ORIGIN}
+        ${unchanged}
+        RETURNING id, created_at, data)${folded}
+      ${written}`
+      : sql`
+      WITH ins AS (
+        INSERT INTO sync_changes
+          (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
+        SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${v.missionId}, ${v.userId}, 'update',
+               ${dataSql}, ${v.fieldTimesJson}::jsonb,
+               ${RUNNER_CLIENT_ID}, ${v.actorJson}::jsonb
+        ${unchanged}
+        RETURNING id, created_at, data)${folded}
+      ${written}`
+  }
+
 /** The append, built: its statement and what it writes, or why it cannot be written. */
 type BuiltAppend =
   | { readonly _tag: "Statement"; readonly statement: Statement.Statement<unknown>; readonly nextRunAt: string | null; readonly writtenAt: string }
@@ -141,9 +252,9 @@ export const makeWriteBack = Effect.gen(function* () {
   const [tables] = yield* sqlClient<{ present: boolean }>`
     SELECT to_regclass('mana_ai.mission_snapshots') IS NOT NULL AND to_regclass('mana_ai.applied_records') IS NOT NULL AS present`.pipe(Effect.orDie)
   const snapshotsPresent = tables?.present === true
-  // The generation's time column, quoted once (an identifier fragment is escaped at every compile);
-  // both generations' names are plain lower-case, quoted as the compiler quotes them.
-  const timeColumnSql = sqlClient.literal(`"${eventLog.timeColumn}"`)
+
+  /** The append's statement, built once per shape (sqlShapes.ts). */
+  const appendStatement = sqlShapes(sqlClient, appendShapeKey, appendStatementBuilder(sqlClient, eventLog.generation, snapshotsPresent))
 
   /**
    * The append onto `current` as one statement. With a basis (the run's pre-check read), it inserts
@@ -153,7 +264,6 @@ export const makeWriteBack = Effect.gen(function* () {
    * `app.written_iteration`, which the usage statement after it in the same transaction waits for.
    */
   const buildAppend = Effect.fnUntraced(function* (
-    sql: SqlClient.SqlClient,
     request: WriteRequest,
     current: Extract<CurrentMission, { _tag: "Appendable" }>,
     /** Today's generation: the agent the actor names (null: the legacy principal). */
@@ -182,80 +292,31 @@ export const makeWriteBack = Effect.gen(function* () {
     const hasIterations = Object.hasOwn(current.record, "iterations")
     const copied = hasIterations && from !== undefined
     const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
-    const dataSql = copied
-      ? sql`jsonb_build_object(
-              'iterations', (SELECT w.data -> 'iterations' FROM sync_changes w WHERE w.id = ${from}::uuid AND w.record_id = ${request.missionId})
-                            || jsonb_build_array(${JSON.stringify(request.iteration)}::jsonb),
-              'nextRunAt', ${nextRunAt}::text)`
-      : sql`${JSON.stringify({ iterations: [...existing, request.iteration], nextRunAt })}::jsonb`
-    const sourcePresent = copied
-      ? sql`EXISTS (SELECT 1 FROM sync_changes w WHERE w.id = ${from}::uuid AND w.record_id = ${request.missionId}
-                    AND jsonb_typeof(w.data -> 'iterations') = 'array')`
-      : sql`true`
-    const fieldTimes = { iterations: writtenAt, nextRunAt: writtenAt }
-    const timeColumn = timeColumnSql
-    // The row folded into the mission's snapshot and marked applied (see the header): only under
-    // discovery's lock (taken by the scoping statement, `app.snapshot_lock`), only onto a snapshot
-    // that is live, valid and active (so the row's two valid fields keep it valid and schedulable
-    // exactly when nextRunAt is set) and whose newest row sorts before this one (so no delete of
-    // the snapshot's can come after it). Its times are the write time, newer than any the
-    // snapshot's rows hold for both fields (they are among the rows this append was checked against).
-    // The mark: a record mark of its own holding this one id (applied_records, migration 0007).
-    const folded = !snapshotsPresent
-      ? sql``
-      : sql`,
-        snap AS (
-          UPDATE mana_ai.mission_snapshots m
-          SET record = m.record || ins.data,
-              field_times = m.field_times || jsonb_build_object('iterations', ${writtenMs}::bigint, 'nextRunAt', ${writtenMs}::bigint),
-              last_created_at = ins.created_at, last_change_id = ins.id,
-              next_run_at = ${nextRunAt}::timestamptz, schedulable = ${nextRunAt !== null}, updated_at = now()
-          FROM ins
-          WHERE current_setting('app.snapshot_lock', true) = 'true'
-            AND m.user_id = ${request.userId} AND m.record_id = ${request.missionId}
-            AND m.record IS NOT NULL AND NOT m.deleted AND m.malformed_reason IS NULL AND m.state = 'active'
-            AND (m.last_created_at, m.last_change_id) < (ins.created_at, ins.id)
-          RETURNING 1),
-        marked AS (
-          INSERT INTO mana_ai.applied_records (user_id, record_id, newest_at, change_ids)
-          SELECT ${request.userId}, ${request.missionId}, ins.created_at, ARRAY[ins.id] FROM ins WHERE EXISTS (SELECT 1 FROM snap))`
-    const rowsOf = (appId: string, table: string, recordId: string) =>
-      sql`(SELECT count(*) FROM sync_changes
-           WHERE user_id = ${request.userId} AND app_id = ${appId} AND table_name = ${table} AND record_id = ${recordId})`
     const agentId = basis?.actor.agentId
-    const unchanged =
-      basis === undefined
-        ? sql`WHERE ${sourcePresent}`
-        : sql`WHERE ${sourcePresent} AND ${rowsOf(MISSIONS_APP_ID, MISSIONS_TABLE, request.missionId)} = ${basis.missionRows}${
-            eventLog.generation === "field_meta" && agentId !== undefined
-              ? sql` AND ${rowsOf(MISSIONS_APP_ID, AGENTS_TABLE, agentId)} = ${basis.actor.agentRows}`
-              : sql``
-          }`
-    const written = sql`SELECT set_config('app.written_iteration', ${request.iteration.id}, true) AS written FROM ins`
-    const statement =
-      eventLog.generation === "field_meta"
-        ? sql`
-        WITH ins AS (
-          INSERT INTO sync_changes
-            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, schema_version, actor, origin)
-          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-                 ${dataSql}, ${JSON.stringify(fieldTimes)}::jsonb,
-                 ${RUNNER_CLIENT_ID}, 1, ${JSON.stringify(
-                   aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
-                 )}::jsonb, ${RUNNER_ORIGIN}
-          ${unchanged}
-          RETURNING id, created_at, data)${folded}
-        ${written}`
-        : sql`
-        WITH ins AS (
-          INSERT INTO sync_changes
-            (app_id, table_name, record_id, user_id, op, data, ${timeColumn}, client_id, actor)
-          SELECT ${MISSIONS_APP_ID}, ${MISSIONS_TABLE}, ${request.missionId}, ${request.userId}, 'update',
-                 ${dataSql}, ${JSON.stringify(fieldTimes)}::jsonb,
-                 ${RUNNER_CLIENT_ID}, ${JSON.stringify(RUNNER_ACTOR)}::jsonb
-          ${unchanged}
-          RETURNING id, created_at, data)${folded}
-        ${written}`
+    const statement = appendStatement(
+      { copied, basis: basis !== undefined, agentCheck: eventLog.generation === "field_meta" && agentId !== undefined },
+      {
+        userId: request.userId,
+        missionId: request.missionId,
+        from,
+        iterationJson: copied ? JSON.stringify(request.iteration) : undefined,
+        dataJson: copied ? undefined : JSON.stringify({ iterations: [...existing, request.iteration], nextRunAt }),
+        nextRunAt,
+        fieldTimesJson: JSON.stringify({ iterations: writtenAt, nextRunAt: writtenAt }),
+        actorJson:
+          eventLog.generation === "field_meta"
+            ? JSON.stringify(
+                aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
+              )
+            : RUNNER_ACTOR_JSON,
+        writtenMs,
+        schedulable: nextRunAt !== null,
+        missionRows: basis?.missionRows,
+        agentId,
+        agentRows: basis?.actor.agentRows,
+        iterationId: request.iteration.id,
+      },
+    )
     return { _tag: "Statement", statement, nextRunAt, writtenAt } as const
   })
 
@@ -280,7 +341,7 @@ export const makeWriteBack = Effect.gen(function* () {
    * the basis was read.
    */
   const appendOnBasis = Effect.fnUntraced(function* (request: WriteRequest, basis: WriteBasis): Effect.fn.Return<WriteResult | undefined, SqlError> {
-      const built = yield* buildAppend(sqlClient, request, basis.current, basis.actor.agent, basis)
+      const built = yield* buildAppend(request, basis.current, basis.actor.agent, basis)
       if (built._tag === "Skipped") return built.result
       // Pipelined since issue 16's run-cpu round (4 round trips -> 2). It was reverted once (ad8d8b5)
       // because AgentRuns.test.ts' cap test on PGlite made 9-11 LLM requests for 8 runs; that test
@@ -319,7 +380,7 @@ export const makeWriteBack = Effect.gen(function* () {
             return { _tag: "Skipped", reason: current.reason }
           }
           const agent = eventLog.generation === "field_meta" ? yield* readAgent(sql, request.userId, current.mission.agentId) : null
-          const built = yield* buildAppend(sql, request, current, agent)
+          const built = yield* buildAppend(request, current, agent)
           if (built._tag === "Skipped") return built.result
           // Without a basis the insert inserts unless the row the iterations are copied from is gone
           // (never, in an append-only log): then nothing is written rather than a shorter list.

@@ -15,6 +15,7 @@ import { missionValidity } from "../domain/missionValidity.js"
 import { type RecordState, isApplicable, isLive, parseInstant, replayOrdered } from "../domain/replay.js"
 import type { SyncChange, SyncGeneration } from "../domain/eventLog.js"
 import { EventLogSchema } from "./EventLogSchema.js"
+import { sqlShapes } from "./sqlShapes.js"
 import {
   type RecordRef,
   type RecordRows,
@@ -228,25 +229,43 @@ const runReadByRecord = (
   userId: string,
   missionId: string,
   also: ReadonlyArray<RecordRef>,
+) => runReadByRecordOf(sql, timeColumn, userId, missionId, runReadBranches(missionId, also))
+
+/**
+ * The refs of `also` that get a branch of their own: not the mission (its branch is the first), each
+ * once, and whether it names an agent (its branch then keeps out the mission's agents' rows).
+ */
+const runReadBranches = (missionId: string, also: ReadonlyArray<RecordRef>): ReadonlyArray<RecordRef & { readonly agent: boolean }> => {
+  const missionKey = recordRefKey({ appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId })
+  const seen = new Set<string>([missionKey])
+  return also.flatMap((ref) => {
+    const key = recordRefKey(ref)
+    if (seen.has(key)) return []
+    seen.add(key)
+    return [{ ...ref, agent: ref.appId === AGENTS_APP_ID && ref.table === AGENTS_TABLE }]
+  })
+}
+
+/** `runReadByRecord`'s statement; the ids are parameters only, `agent` decides a branch's text (sqlShapes.ts). */
+const runReadByRecordOf = (
+  sql: SqlClient.SqlClient,
+  timeColumn: SyncGeneration,
+  userId: unknown,
+  missionId: unknown,
+  branches: ReadonlyArray<{ readonly appId: unknown; readonly table: unknown; readonly recordId: unknown; readonly agent: boolean }>,
 ) => {
   const agentIds = sql`ARRAY(
           SELECT m.data->>'agentId' FROM sync_changes m
           WHERE m.table_name = ${MISSIONS_TABLE} AND m.record_id = ${missionId}
             AND (m.user_id = ${userId} AND m.app_id = ${MISSIONS_APP_ID}) IS TRUE AND m.data->>'agentId' IS NOT NULL)`
-  const missionKey = recordRefKey({ appId: MISSIONS_APP_ID, table: MISSIONS_TABLE, recordId: missionId })
-  const seen = new Set<string>([missionKey])
-  const alsoBranches = also.flatMap((ref) => {
-    const key = recordRefKey(ref)
-    if (seen.has(key)) return []
-    seen.add(key)
-    const notAgent = ref.appId === AGENTS_APP_ID && ref.table === AGENTS_TABLE ? sql` AND record_id <> ALL (${agentIds})` : sql``
-    return [
-      sql`
+  const alsoBranches = branches.map(
+    (ref) => sql`
       UNION ALL
       SELECT ${syncChangeColumns(sql, timeColumn)} FROM sync_changes
-      WHERE table_name = ${ref.table} AND record_id = ${ref.recordId} AND (user_id = ${userId} AND app_id = ${ref.appId}) IS TRUE${notAgent}`,
-    ]
-  })
+      WHERE table_name = ${ref.table} AND record_id = ${ref.recordId} AND (user_id = ${userId} AND app_id = ${ref.appId}) IS TRUE${
+        ref.agent ? sql` AND record_id <> ALL (${agentIds})` : sql``
+      }`,
+  )
   return replayRowsWithoutDominated(
     sql,
     sql`
@@ -258,6 +277,38 @@ const runReadByRecord = (
         alsoBranches.length === 0 ? sql`` : sql.join("", false)(alsoBranches)
       }`,
   )
+}
+
+/**
+ * `runReadQuery`'s prepared shape built once per shape (sqlShapes.ts: which refs of `also` get a
+ * branch and which of those name an agent), for the run's pre-check: `(userId, missionId, also)`.
+ */
+export const runReadShapes = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration) => {
+  const shaped = sqlShapes(
+    sql,
+    (agents: ReadonlyArray<boolean>) => agents.map((a) => (a ? "a" : "r")).join(""),
+    (agents: ReadonlyArray<boolean>, v: Record<string, unknown>) =>
+      runReadByRecordOf(
+        sql,
+        timeColumn,
+        v.userId,
+        v.missionId,
+        agents.map((agent, i) => ({ appId: v[`app${i}`], table: v[`table${i}`], recordId: v[`record${i}`], agent })),
+      ),
+  )
+  return (userId: string, missionId: string, also: ReadonlyArray<RecordRef>) => {
+    const branches = runReadBranches(missionId, also)
+    const values: Record<string, unknown> = { userId, missionId }
+    for (const [i, ref] of branches.entries()) {
+      values[`app${i}`] = ref.appId
+      values[`table${i}`] = ref.table
+      values[`record${i}`] = ref.recordId
+    }
+    return shaped(
+      branches.map((ref) => ref.agent),
+      values,
+    )
+  }
 }
 
 /** The same rows in one condition of ORs: cheaper to plan for its values, so the shape for an unprepared statement. */

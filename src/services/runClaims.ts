@@ -12,6 +12,7 @@
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
+import { scopeStatement } from "./withUserScope.js"
 
 export interface ClaimKey {
   readonly userId: string
@@ -19,20 +20,35 @@ export interface ClaimKey {
   readonly iterationId: string
 }
 
-/** `claimed AS (INSERT … RETURNING 1)`: one row in `claimed` when the caller holds the claim. */
+/** A claim's two instants as ISO text: when it is taken and until when it holds. */
+export interface ClaimTimes {
+  readonly now: string
+  readonly until: string
+}
+
+/**
+ * ISO text, which the timestamptz columns and casts read as the same instants: a Date parameter is
+ * formatted by pg's dateToString in local time with its offset, three times per run (issue 16).
+ */
+export const claimTimes = (nowMs: number, ttlMs: number): ClaimTimes => ({
+  now: new Date(nowMs).toISOString(),
+  until: new Date(nowMs + ttlMs).toISOString(),
+})
+
+/**
+ * `claimed AS (INSERT … RETURNING 1)`: one row in `claimed` when the caller holds the claim. The key,
+ * owner and times are parameters only, so the runner builds this once per shape (sqlShapes.ts) with
+ * placeholders for them.
+ */
 export const claimCte = (
-  sql: SqlClient.SqlClient,
-  key: ClaimKey,
-  owner: string,
-  nowMs: number,
-  ttlMs: number,
+  sql: Statement.Constructor,
+  key: { readonly [K in keyof ClaimKey]: unknown },
+  owner: unknown,
+  times: { readonly [K in keyof ClaimTimes]: unknown },
   /** Cluster mode: take or extend the user's lease too, and claim only with it. */
   cluster = false,
 ): Statement.Fragment => {
-  // ISO text, which the timestamptz columns and casts read as the same instants: a Date parameter is
-  // formatted by pg's dateToString in local time with its offset, three times per run (issue 16).
-  const now = new Date(nowMs).toISOString()
-  const until = new Date(nowMs + ttlMs).toISOString()
+  const { now, until } = times
   if (!cluster) {
     return sql`
   claimed AS (
@@ -61,3 +77,17 @@ export const claimCte = (
       WHERE c.expires_at <= ${now}::timestamptz OR c.owner = EXCLUDED.owner
     RETURNING 1)`
 }
+
+/** What the runner's claim statement binds: the key, the owner and the times. */
+export type ClaimValues = ClaimKey & ClaimTimes & { readonly owner: string }
+
+/**
+ * The runner's scoping statement with the claim in it (the first statement of a run's first
+ * transaction): the user's RLS scope, the claim, and `claimed`, 1 when the caller holds it. Values are
+ * parameters only (the runner builds it once per `cluster`, sqlShapes.ts).
+ */
+export const scopedClaimStatement = (sql: SqlClient.SqlClient) => (cluster: boolean, v: ClaimValues) =>
+  scopeStatement(sql, v.userId, {
+    with: claimCte(sql, v, v.owner, v, cluster),
+    columns: sql`, (SELECT count(*)::int FROM claimed) AS claimed`,
+  })

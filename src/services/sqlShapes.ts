@@ -1,0 +1,66 @@
+/**
+ * Statements built once per shape (issue 16): a run's three large statements (the claim with the RLS
+ * scope, the read, the write-back's append) were built from @effect/sql fragments and compiled at
+ * every run, and their new text hashed again by the per-connection map of prepared names: about 6 %
+ * of a run's CPU in a window profile, the largest cost of ours left. Their SQL text depends only on
+ * a few flags (the shape), so each shape's statement is built and compiled once, by the same tagged
+ * templates as before, with a placeholder in place of every value; each call then binds its values
+ * to the compiled text (`sql.unsafe`, one segment) and sends the very same string, whose hash the
+ * runtime keeps.
+ *
+ * The builder must use `values` only as parameters (`${values.x}` in a template), never in logic or
+ * string building: a placeholder is an object, so `values.x === null ? … : …` would pick one branch
+ * for every call. Whatever decides the text goes in the shape; a value computed from others (a JSON
+ * text, a boolean) is computed before and passed as a value. A parameter that is not a placeholder
+ * (a constant the builder names) is bound as it was at build time. sqlShapes.test.ts holds each
+ * statement built here to the one its builder makes from the values directly.
+ */
+import type * as Statement from "@effect/sql/Statement"
+
+/** Stands for the value of one field of `values` in a statement being built. */
+class Placeholder {
+  constructor(readonly field: string) {}
+}
+
+const placeholders: Record<string, unknown> = new Proxy(
+  {},
+  {
+    get: (_target, field) => new Placeholder(String(field)),
+  },
+)
+
+interface Shape {
+  readonly text: string
+  /** Per parameter, in order: the field of `values` it binds, or the constant it was built with. */
+  readonly params: ReadonlyArray<Placeholder | { readonly constant: unknown }>
+}
+
+export type ShapedStatement<F, V> = (flags: F, values: V) => Statement.Statement<Record<string, unknown>>
+
+/**
+ * `build(flags, values)` once per distinct `keyOf(flags)`, on placeholders; the returned function binds
+ * `values` to the compiled text of its flags' shape. `keyOf` must tell apart every pair of flags
+ * `build` makes different text for.
+ */
+export const sqlShapes = <F, V extends object>(
+  sql: Statement.Constructor,
+  keyOf: (flags: F) => string | number,
+  build: (flags: F, values: V) => Statement.Statement<unknown>,
+): ShapedStatement<F, V> => {
+  const shapes = new Map<string | number, Shape>()
+  return (flags, values) => {
+    const key = keyOf(flags)
+    let shape = shapes.get(key)
+    if (shape === undefined) {
+      const [text, binds] = build(flags, placeholders as V).compile()
+      shape = { text, params: binds.map((b) => (b instanceof Placeholder ? b : { constant: b })) }
+      shapes.set(key, shape)
+    }
+    const params: Array<unknown> = new Array(shape.params.length)
+    for (let i = 0; i < params.length; i++) {
+      const p = shape.params[i]!
+      params[i] = p instanceof Placeholder ? (values as Record<string, unknown>)[p.field] : p.constant
+    }
+    return sql.unsafe<Record<string, unknown>>(shape.text, params)
+  }
+}
