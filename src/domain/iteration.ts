@@ -2,7 +2,7 @@
  * The iteration a run appends (SPEC §3, §6): its idempotency key and the two shapes the runner
  * writes. Closed types: exactly the app's keys, an absent optional field left out, never null.
  */
-import { createHash } from "node:crypto"
+import { hash } from "node:crypto"
 import type { ErrorPhase, Iteration, PlanStep } from "./mission.js"
 import { parseInstant } from "./replay.js"
 
@@ -15,6 +15,8 @@ const NAME_MAX = 100
 /** Trims and cuts to `max` code points (never halving a surrogate pair), marking a cut with "…". */
 export const cap = (text: string, max: number): string => {
   const trimmed = text.trim()
+  // No more UTF-16 units than `max`: no more code points either (the usual case; no array of them).
+  if (trimmed.length <= max) return trimmed
   const points = Array.from(trimmed)
   return points.length <= max ? trimmed : `${points.slice(0, max - 1).join("").trimEnd()}…`
 }
@@ -28,10 +30,8 @@ export const cap = (text: string, max: number): string => {
 export const iterationIdFor = (missionId: string, scheduledFor: string | null): string => {
   const ms = scheduledFor === null ? undefined : parseInstant(scheduledFor)
   const slot = ms === undefined ? scheduledFor : new Date(ms).toISOString()
-  const bytes = createHash("sha256")
-    .update(JSON.stringify(["mana-ai/iteration", missionId, slot]))
-    .digest()
-    .subarray(0, 16)
+  // One-shot hashing (no Hash object per run, issue 16); the same digest as createHash's.
+  const bytes = hash("sha256", JSON.stringify(["mana-ai/iteration", missionId, slot]), "buffer").subarray(0, 16)
   bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x80
   bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80
   const hex = bytes.toString("hex")
