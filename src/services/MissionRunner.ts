@@ -275,7 +275,7 @@ export const makeMissionRunner = (options: MissionRunnerOptions = {}) =>
     const asynchronousCommit = sqlClient`SET LOCAL synchronous_commit = off`
     const genericPlans = sqlClient`SET LOCAL plan_cache_mode = force_generic_plan`
     // Its claim in the scoping statement and its read (the prepared shape), built once per shape (sqlShapes.ts).
-    const claimStatement = sqlShapes(sqlClient, (cluster: boolean) => (cluster ? 1 : 0), scopedClaimStatement(sqlClient))
+    const claimStatement = sqlShapes((cluster: boolean) => (cluster ? 1 : 0), scopedClaimStatement(sqlClient))
     const runRead = runReadShapes(sqlClient, eventLog.timeColumn)
 
     /**

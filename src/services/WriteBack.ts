@@ -168,8 +168,8 @@ export const appendShapeKey = (f: AppendShape): number => (f.copied ? 1 : 0) | (
 export const appendStatementBuilder =
   (sql: Statement.Constructor, generation: SyncGeneration, snapshotsPresent: boolean) =>
   (f: AppendShape, v: AppendValues): Statement.Statement<unknown> => {
-    // The time column quoted as the compiler quotes an identifier (both generations' are plain lower-case).
-    const timeColumn = sql.literal(`"${generation}"`)
+    // An identifier, escaped at compile: once per shape.
+    const timeColumn = sql(generation)
     const dataSql = f.copied
       ? sql`jsonb_build_object(
             'iterations', (SELECT w.data -> 'iterations' FROM sync_changes w WHERE w.id = ${v.from}::uuid AND w.record_id = ${v.missionId})
@@ -239,7 +239,13 @@ export const appendStatementBuilder =
 
 /** The append, built: its statement and what it writes, or why it cannot be written. */
 type BuiltAppend =
-  | { readonly _tag: "Statement"; readonly statement: Statement.Statement<unknown>; readonly nextRunAt: string | null; readonly writtenAt: string }
+  | {
+      readonly _tag: "Statement"
+      readonly shape: AppendShape
+      readonly values: AppendValues
+      readonly nextRunAt: string | null
+      readonly writtenAt: string
+    }
   | { readonly _tag: "Skipped"; readonly result: WriteResult }
 
 export const makeWriteBack = Effect.gen(function* () {
@@ -254,7 +260,8 @@ export const makeWriteBack = Effect.gen(function* () {
   const snapshotsPresent = tables?.present === true
 
   /** The append's statement, built once per shape (sqlShapes.ts). */
-  const appendStatement = sqlShapes(sqlClient, appendShapeKey, appendStatementBuilder(sqlClient, eventLog.generation, snapshotsPresent))
+  const buildAppendStatement = appendStatementBuilder(sqlClient, eventLog.generation, snapshotsPresent)
+  const appendStatement = sqlShapes(appendShapeKey, buildAppendStatement)
 
   /**
    * The append onto `current` as one statement. With a basis (the run's pre-check read), it inserts
@@ -293,31 +300,29 @@ export const makeWriteBack = Effect.gen(function* () {
     const copied = hasIterations && from !== undefined
     const existing = (current.record.iterations ?? []) as ReadonlyArray<unknown>
     const agentId = basis?.actor.agentId
-    const statement = appendStatement(
-      { copied, basis: basis !== undefined, agentCheck: eventLog.generation === "field_meta" && agentId !== undefined },
-      {
-        userId: request.userId,
-        missionId: request.missionId,
-        from,
-        iterationJson: copied ? JSON.stringify(request.iteration) : undefined,
-        dataJson: copied ? undefined : JSON.stringify({ iterations: [...existing, request.iteration], nextRunAt }),
-        nextRunAt,
-        fieldTimesJson: JSON.stringify({ iterations: writtenAt, nextRunAt: writtenAt }),
-        actorJson:
-          eventLog.generation === "field_meta"
-            ? JSON.stringify(
-                aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
-              )
-            : RUNNER_ACTOR_JSON,
-        writtenMs,
-        schedulable: nextRunAt !== null,
-        missionRows: basis?.missionRows,
-        agentId,
-        agentRows: basis?.actor.agentRows,
-        iterationId: request.iteration.id,
-      },
-    )
-    return { _tag: "Statement", statement, nextRunAt, writtenAt } as const
+    const shape: AppendShape = { copied, basis: basis !== undefined, agentCheck: eventLog.generation === "field_meta" && agentId !== undefined }
+    const values: AppendValues = {
+      userId: request.userId,
+      missionId: request.missionId,
+      from,
+      iterationJson: copied ? JSON.stringify(request.iteration) : undefined,
+      dataJson: copied ? undefined : JSON.stringify({ iterations: [...existing, request.iteration], nextRunAt }),
+      nextRunAt,
+      fieldTimesJson: JSON.stringify({ iterations: writtenAt, nextRunAt: writtenAt }),
+      actorJson:
+        eventLog.generation === "field_meta"
+          ? JSON.stringify(
+              aiActorFor({ agent, missionId: request.missionId, iterationId: request.iteration.id, summary: request.iteration.summary }),
+            )
+          : RUNNER_ACTOR_JSON,
+      writtenMs,
+      schedulable: nextRunAt !== null,
+      missionRows: basis?.missionRows,
+      agentId,
+      agentRows: basis?.actor.agentRows,
+      iterationId: request.iteration.id,
+    }
+    return { _tag: "Statement", shape, values, nextRunAt, writtenAt } as const
   })
 
   const writtenResult = (request: WriteRequest, built: Extract<BuiltAppend, { _tag: "Statement" }>): WriteResult => ({
@@ -349,7 +354,8 @@ export const makeWriteBack = Effect.gen(function* () {
       // 9 in one of 20 one-statement-per-round-trip: an LLM timeout of 1 s on a loaded machine, not this.
       const results = yield* pipelinedTransaction(sqlClient, [
         scopeStatement(sqlClient, request.userId, snapshotLocks(sqlClient, request, snapshotsPresent)),
-        built.statement,
+        // Built once per shape (sqlShapes.ts): the run's usual path.
+        appendStatement(built.shape, built.values),
         ...usageStatement(request),
       ])
       if ((results[1]?.length ?? 0) === 0) return undefined
@@ -384,7 +390,7 @@ export const makeWriteBack = Effect.gen(function* () {
           if (built._tag === "Skipped") return built.result
           // Without a basis the insert inserts unless the row the iterations are copied from is gone
           // (never, in an append-only log): then nothing is written rather than a shorter list.
-          if ((yield* built.statement).length === 0) return { _tag: "Skipped", reason: "malformed" }
+          if ((yield* buildAppendStatement(built.shape, built.values)).length === 0) return { _tag: "Skipped", reason: "malformed" }
           // SPEC §14: the run's answers not yet recorded commit with the iteration, or not at all.
           const usage = request.usage ?? []
           if (usage.length > 0 && Option.isSome(ledger)) yield* ledger.value.insert(usage)

@@ -285,7 +285,6 @@ const runReadByRecordOf = (
  */
 export const runReadShapes = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration) => {
   const shaped = sqlShapes(
-    sql,
     (agents: ReadonlyArray<boolean>) => agents.map((a) => (a ? "a" : "r")).join(""),
     (agents: ReadonlyArray<boolean>, v: Record<string, unknown>) =>
       runReadByRecordOf(

@@ -27,13 +27,13 @@
  */
 import { randomBytes } from "node:crypto"
 import type * as SqlClient from "@effect/sql/SqlClient"
-import type * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import Pg from "pg"
 import { serialize } from "pg-protocol"
 import { pgPoolOf, preparedStatementsOn } from "./Database.js"
+import type { CompiledStatement } from "./sqlShapes.js"
 
 /** The parts of pg's Connection (protocol writer) the sequence uses. */
 interface PgProtocol {
@@ -322,7 +322,7 @@ export const sequenceMessages = (
 /** BEGIN, the statements, and COMMIT too when it goes with them (`commitWithStatements`). */
 const BEGIN = boundStatement("BEGIN", [])
 const COMMIT = boundStatement("COMMIT", [])
-const sequenceOf = (statements: ReadonlyArray<Statement.Statement<unknown>>, commitWith: boolean) => {
+const sequenceOf = (statements: ReadonlyArray<CompiledStatement>, commitWith: boolean) => {
   const body: Array<BoundStatement> = [BEGIN]
   for (const statement of statements) {
     const [text, values] = statement.compile()
@@ -349,7 +349,7 @@ const statementFailed = (cause: unknown) => new SqlError({ cause, message: "Fail
  */
 const onPool = (
   pool: Pg.Pool,
-  statements: ReadonlyArray<Statement.Statement<unknown>>,
+  statements: ReadonlyArray<CompiledStatement>,
   named: boolean,
   commitWith: boolean,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
@@ -465,7 +465,7 @@ const onPool = (
  */
 export const pipelinedTransaction = (
   sql: SqlClient.SqlClient,
-  statements: ReadonlyArray<Statement.Statement<unknown>>,
+  statements: ReadonlyArray<CompiledStatement>,
   options: { readonly commitWithStatements?: boolean } = {},
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> => {
   const pool = pgPoolOf(sql)
@@ -476,7 +476,7 @@ export const pipelinedTransaction = (
 /** The same on a connection `sql.reserve` gives (a client `pgClientLayer` did not build). */
 const onReserved = (
   sql: SqlClient.SqlClient,
-  statements: ReadonlyArray<Statement.Statement<unknown>>,
+  statements: ReadonlyArray<CompiledStatement>,
   commitWith: boolean,
 ): Effect.Effect<ReadonlyArray<Rows>, SqlError> =>
   Effect.scoped(

@@ -53,21 +53,12 @@ const decodeRow = (row: Readonly<Record<string, unknown>>): Either.Either<SyncCh
   return decodeSyncChange(row)
 }
 
-const columnsByGeneration = new Map<SyncGeneration, Statement.Fragment>()
 /**
  * The columns a SyncChange decodes from, the generation's per-field time column read as `field_timestamps`.
- * One literal per generation, made once: an identifier fragment (`sql(timeColumn)`) is escaped by two
- * regular expressions at every compile, and a run's read has three of these lists (issue 16). Both
- * generations' columns are plain lower-case names, quoted here as the compiler would quote them.
+ * The run's read is built once per shape (sqlShapes.ts), so its identifier is escaped once there.
  */
-export const syncChangeColumns = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration): Statement.Fragment => {
-  let columns = columnsByGeneration.get(timeColumn)
-  if (columns === undefined) {
-    columns = sql.literal(`id::text AS id, app_id, table_name, record_id, user_id, op, data, "${timeColumn}" AS field_timestamps, created_at`)
-    columnsByGeneration.set(timeColumn, columns)
-  }
-  return columns
-}
+export const syncChangeColumns = (sql: SqlClient.SqlClient, timeColumn: SyncGeneration): Statement.Fragment =>
+  sql`id::text AS id, app_id, table_name, record_id, user_id, op, data, ${sql(timeColumn)} AS field_timestamps, created_at`
 
 /**
  * Decodes raw sync_changes rows (selected with syncChangeColumns, in replay order) and groups them

@@ -4,9 +4,11 @@
  * every run, and their new text hashed again by the per-connection map of prepared names: about 6 %
  * of a run's CPU in a window profile, the largest cost of ours left. Their SQL text depends only on
  * a few flags (the shape), so each shape's statement is built and compiled once, by the same tagged
- * templates as before, with a placeholder in place of every value; each call then binds its values
- * to the compiled text (`sql.unsafe`, one segment) and sends the very same string, whose hash the
- * runtime keeps.
+ * templates as before, with a placeholder in place of every value; each call then pairs the compiled
+ * text with its values (`CompiledStatement`, what `pipelinedTransaction` sends) and sends the very
+ * same string, whose hash the runtime keeps. No SQL text is made here: the text is what @effect/sql
+ * compiled from tagged templates, the values go out as parameters (no `sql.unsafe`,
+ * test/faults-fast/sqlParameterised.test.ts).
  *
  * The builder must use `values` only as parameters (`${values.x}` in a template), never in logic or
  * string building: a placeholder is an object, so `values.x === null ? … : …` would pick one branch
@@ -35,15 +37,30 @@ interface Shape {
   readonly params: ReadonlyArray<Placeholder | { readonly constant: unknown }>
 }
 
-export type ShapedStatement<F, V> = (flags: F, values: V) => Statement.Statement<Record<string, unknown>>
+/** A statement compiled to its text and parameters, as `Statement#compile` gives them. */
+export interface CompiledStatement {
+  compile(): readonly [string, ReadonlyArray<unknown>]
+}
+
+class Bound implements CompiledStatement {
+  constructor(
+    private readonly text: string,
+    private readonly params: ReadonlyArray<unknown>,
+  ) {}
+  compile(): readonly [string, ReadonlyArray<unknown>] {
+    return [this.text, this.params]
+  }
+}
+
+export type ShapedStatement<F, V> = (flags: F, values: V) => CompiledStatement
 
 /**
- * `build(flags, values)` once per distinct `keyOf(flags)`, on placeholders; the returned function binds
- * `values` to the compiled text of its flags' shape. `keyOf` must tell apart every pair of flags
- * `build` makes different text for.
+ * `build(flags, values)` once per distinct `keyOf(flags)`, on placeholders; the returned function pairs
+ * `values` with the compiled text of its flags' shape. `keyOf` must tell apart every pair of flags
+ * `build` makes different text for. For a statement to send with `pipelinedTransaction`; where one must
+ * run as an Effect, call `build` with the values.
  */
 export const sqlShapes = <F, V extends object>(
-  sql: Statement.Constructor,
   keyOf: (flags: F) => string | number,
   build: (flags: F, values: V) => Statement.Statement<unknown>,
 ): ShapedStatement<F, V> => {
@@ -61,6 +78,6 @@ export const sqlShapes = <F, V extends object>(
       const p = shape.params[i]!
       params[i] = p instanceof Placeholder ? (values as Record<string, unknown>)[p.field] : p.constant
     }
-    return sql.unsafe<Record<string, unknown>>(shape.text, params)
+    return new Bound(shape.text, params)
   }
 }

@@ -101,7 +101,8 @@ const findingsIn = (file: string, source: string): ReadonlyArray<string> => {
     if (unsafe.length > 0) findings.push(`${file}:${t.line}: SQL text built with \${${unsafe.join("}, ${")}} outside an sql\`\` template`)
   }
   source.split("\n").forEach((line, i) => {
-    if (/\.\s*unsafe\s*\(/.test(line) && !/unsafeJson|unsafeMake/.test(line)) findings.push(`${file}:${i + 1}: sql.unsafe`)
+    // Type arguments too (`sql.unsafe<Row>(text)`: the seventeenth session found the scan blind to them).
+    if (/\.\s*unsafe\s*(<.*>)?\s*\(/.test(line) && !/unsafeJson|unsafeMake/.test(line)) findings.push(`${file}:${i + 1}: sql.unsafe`)
     if (/\bsql\s*\.\s*literal\s*\(/.test(line)) findings.push(`${file}:${i + 1}: sql.literal`)
     if (/\b(SELECT|INSERT|UPDATE|DELETE|WHERE|VALUES)\b[^\n]*["'`]\s*\+/.test(line) || /\+\s*["'`][^"'`\n]*\b(WHERE|AND|OR|VALUES|FROM)\b/.test(line)) {
       findings.push(`${file}:${i + 1}: SQL built by concatenation`)
@@ -124,6 +125,7 @@ describe("SQL only through parameterised statements", () => {
       `await pool.query(\`DELETE FROM sync_changes WHERE id = \${id}\`)`,
       "yield* sql.unsafe(`SELECT 1`)",
       "yield* sql.unsafe(text)",
+      "return sql.unsafe<Record<string, unknown>>(shape.text, params)",
       "const s = \"SELECT * FROM t WHERE id = '\" + id + \"'\"",
       "const s = 'INSERT INTO t VALUES (' + v + ')'",
       "yield* sql.literal(name)",

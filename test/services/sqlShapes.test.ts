@@ -20,13 +20,13 @@ import { sqlShapes } from "../../src/services/sqlShapes.js"
 /** A statement constructor with Postgres's compiler and no connection: these tests only compile. */
 const sql = Statement.make(Effect.dieMessage("compile only"), PgClient.makeCompiler(), [], undefined)
 
-const compiled = (s: Statement.Statement<unknown>) => s.compile()
+const compiled = (s: { compile(): readonly [string, ReadonlyArray<unknown>] }) => s.compile()
 
 describe("sqlShapes", () => {
   it("binds each call's values to its shape's text, as the builder would have built it", () => {
     const build = (f: { readonly limit: boolean }, v: { readonly a: unknown; readonly b: unknown; readonly n: unknown }) =>
       sql`SELECT ${v.a}::text, ${v.b}::int, ${"constant"} ${f.limit ? sql`LIMIT ${v.n}` : sql``} /* again */ ${v.a}::text`
-    const shaped = sqlShapes(sql, (f: { readonly limit: boolean }) => (f.limit ? 1 : 0), build)
+    const shaped = sqlShapes((f: { readonly limit: boolean }) => (f.limit ? 1 : 0), build)
     const cases: Array<[{ readonly limit: boolean }, { readonly a: unknown; readonly b: unknown; readonly n: unknown }]> = [
       [{ limit: true }, { a: "x", b: 1, n: 5 }],
       [{ limit: false }, { a: "y", b: 2, n: undefined }],
@@ -45,7 +45,7 @@ describe("sqlShapes", () => {
 
   it("catches a builder that decides its text from a value (the test below relies on this)", () => {
     const build = (_f: null, v: { readonly a: unknown }) => (v.a === null ? sql`SELECT NULL` : sql`SELECT ${v.a}`)
-    const shaped = sqlShapes(sql, () => 0, build)
+    const shaped = sqlShapes(() => 0, build)
     expect(compiled(shaped(null, { a: null }))[0]).not.toBe(compiled(build(null, { a: null }))[0])
   })
 })
@@ -77,7 +77,7 @@ describe("the write-back's append statement", () => {
     for (const snapshotsPresent of [true, false]) {
       it(`is the directly built one for every shape (${generation}, snapshots ${snapshotsPresent ? "present" : "absent"})`, () => {
         const build = appendStatementBuilder(sql, generation, snapshotsPresent)
-        const shaped = sqlShapes(sql, appendShapeKey, build)
+        const shaped = sqlShapes(appendShapeKey, build)
         const texts = new Set<string>()
         for (const copied of [true, false]) {
           for (const basis of [true, false]) {
@@ -106,7 +106,7 @@ describe("the run's first transaction: the claim and the read", () => {
 
   it("claim: the directly built statement, one process or a cluster", () => {
     const build = scopedClaimStatement(client)
-    const shaped = sqlShapes(sql, (cluster: boolean) => (cluster ? 1 : 0), build)
+    const shaped = sqlShapes((cluster: boolean) => (cluster ? 1 : 0), build)
     for (const cluster of [false, true, false]) {
       for (const userId of ["user-1", "", "o'brien"]) {
         const values = { userId, missionId: "m-1", iterationId: "it-1", owner: "runner-a", ...claimTimes(1_796_000_000_000, 180_000) }
