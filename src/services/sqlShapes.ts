@@ -52,6 +52,9 @@ class Bound implements CompiledStatement {
   }
 }
 
+/** Shapes kept per `sqlShapes`; the run's statements have 2 (claim), 6 (append) and a few (read). */
+export const MAX_SHAPES = 64
+
 export type ShapedStatement<F, V> = (flags: F, values: V) => CompiledStatement
 
 /**
@@ -69,6 +72,9 @@ export const sqlShapes = <F, V extends object>(
     const key = keyOf(flags)
     let shape = shapes.get(key)
     if (shape === undefined) {
+      // Past MAX_SHAPES (a mission's inputs are not capped, and the read's shape follows them), built
+      // for this call from the values, as before: the cache stays bounded.
+      if (shapes.size >= MAX_SHAPES) return build(flags, values)
       const [text, binds] = build(flags, placeholders as V).compile()
       shape = { text, params: binds.map((b) => (b instanceof Placeholder ? b : { constant: b })) }
       shapes.set(key, shape)

@@ -15,7 +15,7 @@ import { MISSIONS_APP_ID, MISSIONS_TABLE } from "../../src/domain/mission.js"
 import { runReadQuery, runReadShapes } from "../../src/services/currentMission.js"
 import { claimTimes, scopedClaimStatement } from "../../src/services/runClaims.js"
 import { type AppendShape, type AppendValues, appendShapeKey, appendStatementBuilder } from "../../src/services/WriteBack.js"
-import { sqlShapes } from "../../src/services/sqlShapes.js"
+import { MAX_SHAPES, sqlShapes } from "../../src/services/sqlShapes.js"
 
 /** A statement constructor with Postgres's compiler and no connection: these tests only compile. */
 const sql = Statement.make(Effect.dieMessage("compile only"), PgClient.makeCompiler(), [], undefined)
@@ -41,6 +41,27 @@ describe("sqlShapes", () => {
     }
     // One text per shape: the same string, not an equal one (its hash is computed once).
     expect(compiled(shaped({ limit: true }, { a: 1, b: 2, n: 3 }))[0]).toBe(compiled(shaped({ limit: true }, { a: 4, b: 5, n: 6 }))[0])
+  })
+
+  it("keeps at most MAX_SHAPES shapes; past them each call is built from its values, the same statement", () => {
+    let built = 0
+    const build = (n: number, v: { readonly a: unknown }) => {
+      built++
+      return sql`SELECT ${v.a}::text${sql.join("", false)(Array.from({ length: n }, (_, i) => sql`, ${i}::int`))}`
+    }
+    const shaped = sqlShapes((n: number) => n, build)
+    for (let round = 0; round < 2; round++) {
+      for (let n = 0; n < MAX_SHAPES + 10; n++) {
+        const values = { a: `v${n}` }
+        const [text, params] = compiled(shaped(n, values))
+        const [directText, directParams] = compiled(build(n, values))
+        expect(text).toBe(directText)
+        expect(params).toEqual(directParams)
+      }
+    }
+    // Per round: each call's direct build here; the first round also each cached shape's one build,
+    // both rounds one build per call past the cache.
+    expect(built).toBe(2 * (MAX_SHAPES + 10) + MAX_SHAPES + 2 * 10)
   })
 
   it("catches a builder that decides its text from a value (the test below relies on this)", () => {
