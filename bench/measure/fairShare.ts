@@ -114,6 +114,12 @@ export const measureFairShare = (options: FairShareOptions) =>
           detail: {
             arrangement,
             quietWaitMs: roundSummary(quietWait),
+            // Where a quiet run's wait goes: before its run starts (the actor's wake-up and a run slot),
+            // and from its start to its LLM request (the pre-check and an LLM permit).
+            quietWaitSplitMs: {
+              toRunStart: roundSummary(summarize(quiet.map((r) => r.t0 - Math.max(r.scheduledFor ?? firstStart, firstStart)))),
+              runStartToRequest: roundSummary(summarize(quiet.map((r) => r.llmLastEnd - LATENCY_MS - r.t0))),
+            },
             hotWaitMs: roundSummary(summarize(hot.map(waitOf))),
             quietWritten: quiet.length,
             hotWritten: hot.length,
