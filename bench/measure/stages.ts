@@ -90,8 +90,8 @@ export const measureStages = (options: StagesOptions) =>
       // code the step runs first does not charge its compilation (JavaScriptCore's compiler threads
       // count in this process's CPU) to the step. Without it the SELECT 1 step, whose path no earlier
       // step runs, read 0.13–0.42 ms in five runs and the ratio to it 5.5–14.8×; warmed, 0.10–0.17 ms in four.
-      // The whole run has its own warm-up (the other half of the missions: a second run of the same
-      // mission would find its plan written and take another path).
+      // The whole run has its own warm-up (the first `missions` of the seed, and each round missions of
+      // its own: a second run of the same mission would find its plan written and take another path).
       const cpuMsPerCall = <A, E>(f: (d: (typeof due)[number], i: number) => Effect.Effect<A, E>, warm = true, over = due) =>
         (warm ? Effect.forEach(over, (d, i) => f(d, over.length + i), { concurrency: CONCURRENCY, discard: true }) : Effect.void).pipe(Effect.orDie, Effect.zipRight(Effect.suspend(() => {
           // Each step starts after a full collection, so it does not pay for the garbage of the one before,
