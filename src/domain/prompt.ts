@@ -117,7 +117,6 @@ const TOOLS_SYSTEM_MESSAGE: string =
     "- Take the user's feedback on earlier iterations into account. Never repeat a proposal the user rejected unchanged.",
     "- When your proposals are complete, answer with one sentence that summarises the plan and no further tool calls.",
   ].join("\n")
-const toolsSystemMessage = (): string => TOOLS_SYSTEM_MESSAGE
 
 const renderIteration = (it: Iteration, n: number): string => {
   const lines = [`Iteration ${n} (started ${it.startedAt}): ${it.overallStatus}`]
@@ -171,7 +170,7 @@ const userMessage = (req: PromptRequest): string => {
 }
 
 export const buildPrompt = (req: PromptRequest): ReadonlyArray<PromptMessage> => [
-  { role: "system", content: req.mode === "tools" ? toolsSystemMessage() : systemMessage(req.tools) },
+  { role: "system", content: req.mode === "tools" ? TOOLS_SYSTEM_MESSAGE : systemMessage(req.tools) },
   { role: "user", content: userMessage(req) },
 ]
 
